@@ -1,0 +1,427 @@
+//! The client: leader tracking, honest retries and the typed API.
+//!
+//! Writes go to the leader. A follower answers with a typed `NotLeader` hint and nothing
+//! applied, so the client follows the hint and resends. Once a write may have reached a
+//! leader (sent, then the connection dropped or timed out, or the leader lost office before
+//! answering), the client stops and returns [`Error::Indeterminate`]: resending a CAS that
+//! already applied would make it fail against its own write, and resending a blind put could
+//! overwrite a newer one. Reads have no effect, so they are retried on any node until the
+//! deadline.
+
+use crate::error::Error;
+use crate::transport::{TlsFiles, Transport};
+use crate::watch::WatchStream;
+use crate::ClusterFile;
+use augur_proto::wire::{ApiError, ClusterStatus, MemberInfo, MAX_LIST_LIMIT};
+use augur_proto::{
+    Consistency, Key, MemberId, Node, Record, Request, Response, Shard, ShardId, Table, Txn,
+    TxnResult,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How to reach a cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Metadata node addresses; any subset that includes one live node will do.
+    pub endpoints: Vec<String>,
+    /// Client certificate files.
+    pub tls: TlsFiles,
+    /// Deadline for one call, including leader discovery and retries. Default 5 s.
+    pub request_timeout: Duration,
+    /// Deadline for one attempt on one node. Default 2 s.
+    pub attempt_timeout: Duration,
+    /// Deadline for dialling a node. Default 1 s.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for the given endpoints and certificates.
+    pub fn new(endpoints: Vec<String>, tls: TlsFiles) -> Self {
+        ClientConfig {
+            endpoints,
+            tls,
+            request_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// From a cluster file written by `augur local up` or by hand.
+    pub fn from_cluster_file(path: &std::path::Path) -> Result<Self, Error> {
+        let f = ClusterFile::load(path)?;
+        Ok(Self::new(f.endpoints, f.tls))
+    }
+}
+
+/// The outcome of a compare-and-set that reached the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// Applied; the record's new version.
+    Committed {
+        /// New version (the log index of the write).
+        version: u64,
+    },
+    /// Someone else changed the record first; its current version.
+    Conflict {
+        /// The version now stored.
+        current: u64,
+    },
+}
+
+/// A handle to a metadata cluster. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) transport: Transport,
+    pub(crate) endpoints: Vec<String>,
+    leader: Mutex<Option<String>>,
+    next: AtomicUsize,
+    pub(crate) cfg: ClientConfig,
+}
+
+/// Whether a request may be sent again after it might have been delivered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and status: no effect, resend freely.
+    Idempotent,
+    /// Writes: resend only while the request certainly did not arrive.
+    UntilSent,
+}
+
+impl Client {
+    /// Creates a client; connections are made on first use.
+    pub fn new(cfg: ClientConfig) -> Result<Client, Error> {
+        if cfg.endpoints.is_empty() {
+            return Err(Error::Config("no endpoints given".into()));
+        }
+        let transport = Transport::client(&cfg.tls, cfg.connect_timeout)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                transport,
+                endpoints: cfg.endpoints.clone(),
+                leader: Mutex::new(None),
+                next: AtomicUsize::new(0),
+                cfg,
+            }),
+        })
+    }
+
+    /// The configured endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    pub(crate) fn next_endpoint(&self) -> String {
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        self.inner.endpoints[i % self.inner.endpoints.len()].clone()
+    }
+
+    fn leader_hint(&self) -> Option<String> {
+        self.inner.leader.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn set_leader(&self, addr: Option<String>) {
+        if let Ok(mut l) = self.inner.leader.lock() {
+            *l = addr;
+        }
+    }
+
+    /// Sends `req` to the leader, following hints, within the request deadline.
+    async fn to_leader(&self, req: &Request, retry: Retry) -> Result<Response, Error> {
+        let deadline = Instant::now() + self.inner.cfg.request_timeout;
+        let mut backoff = Duration::from_millis(10);
+        let mut last = String::from("no attempt made");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(last));
+            }
+            let target = self.leader_hint().unwrap_or_else(|| self.next_endpoint());
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = self.inner.cfg.attempt_timeout.min(remaining);
+            match self.inner.transport.call(&target, req, attempt).await {
+                Ok(Response::Error(ApiError::NotLeader { leader })) => {
+                    last = format!("{target} is not the leader");
+                    match leader {
+                        Some(MemberInfo { addr, .. }) if addr != target => {
+                            self.set_leader(Some(addr));
+                            continue;
+                        }
+                        _ => self.set_leader(None),
+                    }
+                }
+                Ok(Response::Error(ApiError::Unavailable(why))) => {
+                    last = format!("{target}: {why}");
+                    self.set_leader(None);
+                }
+                Ok(Response::Error(ApiError::Indeterminate(why))) => {
+                    self.set_leader(None);
+                    if retry == Retry::UntilSent {
+                        return Err(Error::Indeterminate(format!("{target}: {why}")));
+                    }
+                    last = format!("{target}: {why}");
+                }
+                Ok(Response::Error(e)) => return Err(Error::Api(e)),
+                Ok(resp) => {
+                    self.set_leader(Some(target));
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    self.set_leader(None);
+                    if retry == Retry::UntilSent && !e.certainly_not_sent() {
+                        return Err(Error::Indeterminate(e.to_string()));
+                    }
+                    last = e.to_string();
+                }
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends `req` to any node that answers (serializable reads, status).
+    async fn to_any(&self, req: &Request) -> Result<Response, Error> {
+        let deadline = Instant::now() + self.inner.cfg.request_timeout;
+        let mut last = String::from("no attempt made");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(last));
+            }
+            let target = self.next_endpoint();
+            match self
+                .inner
+                .transport
+                .call(&target, req, self.inner.cfg.attempt_timeout)
+                .await
+            {
+                Ok(Response::Error(ApiError::Unavailable(why))) => {
+                    last = format!("{target}: {why}")
+                }
+                Ok(Response::Error(e)) => return Err(Error::Api(e)),
+                Ok(resp) => return Ok(resp),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn read(&self, req: &Request, consistency: Consistency) -> Result<Response, Error> {
+        match consistency {
+            Consistency::Linearizable => self.to_leader(req, Retry::Idempotent).await,
+            Consistency::Serializable => self.to_any(req).await,
+        }
+    }
+
+    /// Applies a transaction. A failed compare is not an error: see [`TxnResult::succeeded`].
+    pub async fn txn(&self, txn: Txn) -> Result<TxnResult, Error> {
+        txn.validate()
+            .map_err(|e| Error::Api(ApiError::InvalidArgument(e.to_string())))?;
+        match self.to_leader(&Request::Txn(txn), Retry::UntilSent).await? {
+            Response::Txn(r) => Ok(r),
+            other => Err(unexpected("txn", other)),
+        }
+    }
+
+    /// Puts `record` if the stored record is at `expected_version` (None: only if absent).
+    /// A CAS on a record that does not exist fails with [`Error::NotFound`].
+    pub async fn cas(
+        &self,
+        record: Record,
+        expected_version: Option<u64>,
+    ) -> Result<CasOutcome, Error> {
+        let key = record.key();
+        let r = self.txn(Txn::cas(record, expected_version)).await?;
+        if r.succeeded {
+            return Ok(CasOutcome::Committed {
+                version: r.revision,
+            });
+        }
+        match r.current.first().and_then(|(_, v)| *v) {
+            Some(current) => Ok(CasOutcome::Conflict { current }),
+            None => Err(Error::NotFound(key)),
+        }
+    }
+
+    /// Reads one record, linearizably.
+    pub async fn get(&self, key: &Key) -> Result<Option<Record>, Error> {
+        Ok(self.get_with(key, Consistency::Linearizable).await?.0)
+    }
+
+    /// Reads one record with the given consistency; also returns the revision read at.
+    pub async fn get_with(
+        &self,
+        key: &Key,
+        consistency: Consistency,
+    ) -> Result<(Option<Record>, u64), Error> {
+        key.validate()
+            .map_err(|e| Error::Api(ApiError::InvalidArgument(e.to_string())))?;
+        let req = Request::Get {
+            key: key.clone(),
+            consistency,
+        };
+        match self.read(&req, consistency).await? {
+            Response::Get { record, revision } => Ok((record, revision)),
+            other => Err(unexpected("get", other)),
+        }
+    }
+
+    /// Reads one page of a table after `start_after`.
+    pub async fn list_page(
+        &self,
+        table: Table,
+        start_after: Option<Key>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<(Vec<Record>, bool, u64), Error> {
+        let req = Request::List {
+            table,
+            start_after,
+            limit: limit.min(MAX_LIST_LIMIT),
+            consistency,
+        };
+        match self.read(&req, consistency).await? {
+            Response::List {
+                records,
+                more,
+                revision,
+            } => Ok((records, more, revision)),
+            other => Err(unexpected("list", other)),
+        }
+    }
+
+    /// Reads a whole table page by page; returns the records and the revision of the first
+    /// page. Pages are read at possibly different revisions: for an exact view, list and
+    /// then watch from the returned revision + 1.
+    pub async fn list(
+        &self,
+        table: Table,
+        consistency: Consistency,
+    ) -> Result<(Vec<Record>, u64), Error> {
+        let mut all = Vec::new();
+        let mut start_after = None;
+        let mut first_revision = None;
+        loop {
+            let (records, more, revision) = self
+                .list_page(table, start_after.clone(), MAX_LIST_LIMIT, consistency)
+                .await?;
+            first_revision.get_or_insert(revision);
+            start_after = records.last().map(Record::key);
+            all.extend(records);
+            if !more || start_after.is_none() {
+                break;
+            }
+        }
+        Ok((all, first_revision.unwrap_or(0)))
+    }
+
+    /// Streams changes to `tables` (empty: all) from `from_revision` on (0: from now).
+    pub fn watch(&self, tables: Vec<Table>, from_revision: u64) -> WatchStream {
+        WatchStream::start(self.clone(), tables, from_revision)
+    }
+
+    /// A node's view of the cluster: `endpoint`, or whichever answers first.
+    pub async fn status(&self, endpoint: Option<&str>) -> Result<ClusterStatus, Error> {
+        let resp = match endpoint {
+            Some(addr) => match self
+                .inner
+                .transport
+                .call(addr, &Request::Status, self.inner.cfg.attempt_timeout)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return Err(Error::Unavailable(e.to_string())),
+            },
+            None => self.to_any(&Request::Status).await?,
+        };
+        match resp {
+            Response::Status(s) => Ok(s),
+            Response::Error(e) => Err(Error::Api(e)),
+            other => Err(unexpected("status", other)),
+        }
+    }
+
+    /// The Raft membership, from the leader.
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, Error> {
+        match self.to_leader(&Request::Members, Retry::Idempotent).await? {
+            Response::Members(m) => Ok(m),
+            other => Err(unexpected("members", other)),
+        }
+    }
+
+    async fn admin(&self, req: Request, what: &'static str) -> Result<(), Error> {
+        // Membership changes are idempotent at the server (adding a present learner or
+        // removing an absent member is a no-op), so they may be resent.
+        match self.to_leader(&req, Retry::Idempotent).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(what, other)),
+        }
+    }
+
+    /// Adds a metadata node as a learner.
+    pub async fn add_learner(&self, id: MemberId, addr: String) -> Result<(), Error> {
+        self.admin(Request::AddLearner { id, addr }, "add-learner")
+            .await
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, id: MemberId) -> Result<(), Error> {
+        self.admin(Request::Promote { id }, "promote").await
+    }
+
+    /// Removes a member.
+    pub async fn remove_member(&self, id: MemberId) -> Result<(), Error> {
+        self.admin(Request::RemoveMember { id }, "remove-member")
+            .await
+    }
+
+    /// Hands leadership to `to`.
+    pub async fn transfer_leader(&self, to: MemberId) -> Result<(), Error> {
+        self.admin(Request::TransferLeader { to }, "transfer-leader")
+            .await
+    }
+
+    /// Reads a shard record.
+    pub async fn get_shard(&self, id: ShardId) -> Result<Option<Shard>, Error> {
+        match self.get(&Key::Shard(id)).await? {
+            Some(Record::Shard(s)) => Ok(Some(s)),
+            None => Ok(None),
+            Some(other) => Err(unexpected(
+                "get shard",
+                Response::Get {
+                    record: Some(other),
+                    revision: 0,
+                },
+            )),
+        }
+    }
+
+    /// Lists storage nodes.
+    pub async fn list_nodes(&self) -> Result<Vec<Node>, Error> {
+        let (records, _) = self.list(Table::Nodes, Consistency::Linearizable).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Node(n) => Some(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Closes connections gracefully.
+    pub async fn close(&self) {
+        self.inner.transport.close().await;
+    }
+}
+
+pub(crate) fn unexpected(request: &'static str, response: Response) -> Error {
+    Error::Unexpected {
+        request,
+        response: format!("{response:?}"),
+    }
+}

@@ -1,0 +1,44 @@
+//! Client errors, by what the caller can do about them.
+
+use crate::transport::TransportError;
+use augur_proto::wire::ApiError;
+use augur_proto::Key;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The write may or may not have been applied: the connection was lost or the leader
+    /// changed after the request was sent. It was not retried. Read to find out.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
+    /// No leader could be reached before the deadline; nothing was applied.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// A compare-and-set named a record that does not exist.
+    #[error("{0} does not exist")]
+    NotFound(Key),
+    /// The server refused the request (invalid argument, compacted revision, permission...).
+    #[error(transparent)]
+    Api(ApiError),
+    /// Local configuration (certificates, cluster file, endpoints) is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Transport set-up failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The server answered with a message that does not fit the request.
+    #[error("unexpected response to {request}: {response}")]
+    Unexpected {
+        /// What was asked.
+        request: &'static str,
+        /// What came back (debug form).
+        response: String,
+    },
+}
+
+impl Error {
+    /// True if the call certainly had no effect and may be retried as is.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}

@@ -1,0 +1,303 @@
+//! `results.json`: the machine-readable summary of a run, for CI and for comparing runs.
+//!
+//! The harness fills what only it knows (seed, faults, leader changes, recovery time); the
+//! history-derived figures come from [`HistoryStats::from_events`] so they always agree with
+//! `history.jsonl`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checker::{Anomaly, CheckReport, Verdict};
+use crate::history::{Event, EventKind};
+
+/// Errors writing or reading `results.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    /// File I/O failed.
+    #[error("i/o on {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The JSON is not a results document.
+    #[error("decoding {path}: {source}")]
+    Json {
+        /// The file.
+        path: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Completion counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    /// Took effect.
+    pub ok: u64,
+    /// Certainly did not take effect.
+    pub fail: u64,
+    /// Unknown (timeouts, lost connections, never completed).
+    pub info: u64,
+}
+
+/// Latency of operations with a definite outcome (ok or fail), in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencyStats {
+    /// Operations measured.
+    pub count: u64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+/// Figures computed from a history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryStats {
+    /// Invocations per function (`read`, `write`, `cas`).
+    pub ops_by_kind: BTreeMap<String, u64>,
+    /// How they completed.
+    pub outcomes: OutcomeCounts,
+    /// Latency of definite outcomes; `None` when event times are not a clock (a Jepsen log's
+    /// times are positions).
+    pub latency: Option<LatencyStats>,
+    /// Distinct keys touched.
+    pub keys: usize,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+impl HistoryStats {
+    /// Counts operations and measures latency. Event times are nanoseconds; an invoke with no
+    /// completion counts as `info`. Tolerates malformed histories (unmatched completions are
+    /// ignored) because stats are wanted even for a history the checker rejects.
+    pub fn from_events(events: &[Event]) -> Self {
+        let mut s = HistoryStats::default();
+        let mut pending: HashMap<u64, u64> = HashMap::new();
+        let mut latencies = Vec::new();
+        let mut keys = std::collections::HashSet::new();
+        for e in events {
+            match e.kind {
+                EventKind::Invoke => {
+                    *s.ops_by_kind.entry(e.f.to_string()).or_default() += 1;
+                    keys.insert(e.key.as_str());
+                    pending.insert(e.process, e.time);
+                }
+                kind => {
+                    let Some(start) = pending.remove(&e.process) else {
+                        continue;
+                    };
+                    match kind {
+                        EventKind::Ok => s.outcomes.ok += 1,
+                        EventKind::Fail => s.outcomes.fail += 1,
+                        _ => s.outcomes.info += 1,
+                    }
+                    if kind != EventKind::Info {
+                        latencies.push(e.time.saturating_sub(start));
+                    }
+                }
+            }
+        }
+        s.outcomes.info += pending.len() as u64;
+        latencies.sort_unstable();
+        let ms = |ns: u64| ns as f64 / 1e6;
+        s.latency = Some(LatencyStats {
+            count: latencies.len() as u64,
+            p50_ms: ms(percentile(&latencies, 50.0)),
+            p99_ms: ms(percentile(&latencies, 99.0)),
+            max_ms: ms(latencies.last().copied().unwrap_or(0)),
+        });
+        s.keys = keys.len();
+        s
+    }
+}
+
+/// One fault the nemesis tried to inject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// Family (`partition`, `kill`, `pause`, `clock`, `member`).
+    pub kind: String,
+    /// What was done, e.g. `isolate 127.0.0.3`.
+    pub description: String,
+    /// When it started, ms from the start of the run.
+    pub start_ms: u64,
+    /// When it was healed; `None` if it never was.
+    pub end_ms: Option<u64>,
+    /// False when the machine could not inject it (no root, no nft, no libfaketime...).
+    pub injected: bool,
+    /// Why it was not injected, or what went wrong.
+    pub note: Option<String>,
+}
+
+/// A change of leader seen by the harness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderChange {
+    /// When it was observed, ms from the start of the run.
+    pub at_ms: u64,
+    /// The new leader's node index, `None` when there was none.
+    pub leader: Option<usize>,
+}
+
+/// The whole `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResults {
+    /// The run's seed (`None` when the results come from checking a recorded history).
+    pub seed: Option<u64>,
+    /// Overall verdict.
+    pub verdict: Verdict,
+    /// Operation counts, outcomes, latency.
+    pub history: HistoryStats,
+    /// Faults, injected or not.
+    pub faults: Vec<FaultRecord>,
+    /// Leader changes observed.
+    pub leader_changes: Vec<LeaderChange>,
+    /// Keys checked by the linearizability checker.
+    pub keys_checked: usize,
+    /// Keys whose verdict was unknown (budget exhausted).
+    pub keys_unknown: Vec<String>,
+    /// Every anomaly found.
+    pub anomalies: Vec<Anomaly>,
+    /// Time the checker took, in milliseconds.
+    pub checker_ms: f64,
+    /// Time from the final heal until the cluster served again, in milliseconds.
+    pub recovery_ms: Option<u64>,
+}
+
+impl RunResults {
+    /// Builds the history- and checker-derived parts; the harness then sets seed, faults,
+    /// leader changes and recovery time.
+    pub fn new(events: &[Event], check: &CheckReport) -> Self {
+        RunResults {
+            seed: None,
+            verdict: check.verdict,
+            history: HistoryStats::from_events(events),
+            faults: Vec::new(),
+            leader_changes: Vec::new(),
+            keys_checked: check.keys.len(),
+            keys_unknown: check
+                .keys
+                .iter()
+                .filter(|k| k.verdict == Verdict::Unknown)
+                .map(|k| k.key.clone())
+                .collect(),
+            anomalies: check.anomalies().cloned().collect(),
+            checker_ms: check.elapsed_us as f64 / 1000.0,
+            recovery_ms: None,
+        }
+    }
+
+    /// Writes pretty JSON to `path`.
+    pub fn write(&self, path: &Path) -> Result<(), ResultsError> {
+        let name = path.display().to_string();
+        let text = serde_json::to_string_pretty(self).map_err(|source| ResultsError::Json {
+            path: name.clone(),
+            source,
+        })?;
+        std::fs::write(path, text + "\n").map_err(|source| ResultsError::Io { path: name, source })
+    }
+
+    /// Reads a `results.json`.
+    pub fn read(path: &Path) -> Result<Self, ResultsError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ResultsError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ResultsError::Json { path: name, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::{check_events, CheckOptions};
+    use crate::history::{Fun, Payload, Value};
+    use crate::model::Register;
+
+    fn ev(kind: EventKind, process: u64, time_ms: u64, f: Fun, value: Payload) -> Event {
+        Event {
+            kind,
+            process,
+            time: time_ms * 1_000_000,
+            f,
+            key: format!("k{}", process % 2),
+            value,
+            version: None,
+        }
+    }
+
+    #[test]
+    fn stats_count_outcomes_and_latency() {
+        let one = |v| Payload::One(Value::Int(v));
+        let mut events = Vec::new();
+        // 100 writes by process 0 taking 1..=100 ms.
+        let mut t = 0;
+        for i in 1..=100u64 {
+            events.push(ev(EventKind::Invoke, 0, t, Fun::Write, one(i as i64)));
+            t += i;
+            events.push(ev(EventKind::Ok, 0, t, Fun::Write, one(i as i64)));
+        }
+        events.push(ev(EventKind::Invoke, 1, t, Fun::Read, Payload::NIL));
+        events.push(ev(
+            EventKind::Invoke,
+            3,
+            t,
+            Fun::Cas,
+            Payload::Pair(Value::Nil, Value::Int(1)),
+        ));
+        events.push(ev(EventKind::Invoke, 5, t, Fun::Read, Payload::NIL));
+        events.push(ev(EventKind::Fail, 1, t + 1000, Fun::Read, Payload::NIL));
+        events.push(ev(EventKind::Info, 3, t + 5000, Fun::Cas, Payload::NIL));
+        let s = HistoryStats::from_events(&events);
+        assert_eq!(s.ops_by_kind["write"], 100);
+        assert_eq!(s.ops_by_kind["read"], 2);
+        assert_eq!(
+            s.outcomes,
+            OutcomeCounts {
+                ok: 100,
+                fail: 1,
+                info: 2
+            }
+        );
+        let l = s.latency.expect("latency");
+        assert_eq!(l.count, 101);
+        assert_eq!(l.p50_ms, 51.0);
+        assert_eq!(l.p99_ms, 100.0);
+        assert_eq!(l.max_ms, 1000.0);
+        assert_eq!(s.keys, 2);
+
+        let check = check_events(&Register, &events, &CheckOptions::default()).unwrap();
+        let mut r = RunResults::new(&events, &check);
+        r.seed = Some(9);
+        r.faults.push(FaultRecord {
+            kind: "clock".into(),
+            description: "clock of node 1 skewed +500 ms".into(),
+            start_ms: 10,
+            end_ms: None,
+            injected: false,
+            note: Some("clock unavailable: libfaketime.so.1 not found".into()),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        r.write(&path).unwrap();
+        assert_eq!(RunResults::read(&path).unwrap(), r);
+        std::fs::write(&path, "{\"seed\": 1}").unwrap();
+        assert!(matches!(
+            RunResults::read(&path),
+            Err(ResultsError::Json { .. })
+        ));
+    }
+}

@@ -1,0 +1,379 @@
+//! Configuration of a metadata node: a TOML file, overridden by flags.
+//!
+//! Every timeout, threshold and limit is a setting with a documented default. A file with an
+//! unknown key, a missing required setting or an out-of-range value is refused with an error
+//! that names the setting, before anything is opened or bound.
+//!
+//! ```toml
+//! id = 1
+//! listen = "127.0.0.1:7101"          # QUIC, for peers and clients
+//! admin_listen = "127.0.0.1:7201"    # HTTP: /health /metrics /v1/status
+//! data_dir = "data/meta-1"
+//! initial_members = ["1=127.0.0.1:7101", "2=127.0.0.1:7102", "3=127.0.0.1:7103"]
+//!
+//! [tls]
+//! ca = "certs/ca.pem"
+//! cert = "certs/meta-1.pem"
+//! key = "certs/meta-1.key"
+//!
+//! [raft]                              # defaults shown
+//! heartbeat_interval_ms = 100
+//! election_timeout_min_ms = 400
+//! election_timeout_max_ms = 800
+//! snapshot_logs_since_last = 20000
+//! max_in_snapshot_log_to_keep = 10000
+//! connect_timeout_ms = 1000
+//! peer_idle_timeout_ms = 6000
+//!
+//! [store]
+//! history_retention = 100000          # revisions of change history kept for watchers
+//! block_cache_mb = 64
+//!
+//! [limits]
+//! max_frame_bytes = 16777216
+//! shutdown_transfer_timeout_ms = 3000
+//! ```
+
+use augur_client::TlsFiles;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type...).
+    #[error("config file {path}: {detail}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        detail: String,
+    },
+    /// A required setting is missing from both file and flags.
+    #[error("missing setting `{0}` (set it in the config file or with its flag)")]
+    Missing(&'static str),
+    /// A setting has an unusable value.
+    #[error("setting `{setting}`: {detail}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+fn invalid(setting: &'static str, detail: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        detail: detail.to_string(),
+    }
+}
+
+/// One initial member: `id=host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    /// Member id.
+    pub id: u64,
+    /// QUIC address.
+    pub addr: String,
+}
+
+impl std::str::FromStr for InitialMember {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let (id, addr) = s
+            .split_once('=')
+            .ok_or_else(|| invalid("initial_members", format!("{s:?} is not id=host:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid("initial_members", format!("{id:?} is not a member id")))?;
+        if id == 0 {
+            return Err(invalid("initial_members", "member id 0 is reserved"));
+        }
+        let addr = addr.trim().to_string();
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(invalid(
+                "initial_members",
+                format!("{addr:?} is not host:port"),
+            ));
+        }
+        Ok(InitialMember { id, addr })
+    }
+}
+
+/// Raft timing and log retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (kept high: see openraft #2116).
+    pub max_in_snapshot_log_to_keep: u64,
+    /// Deadline for dialling a peer.
+    pub connect_timeout_ms: u64,
+    /// A peer connection with no traffic for this long is considered dead.
+    pub peer_idle_timeout_ms: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_logs_since_last: 20_000,
+            max_in_snapshot_log_to_keep: 10_000,
+            connect_timeout_ms: 1_000,
+            peer_idle_timeout_ms: 6_000,
+        }
+    }
+}
+
+impl RaftSettings {
+    /// The openraft configuration these settings describe.
+    pub fn to_openraft(&self) -> Result<openraft::Config, ConfigError> {
+        let cfg = openraft::Config {
+            cluster_name: "augur".into(),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        };
+        cfg.validate().map_err(|e| invalid("raft", e))
+    }
+}
+
+/// Store settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Revisions of change history kept for watchers.
+    pub history_retention: u64,
+    /// RocksDB block cache, MiB.
+    pub block_cache_mb: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            history_retention: 100_000,
+            block_cache_mb: 64,
+        }
+    }
+}
+
+/// Limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame accepted or sent.
+    pub max_frame_bytes: usize,
+    /// How long a leader asked to stop waits for leadership to move.
+    pub shutdown_transfer_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: augur_proto::MAX_FRAME_DEFAULT,
+            shutdown_transfer_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaFile {
+    /// Member id.
+    pub id: Option<u64>,
+    /// QUIC listen address.
+    pub listen: Option<SocketAddr>,
+    /// HTTP admin listen address.
+    pub admin_listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Members to bootstrap with, as `id=host:port`.
+    #[serde(default)]
+    pub initial_members: Vec<String>,
+    /// Certificates.
+    pub tls: Option<TlsFiles>,
+    /// Raft settings.
+    #[serde(default)]
+    pub raft: RaftSettings,
+    /// Store settings.
+    #[serde(default)]
+    pub store: StoreSettings,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct MetaConfig {
+    /// Member id.
+    pub id: u64,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// HTTP admin listen address.
+    pub admin_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Members to bootstrap with (empty: join an existing cluster as a learner).
+    pub initial_members: Vec<InitialMember>,
+    /// Certificates.
+    pub tls: TlsFiles,
+    /// Raft settings.
+    pub raft: RaftSettings,
+    /// Store settings.
+    pub store: StoreSettings,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl MetaFile {
+    /// Reads a config file; relative paths in it are taken relative to its directory.
+    pub fn load(path: &Path) -> Result<MetaFile, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut file: MetaFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        file.data_dir = file.data_dir.map(|d| base.join(d));
+        file.tls = file.tls.map(|t| t.relative_to(base));
+        Ok(file)
+    }
+
+    /// Checks and completes the configuration.
+    pub fn validate(self) -> Result<MetaConfig, ConfigError> {
+        let id = self.id.ok_or(ConfigError::Missing("id"))?;
+        if id == 0 {
+            return Err(invalid("id", "member id 0 is reserved"));
+        }
+        let listen = self.listen.ok_or(ConfigError::Missing("listen"))?;
+        let admin_listen = self
+            .admin_listen
+            .ok_or(ConfigError::Missing("admin_listen"))?;
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data_dir"))?;
+        let tls = self.tls.ok_or(ConfigError::Missing("tls"))?;
+        let initial_members = self
+            .initial_members
+            .iter()
+            .map(|m| m.parse())
+            .collect::<Result<Vec<InitialMember>, _>>()?;
+        if !initial_members.is_empty() && !initial_members.iter().any(|m| m.id == id) {
+            return Err(invalid(
+                "initial_members",
+                format!("does not include this node's id {id}"),
+            ));
+        }
+        let mut ids: Vec<u64> = initial_members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(invalid("initial_members", "a member id appears twice"));
+        }
+        if self.raft.election_timeout_min_ms <= self.raft.heartbeat_interval_ms {
+            return Err(invalid(
+                "raft.election_timeout_min_ms",
+                "must exceed heartbeat_interval_ms",
+            ));
+        }
+        if self.limits.max_frame_bytes < 64 * 1024 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 65536"));
+        }
+        self.raft.to_openraft()?;
+        Ok(MetaConfig {
+            id,
+            listen,
+            admin_listen,
+            data_dir,
+            initial_members,
+            tls,
+            raft: self.raft,
+            store: self.store,
+            limits: self.limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> MetaFile {
+        MetaFile {
+            id: Some(1),
+            listen: Some("127.0.0.1:7101".parse().unwrap()),
+            admin_listen: Some("127.0.0.1:7201".parse().unwrap()),
+            data_dir: Some("d".into()),
+            initial_members: vec!["1=127.0.0.1:7101".into()],
+            tls: Some(TlsFiles {
+                ca: "ca".into(),
+                cert: "c".into(),
+                key: "k".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_config_passes() {
+        assert!(base().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut f = base();
+        f.id = Some(0);
+        assert!(matches!(
+            f.validate(),
+            Err(ConfigError::Invalid { setting: "id", .. })
+        ));
+        let mut f = base();
+        f.initial_members = vec!["2=127.0.0.1:1".into()];
+        assert!(f.validate().is_err());
+        let mut f = base();
+        f.initial_members = vec!["1=nohost".into()];
+        assert!(f.validate().is_err());
+        let mut f = base();
+        f.listen = None;
+        assert!(matches!(f.validate(), Err(ConfigError::Missing("listen"))));
+        let mut f = base();
+        f.raft.election_timeout_min_ms = 10;
+        assert!(f.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<MetaFile>("id = 1\nlisten_addr = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"));
+    }
+}

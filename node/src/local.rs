@@ -1,0 +1,346 @@
+//! `augur local`: a cluster of real `augur` processes on loopback, for trying Augur and for
+//! tests and benchmarks.
+//!
+//! Layout of DIR:
+//!
+//! ```text
+//! cluster.toml            endpoints, admin addresses and client certificate (for clients)
+//! certs/                  ca.pem, ca.key, meta-N.pem/.key, client.pem/.key
+//! meta-N/config.toml      the member's configuration
+//! meta-N/data/            its RocksDB and snapshots
+//! meta-N/augur.log        its log
+//! meta-N/pid              its process id while running
+//! ```
+//!
+//! `up` on an existing DIR restarts the members that are not running, keeping their data.
+
+use crate::certs::{self, Role};
+use anyhow::{bail, Context};
+use augur_client::{Client, ClientConfig, ClusterFile, TlsFiles};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The cluster file's name inside DIR.
+pub const CLUSTER_FILE: &str = "cluster.toml";
+
+fn member_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("meta-{id}"))
+}
+
+/// Member ids present in DIR, in order.
+pub fn members(dir: &Path) -> anyhow::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name();
+        if let Some(id) = name
+            .to_string_lossy()
+            .strip_prefix("meta-")
+            .and_then(|s| s.parse().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn free_port_pair() -> anyhow::Result<(u16, u16)> {
+    // Hold both sockets until both ports are known, so the two cannot collide.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((udp.local_addr()?.port(), tcp.local_addr()?.port()))
+}
+
+/// Raft settings a local cluster may override, e.g. to make snapshots frequent in tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// `raft.snapshot_logs_since_last`.
+    pub snapshot_logs: Option<u64>,
+    /// `raft.max_in_snapshot_log_to_keep`.
+    pub keep_logs: Option<u64>,
+}
+
+fn write_member(
+    dir: &Path,
+    id: u64,
+    listen: &str,
+    admin: &str,
+    initial: &[String],
+    tuning: Tuning,
+) -> anyhow::Result<()> {
+    let certs_dir = dir.join("certs");
+    let name = format!("meta-{id}");
+    certs::issue(
+        &certs_dir,
+        &certs_dir,
+        &name,
+        Role::Node,
+        &["127.0.0.1".into(), "localhost".into()],
+    )?;
+    let mdir = member_dir(dir, id);
+    std::fs::create_dir_all(&mdir)?;
+    let mut config = format!(
+        "# Written by `augur local`.\n\
+         id = {id}\n\
+         listen = \"{listen}\"\n\
+         admin_listen = \"{admin}\"\n\
+         data_dir = \"data\"\n\
+         initial_members = [{initial}]\n\n\
+         [tls]\n\
+         ca = \"../certs/ca.pem\"\n\
+         cert = \"../certs/{name}.pem\"\n\
+         key = \"../certs/{name}.key\"\n",
+        initial = initial.join(", "),
+    );
+    if tuning.snapshot_logs.is_some() || tuning.keep_logs.is_some() {
+        config.push_str("\n[raft]\n");
+        if let Some(n) = tuning.snapshot_logs {
+            config.push_str(&format!("snapshot_logs_since_last = {n}\n"));
+        }
+        if let Some(n) = tuning.keep_logs {
+            config.push_str(&format!("max_in_snapshot_log_to_keep = {n}\n"));
+        }
+    }
+    std::fs::write(mdir.join("config.toml"), config)?;
+    Ok(())
+}
+
+/// Creates the files of a new member that will join as a learner (it has no initial
+/// members), adds it to the cluster file, and returns its id and QUIC address. Start it with
+/// [`start_member`], then add and promote it through the client.
+pub fn add_member(dir: &Path, tuning: Tuning) -> anyhow::Result<(u64, String)> {
+    let path = dir.join(CLUSTER_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file: ClusterFile =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let id = members(dir)?.last().copied().unwrap_or(0) + 1;
+    let (q, a) = free_port_pair()?;
+    let (listen, admin) = (format!("127.0.0.1:{q}"), format!("127.0.0.1:{a}"));
+    write_member(dir, id, &listen, &admin, &[], tuning)?;
+    file.endpoints.push(listen.clone());
+    file.admin.push(admin);
+    file.save(&path)?;
+    Ok((id, listen))
+}
+
+/// Writes certificates, configs and the cluster file for `n` members.
+fn create(dir: &Path, n: u64, tuning: Tuning) -> anyhow::Result<()> {
+    let certs_dir = dir.join("certs");
+    certs::create_ca(&certs_dir)?;
+    certs::issue(&certs_dir, &certs_dir, "client", Role::Client, &[])?;
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        ports.push(free_port_pair()?);
+    }
+    let endpoints: Vec<String> = ports
+        .iter()
+        .map(|(q, _)| format!("127.0.0.1:{q}"))
+        .collect();
+    let admin: Vec<String> = ports
+        .iter()
+        .map(|(_, a)| format!("127.0.0.1:{a}"))
+        .collect();
+    let initial: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("\"{}={}\"", i + 1, e))
+        .collect();
+    for id in 1..=n {
+        let i = (id - 1) as usize;
+        write_member(dir, id, &endpoints[i], &admin[i], &initial, tuning)?;
+    }
+    ClusterFile {
+        endpoints,
+        admin,
+        tls: TlsFiles {
+            ca: "certs/ca.pem".into(),
+            cert: "certs/client.pem".into(),
+            key: "certs/client.key".into(),
+        },
+    }
+    .save(&dir.join(CLUSTER_FILE))?;
+    Ok(())
+}
+
+/// The pid of a running member, if its pid file names a live `augur` process.
+pub fn running_pid(dir: &Path, id: u64) -> Option<i32> {
+    let text = std::fs::read_to_string(member_dir(dir, id).join("pid")).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let config = member_dir(dir, id).join("config.toml");
+    // Guard against pid reuse: it must be our process with our config.
+    (cmdline.contains("meta") && cmdline.contains(&*config.to_string_lossy())).then_some(pid)
+}
+
+/// Starts one member in the background (no-op if it is running).
+pub fn start_member(dir: &Path, id: u64) -> anyhow::Result<()> {
+    if running_pid(dir, id).is_some() {
+        return Ok(());
+    }
+    let mdir = member_dir(dir, id);
+    let config = mdir.join("config.toml");
+    if !config.exists() {
+        bail!(
+            "{} does not exist: no member {id} in {}",
+            config.display(),
+            dir.display()
+        );
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(mdir.join("augur.log"))?;
+    let exe = std::env::current_exe().context("locating the augur binary")?;
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(exe)
+        .arg("meta")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: Ctrl-C in the terminal that ran `up` must not stop it.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting member {id}"))?;
+    std::fs::write(mdir.join("pid"), child.id().to_string())?;
+    Ok(())
+}
+
+/// Stops one member: SIGTERM (leaders hand off first), then SIGKILL after `grace`.
+/// With `hard`, SIGKILL at once, as a crash would.
+pub async fn stop_member(dir: &Path, id: u64, hard: bool, grace: Duration) -> anyhow::Result<bool> {
+    let Some(pid) = running_pid(dir, id) else {
+        return Ok(false);
+    };
+    let pid = Pid::from_raw(pid);
+    let _ = kill(
+        pid,
+        if hard {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        },
+    );
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if alive(pid) {
+        let _ = kill(pid, Signal::SIGKILL);
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = std::fs::remove_file(member_dir(dir, id).join("pid"));
+    Ok(true)
+}
+
+fn alive(pid: Pid) -> bool {
+    // A zombie still answers kill(0); look at its state too.
+    if kill(pid, None).is_err() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// A client for the cluster in DIR.
+pub fn client(dir: &Path) -> anyhow::Result<Client> {
+    let cfg = ClientConfig::from_cluster_file(&dir.join(CLUSTER_FILE))?;
+    Ok(Client::new(cfg)?)
+}
+
+/// Waits until every running member knows a leader and has applied all it knows committed.
+pub async fn wait_healthy(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
+    let client = client(dir)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut waiting = Vec::new();
+        for (i, ep) in file.endpoints.iter().enumerate() {
+            let id = i as u64 + 1;
+            if running_pid(dir, id).is_none() {
+                continue;
+            }
+            match client.status(Some(ep)).await {
+                Ok(s) if s.leader.is_some() && s.applied >= s.committed => {}
+                Ok(s) => waiting.push(format!(
+                    "meta-{id}: {} leader={:?}",
+                    s.role,
+                    s.leader.map(|l| l.id.0)
+                )),
+                Err(e) => waiting.push(format!("meta-{id}: {e}")),
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "cluster not healthy after {timeout:?}: {}",
+                waiting.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `augur local up`.
+pub async fn up(dir: &Path, meta: u64, tuning: Tuning, timeout: Duration) -> anyhow::Result<()> {
+    if !(1..=7).contains(&meta) {
+        bail!("--meta must be between 1 and 7, got {meta}");
+    }
+    if !dir.join(CLUSTER_FILE).exists() {
+        std::fs::create_dir_all(dir)?;
+        create(dir, meta, tuning)
+            .with_context(|| format!("creating cluster files in {}", dir.display()))?;
+    }
+    let ids = members(dir)?;
+    for id in &ids {
+        start_member(dir, *id)?;
+    }
+    if let Err(e) = wait_healthy(dir, timeout).await {
+        for id in &ids {
+            let log = member_dir(dir, *id).join("augur.log");
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = tail.lines().rev().take(10).collect();
+            eprintln!("--- last lines of {}:", log.display());
+            for l in lines.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `augur local down`: stops every member; data stays.
+pub async fn down(dir: &Path) -> anyhow::Result<usize> {
+    let ids = members(dir)?;
+    let stops = ids
+        .iter()
+        .map(|id| stop_member(dir, *id, false, Duration::from_secs(10)));
+    let stopped = futures::future::join_all(stops).await;
+    let mut n = 0;
+    for s in stopped {
+        if s? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

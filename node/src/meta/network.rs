@@ -1,0 +1,246 @@
+//! Raft traffic between metadata nodes, over the same QUIC transport clients use.
+//!
+//! Each Raft RPC is one request on its own QUIC stream: openraft's message, postcard-encoded,
+//! inside a [`Request::Raft`] frame; the answer is `Result<response, String>` the same way.
+//! Errors on the remote side are always fatal there (shutting down), so the sender treats them
+//! like an unreachable peer and retries later. A snapshot is a header frame followed by the
+//! file in chunks and an empty end chunk, so it never has to fit in memory or in one frame.
+
+use augur_client::transport::{Transport, TransportError};
+use augur_proto::wire::RaftRpcKind;
+use augur_proto::{Request, Response};
+use augur_raft_store::types::{SnapshotMeta, StoreSnapshot, Vote};
+use augur_raft_store::TypeConfig;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
+use openraft::BasicNode;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::future::Future;
+use std::io::Read;
+use tokio::io::AsyncWriteExt;
+
+/// Bytes per snapshot chunk.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// What precedes a snapshot's bytes on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    /// The sender's vote.
+    pub vote: Vote,
+    /// What the snapshot covers.
+    pub meta: SnapshotMeta,
+}
+
+/// One piece of a snapshot; an empty chunk ends it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk(pub Vec<u8>);
+
+/// Makes one [`PeerClient`] per peer, sharing the node's QUIC endpoint.
+#[derive(Clone)]
+pub struct Network {
+    transport: Transport,
+}
+
+impl Network {
+    /// Peers are dialled from the node's own endpoint with its own certificate.
+    pub fn new(transport: Transport) -> Self {
+        Network { transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// Raft RPCs to one peer.
+pub struct PeerClient {
+    target: u64,
+    addr: String,
+    transport: Transport,
+}
+
+fn rpc_err(e: TransportError) -> RPCError<TypeConfig> {
+    if e.certainly_not_sent() {
+        RPCError::Unreachable(Unreachable::new(&e))
+    } else {
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+impl PeerClient {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: RaftRpcKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let payload =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let resp = self
+            .transport
+            .call(
+                &self.addr,
+                &Request::Raft { kind, payload },
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(rpc_err)?;
+        decode_reply(&self.addr, resp)
+    }
+}
+
+fn decode_reply<Resp: DeserializeOwned>(
+    addr: &str,
+    resp: Response,
+) -> Result<Resp, RPCError<TypeConfig>> {
+    match resp {
+        Response::Raft(bytes) => {
+            let r: Result<Resp, String> = postcard::from_bytes(&bytes)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            r.map_err(|remote| {
+                RPCError::Unreachable(Unreachable::from_string(format!("{addr}: {remote}")))
+            })
+        }
+        Response::Error(e) => Err(RPCError::Unreachable(Unreachable::from_string(format!(
+            "{addr}: {e}"
+        )))),
+        other => Err(RPCError::Network(NetworkError::from_string(format!(
+            "{addr}: unexpected response {other:?}"
+        )))),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = std::fs::File;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpcKind::Append, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpcKind::Vote, &rpc, &option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpcKind::PreVote, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftRpcKind::TransferLeader, &req, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: StoreSnapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let send = self.send_snapshot(vote, snapshot);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = tokio::time::timeout(option.hard_ttl().max(std::time::Duration::from_secs(60)), send) => match r {
+                Ok(r) => r,
+                Err(_) => Err(StreamingError::Unreachable(Unreachable::from_string(format!(
+                    "snapshot to {} timed out", self.addr
+                )))),
+            },
+        }
+    }
+}
+
+impl PeerClient {
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: StoreSnapshot,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            StreamingError::Unreachable(Unreachable::from_string(format!(
+                "snapshot to {}: {e}",
+                self.addr
+            )))
+        };
+        let header = SnapshotHeader {
+            vote,
+            meta: snapshot.meta.clone(),
+        };
+        let payload = postcard::to_allocvec(&header).map_err(|e| unreachable(&e))?;
+        let (mut send, mut recv) = self
+            .transport
+            .open(
+                &self.addr,
+                &Request::Raft {
+                    kind: RaftRpcKind::Snapshot,
+                    payload,
+                },
+            )
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let mut file = snapshot.snapshot;
+        let max = self.transport.max_frame();
+        loop {
+            let (chunk, f) = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let mut filled = 0;
+                while filled < buf.len() {
+                    match file.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => return (Err(e), file),
+                    }
+                }
+                buf.truncate(filled);
+                (Ok(buf), file)
+            })
+            .await
+            .map_err(|e| unreachable(&e))?;
+            file = f;
+            let chunk = chunk.map_err(|e| unreachable(&e))?;
+            let done = chunk.is_empty();
+            augur_proto::frame::write_frame(&mut send, &SnapshotChunk(chunk), max)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            if done {
+                break;
+            }
+        }
+        send.flush().await.map_err(|e| unreachable(&e))?;
+        let _ = send.finish();
+        let resp = recv
+            .next()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .ok_or_else(|| unreachable(&"no answer"))?;
+        tracing::info!(target = self.target, "snapshot sent");
+        decode_reply(&self.addr, resp).map_err(|e| unreachable(&e))
+    }
+}

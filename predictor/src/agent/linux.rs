@@ -1,0 +1,421 @@
+//! The Linux collector: /proc for CPU, memory, disk, network and TCP counters, /sys for
+//! temperature and power supplies, /dev/kmsg for hardware error lines.
+//!
+//! Every counter the kernel keeps cumulatively is turned into a per-interval delta here, so a
+//! sample stands on its own. Sensors that do not exist become `null`; a kernel log we may not
+//! read (no privilege) counts zero errors and is reported once in the log.
+
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use procfs::{Current, CurrentSI, DiskStat, KernelStats, Meminfo};
+
+use super::{AgentError, Collector};
+use crate::sample::HealthSample;
+
+/// Collector settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinuxConfig {
+    /// Node id written into samples.
+    pub node: String,
+    /// Block device holding shard data, as named in /proc/diskstats (e.g. `nvme0n1`).
+    pub data_device: String,
+    /// Interfaces whose errors count; empty means every interface except `lo`.
+    pub interfaces: Vec<String>,
+    /// Root of sysfs (tests point this at a fixture).
+    pub sys_root: PathBuf,
+    /// Whether to follow /dev/kmsg for error lines.
+    pub kmsg: bool,
+}
+
+impl LinuxConfig {
+    /// Defaults for `node` storing data on `data_device`.
+    pub fn new(node: &str, data_device: &str) -> Self {
+        LinuxConfig {
+            node: node.to_string(),
+            data_device: data_device.to_string(),
+            interfaces: Vec::new(),
+            sys_root: PathBuf::from("/sys"),
+            kmsg: true,
+        }
+    }
+}
+
+/// Peer network quality, supplied by the node from its QUIC connections (the agent cannot
+/// measure RTT and loss to peers by itself).
+#[derive(Debug, Clone, Default)]
+pub struct PeerNetwork {
+    inner: Arc<Mutex<(f64, f64)>>,
+}
+
+impl PeerNetwork {
+    /// Records the latest smoothed RTT (ms) and loss (percent) across peers.
+    pub fn set(&self, rtt_ms: f64, loss_pct: f64) {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        *g = (rtt_ms.max(0.0), loss_pct.clamp(0.0, 100.0));
+    }
+
+    fn get(&self) -> (f64, f64) {
+        *self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether a kernel log record counts as an error: priority err or worse, or a known disk,
+/// memory or PCIe failure pattern at any priority (drivers log some of those as warnings).
+pub fn is_error_record(record: &str) -> bool {
+    let (prefix, message) = record.split_once(';').unwrap_or(("", record));
+    let priority = prefix
+        .split(',')
+        .next()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .map(|p| p & 7);
+    if priority.is_some_and(|p| p <= 3) {
+        return true;
+    }
+    const PATTERNS: [&str; 14] = [
+        "i/o error",
+        "blk_update_request",
+        "medium error",
+        "uncorrectable",
+        "edac",
+        "machine check",
+        "mce:",
+        "hardware error",
+        "aer:",
+        "pcie bus error",
+        "nvme",
+        "ata bus error",
+        "reset controller",
+        "timeout",
+    ];
+    let m = message.to_ascii_lowercase();
+    // "nvme" and "timeout" alone are too broad; they count only together with a failure word.
+    PATTERNS
+        .iter()
+        .take(12)
+        .any(|p| m.contains(p) && (*p != "nvme" || m.contains("error") || m.contains("timeout")))
+        || (m.contains("timeout") && (m.contains("i/o") || m.contains("command")))
+        || m.contains("reset controller")
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    cpu_busy: u64,
+    cpu_total: u64,
+    reads: u64,
+    read_ms: u64,
+    writes: u64,
+    write_ms: u64,
+    sectors_read: u64,
+    sectors_written: u64,
+    io_ticks_ms: u64,
+    net_errors: u64,
+    tcp_out: u64,
+    tcp_retrans: u64,
+    at_ms: i64,
+}
+
+/// Samples the local machine.
+pub struct LinuxCollector {
+    config: LinuxConfig,
+    peers: PeerNetwork,
+    previous: Option<Counters>,
+    kmsg_errors: Arc<AtomicU64>,
+    kmsg_seen: u64,
+}
+
+impl LinuxCollector {
+    /// Checks that the data device exists and starts following the kernel log.
+    pub fn new(config: LinuxConfig, peers: PeerNetwork) -> Result<Self, AgentError> {
+        let disks = procfs::diskstats().map_err(|e| AgentError::Procfs(e.to_string()))?;
+        if !disks.iter().any(|d| d.name == config.data_device) {
+            return Err(AgentError::NoSuchDevice {
+                device: config.data_device.clone(),
+                available: disks
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let kmsg_errors = Arc::new(AtomicU64::new(0));
+        if config.kmsg {
+            follow_kmsg(kmsg_errors.clone());
+        }
+        Ok(LinuxCollector {
+            config,
+            peers,
+            previous: None,
+            kmsg_errors,
+            kmsg_seen: 0,
+        })
+    }
+
+    fn counters(&self, now_ms: i64) -> Result<Counters, AgentError> {
+        let procfs_err = |e: procfs::ProcError| AgentError::Procfs(e.to_string());
+        let stat = KernelStats::current().map_err(procfs_err)?;
+        let t = &stat.total;
+        let idle = t.idle + t.iowait.unwrap_or(0);
+        let total = t.user
+            + t.nice
+            + t.system
+            + idle
+            + t.irq.unwrap_or(0)
+            + t.softirq.unwrap_or(0)
+            + t.steal.unwrap_or(0);
+        let disk: DiskStat = procfs::diskstats()
+            .map_err(procfs_err)?
+            .into_iter()
+            .find(|d| d.name == self.config.data_device)
+            .ok_or_else(|| AgentError::NoSuchDevice {
+                device: self.config.data_device.clone(),
+                available: "(device disappeared)".into(),
+            })?;
+        let mut net_errors = 0;
+        for (name, dev) in procfs::net::dev_status().map_err(procfs_err)? {
+            let wanted = if self.config.interfaces.is_empty() {
+                name != "lo"
+            } else {
+                self.config.interfaces.contains(&name)
+            };
+            if wanted {
+                net_errors += dev.recv_errs + dev.recv_drop + dev.sent_errs + dev.sent_drop;
+            }
+        }
+        let (tcp_out, tcp_retrans) = match procfs::net::snmp() {
+            Ok(s) => (s.tcp_out_segs, s.tcp_retrans_segs),
+            Err(_) => (0, 0),
+        };
+        Ok(Counters {
+            cpu_busy: total - idle,
+            cpu_total: total,
+            reads: disk.reads,
+            read_ms: disk.time_reading,
+            writes: disk.writes,
+            write_ms: disk.time_writing,
+            sectors_read: disk.sectors_read,
+            sectors_written: disk.sectors_written,
+            io_ticks_ms: disk.time_in_progress,
+            net_errors,
+            tcp_out,
+            tcp_retrans,
+            at_ms: now_ms,
+        })
+    }
+}
+
+/// Reads /dev/kmsg on a background thread (reads block until the next record), counting error
+/// records. Starts at the end of the ring buffer so old boot messages do not count.
+fn follow_kmsg(counter: Arc<AtomicU64>) {
+    let spawned = std::thread::Builder::new()
+        .name("augur-kmsg".into())
+        .spawn(move || {
+            let path = Path::new("/dev/kmsg");
+            let mut file = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read /dev/kmsg: err_log_count will stay 0");
+                    return;
+                }
+            };
+            if let Err(e) = file.seek(SeekFrom::End(0)) {
+                tracing::warn!(error = %e, "cannot seek /dev/kmsg; counting from the start");
+            }
+            // /dev/kmsg returns one record per read; a small buffer per line is enough.
+            let mut reader = BufReader::with_capacity(8192, file);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        if is_error_record(&line) {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    // EPIPE: records were overwritten before we read them; keep going.
+                    Err(e) if e.raw_os_error() == Some(32) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stopped reading /dev/kmsg");
+                        return;
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the kmsg reader");
+    }
+}
+
+/// Hottest hwmon temperature in °C, or `None` without sensors.
+pub fn read_temperature(sys_root: &Path) -> Option<f64> {
+    let dir = std::fs::read_dir(sys_root.join("class/hwmon")).ok()?;
+    let mut hottest: Option<f64> = None;
+    for hw in dir.flatten() {
+        let Ok(files) = std::fs::read_dir(hw.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with("temp") && name.ends_with("_input") {
+                let milli = std::fs::read_to_string(f.path())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<f64>().ok());
+                if let Some(c) = milli
+                    .map(|m| m / 1000.0)
+                    .filter(|c| (-60.0..=200.0).contains(c))
+                {
+                    hottest = Some(hottest.map_or(c, |h: f64| h.max(c)));
+                }
+            }
+        }
+    }
+    hottest
+}
+
+/// Whether every mains power supply is online; `None` when none is visible.
+pub fn read_power_supply(sys_root: &Path) -> Option<bool> {
+    let dir = std::fs::read_dir(sys_root.join("class/power_supply")).ok()?;
+    let mut any = false;
+    let mut all_ok = true;
+    for ps in dir.flatten() {
+        let read = |f: &str| std::fs::read_to_string(ps.path().join(f)).ok();
+        if read("type").is_some_and(|t| t.trim() == "Mains") {
+            if let Some(online) = read("online") {
+                any = true;
+                all_ok &= online.trim() == "1";
+            }
+        }
+    }
+    any.then_some(all_ok)
+}
+
+fn delta(now: u64, before: u64) -> u64 {
+    // Counters can reset (device re-attached, 32-bit wrap): treat as a fresh start.
+    now.saturating_sub(before)
+}
+
+impl Collector for LinuxCollector {
+    fn collect(&mut self, now_ms: i64) -> Result<HealthSample, AgentError> {
+        let now = self.counters(now_ms)?;
+        let prev = self.previous.replace(now).unwrap_or(now);
+        let elapsed_ms = (now.at_ms - prev.at_ms).max(1) as f64;
+        let ratio = |num: u64, den: u64| {
+            if den == 0 {
+                0.0
+            } else {
+                num as f64 / den as f64
+            }
+        };
+        let reads = delta(now.reads, prev.reads);
+        let writes = delta(now.writes, prev.writes);
+        let mem = Meminfo::current().map_err(|e| AgentError::Procfs(e.to_string()))?;
+        let available = mem
+            .mem_available
+            .unwrap_or(mem.mem_free + mem.buffers + mem.cached);
+        let (rtt, loss) = self.peers.get();
+        let kmsg_total = self.kmsg_errors.load(Ordering::Relaxed);
+        let err_log_count = kmsg_total - self.kmsg_seen.min(kmsg_total);
+        self.kmsg_seen = kmsg_total;
+        let tcp_out = delta(now.tcp_out, prev.tcp_out);
+        Ok(HealthSample {
+            node: self.config.node.clone(),
+            ts_ms: now_ms,
+            cpu_util: ratio(
+                delta(now.cpu_busy, prev.cpu_busy),
+                delta(now.cpu_total, prev.cpu_total),
+            )
+            .clamp(0.0, 1.0),
+            mem_util: (1.0 - ratio(available, mem.mem_total)).clamp(0.0, 1.0),
+            disk_read_lat_ms: ratio(delta(now.read_ms, prev.read_ms), reads),
+            disk_write_lat_ms: ratio(delta(now.write_ms, prev.write_ms), writes),
+            disk_read_mbps: delta(now.sectors_read, prev.sectors_read) as f64 * 512.0
+                / 1e6
+                / (elapsed_ms / 1000.0),
+            disk_write_mbps: delta(now.sectors_written, prev.sectors_written) as f64 * 512.0
+                / 1e6
+                / (elapsed_ms / 1000.0),
+            disk_util: (delta(now.io_ticks_ms, prev.io_ticks_ms) as f64 / elapsed_ms)
+                .clamp(0.0, 1.0),
+            net_rtt_ms: rtt,
+            net_loss_pct: loss,
+            net_errors: delta(now.net_errors, prev.net_errors),
+            err_log_count,
+            temp_c: read_temperature(&self.config.sys_root),
+            psu_ok: read_power_supply(&self.config.sys_root),
+            tcp_retrans_pct: (tcp_out > 0)
+                .then(|| 100.0 * delta(now.tcp_retrans, prev.tcp_retrans) as f64 / tcp_out as f64),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_kernel_records() {
+        assert!(is_error_record("3,1234,5678,-;something failed"));
+        assert!(!is_error_record("6,1,2,-;eth0: link up"));
+        assert!(is_error_record(
+            "4,9,9,-;blk_update_request: I/O error, dev sda, sector 42"
+        ));
+        assert!(is_error_record(
+            "4,9,9,-;nvme nvme0: I/O 12 QID 3 timeout, reset controller"
+        ));
+        assert!(is_error_record("5,1,1,-;EDAC MC0: 1 CE memory read error"));
+        assert!(is_error_record(
+            "4,1,1,-;pcieport 0000:00:1c.0: AER: Corrected error received"
+        ));
+        assert!(!is_error_record(
+            "6,1,1,-;nvme nvme0: 8/0/0 default/read/poll queues"
+        ));
+    }
+
+    #[test]
+    fn sysfs_sensors_and_their_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_temperature(dir.path()), None);
+        assert_eq!(read_power_supply(dir.path()), None);
+        let hw = dir.path().join("class/hwmon/hwmon0");
+        std::fs::create_dir_all(&hw).unwrap();
+        std::fs::write(hw.join("temp1_input"), "45000\n").unwrap();
+        std::fs::write(hw.join("temp2_input"), "61500\n").unwrap();
+        std::fs::write(hw.join("temp3_input"), "garbage\n").unwrap();
+        assert_eq!(read_temperature(dir.path()), Some(61.5));
+        let ps = dir.path().join("class/power_supply/PSU1");
+        std::fs::create_dir_all(&ps).unwrap();
+        std::fs::write(ps.join("type"), "Mains\n").unwrap();
+        std::fs::write(ps.join("online"), "1\n").unwrap();
+        let bat = dir.path().join("class/power_supply/BAT0");
+        std::fs::create_dir_all(&bat).unwrap();
+        std::fs::write(bat.join("type"), "Battery\n").unwrap();
+        assert_eq!(read_power_supply(dir.path()), Some(true));
+        std::fs::write(ps.join("online"), "0\n").unwrap();
+        assert_eq!(read_power_supply(dir.path()), Some(false));
+    }
+
+    #[test]
+    fn collects_from_this_machine() {
+        let disks = match procfs::diskstats() {
+            Ok(d) if !d.is_empty() => d,
+            _ => return, // no /proc/diskstats in this sandbox: nothing to sample
+        };
+        let mut cfg = LinuxConfig::new("local", &disks[0].name);
+        cfg.kmsg = false;
+        let peers = PeerNetwork::default();
+        peers.set(0.7, 0.1);
+        let mut c = LinuxCollector::new(cfg, peers).unwrap();
+        c.collect(1_000).unwrap();
+        let s = c.collect(2_000).unwrap();
+        assert!(s.validate().is_ok(), "{s:?}");
+        assert_eq!(s.net_rtt_ms, 0.7);
+        let missing = LinuxCollector::new(
+            LinuxConfig::new("x", "no-such-disk"),
+            PeerNetwork::default(),
+        );
+        assert!(matches!(missing, Err(AgentError::NoSuchDevice { .. })));
+    }
+}

@@ -1,0 +1,565 @@
+//! Feature windows: what the models see of a node at one scoring time.
+//!
+//! Every feature is defined over wall-clock spans (10 min, 1 h, 6 h), never over sample
+//! counts, so the same model scores an agent sampling every 5 s and a trace at 1 min, and a
+//! few lost samples only shrink a window instead of shifting it.
+
+use ndarray::Array2;
+use serde::{Deserialize, Serialize};
+
+use crate::sample::{metric, N_METRICS};
+use crate::trace::NodeSeries;
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+
+/// Window geometry, stored in the model file so scoring always matches training.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    /// Short span: "right now".
+    pub short_ms: i64,
+    /// Middle span.
+    pub mid_ms: i64,
+    /// Long span: recent trend.
+    pub long_ms: i64,
+    /// Baseline span: the node's own normal, so a level is judged against this node's
+    /// hardware and workload rather than the fleet's. Long, because slow precursors ramp for
+    /// days and a short baseline would absorb them.
+    pub baseline_ms: i64,
+    /// Step of the LSTM input sequence (samples are averaged per step).
+    pub seq_step_ms: i64,
+    /// Number of LSTM steps; `seq_len * seq_step_ms` should equal `long_ms`.
+    pub seq_len: usize,
+    /// Minimum samples in the middle span for a window to be scored at all.
+    pub min_samples: usize,
+}
+
+impl Default for WindowSpec {
+    fn default() -> Self {
+        WindowSpec {
+            short_ms: 10 * MINUTE_MS,
+            mid_ms: HOUR_MS,
+            long_ms: 6 * HOUR_MS,
+            baseline_ms: 72 * HOUR_MS,
+            seq_step_ms: 15 * MINUTE_MS,
+            seq_len: 24,
+            min_samples: 3,
+        }
+    }
+}
+
+/// Level channels: derived per-sample values whose level, spread and trend matter.
+/// Latency is also given "utilisation-normalised" (`lat * (1 - 0.9 util)`): queueing makes a
+/// busy healthy disk slow, a sick disk is slow at any load, and this separates the two.
+///
+/// Features of a level channel are relative to the node's own 24 h baseline (ratios, z-scores,
+/// relative slope), because absolute latencies differ 50x between hardware cohorts and alone
+/// would let the trees memorise *which* nodes failed in training instead of *how* failing
+/// nodes look. Latency, loss and temperature also get absolute levels (a 60 ms read or 70 °C
+/// is bad on any machine); the trees' monotone constraints keep them from using absolute
+/// levels as a node fingerprint.
+///
+/// CPU and disk utilisation are deliberately absent: they follow tenant load, and with few
+/// failures to learn from, trees latch onto load swings that happen to precede a failure. They
+/// still reach the model through the autoencoder and the utilisation-normalised latency.
+const LEVEL_CHANNELS: [(&str, bool); 6] = [
+    ("read_lat_norm", true),
+    ("write_lat_norm", true),
+    ("read_lat", true),
+    ("rtt", false),
+    ("loss", true),
+    ("temp", true),
+];
+
+const LEVEL_STATS: [&str; 7] = [
+    "change_10m_6h",
+    "change_1h_base",
+    "z_10m_base",
+    "z_1h_base",
+    "rel_slope_6h",
+    "rel_std_1h",
+    "rel_max_1h",
+];
+
+fn level_value(row: &[f32; N_METRICS], channel: usize) -> f64 {
+    let util = row[metric::DISK_UTIL] as f64;
+    let q = 1.0 - 0.9 * util.clamp(0.0, 1.0);
+    match channel {
+        0 => row[metric::READ_LAT] as f64 * q,
+        1 => row[metric::WRITE_LAT] as f64 * q,
+        2 => row[metric::READ_LAT] as f64,
+        3 => row[metric::RTT] as f64,
+        4 => row[metric::LOSS] as f64,
+        _ => row[metric::TEMP] as f64,
+    }
+}
+
+const COUNT_CHANNELS: [(&str, usize); 2] = [
+    ("err_log", metric::ERR_LOG),
+    ("net_errors", metric::NET_ERR),
+];
+
+/// Names of the window features, in [`WindowFeatures::extract`] order (without the anomaly
+/// score, which the model appends).
+pub fn feature_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for (ch, absolute) in LEVEL_CHANNELS {
+        for stat in LEVEL_STATS {
+            names.push(format!("{ch}_{stat}"));
+        }
+        if absolute {
+            names.push(format!("{ch}_mean_10m"));
+            names.push(format!("{ch}_max_1h"));
+        }
+    }
+    names.push("throughput_change_10m_6h".into());
+    for (ch, _) in COUNT_CHANNELS {
+        for stat in [
+            "rate_10m",
+            "rate_1h",
+            "rate_6h",
+            "max_rate_1h",
+            "accel_1h_6h",
+            "rate_base",
+            "accel_1h_base",
+        ] {
+            names.push(format!("{ch}_{stat}"));
+        }
+    }
+    names.push("psu_flaps_1h".into());
+    names.push("psu_flaps_6h".into());
+    names.push("psu_down_frac_1h".into());
+    names
+}
+
+/// The direction in which risk may move with a feature: +1 (only up), -1 (only down) or 0.
+///
+/// Failure precursors are "more is worse" — more errors, more loss, hotter, slower than this
+/// node's own baseline — and with dozens rather than thousands of failures to learn from,
+/// letting trees bend that relation fits noise. Falling throughput is the one "less is worse"
+/// feature.
+pub fn monotone_direction(name: &str) -> i8 {
+    if name.starts_with("throughput_") {
+        -1
+    } else {
+        1
+    }
+}
+
+/// Feature extraction over one node's series.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowFeatures<'a> {
+    /// The node's samples.
+    pub series: &'a NodeSeries,
+    /// Window geometry.
+    pub spec: WindowSpec,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Moments {
+    n: f64,
+    sum: f64,
+    sum_sq: f64,
+    max: f64,
+}
+
+impl Moments {
+    fn push(&mut self, v: f64) {
+        self.push_weighted(v, 1.0);
+    }
+    /// A sample standing for `w` samples (strided reads of long spans).
+    fn push_weighted(&mut self, v: f64, w: f64) {
+        if v.is_nan() {
+            return;
+        }
+        if self.n == 0.0 || v > self.max {
+            self.max = v;
+        }
+        self.n += w;
+        self.sum += w * v;
+        self.sum_sq += w * v * v;
+    }
+    fn mean(&self) -> f64 {
+        if self.n == 0.0 {
+            f64::NAN
+        } else {
+            self.sum / self.n
+        }
+    }
+    fn std(&self) -> f64 {
+        if self.n < 2.0 {
+            return f64::NAN;
+        }
+        let m = self.mean();
+        (self.sum_sq / self.n - m * m).max(0.0).sqrt()
+    }
+    fn max(&self) -> f64 {
+        if self.n == 0.0 {
+            f64::NAN
+        } else {
+            self.max
+        }
+    }
+}
+
+impl<'a> WindowFeatures<'a> {
+    /// Whether the window ending at `t` has enough data to be scored.
+    pub fn scorable(&self, t: i64) -> bool {
+        self.series.range(t - self.spec.mid_ms, t).len() >= self.spec.min_samples
+    }
+
+    /// Estimated sample interval inside an index range, minutes (for per-minute rates that do
+    /// not depend on the sampling interval or on lost samples).
+    fn interval_min(&self, r: &std::ops::Range<usize>) -> f64 {
+        let ts = &self.series.ts[r.clone()];
+        if ts.len() < 2 {
+            return 1.0;
+        }
+        let mut diffs: Vec<i64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
+        let mid = diffs.len() / 2;
+        let (_, median, _) = diffs.select_nth_unstable(mid);
+        (*median as f64 / MINUTE_MS as f64).max(1.0 / 60.0)
+    }
+
+    /// Appends the window features at time `t` to `out` (see [`feature_names`]).
+    pub fn extract(&self, t: i64, out: &mut Vec<f64>) {
+        let s = self.series;
+        let base = s.range(t - self.spec.baseline_ms, t);
+        let long = s.range(t - self.spec.long_ms, t);
+        let mid = s.range(t - self.spec.mid_ms, t);
+        let short = s.range(t - self.spec.short_ms, t);
+        let t_hours = |i: usize| (s.ts[i] - t) as f64 / HOUR_MS as f64;
+        // Spans longer than the middle one are read with a stride so that a 5-second agent
+        // costs about what a 1-minute trace does: a baseline mean does not need every sample.
+        let base_stride = ((long.start - base.start) / 360).max(1);
+        let long_stride = ((mid.start - long.start) / 120).max(1);
+
+        for (ch, &(name, absolute)) in LEVEL_CHANNELS.iter().enumerate() {
+            let (mut m_base, mut m_long, mut m_mid, mut m_short) = (
+                Moments::default(),
+                Moments::default(),
+                Moments::default(),
+                Moments::default(),
+            );
+            // Least-squares slope per hour over the long span (weighted like the moments).
+            let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+            let mut i = base.start;
+            while i < base.end {
+                let stride = if i < long.start {
+                    base_stride
+                } else if i < mid.start {
+                    long_stride
+                } else {
+                    1
+                };
+                let w = stride.min(base.end - i) as f64;
+                let v = level_value(&s.values[i], ch);
+                i += stride;
+                if v.is_nan() {
+                    continue;
+                }
+                let idx = i - stride;
+                m_base.push_weighted(v, w);
+                if idx < long.start {
+                    continue;
+                }
+                m_long.push_weighted(v, w);
+                if idx >= mid.start {
+                    m_mid.push(v);
+                }
+                if idx >= short.start {
+                    m_short.push(v);
+                }
+                let x = t_hours(idx);
+                sx += w * x;
+                sy += w * v;
+                sxx += w * x * x;
+                sxy += w * x * v;
+            }
+            let n = m_long.n;
+            let denom = n * sxx - sx * sx;
+            let slope = if n >= 3.0 && denom.abs() > 1e-12 {
+                (n * sxy - sx * sy) / denom
+            } else {
+                f64::NAN
+            };
+            let base_mean = m_base.mean();
+            let base_sd = m_base.std() + 1e-3 + 0.01 * base_mean.abs();
+            let rel = |v: f64| v / (base_mean.abs() + 1e-3);
+            let (change, change_base) = if name == "temp" {
+                (m_short.mean() - m_long.mean(), m_mid.mean() - base_mean)
+            } else {
+                (
+                    (m_short.mean() + 1e-3) / (m_long.mean() + 1e-3),
+                    (m_mid.mean() + 1e-3) / (base_mean + 1e-3),
+                )
+            };
+            out.extend_from_slice(&[
+                change,
+                change_base,
+                (m_short.mean() - base_mean) / base_sd,
+                (m_mid.mean() - base_mean) / base_sd,
+                rel(slope),
+                rel(m_mid.std()),
+                rel(m_mid.max()),
+            ]);
+            if absolute {
+                out.extend_from_slice(&[m_short.mean(), m_mid.max()]);
+            }
+        }
+
+        let tput = |r: &std::ops::Range<usize>| {
+            let mut m = Moments::default();
+            for i in r.clone() {
+                m.push((s.values[i][metric::READ_MBPS] + s.values[i][metric::WRITE_MBPS]) as f64);
+            }
+            m.mean()
+        };
+        out.push((tput(&short) + 1.0) / (tput(&long) + 1.0));
+
+        let step_min = self.interval_min(&mid);
+        for (_, col) in COUNT_CHANNELS {
+            let rate = |r: &std::ops::Range<usize>| {
+                if r.is_empty() {
+                    return f64::NAN;
+                }
+                // Long spans are strided like the level channels; counts scale back up.
+                let stride = (r.len() / 720).max(1);
+                let mut sum = 0.0;
+                let mut seen = 0usize;
+                let mut i = r.start;
+                while i < r.end {
+                    sum += s.values[i][col] as f64;
+                    seen += 1;
+                    i += stride;
+                }
+                sum / (seen as f64 * step_min)
+            };
+            let max_rate = mid
+                .clone()
+                .map(|i| s.values[i][col] as f64 / step_min)
+                .fold(f64::NAN, f64::max);
+            let (r_short, r_mid, r_long, r_base) =
+                (rate(&short), rate(&mid), rate(&long), rate(&base));
+            out.extend_from_slice(&[
+                r_short,
+                r_mid,
+                r_long,
+                max_rate,
+                (r_mid + 0.01) / (r_long + 0.01),
+                r_base,
+                (r_mid + 0.01) / (r_base + 0.01),
+            ]);
+        }
+
+        let flaps = |r: &std::ops::Range<usize>| {
+            let mut prev = f32::NAN;
+            let mut flips = 0.0;
+            let mut seen = false;
+            for i in r.clone() {
+                let v = s.values[i][metric::PSU];
+                if v.is_nan() {
+                    continue;
+                }
+                if seen && v != prev {
+                    flips += 1.0;
+                }
+                prev = v;
+                seen = true;
+            }
+            if seen {
+                flips
+            } else {
+                f64::NAN
+            }
+        };
+        out.push(flaps(&mid));
+        out.push(flaps(&long));
+        let mut down = Moments::default();
+        for i in mid.clone() {
+            let v = s.values[i][metric::PSU];
+            down.push(if v.is_nan() { f64::NAN } else { 1.0 - v as f64 });
+        }
+        out.push(down.mean());
+    }
+}
+
+/// Per-metric normalisation for the LSTM input, fitted on healthy training data.
+///
+/// Heavy-tailed metrics (latencies, throughputs, counts, loss) are log-compressed first so a
+/// latency spike does not dominate the reconstruction loss; centre and scale are robust
+/// (median, IQR) so the fit is not thrown by the very anomalies we look for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normaliser {
+    /// Whether metric `i` is log1p-transformed first.
+    pub log: Vec<bool>,
+    /// Median of the transformed metric.
+    pub center: Vec<f64>,
+    /// Robust spread of the transformed metric (never below a floor).
+    pub scale: Vec<f64>,
+}
+
+const LOG_METRICS: [usize; 8] = [
+    metric::READ_LAT,
+    metric::WRITE_LAT,
+    metric::READ_MBPS,
+    metric::WRITE_MBPS,
+    metric::RTT,
+    metric::LOSS,
+    metric::NET_ERR,
+    metric::ERR_LOG,
+];
+
+impl Normaliser {
+    /// Fits on a sample of metric rows (NaNs ignored; all-NaN metrics get centre 0, scale 1).
+    pub fn fit(rows: &[[f32; N_METRICS]]) -> Normaliser {
+        let log: Vec<bool> = (0..N_METRICS).map(|m| LOG_METRICS.contains(&m)).collect();
+        let mut center = vec![0.0; N_METRICS];
+        let mut scale = vec![1.0; N_METRICS];
+        for m in 0..N_METRICS {
+            let mut v: Vec<f64> = rows
+                .iter()
+                .map(|r| transform(r[m] as f64, log[m]))
+                .filter(|x| !x.is_nan())
+                .collect();
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+            center[m] = q(0.5);
+            scale[m] = ((q(0.75) - q(0.25)) / 1.349).max(0.05);
+        }
+        Normaliser { log, center, scale }
+    }
+
+    /// Normalised value of metric `m`; NaN (absent sensor) maps to 0, the typical value, so
+    /// the autoencoder neither sees nor learns anything from a missing sensor.
+    pub fn apply(&self, m: usize, raw: f32) -> f64 {
+        let x = transform(raw as f64, self.log[m]);
+        if x.is_nan() {
+            0.0
+        } else {
+            ((x - self.center[m]) / self.scale[m]).clamp(-10.0, 10.0)
+        }
+    }
+
+    /// The LSTM input sequence ending at `t`: per-step means of normalised metrics. An empty
+    /// step (lost samples, agent restart) repeats the previous step so gaps look flat, not
+    /// like a sudden return to the mean.
+    pub fn sequence(&self, series: &NodeSeries, t: i64, spec: &WindowSpec) -> Array2<f64> {
+        let mut seq = Array2::<f64>::zeros((spec.seq_len, N_METRICS));
+        let start = t - spec.seq_step_ms * spec.seq_len as i64;
+        let mut prev: Option<usize> = None;
+        for step in 0..spec.seq_len {
+            let a = start + step as i64 * spec.seq_step_ms;
+            let r = series.range(a, a + spec.seq_step_ms);
+            if r.is_empty() {
+                if let Some(p) = prev {
+                    let row = seq.row(p).to_owned();
+                    seq.row_mut(step).assign(&row);
+                }
+                continue;
+            }
+            let n = r.len() as f64;
+            for i in r {
+                for m in 0..N_METRICS {
+                    seq[[step, m]] += self.apply(m, series.values[i][m]) / n;
+                }
+            }
+            prev = Some(step);
+        }
+        seq
+    }
+}
+
+fn transform(x: f64, log: bool) -> f64 {
+    if log {
+        x.max(0.0).ln_1p()
+    } else {
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(n: usize, step: i64, f: impl Fn(usize) -> [f32; N_METRICS]) -> NodeSeries {
+        NodeSeries {
+            node: "n".into(),
+            ts: (0..n).map(|i| i as i64 * step).collect(),
+            values: (0..n).map(f).collect(),
+        }
+    }
+
+    fn base(i: usize) -> [f32; N_METRICS] {
+        let mut r = [0.0; N_METRICS];
+        r[metric::READ_LAT] = 2.0;
+        r[metric::DISK_UTIL] = 0.5;
+        r[metric::ERR_LOG] = (i % 2) as f32;
+        r[metric::TEMP] = f32::NAN;
+        r[metric::PSU] = if matches!(i % 10, 0) { 0.0 } else { 1.0 };
+        r
+    }
+
+    #[test]
+    fn features_are_interval_independent_rates() {
+        let spec = WindowSpec::default();
+        let names = feature_names();
+        // 1-minute and 5-second sampling of the same behaviour give the same rates.
+        let a = series(600, MINUTE_MS, base);
+        let b = series(7200, 5_000, |i| {
+            let mut r = base(i);
+            r[metric::ERR_LOG] = if i % 24 == 0 { 1.0 } else { 0.0 };
+            r
+        });
+        let (mut fa, mut fb) = (Vec::new(), Vec::new());
+        WindowFeatures { series: &a, spec }.extract(599 * MINUTE_MS, &mut fa);
+        WindowFeatures { series: &b, spec }.extract(7199 * 5_000, &mut fb);
+        assert_eq!(fa.len(), names.len());
+        let rate = names.iter().position(|n| n == "err_log_rate_1h").unwrap();
+        assert!((fa[rate] - 0.5).abs() < 0.02, "{}", fa[rate]);
+        assert!((fb[rate] - 0.5).abs() < 0.02, "{}", fb[rate]);
+        let lat = names
+            .iter()
+            .position(|n| n == "read_lat_norm_change_1h_base")
+            .unwrap();
+        assert!((fa[lat] - 1.0).abs() < 1e-6, "flat latency has no change");
+        let temp = names.iter().position(|n| n == "temp_z_1h_base").unwrap();
+        assert!(fa[temp].is_nan(), "absent sensor stays missing");
+        let flaps = names.iter().position(|n| n == "psu_flaps_1h").unwrap();
+        assert_eq!(fa[flaps], 11.0);
+    }
+
+    #[test]
+    fn slope_sees_a_ramp() {
+        let spec = WindowSpec::default();
+        let s = series(400, MINUTE_MS, |i| {
+            let mut r = base(i);
+            r[metric::TEMP] = 40.0 + i as f32 / 60.0; // +1 °C per hour
+            r
+        });
+        let mut f = Vec::new();
+        WindowFeatures { series: &s, spec }.extract(399 * MINUTE_MS, &mut f);
+        let names = feature_names();
+        let slope = names.iter().position(|n| n == "temp_rel_slope_6h").unwrap();
+        let mean_24h = 40.0 + 399.0 / 120.0; // mean of the whole ramp
+        assert!((f[slope] * mean_24h - 1.0).abs() < 1e-3, "{}", f[slope]);
+    }
+
+    #[test]
+    fn sequence_fills_gaps_and_normalises() {
+        let spec = WindowSpec::default();
+        let mut s = series(400, MINUTE_MS, base);
+        // Remove an hour in the middle.
+        s.ts.drain(200..260);
+        s.values.drain(200..260);
+        let rows: Vec<_> = s.values.clone();
+        let norm = Normaliser::fit(&rows);
+        let seq = norm.sequence(&s, 399 * MINUTE_MS, &spec);
+        assert_eq!(seq.dim(), (24, N_METRICS));
+        assert!(seq.iter().all(|v| v.is_finite()));
+        assert!(seq[[23, metric::READ_LAT]].abs() < 1e-9, "median maps to 0");
+    }
+}

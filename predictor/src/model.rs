@@ -1,0 +1,396 @@
+//! The versioned model file and scoring.
+//!
+//! One file carries everything scoring needs — schema version, window geometry, feature names,
+//! normalisation, horizon, the LSTM autoencoder, the boosted trees, calibration and the alert
+//! rule chosen at training — so a node can never pair trees with the wrong features. The file
+//! is gzip-compressed JSON; plain JSON is accepted too.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde::{Deserialize, Serialize};
+
+use crate::features::{feature_names, Normaliser, WindowFeatures, WindowSpec};
+use crate::gbt::{Gbt, Platt};
+use crate::lstm::{to_steps, LstmAutoencoder};
+use crate::sample::{HealthSample, N_METRICS};
+use crate::trace::NodeSeries;
+
+/// The schema this build reads and writes. Bump on any change to the model's meaning.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Name of the anomaly-score feature appended to the window features.
+pub const ANOMALY_FEATURE: &str = "lstm_anomaly";
+
+/// Why a model could not be loaded, saved or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The model file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a model of any schema (not JSON, or missing the version).
+    #[error("{path}: not an augur model file: {reason}")]
+    Format {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file is a model of another schema version.
+    #[error("{path}: model schema version {found} is not supported (this build reads version {expected}); retrain with this build's `augur-predict train`")]
+    Schema {
+        /// The model file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u64,
+        /// Version this build understands.
+        expected: u32,
+    },
+    /// The parts of the model do not fit together (corrupt or hand-edited file).
+    #[error("{path}: inconsistent model: {reason}")]
+    Inconsistent {
+        /// The model file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// The samples given are not enough to score a window.
+    #[error("not enough samples to score node {node}: need {need} in the last {span_min} min, have {have}")]
+    NotEnoughData {
+        /// Node id.
+        node: String,
+        /// Samples required.
+        need: usize,
+        /// Samples present.
+        have: usize,
+        /// Span considered, minutes.
+        span_min: i64,
+    },
+}
+
+/// The alert rule: a node alerts when its calibrated risk is at or above `threshold` in `k` of
+/// the last `n` scoring rounds, scoring every `round_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AlertRule {
+    /// Calibrated probability threshold.
+    pub threshold: f64,
+    /// Rounds above threshold required...
+    pub k: usize,
+    /// ...among this many most recent rounds.
+    pub n: usize,
+    /// Time between scoring rounds, ms.
+    pub round_ms: i64,
+}
+
+/// Provenance of a model: what it was trained on and how to reproduce it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Trace directory (as given on the command line).
+    pub trained_on: String,
+    /// Command line that produced the model, if trained by the CLI.
+    pub command: String,
+    /// Samples in the training trace.
+    pub samples: usize,
+    /// Nodes in the training trace.
+    pub nodes: usize,
+    /// Failures in the training trace.
+    pub failures: usize,
+    /// Rows the trees were fitted on.
+    pub training_rows: usize,
+    /// Wall-clock training time, seconds.
+    pub train_seconds: f64,
+    /// Final autoencoder training loss.
+    pub lstm_loss: f64,
+}
+
+/// A trained failure model.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Model {
+    /// Always [`SCHEMA_VERSION`] for a model this build loaded or trained.
+    pub schema_version: u32,
+    /// Prediction horizon H: the model gives P(failure within H), ms.
+    pub horizon_ms: i64,
+    /// Window geometry.
+    pub window: WindowSpec,
+    /// Feature names, window features then [`ANOMALY_FEATURE`].
+    pub features: Vec<String>,
+    /// LSTM input normalisation.
+    pub normaliser: Normaliser,
+    /// The anomaly model.
+    pub lstm: LstmAutoencoder,
+    /// The failure model.
+    pub gbt: Gbt,
+    /// Margin-to-probability calibration.
+    pub calibration: Platt,
+    /// Alert rule chosen on the calibration slice.
+    pub alert: AlertRule,
+    /// Provenance.
+    pub info: ModelInfo,
+}
+
+/// One feature's push on a prediction (SHAP value, log-odds units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// Feature name.
+    pub feature: String,
+    /// The feature's value in this window.
+    pub value: f64,
+    /// Its contribution; positive pushes towards failure.
+    pub contribution: f64,
+}
+
+/// The model's verdict on one node at one time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Risk {
+    /// Node id.
+    pub node: String,
+    /// Scoring time, ms.
+    pub at_ms: i64,
+    /// Calibrated P(failure within the horizon).
+    pub probability: f64,
+    /// LSTM reconstruction error of the window.
+    pub anomaly: f64,
+    /// Top contributing features, strongest first.
+    pub reasons: Vec<Reason>,
+}
+
+impl Model {
+    /// Loads and checks a model file. The schema version is checked before anything else so an
+    /// old or future model fails with a clear message rather than a field-level parse error.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let io = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let raw = std::fs::read(path).map_err(io)?;
+        let text = if raw.starts_with(&[0x1f, 0x8b]) {
+            let mut s = Vec::new();
+            GzDecoder::new(&raw[..])
+                .read_to_end(&mut s)
+                .map_err(|e| ModelError::Format {
+                    path: path.to_path_buf(),
+                    reason: format!("bad gzip stream: {e}"),
+                })?;
+            s
+        } else {
+            raw
+        };
+        let format = |reason: String| ModelError::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
+        let found = value
+            .get("schema_version")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| format("no numeric `schema_version`".into()))?;
+        if found != u64::from(SCHEMA_VERSION) {
+            return Err(ModelError::Schema {
+                path: path.to_path_buf(),
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        let model: Model = serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
+        model.check().map_err(|reason| ModelError::Inconsistent {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Ok(model)
+    }
+
+    /// Writes the model, gzip-compressed.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let io = |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let json = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut gz = GzEncoder::new(std::io::BufWriter::new(file), Compression::best());
+        gz.write_all(&json).map_err(io)?;
+        gz.finish().map_err(io)?.flush().map_err(io)
+    }
+
+    /// Verifies that the parts fit together.
+    pub fn check(&self) -> Result<(), String> {
+        let expected = feature_names().len() + 1;
+        if self.features.len() != expected {
+            return Err(format!(
+                "{} feature names, this build computes {expected}",
+                self.features.len()
+            ));
+        }
+        if self.gbt.n_features != self.features.len() {
+            return Err(format!(
+                "trees expect {} features, file lists {}",
+                self.gbt.n_features,
+                self.features.len()
+            ));
+        }
+        if self.lstm.input_dim() != N_METRICS
+            || self.normaliser.center.len() != N_METRICS
+            || self.normaliser.scale.len() != N_METRICS
+            || self.normaliser.log.len() != N_METRICS
+        {
+            return Err(format!(
+                "autoencoder / normaliser are not {N_METRICS}-dimensional"
+            ));
+        }
+        let h = self.lstm.encoder.b.len() / 4;
+        if self.lstm.encoder.w.dim() != (N_METRICS + h, 4 * h)
+            || self.lstm.decoder.w.dim() != (2 * h, 4 * h)
+            || self.lstm.decoder.b.len() != 4 * h
+            || self.lstm.out_w.dim() != (h, N_METRICS)
+        {
+            return Err("autoencoder weight shapes disagree".into());
+        }
+        if self.window.seq_len == 0 || self.window.seq_step_ms <= 0 || self.window.mid_ms <= 0 {
+            return Err("empty window geometry".into());
+        }
+        if self.alert.k == 0 || self.alert.k > self.alert.n || self.alert.round_ms <= 0 {
+            return Err(format!("invalid alert rule {:?}", self.alert));
+        }
+        Ok(())
+    }
+
+    /// Feature rows (window features + anomaly score) for `times` of one node, row-major.
+    /// Times without enough data are skipped; returns the times kept with their rows.
+    pub fn feature_rows(&self, series: &NodeSeries, times: &[i64]) -> (Vec<i64>, Vec<f64>) {
+        feature_rows(series, times, &self.window, &self.normaliser, &self.lstm)
+    }
+
+    /// Calibrated probabilities for many times of one node (evaluation, timelines).
+    pub fn probabilities(&self, series: &NodeSeries, times: &[i64]) -> (Vec<i64>, Vec<f64>) {
+        let (kept, rows) = self.feature_rows(series, times);
+        let probs = self
+            .gbt
+            .margins(&rows)
+            .into_iter()
+            .map(|m| self.calibration.probability(m))
+            .collect();
+        (kept, probs)
+    }
+
+    /// Scores one node at `at_ms` with the `explain` strongest reasons (SHAP). `None` when the
+    /// window holds too few samples.
+    pub fn score_series(&self, series: &NodeSeries, at_ms: i64, explain: usize) -> Option<Risk> {
+        let (kept, row) = self.feature_rows(series, &[at_ms]);
+        kept.first()?;
+        let margin = self.gbt.margin(&row);
+        let reasons = if explain > 0 {
+            let shap = self.gbt.shap(&row);
+            let mut idx: Vec<usize> = (0..shap.len()).collect();
+            idx.sort_by(|&a, &b| shap[b].abs().total_cmp(&shap[a].abs()));
+            idx.into_iter()
+                .take(explain)
+                .map(|i| Reason {
+                    feature: self.features[i].clone(),
+                    value: row[i],
+                    contribution: shap[i],
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Risk {
+            node: series.node.clone(),
+            at_ms,
+            probability: self.calibration.probability(margin),
+            anomaly: row.last().copied().unwrap_or(f64::NAN),
+            reasons,
+        })
+    }
+
+    /// Scores a node from its recent samples (e.g. the agent's local history) at the time of
+    /// the newest sample, with three reasons. This is the call the storage node makes.
+    pub fn score_samples(&self, samples: &[HealthSample]) -> Result<Risk, ModelError> {
+        let series = NodeSeries::from_samples(samples);
+        let at = series.ts.last().copied().unwrap_or(0);
+        self.score_series(&series, at, 3)
+            .ok_or_else(|| ModelError::NotEnoughData {
+                node: series.node.clone(),
+                need: self.window.min_samples,
+                have: series.range(at - self.window.mid_ms, at).len(),
+                span_min: self.window.mid_ms / 60_000,
+            })
+    }
+}
+
+/// Feature rows (window features, then the autoencoder's anomaly score) of one node at
+/// `times`, row-major; times whose window holds too few samples are skipped. Shared by
+/// training (before trees exist) and scoring, so both see identical features.
+pub fn feature_rows(
+    series: &NodeSeries,
+    times: &[i64],
+    window: &WindowSpec,
+    normaliser: &Normaliser,
+    lstm: &LstmAutoencoder,
+) -> (Vec<i64>, Vec<f64>) {
+    let wf = WindowFeatures {
+        series,
+        spec: *window,
+    };
+    let kept: Vec<i64> = times.iter().copied().filter(|&t| wf.scorable(t)).collect();
+    let n_feat = feature_names().len() + 1;
+    let mut rows = Vec::with_capacity(kept.len() * n_feat);
+    for chunk in kept.chunks(256) {
+        let seqs: Vec<_> = chunk
+            .iter()
+            .map(|&t| normaliser.sequence(series, t, window))
+            .collect();
+        let anomalies = lstm.errors(&to_steps(&seqs));
+        for (&t, a) in chunk.iter().zip(anomalies) {
+            wf.extract(t, &mut rows);
+            rows.push(a);
+        }
+    }
+    (kept, rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::simulated::SimulatedSource;
+    use crate::agent::Collector;
+    use crate::generate::FaultKind;
+
+    /// The shipped model must load with this build and score an agent's history; a feature or
+    /// schema change without retraining `models/default.model` fails here.
+    #[test]
+    fn shipped_default_model_loads_and_scores() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.model");
+        let model = Model::load(&path).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 5 * 1024 * 1024);
+        let mut src = SimulatedSource::healthy("s-demo", 4, 60_000);
+        let injector = src.injector();
+        let t0 = 1_763_942_400_000i64;
+        let mut history: Vec<HealthSample> = (0..24 * 60)
+            .map(|i| src.collect(t0 + i * 60_000).unwrap())
+            .collect();
+        let healthy = model.score_samples(&history).unwrap();
+        assert_eq!(healthy.reasons.len(), 3);
+        let sick_from = t0 + 24 * 3_600_000;
+        injector.inject(FaultKind::ErrorBurst, sick_from, 3_600_000);
+        injector.inject(FaultKind::FailSlowDisk, sick_from, 3_600_000);
+        history.extend((0..180).map(|i| src.collect(sick_from + i * 60_000).unwrap()));
+        let sick = model.score_samples(&history).unwrap();
+        assert!(
+            sick.probability > 5.0 * healthy.probability
+                && sick.probability > model.alert.threshold,
+            "healthy {} sick {}",
+            healthy.probability,
+            sick.probability
+        );
+    }
+}

@@ -1,0 +1,509 @@
+//! Training: normaliser and autoencoder on healthy windows, trees on labelled rounds of an
+//! early time slice, calibration and the alert threshold on the later slice.
+//!
+//! The time-ordered split matters: fleets drift (workload, firmware), so a model is only as
+//! good as its performance on data later than what it learned from, and calibration must be
+//! fitted where trees were not.
+
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{choose_threshold, AlertStats, NodeScores};
+use crate::features::{feature_names, monotone_direction, Normaliser, WindowSpec};
+use crate::gbt::{Gbt, GbtConfig, Platt};
+use crate::lstm::{LstmAutoencoder, LstmConfig};
+use crate::model::{feature_rows, AlertRule, Model, ModelInfo, ANOMALY_FEATURE, SCHEMA_VERSION};
+use crate::progress::Progress;
+use crate::sample::N_METRICS;
+use crate::trace::{NodeSeries, Trace};
+
+/// Why training could not produce a model.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The trace cannot teach anything (no failures, too short...).
+    #[error("training data: {0}")]
+    Data(String),
+    /// The tree learner rejected the data.
+    #[error(transparent)]
+    Gbt(#[from] crate::gbt::GbtError),
+}
+
+/// Training settings; defaults are the shipped model's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Prediction horizon H, ms.
+    pub horizon_ms: i64,
+    /// Label horizon of the trees, ms. Shorter than H on purpose: rounds a day before a failure
+    /// usually show nothing yet, and as positives they teach trees to recognise the failing
+    /// *nodes* rather than failing *behaviour*. Calibration then maps scores to P(fail within H).
+    pub tree_horizon_ms: i64,
+    /// Time between scoring rounds, ms.
+    pub round_ms: i64,
+    /// Fraction of the time span used to fit; the rest calibrates.
+    pub fit_frac: f64,
+    /// Keep one in this many failure-free rounds as tree training rows (weighted back up).
+    pub negative_stride: usize,
+    /// Share of the total training weight given to positive rows (class rebalancing).
+    pub positive_share: f64,
+    /// Healthy windows the autoencoder trains on.
+    pub lstm_windows: usize,
+    /// Metric rows sampled to fit the normaliser.
+    pub normaliser_rows: usize,
+    /// Autoencoder settings.
+    pub lstm: LstmConfig,
+    /// Tree settings.
+    pub gbt: GbtConfig,
+    /// Window geometry.
+    pub window: WindowSpec,
+    /// k of the alert rule.
+    pub k: usize,
+    /// n of the alert rule.
+    pub n: usize,
+    /// False-alarm budget (per 1000 healthy node-days) when choosing the threshold.
+    pub max_false_alarms: f64,
+    /// Seed of all sampling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            horizon_ms: 24 * 3_600_000,
+            tree_horizon_ms: 6 * 3_600_000,
+            round_ms: 5 * 60_000,
+            fit_frac: 0.7,
+            negative_stride: 6,
+            positive_share: 0.2,
+            lstm_windows: 6000,
+            normaliser_rows: 200_000,
+            lstm: LstmConfig::default(),
+            gbt: GbtConfig::default(),
+            window: WindowSpec::default(),
+            k: 2,
+            n: 3,
+            max_false_alarms: 1.0,
+            seed: 17,
+        }
+    }
+}
+
+/// What training measured on its own calibration slice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Rows the trees were fitted on (positives).
+    pub positives: usize,
+    /// Rows the trees were fitted on (negatives, before weighting).
+    pub negatives: usize,
+    /// Alert statistics on the calibration slice at the chosen threshold.
+    pub calibration: AlertStats,
+    /// The chosen threshold.
+    pub threshold: f64,
+    /// Seconds per phase: read is not included (the caller reads).
+    pub seconds: Vec<(String, f64)>,
+    /// The ten features with the largest share of split gain.
+    pub top_features: Vec<(String, f32)>,
+}
+
+fn rounds_of(
+    series: &NodeSeries,
+    round: i64,
+    from: i64,
+    to: i64,
+    failed_at: Option<i64>,
+) -> Vec<i64> {
+    let (Some(&first), Some(&last)) = (series.ts.first(), series.ts.last()) else {
+        return Vec::new();
+    };
+    let lo = first.max(from);
+    let t0 = lo + (round - lo.rem_euclid(round)) % round;
+    (0..)
+        .map(|i| t0 + i * round)
+        .take_while(|&t| t <= last.min(to))
+        .filter(|&t| failed_at.is_none_or(|f| t < f))
+        .collect()
+}
+
+/// Trains a model on `trace`.
+pub fn train(
+    trace: &Trace,
+    cfg: &TrainConfig,
+    info: ModelInfo,
+    progress: &Progress,
+) -> Result<(Model, TrainReport), TrainError> {
+    let started = Instant::now();
+    let mut seconds = Vec::new();
+    let mut phase = Instant::now();
+    let mut lap = |name: &str, phase: &mut Instant| {
+        seconds.push((name.to_string(), phase.elapsed().as_secs_f64()));
+        tracing::info!(
+            phase = name,
+            secs = phase.elapsed().as_secs_f64(),
+            "training phase done"
+        );
+        *phase = Instant::now();
+    };
+    if trace.failures.is_empty() {
+        return Err(TrainError::Data(
+            "the trace has no failures; generate with --failure-boost or add failures.jsonl".into(),
+        ));
+    }
+    let h = cfg.horizon_ms;
+    let th = cfg.tree_horizon_ms.clamp(1, h);
+    let start = trace.start_ms();
+    let end = trace.end_ms();
+    if end - start < 2 * cfg.window.long_ms {
+        return Err(TrainError::Data(format!(
+            "the trace spans {:.1} h; at least {:.1} h are needed",
+            (end - start) as f64 / 3.6e6,
+            2.0 * cfg.window.long_ms as f64 / 3.6e6
+        )));
+    }
+    let split = start + ((end - start) as f64 * cfg.fit_frac.clamp(0.1, 0.95)) as i64;
+    let failed = |node: &str| trace.failures.get(node).map(|f| f.failed_at_ms);
+    // "Healthy" for the autoencoder: not within 2H of a failure.
+    let healthy_at = |node: &str, t: i64| failed(node).is_none_or(|f| t < f - 2 * h);
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+
+    // 1. Normaliser on healthy metric rows of the fit slice.
+    let total_rows: usize = trace.nodes.iter().map(|s| s.ts.len()).sum();
+    let keep_p = (cfg.normaliser_rows as f64 / total_rows.max(1) as f64).min(1.0);
+    let mut norm_rows: Vec<[f32; N_METRICS]> = Vec::new();
+    for s in &trace.nodes {
+        for (i, &t) in s.ts.iter().enumerate() {
+            if t < split && healthy_at(&s.node, t) && rng.gen_bool(keep_p) {
+                norm_rows.push(s.values[i]);
+            }
+        }
+    }
+    let normaliser = Normaliser::fit(&norm_rows);
+
+    // 2. Autoencoder on random healthy windows of the fit slice.
+    let lo = start + cfg.window.long_ms;
+    let mut windows = Vec::with_capacity(cfg.lstm_windows);
+    let mut attempts = 0;
+    while windows.len() < cfg.lstm_windows && attempts < cfg.lstm_windows * 20 {
+        attempts += 1;
+        let s = &trace.nodes[rng.gen_range(0..trace.nodes.len())];
+        if split <= lo {
+            break;
+        }
+        let t = rng.gen_range(lo..split);
+        if healthy_at(&s.node, t)
+            && s.range(t - cfg.window.mid_ms, t).len() >= cfg.window.min_samples
+        {
+            windows.push(normaliser.sequence(s, t, &cfg.window));
+        }
+    }
+    if windows.is_empty() {
+        return Err(TrainError::Data(
+            "no healthy windows to train the autoencoder".into(),
+        ));
+    }
+    let mut lstm = LstmAutoencoder::new(N_METRICS, cfg.lstm.hidden, cfg.lstm.seed);
+    let lstm_loss = lstm.train(&windows, &cfg.lstm, &progress.bar("autoencoder"));
+    lap("autoencoder", &mut phase);
+
+    // 3. Tree rows: every positive round, one in `negative_stride` negative rounds.
+    let bar = progress.bar("features (fit slice)");
+    bar.set_length(trace.nodes.len() as u64);
+    let n_feat = feature_names().len() + 1;
+    let parts: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = trace
+        .nodes
+        .par_iter()
+        .map(|s| {
+            let f = failed(&s.node);
+            let times: Vec<i64> = rounds_of(s, cfg.round_ms, start, split, f)
+                .into_iter()
+                .enumerate()
+                .filter(|(i, t)| {
+                    let pos = f.is_some_and(|f| f > *t && f - *t <= th);
+                    pos || i % cfg.negative_stride.max(1) == 0
+                })
+                .map(|(_, t)| t)
+                .collect();
+            let (kept, rows) = feature_rows(s, &times, &cfg.window, &normaliser, &lstm);
+            let mut y = Vec::with_capacity(kept.len());
+            let mut w = Vec::with_capacity(kept.len());
+            for &t in &kept {
+                let pos = f.is_some_and(|f| f > t && f - t <= th);
+                y.push(if pos { 1.0 } else { 0.0 });
+                w.push(if pos {
+                    1.0
+                } else {
+                    cfg.negative_stride.max(1) as f64
+                });
+            }
+            bar.inc(1);
+            (rows, y, w)
+        })
+        .collect();
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    let mut w = Vec::new();
+    for (rows, yy, ww) in parts {
+        x.extend(rows);
+        y.extend(yy);
+        w.extend(ww);
+    }
+    let positives = y.iter().filter(|&&v| v > 0.0).count();
+    // Rebalance: forust bins features by weighted quantiles, and with positives at a fraction
+    // of a percent of the weight every precursor lands in the top bin, where no split can
+    // separate "a little loss" from "a lot". Positives get a fifth of the total weight; Platt
+    // calibration on the later slice restores true probabilities.
+    let neg_weight: f64 = y
+        .iter()
+        .zip(&w)
+        .filter(|(&l, _)| l == 0.0)
+        .map(|(_, &w)| w)
+        .sum();
+    if positives > 0 {
+        let pos_weight =
+            (neg_weight * cfg.positive_share / (1.0 - cfg.positive_share)) / positives as f64;
+        for (wi, &yi) in w.iter_mut().zip(&y) {
+            if yi > 0.0 {
+                *wi = pos_weight.max(1.0);
+            }
+        }
+    }
+    if positives == 0 {
+        return Err(TrainError::Data(
+            "no failures in the fit slice (the first part of the trace); use a longer or failure-richer trace".into(),
+        ));
+    }
+    lap("features", &mut phase);
+    let mut monotone: Vec<i8> = feature_names()
+        .iter()
+        .map(|n| monotone_direction(n))
+        .collect();
+    monotone.push(1); // anomaly score
+    let gbt = Gbt::fit(&x, n_feat, &y, &w, &monotone, &cfg.gbt)?;
+    let training_rows = y.len();
+    drop(x);
+    lap("trees", &mut phase);
+
+    // 4. Calibration and threshold on the later slice, every round.
+    let bar = progress.bar("calibration slice");
+    bar.set_length(trace.nodes.len() as u64);
+    let cal: Vec<NodeScores> = trace
+        .nodes
+        .par_iter()
+        .map(|s| {
+            let f = failed(&s.node);
+            let times = rounds_of(s, cfg.round_ms, split, end, f);
+            let (kept, rows) = feature_rows(s, &times, &cfg.window, &normaliser, &lstm);
+            let margins = gbt.margins(&rows);
+            bar.inc(1);
+            NodeScores {
+                node: s.node.clone(),
+                times: kept,
+                scores: margins,
+                failed_at: f.filter(|&f| f >= split),
+                precursor: trace
+                    .failures
+                    .get(&s.node)
+                    .is_some_and(|r| r.has_precursor()),
+            }
+        })
+        .collect();
+    let mut m = Vec::new();
+    let mut labels = Vec::new();
+    for s in &cal {
+        for (&t, &v) in s.times.iter().zip(&s.scores) {
+            m.push(v);
+            labels.push(s.failed_at.is_some_and(|f| f > t && f - t <= h));
+        }
+    }
+    let calibration = Platt::fit(&m, &labels, &vec![1.0; m.len()]);
+    let cal: Vec<NodeScores> = cal
+        .into_iter()
+        .map(|mut s| {
+            s.scores
+                .iter_mut()
+                .for_each(|v| *v = calibration.probability(*v));
+            s
+        })
+        .collect();
+    let (threshold, stats) = choose_threshold(&cal, cfg.k, cfg.n, h, cfg.max_false_alarms);
+    if stats.failures == 0 {
+        tracing::warn!(
+            "no failures in the calibration slice: threshold chosen on false alarms alone"
+        );
+    }
+    lap("calibration", &mut phase);
+
+    let mut features = feature_names();
+    features.push(ANOMALY_FEATURE.to_string());
+    let model = Model {
+        schema_version: SCHEMA_VERSION,
+        horizon_ms: h,
+        window: cfg.window,
+        features,
+        normaliser,
+        lstm,
+        gbt,
+        calibration,
+        alert: AlertRule {
+            threshold,
+            k: cfg.k,
+            n: cfg.n,
+            round_ms: cfg.round_ms,
+        },
+        info: ModelInfo {
+            samples: trace.sample_count(),
+            nodes: trace.nodes.len(),
+            failures: trace.failures.len(),
+            training_rows,
+            train_seconds: started.elapsed().as_secs_f64(),
+            lstm_loss,
+            ..info
+        },
+    };
+    let top_features = model
+        .gbt
+        .importance()
+        .into_iter()
+        .take(10)
+        .filter_map(|(i, g)| model.features.get(i).map(|n| (n.clone(), g)))
+        .collect();
+    Ok((
+        model,
+        TrainReport {
+            top_features,
+            positives,
+            negatives: training_rows - positives,
+            calibration: stats,
+            threshold,
+            seconds,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{generate, GeneratorConfig};
+    use crate::model::ModelError;
+
+    /// End to end on a small failure-rich trace: train, save, load, score, refuse a bad schema.
+    #[test]
+    fn trains_saves_loads_and_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let gen = GeneratorConfig {
+            nodes: 40,
+            days: 6.0,
+            interval_ms: 300_000,
+            seed: 21,
+            failure_boost: 150.0,
+            nodes_per_file: 20,
+            ..Default::default()
+        };
+        generate(&gen, dir.path(), &indicatif::ProgressBar::hidden()).unwrap();
+        let trace = Trace::read_dir(dir.path(), &indicatif::ProgressBar::hidden()).unwrap();
+        assert!(
+            trace.failures.len() >= 4,
+            "{} failures",
+            trace.failures.len()
+        );
+        let cfg = TrainConfig {
+            lstm_windows: 300,
+            lstm: LstmConfig {
+                epochs: 2,
+                hidden: 8,
+                ..Default::default()
+            },
+            gbt: GbtConfig {
+                iterations: 20,
+                ..Default::default()
+            },
+            round_ms: 900_000,
+            ..Default::default()
+        };
+        let (model, report) =
+            train(&trace, &cfg, ModelInfo::default(), &Progress::hidden()).unwrap();
+        assert!(report.positives > 0 && report.negatives > 0);
+        assert!(model.alert.threshold.is_finite());
+        let path = dir.path().join("m.model");
+        model.save(&path).unwrap();
+        let back = Model::load(&path).unwrap();
+        let s = &trace.nodes[0];
+        let at = *s.ts.last().unwrap();
+        let a = model.score_series(s, at, 3).unwrap();
+        let b = back.score_series(s, at, 3).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.reasons.len(), 3);
+        assert!((0.0..=1.0).contains(&a.probability));
+
+        // The evaluation pipeline runs end to end on the same small trace.
+        let report = crate::eval::evaluate(
+            &back,
+            &trace,
+            &crate::eval::EvalConfig::default(),
+            &indicatif::ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!(report.methods[0].name, "model");
+        assert!(report.methods.len() >= 2, "baselines present");
+        for m in &report.methods {
+            assert!((0.0..=1.0).contains(&m.precision) && (0.0..=1.0).contains(&m.recall));
+            assert!(m.false_alarms_per_1000_node_days >= 0.0);
+        }
+        assert_eq!(report.threshold_sweep.len(), 8);
+        let html = crate::report::render_html(&report);
+        assert!(html.contains("<svg") && !html.contains("chart unavailable"));
+
+        // Another schema version is refused by name.
+        let mut v: serde_json::Value = serde_json::to_value(&model).unwrap();
+        v["schema_version"] = serde_json::json!(2);
+        let other = dir.path().join("v2.model");
+        std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
+        let err = Model::load(&other).unwrap_err();
+        assert!(matches!(err, ModelError::Schema { found: 2, .. }), "{err}");
+        assert!(err.to_string().contains("v2.model"));
+        // Garbage and truncated models are typed errors, not panics.
+        std::fs::write(&other, b"not json").unwrap();
+        assert!(matches!(
+            Model::load(&other),
+            Err(ModelError::Format { .. })
+        ));
+        v["schema_version"] = serde_json::json!(1);
+        v["features"] = serde_json::json!(["x"]);
+        std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(matches!(
+            Model::load(&other),
+            Err(ModelError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            Model::load(&dir.path().join("absent.model")),
+            Err(ModelError::Io { .. })
+        ));
+        // Too little history is an error for the node's scoring call.
+        let few: Vec<_> = (0..2)
+            .map(|i| crate::sample::HealthSample {
+                node: "x".into(),
+                ts_ms: i * 60_000,
+                cpu_util: 0.1,
+                mem_util: 0.1,
+                disk_read_lat_ms: 1.0,
+                disk_write_lat_ms: 1.0,
+                disk_read_mbps: 1.0,
+                disk_write_mbps: 1.0,
+                disk_util: 0.1,
+                net_rtt_ms: 0.1,
+                net_loss_pct: 0.0,
+                net_errors: 0,
+                err_log_count: 0,
+                temp_c: None,
+                psu_ok: None,
+                tcp_retrans_pct: None,
+            })
+            .collect();
+        assert!(matches!(
+            back.score_samples(&few),
+            Err(ModelError::NotEnoughData { .. })
+        ));
+    }
+}

@@ -1,0 +1,210 @@
+//! Length-prefixed framing: a 4-byte big-endian body length, then a postcard body.
+//!
+//! The length is checked against a limit before any body byte is buffered, so a peer cannot
+//! make a node allocate more than the limit by lying about a length.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The frame limit used unless configured otherwise: large enough for a snapshot chunk or a
+/// full list page, small enough that a hostile length costs nothing.
+pub const MAX_FRAME_DEFAULT: usize = 16 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+pub const HEADER_LEN: usize = 4;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The announced or encoded body exceeds the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Body length.
+        len: usize,
+        /// Limit in force.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame ({got} of {want} bytes)")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes expected.
+        want: usize,
+    },
+    /// The body is not a valid message (unknown variant, bad varint, trailing bytes...).
+    #[error("malformed frame body: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes a message as one frame.
+pub fn encode<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, FrameError> {
+    let mut out = postcard::to_extend(msg, vec![0u8; HEADER_LEN])?;
+    let len = out.len() - HEADER_LEN;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(out)
+}
+
+/// Decodes a frame body (without its length prefix). Trailing bytes are an error: a body
+/// that decodes with bytes to spare was not written by us.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (msg, rest) = postcard::take_from_bytes(body)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(
+            postcard::Error::DeserializeBadEncoding,
+        ));
+    }
+    Ok(msg)
+}
+
+/// Decodes one complete frame from the front of `buf`; returns the message and the bytes
+/// consumed, or `Ok(None)` if `buf` does not hold a whole frame yet.
+pub fn decode<T: DeserializeOwned>(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let end = HEADER_LEN + len;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some((decode_body(&buf[HEADER_LEN..end])?, end)))
+}
+
+#[cfg(feature = "io")]
+mod io {
+    use super::*;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    /// Writes one frame.
+    pub async fn write_frame<W, T>(w: &mut W, msg: &T, max: usize) -> Result<(), FrameError>
+    where
+        W: AsyncWrite + Unpin,
+        T: Serialize,
+    {
+        let bytes = encode(msg, max)?;
+        w.write_all(&bytes).await?;
+        Ok(())
+    }
+
+    /// Reads one frame. `Ok(None)` means the stream ended cleanly between frames.
+    pub async fn read_frame<R, T>(r: &mut R, max: usize) -> Result<Option<T>, FrameError>
+    where
+        R: AsyncRead + Unpin,
+        T: DeserializeOwned,
+    {
+        let mut header = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            let n = r.read(&mut header[got..]).await?;
+            if n == 0 {
+                if got == 0 {
+                    return Ok(None);
+                }
+                return Err(FrameError::Truncated {
+                    got,
+                    want: HEADER_LEN,
+                });
+            }
+            got += n;
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        let mut body = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            let n = r.read(&mut body[got..]).await?;
+            if n == 0 {
+                return Err(FrameError::Truncated { got, want: len });
+            }
+            got += n;
+        }
+        decode_body(&body).map(Some)
+    }
+}
+
+#[cfg(feature = "io")]
+pub use io::{read_frame, write_frame};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Request, Response};
+    use proptest::prelude::*;
+
+    #[test]
+    fn roundtrip() {
+        let req = Request::Status;
+        let bytes = encode(&req, MAX_FRAME_DEFAULT).unwrap();
+        let (back, used): (Request, usize) = decode(&bytes, MAX_FRAME_DEFAULT).unwrap().unwrap();
+        assert_eq!(back, req);
+        assert_eq!(used, bytes.len());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let mut bytes = vec![0xff, 0xff, 0xff, 0xff];
+        bytes.extend_from_slice(&[0u8; 8]);
+        assert!(matches!(
+            decode::<Request>(&bytes, 1024),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn partial_frame_waits_and_trailing_bytes_fail() {
+        let bytes = encode(&Request::Members, 1024).unwrap();
+        assert!(decode::<Request>(&bytes[..bytes.len() - 1], 1024)
+            .unwrap()
+            .is_none());
+        let mut padded = bytes.clone();
+        padded.push(0);
+        padded[3] += 1;
+        assert!(matches!(
+            decode::<Request>(&padded, 1024),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_variant_is_malformed() {
+        // Variant index 200 does not exist.
+        let body = [200u8, 1];
+        assert!(matches!(
+            decode_body::<Request>(&body),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Request>(&bytes, 4096);
+            let _ = decode::<Response>(&bytes, 4096);
+            let _ = decode_body::<Request>(&bytes);
+            let _ = decode_body::<Response>(&bytes);
+        }
+
+        #[test]
+        fn truncations_of_valid_frames_never_panic(cut in 0usize..64) {
+            let msg = Response::Error(crate::wire::ApiError::InvalidArgument("x".repeat(40)));
+            let bytes = encode(&msg, 4096).unwrap();
+            let cut = cut.min(bytes.len());
+            let r = decode::<Response>(&bytes[..cut], 4096);
+            prop_assert!(matches!(r, Ok(None)) || cut == bytes.len());
+        }
+    }
+}

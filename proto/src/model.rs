@@ -1,0 +1,353 @@
+//! The metadata model: shards, storage nodes, migrations and cluster settings.
+//!
+//! Every record carries `version`, the Raft log index of the write that last changed it. The
+//! store assigns it when the record is applied; whatever version a writer puts in a record is
+//! overwritten. Writers use the version they read for optimistic locking (see [`crate::txn`]).
+
+use crate::ids::{MigrationId, NodeId, ShardId};
+use crate::txn::{Key, Table};
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds on record contents, so one record can never blow the frame or entry budget.
+pub mod limits {
+    /// Replicas per shard.
+    pub const MAX_REPLICAS: usize = 16;
+    /// Addresses per node.
+    pub const MAX_ADDRS: usize = 8;
+    /// Bytes in any one string field (addresses, reasons, model names, setting names).
+    pub const MAX_STRING: usize = 1024;
+    /// Top contributing features reported with a risk score.
+    pub const MAX_FEATURES: usize = 16;
+    /// Bytes in a setting's value.
+    pub const MAX_SETTING_VALUE: usize = 64 * 1024;
+}
+
+/// Where a shard stands with respect to migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardState {
+    /// Served by its replicas; no move in progress.
+    Stable,
+    /// A migration is copying it; the id names the migration record.
+    Moving(MigrationId),
+}
+
+/// A data shard and where it lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// The shard's id.
+    pub id: ShardId,
+    /// Storage nodes holding it, primary first.
+    pub replicas: Vec<NodeId>,
+    /// Bumped on every change of ownership; storage nodes refuse requests for older epochs.
+    pub epoch: u64,
+    /// Log index of the last change (assigned by the store).
+    pub version: u64,
+    /// Stable or moving.
+    pub state: ShardState,
+    /// Bytes of data in the shard at its last verified copy.
+    pub size_bytes: u64,
+    /// CRC-64/XZ of the shard's content at its last verified copy.
+    pub crc64: u64,
+}
+
+/// Lifecycle of a storage node as the planner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Healthy; may receive new placements.
+    Up,
+    /// Risk above the watch threshold or heartbeats late; no action yet.
+    Suspect,
+    /// Being emptied; no new placements.
+    Draining,
+    /// Considered dead.
+    Down,
+    /// Removed by an operator; kept for history.
+    Removed,
+}
+
+/// A storage node's predicted risk, as reported in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Risk {
+    /// Calibrated probability of failure within the model's horizon, 0..=1.
+    pub score: f64,
+    /// Model name and version that produced the score.
+    pub model: String,
+    /// The features that pushed the score most, with their contributions.
+    pub top_features: Vec<(String, f64)>,
+}
+
+/// A storage node in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    /// The node's id.
+    pub id: NodeId,
+    /// Addresses the node serves data on (`host:port`).
+    pub addrs: Vec<String>,
+    /// Bytes the node may hold.
+    pub capacity_bytes: u64,
+    /// Bytes the node holds.
+    pub used_bytes: u64,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// Latest predicted risk.
+    pub risk: Risk,
+    /// Wall-clock milliseconds of the last heartbeat, as reported by the node.
+    pub last_heartbeat_ms: u64,
+    /// Log index of the last change (assigned by the store).
+    pub version: u64,
+}
+
+/// Progress of one shard move; see DESIGN.md "Moving a shard".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationState {
+    /// Committed by the planner; nothing copied yet.
+    Planned,
+    /// Bulk copy in progress.
+    Copying,
+    /// Forwarding writes that arrived during the copy.
+    CatchingUp,
+    /// Source fenced; final tail and verification.
+    Cutover,
+    /// Ownership moved; terminal.
+    Committed,
+    /// Given up; the source still owns the shard; terminal.
+    Aborted,
+}
+
+/// One planned move of one shard from one node to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    /// The migration's id.
+    pub id: MigrationId,
+    /// The shard being moved.
+    pub shard: ShardId,
+    /// Current owner.
+    pub from: NodeId,
+    /// Destination.
+    pub to: NodeId,
+    /// Progress.
+    pub state: MigrationState,
+    /// Why the move was planned (e.g. the risk report that triggered it).
+    pub reason: String,
+    /// Higher runs first.
+    pub priority: u32,
+    /// Wall-clock milliseconds by which the move should be done.
+    pub deadline_ms: u64,
+    /// Bytes verified at the destination so far.
+    pub bytes_copied: u64,
+    /// Bytes to copy.
+    pub bytes_total: u64,
+    /// Attempts so far (retries after aborts).
+    pub attempts: u32,
+    /// Log index of the last change (assigned by the store).
+    pub version: u64,
+}
+
+/// A named cluster setting (planner policy, thresholds) with an opaque value.
+///
+/// Settings are also the plain registers the consistency tests exercise: a versioned byte
+/// value under a name, with nothing else to get in the way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    /// The setting's name.
+    pub name: String,
+    /// The value, at most [`limits::MAX_SETTING_VALUE`] bytes.
+    pub value: Vec<u8>,
+    /// Log index of the last change (assigned by the store).
+    pub version: u64,
+}
+
+/// Any record of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// A shard.
+    Shard(Shard),
+    /// A storage node.
+    Node(Node),
+    /// A migration.
+    Migration(Migration),
+    /// A setting.
+    Setting(Setting),
+}
+
+/// Why a record was refused before it reached the log.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    /// An id is zero.
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
+    /// A shard must live somewhere.
+    #[error("shard {0} has no replicas")]
+    NoReplicas(ShardId),
+    /// A node appears twice in one shard's replica list.
+    #[error("shard {shard} lists node {node} twice")]
+    DuplicateReplica {
+        /// The shard.
+        shard: ShardId,
+        /// The repeated node.
+        node: NodeId,
+    },
+    /// A list or string exceeds its limit.
+    #[error("{field} too large: {len} > {max}")]
+    TooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A migration must move between two different nodes.
+    #[error("migration {0} moves a shard onto the node it is already on")]
+    SelfMigration(MigrationId),
+    /// A risk score outside 0..=1 or not a number.
+    #[error("risk score {0} is not a probability")]
+    BadRisk(f64),
+    /// A setting name must be non-empty.
+    #[error("setting name is empty")]
+    EmptyName,
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), RecordError> {
+    if len > max {
+        Err(RecordError::TooLarge { field, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+impl Record {
+    /// The key this record is stored under.
+    pub fn key(&self) -> Key {
+        match self {
+            Record::Shard(s) => Key::Shard(s.id),
+            Record::Node(n) => Key::Node(n.id),
+            Record::Migration(m) => Key::Migration(m.id),
+            Record::Setting(s) => Key::Setting(s.name.clone()),
+        }
+    }
+
+    /// The table the record lives in.
+    pub fn table(&self) -> Table {
+        self.key().table()
+    }
+
+    /// The log index that last changed the record.
+    pub fn version(&self) -> u64 {
+        match self {
+            Record::Shard(s) => s.version,
+            Record::Node(n) => n.version,
+            Record::Migration(m) => m.version,
+            Record::Setting(s) => s.version,
+        }
+    }
+
+    /// Stamps the version; only the state machine calls this, with the applying log index.
+    pub fn set_version(&mut self, version: u64) {
+        match self {
+            Record::Shard(s) => s.version = version,
+            Record::Node(n) => n.version = version,
+            Record::Migration(m) => m.version = version,
+            Record::Setting(s) => s.version = version,
+        }
+    }
+
+    /// Checks everything that can be checked without the store, so that a bad record is
+    /// refused before it costs a log entry.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        use limits::*;
+        match self {
+            Record::Shard(s) => {
+                s.id.validate()?;
+                if s.replicas.is_empty() {
+                    return Err(RecordError::NoReplicas(s.id));
+                }
+                check_len("replicas", s.replicas.len(), MAX_REPLICAS)?;
+                for (i, n) in s.replicas.iter().enumerate() {
+                    n.validate()?;
+                    if s.replicas[..i].contains(n) {
+                        return Err(RecordError::DuplicateReplica {
+                            shard: s.id,
+                            node: *n,
+                        });
+                    }
+                }
+                if let ShardState::Moving(m) = s.state {
+                    m.validate()?;
+                }
+            }
+            Record::Node(n) => {
+                n.id.validate()?;
+                check_len("addrs", n.addrs.len(), MAX_ADDRS)?;
+                for a in &n.addrs {
+                    check_len("addr", a.len(), MAX_STRING)?;
+                }
+                if !(0.0..=1.0).contains(&n.risk.score) {
+                    return Err(RecordError::BadRisk(n.risk.score));
+                }
+                check_len("risk.model", n.risk.model.len(), MAX_STRING)?;
+                check_len("risk.top_features", n.risk.top_features.len(), MAX_FEATURES)?;
+                for (name, _) in &n.risk.top_features {
+                    check_len("feature name", name.len(), MAX_STRING)?;
+                }
+            }
+            Record::Migration(m) => {
+                m.id.validate()?;
+                m.shard.validate()?;
+                m.from.validate()?;
+                m.to.validate()?;
+                if m.from == m.to {
+                    return Err(RecordError::SelfMigration(m.id));
+                }
+                check_len("reason", m.reason.len(), MAX_STRING)?;
+            }
+            Record::Setting(s) => {
+                if s.name.is_empty() {
+                    return Err(RecordError::EmptyName);
+                }
+                check_len("setting name", s.name.len(), MAX_STRING)?;
+                check_len("setting value", s.value.len(), MAX_SETTING_VALUE)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(replicas: Vec<u64>) -> Record {
+        Record::Shard(Shard {
+            id: ShardId(1),
+            replicas: replicas.into_iter().map(NodeId).collect(),
+            epoch: 1,
+            version: 0,
+            state: ShardState::Stable,
+            size_bytes: 0,
+            crc64: 0,
+        })
+    }
+
+    #[test]
+    fn shard_validation() {
+        assert!(shard(vec![1, 2, 3]).validate().is_ok());
+        assert_eq!(
+            shard(vec![]).validate(),
+            Err(RecordError::NoReplicas(ShardId(1)))
+        );
+        assert!(matches!(
+            shard(vec![1, 2, 1]).validate(),
+            Err(RecordError::DuplicateReplica { .. })
+        ));
+        assert!(shard(vec![1, 0]).validate().is_err());
+    }
+
+    #[test]
+    fn version_is_stamped() {
+        let mut r = shard(vec![1]);
+        r.set_version(42);
+        assert_eq!(r.version(), 42);
+        assert_eq!(r.key(), Key::Shard(ShardId(1)));
+    }
+}

@@ -1,0 +1,220 @@
+//! The Raft log and vote, with group-commit fsync.
+//!
+//! `append` writes entries into RocksDB without syncing (they are readable at once) and hands
+//! openraft's completion callback to a syncer thread. The syncer takes every callback that is
+//! waiting, syncs the write-ahead log once, and only then reports them flushed. So a burst of
+//! appends costs one fsync, the Raft core never blocks on the disk, and no entry is reported
+//! durable before it is. Votes are written with a synced write before `save_vote` returns; the
+//! shared WAL makes that sync cover every earlier append too.
+
+use crate::db::{cf, decode, encode, index_key, key_index, CF_LOG, CF_RAFT};
+use crate::error::StoreError;
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{mpsc, Arc};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_PURGED: &[u8] = b"purged";
+
+/// The Raft log store. Cheap to clone; clones share the database and the syncer.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("augur-wal-sync".into())
+            .spawn(move || run_syncer(sync_db, rx))?;
+        Ok(LogStore { db, syncer: tx })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.db.get_cf(cf(&self.db, CF_RAFT)?, key)? {
+            Some(bytes) => Ok(Some(decode(what, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn entries(&self, start: u64, end: Bound<u64>) -> Result<Vec<Entry>, StoreError> {
+        let log = cf(&self.db, CF_LOG)?;
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            log,
+            rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item?;
+            let index = key_index(&k)?;
+            let past_end = match end {
+                Bound::Included(e) => index > e,
+                Bound::Excluded(e) => index >= e,
+                Bound::Unbounded => false,
+            };
+            if past_end {
+                break;
+            }
+            out.push(decode::<Entry>("log entry", &v)?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
+        let log = cf(&self.db, CF_LOG)?;
+        match self.db.iterator_cf(log, rocksdb::IteratorMode::End).next() {
+            Some(item) => {
+                let (_, v) = item?;
+                Ok(Some(decode::<Entry>("log entry", &v)?.log_id()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(())
+    }
+}
+
+/// Syncs the WAL for every waiting callback at once, then reports them in arrival order.
+fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = db.flush_wal(true);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "WAL sync failed; Raft will stop on this storage error");
+        }
+        for cb in waiting {
+            cb.io_completed(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::other(format!("WAL sync failed: {e}"))),
+            });
+        }
+    }
+}
+
+fn start_of<RB: RangeBounds<u64>>(range: &RB) -> u64 {
+    match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        Ok(self.entries(start_of(&range), range.end_bound().cloned())?)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.get_meta(KEY_VOTE, "vote")?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged: Option<LogId> = self.get_meta(KEY_PURGED, "purged log id")?;
+        let last = self.last_entry_id()?.or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT)?, KEY_VOTE, encode(vote)?);
+        Ok(self.write_synced(batch).await?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // Not synced: after a crash a stale value only means re-applying from the state
+        // machine's own durable `applied`, which openraft does anyway.
+        let raft = cf(&self.db, CF_RAFT)?;
+        self.db
+            .put_cf(raft, KEY_COMMITTED, encode(&committed)?)
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self
+            .get_meta::<Option<LogId>>(KEY_COMMITTED, "committed log id")?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let log = cf(&self.db, CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(log, index_key(entry.log_id().index), encode(&entry)?);
+        }
+        self.db.write(batch).map_err(StoreError::from)?;
+        self.syncer
+            .send(callback)
+            .map_err(|_| io::Error::other("WAL syncer thread is gone"))?;
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
+        let log = cf(&self.db, CF_LOG)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(log, index_key(from), index_key(u64::MAX));
+        // Synced so a truncated entry cannot reappear after a crash alongside newer ones.
+        Ok(self.write_synced(batch).await?)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT)?, KEY_PURGED, encode(&log_id)?);
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG)?,
+            index_key(0),
+            index_key(log_id.index + 1),
+        );
+        Ok(self.write_synced(batch).await?)
+    }
+}

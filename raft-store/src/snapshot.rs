@@ -1,0 +1,253 @@
+//! Snapshot files.
+//!
+//! A snapshot is built from one RocksDB snapshot, so the records, `applied` and the membership
+//! in it belong to the same instant. Layout:
+//!
+//! ```text
+//! "AUGSNAP1"                       magic
+//! u32 len, postcard SnapshotMeta   header
+//! u32 len, postcard (key, value)   one frame per record, in key order
+//! u32 0xFFFF_FFFF                  end marker
+//! u64 records, u64 crc64           trailer; the CRC covers every byte before the end marker
+//! ```
+//!
+//! Installation reads the file into one `WriteBatch` and writes it only after the trailer's
+//! count and CRC check out, so a damaged or truncated transfer changes nothing.
+
+use crate::db::{cf, decode, encode, index_key, CF_HISTORY, CF_SM, CF_STATE};
+use crate::error::StoreError;
+use crate::state_machine::{KEY_APPLIED, KEY_COMPACTED, KEY_MEMBERSHIP};
+use crate::types::{LogId, SnapshotMeta, StoredMembership};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"AUGSNAP1";
+const END: u32 = u32::MAX;
+/// Largest frame accepted when reading a snapshot: one record is far smaller.
+const MAX_FRAME: usize = 4 << 20;
+const CURRENT: &str = "current.snap";
+const BUILDING: &str = "building.snap.tmp";
+const RECEIVED: &str = "installing.snap.tmp";
+
+/// Removes files left by a build or install that a crash interrupted.
+pub(crate) fn remove_partial_files(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == BUILDING || name == RECEIVED || name.starts_with("incoming-") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc64fast::Digest,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn frame(&mut self, body: &[u8]) -> std::io::Result<()> {
+        self.put(&(body.len() as u32).to_be_bytes())?;
+        self.put(body)
+    }
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.crc.write(bytes);
+        self.inner.write_all(bytes)
+    }
+}
+
+/// Writes a snapshot of the current state to `dir` and returns its meta and the open file.
+pub(crate) fn build(db: &DB, dir: &Path) -> Result<(SnapshotMeta, File), StoreError> {
+    let snap = db.snapshot();
+    let sm = cf(db, CF_SM)?;
+    let last_log_id: Option<LogId> = match snap.get_cf(sm, KEY_APPLIED)? {
+        Some(b) => decode("applied log id", &b)?,
+        None => None,
+    };
+    let last_membership: StoredMembership = match snap.get_cf(sm, KEY_MEMBERSHIP)? {
+        Some(b) => decode("membership", &b)?,
+        None => StoredMembership::default(),
+    };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+    };
+    let tmp = dir.join(BUILDING);
+    let mut w = CrcWriter {
+        inner: BufWriter::new(File::create(&tmp)?),
+        crc: crc64fast::Digest::new(),
+    };
+    w.put(MAGIC)?;
+    w.frame(&encode(&meta)?)?;
+    let mut records: u64 = 0;
+    for item in snap.iterator_cf(cf(db, CF_STATE)?, rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        w.frame(&encode(&(&*k, &*v))?)?;
+        records += 1;
+    }
+    let crc = w.crc.sum64();
+    let mut inner = w.inner;
+    inner.write_all(&END.to_be_bytes())?;
+    inner.write_all(&records.to_be_bytes())?;
+    inner.write_all(&crc.to_be_bytes())?;
+    let file = inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(CURRENT))?;
+    File::open(dir)?.sync_all()?;
+    Ok((meta, File::open(dir.join(CURRENT))?))
+}
+
+/// Opens the newest snapshot, if any.
+pub(crate) fn open_current(dir: &Path) -> Result<Option<(SnapshotMeta, File)>, StoreError> {
+    let mut file = match File::open(dir.join(CURRENT)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = read_header(
+        &mut BufReader::new(&mut file),
+        &mut crc64fast::Digest::new(),
+    )?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(Some((meta, file)))
+}
+
+fn read_exact(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    crc: Option<&mut crc64fast::Digest>,
+) -> Result<(), StoreError> {
+    r.read_exact(buf)
+        .map_err(|e| StoreError::corrupt("snapshot", format!("truncated: {e}")))?;
+    if let Some(crc) = crc {
+        crc.write(buf);
+    }
+    Ok(())
+}
+
+fn read_len(r: &mut impl Read, crc: &mut crc64fast::Digest) -> Result<u32, StoreError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .map_err(|e| StoreError::corrupt("snapshot", format!("truncated: {e}")))?;
+    let len = u32::from_be_bytes(len);
+    if len != END {
+        crc.write(&len.to_be_bytes());
+    }
+    Ok(len)
+}
+
+fn read_body(
+    r: &mut impl Read,
+    len: u32,
+    crc: &mut crc64fast::Digest,
+) -> Result<Vec<u8>, StoreError> {
+    if len as usize > MAX_FRAME {
+        return Err(StoreError::corrupt(
+            "snapshot",
+            format!("frame of {len} bytes"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    read_exact(r, &mut body, Some(crc))?;
+    Ok(body)
+}
+
+fn read_header(r: &mut impl Read, crc: &mut crc64fast::Digest) -> Result<SnapshotMeta, StoreError> {
+    let mut magic = [0u8; 8];
+    read_exact(r, &mut magic, Some(crc))?;
+    if &magic != MAGIC {
+        return Err(StoreError::corrupt("snapshot", "bad magic"));
+    }
+    let len = read_len(r, crc)?;
+    decode("snapshot header", &read_body(r, len, crc)?)
+}
+
+/// Verifies `file` and replaces the state with it in one synced write. Returns the new
+/// revision and compacted revision.
+pub(crate) fn install(
+    db: &DB,
+    dir: &Path,
+    meta: &SnapshotMeta,
+    mut file: File,
+) -> Result<(u64, u64), StoreError> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut crc = crc64fast::Digest::new();
+    let mut r = BufReader::new(&mut file);
+    let header = read_header(&mut r, &mut crc)?;
+    if header.last_log_id != meta.last_log_id {
+        return Err(StoreError::corrupt(
+            "snapshot",
+            format!(
+                "file is for {:?}, not {:?}",
+                header.last_log_id, meta.last_log_id
+            ),
+        ));
+    }
+    let state = cf(db, CF_STATE)?;
+    let sm = cf(db, CF_SM)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(state, [0u8].as_slice(), [0xffu8; 16].as_slice());
+    batch.delete_range_cf(cf(db, CF_HISTORY)?, index_key(0), index_key(u64::MAX));
+    let mut records: u64 = 0;
+    loop {
+        let len = read_len(&mut r, &mut crc)?;
+        if len == END {
+            break;
+        }
+        let body = read_body(&mut r, len, &mut crc)?;
+        let (k, v): (Vec<u8>, Vec<u8>) = decode("snapshot record", &body)?;
+        batch.put_cf(state, k, v);
+        records += 1;
+    }
+    let mut trailer = [0u8; 16];
+    read_exact(&mut r, &mut trailer, None)?;
+    let want_records = u64::from_be_bytes(trailer[..8].try_into().unwrap_or_default());
+    let want_crc = u64::from_be_bytes(trailer[8..].try_into().unwrap_or_default());
+    if want_records != records || want_crc != crc.sum64() {
+        return Err(StoreError::corrupt(
+            "snapshot",
+            format!("trailer mismatch: {records} records read, {want_records} announced"),
+        ));
+    }
+    let revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+    let compacted = revision + 1;
+    batch.put_cf(sm, KEY_APPLIED, encode(&meta.last_log_id)?);
+    batch.put_cf(sm, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
+    batch.put_cf(sm, KEY_COMPACTED, encode(&compacted)?);
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)?;
+    // Keep the installed file as our current snapshot so we can serve it to others.
+    drop(r);
+    file.seek(SeekFrom::Start(0))?;
+    let tmp = dir.join(RECEIVED);
+    let mut out = File::create(&tmp)?;
+    std::io::copy(&mut file, &mut out)?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, dir.join(CURRENT))?;
+    File::open(dir)?.sync_all()?;
+    Ok((revision, compacted))
+}
+
+/// Creates a file for a snapshot arriving from the leader; it is handed to Raft when complete
+/// and removed at the next start if the transfer never finished.
+pub(crate) fn incoming(dir: &Path) -> Result<(std::path::PathBuf, File), StoreError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!(
+        "incoming-{}.snap.tmp",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    Ok((path, file))
+}

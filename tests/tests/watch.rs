@@ -1,0 +1,92 @@
+//! Watch delivers every change once, in order, across a leader change and reconnects.
+
+use augur_proto::wire::Change;
+use augur_proto::{Key, Op, Record, Setting, Table, Txn};
+use augur_tests::{poll, LocalCluster};
+use futures::StreamExt;
+use std::time::Duration;
+
+fn put(name: &str, v: u64) -> Txn {
+    Txn {
+        compares: vec![],
+        ops: vec![Op::Put(Record::Setting(Setting {
+            name: name.into(),
+            value: v.to_be_bytes().to_vec(),
+            version: 0,
+        }))],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_delivers_every_change_once_in_order_across_leader_change() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(3).await?;
+    let c = &cluster.client;
+    let first = c.txn(put("w0", 0)).await?.revision;
+    let mut stream = c.watch(vec![Table::Settings], first);
+    let mut committed = vec![first];
+    for i in 1..50u64 {
+        committed.push(c.txn(put(&format!("w{}", i % 7), i)).await?.revision);
+    }
+    // Writes to another table are filtered out.
+    c.txn(Txn {
+        compares: vec![],
+        ops: vec![Op::Delete(Key::Shard(augur_proto::ShardId(1)))],
+    })
+    .await?;
+    // Kill the leader mid-stream; the watch moves to another node.
+    let leader = cluster.leader(Duration::from_secs(10)).await?;
+    cluster.stop(leader, true)?;
+    poll(Duration::from_secs(30), "writes to resume", || async {
+        match c.txn(put("w-after", 1000)).await {
+            Ok(r) => Ok(Some(r.revision)),
+            Err(_) => Ok(None),
+        }
+    })
+    .await
+    .map(|r| committed.push(r))?;
+    for i in 50..100u64 {
+        match c.txn(put(&format!("w{}", i % 7), i)).await {
+            Ok(r) => committed.push(r.revision),
+            Err(e) => panic!("write after failover: {e}"),
+        }
+    }
+    // Every committed revision arrives exactly once, in order. The only other events allowed
+    // are writes of "w-after" whose outcome the client could not know during the failover.
+    let last = *committed.last().expect("writes");
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|r| *r < last) {
+        let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "watch stalled after {} of {} events",
+                    seen.len(),
+                    committed.len()
+                )
+            })?
+            .ok_or_else(|| anyhow::anyhow!("watch ended"))??;
+        assert!(ev
+            .changes
+            .iter()
+            .all(|ch| matches!(ch, Change::Put(Record::Setting(_)))));
+        if !committed.contains(&ev.revision) {
+            let unknown_write = ev
+                .changes
+                .iter()
+                .all(|ch| matches!(ch, Change::Put(Record::Setting(s)) if s.name == "w-after"));
+            assert!(unknown_write, "unexpected event {ev:?}");
+        }
+        seen.push(ev.revision);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "out of order or duplicated: {seen:?}"
+    );
+    let missing: Vec<u64> = committed
+        .iter()
+        .filter(|r| !seen.contains(r))
+        .copied()
+        .collect();
+    assert!(missing.is_empty(), "revisions never delivered: {missing:?}");
+    Ok(())
+}
