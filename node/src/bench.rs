@@ -77,6 +77,9 @@ pub struct MetaBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Per-attempt client deadline (how long a client waits on one node before trying another).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub attempt_timeout: Duration,
     /// cas mode with --cluster: SIGKILL the leader this long into the run and measure how
     /// long until writes commit again.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -210,7 +213,8 @@ pub async fn run_meta(a: MetaBenchArgs) -> anyhow::Result<()> {
     if a.clients == 0 || a.conns == 0 || a.keys == 0 {
         bail!("--clients, --conns and --keys must be positive");
     }
-    let cfg = config(&a)?;
+    let mut cfg = config(&a)?;
+    cfg.attempt_timeout = a.attempt_timeout;
     let clients: Vec<Client> = (0..a.conns.min(a.clients))
         .map(|_| Client::new(cfg.clone()))
         .collect::<Result<_, _>>()?;
