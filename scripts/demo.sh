@@ -42,7 +42,8 @@ v=$("$bin/augurctl" --cluster "$dir/cluster.toml" --json shard get 1 | sed -n 's
 ctl shard cas --id 1 --replicas 3,4,5 --expect "$v"
 wait "$watcher" || true
 ctl shard list
-"$bin/augur" local start --dir "$dir" --member "$leader"
+step "Restart the killed member (local up restarts stopped members and waits until healthy)"
+"$bin/augur" local up --dir "$dir"
 ctl status
 
 step "Done. The cluster is in $dir; it is stopped on exit."
