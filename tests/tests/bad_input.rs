@@ -41,7 +41,7 @@ async fn malformed_frames_and_strangers_are_refused() -> anyhow::Result<()> {
             other => panic!("{bytes:?}: expected InvalidArgument, got {other:?}"),
         }
     }
-    // A Raft message with a garbage payload is refused too.
+    // Raft messages from a client certificate are refused, whatever they carry.
     let raft = augur_proto::frame::encode(
         &Request::Raft {
             kind: augur_proto::wire::RaftRpcKind::Vote,
@@ -51,7 +51,7 @@ async fn malformed_frames_and_strangers_are_refused() -> anyhow::Result<()> {
     )?;
     assert!(matches!(
         raw_exchange(&cluster, &raft).await?,
-        Some(Response::Error(ApiError::InvalidArgument(_)))
+        Some(Response::Error(ApiError::PermissionDenied(_)))
     ));
 
     // A client whose certificate comes from another CA cannot connect.

@@ -22,16 +22,25 @@ fn value(r: &Record) -> u64 {
     }
 }
 
-/// Blind-writes `name = v`, treating an indeterminate outcome as "maybe".
+/// Blind-writes `name = v`. Resending a blind put of the same value cannot change the
+/// outcome, so an unknown outcome is resent until it is known (or 30 s pass: `Ok(false)`).
 async fn put(c: &augur_client::Client, name: &str, v: u64) -> Result<bool, Error> {
-    let t = augur_proto::Txn {
-        compares: vec![],
-        ops: vec![augur_proto::Op::Put(setting(name, v))],
-    };
-    match c.txn(t).await {
-        Ok(r) => Ok(r.succeeded),
-        Err(Error::Indeterminate(_)) => Ok(false),
-        Err(e) => Err(e),
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = augur_proto::Txn {
+            compares: vec![],
+            ops: vec![augur_proto::Op::Put(setting(name, v))],
+        };
+        match c.txn(t).await {
+            Ok(r) => return Ok(r.succeeded),
+            Err(Error::Indeterminate(_) | Error::Unavailable(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                continue
+            }
+            Err(Error::Indeterminate(_) | Error::Unavailable(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -85,7 +94,13 @@ async fn follower_restart_catches_up_through_a_snapshot() -> anyhow::Result<()> 
     let follower = (1..=3).find(|i| *i != leader).expect("a follower");
     cluster.stop(follower, false)?;
     for i in 0..300u64 {
-        assert!(put(c, &format!("k{}", i % 40), i).await?);
+        // A blind put of the same value may be resent after an unknown outcome; this test is
+        // about catch-up, not about write latency while snapshots are being built.
+        let name = format!("k{}", i % 40);
+        poll(Duration::from_secs(30), "a put", || async {
+            Ok(put(c, &name, i).await?.then_some(()))
+        })
+        .await?;
     }
     let target = cluster.status(leader).await?.applied;
     cluster.start_member(follower)?;

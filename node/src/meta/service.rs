@@ -35,17 +35,23 @@ impl MetaNode {
                 return;
             }
         };
+        let peer = is_peer_certificate(&conn);
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
                 Err(_) => return,
             };
             let node = self.clone();
-            tokio::spawn(async move { node.serve_stream(send, recv).await });
+            tokio::spawn(async move { node.serve_stream(send, recv, peer).await });
         }
     }
 
-    async fn serve_stream(self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(
+        self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        peer: bool,
+    ) {
         let max = self.max_frame();
         let req: Request = match read_frame(&mut recv, max).await {
             Ok(Some(r)) => r,
@@ -60,6 +66,17 @@ impl MetaNode {
                 return;
             }
         };
+        if matches!(req, Request::Raft { .. }) && !peer {
+            // Only metadata nodes may speak Raft: a client certificate must not be able to
+            // cast votes or append entries.
+            self.metrics.rpc_errors("permission_denied");
+            let resp = Response::Error(ApiError::PermissionDenied(
+                "raft messages are accepted only from metadata-node certificates".into(),
+            ));
+            let _ = write_frame(&mut send, &resp, max).await;
+            let _ = send.finish();
+            return;
+        }
         let kind = request_kind(&req);
         let started = Instant::now();
         let resp = match req {
@@ -485,6 +502,26 @@ impl MetaNode {
         };
         let _ = std::fs::remove_file(&path);
         resp
+    }
+}
+
+/// Whether the connection's client certificate is a metadata node's: node certificates are
+/// issued for server authentication too (`augur cert node`), client certificates are not.
+fn is_peer_certificate(conn: &quinn::Connection) -> bool {
+    let Some(identity) = conn.peer_identity() else {
+        return false;
+    };
+    let Ok(chain) = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>() else {
+        return false;
+    };
+    let Some(leaf) = chain.first() else {
+        return false;
+    };
+    match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, cert)) => {
+            matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth)
+        }
+        Err(_) => false,
     }
 }
 
