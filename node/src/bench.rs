@@ -77,9 +77,10 @@ pub struct MetaBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Per-attempt client deadline (how long a client waits on one node before trying another).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub attempt_timeout: Duration,
+    /// Per-attempt client deadline (how long a client waits on one node before trying
+    /// another); default: the client library's.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub attempt_timeout: Option<Duration>,
     /// cas mode with --cluster: SIGKILL the leader this long into the run and measure how
     /// long until writes commit again.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -214,7 +215,9 @@ pub async fn run_meta(a: MetaBenchArgs) -> anyhow::Result<()> {
         bail!("--clients, --conns and --keys must be positive");
     }
     let mut cfg = config(&a)?;
-    cfg.attempt_timeout = a.attempt_timeout;
+    if let Some(t) = a.attempt_timeout {
+        cfg.attempt_timeout = t;
+    }
     let clients: Vec<Client> = (0..a.conns.min(a.clients))
         .map(|_| Client::new(cfg.clone()))
         .collect::<Result<_, _>>()?;
