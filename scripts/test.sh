@@ -4,6 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
+# The fault-injection suite must catch a node that serves reads from local state without
+# ReadIndex: build that variant first and set it aside, then the real binaries.
+cargo build --release --workspace --bins --features augur-node/unsafe-local-reads
+# Copy then rename: a still-running old copy must not make the copy fail.
+cp "$AUGUR_PROFILE_DIR/augur" "$AUGUR_PROFILE_DIR/augur-unsafe-local-reads.tmp"
+mv -f "$AUGUR_PROFILE_DIR/augur-unsafe-local-reads.tmp" "$AUGUR_PROFILE_DIR/augur-unsafe-local-reads"
+export AUGUR_UNSAFE_BIN="$AUGUR_PROFILE_DIR/augur-unsafe-local-reads"
 cargo build --release --workspace --bins
 export AUGUR_BIN="$AUGUR_PROFILE_DIR/augur"
 # Multi-process tests start real clusters; two at a time keeps a 2-core machine honest.

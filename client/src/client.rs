@@ -273,6 +273,35 @@ impl Client {
         }
     }
 
+    /// Reads one record on exactly `endpoint`, in one attempt bounded by the request timeout:
+    /// no redirect to the leader and no retry. Any member serves linearizable reads (a
+    /// follower confirms with the leader first), so this is how to check what each node
+    /// answers, e.g. after a fault-injection run, or to spread reads over the members.
+    pub async fn get_on(
+        &self,
+        endpoint: &str,
+        key: &Key,
+        consistency: Consistency,
+    ) -> Result<(Option<Record>, u64), Error> {
+        key.validate()
+            .map_err(|e| Error::Api(ApiError::InvalidArgument(e.to_string())))?;
+        let req = Request::Get {
+            key: key.clone(),
+            consistency,
+        };
+        let resp = self
+            .inner
+            .transport
+            .call(endpoint, &req, self.inner.cfg.request_timeout)
+            .await
+            .map_err(|e| Error::Unavailable(format!("{endpoint}: {e}")))?;
+        match resp {
+            Response::Get { record, revision } => Ok((record, revision)),
+            Response::Error(e) => Err(Error::Api(e)),
+            other => Err(unexpected("get", other)),
+        }
+    }
+
     /// Reads one page of a table after `start_after`.
     pub async fn list_page(
         &self,

@@ -466,6 +466,12 @@ impl<W: Write> Recorder<W> {
         }
     }
 
+    /// The instant event times count from, so that the harness can put fault times on the
+    /// same clock as the history.
+    pub fn started_at(&self) -> std::time::Instant {
+        self.start
+    }
+
     /// Records one event now and returns it as written.
     pub fn record(
         &self,

@@ -2,11 +2,14 @@
 //! (fault injectors) and the run's outputs.
 //!
 //! The checker ([`checker`]) is usable on its own: feed it [`history::Event`]s from a
-//! `history.jsonl` or a Jepsen log ([`jepsen_log`]) and a [`model::Model`].
+//! `history.jsonl` or a Jepsen log ([`jepsen_log`]) and a [`model::Model`]. The cluster
+//! harness ([`harness`]) runs real `augur meta` processes under faults and checks what its
+//! clients saw.
 
 #![warn(missing_docs)]
 
 pub mod checker;
+pub mod harness;
 pub mod history;
 pub mod jepsen_log;
 pub mod model;

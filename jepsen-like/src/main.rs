@@ -1,7 +1,10 @@
-//! `augur-jepsen`: check recorded histories for linearizability and render reports.
+//! `augur-jepsen`: run fault-injection tests against a real Augur cluster, check recorded
+//! histories for linearizability and render reports.
 //!
-//! Exit codes: 0 every history linearizable; 1 some history not linearizable; 2 no anomaly but
-//! some verdict unknown (budget exhausted); 3 some input could not be read or decoded.
+//! Exit codes of `check` / `report`: 0 every history linearizable; 1 some history not
+//! linearizable; 2 no anomaly but some verdict unknown (budget exhausted); 3 some input could
+//! not be read or decoded. `run` adds 4 (no progress after heal) and 5 (nodes diverged); see
+//! `augur-jepsen run --help`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use augur_jepsen::checker::{CheckOptions, CheckReport, Verdict};
+use augur_jepsen::harness::RunConfig;
+use augur_jepsen::nemesis::schedule::parse_kinds;
 use augur_jepsen::report::{render_html, ReportInput};
 use augur_jepsen::results::RunResults;
 use augur_jepsen::{check_history, load_history, InputFormat, ModelChoice};
@@ -63,8 +68,81 @@ struct CheckArgs {
     max_cache_mib: usize,
 }
 
+/// Flags of `augur-jepsen run`.
+#[derive(clap::Args)]
+#[command(after_help = RUN_HELP)]
+struct RunArgs {
+    /// Number of `augur meta` processes (3 to 9; 3 and 5 are the usual).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Length of the workload and fault period (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = augur_jepsen::harness::parse_duration)]
+    time: Duration,
+    /// Fault families, comma-separated: partition, kill, pause, clock, member.
+    /// Empty (`--nemesis ''`) runs without faults.
+    #[arg(long, default_value = "partition,kill,pause")]
+    nemesis: String,
+    /// Seed of the fault schedule and the clients' choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Run directory for history.jsonl, results.json, report.html, node data and logs.
+    #[arg(long)]
+    out: PathBuf,
+    /// The `augur` binary under test. Default: the `augur` next to this executable (both come
+    /// out of one `cargo build`), else `augur` on PATH. Copy it aside for long runs: a rebuild
+    /// during a run would change what restarted nodes execute.
+    #[arg(long, env = "AUGUR_BIN")]
+    augur_bin: Option<PathBuf>,
+    /// Keys in use at any one time (each retires after --ops-per-key operations).
+    #[arg(long, default_value_t = 8)]
+    keys: usize,
+    /// Workload operations per key before a fresh key replaces it.
+    #[arg(long, default_value_t = 200)]
+    ops_per_key: u32,
+    /// Client processes per node (each has its own client and reads through its home node).
+    #[arg(long, default_value_t = 2)]
+    clients_per_node: usize,
+    /// Bound on one operation; past it the outcome is indeterminate (`info`).
+    #[arg(long, default_value = "3s", value_parser = augur_jepsen::harness::parse_duration)]
+    op_timeout: Duration,
+    /// Mean pause between one process's operations (uniform in 0..2x); 0 for none.
+    #[arg(long, default_value = "10ms", value_parser = augur_jepsen::harness::parse_duration)]
+    think: Duration,
+    /// Shortest quiet or fault period.
+    #[arg(long, default_value = "3s", value_parser = augur_jepsen::harness::parse_duration)]
+    min_period: Duration,
+    /// Longest quiet or fault period.
+    #[arg(long, default_value = "8s", value_parser = augur_jepsen::harness::parse_duration)]
+    max_period: Duration,
+    /// How long the cluster may take to serve again after the final heal.
+    #[arg(long, default_value = "60s", value_parser = augur_jepsen::harness::parse_duration)]
+    recovery_timeout: Duration,
+    /// The checker's time budget; keys still searching then are `unknown`.
+    #[arg(long, default_value = "120s", value_parser = augur_jepsen::harness::parse_duration)]
+    check_budget: Duration,
+    /// Largest clock skew or jump, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    max_skew_ms: i64,
+}
+
+const RUN_HELP: &str = "\
+Needs root for the network namespace and nftables (partitions) and libfaketime for clock
+faults; without them those faults are recorded as not injected, never simulated.
+
+Outputs in --out: history.jsonl, results.json, report.html, nodes/n<i>/{config.toml,data,augur.log}.
+
+Exit codes (worst wins: 1 > 5 > 4 > 2 > 0):
+  0  linearizable, nodes converged, cluster served again after heal
+  1  anomaly: the history is not linearizable
+  2  no anomaly, but the checker's budget ran out on some key (unknown)
+  3  the run could not be carried out (bad flags, setup failure)
+  4  no progress after heal (cluster did not serve again, or final reads failed)
+  5  nodes did not converge (different revision, state digest or final values)";
+
 #[derive(Subcommand)]
 enum Command {
+    /// Start a real cluster, inject faults while clients run, then check and report.
+    Run(Box<RunArgs>),
     /// Check history files; one verdict per file.
     Check {
         #[command(flatten)]
@@ -241,10 +319,14 @@ fn report(
     faults_from: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let opts = args.options()?;
-    let faults = match &faults_from {
-        Some(path) => RunResults::read(path)?.faults,
-        None => Vec::new(),
+    let recorded = match &faults_from {
+        Some(path) => Some(RunResults::read(path)?),
+        None => None,
     };
+    let faults = recorded
+        .as_ref()
+        .map(|r| r.faults.clone())
+        .unwrap_or_default();
     let events = load_history(&file, args.format())?;
     let check = check_history(&events, args.model(), &opts)?;
     let title = file.display().to_string();
@@ -257,6 +339,7 @@ fn report(
             InputFormat::Jsonl => Some(1),
             InputFormat::JepsenLog => None,
         },
+        results: recorded.as_ref(),
     });
     std::fs::write(&out, html).with_context(|| format!("writing {}", out.display()))?;
     if let Some(path) = results {
@@ -274,6 +357,84 @@ fn report(
         Verdict::NotLinearizable => 1,
         Verdict::Unknown => 2,
     }))
+}
+
+/// The `augur` built alongside this binary, else the one on PATH.
+fn default_augur_bin() -> anyhow::Result<PathBuf> {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("augur")))
+        .filter(|p| p.is_file());
+    sibling
+        .or_else(|| augur_jepsen::nemesis::find_program("augur"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no augur binary next to this executable or on PATH; pass --augur-bin or set AUGUR_BIN"
+            )
+        })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let nemeses = parse_kinds(&args.nemesis).map_err(|e| anyhow::anyhow!("--nemesis: {e}"))?;
+    let cfg = RunConfig {
+        nodes: args.nodes,
+        time: args.time,
+        nemeses,
+        seed: args.seed,
+        out: args.out,
+        augur_bin: match args.augur_bin {
+            Some(p) => p,
+            None => default_augur_bin()?,
+        },
+        keys: args.keys,
+        ops_per_key: args.ops_per_key,
+        clients_per_node: args.clients_per_node,
+        op_timeout: args.op_timeout,
+        think: args.think,
+        min_period: args.min_period,
+        max_period: args.max_period,
+        recovery_timeout: args.recovery_timeout,
+        check_budget: args.check_budget,
+        max_skew_ms: args.max_skew_ms,
+    };
+    let out = cfg.out.clone();
+    let outcome = augur_jepsen::harness::run(cfg).context("run")?;
+    let r = &outcome.results;
+    let o = r.history.outcomes;
+    println!("run {}: {}", out.display(), outcome.exit.reason());
+    println!(
+        "  operations {:?}; ok {} fail {} info {}",
+        r.history.ops_by_kind, o.ok, o.fail, o.info
+    );
+    if let Some(l) = r.history.latency {
+        println!("  latency p50 {:.1} ms, p99 {:.1} ms", l.p50_ms, l.p99_ms);
+    }
+    let injected = r.faults.iter().filter(|f| f.injected).count();
+    println!(
+        "  faults injected {injected}, not injected {}; leader changes {}",
+        r.faults.len() - injected,
+        augur_jepsen::results::leader_moves(&r.leader_changes)
+    );
+    if let Some(run) = &r.run {
+        for (nemesis, why) in &run.unavailable {
+            println!("  {nemesis} not injected: {why}");
+        }
+        println!(
+            "  recovery after heal {}; converged {}",
+            r.recovery_ms
+                .map_or("none".to_string(), |m| format!("{m} ms")),
+            run.convergence.converged
+        );
+    }
+    println!(
+        "  checker: {} keys, verdict {}, {} anomalies, {:.1} ms",
+        r.keys_checked,
+        r.verdict,
+        r.anomalies.len(),
+        r.checker_ms
+    );
+    println!("  report {}", out.join("report.html").display());
+    Ok(ExitCode::from(outcome.exit.code()))
 }
 
 fn print_anomalies(report: &CheckReport) {
@@ -313,8 +474,18 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // Usage errors exit 3 ("could not be carried out"), not clap's default 2, which here means
+    // "unknown verdict". --help and --version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 3 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let result = match cli.command {
+        Command::Run(args) => run(*args),
         Command::Check {
             args,
             json,

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use crate::checker::CheckReport;
 use crate::history::{Event, EventKind};
-use crate::results::FaultRecord;
+use crate::results::{FaultRecord, RunResults};
 
 /// What the report shows.
 #[derive(Debug, Clone, Copy)]
@@ -29,8 +29,13 @@ pub struct ReportInput<'a> {
     /// are only positions (a Jepsen log): the axis then counts events and fault bands, which have
     /// real times, are listed but not drawn.
     pub time_unit_ns: Option<u64>,
+    /// A cluster run's results: adds a summary table, leader changes on the timeline, the
+    /// clients' progress and the convergence check.
+    pub results: Option<&'a RunResults>,
 }
 
+/// Most operation bars drawn; a 30-minute soak has hundreds of thousands.
+const MAX_BARS: usize = 60_000;
 const WIDTH: f64 = 1200.0;
 const LEFT: f64 = 90.0;
 const LANE: f64 = 16.0;
@@ -150,6 +155,38 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
         })
         .unwrap_or_default();
 
+    // A long run has more operations than a page can draw; beyond MAX_BARS keep every
+    // operation on a failing key and every non-ok one, and thin the rest evenly.
+    let total_bars = bars.len();
+    let bars: Vec<Bar<'_>> = if total_bars <= MAX_BARS {
+        bars
+    } else {
+        let keep = |b: &Bar<'_>| failing.contains(b.invoke.key.as_str()) || b.kind != EventKind::Ok;
+        let must = bars.iter().filter(|b| keep(b)).count();
+        let room = MAX_BARS.saturating_sub(must).max(1) as u128;
+        let rest = (total_bars - must).max(1) as u128;
+        let mut n: u128 = 0;
+        bars.into_iter()
+            .filter(|b| {
+                if keep(b) {
+                    return true;
+                }
+                // Keep the n-th of `rest` when floor(n * room / rest) steps up: `room` evenly
+                // spaced picks.
+                n += 1;
+                n * room / rest != (n - 1) * room / rest
+            })
+            .collect()
+    };
+    let thinned_note = if bars.len() < total_bars {
+        format!(
+            " The timeline shows {} of {total_bars} operations: all on failing keys, all that did not complete ok, and an even sample of the rest.",
+            bars.len()
+        )
+    } else {
+        String::new()
+    };
+
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -243,6 +280,24 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
             esc(&title)
         );
     }
+    if let (Some(r), Some(_)) = (input.results, input.time_unit_ns) {
+        for c in &r.leader_changes {
+            let at = t0.saturating_add(c.at_ms.saturating_mul(1_000_000) / unit);
+            let lx = x(at);
+            let who = c
+                .leader
+                .map_or("none".to_string(), |l| format!("n{}", l + 1));
+            let _ = writeln!(
+                svg,
+                r##"<line class="leader" x1="{lx:.1}" x2="{lx:.1}" y1="{:.1}" y2="{:.1}" stroke="#7b3fa0" stroke-dasharray="3,3"><title>{}</title></line><text x="{lx:.1}" y="{:.1}" fill="#7b3fa0" font-size="9">L {}</text>"##,
+                TOP,
+                height - 30.0,
+                esc(&format!("leader {who} observed at {} ms", c.at_ms)),
+                height - 22.0,
+                esc(&who)
+            );
+        }
+    }
     let axis_y = height - 14.0;
     let unit_label = match input.time_unit_ns {
         None => "(event #)",
@@ -261,15 +316,22 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
         .map_or("not checked".to_string(), |c| c.verdict.to_string());
     let _ = write!(
         html,
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;margin:20px}} .bad{{color:#d62728}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px;text-align:left}}</style></head><body>\n<h1>{t}</h1>\n<p>Verdict: <strong class=\"{cls}\">{v}</strong>. {n} events, {np} processes, {nf} faults. Green ok, grey fail, orange indeterminate (to the end), red outline: key not linearizable, red fill: operations that cannot be ordered. Shaded bands: faults (grey: not injected).</p>\n",
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>body{{font-family:sans-serif;margin:20px}} .bad{{color:#d62728}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px;font-size:12px;text-align:left}}</style></head><body>\n<h1>{t}</h1>\n<p>Verdict: <strong class=\"{cls}\">{v}</strong>. {n} events, {np} processes, {nf} faults. Green ok, grey fail, orange indeterminate (to the end), red outline: key not linearizable, red fill: operations that cannot be ordered. Shaded bands: faults (grey: not injected). Dashed purple lines: leader changes observed.{thinned}</p>\n",
         t = esc(input.title),
         cls = if input.check.is_some_and(|c| c.anomalies().next().is_some()) { "bad" } else { "" },
         v = esc(&verdict),
         n = input.events.len(),
         np = processes.len(),
         nf = input.faults.len(),
+        thinned = esc(&thinned_note),
     );
+    if let Some(r) = input.results {
+        html.push_str(&summary_html(r));
+    }
     html.push_str(&svg);
+    if let Some(r) = input.results {
+        html.push_str(&run_details_html(r));
+    }
     if let Some(c) = input.check {
         for a in c.anomalies() {
             let _ = write!(
@@ -308,22 +370,192 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
         }
     }
     if !input.faults.is_empty() {
-        html.push_str("<h2>Faults</h2><table><tr><th>kind</th><th>what</th><th>start ms</th><th>end ms</th><th>injected</th><th>note</th></tr>");
+        html.push_str("<h2>Faults</h2><table><tr><th>kind</th><th>what</th><th>start ms</th><th>end ms</th><th>injected</th><th>first write ok after heal, ms</th><th>note</th></tr>");
         for f in input.faults {
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&f.kind),
                 esc(&f.description),
                 f.start_ms,
                 f.end_ms.map_or("-".into(), |e| e.to_string()),
                 f.injected,
+                f.recovered_after_ms.map_or("-".into(), |m| m.to_string()),
                 esc(f.note.as_deref().unwrap_or(""))
             );
         }
         html.push_str("</table>\n");
     }
     html.push_str("</body></html>\n");
+    html
+}
+
+/// The headline figures of a run, as a table above the timeline.
+fn summary_html(r: &RunResults) -> String {
+    let mut rows: Vec<(String, String)> = Vec::new();
+    if let Some(seed) = r.seed {
+        rows.push(("seed".into(), seed.to_string()));
+    }
+    if let Some(run) = &r.run {
+        rows.push((
+            "cluster".into(),
+            format!(
+                "{} nodes, nemeses {}, {} s, binary {}",
+                run.nodes,
+                run.nemeses.join(","),
+                run.duration_ms / 1000,
+                run.augur_bin
+            ),
+        ));
+        rows.push((
+            "exit".into(),
+            format!("{} ({})", run.exit_code, run.exit_reason),
+        ));
+    }
+    let ops: Vec<String> = r
+        .history
+        .ops_by_kind
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    rows.push(("operations".into(), ops.join(", ")));
+    let o = r.history.outcomes;
+    rows.push((
+        "outcomes".into(),
+        format!("ok {}, fail {}, info {}", o.ok, o.fail, o.info),
+    ));
+    if let Some(l) = r.history.latency {
+        rows.push((
+            "latency (ok + fail)".into(),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                l.p50_ms, l.p99_ms, l.max_ms
+            ),
+        ));
+    }
+    let injected = r.faults.iter().filter(|f| f.injected).count();
+    rows.push((
+        "faults".into(),
+        format!(
+            "{injected} injected, {} not injected",
+            r.faults.len() - injected
+        ),
+    ));
+    if let Some(slowest) = r.faults.iter().filter_map(|f| f.recovered_after_ms).max() {
+        rows.push((
+            "slowest recovery after a fault's heal".into(),
+            format!("{slowest} ms (first write invoked after the heal that succeeded)"),
+        ));
+    }
+    rows.push((
+        "leader changes".into(),
+        format!(
+            "{} (leadership moved; {} observations incl. periods without a leader)",
+            crate::results::leader_moves(&r.leader_changes),
+            r.leader_changes.len()
+        ),
+    ));
+    rows.push((
+        "recovery after heal".into(),
+        r.recovery_ms
+            .map_or("did not recover".into(), |m| format!("{m} ms")),
+    ));
+    rows.push((
+        "checker".into(),
+        format!(
+            "{} keys, {} unknown, {} anomalies, {:.1} ms",
+            r.keys_checked,
+            r.keys_unknown.len(),
+            r.anomalies.len(),
+            r.checker_ms
+        ),
+    ));
+    if let Some(run) = &r.run {
+        let c = &run.convergence;
+        rows.push((
+            "convergence".into(),
+            if c.converged {
+                format!(
+                    "converged: {} keys read on every node, revision {} everywhere",
+                    c.keys_read,
+                    c.nodes.first().map_or(0, |n| n.revision)
+                )
+            } else {
+                format!(
+                    "NOT converged: {}",
+                    c.detail.as_deref().unwrap_or("see below")
+                )
+            },
+        ));
+        for (nemesis, why) in &run.unavailable {
+            rows.push((format!("{nemesis} not injected"), why.clone()));
+        }
+    }
+    let mut html = String::from("<table class=\"summary\">");
+    for (k, v) in rows {
+        let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
+    }
+    html.push_str("</table>\n");
+    html
+}
+
+/// Clients' progress and the per-node end state, below the timeline.
+fn run_details_html(r: &RunResults) -> String {
+    let Some(run) = &r.run else {
+        return String::new();
+    };
+    let mut html = String::from("<h2>Clients</h2><table><tr><th>worker</th><th>home node</th><th>process ids</th><th>ok</th><th>fail</th><th>info</th><th>reads ok</th><th>writes ok</th></tr>");
+    for w in &run.workers {
+        let procs: Vec<String> = w.processes.iter().map(u64::to_string).collect();
+        let cls = if w.ok == 0 { " class=\"bad\"" } else { "" };
+        let _ = write!(
+            html,
+            "<tr{cls}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            w.worker,
+            esc(&w.home_node),
+            esc(&procs.join(" ")),
+            w.ok,
+            w.fail,
+            w.info,
+            w.reads_ok,
+            w.writes_ok
+        );
+    }
+    html.push_str("</table>\n<h2>Nodes after heal</h2><table><tr><th>node</th><th>revision</th><th>records</th><th>state CRC-64</th></tr>");
+    for n in &run.convergence.nodes {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&n.node),
+            n.revision,
+            n.records,
+            esc(&n.crc64)
+        );
+    }
+    html.push_str("</table>\n");
+    for (title, list) in [
+        (
+            "Keys read differently on different nodes",
+            &run.convergence.disagreements,
+        ),
+        (
+            "Final reads that never succeeded",
+            &run.convergence.missing_reads,
+        ),
+        ("Heal errors", &run.heal_errors),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = write!(html, "<h2 class=\"bad\">{}</h2><ul>", esc(title));
+        for item in list.iter().take(200) {
+            let _ = write!(html, "<li>{}</li>", esc(item));
+        }
+        if list.len() > 200 {
+            let _ = write!(html, "<li>... {} more</li>", list.len() - 200);
+        }
+        html.push_str("</ul>\n");
+    }
     html
 }
 
@@ -366,6 +598,7 @@ mod tests {
             end_ms: Some(3),
             injected: true,
             note: None,
+            recovered_after_ms: None,
         }];
         let html = render_html(&ReportInput {
             title: "t<x>",
@@ -373,6 +606,7 @@ mod tests {
             faults: &faults,
             check: Some(&check),
             time_unit_ns: Some(1),
+            results: None,
         });
         assert!(html.starts_with("<!DOCTYPE html>"));
         assert_eq!(html.matches(">process ").count(), 3, "one lane per process");
@@ -394,6 +628,42 @@ mod tests {
         assert!(
             !html.contains("<script"),
             "must be self-contained and static"
+        );
+    }
+
+    #[test]
+    fn long_histories_are_thinned_but_keep_what_matters() {
+        let one = |v| Payload::One(Value::Int(v));
+        let mut events = Vec::new();
+        for i in 0..70_000u64 {
+            events.push(ev(
+                EventKind::Invoke,
+                i % 4,
+                2 * i,
+                Fun::Write,
+                one(i as i64),
+            ));
+            let kind = if i == 12_345 {
+                EventKind::Info
+            } else {
+                EventKind::Ok
+            };
+            events.push(ev(kind, i % 4, 2 * i + 1, Fun::Write, one(i as i64)));
+        }
+        let html = render_html(&ReportInput {
+            title: "long",
+            events: &events,
+            faults: &[],
+            check: None,
+            time_unit_ns: Some(1),
+            results: None,
+        });
+        let drawn = html.matches("<rect class=\"op").count();
+        assert!((59_000..=MAX_BARS + 1).contains(&drawn), "{drawn} bars");
+        assert!(html.contains("of 70000 operations"));
+        assert!(
+            html.contains("#24690 p1 "),
+            "the indeterminate operation was thinned away"
         );
     }
 }

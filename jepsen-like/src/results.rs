@@ -140,6 +140,47 @@ pub struct FaultRecord {
     pub injected: bool,
     /// Why it was not injected, or what went wrong.
     pub note: Option<String>,
+    /// Time from its heal until a write invoked after the heal succeeded, in milliseconds
+    /// (`None` when no write after it succeeded, or it was never healed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_after_ms: Option<u64>,
+}
+
+/// Fills each healed fault's [`FaultRecord::recovered_after_ms`] from the history. Fault times
+/// are ms and event times ns on the same clock (the run's start).
+pub fn measure_fault_recovery(events: &[Event], faults: &mut [FaultRecord]) {
+    use crate::history::Fun;
+    // (invoke time, completion time) of every successful write or cas, in invoke order.
+    let mut invoked: HashMap<u64, u64> = HashMap::new();
+    let mut writes: Vec<(u64, u64)> = Vec::new();
+    for e in events {
+        match e.kind {
+            EventKind::Invoke => {
+                invoked.insert(e.process, e.time);
+            }
+            EventKind::Ok if e.f != Fun::Read => {
+                if let Some(start) = invoked.remove(&e.process) {
+                    writes.push((start, e.time));
+                }
+            }
+            _ => {
+                invoked.remove(&e.process);
+            }
+        }
+    }
+    writes.sort_unstable();
+    for f in faults.iter_mut() {
+        let Some(end_ms) = f.end_ms.filter(|_| f.injected) else {
+            continue;
+        };
+        let healed_ns = end_ms.saturating_mul(1_000_000);
+        let first = writes.partition_point(|&(start, _)| start < healed_ns);
+        f.recovered_after_ms = writes[first..]
+            .iter()
+            .map(|&(_, done)| done)
+            .min()
+            .map(|done| done.saturating_sub(healed_ns) / 1_000_000);
+    }
 }
 
 /// A change of leader seen by the harness.
@@ -147,8 +188,22 @@ pub struct FaultRecord {
 pub struct LeaderChange {
     /// When it was observed, ms from the start of the run.
     pub at_ms: u64,
-    /// The new leader's node index, `None` when there was none.
+    /// The new leader's node index (0-based: node `n<index+1>`), `None` when none was known.
     pub leader: Option<usize>,
+}
+
+/// How many times leadership moved to a different node, ignoring periods without a known
+/// leader in between (a leader that is briefly unknown and comes back is not a change).
+pub fn leader_moves(changes: &[LeaderChange]) -> usize {
+    let mut last = None;
+    let mut moves = 0;
+    for l in changes.iter().filter_map(|c| c.leader) {
+        if last.is_some_and(|p| p != l) {
+            moves += 1;
+        }
+        last = Some(l);
+    }
+    moves
 }
 
 /// The whole `results.json`.
@@ -174,6 +229,90 @@ pub struct RunResults {
     pub checker_ms: f64,
     /// Time from the final heal until the cluster served again, in milliseconds.
     pub recovery_ms: Option<u64>,
+    /// What only a cluster run knows (absent when checking a recorded history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+}
+
+/// What one logical client (a worker, possibly under several process ids) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Worker number.
+    pub worker: usize,
+    /// The node its reads go to.
+    pub home_node: String,
+    /// Process ids it ran under, in order (a new one after each `info`).
+    pub processes: Vec<u64>,
+    /// Completions: ok.
+    pub ok: u64,
+    /// Completions: fail.
+    pub fail: u64,
+    /// Completions: info.
+    pub info: u64,
+    /// Ok reads.
+    pub reads_ok: u64,
+    /// Ok writes and cas.
+    pub writes_ok: u64,
+}
+
+/// One node's state digest after the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDigest {
+    /// Node name.
+    pub node: String,
+    /// Applied revision.
+    pub revision: u64,
+    /// Records in its state.
+    pub records: u64,
+    /// CRC-64 of its state.
+    pub crc64: String,
+}
+
+/// Whether the replicas ended identical.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Convergence {
+    /// Same revision and digest on every node, and every key read the same on every node.
+    pub converged: bool,
+    /// The last digests seen.
+    pub nodes: Vec<NodeDigest>,
+    /// Keys read on every node after heal.
+    pub keys_read: usize,
+    /// Final reads that never succeeded (`key@node`).
+    pub missing_reads: Vec<String>,
+    /// Keys whose final value or version differs between nodes.
+    pub disagreements: Vec<String>,
+    /// Why not converged, in words.
+    pub detail: Option<String>,
+}
+
+/// What a cluster run adds to the results.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// Nemesis families asked for.
+    pub nemeses: Vec<String>,
+    /// Length of the faulty period, ms.
+    pub duration_ms: u64,
+    /// The `augur` binary under test.
+    pub augur_bin: String,
+    /// The network namespace the run used, if any.
+    pub namespace: Option<String>,
+    /// Nemesis families this machine cannot inject, and why (their faults are in `faults`
+    /// with `injected: false`).
+    pub unavailable: BTreeMap<String, String>,
+    /// Per logical client.
+    pub workers: Vec<WorkerRecord>,
+    /// Whether the cluster served again (all nodes healthy, a write committed) after heal.
+    pub recovered: bool,
+    /// Errors of the final heal that persisted until its deadline.
+    pub heal_errors: Vec<String>,
+    /// Final reads and digests.
+    pub convergence: Convergence,
+    /// The exit code and why.
+    pub exit_code: u8,
+    /// The exit code's meaning for this run.
+    pub exit_reason: String,
 }
 
 impl RunResults {
@@ -196,6 +335,7 @@ impl RunResults {
             anomalies: check.anomalies().cloned().collect(),
             checker_ms: check.elapsed_us as f64 / 1000.0,
             recovery_ms: None,
+            run: None,
         }
     }
 
@@ -289,7 +429,34 @@ mod tests {
             end_ms: None,
             injected: false,
             note: Some("clock unavailable: libfaketime.so.1 not found".into()),
+            recovered_after_ms: None,
         });
+        let mut faults = vec![
+            FaultRecord {
+                kind: "kill".into(),
+                description: "kill -9 n1".into(),
+                start_ms: 0,
+                end_ms: Some(20),
+                injected: true,
+                note: None,
+                recovered_after_ms: None,
+            },
+            FaultRecord {
+                kind: "pause".into(),
+                description: "pause n1".into(),
+                start_ms: 0,
+                end_ms: Some(100_000),
+                injected: true,
+                note: None,
+                recovered_after_ms: None,
+            },
+        ];
+        measure_fault_recovery(&events, &mut faults);
+        // Write i is invoked at (i-1)i/2 ms and ends at i(i+1)/2 ms; the first invoked at or
+        // after 20 ms is i=7 (21 ms), ending at 28 ms.
+        assert_eq!(faults[0].recovered_after_ms, Some(8));
+        assert_eq!(faults[1].recovered_after_ms, None, "no write after it");
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.json");
         r.write(&path).unwrap();

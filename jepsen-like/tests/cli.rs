@@ -114,3 +114,40 @@ fn report_writes_html_and_results() {
     let page = std::fs::read_to_string(&html2).expect("report written");
     assert!(page.contains("class=\"fault\"") && page.contains("isolate 127.0.0.2"));
 }
+
+#[test]
+fn run_refuses_bad_flags_clearly_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("never");
+    let cases: [(&[&str], &str); 6] = [
+        (&["--nodes", "2"], "--nodes must be 3 to 9"),
+        (
+            &["--nemesis", "partition,explode"],
+            "unknown nemesis \"explode\"",
+        ),
+        (&["--time", "soon"], "is not a duration"),
+        (&["--ops-per-key", "0"], "--ops-per-key must be 1 to 10000"),
+        (&["--augur-bin", "/nonexistent/augur"], "does not exist"),
+        (
+            &["--min-period", "9s", "--max-period", "2s"],
+            "--min-period <= --max-period",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut cmd = bin();
+        cmd.arg("run").arg("--out").arg(&out);
+        if !args.contains(&"--augur-bin") {
+            // Any existing file passes the binary check, so the flag under test is what fails.
+            cmd.args(["--augur-bin", env!("CARGO_BIN_EXE_augur-jepsen")]);
+        }
+        let out_s = cmd.args(args).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out_s.stderr);
+        assert_eq!(out_s.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} created the run directory");
+    }
+    let help = bin().args(["run", "--help"]).output().expect("help");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("5  nodes did not converge"), "{text}");
+}

@@ -17,9 +17,9 @@
 //! key = "certs/meta-1.key"
 //!
 //! [raft]                              # defaults shown
-//! heartbeat_interval_ms = 100
-//! election_timeout_min_ms = 400
-//! election_timeout_max_ms = 800
+//! heartbeat_interval_ms = 50
+//! election_timeout_min_ms = 250
+//! election_timeout_max_ms = 350
 //! snapshot_logs_since_last = 20000
 //! max_in_snapshot_log_to_keep = 10000
 //! connect_timeout_ms = 1000
@@ -32,6 +32,7 @@
 //! [limits]
 //! max_frame_bytes = 16777216
 //! shutdown_transfer_timeout_ms = 3000
+//! follower_read_timeout_ms = 1000
 //! ```
 
 use augur_client::TlsFiles;
@@ -116,6 +117,13 @@ impl std::str::FromStr for InitialMember {
 }
 
 /// Raft timing and log retention.
+///
+/// The timing defaults are set by failover time. openraft gives a follower a leader lease of
+/// `election_timeout_max` from the last heartbeat and refuses votes while it holds; since
+/// every election timer fires before that, the first round after a leader dies is always
+/// refused and the second wins, about 2 × 250–350 ms after the last heartbeat. Five
+/// heartbeats fit in the shortest timeout, which kept loaded 2-core test machines free of
+/// spurious elections; raise all three together on slower networks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSettings {
@@ -138,9 +146,9 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         RaftSettings {
-            heartbeat_interval_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 800,
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 350,
             snapshot_logs_since_last: 20_000,
             max_in_snapshot_log_to_keep: 10_000,
             connect_timeout_ms: 1_000,
@@ -193,6 +201,9 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// How long a leader asked to stop waits for leadership to move.
     pub shutdown_transfer_timeout_ms: u64,
+    /// How long a follower serving a linearizable read waits for the leader's read index and
+    /// then for its own apply to reach it, before answering `Unavailable`.
+    pub follower_read_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -200,6 +211,7 @@ impl Default for Limits {
         Limits {
             max_frame_bytes: augur_proto::MAX_FRAME_DEFAULT,
             shutdown_transfer_timeout_ms: 3_000,
+            follower_read_timeout_ms: 1_000,
         }
     }
 }
@@ -308,6 +320,12 @@ impl MetaFile {
         }
         if self.limits.max_frame_bytes < 64 * 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 65536"));
+        }
+        if self.limits.follower_read_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.follower_read_timeout_ms",
+                "must be at least 1",
+            ));
         }
         self.raft.to_openraft()?;
         Ok(MetaConfig {

@@ -19,7 +19,9 @@ pub const MAX_LIST_LIMIT: u32 = 10_000;
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Consistency {
-    /// Reflects every write acknowledged before the read began (ReadIndex on the leader).
+    /// Reflects every write acknowledged before the read began. The leader confirms it is
+    /// still leader with a quorum (ReadIndex); a follower asks the leader for that index and
+    /// serves the read once it has applied that far.
     #[default]
     Linearizable,
     /// Whatever the serving node has applied: possibly stale, never torn, served anywhere.
@@ -41,6 +43,8 @@ pub enum RaftRpcKind {
     Snapshot,
     /// Leader transfer notice.
     TransferLeader,
+    /// A follower asks the leader for a read index, to serve a linearizable read itself.
+    ReadIndex,
 }
 
 /// A request to a metadata node.

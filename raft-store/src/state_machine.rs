@@ -89,12 +89,9 @@ impl StateMachine {
                 history_retention: history_retention.max(1),
                 applied: applied_tx,
                 compacted: AtomicU64::new(compacted),
-                apply_seconds: Histogram::new(
-                    [
-                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
-                    ]
-                    .into_iter(),
-                ),
+                apply_seconds: Histogram::new([
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+                ]),
             }),
         })
     }

@@ -293,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&members)?);
                 } else {
-                    println!("{:<7} {:<22} {}", "MEMBER", "ADDRESS", "ROLE");
+                    println!("{:<7} {:<22} ROLE", "MEMBER", "ADDRESS");
                     for m in members {
                         println!(
                             "{:<7} {:<22} {}",

@@ -63,6 +63,28 @@ impl NetNs {
         cmd
     }
 
+    /// Moves the calling process into the namespace, so that everything it starts afterwards
+    /// (threads, child processes, `nft`, QUIC sockets) lives there without `ip netns exec`.
+    ///
+    /// `setns` moves only the calling thread, and threads inherit the namespace of the thread
+    /// that creates them. So this must run while the process has a single thread, before any
+    /// runtime or helper thread exists; it refuses otherwise, because a process straddling two
+    /// namespaces would send some traffic through the host.
+    pub fn enter(&self) -> Result<(), NemesisError> {
+        let threads = thread_count()?;
+        if threads != 1 {
+            return Err(NemesisError::Invalid(format!(
+                "cannot enter namespace {}: the process already has {threads} threads",
+                self.name
+            )));
+        }
+        let path = PathBuf::from("/run/netns").join(&self.name);
+        let file = std::fs::File::open(&path)?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        tracing::info!(namespace = %self.name, "entered network namespace");
+        Ok(())
+    }
+
     /// Removes the namespace now, reporting failure (drop does the same but can only log).
     pub fn remove(mut self) -> Result<(), NemesisError> {
         self.removed = true;
@@ -91,4 +113,14 @@ impl Drop for NetNs {
             }
         }
     }
+}
+
+/// Threads of this process, from `/proc/self/status`.
+fn thread_count() -> Result<usize, NemesisError> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| NemesisError::Invalid("no thread count in /proc/self/status".into()))
 }

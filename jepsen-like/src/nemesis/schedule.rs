@@ -105,6 +105,29 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// What the fault is, in words, for reports (node indices shown as `n<index+1>`, the
+    /// nodes' names).
+    pub fn describe(&self) -> String {
+        match self {
+            Fault::Partition { kind } => {
+                let shape = serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("{kind:?}"));
+                format!("partition ({shape})")
+            }
+            Fault::Kill { node } => format!("kill -9 n{}", node + 1),
+            Fault::Pause { node } => format!("pause n{}", node + 1),
+            Fault::ClockSkew { node, offset_ms } => {
+                format!("clock of n{} skewed {offset_ms:+} ms", node + 1)
+            }
+            Fault::ClockJump { node, delta_ms } => {
+                format!("clock of n{} jumped {delta_ms:+} ms", node + 1)
+            }
+            Fault::Member { node } => format!("remove member n{}", node + 1),
+        }
+    }
+
     /// Which family it belongs to.
     pub fn kind(&self) -> NemesisKind {
         match self {
@@ -148,6 +171,7 @@ pub struct ScheduledFault {
 }
 
 /// Draws the schedule: quiet, fault, quiet, fault... until `duration`, every fault healed by then.
+/// Each run of `kinds.len()` consecutive faults uses every family once, in random order.
 pub fn schedule(cfg: &ScheduleConfig) -> Result<Vec<ScheduledFault>, NemesisError> {
     if cfg.nodes == 0 {
         return Err(NemesisError::Invalid("a schedule needs nodes".into()));
@@ -168,15 +192,19 @@ pub fn schedule(cfg: &ScheduleConfig) -> Result<Vec<ScheduledFault>, NemesisErro
         Duration::from_millis(rng.gen_range(lo..=hi))
     };
     let mut t = period(&mut rng);
+    let mut deck: Vec<NemesisKind> = Vec::new();
     loop {
         let len = period(&mut rng);
         if t + len > cfg.duration {
             break;
         }
-        let kind = *cfg
-            .kinds
-            .choose(&mut rng)
-            .unwrap_or(&NemesisKind::Partition);
+        // Families are dealt from a shuffled deck, so every requested family comes up once
+        // in every `kinds.len()` faults instead of a short run missing one by chance.
+        if deck.is_empty() {
+            deck = cfg.kinds.clone();
+            deck.shuffle(&mut rng);
+        }
+        let kind = deck.pop().unwrap_or(NemesisKind::Partition);
         let node = rng.gen_range(0..cfg.nodes);
         let skew = cfg.max_skew_ms.max(1);
         let fault = match kind {
@@ -207,13 +235,25 @@ pub fn schedule(cfg: &ScheduleConfig) -> Result<Vec<ScheduledFault>, NemesisErro
     Ok(out)
 }
 
+/// Why a set-up error makes a nemesis unavailable, without repeating the nemesis's name (it is
+/// wrapped into a new `Unavailable` at each injection).
+fn reason_of(e: NemesisError) -> String {
+    match e {
+        NemesisError::Unavailable { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
 /// What the harness provides through the Augur client: the current leader and membership changes.
 pub trait ClusterControl {
     /// The node index of the current leader, if one is known.
     fn leader(&mut self) -> Result<Option<usize>, String>;
     /// Removes `node` from the Raft membership.
     fn remove_member(&mut self, node: usize) -> Result<(), String>;
-    /// Adds `node` back to the Raft membership.
+    /// Deletes the stopped `node`'s data, so that it restarts as a fresh, empty process that
+    /// waits to be added (it must not bootstrap a cluster of its own).
+    fn wipe_data(&mut self, node: usize) -> Result<(), String>;
+    /// Adds `node` back to the Raft membership (as a learner, then a voter once caught up).
     fn add_member(&mut self, node: usize) -> Result<(), String>;
 }
 
@@ -234,6 +274,9 @@ pub struct Nemesis<C: ClusterControl> {
     clocks: Result<Vec<NodeClock>, String>,
     control: C,
     rng: ChaCha8Rng,
+    /// Nodes whose removal was attempted and that have not been added back yet. A removal
+    /// that errored may still have taken effect, so those count too.
+    removed: std::collections::BTreeSet<usize>,
 }
 
 impl<C: ClusterControl> Nemesis<C> {
@@ -266,11 +309,12 @@ impl<C: ClusterControl> Nemesis<C> {
         Ok(Nemesis {
             addrs,
             procs,
-            firewall: firewall.map_err(|e| e.to_string()),
-            clocks: clocks.map_err(|e| e.to_string()),
+            firewall: firewall.map_err(reason_of),
+            clocks: clocks.map_err(reason_of),
             control,
             // Distinct stream from the schedule's, same seed.
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x006e_656d_6573_6973),
+            removed: Default::default(),
         })
     }
 
@@ -339,19 +383,31 @@ impl<C: ClusterControl> Nemesis<C> {
                 format!("pause {}", p.name())
             }
             Fault::ClockSkew { node, offset_ms } => {
+                let name = self.proc(*node)?.name().to_string();
                 self.clock(*node)?.set_offset_ms(*offset_ms)?;
-                format!("clock of node {node} skewed {offset_ms:+} ms")
+                format!("clock of {name} skewed {offset_ms:+} ms")
             }
             Fault::ClockJump { node, delta_ms } => {
+                let name = self.proc(*node)?.name().to_string();
                 self.clock(*node)?.jump_ms(*delta_ms)?;
-                format!("clock of node {node} jumped {delta_ms:+} ms")
+                format!("clock of {name} jumped {delta_ms:+} ms")
             }
             Fault::Member { node } => {
-                self.proc(*node)?;
+                let node = *node;
+                self.proc(node)?;
+                self.removed.insert(node);
                 self.control
-                    .remove_member(*node)
+                    .remove_member(node)
                     .map_err(NemesisError::Control)?;
-                format!("remove member {node}")
+                // Only once the cluster has confirmed the removal is the node's data
+                // expendable: wiping a voter would be the harness losing data, not Augur.
+                self.proc(node)?.kill9()?;
+                self.control
+                    .wipe_data(node)
+                    .map_err(NemesisError::Control)?;
+                let p = self.proc(node)?;
+                p.restart()?;
+                format!("remove member {}, wipe it, restart it empty", p.name())
             }
         };
         Ok(ActiveFault {
@@ -369,15 +425,30 @@ impl<C: ClusterControl> Nemesis<C> {
             Fault::ClockSkew { node, .. } | Fault::ClockJump { node, .. } => {
                 self.clock(*node)?.reset()
             }
-            Fault::Member { node } => self
-                .control
-                .add_member(*node)
-                .map_err(NemesisError::Control),
+            Fault::Member { node } => {
+                // A wipe or restart that failed half-way leaves the node down; bring it up.
+                let p = self.proc(*node)?;
+                if !p.is_running() {
+                    p.restart()?;
+                }
+                self.control
+                    .add_member(*node)
+                    .map_err(NemesisError::Control)?;
+                self.removed.remove(node);
+                Ok(())
+            }
         }
     }
 
+    /// Nodes removed from the membership and not yet added back.
+    pub fn removed_members(&self) -> Vec<usize> {
+        self.removed.iter().copied().collect()
+    }
+
     /// Heals everything that can be healed, whatever was injected: flushes the partition set,
-    /// resumes paused nodes, restarts dead ones, resets clocks. Returns the errors it met.
+    /// resumes paused nodes, restarts dead ones, resets clocks, adds removed members back.
+    /// Returns the errors it met; a member that could not be added back stays in
+    /// [`removed_members`](Self::removed_members) for the caller to retry.
     pub fn heal_all(&mut self) -> Vec<NemesisError> {
         let mut errors = Vec::new();
         if let Ok(fw) = &self.firewall {
@@ -402,6 +473,14 @@ impl<C: ClusterControl> Nemesis<C> {
                 if let Err(e) = c.reset() {
                     errors.push(e);
                 }
+            }
+        }
+        for node in self.removed_members() {
+            match self.control.add_member(node) {
+                Ok(()) => {
+                    self.removed.remove(&node);
+                }
+                Err(e) => errors.push(NemesisError::Control(e)),
             }
         }
         errors
@@ -443,6 +522,17 @@ mod tests {
         let kinds: std::collections::HashSet<NemesisKind> =
             a.iter().map(|f| f.fault.kind()).collect();
         assert_eq!(kinds.len(), 5, "not every family drawn: {kinds:?}");
+    }
+
+    #[test]
+    fn every_family_comes_up_in_each_round() {
+        let c = cfg(3);
+        let a = schedule(&c).unwrap();
+        for round in a.chunks_exact(c.kinds.len()) {
+            let kinds: std::collections::HashSet<NemesisKind> =
+                round.iter().map(|f| f.fault.kind()).collect();
+            assert_eq!(kinds.len(), c.kinds.len(), "{round:?}");
+        }
     }
 
     #[test]

@@ -39,12 +39,9 @@ pub struct Metrics {
 }
 
 fn rpc_histogram() -> Histogram {
-    Histogram::new(
-        [
-            0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ]
-        .into_iter(),
-    )
+    Histogram::new([
+        0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
 }
 
 impl Metrics {

@@ -30,6 +30,8 @@ pub struct MetaNode {
     pub(crate) raft: Raft,
     pub(crate) sm: StateMachine,
     pub(crate) endpoint: quinn::Endpoint,
+    /// Node-to-node calls outside Raft's own traffic (a follower's read-index request).
+    pub(crate) peers: Transport,
     pub(crate) metrics: Arc<metrics::Metrics>,
     cfg: Arc<MetaConfig>,
     shutting_down: Arc<AtomicBool>,
@@ -63,7 +65,7 @@ impl MetaNode {
         let raft = Raft::new(
             cfg.id,
             raft_config,
-            network::Network::new(transport),
+            network::Network::new(transport.clone()),
             stores.log,
             stores.state,
         )
@@ -76,6 +78,7 @@ impl MetaNode {
             raft,
             sm,
             endpoint,
+            peers: transport,
             metrics,
             cfg: Arc::new(cfg),
             shutting_down: Arc::new(AtomicBool::new(false)),

@@ -6,9 +6,12 @@
 //! write is proposed, any failure (leadership lost, shutdown) is reported as `Indeterminate`:
 //! the entry may still commit under the next leader.
 //!
-//! Linearizable reads confirm leadership with ReadIndex and wait for the state machine to
-//! apply up to the read index before reading; serializable reads are served from whatever the
-//! node has applied.
+//! Linearizable reads are served by any voter or learner. The leader confirms its leadership
+//! with a quorum (ReadIndex) and reads once it has applied up to the read index; a follower
+//! asks the leader for that index over the peer channel and reads once its own state machine
+//! has caught up to it. Both are linearizable: the index covers every write acknowledged
+//! before the read began, and applied entries are committed, so they are the same on every
+//! node. Serializable reads are served from whatever the node has applied.
 
 use super::network::{SnapshotChunk, SnapshotHeader};
 use super::MetaNode;
@@ -170,15 +173,78 @@ impl MetaNode {
         }
     }
 
-    /// Makes a read linearizable: confirms leadership with a quorum (ReadIndex) and waits
-    /// until the state machine has applied everything committed before the read began.
+    /// Makes a read linearizable: on the leader, confirms leadership with a quorum (ReadIndex)
+    /// and waits until the state machine has applied everything committed before the read
+    /// began; on a follower, gets that index from the leader and waits for its own apply.
     async fn read_barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
         if consistency == Consistency::Serializable || cfg!(feature = "unsafe-local-reads") {
             return Ok(());
         }
-        self.require_leader()?;
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
-            Ok(_) => Ok(()),
+        if self.is_leader() {
+            return self.leader_read_index(true).await.map(|_| ());
+        }
+        let leader = self.leader_info().ok_or_else(|| {
+            ApiError::Unavailable("no leader known to confirm the read with".into())
+        })?;
+        let deadline = std::time::Duration::from_millis(self.cfg.limits.follower_read_timeout_ms);
+        let payload = postcard::to_allocvec(&()).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let req = Request::Raft {
+            kind: RaftRpcKind::ReadIndex,
+            payload,
+        };
+        let index: u64 = match self.peers.call(&leader.addr, &req, deadline).await {
+            Ok(Response::Raft(bytes)) => {
+                match postcard::from_bytes::<Result<u64, String>>(&bytes) {
+                    Ok(Ok(index)) => index,
+                    Ok(Err(why)) => {
+                        return Err(ApiError::Unavailable(format!(
+                            "leader {} did not confirm the read: {why}",
+                            leader.id
+                        )))
+                    }
+                    Err(e) => return Err(ApiError::Internal(format!("read index reply: {e}"))),
+                }
+            }
+            Ok(Response::Error(e)) => {
+                return Err(ApiError::Unavailable(format!(
+                    "leader {} did not confirm the read: {e}",
+                    leader.id
+                )))
+            }
+            Ok(other) => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected read index reply {other:?}"
+                )))
+            }
+            Err(e) => {
+                return Err(ApiError::Unavailable(format!(
+                    "leader {} unreachable for the read index: {e}",
+                    leader.id
+                )))
+            }
+        };
+        self.raft
+            .wait(Some(deadline))
+            .applied_index_at_least(Some(index), "follower read")
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::Unavailable(format!("not caught up to read index {index}: {e}")))
+    }
+
+    /// The leader's half of a linearizable read: confirms leadership with a quorum and returns
+    /// the index a state machine must have applied to serve it. `wait_apply` also waits for
+    /// the leader's own state machine, for a read served here; a follower's read does not
+    /// need the leader to have applied.
+    async fn leader_read_index(&self, wait_apply: bool) -> Result<u64, ApiError> {
+        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(l) if wait_apply => {
+                let index = l.read_log_id().index();
+                l.await_ready(&self.raft)
+                    .await
+                    .map(|_| index)
+                    .map_err(|e| ApiError::Unavailable(e.to_string()))
+            }
+            Ok(l) => Ok(l.read_log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 Err(ApiError::NotLeader {
                     leader: self.leader_info(),
@@ -452,6 +518,14 @@ impl MetaNode {
                 })
                 .await
             }
+            RaftRpcKind::ReadIndex => {
+                relay(payload, |()| async move {
+                    self.leader_read_index(false)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await
+            }
             RaftRpcKind::AppendStream | RaftRpcKind::Snapshot => {
                 Response::Error(ApiError::InvalidArgument(format!(
                     "raft rpc {kind:?} is not served on a plain stream"
@@ -590,6 +664,7 @@ pub(crate) fn request_kind(req: &Request) -> &'static str {
             RaftRpcKind::Vote | RaftRpcKind::PreVote => "raft_vote",
             RaftRpcKind::Snapshot => "raft_snapshot",
             RaftRpcKind::TransferLeader => "raft_transfer_leader",
+            RaftRpcKind::ReadIndex => "raft_read_index",
         },
     }
 }

@@ -1,0 +1,190 @@
+//! Just enough HTTP/1.1 to read a node's admin surface (`/health`, `/v1/status`,
+//! `/v1/digest`): one GET per connection, `Connection: close`, a bounded body.
+//!
+//! The harness needs three JSON endpoints on loopback; a hand-rolled GET keeps an HTTP client
+//! stack (and its TLS and connection pool) out of the dependency graph.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest response accepted; the admin answers are a few hundred bytes.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// Why a GET failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Connecting, sending or receiving failed.
+    #[error("{addr}{path}: {source}")]
+    Io {
+        /// The server.
+        addr: SocketAddr,
+        /// The path asked for.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No complete answer within the deadline (a paused node never answers).
+    #[error("{addr}{path}: no answer within {timeout:?}")]
+    Timeout {
+        /// The server.
+        addr: SocketAddr,
+        /// The path asked for.
+        path: String,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// The answer is not an HTTP response the harness understands.
+    #[error("{addr}{path}: malformed response: {reason}")]
+    Malformed {
+        /// The server.
+        addr: SocketAddr,
+        /// The path asked for.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A response: status code and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The body, decoded from chunked transfer encoding if needed.
+    pub body: String,
+}
+
+/// GETs `path` from `addr` within `timeout`.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        (&mut stream)
+            .take(MAX_RESPONSE as u64 + 1)
+            .read_to_end(&mut raw)
+            .await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => {
+            return Err(HttpError::Timeout {
+                addr,
+                path: path.to_string(),
+                timeout,
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(HttpError::Io {
+                addr,
+                path: path.to_string(),
+                source,
+            })
+        }
+        Ok(Ok(raw)) => raw,
+    };
+    parse_response(&raw).map_err(|reason| HttpError::Malformed {
+        addr,
+        path: path.to_string(),
+        reason,
+    })
+}
+
+/// Splits a complete HTTP/1.1 response into status and body.
+fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    if raw.len() > MAX_RESPONSE {
+        return Err(format!("longer than {MAX_RESPONSE} bytes"));
+    }
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or("empty response")?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding")
+                && value.to_ascii_lowercase().contains("chunked")
+        })
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_vec()
+    };
+    let body = String::from_utf8(body).map_err(|_| "body is not UTF-8")?;
+    Ok(HttpResponse { status, body })
+}
+
+/// Decodes a chunked body.
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunk size line not terminated")?;
+        let line = std::str::from_utf8(&rest[..eol]).map_err(|_| "chunk size is not UTF-8")?;
+        let size_hex = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16)
+            .map_err(|_| format!("bad chunk size {size_hex:?}"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 {
+            return Err("chunk shorter than announced".into());
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked_bodies() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(
+            parse_response(plain).unwrap(),
+            HttpResponse {
+                status: 200,
+                body: "{}".into()
+            }
+        );
+        let chunked =
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let r = parse_response(chunked).unwrap();
+        assert_eq!((r.status, r.body.as_str()), (503, "abcde"));
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        for bad in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nab\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n\xff\xfe",
+        ] {
+            assert!(parse_response(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `augur-jepsen run` against real `augur meta` processes.
+//!
+//! - A short normal run (3 nodes, partition + kill + pause) must pass: exit 0, no anomaly,
+//!   converged replicas, progress by every client, faults really injected, namespace gone.
+//! - A node built with the test-only `unsafe-local-reads` feature (reads served from local
+//!   state without ReadIndex) must be caught as non-linearizable under partitions.
+//!
+//! Both need root, `ip` and `nft` (the namespace and partitions) and an `augur` binary: the
+//! normal run takes `AUGUR_BIN` (default: the `augur` built beside `augur-jepsen`), the teeth test
+//! `AUGUR_UNSAFE_BIN`. Without them the tests print `SKIPPED ...` and why, and check nothing.
+//! The runs are serialised: each one already loads the 2-core machine on its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use augur_jepsen::harness::missing_for;
+use augur_jepsen::nemesis::schedule::NemesisKind;
+use augur_jepsen::results::RunResults;
+
+static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_augur-jepsen"))
+}
+
+/// The binary named by `var` (or `default`), if it exists.
+fn augur_binary(var: &str, default: Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = match (std::env::var_os(var), default) {
+        (Some(p), _) => PathBuf::from(p),
+        (None, Some(d)) => d,
+        (None, None) => return Err(format!("{var} is not set")),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("{} ({var}) does not exist", path.display()))
+    }
+}
+
+fn namespaces() -> String {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs the harness; returns its exit code and results.
+fn run(augur: &Path, out: &Path, args: &[&str]) -> (Option<i32>, RunResults) {
+    let mut child = bin()
+        .arg("run")
+        .arg("--augur-bin")
+        .arg(augur)
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start augur-jepsen");
+    let ns = format!("augur-jepsen-{}", child.id());
+    let mut stdout = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut s, &mut stdout);
+    }
+    let status = child.wait().expect("wait for augur-jepsen");
+    println!("{stdout}");
+    assert!(
+        !namespaces().contains(&ns),
+        "namespace {ns} left behind by the run"
+    );
+    let results = RunResults::read(&out.join("results.json")).unwrap_or_else(|e| {
+        panic!(
+            "no results.json after exit {status}: {e}; see {}",
+            out.display()
+        )
+    });
+    assert!(out.join("history.jsonl").is_file() && out.join("report.html").is_file());
+    (status.code(), results)
+}
+
+fn missing_machine() -> Option<String> {
+    missing_for(NemesisKind::Partition)
+}
+
+#[test]
+fn short_normal_run_is_linearizable_converges_and_makes_progress() {
+    if let Some(why) = missing_machine() {
+        println!("SKIPPED normal cluster run: partitions need it: {why}");
+        return;
+    }
+    let augur = match augur_binary(
+        "AUGUR_BIN",
+        Some(Path::new(env!("CARGO_BIN_EXE_augur-jepsen")).with_file_name("augur")),
+    ) {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED normal cluster run: no augur binary: {why}");
+            return;
+        }
+    };
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let (code, r) = run(
+        &augur,
+        &out,
+        &[
+            "--nodes",
+            "3",
+            "--time",
+            "90s",
+            "--nemesis",
+            "partition,kill,pause",
+            "--seed",
+            "11",
+        ],
+    );
+    let run = r.run.as_ref().expect("cluster run info");
+    assert_eq!(
+        code,
+        Some(0),
+        "run failed ({}); see {}",
+        run.exit_reason,
+        out.display()
+    );
+    assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+    assert!(
+        run.convergence.converged,
+        "not converged: {:?}",
+        run.convergence
+    );
+    assert!(r.recovery_ms.is_some(), "did not recover after heal");
+    for w in &run.workers {
+        assert!(w.ok > 0, "worker {} made no progress: {w:?}", w.worker);
+    }
+    assert!(run.workers.len() >= 6, "2 clients per node");
+    let injected = r.faults.iter().filter(|f| f.injected).count();
+    assert!(injected > 0, "no fault injected: {:?}", r.faults);
+    assert!(
+        r.faults.iter().all(|f| f.injected),
+        "a fault was not injected on a machine that can: {:?}",
+        r.faults
+    );
+    assert!(r.keys_checked > 0 && run.convergence.keys_read == r.keys_checked);
+}
+
+#[test]
+fn unsafe_local_reads_are_caught_as_not_linearizable() {
+    let augur = match augur_binary("AUGUR_UNSAFE_BIN", None) {
+        Ok(p) => p,
+        Err(why) => {
+            println!(
+                "SKIPPED teeth test: needs an augur built with --features unsafe-local-reads: {why}"
+            );
+            return;
+        }
+    };
+    if let Some(why) = missing_machine() {
+        println!("SKIPPED teeth test: partitions need it: {why}");
+        return;
+    }
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Few keys, so that reads on a cut-off node often follow writes acknowledged by the
+    // majority; short periods, so that there are many partitions.
+    for seed in [1u64, 2, 3, 4] {
+        let out = dir.path().join(format!("seed-{seed}"));
+        let seed_s = seed.to_string();
+        let (code, r) = run(
+            &augur,
+            &out,
+            &[
+                "--nodes",
+                "3",
+                "--time",
+                "30s",
+                "--nemesis",
+                "partition",
+                "--keys",
+                "3",
+                "--min-period",
+                "2s",
+                "--max-period",
+                "5s",
+                "--seed",
+                &seed_s,
+            ],
+        );
+        if !r.anomalies.is_empty() {
+            assert_eq!(code, Some(1), "an anomaly must exit 1");
+            println!(
+                "caught with seed {seed}: {} anomalies, first on key {}: {}",
+                r.anomalies.len(),
+                r.anomalies[0].key,
+                r.anomalies[0].reason
+            );
+            return;
+        }
+        println!("seed {seed}: no anomaly (exit {code:?}); trying another seed");
+    }
+    panic!("reads served without ReadIndex were never caught in 4 runs");
+}
