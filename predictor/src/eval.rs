@@ -21,7 +21,7 @@ const DAY_MS: f64 = 86_400_000.0;
 const HOUR_MS: f64 = 3_600_000.0;
 
 /// Scores of one node over a time slice.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeScores {
     /// Node id.
     pub node: String,
@@ -228,16 +228,16 @@ pub fn alert_stats(
     st
 }
 
-/// Picks the threshold with the best F1 among those with at most `max_fa` false alarms on
-/// healthy nodes per 1000 healthy node-days (or, if none qualifies, the quietest one). Candidates are score
-/// quantiles spaced geometrically in rank, because the useful thresholds live in the far tail.
-pub fn choose_threshold(
+/// Candidate thresholds for `nodes`: score quantiles spaced geometrically in rank (each
+/// `rank_step` times the previous rank), because the useful thresholds live in the far tail;
+/// each with its alert statistics.
+fn threshold_candidates(
     nodes: &[NodeScores],
     k: usize,
     n: usize,
     horizon_ms: i64,
-    max_fa: f64,
-) -> (f64, AlertStats) {
+    rank_step: f64,
+) -> Vec<(f64, AlertStats)> {
     let mut all: Vec<f64> = nodes
         .iter()
         .flat_map(|s| s.scores.iter().copied())
@@ -248,13 +248,18 @@ pub fn choose_threshold(
     let mut rank = 1.0f64;
     while (rank as usize) <= all.len() {
         candidates.push(all[rank as usize - 1]);
-        rank = (rank * 1.12).max(rank + 1.0);
+        rank = (rank * rank_step).max(rank + 1.0);
     }
     candidates.dedup();
-    let evaluated: Vec<(f64, AlertStats)> = candidates
+    candidates
         .par_iter()
         .map(|&t| (t, alert_stats(nodes, t, k, n, horizon_ms)))
-        .collect();
+        .collect()
+}
+
+/// The best F1 among candidates with at most `max_fa` false alarms on healthy nodes per 1000
+/// healthy node-days (ties to the higher threshold), or, if none qualifies, the quietest.
+fn best_f1(evaluated: Vec<(f64, AlertStats)>, max_fa: f64) -> (f64, AlertStats) {
     let best_ok = evaluated
         .iter()
         .filter(|(_, s)| s.false_alarms_per_1000() <= max_fa)
@@ -269,6 +274,205 @@ pub fn choose_threshold(
             })
             .unwrap_or((f64::INFINITY, AlertStats::default())),
     }
+}
+
+/// Picks the threshold with the best F1 among those with at most `max_fa` false alarms on
+/// healthy nodes per 1000 healthy node-days (or, if none qualifies, the quietest one).
+pub fn choose_threshold(
+    nodes: &[NodeScores],
+    k: usize,
+    n: usize,
+    horizon_ms: i64,
+    max_fa: f64,
+) -> (f64, AlertStats) {
+    best_f1(threshold_candidates(nodes, k, n, horizon_ms, 1.12), max_fa)
+}
+
+/// Picks the threshold for a precision-constrained goal: the highest recall among thresholds
+/// with precision at least `min_precision` and at most `max_fa` false alarms per 1000 healthy
+/// node-days (ties go to the higher precision, then the higher threshold). When no threshold
+/// meets both, falls back to [`choose_threshold`]'s best F1 within the false-alarm budget.
+///
+/// Why not best F1: an operator pays for every false alert with a needless drain, so the
+/// issue fixes a precision floor and a false-alarm ceiling, and recall is what is left to
+/// maximise.
+pub fn choose_threshold_for_precision(
+    nodes: &[NodeScores],
+    k: usize,
+    n: usize,
+    horizon_ms: i64,
+    min_precision: f64,
+    max_fa: f64,
+) -> (f64, AlertStats) {
+    let evaluated = threshold_candidates(nodes, k, n, horizon_ms, 1.12);
+    let best = evaluated
+        .iter()
+        .filter(|(_, s)| {
+            s.true_alerts > 0
+                && s.precision() >= min_precision
+                && s.false_alarms_per_1000() <= max_fa
+        })
+        .max_by(|a, b| {
+            a.1.detected
+                .cmp(&b.1.detected)
+                .then(a.1.precision().total_cmp(&b.1.precision()))
+                .then(a.0.total_cmp(&b.0))
+        });
+    match best {
+        Some((t, s)) => (*t, s.clone()),
+        None => best_f1(evaluated, max_fa),
+    }
+}
+
+/// The issue's targets, which [`tune_alert_rule`] chooses an alert rule for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TuneConfig {
+    /// Candidate (k, n) rules.
+    pub rules: Vec<(usize, usize)>,
+    /// Precision target.
+    pub min_precision: f64,
+    /// False alarms per 1000 healthy node-days allowed.
+    pub max_false_alarms: f64,
+    /// Recall target over failures with a precursor.
+    pub min_recall: f64,
+    /// Median lead target of true alerts, hours.
+    pub min_lead_h: f64,
+}
+
+impl Default for TuneConfig {
+    fn default() -> Self {
+        TuneConfig {
+            rules: vec![(2, 3), (3, 3), (3, 6), (2, 12), (3, 12), (4, 12)],
+            min_precision: 0.8,
+            max_false_alarms: 1.0,
+            min_recall: 0.85,
+            min_lead_h: 2.0,
+        }
+    }
+}
+
+impl TuneConfig {
+    /// The smallest relative slack of `st` against the targets: positive when every target
+    /// is met, and the larger, the further the weakest one is from its limit.
+    pub fn slack(&self, st: &AlertStats) -> f64 {
+        if st.true_alerts == 0 {
+            return -1.0;
+        }
+        let lead = quantile(&st.leads_h, 0.5).unwrap_or(0.0);
+        let rel = |v: f64, target: f64| (v - target) / target.abs().max(1e-9);
+        rel(st.precision(), self.min_precision)
+            .min(-rel(
+                st.false_alarms_per_1000(),
+                self.max_false_alarms.max(1e-9),
+            ))
+            .min(rel(st.recall_precursor(), self.min_recall))
+            .min(rel(lead, self.min_lead_h.max(1e-9)))
+    }
+}
+
+/// One rule's best threshold on the validation trace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleOption {
+    /// Rounds above threshold required...
+    pub k: usize,
+    /// ...among this many.
+    pub n: usize,
+    /// The threshold with the largest [`TuneConfig::slack`] for this rule.
+    pub threshold: f64,
+    /// That slack (positive: every target met on the validation trace).
+    pub slack: f64,
+    /// Its figures on the validation trace.
+    pub stats: AlertStats,
+}
+
+impl RuleOption {
+    /// Whether every target is met on the validation trace.
+    pub fn meets_goal(&self) -> bool {
+        self.slack >= 0.0
+    }
+}
+
+/// Chooses the alert rule (k, n and threshold) on a validation trace's scores: the one whose
+/// weakest target has the most room ([`TuneConfig::slack`], ties to more recall). Returns the
+/// choice first, then every rule's best option.
+///
+/// Why maximin over the issue's targets rather than, say, best F1: the targets are
+/// constraints, not a trade-off, and the point furthest inside all of them is the one most
+/// likely to stay inside on a trace the choice never saw. Why a separate validation trace: the
+/// training trace's calibration slice holds a few dozen failures, too few to pick a rule, and
+/// the evaluation trace must stay unseen. A third seed makes the choice at the failure rate
+/// the evaluation will see.
+pub fn tune_alert_rule(
+    nodes: &[NodeScores],
+    horizon_ms: i64,
+    cfg: &TuneConfig,
+) -> Option<(RuleOption, Vec<RuleOption>)> {
+    let options: Vec<RuleOption> = cfg
+        .rules
+        .iter()
+        .filter(|(k, n)| *k >= 1 && k <= n)
+        .filter_map(|&(k, n)| {
+            // A finer grid than training's: the validation trace is the place to pin the
+            // threshold down, and a 12% step in rank moved recall by several failures.
+            threshold_candidates(nodes, k, n, horizon_ms, 1.02)
+                .into_iter()
+                .map(|(threshold, stats)| RuleOption {
+                    k,
+                    n,
+                    threshold,
+                    slack: cfg.slack(&stats),
+                    stats,
+                })
+                .max_by(better)
+        })
+        .collect();
+    let best = options.iter().max_by(|a, b| better(a, b))?.clone();
+    Some((best, options))
+}
+
+/// Orders options by slack, then recall over precursor failures, then precision.
+fn better(a: &RuleOption, b: &RuleOption) -> std::cmp::Ordering {
+    a.slack
+        .total_cmp(&b.slack)
+        .then(a.stats.detected_precursor.cmp(&b.stats.detected_precursor))
+        .then(a.stats.precision().total_cmp(&b.stats.precision()))
+}
+
+/// The model's calibrated risk at every round of every node of `trace` from `from_ms` on
+/// (rounds on the model's cadence; a failed node's rounds stop at its failure).
+pub fn score_trace(
+    model: &Model,
+    trace: &Trace,
+    from_ms: i64,
+    progress: &ProgressBar,
+) -> Vec<NodeScores> {
+    let round = model.alert.round_ms;
+    progress.set_length(trace.nodes.len() as u64);
+    trace
+        .nodes
+        .par_iter()
+        .map(|series| {
+            let failure = trace.failures.get(&series.node);
+            let failed_at = failure.map(|f| f.failed_at_ms);
+            let first = series.ts.first().copied().unwrap_or(from_ms).max(from_ms);
+            let last = series.ts.last().copied().unwrap_or(from_ms);
+            let t0 = first + round - first.rem_euclid(round);
+            let times: Vec<i64> = (0..)
+                .map(|i| t0 + i * round)
+                .take_while(|&t| t <= last)
+                .filter(|&t| failed_at.is_none_or(|f| t < f))
+                .collect();
+            let (times, scores) = model.probabilities(series, &times);
+            progress.inc(1);
+            NodeScores {
+                node: series.node.clone(),
+                times,
+                scores,
+                failed_at: failed_at.filter(|&f| f >= from_ms),
+                precursor: failure.is_some_and(|f| f.has_precursor()),
+            }
+        })
+        .collect()
 }
 
 /// Round-level precision-recall curve (label: fails within H) and its average precision.
@@ -477,6 +681,10 @@ pub struct EvalReport {
     pub timelines: Vec<Timeline>,
     /// The model's operating curve: the same metrics at other thresholds.
     pub threshold_sweep: Vec<SweepPoint>,
+    /// The model's per-round scores on the test slice (`eval --scores`), so alert rules can
+    /// be studied without rescoring; not part of the JSON report.
+    #[serde(skip)]
+    pub model_scores: Vec<NodeScores>,
 }
 
 /// The model's figures at one alternative threshold.
@@ -495,6 +703,10 @@ pub struct SweepPoint {
     /// Median lead of first true alerts, hours.
     pub lead_time_median_h: Option<f64>,
 }
+
+/// Thresholds of the operating curve in the report: coarse below 0.5, finer where calibrated
+/// alert thresholds live.
+pub const SWEEP_THRESHOLDS: [f64; 11] = [0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9];
 
 /// Static-threshold statistics over the last 10 minutes, as an operator would alert on them:
 /// raw read and write latency, kernel error lines per minute, temperature.
@@ -664,7 +876,7 @@ pub fn evaluate(
     let mut methods = vec![method_report(
         "model",
         format!(
-            "LSTM autoencoder + {} boosted trees, Platt-calibrated, threshold from training",
+            "LSTM autoencoder + {} boosted trees, Platt-calibrated, alert rule from the model file (training or tune)",
             model.gbt.booster.iterations
         ),
         &model_scores,
@@ -786,7 +998,7 @@ pub fn evaluate(
         tracing::warn!("no failures in the early slice: decision-tree baseline skipped");
     }
 
-    let threshold_sweep = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    let threshold_sweep = SWEEP_THRESHOLDS
         .par_iter()
         .map(|&t| {
             let st = alert_stats(&model_scores, t, k, n, h);
@@ -821,6 +1033,7 @@ pub fn evaluate(
         methods,
         timelines,
         threshold_sweep,
+        model_scores,
     })
 }
 
@@ -935,6 +1148,79 @@ mod tests {
         let st = alert_stats(&[s], 0.5, 2, 2, 50);
         assert_eq!((st.true_alerts, st.false_alerts, st.detected), (0, 1, 0));
         assert_eq!(st.recall(), 0.0);
+    }
+
+    #[test]
+    fn precision_floor_trades_recall_for_precision() {
+        let day = DAY_MS as i64;
+        let at = |scores: &[f64], failed: Option<i64>| {
+            let mut s = node(scores, failed);
+            s.times = (0..scores.len() as i64).map(|i| i * day / 100).collect();
+            s
+        };
+        let mut healthy = vec![0.3; 500];
+        healthy[200] = 0.7;
+        healthy[201] = 0.7;
+        let mut strong = vec![0.3; 100];
+        strong[98] = 0.8;
+        strong[99] = 0.8;
+        let mut weak = vec![0.3; 100];
+        weak[98] = 0.65;
+        weak[99] = 0.65;
+        let nodes = [
+            at(&healthy, None),
+            at(&strong, Some(day + 1)),
+            at(&weak, Some(day + 1)),
+        ];
+        // Best F1 catches both failures and pays a false alarm for it...
+        let (t_f1, st_f1) = choose_threshold(&nodes, 2, 2, day, 1000.0);
+        assert!(t_f1 <= 0.65 && st_f1.detected == 2, "{t_f1}");
+        // ...a precision floor gives up the weak one instead.
+        let (t, st) = choose_threshold_for_precision(&nodes, 2, 2, day, 0.99, 1000.0);
+        assert!(t > 0.7 && t <= 0.8, "{t}");
+        assert_eq!((st.detected, st.false_alerts), (1, 0));
+        // An impossible floor falls back to best F1 within the budget.
+        let (t_none, _) = choose_threshold_for_precision(&nodes, 2, 2, day, 1.01, 1000.0);
+        assert_eq!(t_none, t_f1);
+    }
+
+    #[test]
+    fn tuning_prefers_the_rule_that_meets_the_goal_with_most_recall() {
+        let day = DAY_MS as i64;
+        let at = |scores: &[f64], failed: Option<i64>| {
+            let mut s = node(scores, failed);
+            s.times = (0..scores.len() as i64).map(|i| i * day / 100).collect();
+            s
+        };
+        // A healthy node with two isolated spikes: 1-of-n rules alarm on it, 2-of-2 does not.
+        let mut healthy = vec![0.1; 500];
+        healthy[100] = 0.9;
+        healthy[300] = 0.9;
+        // A failing node whose risk flickers: only a rule tolerant of gaps sees two in a row.
+        let mut failing = vec![0.1; 100];
+        failing[95] = 0.8;
+        failing[97] = 0.8;
+        failing[99] = 0.8;
+        let nodes = [at(&healthy, None), at(&failing, Some(day + 1))];
+        let cfg = TuneConfig {
+            rules: vec![(1, 1), (2, 2), (2, 3)],
+            min_precision: 0.9,
+            max_false_alarms: 1000.0,
+            min_recall: 0.85,
+            min_lead_h: 0.1,
+        };
+        let (best, options) = tune_alert_rule(&nodes, day, &cfg).unwrap();
+        assert_eq!(options.len(), 3);
+        assert!(!options[0].meets_goal(), "1-of-1 alarms on the spikes");
+        assert!(
+            !options[1].meets_goal(),
+            "2-of-2 never sees the flickering failure"
+        );
+        assert_eq!((best.k, best.n), (2, 3));
+        assert!(best.meets_goal() && best.stats.detected == 1);
+        // The slack is the weakest target's relative room.
+        let expect = (best.stats.precision() - 0.9) / 0.9;
+        assert!(best.slack <= expect + 1e-12);
     }
 
     #[test]

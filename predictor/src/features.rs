@@ -129,17 +129,64 @@ pub fn feature_names() -> Vec<String> {
     names.push("psu_flaps_1h".into());
     names.push("psu_flaps_6h".into());
     names.push("psu_down_frac_1h".into());
+    for (ch, _, _) in TRAJ_CHANNELS {
+        for stat in TRAJ_STATS {
+            names.push(format!("{ch}_{stat}"));
+        }
+    }
     names
 }
+
+/// Trajectory channels: per-sample signals whose hourly means are followed over the whole
+/// baseline span to tell *how far along* an episode is, not only how bad it is now. With the
+/// offset `eps` used in ratios (its unit's noise floor; `None` means "compare by difference":
+/// temperature residual in °C, PSU down fraction) and the excess over the reference below
+/// which the channel counts as quiet (in ratio - 1 or in the difference's unit).
+///
+/// Why: a precursor that began two days ago and one that began two hours ago can look alike
+/// right now, but the first will usually fail much later — more than H later, where an alert
+/// is a false positive. And a false precursor recovers while a real one never does.
+const TRAJ_CHANNELS: [(&str, Option<f64>, f64); 7] = [
+    ("read_lat_norm", Some(1e-3), 0.2),
+    ("write_lat_norm", Some(1e-3), 0.2),
+    ("loss", Some(0.01), 1.0),
+    ("temp_resid", None, 1.0),
+    ("err_log", Some(0.01), 1.0),
+    ("net_errors", Some(0.05), 1.0),
+    ("psu_down", None, 0.02),
+];
+
+/// Statistics of a trajectory channel, against the channel's reference level (the lower
+/// quartile of its hourly means over the baseline span, which a precursor younger than about
+/// two days does not move): the last hour's level (`sev_1h`), the level 6, 24 and 48 hours
+/// earlier (`sev_lag6h`...), how many hours the excess has stayed above half its current size
+/// (`onset_h`, an estimate of the episode's age), and the last 30 minutes' excess relative to
+/// the highest hourly excess of the last 6 hours (`recover`: about 1 while still rising, lower
+/// once an episode is receding).
+const TRAJ_STATS: [&str; 6] = [
+    "sev_1h",
+    "sev_lag6h",
+    "sev_lag24h",
+    "sev_lag48h",
+    "onset_h",
+    "recover",
+];
 
 /// The direction in which risk may move with a feature: +1 (only up), -1 (only down) or 0.
 ///
 /// Failure precursors are "more is worse" — more errors, more loss, hotter, slower than this
 /// node's own baseline — and with dozens rather than thousands of failures to learn from,
 /// letting trees bend that relation fits noise. Falling throughput is the one "less is worse"
-/// feature.
+/// level.
+///
+/// The trajectory lags and the episode age may only *lower* risk: for the same present
+/// severity, an episode that was already visible hours or days ago is ramping slowly (it
+/// fails later, often beyond H, where an alert is a false positive) or is a chronic, benign
+/// state. Left free, trees fitted on a few dozen failures bent them both ways.
 pub fn monotone_direction(name: &str) -> i8 {
-    if name.starts_with("throughput_") {
+    let falls =
+        name.starts_with("throughput_") || name.contains("_sev_lag") || name.ends_with("_onset_h");
+    if falls {
         -1
     } else {
         1
@@ -381,6 +428,123 @@ impl<'a> WindowFeatures<'a> {
             down.push(if v.is_nan() { f64::NAN } else { 1.0 - v as f64 });
         }
         out.push(down.mean());
+        self.trajectory(t, base, step_min, out);
+    }
+
+    /// Appends the trajectory features (see [`TRAJ_STATS`]) at time `t`.
+    fn trajectory(&self, t: i64, base: std::ops::Range<usize>, step_min: f64, out: &mut Vec<f64>) {
+        const N: usize = TRAJ_CHANNELS.len();
+        let s = self.series;
+        let n_hours = (self.spec.baseline_ms / HOUR_MS).max(1) as usize;
+        // Temperature follows CPU load on a healthy machine; regress it out per node so a
+        // busy afternoon is not a thermal episode. Fitted on the (strided) baseline span.
+        let stride = (base.len() / 720).max(1);
+        let (mut n, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let mut i = base.start;
+        while i < base.end {
+            let (cpu, temp) = (
+                s.values[i][metric::CPU] as f64,
+                s.values[i][metric::TEMP] as f64,
+            );
+            if !cpu.is_nan() && !temp.is_nan() {
+                n += 1.0;
+                sx += cpu;
+                sy += temp;
+                sxx += cpu * cpu;
+                sxy += cpu * temp;
+            }
+            i += stride;
+        }
+        let var = n * sxx - sx * sx;
+        let beta = if n >= 10.0 && var > 1e-9 {
+            ((n * sxy - sx * sy) / var).clamp(0.0, 50.0)
+        } else {
+            0.0
+        };
+        // Hourly means, hour 0 = the last hour. Each hour reads at most ~60 samples.
+        let mut sums = vec![[0.0f64; N]; n_hours];
+        let mut counts = vec![[0.0f64; N]; n_hours];
+        let hour_stride = (base.len() / (60 * n_hours)).max(1);
+        let mut i = base.start;
+        while i < base.end {
+            let h = ((t - s.ts[i]).max(0) / HOUR_MS) as usize;
+            if h < n_hours {
+                let v = &s.values[i];
+                let vals = [
+                    level_value(v, 0),
+                    level_value(v, 1),
+                    v[metric::LOSS] as f64,
+                    v[metric::TEMP] as f64 - beta * v[metric::CPU] as f64,
+                    v[metric::ERR_LOG] as f64 / step_min,
+                    v[metric::NET_ERR] as f64 / step_min,
+                    1.0 - v[metric::PSU] as f64,
+                ];
+                for (c, &x) in vals.iter().enumerate() {
+                    if !x.is_nan() {
+                        sums[h][c] += x;
+                        counts[h][c] += 1.0;
+                    }
+                }
+            }
+            i += hour_stride;
+        }
+        let recent = s.range(t - 30 * MINUTE_MS, t);
+        let mut hourly = Vec::with_capacity(n_hours);
+        for (c, &(_, eps, floor)) in TRAJ_CHANNELS.iter().enumerate() {
+            hourly.clear();
+            hourly.extend((0..n_hours).map(|h| {
+                if counts[h][c] > 0.0 {
+                    sums[h][c] / counts[h][c]
+                } else {
+                    f64::NAN
+                }
+            }));
+            let mut known: Vec<f64> = hourly.iter().copied().filter(|v| !v.is_nan()).collect();
+            if known.len() < 3 {
+                out.extend_from_slice(&[f64::NAN; TRAJ_STATS.len()]);
+                continue;
+            }
+            known.sort_by(f64::total_cmp);
+            let reference = known[(known.len() - 1) / 4];
+            let sev = |v: f64| match eps {
+                Some(e) => (v.max(0.0) + e) / (reference.max(0.0) + e),
+                None => v - reference,
+            };
+            let at = |h: usize| hourly.get(h).copied().map_or(f64::NAN, sev);
+            // Excess over the reference in the units of `floor`.
+            let excess = |v: f64| sev(v) - if eps.is_some() { 1.0 } else { 0.0 };
+            let now = hourly[0];
+            let onset_h = if now.is_nan() || excess(now) <= floor {
+                0.0
+            } else {
+                let half = 0.5 * excess(now);
+                hourly
+                    .iter()
+                    .take_while(|v| v.is_nan() || excess(**v) >= half)
+                    .count() as f64
+            };
+            let peak = hourly
+                .iter()
+                .take(6)
+                .copied()
+                .filter(|v| !v.is_nan())
+                .fold(f64::NAN, f64::max);
+            let mut last = Moments::default();
+            for i in recent.clone() {
+                let v = &s.values[i];
+                last.push(match c {
+                    0 | 1 => level_value(v, c),
+                    2 => v[metric::LOSS] as f64,
+                    3 => v[metric::TEMP] as f64 - beta * v[metric::CPU] as f64,
+                    4 => v[metric::ERR_LOG] as f64 / step_min,
+                    5 => v[metric::NET_ERR] as f64 / step_min,
+                    _ => 1.0 - v[metric::PSU] as f64,
+                });
+            }
+            let recover =
+                ((excess(last.mean()) + floor) / (excess(peak).max(0.0) + floor)).clamp(-1.0, 2.0);
+            out.extend_from_slice(&[at(0), at(6), at(24), at(48), onset_h, recover]);
+        }
     }
 }
 
@@ -446,7 +610,8 @@ impl Normaliser {
 
     /// The LSTM input sequence ending at `t`: per-step means of normalised metrics. An empty
     /// step (lost samples, agent restart) repeats the previous step so gaps look flat, not
-    /// like a sudden return to the mean.
+    /// like a sudden return to the mean. Dense steps are read with a stride (at most
+    /// `SEQ_SAMPLES_PER_STEP` samples each).
     pub fn sequence(&self, series: &NodeSeries, t: i64, spec: &WindowSpec) -> Array2<f64> {
         let mut seq = Array2::<f64>::zeros((spec.seq_len, N_METRICS));
         let start = t - spec.seq_step_ms * spec.seq_len as i64;
@@ -461,8 +626,11 @@ impl Normaliser {
                 }
                 continue;
             }
-            let n = r.len() as f64;
-            for i in r {
+            // About one sample per minute is plenty for a 15-minute mean and is what the
+            // autoencoder was trained on; a 5-second agent would otherwise cost 12x more here.
+            let stride = (r.len() / SEQ_SAMPLES_PER_STEP).max(1);
+            let n = r.clone().step_by(stride).count() as f64;
+            for i in r.step_by(stride) {
                 for m in 0..N_METRICS {
                     seq[[step, m]] += self.apply(m, series.values[i][m]) / n;
                 }
@@ -472,6 +640,9 @@ impl Normaliser {
         seq
     }
 }
+
+/// Samples averaged per LSTM step at most (see [`Normaliser::sequence`]).
+const SEQ_SAMPLES_PER_STEP: usize = 15;
 
 fn transform(x: f64, log: bool) -> f64 {
     if log {
@@ -546,6 +717,64 @@ mod tests {
         let slope = names.iter().position(|n| n == "temp_rel_slope_6h").unwrap();
         let mean_24h = 40.0 + 399.0 / 120.0; // mean of the whole ramp
         assert!((f[slope] * mean_24h - 1.0).abs() < 1e-3, "{}", f[slope]);
+    }
+
+    #[test]
+    fn trajectory_dates_episodes_and_sees_recovery() {
+        let spec = WindowSpec::default();
+        let names = feature_names();
+        let at = |f: &[f64], name: &str| f[names.iter().position(|n| n == name).unwrap()];
+        let n = 73 * 60;
+        let t = (n as i64 - 1) * MINUTE_MS;
+        // Temperature follows a daily CPU cycle; kernel errors run at 1/min for the last
+        // 5 hours (a rising episode) or from 6 h to 3 h ago (one that has receded).
+        let make = |errs: &dyn Fn(i64) -> bool| {
+            series(n, MINUTE_MS, |i| {
+                let mut r = base(i);
+                let age = t - i as i64 * MINUTE_MS;
+                let cpu = 0.5 + 0.4 * (i as f32 / 1440.0 * std::f32::consts::TAU).sin();
+                r[metric::CPU] = cpu;
+                r[metric::TEMP] = 40.0 + 12.0 * cpu;
+                r[metric::ERR_LOG] = if errs(age) { 1.0 } else { 0.0 };
+                r
+            })
+        };
+        let rising = make(&|age| age < 5 * HOUR_MS);
+        let mut f = Vec::new();
+        WindowFeatures {
+            series: &rising,
+            spec,
+        }
+        .extract(t, &mut f);
+        assert_eq!(f.len(), names.len());
+        assert!(
+            at(&f, "temp_resid_sev_1h").abs() < 0.5,
+            "load is regressed out"
+        );
+        assert_eq!(at(&f, "err_log_onset_h"), 5.0);
+        assert!(at(&f, "err_log_sev_1h") > 50.0);
+        assert!(
+            (at(&f, "err_log_sev_lag24h") - 1.0).abs() < 1e-9,
+            "quiet a day ago"
+        );
+        assert!(at(&f, "err_log_recover") > 0.9, "still at its peak");
+        let receded = make(&|age| (3 * HOUR_MS..6 * HOUR_MS).contains(&age));
+        let mut g = Vec::new();
+        WindowFeatures {
+            series: &receded,
+            spec,
+        }
+        .extract(t, &mut g);
+        assert!(
+            at(&g, "err_log_recover") < 0.1,
+            "{}",
+            at(&g, "err_log_recover")
+        );
+        assert!(at(&g, "err_log_sev_lag6h") < 2.0 && at(&g, "err_log_onset_h") == 0.0);
+        // The new features are constrained to lower risk only.
+        assert_eq!(monotone_direction("err_log_onset_h"), -1);
+        assert_eq!(monotone_direction("temp_resid_sev_lag24h"), -1);
+        assert_eq!(monotone_direction("err_log_recover"), 1);
     }
 
     #[test]

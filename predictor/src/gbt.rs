@@ -5,10 +5,14 @@
 //! the conversion happens here, once, and nowhere else.
 
 use forust_ml::constraints::{Constraint, ConstraintMap};
-use forust_ml::gradientbooster::{ContributionsMethod, GradientBooster, ImportanceMethod};
+use std::sync::OnceLock;
+
+use forust_ml::gradientbooster::{GradientBooster, ImportanceMethod};
 use forust_ml::objective::ObjectiveType;
 use forust_ml::Matrix;
 use serde::{Deserialize, Serialize};
+
+use crate::shap::TreeExplainer;
 
 /// Hyper-parameters of the boosted model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +67,9 @@ pub struct Gbt {
     pub n_features: usize,
     /// The forust ensemble (its own serde format, nested in the model file).
     pub booster: GradientBooster,
+    /// The trees flattened for SHAP, built on first use (not stored in the model file).
+    #[serde(skip)]
+    explainer: OnceLock<TreeExplainer>,
 }
 
 impl std::fmt::Debug for Gbt {
@@ -135,6 +142,7 @@ impl Gbt {
         Ok(Gbt {
             n_features,
             booster,
+            explainer: OnceLock::new(),
         })
     }
 
@@ -169,15 +177,19 @@ impl Gbt {
         v
     }
 
-    /// SHAP values of one row (log-odds units), one per feature; the bias term is dropped.
+    /// Exact SHAP values of one row (log-odds units), one per feature; the bias term is
+    /// dropped. See [`crate::shap`] for what is computed and why it is not forust's.
     pub fn shap(&self, row: &[f64]) -> Vec<f64> {
-        let mut c = self.booster.predict_contributions(
-            &Matrix::new(row, 1, self.n_features),
-            ContributionsMethod::Shapley,
-            false,
-        );
-        c.truncate(self.n_features);
-        c
+        let mut out = vec![0.0; self.n_features];
+        let n = row.len().min(self.n_features);
+        self.explainer().shap_into(&row[..n], &mut out[..n]);
+        out
+    }
+
+    /// The cached SHAP explainer (flattened on first use, then shared).
+    pub fn explainer(&self) -> &TreeExplainer {
+        self.explainer
+            .get_or_init(|| TreeExplainer::new(&self.booster))
     }
 }
 

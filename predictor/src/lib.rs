@@ -19,6 +19,7 @@ pub mod policy;
 pub mod progress;
 pub mod report;
 pub mod sample;
+pub mod shap;
 pub mod trace;
 pub mod train;
 

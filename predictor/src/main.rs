@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use augur_predictor::eval::{evaluate, EvalConfig};
+use augur_predictor::eval::{evaluate, score_trace, tune_alert_rule, EvalConfig, TuneConfig};
 use augur_predictor::generate::{generate, GeneratorConfig, NodeSim};
 use augur_predictor::model::{Model, ModelInfo};
 use augur_predictor::policy::{ClusterContext, NodeInput, PolicyConfig, RiskPolicy};
@@ -76,6 +76,18 @@ enum Command {
         /// Number of boosted trees.
         #[arg(long, default_value_t = 150)]
         trees: usize,
+        /// Label horizon of the trees (see `TrainConfig::tree_horizon_ms`).
+        #[arg(long, default_value = "6h", value_parser = parse_duration_ms)]
+        tree_horizon: i64,
+        /// Keep rounds between the tree horizon and H before a failure as negatives.
+        #[arg(long)]
+        keep_gap: bool,
+        /// Fraction of the trace's time span the trees are fitted on (the rest calibrates).
+        #[arg(long, default_value_t = 0.85)]
+        fit_frac: f64,
+        /// Keep one in this many failure-free rounds as tree rows.
+        #[arg(long, default_value_t = 3)]
+        negative_stride: usize,
         /// Autoencoder epochs.
         #[arg(long, default_value_t = 12)]
         lstm_epochs: usize,
@@ -91,6 +103,9 @@ enum Command {
         /// False-alarm budget per 1000 healthy node-days for the threshold.
         #[arg(long, default_value_t = 1.0)]
         max_false_alarms: f64,
+        /// Precision floor for the threshold (recall is maximised under it).
+        #[arg(long, default_value_t = 0.85)]
+        min_precision: f64,
         /// Seed of training's sampling.
         #[arg(long, default_value_t = 17)]
         seed: u64,
@@ -121,6 +136,41 @@ enum Command {
         /// Override the model's threshold.
         #[arg(long)]
         threshold: Option<f64>,
+        /// Write the model's per-round test-slice scores here (JSON lines, one node each).
+        #[arg(long)]
+        scores: Option<PathBuf>,
+    },
+    /// Re-choose a model's alert rule (k, n, threshold) on a validation trace: the one whose
+    /// weakest target (precision, false alarms, recall, lead) has the most room. Use a seed
+    /// neither training nor evaluation uses.
+    Tune {
+        /// Model file to start from.
+        #[arg(long)]
+        model: PathBuf,
+        /// Validation trace directory.
+        #[arg(long)]
+        traces: PathBuf,
+        /// Where to write the tuned model (may be the input).
+        #[arg(long)]
+        out: PathBuf,
+        /// Precision target.
+        #[arg(long, default_value_t = 0.8)]
+        min_precision: f64,
+        /// False alarms per 1000 healthy node-days allowed.
+        #[arg(long, default_value_t = 1.0)]
+        max_false_alarms: f64,
+        /// Recall target over failures with a precursor.
+        #[arg(long, default_value_t = 0.85)]
+        min_recall: f64,
+        /// Median lead target of true alerts.
+        #[arg(long, default_value = "2h", value_parser = parse_duration_ms)]
+        min_lead: i64,
+        /// Candidate rules, `k/n` separated by commas.
+        #[arg(long, default_value = "2/3,3/3,3/6,2/12,3/12,4/12")]
+        rules: String,
+        /// Also write the per-round validation scores here (JSON lines, as `eval --scores`).
+        #[arg(long)]
+        scores: Option<PathBuf>,
     },
     /// Print each node's risk over time with reasons, then the policy's verdict at the end.
     Score {
@@ -152,6 +202,24 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         iterations: usize,
     },
+}
+
+/// Parses `2/3,3/12` into (k, n) pairs with 1 <= k <= n.
+fn parse_rules(s: &str) -> Result<Vec<(usize, usize)>, String> {
+    s.split(',')
+        .map(|r| {
+            let (k, n) = r
+                .trim()
+                .split_once('/')
+                .ok_or_else(|| format!("rule `{r}` is not k/n"))?;
+            let k: usize = k.parse().map_err(|_| format!("bad k in `{r}`"))?;
+            let n: usize = n.parse().map_err(|_| format!("bad n in `{r}`"))?;
+            if k == 0 || k > n {
+                return Err(format!("rule `{r}` needs 1 <= k <= n"));
+            }
+            Ok((k, n))
+        })
+        .collect()
 }
 
 /// Parses `500ms`, `60s`, `5m`, `24h`, `2d` (a bare number is seconds).
@@ -242,11 +310,16 @@ fn main() -> Result<()> {
             out,
             round,
             trees,
+            tree_horizon,
+            keep_gap,
+            fit_frac,
+            negative_stride,
             lstm_epochs,
             lstm_windows,
             k,
             n,
             max_false_alarms,
+            min_precision,
             seed,
         } => {
             if k == 0 || k > n {
@@ -258,9 +331,14 @@ fn main() -> Result<()> {
             let mut cfg = TrainConfig {
                 horizon_ms: horizon,
                 round_ms: round,
+                tree_horizon_ms: tree_horizon,
+                skip_gap: !keep_gap,
+                fit_frac,
+                negative_stride,
                 k,
                 n,
                 max_false_alarms,
+                min_precision,
                 seed,
                 lstm_windows,
                 ..Default::default()
@@ -315,6 +393,7 @@ fn main() -> Result<()> {
             k,
             n,
             threshold,
+            scores,
         } => {
             let model = Model::load(&model)?;
             let trace = read_trace(&traces, &progress)?;
@@ -336,13 +415,14 @@ fn main() -> Result<()> {
                 report.round_min
             );
             println!(
-                "{:<18} {:>9} {:>7} {:>9} {:>6} {:>9} {:>7} {:>9} {:>8}",
+                "{:<18} {:>9} {:>7} {:>9} {:>6} {:>9} {:>6} {:>7} {:>9} {:>8}",
                 "method",
                 "precision",
                 "recall",
                 "rec.prec",
                 "F1",
                 "FA/1000d",
+                "early",
                 "PR-AUC",
                 "lead med",
                 "lead p10"
@@ -385,6 +465,81 @@ fn main() -> Result<()> {
                 std::fs::write(&path, render_html(&report))
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            if let Some(path) = scores {
+                write_scores(&path, &report.model_scores)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+        Command::Tune {
+            model: model_path,
+            traces,
+            out,
+            min_precision,
+            max_false_alarms,
+            min_recall,
+            min_lead,
+            rules,
+            scores: scores_out,
+        } => {
+            let mut model = Model::load(&model_path)?;
+            let rules = parse_rules(&rules).map_err(anyhow::Error::msg)?;
+            let trace = read_trace(&traces, &progress)?;
+            // Skip the first baseline span: windows there see a truncated history.
+            let from = trace.start_ms() + model.window.baseline_ms;
+            let scores = score_trace(&model, &trace, from, &progress.bar("scoring nodes"));
+            if let Some(path) = scores_out {
+                write_scores(&path, &scores)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let cfg = TuneConfig {
+                rules,
+                min_precision,
+                max_false_alarms,
+                min_recall,
+                min_lead_h: min_lead as f64 / 3.6e6,
+            };
+            let Some((best, options)) = tune_alert_rule(&scores, model.horizon_ms, &cfg) else {
+                bail!("no candidate rules");
+            };
+            println!(
+                "rule   threshold  precision  recall  rec.prec  FA/1000d  early  lead med   slack"
+            );
+            for o in &options {
+                let med = {
+                    let mut l = o.stats.leads_h.clone();
+                    l.sort_by(f64::total_cmp);
+                    l.get(l.len() / 2)
+                        .map_or("-".into(), |v| format!("{v:.2} h"))
+                };
+                println!(
+                    "{:>2}/{:<3} {:>9.4} {:>10.3} {:>7.3} {:>9.3} {:>9.2} {:>6} {:>9}  {:+.3}",
+                    o.k,
+                    o.n,
+                    o.threshold,
+                    o.stats.precision(),
+                    o.stats.recall(),
+                    o.stats.recall_precursor(),
+                    o.stats.false_alarms_per_1000(),
+                    o.stats.early_alerts,
+                    med,
+                    o.slack
+                );
+            }
+            println!(
+                "chosen: {}-of-{} at {:.4}, {} every target on the validation trace ({} failures, {} healthy node-days)",
+                best.k,
+                best.n,
+                best.threshold,
+                if best.meets_goal() { "meeting" } else { "NOT meeting" },
+                best.stats.failures,
+                best.stats.healthy_node_days.round()
+            );
+            model.alert.k = best.k;
+            model.alert.n = best.n;
+            model.alert.threshold = best.threshold;
+            model.info.tune_command = std::env::args().collect::<Vec<_>>().join(" ");
+            model.save(&out)?;
+            println!("model written to {}", out.display());
         }
         Command::Score {
             model,
@@ -403,6 +558,17 @@ fn main() -> Result<()> {
             bench(&model, iterations.max(10));
         }
     }
+    Ok(())
+}
+
+fn write_scores(path: &Path, nodes: &[augur_predictor::eval::NodeScores]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for s in nodes {
+        serde_json::to_writer(&mut out, s)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -527,7 +693,15 @@ fn bench(model: &Model, iterations: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_ms;
+    use super::{parse_duration_ms, parse_rules};
+
+    #[test]
+    fn rules_parse_and_reject_nonsense() {
+        assert_eq!(parse_rules("2/3, 3/12"), Ok(vec![(2, 3), (3, 12)]));
+        assert!(parse_rules("3/2").is_err());
+        assert!(parse_rules("0/2").is_err());
+        assert!(parse_rules("2-3").is_err());
+    }
 
     #[test]
     fn durations_parse_with_units_and_reject_nonsense() {

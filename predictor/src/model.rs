@@ -20,7 +20,7 @@ use crate::sample::{HealthSample, N_METRICS};
 use crate::trace::NodeSeries;
 
 /// The schema this build reads and writes. Bump on any change to the model's meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Name of the anomaly-score feature appended to the window features.
 pub const ANOMALY_FEATURE: &str = "lstm_anomaly";
@@ -110,6 +110,10 @@ pub struct ModelInfo {
     pub train_seconds: f64,
     /// Final autoencoder training loss.
     pub lstm_loss: f64,
+    /// Command line that re-chose the alert rule on a validation trace (`augur-predict
+    /// tune`), empty if the rule is the one training chose.
+    #[serde(default)]
+    pub tune_command: String,
 }
 
 /// A trained failure model.

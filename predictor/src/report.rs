@@ -260,6 +260,7 @@ mod tests {
                 points: vec![(0, 0.01), (36_000_000, 0.6)],
                 alerts: vec![36_000_000],
             }],
+            model_scores: Vec::new(),
             threshold_sweep: Vec::new(),
         };
         let html = render_html(&report);

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{choose_threshold, AlertStats, NodeScores};
+use crate::eval::{choose_threshold_for_precision, AlertStats, NodeScores};
 use crate::features::{feature_names, monotone_direction, Normaliser, WindowSpec};
 use crate::gbt::{Gbt, GbtConfig, Platt};
 use crate::lstm::{LstmAutoencoder, LstmConfig};
@@ -41,6 +41,12 @@ pub struct TrainConfig {
     /// usually show nothing yet, and as positives they teach trees to recognise the failing
     /// *nodes* rather than failing *behaviour*. Calibration then maps scores to P(fail within H).
     pub tree_horizon_ms: i64,
+    /// Leave rounds between the tree horizon and H before a failure out of the tree rows.
+    /// They are neither: an alert there is a true positive, so they must not be negatives,
+    /// yet many show nothing yet (the precursor has not begun) or show a slow precursor that
+    /// also appears, harmlessly, on healthy nodes. As negatives they capped the confidence
+    /// in severe precursors; as positives they taught trees to alarm on mild ones.
+    pub skip_gap: bool,
     /// Time between scoring rounds, ms.
     pub round_ms: i64,
     /// Fraction of the time span used to fit; the rest calibrates.
@@ -65,6 +71,10 @@ pub struct TrainConfig {
     pub n: usize,
     /// False-alarm budget (per 1000 healthy node-days) when choosing the threshold.
     pub max_false_alarms: f64,
+    /// Precision floor when choosing the threshold: the threshold maximises recall on the
+    /// calibration slice among those meeting this floor and the false-alarm budget. Set above
+    /// the operational target, because the slice holds only a few dozen failures.
+    pub min_precision: f64,
     /// Seed of all sampling.
     pub seed: u64,
 }
@@ -74,9 +84,10 @@ impl Default for TrainConfig {
         TrainConfig {
             horizon_ms: 24 * 3_600_000,
             tree_horizon_ms: 6 * 3_600_000,
+            skip_gap: true,
             round_ms: 5 * 60_000,
-            fit_frac: 0.7,
-            negative_stride: 6,
+            fit_frac: 0.85,
+            negative_stride: 3,
             positive_share: 0.2,
             lstm_windows: 6000,
             normaliser_rows: 200_000,
@@ -86,6 +97,7 @@ impl Default for TrainConfig {
             k: 2,
             n: 3,
             max_false_alarms: 1.0,
+            min_precision: 0.85,
             seed: 17,
         }
     }
@@ -221,7 +233,8 @@ pub fn train(
                 .enumerate()
                 .filter(|(i, t)| {
                     let pos = f.is_some_and(|f| f > *t && f - *t <= th);
-                    pos || i % cfg.negative_stride.max(1) == 0
+                    let gap = cfg.skip_gap && f.is_some_and(|f| f - *t > th && f - *t <= h);
+                    pos || (!gap && i % cfg.negative_stride.max(1) == 0)
                 })
                 .map(|(_, t)| t)
                 .collect();
@@ -327,7 +340,14 @@ pub fn train(
             s
         })
         .collect();
-    let (threshold, stats) = choose_threshold(&cal, cfg.k, cfg.n, h, cfg.max_false_alarms);
+    let (threshold, stats) = choose_threshold_for_precision(
+        &cal,
+        cfg.k,
+        cfg.n,
+        h,
+        cfg.min_precision,
+        cfg.max_false_alarms,
+    );
     if stats.failures == 0 {
         tracing::warn!(
             "no failures in the calibration slice: threshold chosen on false alarms alone"
@@ -451,17 +471,23 @@ mod tests {
             assert!((0.0..=1.0).contains(&m.precision) && (0.0..=1.0).contains(&m.recall));
             assert!(m.false_alarms_per_1000_node_days >= 0.0);
         }
-        assert_eq!(report.threshold_sweep.len(), 8);
+        assert_eq!(
+            report.threshold_sweep.len(),
+            crate::eval::SWEEP_THRESHOLDS.len()
+        );
         let html = crate::report::render_html(&report);
         assert!(html.contains("<svg") && !html.contains("chart unavailable"));
 
         // Another schema version is refused by name.
         let mut v: serde_json::Value = serde_json::to_value(&model).unwrap();
-        v["schema_version"] = serde_json::json!(2);
+        v["schema_version"] = serde_json::json!(SCHEMA_VERSION + 1);
         let other = dir.path().join("v2.model");
         std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
         let err = Model::load(&other).unwrap_err();
-        assert!(matches!(err, ModelError::Schema { found: 2, .. }), "{err}");
+        assert!(
+            matches!(err, ModelError::Schema { found, .. } if found == u64::from(SCHEMA_VERSION) + 1),
+            "{err}"
+        );
         assert!(err.to_string().contains("v2.model"));
         // Garbage and truncated models are typed errors, not panics.
         std::fs::write(&other, b"not json").unwrap();
@@ -469,7 +495,7 @@ mod tests {
             Model::load(&other),
             Err(ModelError::Format { .. })
         ));
-        v["schema_version"] = serde_json::json!(1);
+        v["schema_version"] = serde_json::json!(SCHEMA_VERSION);
         v["features"] = serde_json::json!(["x"]);
         std::fs::write(&other, serde_json::to_vec(&v).unwrap()).unwrap();
         assert!(matches!(

@@ -65,7 +65,10 @@ impl MetaNode {
         let raft = Raft::new(
             cfg.id,
             raft_config,
-            network::Network::new(transport.clone()),
+            network::Network::new(
+                transport.clone(),
+                Duration::from_millis(cfg.raft.election_timeout_min_ms),
+            ),
             stores.log,
             stores.state,
         )

@@ -21,6 +21,7 @@ use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::future::Future;
 use std::io::Read;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 /// Bytes per snapshot chunk.
@@ -43,12 +44,23 @@ pub struct SnapshotChunk(pub Vec<u8>);
 #[derive(Clone)]
 pub struct Network {
     transport: Transport,
+    min_rpc_timeout: Duration,
 }
 
 impl Network {
     /// Peers are dialled from the node's own endpoint with its own certificate.
-    pub fn new(transport: Transport) -> Self {
-        Network { transport }
+    ///
+    /// openraft gives append entries and heartbeats a deadline of one heartbeat interval
+    /// (50 ms by default). A follower's fsync on a loaded machine takes longer than that now
+    /// and then; timing out would resend the entries and, worse, make the transport drop a
+    /// healthy connection with every other RPC in flight on it. So no Raft RPC gets less than
+    /// `min_rpc_timeout` (the shortest election timeout: a reply later than that is of no use
+    /// anyway, and a dead peer is still noticed within it).
+    pub fn new(transport: Transport, min_rpc_timeout: Duration) -> Self {
+        Network {
+            transport,
+            min_rpc_timeout,
+        }
     }
 }
 
@@ -60,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             transport: self.transport.clone(),
+            min_rpc_timeout: self.min_rpc_timeout,
         }
     }
 }
@@ -69,6 +82,7 @@ pub struct PeerClient {
     target: u64,
     addr: String,
     transport: Transport,
+    min_rpc_timeout: Duration,
 }
 
 fn rpc_err(e: TransportError) -> RPCError<TypeConfig> {
@@ -93,7 +107,7 @@ impl PeerClient {
             .call(
                 &self.addr,
                 &Request::Raft { kind, payload },
-                option.hard_ttl(),
+                option.hard_ttl().max(self.min_rpc_timeout),
             )
             .await
             .map_err(rpc_err)?;
