@@ -261,12 +261,7 @@ impl Client {
         key: &Key,
         consistency: Consistency,
     ) -> Result<(Option<Record>, u64), Error> {
-        key.validate()
-            .map_err(|e| Error::Api(ApiError::InvalidArgument(e.to_string())))?;
-        let req = Request::Get {
-            key: key.clone(),
-            consistency,
-        };
+        let req = get_request(key, consistency)?;
         match self.read(&req, consistency).await? {
             Response::Get { record, revision } => Ok((record, revision)),
             other => Err(unexpected("get", other)),
@@ -283,12 +278,7 @@ impl Client {
         key: &Key,
         consistency: Consistency,
     ) -> Result<(Option<Record>, u64), Error> {
-        key.validate()
-            .map_err(|e| Error::Api(ApiError::InvalidArgument(e.to_string())))?;
-        let req = Request::Get {
-            key: key.clone(),
-            consistency,
-        };
+        let req = get_request(key, consistency)?;
         let resp = self
             .inner
             .transport
@@ -455,4 +445,14 @@ pub(crate) fn unexpected(request: &'static str, response: Response) -> Error {
         request,
         response: format!("{response:?}"),
     }
+}
+
+/// A validated get request: an invalid key never leaves the process.
+fn get_request(key: &Key, consistency: Consistency) -> Result<Request, Error> {
+    key.validate()
+        .map_err(|e| Error::Api(ApiError::InvalidArgument(e.to_string())))?;
+    Ok(Request::Get {
+        key: key.clone(),
+        consistency,
+    })
 }

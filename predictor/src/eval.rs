@@ -1150,14 +1150,18 @@ mod tests {
         assert_eq!(st.recall(), 0.0);
     }
 
+    /// A node scored 100 times a day.
+    fn at(scores: &[f64], failed: Option<i64>) -> NodeScores {
+        let mut s = node(scores, failed);
+        s.times = (0..scores.len() as i64)
+            .map(|i| i * DAY_MS as i64 / 100)
+            .collect();
+        s
+    }
+
     #[test]
     fn precision_floor_trades_recall_for_precision() {
         let day = DAY_MS as i64;
-        let at = |scores: &[f64], failed: Option<i64>| {
-            let mut s = node(scores, failed);
-            s.times = (0..scores.len() as i64).map(|i| i * day / 100).collect();
-            s
-        };
         let mut healthy = vec![0.3; 500];
         healthy[200] = 0.7;
         healthy[201] = 0.7;
@@ -1187,11 +1191,6 @@ mod tests {
     #[test]
     fn tuning_prefers_the_rule_that_meets_the_goal_with_most_recall() {
         let day = DAY_MS as i64;
-        let at = |scores: &[f64], failed: Option<i64>| {
-            let mut s = node(scores, failed);
-            s.times = (0..scores.len() as i64).map(|i| i * day / 100).collect();
-            s
-        };
         // A healthy node with two isolated spikes: 1-of-n rules alarm on it, 2-of-2 does not.
         let mut healthy = vec![0.1; 500];
         healthy[100] = 0.9;

@@ -5,6 +5,10 @@
 //! Errors on the remote side are always fatal there (shutting down), so the sender treats them
 //! like an unreachable peer and retries later. A snapshot is a header frame followed by the
 //! file in chunks and an empty end chunk, so it never has to fit in memory or in one frame.
+//!
+//! Append entries are not pipelined yet: openraft's default `stream_append` sends one request
+//! and waits for its answer before the next (each request batches every entry waiting, so
+//! throughput holds up; a pipelined stream would cut latency under load).
 
 use augur_client::transport::{Transport, TransportError};
 use augur_proto::wire::RaftRpcKind;
