@@ -27,17 +27,41 @@ const KEY_PURGED: &[u8] = b"purged";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+    syncer: Arc<Syncer>,
+}
+
+/// The syncer thread's handle. When the last clone of the store goes, the thread is told to
+/// stop and joined, so its reference to the database is gone before the store's owner moves
+/// on: a RocksDB closed by a detached thread while the process exits aborts in C++ static
+/// destructors ("pthread lock: Invalid argument").
+struct Syncer {
+    tx: Option<mpsc::Sender<IOFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let sync_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("augur-wal-sync".into())
             .spawn(move || run_syncer(sync_db, rx))?;
-        Ok(LogStore { db, syncer: tx })
+        Ok(LogStore {
+            db,
+            syncer: Arc::new(Syncer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -193,6 +217,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.db.write(batch).map_err(StoreError::from)?;
         self.syncer
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("WAL syncer stopped"))?
             .send(callback)
             .map_err(|_| io::Error::other("WAL syncer thread is gone"))?;
         Ok(())
