@@ -8,6 +8,7 @@
 //!
 //! The crate depends on no storage engine: storage nodes, tools and tests link it freely.
 
+pub mod admin_http;
 pub mod cache;
 pub mod client;
 pub mod cluster_file;

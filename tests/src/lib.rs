@@ -204,24 +204,11 @@ impl LocalCluster {
         .await
     }
 
-    /// One line of `GET path` on member `id`'s admin port: (status code, body).
+    /// `GET path` on member `id`'s admin port: (status code, body).
     pub async fn http_get(&self, id: u64, path: &str) -> anyhow::Result<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin(id)?).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await?;
-        let code = buf
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("no status code")?;
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+        let addr = self.admin(id)?.parse()?;
+        let r = augur_client::admin_http::get(addr, path, Duration::from_secs(10)).await?;
+        Ok((r.status, r.body))
     }
 }
 

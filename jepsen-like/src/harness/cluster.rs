@@ -25,9 +25,9 @@ use augur_proto::wire::ClusterStatus;
 use augur_proto::MemberId;
 use serde::{Deserialize, Serialize};
 
-use super::http;
 use super::HarnessError;
 use crate::nemesis::process::ProcessSpec;
+use augur_client::admin_http as http;
 
 /// QUIC port every node uses inside the run's own namespace (each node has its own address).
 const NS_QUIC_PORT: u16 = 7100;

@@ -19,7 +19,6 @@
 
 pub mod cluster;
 pub mod control;
-pub mod http;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashSet};
@@ -67,7 +66,7 @@ pub enum HarnessError {
     History(#[from] HistoryError),
     /// The admin HTTP request failed.
     #[error(transparent)]
-    Http(#[from] http::HttpError),
+    Http(#[from] augur_client::admin_http::HttpError),
     /// The Augur client could not be created.
     #[error("client: {0}")]
     Client(#[from] augur_client::Error),

@@ -119,6 +119,26 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Asks the leader at `addr` for a read index: the log index a follower must have applied
+    /// to serve a linearizable read. Same framing and error mapping as every Raft RPC.
+    pub(crate) async fn read_index(
+        transport: Transport,
+        leader: u64,
+        addr: String,
+        timeout: Duration,
+    ) -> Result<u64, RPCError<TypeConfig>> {
+        let peer = PeerClient {
+            target: leader,
+            addr,
+            transport,
+            min_rpc_timeout: timeout,
+        };
+        peer.call(RaftRpcKind::ReadIndex, &(), &RPCOption::new(timeout))
+            .await
+    }
+}
+
 fn decode_reply<Resp: DeserializeOwned>(
     addr: &str,
     resp: Response,

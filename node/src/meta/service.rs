@@ -13,7 +13,7 @@
 //! before the read began, and applied entries are committed, so they are the same on every
 //! node. Serializable reads are served from whatever the node has applied.
 
-use super::network::{SnapshotChunk, SnapshotHeader};
+use super::network::{PeerClient, SnapshotChunk, SnapshotHeader};
 use super::MetaNode;
 use augur_proto::frame::{read_frame, write_frame, FrameError};
 use augur_proto::wire::{ApiError, ClusterStatus, MemberInfo, RaftRpcKind, MAX_LIST_LIMIT};
@@ -187,42 +187,14 @@ impl MetaNode {
             ApiError::Unavailable("no leader known to confirm the read with".into())
         })?;
         let deadline = std::time::Duration::from_millis(self.cfg.limits.follower_read_timeout_ms);
-        let payload = postcard::to_allocvec(&()).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let req = Request::Raft {
-            kind: RaftRpcKind::ReadIndex,
-            payload,
-        };
-        let index: u64 = match self.peers.call(&leader.addr, &req, deadline).await {
-            Ok(Response::Raft(bytes)) => {
-                match postcard::from_bytes::<Result<u64, String>>(&bytes) {
-                    Ok(Ok(index)) => index,
-                    Ok(Err(why)) => {
-                        return Err(ApiError::Unavailable(format!(
-                            "leader {} did not confirm the read: {why}",
-                            leader.id
-                        )))
-                    }
-                    Err(e) => return Err(ApiError::Internal(format!("read index reply: {e}"))),
-                }
-            }
-            Ok(Response::Error(e)) => {
-                return Err(ApiError::Unavailable(format!(
+        let index = PeerClient::read_index(self.peers.clone(), leader.id.0, leader.addr, deadline)
+            .await
+            .map_err(|e| {
+                ApiError::Unavailable(format!(
                     "leader {} did not confirm the read: {e}",
                     leader.id
-                )))
-            }
-            Ok(other) => {
-                return Err(ApiError::Internal(format!(
-                    "unexpected read index reply {other:?}"
-                )))
-            }
-            Err(e) => {
-                return Err(ApiError::Unavailable(format!(
-                    "leader {} unreachable for the read index: {e}",
-                    leader.id
-                )))
-            }
-        };
+                ))
+            })?;
         self.raft
             .wait(Some(deadline))
             .applied_index_at_least(Some(index), "follower read")

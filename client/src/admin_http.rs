@@ -1,8 +1,9 @@
-//! Just enough HTTP/1.1 to read a node's admin surface (`/health`, `/v1/status`,
-//! `/v1/digest`): one GET per connection, `Connection: close`, a bounded body.
+//! Just enough HTTP/1.1 to read a metadata node's admin surface (`/health`, `/v1/status`,
+//! `/v1/digest`, `/metrics`): one GET per connection, `Connection: close`, a bounded body.
 //!
-//! The harness needs three JSON endpoints on loopback; a hand-rolled GET keeps an HTTP client
-//! stack (and its TLS and connection pool) out of the dependency graph.
+//! Tools and tests read a few small answers from nodes they can reach directly; a hand-rolled
+//! GET keeps an HTTP client stack (and its TLS and connection pool) out of the client's
+//! dependency graph.
 
 use std::net::SocketAddr;
 use std::time::Duration;
