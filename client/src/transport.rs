@@ -348,13 +348,19 @@ impl Transport {
         ))
     }
 
-    /// One request, one response, within `timeout`.
+    /// One request, one response, within `timeout` counted from when the request can be sent.
+    ///
+    /// The connection is made first, under the connect timeout alone: a peer that cannot be
+    /// reached fails with [`TransportError::Connect`], which says the request was never sent.
+    /// Counting the handshake against `timeout` would turn an unreachable peer into a
+    /// timeout, and a write to it into an unknown outcome.
     pub async fn call(
         &self,
         addr: &str,
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        self.connection(addr).await?;
         let exchange = async {
             let (mut send, mut recv) = self.open(addr, req).await?;
             let _ = send.finish();

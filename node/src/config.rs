@@ -24,6 +24,7 @@
 //! max_in_snapshot_log_to_keep = 10000
 //! connect_timeout_ms = 1000
 //! peer_idle_timeout_ms = 6000
+//! append_window = 64                  # append-entries batches sent ahead of their answers
 //!
 //! [store]
 //! history_retention = 100000          # revisions of change history kept for watchers
@@ -141,6 +142,10 @@ pub struct RaftSettings {
     pub connect_timeout_ms: u64,
     /// A peer connection with no traffic for this long is considered dead.
     pub peer_idle_timeout_ms: u64,
+    /// Append-entries batches the leader sends a follower ahead of their answers (1..=1024).
+    /// Each batch carries every entry waiting when it is sent, so a few are ever in use; 1
+    /// waits for each answer before sending the next, as openraft does by default.
+    pub append_window: usize,
 }
 
 impl Default for RaftSettings {
@@ -153,6 +158,7 @@ impl Default for RaftSettings {
             max_in_snapshot_log_to_keep: 10_000,
             connect_timeout_ms: 1_000,
             peer_idle_timeout_ms: 6_000,
+            append_window: 64,
         }
     }
 }
@@ -318,6 +324,9 @@ impl MetaFile {
                 "must exceed heartbeat_interval_ms",
             ));
         }
+        if !(1..=1024).contains(&self.raft.append_window) {
+            return Err(invalid("raft.append_window", "must be between 1 and 1024"));
+        }
         if self.limits.max_frame_bytes < 64 * 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 65536"));
         }
@@ -387,6 +396,17 @@ mod tests {
         let mut f = base();
         f.raft.election_timeout_min_ms = 10;
         assert!(f.validate().is_err());
+        for window in [0, 1025] {
+            let mut f = base();
+            f.raft.append_window = window;
+            assert!(matches!(
+                f.validate(),
+                Err(ConfigError::Invalid {
+                    setting: "raft.append_window",
+                    ..
+                })
+            ));
+        }
     }
 
     #[test]

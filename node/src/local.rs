@@ -62,6 +62,8 @@ pub struct Tuning {
     pub snapshot_logs: Option<u64>,
     /// `raft.max_in_snapshot_log_to_keep`.
     pub keep_logs: Option<u64>,
+    /// `raft.append_window`.
+    pub append_window: Option<usize>,
 }
 
 fn write_member(
@@ -96,13 +98,19 @@ fn write_member(
          key = \"../certs/{name}.key\"\n",
         initial = initial.join(", "),
     );
-    if tuning.snapshot_logs.is_some() || tuning.keep_logs.is_some() {
+    if tuning.snapshot_logs.is_some()
+        || tuning.keep_logs.is_some()
+        || tuning.append_window.is_some()
+    {
         config.push_str("\n[raft]\n");
         if let Some(n) = tuning.snapshot_logs {
             config.push_str(&format!("snapshot_logs_since_last = {n}\n"));
         }
         if let Some(n) = tuning.keep_logs {
             config.push_str(&format!("max_in_snapshot_log_to_keep = {n}\n"));
+        }
+        if let Some(n) = tuning.append_window {
+            config.push_str(&format!("append_window = {n}\n"));
         }
     }
     std::fs::write(mdir.join("config.toml"), config)?;

@@ -124,6 +124,9 @@ enum LocalCmd {
         /// Log entries kept behind a snapshot (new clusters).
         #[arg(long)]
         keep_logs: Option<u64>,
+        /// Append-entries batches in flight to a follower (new clusters; 1 = unpipelined).
+        #[arg(long)]
+        append_window: Option<usize>,
     },
     /// Create a new member that will join as a learner (then start it and add it).
     Add {
@@ -315,10 +318,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             snapshot_logs,
             keep_logs,
+            append_window,
         }) => {
             let tuning = local::Tuning {
                 snapshot_logs,
                 keep_logs,
+                append_window,
             };
             local::up(&dir, meta, tuning, Duration::from_secs(timeout)).await?;
             println!(

@@ -32,11 +32,13 @@ pub fn augur_bin() -> PathBuf {
     bin
 }
 
-/// Runs `augur ARGS`, failing with its output if it fails.
+/// Runs `augur ARGS`, failing with its output if it fails. Members log warnings only, unless
+/// `AUGUR_TEST_LOG` gives another filter (same syntax as `RUST_LOG`).
 pub fn augur(args: &[&str]) -> anyhow::Result<String> {
+    let filter = std::env::var("AUGUR_TEST_LOG").unwrap_or_else(|_| "warn".into());
     let out = Command::new(augur_bin())
         .args(args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", filter)
         .output()
         .context("running augur")?;
     if !out.status.success() {
@@ -213,8 +215,14 @@ impl LocalCluster {
 }
 
 impl Drop for LocalCluster {
+    /// Members are always stopped. The directory (configs, data, each member's `augur.log`)
+    /// is kept when the test failed or `AUGUR_TEST_KEEP` is set, so a failure can be read.
     fn drop(&mut self) {
         teardown(self.dir.path());
+        if std::thread::panicking() || std::env::var_os("AUGUR_TEST_KEEP").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("cluster directory kept: {}", self.dir.path().display());
+        }
     }
 }
 

@@ -8,10 +8,19 @@ use augur_proto::{Request, Response};
 use augur_tests::{augur, augur_bin, LocalCluster};
 use std::time::Duration;
 
+/// Sends raw bytes on one stream to member 1 as the cluster's client; returns the first frame.
 async fn raw_exchange(cluster: &LocalCluster, bytes: &[u8]) -> anyhow::Result<Option<Response>> {
-    let f = cluster.cluster_file()?;
+    raw_exchange_as(cluster, &cluster.cluster_file()?.tls, bytes).await
+}
+
+/// The same, presenting the certificate in `tls`.
+async fn raw_exchange_as(
+    cluster: &LocalCluster,
+    tls: &TlsFiles,
+    bytes: &[u8],
+) -> anyhow::Result<Option<Response>> {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    ep.set_default_client_config(client_config(&f.tls, Duration::from_secs(5))?);
+    ep.set_default_client_config(client_config(tls, Duration::from_secs(5))?);
     let conn = ep
         .connect(cluster.endpoint(1)?.parse()?, SERVER_NAME)?
         .await?;
@@ -53,6 +62,30 @@ async fn malformed_frames_and_strangers_are_refused() -> anyhow::Result<()> {
         raw_exchange(&cluster, &raft).await?,
         Some(Response::Error(ApiError::PermissionDenied(_)))
     ));
+
+    // A peer (node certificate) whose append stream carries a request that does not decode
+    // gets a typed error on that stream, and nothing is appended.
+    let certs = cluster.dir().join("certs");
+    let peer = TlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("meta-2.pem"),
+        key: certs.join("meta-2.key"),
+    };
+    let mut stream = augur_proto::frame::encode(
+        &Request::Raft {
+            kind: augur_proto::wire::RaftRpcKind::AppendStream,
+            payload: vec![],
+        },
+        1 << 20,
+    )?;
+    stream.extend_from_slice(&garbage);
+    match raw_exchange_as(&cluster, &peer, &stream).await? {
+        Some(Response::Error(ApiError::InvalidArgument(why))) => {
+            assert!(why.contains("append stream"), "{why}")
+        }
+        other => panic!("bad append stream: expected InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(cluster.status(1).await?.last_log, before.last_log);
 
     // A client whose certificate comes from another CA cannot connect.
     let other = tempfile::tempdir()?;

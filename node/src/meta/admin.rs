@@ -59,6 +59,8 @@ async fn metrics(State(node): State<MetaNode>) -> Response {
     g.applied_index
         .set(m.last_applied.map(|l| l.index).unwrap_or(0) as i64);
     g.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+    g.purged_index
+        .set(m.purged.as_ref().map_or(0, |l| l.index) as i64);
     g.rocksdb_bytes.set(node.sm.db_size_bytes() as i64);
     (
         [(

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub applied_index: Gauge,
     /// Last log index.
     pub last_log_index: Gauge,
+    /// Highest log index purged after a snapshot: a follower behind it needs the snapshot.
+    pub purged_index: Gauge,
     /// Bytes used by RocksDB.
     pub rocksdb_bytes: Gauge,
 }
@@ -61,6 +63,7 @@ impl Metrics {
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
             last_log_index: Gauge::default(),
+            purged_index: Gauge::default(),
             rocksdb_bytes: Gauge::default(),
             registry: Registry::default(),
         };
@@ -89,6 +92,11 @@ impl Metrics {
             "raft_last_log_index",
             "Last log index",
             m.last_log_index.clone(),
+        );
+        registry.register(
+            "raft_purged_index",
+            "Highest log index purged after a snapshot (0: none)",
+            m.purged_index.clone(),
         );
         registry.register(
             "rocksdb_size_bytes",

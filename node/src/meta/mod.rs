@@ -1,11 +1,13 @@
 //! The metadata role: a Raft member serving the metadata API over QUIC.
 //!
 //! - [`network`]: Raft RPCs to peers;
+//! - [`append_stream`]: pipelined append entries, both the leader's and the follower's end;
 //! - [`service`]: request handling (writes, reads, watch, membership, Raft RPCs from peers);
 //! - [`admin`]: the HTTP admin surface (`/health`, `/metrics`, `/v1/status`);
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod admin;
+pub mod append_stream;
 pub mod metrics;
 pub mod network;
 pub mod service;
@@ -68,6 +70,7 @@ impl MetaNode {
             network::Network::new(
                 transport.clone(),
                 Duration::from_millis(cfg.raft.election_timeout_min_ms),
+                cfg.raft.append_window,
             ),
             stores.log,
             stores.state,

@@ -6,21 +6,23 @@
 //! like an unreachable peer and retries later. A snapshot is a header frame followed by the
 //! file in chunks and an empty end chunk, so it never has to fit in memory or in one frame.
 //!
-//! Append entries are not pipelined yet: openraft's default `stream_append` sends one request
-//! and waits for its answer before the next (each request batches every entry waiting, so
-//! throughput holds up; a pipelined stream would cut latency under load).
+//! Append entries (and heartbeats) go through [`super::append_stream`]: one QUIC stream per
+//! replication session, requests pipelined ahead of their answers.
 
+use super::append_stream;
 use augur_client::transport::{Transport, TransportError};
 use augur_proto::wire::RaftRpcKind;
 use augur_proto::{Request, Response};
 use augur_raft_store::types::{SnapshotMeta, StoreSnapshot, Vote};
 use augur_raft_store::TypeConfig;
+use futures::Stream;
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
+use openraft::raft::{StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse};
 use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::future::Future;
@@ -49,6 +51,7 @@ pub struct SnapshotChunk(pub Vec<u8>);
 pub struct Network {
     transport: Transport,
     min_rpc_timeout: Duration,
+    append_window: usize,
 }
 
 impl Network {
@@ -60,10 +63,13 @@ impl Network {
     /// healthy connection with every other RPC in flight on it. So no Raft RPC gets less than
     /// `min_rpc_timeout` (the shortest election timeout: a reply later than that is of no use
     /// anyway, and a dead peer is still noticed within it).
-    pub fn new(transport: Transport, min_rpc_timeout: Duration) -> Self {
+    ///
+    /// `append_window` bounds the append-entries batches in flight to one follower.
+    pub fn new(transport: Transport, min_rpc_timeout: Duration, append_window: usize) -> Self {
         Network {
             transport,
             min_rpc_timeout,
+            append_window,
         }
     }
 }
@@ -77,6 +83,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.addr.clone(),
             transport: self.transport.clone(),
             min_rpc_timeout: self.min_rpc_timeout,
+            append_window: self.append_window,
         }
     }
 }
@@ -87,9 +94,10 @@ pub struct PeerClient {
     addr: String,
     transport: Transport,
     min_rpc_timeout: Duration,
+    append_window: usize,
 }
 
-fn rpc_err(e: TransportError) -> RPCError<TypeConfig> {
+pub(super) fn rpc_err(e: TransportError) -> RPCError<TypeConfig> {
     if e.certainly_not_sent() {
         RPCError::Unreachable(Unreachable::new(&e))
     } else {
@@ -133,13 +141,14 @@ impl PeerClient {
             addr,
             transport,
             min_rpc_timeout: timeout,
+            append_window: 1,
         };
         peer.call(RaftRpcKind::ReadIndex, &(), &RPCOption::new(timeout))
             .await
     }
 }
 
-fn decode_reply<Resp: DeserializeOwned>(
+pub(super) fn decode_reply<Resp: DeserializeOwned>(
     addr: &str,
     resp: Response,
 ) -> Result<Resp, RPCError<TypeConfig>> {
@@ -169,6 +178,29 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RaftRpcKind::Append, &rpc, &option).await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        append_stream::open(
+            self.transport.clone(),
+            self.addr.clone(),
+            input,
+            option.soft_ttl().max(self.min_rpc_timeout),
+            self.append_window,
+        )
     }
 
     async fn vote(

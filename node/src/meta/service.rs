@@ -94,6 +94,14 @@ impl MetaNode {
                 kind: RaftRpcKind::Snapshot,
                 payload,
             } => self.receive_snapshot(&payload, recv).await,
+            Request::Raft {
+                kind: RaftRpcKind::AppendStream,
+                ..
+            } => {
+                // Answers are written, and their latency observed, per request inside.
+                self.serve_append_stream(send, recv).await;
+                return;
+            }
             Request::Raft { kind, payload } => self.raft_rpc(kind, &payload).await,
             other => self.handle(other).await,
         };
@@ -584,7 +592,7 @@ where
     }
 }
 
-fn encode_reply<T: Serialize>(r: Result<T, String>) -> Response {
+pub(super) fn encode_reply<T: Serialize>(r: Result<T, String>) -> Response {
     match postcard::to_allocvec(&r) {
         Ok(bytes) => Response::Raft(bytes),
         Err(e) => Response::Error(ApiError::Internal(e.to_string())),
