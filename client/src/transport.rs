@@ -314,6 +314,16 @@ impl Transport {
         req: &Request,
     ) -> Result<(quinn::SendStream, FramedRecv), TransportError> {
         let conn = self.connection(addr).await?;
+        self.open_on(&conn, addr, req).await
+    }
+
+    /// [`Transport::open`] on a connection already made to `addr`.
+    async fn open_on(
+        &self,
+        conn: &quinn::Connection,
+        addr: &str,
+        req: &Request,
+    ) -> Result<(quinn::SendStream, FramedRecv), TransportError> {
         let lost = |detail: String| TransportError::Lost {
             addr: addr.to_string(),
             detail,
@@ -360,9 +370,9 @@ impl Transport {
         req: &Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        self.connection(addr).await?;
+        let conn = self.connection(addr).await?;
         let exchange = async {
-            let (mut send, mut recv) = self.open(addr, req).await?;
+            let (mut send, mut recv) = self.open_on(&conn, addr, req).await?;
             let _ = send.finish();
             recv.next().await?.ok_or_else(|| TransportError::Lost {
                 addr: addr.to_string(),

@@ -9,8 +9,13 @@ use std::time::Duration;
 use augur_jepsen::checker::{CheckOptions, Verdict};
 use augur_jepsen::{check_history, load_history, InputFormat, ModelChoice};
 
+/// Read at run time (cargo test sets it): the compile-time value names whichever clone built
+/// the binary, and a target directory shared between clones can run a binary built elsewhere.
 fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/jepsen-etcd")
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    crate_dir.join("../../shared/data/jepsen-etcd")
 }
 
 #[test]

@@ -373,7 +373,12 @@ mod tests {
     /// schema change without retraining `models/default.model` fails here.
     #[test]
     fn shipped_default_model_loads_and_scores() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.model");
+        // The crate directory at run time: a target directory shared between clones can run
+        // a test binary built in another clone, whose compile-time path may be gone.
+        let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        let path = crate_dir.join("models/default.model");
         let model = Model::load(&path).unwrap();
         assert!(std::fs::metadata(&path).unwrap().len() < 5 * 1024 * 1024);
         let mut src = SimulatedSource::healthy("s-demo", 4, 60_000);

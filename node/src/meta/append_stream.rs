@@ -349,6 +349,32 @@ mod tests {
         }
     }
 
+    impl Peers {
+        /// Opens an append stream to the follower and collects every answer until it ends.
+        async fn collect_answers(
+            &self,
+            reqs: Vec<AppendEntriesRequest<TypeConfig>>,
+        ) -> Vec<AppendItem> {
+            let input = futures::stream::iter(reqs);
+            let answers = async {
+                open(
+                    self.leader.clone(),
+                    self.addr.clone(),
+                    input,
+                    Duration::from_secs(20),
+                    WINDOW,
+                )
+                .await
+                .unwrap()
+                .collect()
+                .await
+            };
+            tokio::time::timeout(Duration::from_secs(30), answers)
+                .await
+                .expect("the stream ends within the deadline")
+        }
+    }
+
     /// Three requests for entries 1, 2 and 3, each after the one before.
     fn requests() -> Vec<AppendEntriesRequest<TypeConfig>> {
         (1..=3u64)
@@ -419,22 +445,7 @@ mod tests {
             let _ = send.stopped().await;
             got.len()
         });
-        let input = futures::stream::iter(requests());
-        let answers: Vec<AppendItem> = tokio::time::timeout(Duration::from_secs(30), async {
-            open(
-                p.leader.clone(),
-                p.addr.clone(),
-                input,
-                Duration::from_secs(20),
-                WINDOW,
-            )
-            .await
-            .unwrap()
-            .collect()
-            .await
-        })
-        .await
-        .expect("answers within the deadline");
+        let answers = p.collect_answers(requests()).await;
         assert_eq!(scripted.await.unwrap(), 3);
         let matched: Vec<_> = answers
             .into_iter()
@@ -463,22 +474,7 @@ mod tests {
                 let _ = send.finish();
                 let _ = send.stopped().await;
             });
-            let input = futures::stream::iter(requests());
-            let answers: Vec<AppendItem> = tokio::time::timeout(Duration::from_secs(30), async {
-                open(
-                    p.leader.clone(),
-                    p.addr.clone(),
-                    input,
-                    Duration::from_secs(20),
-                    WINDOW,
-                )
-                .await
-                .unwrap()
-                .collect()
-                .await
-            })
-            .await
-            .expect("the stream ends");
+            let answers = p.collect_answers(requests()).await;
             scripted.await.unwrap();
             assert_eq!(answers.len(), 1, "partial={partial}: {answers:?}");
             match (&answers[0], partial) {
