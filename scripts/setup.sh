@@ -3,9 +3,12 @@
 # Sourced by scripts/demo.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
 
-# RocksDB's bindings need clang; the fault-injection tests need nftables, iproute2 and faketime.
+# RocksDB's bindings need clang; the fault-injection tests need nftables, iproute2 and faketime;
+# the power-loss test's FUSE filesystem (augur-lazyfs) mounts by itself as root and needs fuse3
+# (fusermount3) only when not root; the health agent reads SMART with smartmontools
+# (smartctl --json).
 need=()
-for pkg in clang libclang-dev nftables iproute2 faketime; do
+for pkg in clang libclang-dev nftables iproute2 faketime fuse3 smartmontools; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

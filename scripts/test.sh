@@ -5,8 +5,11 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 # The fault-injection suite must catch a node that serves reads from local state without
-# ReadIndex: build that variant first and set it aside, then the real binaries.
-cargo build --release --workspace --bins --features augur-node/unsafe-local-reads
+# ReadIndex, and the power-loss test one that skips its WAL syncs (when run with
+# AUGUR_UNSAFE_SKIP_WAL_SYNC=1): build that variant first and set it aside, then the real
+# binaries (augur-lazyfs, the power-loss test's filesystem, among them).
+cargo build --release --workspace --bins \
+    --features augur-node/unsafe-local-reads,augur-node/unsafe-test-hooks
 # Copy then rename: a still-running old copy must not make the copy fail.
 cp "$AUGUR_PROFILE_DIR/augur" "$AUGUR_PROFILE_DIR/augur-unsafe-local-reads.tmp"
 mv -f "$AUGUR_PROFILE_DIR/augur-unsafe-local-reads.tmp" "$AUGUR_PROFILE_DIR/augur-unsafe-local-reads"

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::transport::{TlsFiles, Transport};
 use crate::watch::WatchStream;
 use crate::ClusterFile;
-use augur_proto::wire::{ApiError, ClusterStatus, MemberInfo, MAX_LIST_LIMIT};
+use augur_proto::wire::{ApiError, ClusterStatus, MemberIdentity, MemberInfo, MAX_LIST_LIMIT};
 use augur_proto::{
     Consistency, Key, MemberId, Node, Record, Request, Response, Shard, ShardId, Table, Txn,
     TxnResult,
@@ -29,7 +29,9 @@ pub struct ClientConfig {
     pub endpoints: Vec<String>,
     /// Client certificate files.
     pub tls: TlsFiles,
-    /// Deadline for one call, including leader discovery and retries. Default 5 s.
+    /// Deadline for one call, including leader discovery and retries. Default 5 s. No
+    /// attempt starts after it; a write already sent is still given its whole
+    /// `attempt_timeout` to be answered, so a write call may end up to that much later.
     pub request_timeout: Duration,
     /// Deadline for one attempt on one node. Default 1 s: far above a healthy node's p999
     /// (tens of ms), and the bound on how long a client keeps talking to a leader that died
@@ -89,7 +91,7 @@ pub(crate) struct Inner {
 
 /// Whether a request may be sent again after it might have been delivered.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Retry {
+pub(crate) enum Retry {
     /// Reads and status: no effect, resend freely.
     Idempotent,
     /// Writes: resend only while the request certainly did not arrive.
@@ -124,6 +126,36 @@ impl Client {
         self.inner.endpoints[i % self.inner.endpoints.len()].clone()
     }
 
+    /// The next endpoint to try when no leader is known. One we are not connected to is
+    /// replaced by whichever endpoint answers first when all are dialled at once, so a dead
+    /// member at the head of the list costs nothing (a fresh `augurctl` process would
+    /// otherwise wait out a connect timeout on it for every command).
+    ///
+    /// `failed` is the endpoint this call's last attempt failed on. It is left out of the race
+    /// while there is another endpoint: being connected already, it would win every race, and
+    /// the retry would go straight back to the member that just stalled or refused. It is
+    /// still the answer when no other endpoint can be reached.
+    pub(crate) async fn pick_endpoint(&self, failed: Option<&str>) -> String {
+        let ep = self.next_endpoint();
+        let others: Vec<String> = self
+            .inner
+            .endpoints
+            .iter()
+            .filter(|e| Some(e.as_str()) != failed)
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return ep;
+        }
+        if Some(ep.as_str()) != failed && self.inner.transport.is_connected(&ep) {
+            return ep;
+        }
+        match self.inner.transport.connect_any(&others).await {
+            Ok(live) => live,
+            Err(_) => failed.map_or(ep, str::to_string),
+        }
+    }
+
     fn leader_hint(&self) -> Option<String> {
         self.inner.leader.lock().ok().and_then(|l| l.clone())
     }
@@ -135,17 +167,47 @@ impl Client {
     }
 
     /// Sends `req` to the leader, following hints, within the request deadline.
-    async fn to_leader(&self, req: &Request, retry: Retry) -> Result<Response, Error> {
-        let deadline = Instant::now() + self.inner.cfg.request_timeout;
+    pub(crate) async fn to_leader(&self, req: &Request, retry: Retry) -> Result<Response, Error> {
+        self.to_leader_within(
+            req,
+            retry,
+            self.inner.cfg.request_timeout,
+            self.inner.cfg.attempt_timeout,
+        )
+        .await
+    }
+
+    /// [`Client::to_leader`] with its own deadlines, for requests whose work on the leader
+    /// takes longer than an ordinary attempt (creating every shard record of the data plane).
+    pub(crate) async fn to_leader_within(
+        &self,
+        req: &Request,
+        retry: Retry,
+        request_timeout: Duration,
+        attempt_timeout: Duration,
+    ) -> Result<Response, Error> {
+        let deadline = Instant::now() + request_timeout;
         let mut backoff = Duration::from_millis(10);
         let mut last = String::from("no attempt made");
+        let mut failed: Option<String> = None;
         loop {
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable(last));
             }
-            let target = self.leader_hint().unwrap_or_else(|| self.next_endpoint());
+            let target = match self.leader_hint() {
+                Some(t) => t,
+                None => self.pick_endpoint(failed.as_deref()).await,
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = self.inner.cfg.attempt_timeout.min(remaining);
+            // The deadline decides whether an attempt starts, not how long a write's attempt
+            // may last. Cut to the few milliseconds left, a write times out while the member
+            // is still answering, and one the cluster refused (nothing applied) or would have
+            // acknowledged is reported as an unknown outcome. A read loses nothing by being
+            // cut short, so reads keep to the deadline.
+            let attempt = match retry {
+                Retry::UntilSent => attempt_timeout,
+                Retry::Idempotent => attempt_timeout.min(remaining),
+            };
             match self.inner.transport.call(&target, req, attempt).await {
                 Ok(Response::Error(ApiError::NotLeader { leader })) => {
                     last = format!("{target} is not the leader");
@@ -170,7 +232,11 @@ impl Client {
                 }
                 Ok(Response::Error(e)) => return Err(Error::Api(e)),
                 Ok(resp) => {
-                    self.set_leader(Some(target));
+                    // Only answers a leader alone gives may name the leader: any member
+                    // serves reads, so a read answered proves nothing.
+                    if leader_only(&resp) {
+                        self.set_leader(Some(target));
+                    }
                     return Ok(resp);
                 }
                 Err(e) => {
@@ -181,6 +247,7 @@ impl Client {
                     last = e.to_string();
                 }
             }
+            failed = Some(target);
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             backoff = (backoff * 2).min(Duration::from_millis(200));
@@ -191,11 +258,12 @@ impl Client {
     async fn to_any(&self, req: &Request) -> Result<Response, Error> {
         let deadline = Instant::now() + self.inner.cfg.request_timeout;
         let mut last = String::from("no attempt made");
+        let mut failed: Option<String> = None;
         loop {
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable(last));
             }
-            let target = self.next_endpoint();
+            let target = self.pick_endpoint(failed.as_deref()).await;
             match self
                 .inner
                 .transport
@@ -209,6 +277,7 @@ impl Client {
                 Ok(resp) => return Ok(resp),
                 Err(e) => last = e.to_string(),
             }
+            failed = Some(target);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -407,6 +476,51 @@ impl Client {
             .await
     }
 
+    /// What the member at `endpoint` says about itself: id, incarnation, cluster.
+    pub async fn identity(&self, endpoint: &str) -> Result<MemberIdentity, Error> {
+        match self
+            .inner
+            .transport
+            .call(endpoint, &Request::Identity, self.inner.cfg.attempt_timeout)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?
+        {
+            Response::Identity(i) => Ok(i),
+            Response::Error(e) => Err(Error::Api(e)),
+            other => Err(unexpected("identity", other)),
+        }
+    }
+
+    /// Founds a new cluster through the member at `endpoint`, from its `initial_members`:
+    /// the one-time act that creates a cluster (an operator certificate is needed). Retried
+    /// while the founding members are still starting, until `timeout`; asking again after it
+    /// succeeded is a no-op, so an unknown outcome can be resolved by asking again.
+    pub async fn bootstrap(&self, endpoint: &str, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = self
+                .inner
+                .transport
+                .call(
+                    endpoint,
+                    &Request::Bootstrap,
+                    self.inner.cfg.request_timeout,
+                )
+                .await;
+            let why = match attempt {
+                Ok(Response::Done) => return Ok(()),
+                Ok(Response::Error(ApiError::Unavailable(why))) => why,
+                Ok(Response::Error(e)) => return Err(Error::Api(e)),
+                Ok(other) => return Err(unexpected("bootstrap", other)),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(why));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Reads a shard record.
     pub async fn get_shard(&self, id: ShardId) -> Result<Option<Shard>, Error> {
         match self.get(&Key::Shard(id)).await? {
@@ -438,6 +552,14 @@ impl Client {
     pub async fn close(&self) {
         self.inner.transport.close().await;
     }
+}
+
+/// Whether only the leader gives this answer (so the answering member is the leader).
+fn leader_only(resp: &Response) -> bool {
+    matches!(
+        resp,
+        Response::Txn(_) | Response::Members(_) | Response::Done
+    )
 }
 
 pub(crate) fn unexpected(request: &'static str, response: Response) -> Error {

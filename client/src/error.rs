@@ -1,6 +1,7 @@
 //! Client errors, by what the caller can do about them.
 
 use crate::transport::TransportError;
+use augur_proto::data::DataError;
 use augur_proto::wire::ApiError;
 use augur_proto::Key;
 
@@ -8,7 +9,9 @@ use augur_proto::Key;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The write may or may not have been applied: the connection was lost or the leader
-    /// changed after the request was sent. It was not retried. Read to find out.
+    /// changed after the request was sent. A metadata write was not retried; a data write
+    /// was resent with its request id until the deadline without an answer. Read to find
+    /// out.
     #[error("outcome unknown: {0}")]
     Indeterminate(String),
     /// No leader could be reached before the deadline; nothing was applied.
@@ -26,6 +29,16 @@ pub enum Error {
     /// Transport set-up failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// A storage node refused a data request (malformed, not permitted, fenced, or its own
+    /// failure); retrying it unchanged fails again. For a write, nothing was applied unless
+    /// an earlier attempt may have been, in which case the call fails with
+    /// [`Error::Indeterminate`] instead.
+    #[error("storage node refused the request: {0}")]
+    Data(DataError),
+    /// The data plane has not been created yet (`augurctl cluster init`): there is no layout
+    /// to route keys by.
+    #[error("the data plane has not been created (see `augurctl cluster init`)")]
+    NoDataPlane,
     /// The server answered with a message that does not fit the request.
     #[error("unexpected response to {request}: {response}")]
     Unexpected {

@@ -78,7 +78,7 @@ struct RunArgs {
     /// Length of the workload and fault period (e.g. 60s, 2m).
     #[arg(long, default_value = "60s", value_parser = augur_jepsen::harness::parse_duration)]
     time: Duration,
-    /// Fault families, comma-separated: partition, kill, pause, clock, member.
+    /// Fault families, comma-separated: partition, kill, pause, clock, member, disk-loss.
     /// Empty (`--nemesis ''`) runs without faults.
     #[arg(long, default_value = "partition,kill,pause")]
     nemesis: String,
@@ -131,13 +131,14 @@ faults; without them those faults are recorded as not injected, never simulated.
 
 Outputs in --out: history.jsonl, results.json, report.html, nodes/n<i>/{config.toml,data,augur.log}.
 
-Exit codes (worst wins: 1 > 5 > 4 > 2 > 0):
+Exit codes (worst wins: 1 > 6 > 5 > 4 > 2 > 0):
   0  linearizable, nodes converged, cluster served again after heal
   1  anomaly: the history is not linearizable
   2  no anomaly, but the checker's budget ran out on some key (unknown)
   3  the run could not be carried out (bad flags, setup failure)
   4  no progress after heal (cluster did not serve again, or final reads failed)
-  5  nodes did not converge (different revision, state digest or final values)";
+  5  nodes did not converge (different revision, state digest or final values)
+  6  a wiped member took part in Raft before the operator added it back (disk-loss, member)";
 
 #[derive(Subcommand)]
 enum Command {
@@ -418,6 +419,9 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(run) = &r.run {
         for (nemesis, why) in &run.unavailable {
             println!("  {nemesis} not injected: {why}");
+        }
+        for v in &run.wiped_member_violations {
+            println!("  wiped member rejoined: {v}");
         }
         println!(
             "  recovery after heal {}; converged {}",

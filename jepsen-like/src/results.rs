@@ -128,7 +128,7 @@ impl HistoryStats {
 /// One fault the nemesis tried to inject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultRecord {
-    /// Family (`partition`, `kill`, `pause`, `clock`, `member`).
+    /// Family (`partition`, `kill`, `pause`, `clock`, `member`, `disk-loss`).
     pub kind: String,
     /// What was done, e.g. `isolate 127.0.0.3`.
     pub description: String,
@@ -144,6 +144,20 @@ pub struct FaultRecord {
     /// (`None` when no write after it succeeded, or it was never healed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_after_ms: Option<u64>,
+    /// What the fault did, step by step (a disk loss: kill, wipe, restart, what the wiped
+    /// member said while lost, each call of its re-add), so a reader can line each step up
+    /// with the clients' operations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<FaultStep>,
+}
+
+/// One step of a fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultStep {
+    /// When, ms from the start of the run.
+    pub at_ms: u64,
+    /// What happened.
+    pub what: String,
 }
 
 /// Fills each healed fault's [`FaultRecord::recovered_after_ms`] from the history. Fault times
@@ -309,6 +323,10 @@ pub struct RunInfo {
     pub heal_errors: Vec<String>,
     /// Final reads and digests.
     pub convergence: Convergence,
+    /// Times a wiped member, before it was added back, answered as anything but a member
+    /// waiting to be added with nothing applied: it rejoined on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wiped_member_violations: Vec<String>,
     /// The exit code and why.
     pub exit_code: u8,
     /// The exit code's meaning for this run.
@@ -430,6 +448,7 @@ mod tests {
             injected: false,
             note: Some("clock unavailable: libfaketime.so.1 not found".into()),
             recovered_after_ms: None,
+            steps: Vec::new(),
         });
         let mut faults = vec![
             FaultRecord {
@@ -440,6 +459,7 @@ mod tests {
                 injected: true,
                 note: None,
                 recovered_after_ms: None,
+                steps: Vec::new(),
             },
             FaultRecord {
                 kind: "pause".into(),
@@ -449,6 +469,7 @@ mod tests {
                 injected: true,
                 note: None,
                 recovered_after_ms: None,
+                steps: Vec::new(),
             },
         ];
         measure_fault_recovery(&events, &mut faults);

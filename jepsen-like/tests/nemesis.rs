@@ -12,10 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use augur_jepsen::nemesis::clock::Faketime;
 use augur_jepsen::nemesis::netns::NetNs;
-use augur_jepsen::nemesis::partition::PartitionKind;
 use augur_jepsen::nemesis::partition::{Firewall, Partition};
 use augur_jepsen::nemesis::process::{ManagedProcess, ProcessSpec};
-use augur_jepsen::nemesis::schedule::{ClusterControl, Fault, Nemesis};
 use augur_jepsen::nemesis::{find_program, is_root, NemesisError};
 
 const HELPER_ENV: &str = "AUGUR_JEPSEN_HELPER";
@@ -291,116 +289,6 @@ fn signal_cleanup_removes_the_namespace_of_an_interrupted_harness() {
         !namespaces().contains(&name),
         "namespace survived the signal"
     );
-}
-
-/// Records membership calls; the real implementation is the harness's, over the Augur client.
-#[derive(Default)]
-struct RecordingControl {
-    calls: Vec<String>,
-}
-
-impl ClusterControl for RecordingControl {
-    fn leader(&mut self) -> Result<Option<usize>, String> {
-        Ok(Some(1))
-    }
-    fn remove_member(&mut self, node: usize) -> Result<(), String> {
-        self.calls.push(format!("remove {node}"));
-        Ok(())
-    }
-    fn wipe_data(&mut self, node: usize) -> Result<(), String> {
-        self.calls.push(format!("wipe {node}"));
-        Ok(())
-    }
-    fn add_member(&mut self, node: usize) -> Result<(), String> {
-        self.calls.push(format!("add {node}"));
-        Ok(())
-    }
-}
-
-#[test]
-fn executor_injects_heals_and_reports_unavailable_faults() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let procs: Vec<ManagedProcess> = (0..2)
-        .map(|i| {
-            let spec = helper_spec(
-                &format!("n{i}"),
-                "sleep",
-                &[],
-                dir.path().join(format!("n{i}.log")),
-            );
-            ManagedProcess::start(spec, None).expect("start")
-        })
-        .collect();
-    let addrs = vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
-    let no_fw = Err(NemesisError::Unavailable {
-        nemesis: "partition",
-        reason: "test: no firewall".into(),
-    });
-    let no_clock = Err(NemesisError::Unavailable {
-        nemesis: "clock",
-        reason: "test: no libfaketime".into(),
-    });
-    let mut nem = Nemesis::new(
-        addrs,
-        procs,
-        no_fw,
-        no_clock,
-        RecordingControl::default(),
-        1,
-    )
-    .expect("nemesis");
-
-    for fault in [
-        Fault::Partition {
-            kind: PartitionKind::IsolateLeader,
-        },
-        Fault::ClockSkew {
-            node: 0,
-            offset_ms: 500,
-        },
-    ] {
-        let err = nem.inject(&fault).expect_err("must not pretend to inject");
-        assert!(err.is_unavailable(), "{err}");
-    }
-
-    let first_pid = nem.processes()[0].pid();
-    let kill = nem.inject(&Fault::Kill { node: 0 }).expect("kill");
-    assert!(!nem.processes()[0].is_running());
-    nem.heal(&kill).expect("restart");
-    assert!(nem.processes()[0].is_running());
-    assert_ne!(nem.processes()[0].pid(), first_pid);
-
-    let pause = nem.inject(&Fault::Pause { node: 1 }).expect("pause");
-    assert!(nem.processes()[1].is_paused());
-    nem.heal(&pause).expect("resume");
-    assert!(!nem.processes()[1].is_paused());
-
-    let before = nem.processes()[1].starts();
-    let member = nem.inject(&Fault::Member { node: 1 }).expect("member");
-    assert_eq!(
-        member.description,
-        "remove member n1, wipe it, restart it empty"
-    );
-    assert_eq!(nem.processes()[1].starts(), before + 1, "not restarted");
-    assert_eq!(nem.removed_members(), [1]);
-    nem.heal(&member).expect("re-add");
-    assert!(nem.removed_members().is_empty());
-    assert_eq!(nem.control().calls, ["remove 1", "wipe 1", "add 1"]);
-    assert!(matches!(
-        nem.inject(&Fault::Kill { node: 7 }),
-        Err(NemesisError::Invalid(_))
-    ));
-
-    // heal_all brings back whatever is down or stopped.
-    nem.inject(&Fault::Kill { node: 0 }).expect("kill");
-    nem.inject(&Fault::Pause { node: 1 }).expect("pause");
-    nem.inject(&Fault::Member { node: 0 }).expect("member");
-    assert!(nem.heal_all().is_empty());
-    assert!(
-        nem.removed_members().is_empty(),
-        "heal_all left a member out"
-    );
-    assert!(nem.processes()[0].is_running() && !nem.processes()[1].is_paused());
 }
 
 fn unix_now() -> i64 {

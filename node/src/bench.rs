@@ -173,6 +173,7 @@ fn shard(id: u64, epoch: u64) -> Shard {
             NodeId(1 + (id + 1) % 5),
             NodeId(1 + (id + 2) % 5),
         ],
+        learners: vec![],
         epoch,
         version: 0,
         state: ShardState::Stable,

@@ -1,12 +1,15 @@
-//! Certificates for a cluster: one CA, a certificate per metadata node, and client
-//! certificates, all made with rcgen.
+//! Certificates for a cluster: one CA, and a certificate per process naming its role, all
+//! made with rcgen.
 //!
-//! Node certificates carry the cluster-internal name [`SERVER_NAME`] (what clients verify)
-//! plus the hosts they are reachable at, and may act as both TLS server and client, since
-//! nodes dial each other. Client certificates can only authenticate clients. Private keys are
-//! written with mode 0600.
+//! Every leaf carries its [`Role`] as a subject-alternative-name URI (see
+//! `augur_transport::roles`), which servers check on every request. Metadata members carry the
+//! cluster-internal name [`META_SERVER_NAME`] and storage nodes [`STORAGE_SERVER_NAME`] (what
+//! their peers verify), plus the hosts they are reachable at; both may act as TLS server and
+//! client, since they dial each other. Operator and client certificates can only authenticate
+//! clients. Private keys are written with mode 0600.
 
-use augur_client::transport::SERVER_NAME;
+pub use augur_transport::Role;
+use augur_transport::{META_SERVER_NAME, STORAGE_SERVER_NAME};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -89,15 +92,6 @@ pub fn create_ca(dir: &Path) -> Result<(), CertError> {
     write(&dir.join("ca.key"), &key.serialize_pem(), true)
 }
 
-/// What a leaf certificate is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A metadata or storage node: server and client.
-    Node,
-    /// A client: client authentication only.
-    Client,
-}
-
 /// Issues `NAME.pem` / `NAME.key` in `out`, signed by the CA in `ca_dir`.
 pub fn issue(
     ca_dir: &Path,
@@ -115,23 +109,31 @@ pub fn issue(
     // Re-create the CA certificate object from its file to sign with; the issuer name and key
     // are what a verifier checks, and both are the CA's.
     let ca = CertificateParams::from_ca_cert_pem(&ca_pem)?.self_signed(&ca_key)?;
-    let mut sans: Vec<String> = match role {
-        Role::Node => vec![SERVER_NAME.to_string()],
-        Role::Client => vec![format!("{name}.client.augur")],
+    let server = match role {
+        Role::Member => Some(META_SERVER_NAME),
+        Role::Storage(_) => Some(STORAGE_SERVER_NAME),
+        Role::Operator | Role::Client => None,
+    };
+    let mut sans: Vec<String> = match server {
+        Some(n) => vec![n.to_string()],
+        None => vec![format!("{name}.augur")],
     };
     sans.extend(hosts.iter().cloned());
     let mut params = CertificateParams::new(sans)?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::URI(rcgen::Ia5String::try_from(role.uri())?));
     params.distinguished_name = dn(name);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = match role {
-        Role::Node => vec![
+    params.extended_key_usages = match server {
+        Some(_) => vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
-        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        None => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.not_after = rcgen::date_time_ymd(2035, 1, 1);
     let key = KeyPair::generate()?;
@@ -156,13 +158,32 @@ mod tests {
             dir.path(),
             dir.path(),
             "meta-1",
-            Role::Node,
+            Role::Member,
             &["127.0.0.1".into()],
         )
         .unwrap();
-        assert!(std::fs::read_to_string(c)
-            .unwrap()
-            .contains("BEGIN CERTIFICATE"));
+        let pem = std::fs::read_to_string(&c).unwrap();
+        assert!(pem.contains("BEGIN CERTIFICATE"));
+        // The role is in the certificate, where a server reads it.
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(
+            augur_transport::roles::role_of_certificate(der.as_ref()),
+            Ok(Role::Member)
+        );
+        for role in [
+            Role::Operator,
+            Role::Client,
+            Role::Storage(augur_proto::NodeId(4)),
+        ] {
+            let (c, _) = issue(dir.path(), dir.path(), "x", role, &[]).unwrap();
+            let pem = std::fs::read_to_string(c).unwrap();
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            assert_eq!(
+                augur_transport::roles::role_of_certificate(der.as_ref()),
+                Ok(role)
+            );
+        }
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(k).unwrap().permissions().mode() & 0o777,

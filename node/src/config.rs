@@ -30,13 +30,23 @@
 //! history_retention = 100000          # revisions of change history kept for watchers
 //! block_cache_mb = 64
 //!
+//! [control]                          # the data plane's control plane, on the leader
+//! heartbeat_interval_ms = 1000        # storage nodes heartbeat this often
+//! lease_ms = 6000                     # a storage node's lease after an acknowledged heartbeat
+//! grace_ms = 8000                     # silence before a node is declared Down (> lease)
+//! suspect_after_ms = 2500             # silence before a node is Suspect
+//! down_delay_ms = 300000              # Down this long before its replicas are re-created
+//! usage_interval_ms = 30000           # a node's usage is written at most this often
+//! clock_drift = 0.01                  # bound on relative clock-rate error (rho)
+//! # ... and the failure handling and re-replication knobs: see `control::settings`
+//!
 //! [limits]
-//! max_frame_bytes = 16777216
+//! max_frame_bytes = 16777216          # every frame, both directions; >= 4 MiB + 64 KiB
 //! shutdown_transfer_timeout_ms = 3000
 //! follower_read_timeout_ms = 1000
 //! ```
 
-use augur_client::TlsFiles;
+use augur_transport::TlsFiles;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -174,6 +184,12 @@ impl RaftSettings {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
             max_in_snapshot_log_to_keep: self.max_in_snapshot_log_to_keep,
             enable_pre_vote: Some(true),
+            // A restarted leader must win a new election, never resume its old term: after a
+            // power cut its log may lack entries it had already sent to followers, and what it
+            // wrote at those indexes in the same term would carry the same log ids, so the
+            // followers would keep the old entries and diverge (openraft #1511; caught by
+            // tests/tests/power_loss.rs).
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         cfg.validate().map_err(|e| invalid("raft", e))
@@ -199,11 +215,16 @@ impl Default for StoreSettings {
     }
 }
 
+pub use crate::control::settings::ControlSettings;
+
 /// Limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Largest frame accepted or sent.
+    /// Largest frame accepted or sent, on every stream in both directions (client requests
+    /// and answers, Raft messages, list and watch pages, snapshot chunks). At least
+    /// [`augur_proto::frame::MIN_FRAME`], so one maximal transaction always fits; every member
+    /// of a cluster must use the same value.
     pub max_frame_bytes: usize,
     /// How long a leader asked to stop waits for leadership to move.
     pub shutdown_transfer_timeout_ms: u64,
@@ -245,6 +266,9 @@ pub struct MetaFile {
     /// Store settings.
     #[serde(default)]
     pub store: StoreSettings,
+    /// Control-plane timing.
+    #[serde(default)]
+    pub control: ControlSettings,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
@@ -269,6 +293,8 @@ pub struct MetaConfig {
     pub raft: RaftSettings,
     /// Store settings.
     pub store: StoreSettings,
+    /// Control-plane timing.
+    pub control: ControlSettings,
     /// Limits.
     pub limits: Limits,
 }
@@ -327,8 +353,25 @@ impl MetaFile {
         if !(1..=1024).contains(&self.raft.append_window) {
             return Err(invalid("raft.append_window", "must be between 1 and 1024"));
         }
-        if self.limits.max_frame_bytes < 64 * 1024 {
-            return Err(invalid("limits.max_frame_bytes", "must be at least 65536"));
+        let min_frame = augur_proto::frame::MIN_FRAME
+            .max(crate::meta::network::SNAPSHOT_CHUNK + augur_proto::frame::FRAME_SLACK);
+        if self.limits.max_frame_bytes < min_frame {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                format!(
+                    "must be at least {min_frame}: one maximal transaction ({} bytes) or \
+                     snapshot chunk ({} bytes) plus {} bytes of framing must fit in a frame",
+                    augur_proto::txn::MAX_TXN_BYTES,
+                    crate::meta::network::SNAPSHOT_CHUNK,
+                    augur_proto::frame::FRAME_SLACK
+                ),
+            ));
+        }
+        if self.limits.max_frame_bytes > u32::MAX as usize {
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                "must fit the 4-byte length prefix",
+            ));
         }
         if self.limits.follower_read_timeout_ms == 0 {
             return Err(invalid(
@@ -337,6 +380,7 @@ impl MetaFile {
             ));
         }
         self.raft.to_openraft()?;
+        self.control.validate()?;
         Ok(MetaConfig {
             id,
             listen,
@@ -346,6 +390,7 @@ impl MetaFile {
             tls,
             raft: self.raft,
             store: self.store,
+            control: self.control,
             limits: self.limits,
         })
     }
@@ -396,6 +441,26 @@ mod tests {
         let mut f = base();
         f.raft.election_timeout_min_ms = 10;
         assert!(f.validate().is_err());
+        let mut f = base();
+        f.control.grace_ms = 7_000;
+        assert!(matches!(
+            f.validate(),
+            Err(ConfigError::Invalid {
+                setting: "control.grace_ms",
+                ..
+            })
+        ));
+        for frame in [65_536, augur_proto::frame::MIN_FRAME - 1, 1 << 33] {
+            let mut f = base();
+            f.limits.max_frame_bytes = frame;
+            assert!(matches!(
+                f.validate(),
+                Err(ConfigError::Invalid {
+                    setting: "limits.max_frame_bytes",
+                    ..
+                })
+            ));
+        }
         for window in [0, 1025] {
             let mut f = base();
             f.raft.append_window = window;

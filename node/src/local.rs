@@ -4,19 +4,36 @@
 //! Layout of DIR:
 //!
 //! ```text
-//! cluster.toml            endpoints, admin addresses and client certificate (for clients)
-//! certs/                  ca.pem, ca.key, meta-N.pem/.key, client.pem/.key
+//! cluster.toml            endpoints, admin addresses and the operator certificate
+//! certs/                  ca.pem, ca.key, meta-N.pem/.key, operator.pem/.key, client.pem/.key
 //! meta-N/config.toml      the member's configuration
 //! meta-N/data/            its RocksDB and snapshots
 //! meta-N/augur.log        its log
 //! meta-N/pid              its process id while running
+//! storage-N/config.toml   a storage node's configuration (`augur local up --storage N`)
+//! storage-N/data/         its RocksDB
+//! storage-N/augur.log     its log
+//! storage-N/pid           its process id while running
 //! ```
 //!
-//! `up` on an existing DIR restarts the members that are not running, keeping their data.
+//! Storage nodes (certificates `certs/storage-N.pem`, each bound to node id N) are found by
+//! the metadata cluster's node registry, so the cluster file does not list them; see
+//! [`storage`] for how they are created, started and waited for, and [`cli`] for the
+//! `augur local` command line.
+//!
+//! `up` on a new DIR writes everything, starts the members and bootstraps the cluster (the
+//! one-time act that founds it). `up` on an existing DIR restarts the members that are not
+//! running, keeping their data; it never bootstraps again. A member whose data directory was
+//! lost comes back as a new incarnation that takes no part in Raft: `up` says so and prints
+//! the commands that add it again.
+
+pub mod cli;
+pub mod storage;
 
 use crate::certs::{self, Role};
 use anyhow::{bail, Context};
 use augur_client::{Client, ClientConfig, ClusterFile, TlsFiles};
+use augur_proto::MemberId;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -48,7 +65,8 @@ pub fn members(dir: &Path) -> anyhow::Result<Vec<u64>> {
     Ok(ids)
 }
 
-fn free_port_pair() -> anyhow::Result<(u16, u16)> {
+/// A free UDP port (QUIC) and a free TCP port (HTTP admin) on loopback.
+pub(crate) fn free_port_pair() -> anyhow::Result<(u16, u16)> {
     // Hold both sockets until both ports are known, so the two cannot collide.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -80,7 +98,7 @@ fn write_member(
         &certs_dir,
         &certs_dir,
         &name,
-        Role::Node,
+        Role::Member,
         &["127.0.0.1".into(), "localhost".into()],
     )?;
     let mdir = member_dir(dir, id);
@@ -140,6 +158,7 @@ pub fn add_member(dir: &Path, tuning: Tuning) -> anyhow::Result<(u64, String)> {
 fn create(dir: &Path, n: u64, tuning: Tuning) -> anyhow::Result<()> {
     let certs_dir = dir.join("certs");
     certs::create_ca(&certs_dir)?;
+    certs::issue(&certs_dir, &certs_dir, "operator", Role::Operator, &[])?;
     certs::issue(&certs_dir, &certs_dir, "client", Role::Client, &[])?;
     let mut ports = Vec::new();
     for _ in 0..n {
@@ -167,35 +186,87 @@ fn create(dir: &Path, n: u64, tuning: Tuning) -> anyhow::Result<()> {
         admin,
         tls: TlsFiles {
             ca: "certs/ca.pem".into(),
-            cert: "certs/client.pem".into(),
-            key: "certs/client.key".into(),
+            cert: "certs/operator.pem".into(),
+            key: "certs/operator.key".into(),
         },
     }
     .save(&dir.join(CLUSTER_FILE))?;
     Ok(())
 }
 
+/// One process of a local cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proc {
+    /// A metadata member, by member id.
+    Member(u64),
+    /// A storage node, by node id.
+    Storage(u64),
+}
+
+impl Proc {
+    /// Its directory in DIR.
+    pub fn dir(&self, dir: &Path) -> PathBuf {
+        match self {
+            Proc::Member(id) => member_dir(dir, *id),
+            Proc::Storage(id) => storage::storage_dir(dir, *id),
+        }
+    }
+
+    /// The `augur` subcommand that runs it.
+    fn subcommand(&self) -> &'static str {
+        match self {
+            Proc::Member(_) => "meta",
+            Proc::Storage(_) => "storage",
+        }
+    }
+}
+
+impl std::fmt::Display for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proc::Member(id) => write!(f, "member {id}"),
+            Proc::Storage(id) => write!(f, "storage node {id}"),
+        }
+    }
+}
+
 /// The pid of a running member, if its pid file names a live `augur` process.
 pub fn running_pid(dir: &Path, id: u64) -> Option<i32> {
-    let text = std::fs::read_to_string(member_dir(dir, id).join("pid")).ok()?;
+    running(dir, Proc::Member(id))
+}
+
+/// The pid of a running process of the cluster, if its pid file names a live `augur`
+/// process running that role with that config.
+pub fn running(dir: &Path, proc: Proc) -> Option<i32> {
+    let pdir = proc.dir(dir);
+    let text = std::fs::read_to_string(pdir.join("pid")).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let cmdline = String::from_utf8_lossy(&cmdline);
-    let config = member_dir(dir, id).join("config.toml");
+    let config = pdir.join("config.toml");
     // Guard against pid reuse: it must be our process with our config.
-    (cmdline.contains("meta") && cmdline.contains(&*config.to_string_lossy())).then_some(pid)
+    (alive(Pid::from_raw(pid))
+        && cmdline.contains(proc.subcommand())
+        && cmdline.contains(&*config.to_string_lossy()))
+    .then_some(pid)
 }
 
 /// Starts one member in the background (no-op if it is running).
 pub fn start_member(dir: &Path, id: u64) -> anyhow::Result<()> {
-    if running_pid(dir, id).is_some() {
+    start(dir, Proc::Member(id))
+}
+
+/// Starts one process in the background (no-op if it is running), logging to its
+/// `augur.log`.
+pub fn start(dir: &Path, proc: Proc) -> anyhow::Result<()> {
+    if running(dir, proc).is_some() {
         return Ok(());
     }
-    let mdir = member_dir(dir, id);
-    let config = mdir.join("config.toml");
+    let pdir = proc.dir(dir);
+    let config = pdir.join("config.toml");
     if !config.exists() {
         bail!(
-            "{} does not exist: no member {id} in {}",
+            "{} does not exist: no {proc} in {}",
             config.display(),
             dir.display()
         );
@@ -203,11 +274,11 @@ pub fn start_member(dir: &Path, id: u64) -> anyhow::Result<()> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(mdir.join("augur.log"))?;
+        .open(pdir.join("augur.log"))?;
     let exe = std::env::current_exe().context("locating the augur binary")?;
     use std::os::unix::process::CommandExt;
     let child = Command::new(exe)
-        .arg("meta")
+        .arg(proc.subcommand())
         .arg("--config")
         .arg(&config)
         .stdin(Stdio::null())
@@ -216,15 +287,21 @@ pub fn start_member(dir: &Path, id: u64) -> anyhow::Result<()> {
         // Its own process group: Ctrl-C in the terminal that ran `up` must not stop it.
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting member {id}"))?;
-    std::fs::write(mdir.join("pid"), child.id().to_string())?;
+        .with_context(|| format!("starting {proc}"))?;
+    std::fs::write(pdir.join("pid"), child.id().to_string())?;
     Ok(())
 }
 
 /// Stops one member: SIGTERM (leaders hand off first), then SIGKILL after `grace`.
 /// With `hard`, SIGKILL at once, as a crash would.
 pub async fn stop_member(dir: &Path, id: u64, hard: bool, grace: Duration) -> anyhow::Result<bool> {
-    let Some(pid) = running_pid(dir, id) else {
+    stop(dir, Proc::Member(id), hard, grace).await
+}
+
+/// Stops one process: SIGTERM, then SIGKILL after `grace`; with `hard`, SIGKILL at once,
+/// as a crash would. Returns whether it was running.
+pub async fn stop(dir: &Path, proc: Proc, hard: bool, grace: Duration) -> anyhow::Result<bool> {
+    let Some(pid) = running(dir, proc) else {
         return Ok(false);
     };
     let pid = Pid::from_raw(pid);
@@ -249,8 +326,16 @@ pub async fn stop_member(dir: &Path, id: u64, hard: bool, grace: Duration) -> an
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    let _ = std::fs::remove_file(member_dir(dir, id).join("pid"));
+    let _ = std::fs::remove_file(proc.dir(dir).join("pid"));
     Ok(true)
+}
+
+/// The last `n` lines of a process's log, for reporting why it did not come up.
+pub fn log_tail(dir: &Path, proc: Proc, n: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(proc.dir(dir).join("augur.log")).unwrap_or_default();
+    let mut lines: Vec<String> = text.lines().rev().take(n).map(str::to_string).collect();
+    lines.reverse();
+    lines
 }
 
 fn alive(pid: Pid) -> bool {
@@ -273,12 +358,26 @@ pub fn client(dir: &Path) -> anyhow::Result<Client> {
     Ok(Client::new(cfg)?)
 }
 
-/// Waits until every running member knows a leader and has applied all it knows committed.
-pub async fn wait_healthy(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+/// A running member that takes no part in Raft, and why.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    /// Its id.
+    pub id: u64,
+    /// Its QUIC address.
+    pub addr: String,
+    /// What it says about itself.
+    pub why: String,
+}
+
+/// Waits until every running member that belongs to the cluster knows a leader and has
+/// applied all it knows committed. Members that wait to be added (they lost their data) are
+/// returned, not waited for: nothing will change for them until an operator acts.
+pub async fn wait_healthy(dir: &Path, timeout: Duration) -> anyhow::Result<Vec<Waiting>> {
     let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
     let client = client(dir)?;
     let deadline = Instant::now() + timeout;
     loop {
+        let mut pending = Vec::new();
         let mut waiting = Vec::new();
         for (i, ep) in file.endpoints.iter().enumerate() {
             let id = i as u64 + 1;
@@ -286,34 +385,62 @@ pub async fn wait_healthy(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
                 continue;
             }
             match client.status(Some(ep)).await {
+                Ok(s) if s.cluster.is_none() && s.waiting.is_some() => waiting.push(Waiting {
+                    id,
+                    addr: ep.clone(),
+                    why: s.waiting.unwrap_or_default(),
+                }),
                 Ok(s) if s.leader.is_some() && s.applied >= s.committed => {}
-                Ok(s) => waiting.push(format!(
-                    "meta-{id}: {} leader={:?}",
+                Ok(s) => pending.push(format!(
+                    "meta-{id}: {} leader={:?}{}",
                     s.role,
-                    s.leader.map(|l| l.id.0)
+                    s.leader.map(|l| l.id.0),
+                    s.waiting.map(|w| format!(" ({w})")).unwrap_or_default()
                 )),
-                Err(e) => waiting.push(format!("meta-{id}: {e}")),
+                Err(e) => pending.push(format!("meta-{id}: {e}")),
             }
         }
-        if waiting.is_empty() {
-            return Ok(());
+        if pending.is_empty() {
+            return Ok(waiting);
         }
         if Instant::now() >= deadline {
             bail!(
                 "cluster not healthy after {timeout:?}: {}",
-                waiting.join("; ")
+                pending.join("; ")
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// `augur local up`.
-pub async fn up(dir: &Path, meta: u64, tuning: Tuning, timeout: Duration) -> anyhow::Result<()> {
+/// Founds the cluster: asks member 1 to bootstrap from its initial members, retrying while
+/// the other founders are still starting.
+async fn bootstrap(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
+    let first = file
+        .endpoints
+        .first()
+        .context("the cluster file lists no members")?
+        .clone();
+    client(dir)?
+        .bootstrap(&first, timeout)
+        .await
+        .with_context(|| format!("bootstrapping the cluster through {first}"))
+}
+
+/// `augur local up`: creates and bootstraps a new cluster, or restarts the stopped members of
+/// an existing one. Returns the members that wait to be added again.
+pub async fn up(
+    dir: &Path,
+    meta: u64,
+    tuning: Tuning,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Waiting>> {
     if !(1..=7).contains(&meta) {
         bail!("--meta must be between 1 and 7, got {meta}");
     }
-    if !dir.join(CLUSTER_FILE).exists() {
+    let new = !dir.join(CLUSTER_FILE).exists();
+    if new {
         std::fs::create_dir_all(dir)?;
         create(dir, meta, tuning)
             .with_context(|| format!("creating cluster files in {}", dir.display()))?;
@@ -322,32 +449,76 @@ pub async fn up(dir: &Path, meta: u64, tuning: Tuning, timeout: Duration) -> any
     for id in &ids {
         start_member(dir, *id)?;
     }
-    if let Err(e) = wait_healthy(dir, timeout).await {
+    let result = async {
+        if new {
+            bootstrap(dir, timeout).await?;
+        }
+        wait_healthy(dir, timeout).await
+    }
+    .await;
+    if result.is_err() {
         for id in &ids {
             let log = member_dir(dir, *id).join("augur.log");
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = tail.lines().rev().take(10).collect();
             eprintln!("--- last lines of {}:", log.display());
-            for l in lines.iter().rev() {
+            for l in log_tail(dir, Proc::Member(*id), 10) {
                 eprintln!("{l}");
             }
         }
-        return Err(e);
     }
+    result
+}
+
+/// The operator's way back for a member that lost its data: remove its old entry, add its new
+/// incarnation as a learner, wait until it has caught up, and promote it.
+pub async fn readd(dir: &Path, id: u64, timeout: Duration) -> anyhow::Result<()> {
+    let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
+    let addr = file
+        .endpoints
+        .get(id as usize - 1)
+        .with_context(|| format!("no member {id} in {}", dir.display()))?
+        .clone();
+    let c = client(dir)?;
+    let member = MemberId::new(id)?;
+    c.remove_member(member).await?;
+    c.add_learner(member, addr.clone()).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leader = match c.status(None).await?.leader {
+            Some(l) => c.status(Some(&l.addr)).await?,
+            None => c.status(None).await?,
+        };
+        let mine = c.status(Some(&addr)).await?;
+        if leader.role == "leader" && mine.applied >= leader.committed && mine.waiting.is_none() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("member {id} did not catch up within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.promote(member).await?;
     Ok(())
 }
 
-/// `augur local down`: stops every member; data stays.
+/// `augur local down`: stops every storage node, then every member; data stays. Storage
+/// nodes go first, while the metadata quorum they report to is still there.
 pub async fn down(dir: &Path) -> anyhow::Result<usize> {
-    let ids = members(dir)?;
-    let stops = ids
-        .iter()
-        .map(|id| stop_member(dir, *id, false, Duration::from_secs(10)));
-    let stopped = futures::future::join_all(stops).await;
     let mut n = 0;
-    for s in stopped {
-        if s? {
-            n += 1;
+    let groups = [
+        storage::storage_nodes(dir)?
+            .into_iter()
+            .map(Proc::Storage)
+            .collect::<Vec<_>>(),
+        members(dir)?.into_iter().map(Proc::Member).collect(),
+    ];
+    for group in groups {
+        let stops = group
+            .iter()
+            .map(|p| stop(dir, *p, false, Duration::from_secs(10)));
+        for s in futures::future::join_all(stops).await {
+            if s? {
+                n += 1;
+            }
         }
     }
     Ok(n)

@@ -6,7 +6,6 @@ use augur_node::{bench, certs, local, meta};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -26,12 +25,14 @@ struct Cli {
 enum Cmd {
     /// Run a metadata node (a member of the Raft quorum).
     Meta(MetaArgs),
+    /// Run a storage node (holds replicated shards; see docs/data-plane.md).
+    Storage(StorageArgs),
     /// Create the cluster CA and node / client certificates.
     #[command(subcommand)]
     Cert(CertCmd),
     /// A cluster of real processes on loopback.
     #[command(subcommand)]
-    Local(LocalCmd),
+    Local(local::cli::LocalCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -68,6 +69,46 @@ struct MetaArgs {
     key: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct StorageArgs {
+    /// TOML configuration file; flags override it (see node/src/storage/config.rs).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Storage node id (positive integer; its certificate must name it).
+    #[arg(long)]
+    id: Option<u64>,
+    /// QUIC listen address (data API and replication).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP admin listen address.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Metadata members' QUIC addresses, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    meta_endpoints: Vec<String>,
+    /// Bytes this node may hold (0: its filesystem's size).
+    #[arg(long)]
+    capacity_bytes: Option<u64>,
+    /// Rack label.
+    #[arg(long)]
+    rack: Option<String>,
+    /// Zone label.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Cluster CA certificate.
+    #[arg(long, requires_all = ["cert", "key"])]
+    ca: Option<PathBuf>,
+    /// This node's storage certificate.
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// This node's private key.
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum CertCmd {
     /// Create ca.pem and ca.key.
@@ -76,8 +117,9 @@ enum CertCmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue a node certificate (server + client).
-    Node {
+    /// Issue a metadata member's certificate (server + client; the only role that speaks Raft).
+    #[command(alias = "node")]
+    Member {
         /// Directory holding ca.pem and ca.key.
         #[arg(long)]
         ca_dir: PathBuf,
@@ -91,8 +133,26 @@ enum CertCmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Issue a client certificate.
-    Client {
+    /// Issue a storage node's certificate (server + client), bound to its node id.
+    Storage {
+        /// Directory holding ca.pem and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Certificate name; files are NAME.pem and NAME.key.
+        #[arg(long)]
+        name: String,
+        /// The storage node id this certificate may act as.
+        #[arg(long)]
+        node_id: augur_proto::NodeId,
+        /// Extra host names or IPs the node is reachable at.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue an operator certificate (membership, bootstrap, any metadata change).
+    Operator {
         /// Directory holding ca.pem and ca.key.
         #[arg(long)]
         ca_dir: PathBuf,
@@ -103,81 +163,17 @@ enum CertCmd {
         #[arg(long)]
         out: PathBuf,
     },
-}
-
-#[derive(Subcommand)]
-enum LocalCmd {
-    /// Start (or restart) a loopback cluster and wait until it is healthy.
-    Up {
-        /// Cluster directory.
+    /// Issue a client certificate (data API and metadata reads).
+    Client {
+        /// Directory holding ca.pem and ca.key.
         #[arg(long)]
-        dir: PathBuf,
-        /// Metadata members (1..=7) for a new cluster.
-        #[arg(long, default_value_t = 3)]
-        meta: u64,
-        /// Seconds to wait for health.
-        #[arg(long, default_value_t = 60)]
-        timeout: u64,
-        /// Snapshot after this many log entries (new clusters; default from `augur meta`).
+        ca_dir: PathBuf,
+        /// Certificate name.
         #[arg(long)]
-        snapshot_logs: Option<u64>,
-        /// Log entries kept behind a snapshot (new clusters).
+        name: String,
+        /// Output directory.
         #[arg(long)]
-        keep_logs: Option<u64>,
-        /// Append-entries batches in flight to a follower (new clusters; 1 = unpipelined).
-        #[arg(long)]
-        append_window: Option<usize>,
-    },
-    /// Create a new member that will join as a learner (then start it and add it).
-    Add {
-        /// Cluster directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Start it too.
-        #[arg(long)]
-        start: bool,
-    },
-    /// Stop every member (data stays).
-    Down {
-        /// Cluster directory.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Show each member's view.
-    Status {
-        /// Cluster directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop one member (SIGTERM; --kill for SIGKILL).
-    Stop {
-        /// Cluster directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Member id.
-        #[arg(long)]
-        member: u64,
-        /// SIGKILL instead of a clean stop.
-        #[arg(long)]
-        kill: bool,
-    },
-    /// Print the member id of the current leader.
-    Leader {
-        /// Cluster directory.
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// Start one stopped member.
-    Start {
-        /// Cluster directory.
-        #[arg(long)]
-        dir: PathBuf,
-        /// Member id.
-        #[arg(long)]
-        member: u64,
+        out: PathBuf,
     },
 }
 
@@ -216,7 +212,7 @@ fn meta_config(a: MetaArgs) -> anyhow::Result<augur_node::config::MetaConfig> {
         file.initial_members = a.initial_members;
     }
     if let (Some(ca), Some(cert), Some(key)) = (a.ca, a.cert, a.key) {
-        file.tls = Some(augur_client::TlsFiles { ca, cert, key });
+        file.tls = Some(augur_transport::TlsFiles { ca, cert, key });
     }
     Ok(file.validate()?)
 }
@@ -242,68 +238,85 @@ async fn run_meta(a: MetaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn local_status(dir: PathBuf, json: bool) -> anyhow::Result<()> {
-    let file = augur_client::ClusterFile::load(&dir.join(local::CLUSTER_FILE))?;
-    let client = local::client(&dir)?;
-    let mut rows = Vec::new();
-    for (i, ep) in file.endpoints.iter().enumerate() {
-        let id = i as u64 + 1;
-        let pid = local::running_pid(&dir, id);
-        let status = match pid {
-            Some(_) => client.status(Some(ep)).await.ok(),
-            None => None,
-        };
-        rows.push((id, ep.clone(), pid, status));
+fn storage_config(a: StorageArgs) -> anyhow::Result<augur_node::storage::config::StorageConfig> {
+    use augur_node::storage::config::StorageFile;
+    let mut file = match &a.config {
+        Some(p) => StorageFile::load(p)?,
+        None => StorageFile::default(),
+    };
+    file.id = a.id.or(file.id);
+    file.listen = a.listen.or(file.listen);
+    file.admin_listen = a.admin_listen.or(file.admin_listen);
+    file.data_dir = a.data_dir.or(file.data_dir);
+    if !a.meta_endpoints.is_empty() {
+        file.meta_endpoints = a.meta_endpoints;
     }
-    if json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|(id, ep, pid, s)| serde_json::json!({"member": id, "endpoint": ep, "pid": pid, "status": s}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+    if let Some(c) = a.capacity_bytes {
+        file.capacity_bytes = c;
     }
-    println!(
-        "{:<7} {:<22} {:<8} {:<10} {:>5} {:>7} {:>10} {:>10}",
-        "MEMBER", "ENDPOINT", "PID", "ROLE", "TERM", "LEADER", "COMMITTED", "APPLIED"
-    );
-    for (id, ep, pid, s) in rows {
-        let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        match s {
-            Some(s) => println!(
-                "{:<7} {:<22} {:<8} {:<10} {:>5} {:>7} {:>10} {:>10}",
-                id,
-                ep,
-                pid,
-                s.role,
-                s.term,
-                s.leader
-                    .map(|l| l.id.0.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                s.committed,
-                s.applied
-            ),
-            None => println!("{:<7} {:<22} {:<8} {:<10}", id, ep, pid, "down"),
-        }
+    if let Some(r) = a.rack {
+        file.rack = r;
     }
+    if let Some(z) = a.zone {
+        file.zone = z;
+    }
+    if let (Some(ca), Some(cert), Some(key)) = (a.ca, a.cert, a.key) {
+        file.tls = Some(augur_transport::TlsFiles { ca, cert, key });
+    }
+    Ok(file.validate()?)
+}
+
+async fn run_storage(a: StorageArgs) -> anyhow::Result<()> {
+    let cfg = storage_config(a)?;
+    let admin_addr = cfg.admin_listen;
+    let node = augur_node::storage::StorageNode::start(cfg).await?;
+    let admin = tokio::spawn(augur_node::storage::admin::serve(node.ctx().clone(), admin_addr));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        r = admin => match r {
+            Ok(Err(e)) => tracing::error!(error = %e, "admin server failed"),
+            Err(e) => tracing::error!(error = %e, "admin server task failed"),
+            Ok(Ok(())) => {}
+        },
+    }
+    node.shutdown().await;
     Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Meta(a) => run_meta(a).await,
+        Cmd::Storage(a) => run_storage(a).await,
         Cmd::Cert(CertCmd::Ca { out }) => {
             certs::create_ca(&out)?;
             println!("wrote {0}/ca.pem and {0}/ca.key", out.display());
             Ok(())
         }
-        Cmd::Cert(CertCmd::Node {
+        Cmd::Cert(CertCmd::Member {
             ca_dir,
             name,
             hosts,
             out,
         }) => {
-            let (c, k) = certs::issue(&ca_dir, &out, &name, certs::Role::Node, &hosts)?;
+            let (c, k) = certs::issue(&ca_dir, &out, &name, certs::Role::Member, &hosts)?;
+            println!("wrote {} and {}", c.display(), k.display());
+            Ok(())
+        }
+        Cmd::Cert(CertCmd::Storage {
+            ca_dir,
+            name,
+            node_id,
+            hosts,
+            out,
+        }) => {
+            let (c, k) = certs::issue(&ca_dir, &out, &name, certs::Role::Storage(node_id), &hosts)?;
+            println!("wrote {} and {}", c.display(), k.display());
+            Ok(())
+        }
+        Cmd::Cert(CertCmd::Operator { ca_dir, name, out }) => {
+            let (c, k) = certs::issue(&ca_dir, &out, &name, certs::Role::Operator, &[])?;
             println!("wrote {} and {}", c.display(), k.display());
             Ok(())
         }
@@ -312,67 +325,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {} and {}", c.display(), k.display());
             Ok(())
         }
-        Cmd::Local(LocalCmd::Up {
-            dir,
-            meta,
-            timeout,
-            snapshot_logs,
-            keep_logs,
-            append_window,
-        }) => {
-            let tuning = local::Tuning {
-                snapshot_logs,
-                keep_logs,
-                append_window,
-            };
-            local::up(&dir, meta, tuning, Duration::from_secs(timeout)).await?;
-            println!(
-                "cluster is up; cluster file: {}",
-                dir.join(local::CLUSTER_FILE).display()
-            );
-            local_status(dir, false).await
-        }
-        Cmd::Local(LocalCmd::Add { dir, start }) => {
-            let (id, addr) = local::add_member(&dir, local::Tuning::default())?;
-            if start {
-                local::start_member(&dir, id)?;
-            }
-            println!("member {id} at {addr}: created{}; add it with `augurctl members add --id {id} --addr {addr}`", if start { " and started" } else { "" });
-            Ok(())
-        }
-        Cmd::Local(LocalCmd::Down { dir }) => {
-            let n = local::down(&dir).await?;
-            println!("stopped {n} member(s)");
-            Ok(())
-        }
-        Cmd::Local(LocalCmd::Status { dir, json }) => local_status(dir, json).await,
-        Cmd::Local(LocalCmd::Stop { dir, member, kill }) => {
-            let stopped = local::stop_member(&dir, member, kill, Duration::from_secs(10)).await?;
-            println!(
-                "member {member}: {}",
-                if stopped {
-                    "stopped"
-                } else {
-                    "was not running"
-                }
-            );
-            Ok(())
-        }
-        Cmd::Local(LocalCmd::Leader { dir }) => {
-            let status = local::client(&dir)?.status(None).await?;
-            match status.leader {
-                Some(l) => {
-                    println!("{}", l.id);
-                    Ok(())
-                }
-                None => anyhow::bail!("no leader known to member {}", status.id),
-            }
-        }
-        Cmd::Local(LocalCmd::Start { dir, member }) => {
-            local::start_member(&dir, member)?;
-            println!("member {member}: started");
-            Ok(())
-        }
+        Cmd::Local(cmd) => local::cli::run(cmd).await,
         Cmd::Bench(BenchCmd::Meta(a)) => bench::run_meta(a).await,
     }
 }

@@ -32,6 +32,14 @@ pub struct WindowSpec {
     pub seq_len: usize,
     /// Minimum samples in the middle span for a window to be scored at all.
     pub min_samples: usize,
+    /// The grid series are read on (see [`NodeSeries::resample`]), ms. Absent in models
+    /// trained before it existed, which were trained on 1-minute traces.
+    #[serde(default = "default_resolution")]
+    pub resolution_ms: i64,
+}
+
+fn default_resolution() -> i64 {
+    MINUTE_MS
 }
 
 impl Default for WindowSpec {
@@ -44,6 +52,34 @@ impl Default for WindowSpec {
             seq_step_ms: 15 * MINUTE_MS,
             seq_len: 24,
             min_samples: 3,
+            resolution_ms: MINUTE_MS,
+        }
+    }
+}
+
+impl WindowSpec {
+    /// The geometry for a trace sampled every `interval_ms`: the default spans, stretched
+    /// where a span would hold fewer than three samples (a 10-minute trace reads its
+    /// "right now" over 30 minutes instead of one sample), on a grid of the trace's own
+    /// interval (never finer than a minute). Windows are wall-clock spans with a minimum
+    /// sample count, so a model trained at one interval scores any finer one.
+    pub fn for_interval(interval_ms: i64) -> WindowSpec {
+        let d = WindowSpec::default();
+        let res = interval_ms.max(MINUTE_MS);
+        let short_ms = d.short_ms.max(3 * res);
+        let mid_ms = d.mid_ms.max(2 * short_ms);
+        let long_ms = d.long_ms.max(3 * mid_ms);
+        let baseline_ms = d.baseline_ms.max(4 * long_ms);
+        let seq_step_ms = d.seq_step_ms.max(res);
+        WindowSpec {
+            short_ms,
+            mid_ms,
+            long_ms,
+            baseline_ms,
+            seq_step_ms,
+            seq_len: ((long_ms / seq_step_ms) as usize).clamp(6, 48),
+            min_samples: d.min_samples,
+            resolution_ms: res,
         }
     }
 }
@@ -255,20 +291,8 @@ impl<'a> WindowFeatures<'a> {
         self.series.range(t - self.spec.mid_ms, t).len() >= self.spec.min_samples
     }
 
-    /// Estimated sample interval inside an index range, minutes (for per-minute rates that do
-    /// not depend on the sampling interval or on lost samples).
-    fn interval_min(&self, r: &std::ops::Range<usize>) -> f64 {
-        let ts = &self.series.ts[r.clone()];
-        if ts.len() < 2 {
-            return 1.0;
-        }
-        let mut diffs: Vec<i64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
-        let mid = diffs.len() / 2;
-        let (_, median, _) = diffs.select_nth_unstable(mid);
-        (*median as f64 / MINUTE_MS as f64).max(1.0 / 60.0)
-    }
-
-    /// Appends the window features at time `t` to `out` (see [`feature_names`]).
+    /// Appends the window features at time `t` to `out` (see [`feature_names`]). The series
+    /// must be resampled ([`NodeSeries::resample`]): counts are read as per-minute rates.
     pub fn extract(&self, t: i64, out: &mut Vec<f64>) {
         let s = self.series;
         let base = s.range(t - self.spec.baseline_ms, t);
@@ -364,7 +388,6 @@ impl<'a> WindowFeatures<'a> {
         };
         out.push((tput(&short) + 1.0) / (tput(&long) + 1.0));
 
-        let step_min = self.interval_min(&mid);
         for (_, col) in COUNT_CHANNELS {
             let rate = |r: &std::ops::Range<usize>| {
                 if r.is_empty() {
@@ -380,11 +403,11 @@ impl<'a> WindowFeatures<'a> {
                     seen += 1;
                     i += stride;
                 }
-                sum / (seen as f64 * step_min)
+                sum / seen as f64
             };
             let max_rate = mid
                 .clone()
-                .map(|i| s.values[i][col] as f64 / step_min)
+                .map(|i| s.values[i][col] as f64)
                 .fold(f64::NAN, f64::max);
             let (r_short, r_mid, r_long, r_base) =
                 (rate(&short), rate(&mid), rate(&long), rate(&base));
@@ -428,11 +451,11 @@ impl<'a> WindowFeatures<'a> {
             down.push(if v.is_nan() { f64::NAN } else { 1.0 - v as f64 });
         }
         out.push(down.mean());
-        self.trajectory(t, base, step_min, out);
+        self.trajectory(t, base, out);
     }
 
     /// Appends the trajectory features (see [`TRAJ_STATS`]) at time `t`.
-    fn trajectory(&self, t: i64, base: std::ops::Range<usize>, step_min: f64, out: &mut Vec<f64>) {
+    fn trajectory(&self, t: i64, base: std::ops::Range<usize>, out: &mut Vec<f64>) {
         const N: usize = TRAJ_CHANNELS.len();
         let s = self.series;
         let n_hours = (self.spec.baseline_ms / HOUR_MS).max(1) as usize;
@@ -475,8 +498,8 @@ impl<'a> WindowFeatures<'a> {
                     level_value(v, 1),
                     v[metric::LOSS] as f64,
                     v[metric::TEMP] as f64 - beta * v[metric::CPU] as f64,
-                    v[metric::ERR_LOG] as f64 / step_min,
-                    v[metric::NET_ERR] as f64 / step_min,
+                    v[metric::ERR_LOG] as f64,
+                    v[metric::NET_ERR] as f64,
                     1.0 - v[metric::PSU] as f64,
                 ];
                 for (c, &x) in vals.iter().enumerate() {
@@ -536,8 +559,8 @@ impl<'a> WindowFeatures<'a> {
                     0 | 1 => level_value(v, c),
                     2 => v[metric::LOSS] as f64,
                     3 => v[metric::TEMP] as f64 - beta * v[metric::CPU] as f64,
-                    4 => v[metric::ERR_LOG] as f64 / step_min,
-                    5 => v[metric::NET_ERR] as f64 / step_min,
+                    4 => v[metric::ERR_LOG] as f64,
+                    5 => v[metric::NET_ERR] as f64,
                     _ => 1.0 - v[metric::PSU] as f64,
                 });
             }
@@ -661,6 +684,7 @@ mod tests {
             node: "n".into(),
             ts: (0..n).map(|i| i as i64 * step).collect(),
             values: (0..n).map(f).collect(),
+            ..Default::default()
         }
     }
 
@@ -685,13 +709,42 @@ mod tests {
             r[metric::ERR_LOG] = if i % 24 == 0 { 1.0 } else { 0.0 };
             r
         });
-        let (mut fa, mut fb) = (Vec::new(), Vec::new());
-        WindowFeatures { series: &a, spec }.extract(599 * MINUTE_MS, &mut fa);
-        WindowFeatures { series: &b, spec }.extract(7199 * 5_000, &mut fb);
+        // And a 10-minute exporter reporting 5 errors per sample.
+        let c = series(60, 10 * MINUTE_MS, |i| {
+            let mut r = base(i);
+            r[metric::ERR_LOG] = 5.0;
+            r
+        });
+        let (mut fa, mut fb, mut fc) = (Vec::new(), Vec::new(), Vec::new());
+        let (ra, rb, rc) = (
+            a.resample(MINUTE_MS),
+            b.resample(MINUTE_MS),
+            c.resample(MINUTE_MS),
+        );
+        assert!(
+            matches!(ra, std::borrow::Cow::Borrowed(_)),
+            "1-minute data is read as is"
+        );
+        assert_eq!(
+            rb.ts.len(),
+            600,
+            "5-second samples fall into 1-minute buckets"
+        );
+        WindowFeatures { series: &ra, spec }.extract(599 * MINUTE_MS, &mut fa);
+        WindowFeatures { series: &rb, spec }.extract(7199 * 5_000, &mut fb);
+        WindowFeatures { series: &rc, spec }.extract(59 * 10 * MINUTE_MS, &mut fc);
         assert_eq!(fa.len(), names.len());
         let rate = names.iter().position(|n| n == "err_log_rate_1h").unwrap();
         assert!((fa[rate] - 0.5).abs() < 0.02, "{}", fa[rate]);
         assert!((fb[rate] - 0.5).abs() < 0.02, "{}", fb[rate]);
+        assert!((fc[rate] - 0.5).abs() < 0.02, "{}", fc[rate]);
+        // The busiest minute of the hour: one error in a 5-second sample is 1 per minute in
+        // its minute, not 12.
+        let max = names
+            .iter()
+            .position(|n| n == "err_log_max_rate_1h")
+            .unwrap();
+        assert_eq!((fa[max], fb[max]), (1.0, 1.0));
         let lat = names
             .iter()
             .position(|n| n == "read_lat_norm_change_1h_base")

@@ -146,6 +146,66 @@ impl Gbt {
         })
     }
 
+    /// Checks that the trees can be walked safely: every split reads a feature this model
+    /// has and every child index points further down its own tree (so no walk can index out
+    /// of range or loop). forust indexes without checking, so a corrupt or hand-edited model
+    /// file would otherwise panic the node at its first prediction.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.booster.trees.is_empty() {
+            return Err("the ensemble has no trees".into());
+        }
+        for (t, tree) in self.booster.trees.iter().enumerate() {
+            if tree.nodes.is_empty() {
+                return Err(format!("tree {t} has no nodes"));
+            }
+            for (i, node) in tree.nodes.iter().enumerate() {
+                if node.is_leaf {
+                    if !node.weight_value.is_finite() {
+                        return Err(format!("tree {t} leaf {i} has a non-finite value"));
+                    }
+                    continue;
+                }
+                if node.split_feature >= self.n_features {
+                    return Err(format!(
+                        "tree {t} node {i} splits on feature {} of {}",
+                        node.split_feature, self.n_features
+                    ));
+                }
+                for child in [node.left_child, node.right_child, node.missing_node] {
+                    if child <= i || child >= tree.nodes.len() {
+                        return Err(format!(
+                            "tree {t} node {i} points to node {child} (of {})",
+                            tree.nodes.len()
+                        ));
+                    }
+                }
+            }
+        }
+        if !self.booster.base_score.is_finite() {
+            return Err("non-finite base score".into());
+        }
+        Ok(())
+    }
+
+    /// Fits on row-major `f32` rows (as the disk pipeline stores them, to halve memory).
+    pub fn fit_f32(
+        rows: &[f32],
+        n_features: usize,
+        y: &[f64],
+        weights: &[f64],
+        monotone: &[i8],
+        cfg: &GbtConfig,
+    ) -> Result<Gbt, GbtError> {
+        let wide: Vec<f64> = rows.iter().map(|&v| v as f64).collect();
+        Self::fit(&wide, n_features, y, weights, monotone, cfg)
+    }
+
+    /// Log-odds for many row-major `f32` rows.
+    pub fn margins_f32(&self, rows: &[f32]) -> Vec<f64> {
+        let wide: Vec<f64> = rows.iter().map(|&v| v as f64).collect();
+        self.margins(&wide)
+    }
+
     /// Log-odds for many row-major rows.
     pub fn margins(&self, rows: &[f64]) -> Vec<f64> {
         let n = rows.len() / self.n_features.max(1);

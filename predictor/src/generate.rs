@@ -445,20 +445,21 @@ impl NodeSim {
         HealthSample {
             node: self.profile.name.clone(),
             ts_ms: t,
-            cpu_util: round(cpu.clamp(0.0, 1.0), 3),
-            mem_util: round(mem.clamp(0.0, 1.0), 3),
-            disk_read_lat_ms: round(read_lat, 3),
-            disk_write_lat_ms: round(write_lat, 3),
-            disk_read_mbps: round(0.6 * mbps, 2),
-            disk_write_mbps: round(0.4 * mbps, 2),
-            disk_util: round(disk_util, 3),
-            net_rtt_ms: round(rtt.max(0.01), 3),
-            net_loss_pct: round(loss.clamp(0.0, 100.0), 3),
-            net_errors,
-            err_log_count,
+            cpu_util: Some(round(cpu.clamp(0.0, 1.0), 3)),
+            mem_util: Some(round(mem.clamp(0.0, 1.0), 3)),
+            disk_read_lat_ms: Some(round(read_lat, 3)),
+            disk_write_lat_ms: Some(round(write_lat, 3)),
+            disk_read_mbps: Some(round(0.6 * mbps, 2)),
+            disk_write_mbps: Some(round(0.4 * mbps, 2)),
+            disk_util: Some(round(disk_util, 3)),
+            net_rtt_ms: Some(round(rtt.max(0.01), 3)),
+            net_loss_pct: Some(round(loss.clamp(0.0, 100.0), 3)),
+            net_errors: Some(net_errors),
+            err_log_count: Some(err_log_count),
             temp_c: self.profile.has_temp.then(|| round(temp, 1)),
             psu_ok,
             tcp_retrans_pct: None,
+            smart: None,
         }
     }
 }
@@ -746,7 +747,11 @@ pub fn generate(
     Ok(GenerateSummary {
         samples: counts.iter().sum(),
         failures: plan.failures.len(),
-        precursor_failures: plan.failures.iter().filter(|f| f.has_precursor()).count(),
+        precursor_failures: plan
+            .failures
+            .iter()
+            .filter(|f| f.has_precursor() == Some(true))
+            .count(),
         false_precursors: plan.false_precursors,
         files: chunks.len(),
     })
@@ -808,7 +813,11 @@ mod tests {
         });
         let mean_lat = |sim: &mut NodeSim, from: i64| {
             (0..60)
-                .map(|k| sim.sample(from + k * MINUTE_MS, MINUTE_MS).disk_read_lat_ms)
+                .map(|k| {
+                    sim.sample(from + k * MINUTE_MS, MINUTE_MS)
+                        .disk_read_lat_ms
+                        .unwrap_or(0.0)
+                })
                 .sum::<f64>()
                 / 60.0
         };

@@ -1,20 +1,26 @@
 //! `augur-predict`: generate synthetic traces, train, evaluate, score and benchmark the failure
 //! predictor.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use augur_predictor::disk::eval::{evaluate_disk, DiskEvalConfig};
+use augur_predictor::disk::train::{train_disk, DiskTrainConfig};
+use augur_predictor::disk::DiskModel;
 use augur_predictor::eval::{evaluate, score_trace, tune_alert_rule, EvalConfig, TuneConfig};
-use augur_predictor::generate::{generate, GeneratorConfig, NodeSim};
+use augur_predictor::generate::{generate, GeneratorConfig};
+use augur_predictor::import::{import_backblaze, parse_date_ms, BackblazeImport};
+use augur_predictor::model::ModelError;
 use augur_predictor::model::{Model, ModelInfo};
-use augur_predictor::policy::{ClusterContext, NodeInput, PolicyConfig, RiskPolicy};
 use augur_predictor::progress::Progress;
-use augur_predictor::report::render_html;
-use augur_predictor::trace::{NodeSeries, Trace};
+use augur_predictor::split::NodeSplit;
+use augur_predictor::trace::Trace;
 use augur_predictor::train::{train, TrainConfig};
 use clap::{Parser, Subcommand};
-use rand::SeedableRng;
+
+mod output;
+use output::{bench, opt3, print_report, read_trace, score, write_report, write_scores};
 
 /// Failure prediction for Augur storage nodes.
 #[derive(Parser)]
@@ -64,9 +70,27 @@ enum Command {
         /// Trace directory.
         #[arg(long)]
         traces: PathBuf,
-        /// Prediction horizon H.
-        #[arg(long, default_value = "24h", value_parser = parse_duration_ms)]
-        horizon: i64,
+        /// Which model: `node` (node metrics), `disk` (SMART) or `auto` (node when the
+        /// trace has node metrics, else disk).
+        #[arg(long, default_value = "auto")]
+        kind: String,
+        /// Prediction horizon H, e.g. 24h, 30d (default: 24h for node, 30d for disk models).
+        #[arg(long, value_parser = parse_duration_ms)]
+        horizon: Option<i64>,
+        /// Fraction of nodes that train, by a hash of the node id; the rest are held out and
+        /// `eval` reads only them (default: 0.7 for disk models, 1 for node models).
+        #[arg(long)]
+        train_frac: Option<f64>,
+        /// Disk models: salt of the node hash (another salt, another split).
+        #[arg(long, default_value_t = 0)]
+        split_salt: u64,
+        /// Disk models: train only on data before this date (YYYY-MM-DD, UTC).
+        #[arg(long, value_parser = parse_date_ms)]
+        until: Option<i64>,
+        /// Cross-validation folds over node groups (node models: 0 keeps the old split of
+        /// the span into a fit and a calibration slice).
+        #[arg(long, default_value_t = 4)]
+        folds: usize,
         /// Output model file.
         #[arg(long)]
         out: PathBuf,
@@ -85,24 +109,26 @@ enum Command {
         /// Fraction of the trace's time span the trees are fitted on (the rest calibrates).
         #[arg(long, default_value_t = 0.85)]
         fit_frac: f64,
-        /// Keep one in this many failure-free rounds as tree rows.
-        #[arg(long, default_value_t = 3)]
-        negative_stride: usize,
+        /// Keep one in this many failure-free rounds as tree rows (default: 3 for node
+        /// models, 25 for disk models, whose daily rounds number in the tens of millions).
+        #[arg(long, value_parser = parse_positive)]
+        negative_stride: Option<usize>,
         /// Autoencoder epochs.
         #[arg(long, default_value_t = 12)]
         lstm_epochs: usize,
         /// Healthy windows for the autoencoder.
         #[arg(long, default_value_t = 6000)]
         lstm_windows: usize,
-        /// k of the k-of-n alert rule.
-        #[arg(long, default_value_t = 2)]
+        /// k of the k-of-n alert rule (node models).
+        #[arg(long, default_value_t = 2, value_parser = parse_positive)]
         k: usize,
-        /// n of the k-of-n alert rule.
-        #[arg(long, default_value_t = 3)]
+        /// n of the k-of-n alert rule (node models).
+        #[arg(long, default_value_t = 3, value_parser = parse_positive)]
         n: usize,
-        /// False-alarm budget per 1000 healthy node-days for the threshold.
-        #[arg(long, default_value_t = 1.0)]
-        max_false_alarms: f64,
+        /// False-alarm budget per 1000 healthy node-days for the threshold (node models:
+        /// default 1; disk models: default the out-of-fold rate of Backblaze's rule).
+        #[arg(long)]
+        max_false_alarms: Option<f64>,
         /// Precision floor for the threshold (recall is maximised under it).
         #[arg(long, default_value_t = 0.85)]
         min_precision: f64,
@@ -127,12 +153,18 @@ enum Command {
         /// Fraction of the time span before the test slice.
         #[arg(long, default_value_t = 0.5)]
         test_from: f64,
-        /// Override the model's k.
-        #[arg(long)]
+        /// Override the model's k (node models).
+        #[arg(long, value_parser = parse_positive)]
         k: Option<usize>,
-        /// Override the model's n.
-        #[arg(long)]
+        /// Override the model's n (node models).
+        #[arg(long, value_parser = parse_positive)]
         n: Option<usize>,
+        /// Disk models: test rounds from this date (default: the model's training cut-off).
+        #[arg(long, value_parser = parse_date_ms)]
+        test_from_date: Option<i64>,
+        /// Bootstrap resamples (over nodes) for the 95% intervals (0: none).
+        #[arg(long, default_value_t = 200)]
+        bootstrap: usize,
         /// Override the model's threshold.
         #[arg(long)]
         threshold: Option<f64>,
@@ -193,6 +225,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Turn another fleet's failure data into a trace directory.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
     /// Benchmark scoring one node's window (release build; reports medians).
     Bench {
         /// Model file.
@@ -202,6 +239,34 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         iterations: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// Backblaze drive stats in start-stop form (`hds.csv.gz`): one node per drive, one
+    /// SMART-only sample per drive-day, failures from the `fails` column.
+    Backblaze {
+        /// The CSV (plain or .gz).
+        file: PathBuf,
+        /// Output trace directory (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep only N never-failed drives (seeded sample); every failed drive is kept.
+        #[arg(long)]
+        healthy: Option<usize>,
+        /// Seed of the healthy sample.
+        #[arg(long, default_value_t = 20_261_128)]
+        seed: u64,
+    },
+}
+
+/// A count that must be at least 1 (`--k 0` would alert on every round).
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("`{s}` is not a positive integer")),
+    }
 }
 
 /// Parses `2/3,3/12` into (k, n) pairs with 1 <= k <= n.
@@ -306,7 +371,12 @@ fn main() -> Result<()> {
         }
         Command::Train {
             traces,
+            kind,
             horizon,
+            train_frac,
+            split_salt,
+            until,
+            folds,
             out,
             round,
             trees,
@@ -322,32 +392,130 @@ fn main() -> Result<()> {
             min_precision,
             seed,
         } => {
-            if k == 0 || k > n {
+            if k > n {
                 bail!("need 1 <= k <= n (got k={k}, n={n})");
             }
+            let frac_for =
+                |kind: &str| train_frac.unwrap_or(if kind == "disk" { 0.7 } else { 1.0 });
+            if !(0.05..=1.0).contains(&frac_for(&kind)) {
+                bail!("--train-frac must be in 0.05..=1");
+            }
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
             let t = Instant::now();
-            let trace = read_trace(&traces, &progress)?;
+            let mut split = NodeSplit {
+                train_frac: frac_for(&kind),
+                salt: split_salt,
+            };
+            let trace = if kind == "disk" {
+                // Held-out nodes are never read: a full Backblaze import is large.
+                Trace::read_dir_filtered(
+                    &traces,
+                    &|n| split.is_train(n),
+                    &progress.bar("reading sample files"),
+                )
+                .with_context(|| format!("reading trace {}", traces.display()))?
+            } else {
+                read_trace(&traces, &progress)?
+            };
             let read_s = t.elapsed().as_secs_f64();
+            let has_metrics = trace.nodes.iter().any(|s| !s.ts.is_empty());
+            let has_smart = trace.nodes.iter().any(|s| !s.smart.is_empty());
+            let kind = match kind.as_str() {
+                "auto" if has_metrics => "node",
+                "auto" if has_smart => "disk",
+                "auto" => bail!(
+                    "{}: the samples carry neither node metrics nor SMART",
+                    traces.display()
+                ),
+                "node" | "disk" => kind.as_str(),
+                other => bail!("--kind {other}: use node, disk or auto"),
+            };
+            split.train_frac = frac_for(kind);
+            if kind == "disk" {
+                let mut cfg = DiskTrainConfig {
+                    horizon_ms: horizon.unwrap_or(30 * 86_400_000),
+                    split,
+                    until_ms: until,
+                    folds,
+                    max_false_alarms,
+                    ..Default::default()
+                };
+                if let Some(s) = negative_stride {
+                    cfg.negative_stride = s;
+                }
+                let (model, report) = train_disk(
+                    &trace,
+                    &cfg,
+                    &traces.display().to_string(),
+                    &command,
+                    &progress,
+                )?;
+                model.save(&out)?;
+                let i = &model.info;
+                println!(
+                    "disk model: {} training devices, {} failures before the cut-off, {:.0} device-days; read {read_s:.1} s, total {:.1} s",
+                    i.devices,
+                    i.failures,
+                    i.device_days,
+                    t.elapsed().as_secs_f64()
+                );
+                for (phase, s) in &report.seconds {
+                    println!("  {phase:<22} {s:.1} s");
+                }
+                println!(
+                    "attributes: {}; tree rows {} positive / {} negative",
+                    model.spec.attrs.join(", "),
+                    i.training_rows.0,
+                    i.training_rows.1
+                );
+                for (name, ap) in &i.cv_pr_auc {
+                    println!("  out-of-fold PR-AUC {name}: {ap:.4}");
+                }
+                if let Some((thr, k, n, p, r, fa, f1)) = report.rule {
+                    println!(
+                        "Backblaze rule out of fold: log(1+raw) >= {thr:.3} {k}-of-{n}: precision {p:.3} recall {r:.3} FA/1000 device-days {fa:.2} F1 {f1:.3}"
+                    );
+                }
+                let (p, r, fa, f1) = i.cv_at_rule;
+                println!(
+                    "model out of fold ({}, budget {:.2} FA/1000 device-days): {}-of-{} at {:.4}: precision {p:.3} recall {r:.3} FA/1000 device-days {fa:.2} F1 {f1:.3}",
+                    i.chosen, report.budget, model.alert.k, model.alert.n, model.alert.threshold
+                );
+                println!(
+                    "calibrated at {:.3e} failures per device-day",
+                    i.calibrated_failures_per_device_day
+                );
+                let top: Vec<String> = report
+                    .top_features
+                    .iter()
+                    .map(|(n, g)| format!("{n} {:.1}%", g * 100.0))
+                    .collect();
+                println!("top features by gain: {}", top.join(", "));
+                println!("model written to {}", out.display());
+                return Ok(());
+            }
             let mut cfg = TrainConfig {
-                horizon_ms: horizon,
+                horizon_ms: horizon.unwrap_or(86_400_000),
                 round_ms: round,
                 tree_horizon_ms: tree_horizon,
                 skip_gap: !keep_gap,
                 fit_frac,
-                negative_stride,
+                negative_stride: negative_stride.unwrap_or(3),
                 k,
                 n,
-                max_false_alarms,
+                max_false_alarms: max_false_alarms.unwrap_or(1.0),
                 min_precision,
                 seed,
                 lstm_windows,
+                cv_folds: folds,
+                split,
                 ..Default::default()
             };
             cfg.gbt.iterations = trees;
             cfg.lstm.epochs = lstm_epochs;
             let info = ModelInfo {
                 trained_on: traces.display().to_string(),
-                command: std::env::args().collect::<Vec<_>>().join(" "),
+                command,
                 ..Default::default()
             };
             let (model, report) = train(&trace, &cfg, info, &progress)?;
@@ -355,12 +523,21 @@ fn main() -> Result<()> {
             let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
             let c = &report.calibration;
             println!(
-                "trained on {} samples / {} nodes / {} failures: read {read_s:.1} s, total {:.1} s",
-                trace.sample_count(),
+                "trained on {} of {} nodes ({} samples in the trace), {} failures among them{}: read {read_s:.1} s, total {:.1} s",
+                model.info.nodes,
                 trace.nodes.len(),
-                trace.failures.len(),
+                trace.sample_count(),
+                model.info.failures,
+                if model.info.cv_folds > 0 {
+                    format!(", {}-fold cross-validation over node groups", model.info.cv_folds)
+                } else {
+                    String::new()
+                },
                 t.elapsed().as_secs_f64()
             );
+            for (name, ap) in &model.info.cv_pr_auc {
+                println!("  out-of-fold PR-AUC {name}: {ap:.4}");
+            }
             for (phase, s) in &report.seconds {
                 println!("  {phase:<12} {s:.1} s");
             }
@@ -369,10 +546,11 @@ fn main() -> Result<()> {
                 report.positives, report.negatives, report.threshold, k, n
             );
             println!(
-                "calibration slice: precision {:.3} recall {:.3} (precursor {:.3}) false alarms/1000 node-days {:.2} failures {}",
+                "{}: precision {:.3} recall {:.3} (precursor {}) false alarms/1000 node-days {:.2} failures {}",
+                if model.info.cv_folds > 0 { "out of fold" } else { "calibration slice" },
                 c.precision(),
                 c.recall(),
-                c.recall_precursor(),
+                opt3(c.recall_precursor()),
                 c.false_alarms_per_1000(),
                 c.failures
             );
@@ -385,7 +563,7 @@ fn main() -> Result<()> {
             println!("model written to {} ({} bytes)", out.display(), size);
         }
         Command::Eval {
-            model,
+            model: model_path,
             traces,
             json,
             html,
@@ -394,81 +572,60 @@ fn main() -> Result<()> {
             n,
             threshold,
             scores,
+            test_from_date,
+            bootstrap,
         } => {
-            let model = Model::load(&model)?;
+            let model = match Model::load(&model_path) {
+                Ok(m) if m.info.split.is_some() => {
+                    // Trained on part of the fleet: judge it on the nodes it never saw.
+                    let split = m.info.split.unwrap_or_else(NodeSplit::all);
+                    let trace = Trace::read_dir_filtered(
+                        &traces,
+                        &|n| !split.is_train(n),
+                        &progress.bar("reading held-out nodes"),
+                    )
+                    .with_context(|| format!("reading trace {}", traces.display()))?;
+                    let cfg = EvalConfig {
+                        test_from_frac: test_from,
+                        k,
+                        n,
+                        threshold,
+                        bootstrap,
+                        ..Default::default()
+                    };
+                    let report = evaluate(&m, &trace, &cfg, &progress.bar("scoring nodes"))?;
+                    print_report(&report);
+                    write_report(&report, json.as_deref(), html.as_deref(), scores.as_deref())?;
+                    return Ok(());
+                }
+                Ok(m) => m,
+                Err(ModelError::Kind { found, .. }) if found == "disk" => {
+                    let disk = DiskModel::load(&model_path)?;
+                    let trace = read_trace(&traces, &progress)?;
+                    let cfg = DiskEvalConfig {
+                        test_from_ms: test_from_date,
+                        bootstrap,
+                        ..Default::default()
+                    };
+                    let report = evaluate_disk(&disk, &trace, &cfg)?;
+                    print_report(&report);
+                    write_report(&report, json.as_deref(), html.as_deref(), scores.as_deref())?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
             let trace = read_trace(&traces, &progress)?;
             let cfg = EvalConfig {
                 test_from_frac: test_from,
                 k,
                 n,
                 threshold,
+                bootstrap,
                 ..Default::default()
             };
             let report = evaluate(&model, &trace, &cfg, &progress.bar("scoring nodes"))?;
-            println!(
-                "test slice: {} nodes, {} failures, H = {} h, {}-of-{} rounds every {} min",
-                report.nodes,
-                report.test_failures,
-                report.horizon_h,
-                report.k,
-                report.n,
-                report.round_min
-            );
-            println!(
-                "{:<18} {:>9} {:>7} {:>9} {:>6} {:>9} {:>6} {:>7} {:>9} {:>8}",
-                "method",
-                "precision",
-                "recall",
-                "rec.prec",
-                "F1",
-                "FA/1000d",
-                "early",
-                "PR-AUC",
-                "lead med",
-                "lead p10"
-            );
-            for m in &report.methods {
-                let h = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} h"));
-                println!(
-                    "{:<18} {:>9.3} {:>7.3} {:>9.3} {:>6.3} {:>9.2} {:>6} {:>7.3} {:>9} {:>8}",
-                    m.name,
-                    m.precision,
-                    m.recall,
-                    m.recall_precursor,
-                    m.f1,
-                    m.false_alarms_per_1000_node_days,
-                    m.early_alerts,
-                    m.pr_auc,
-                    h(m.lead_time_median_h),
-                    h(m.lead_time_p10_h)
-                );
-            }
-            println!("model operating curve (threshold: precision / precursor recall / FA per 1000 node-days / median lead):");
-            for p in &report.threshold_sweep {
-                println!(
-                    "  {:.2}: {:.3} / {:.3} / {:.2} / {}",
-                    p.threshold,
-                    p.precision,
-                    p.recall_precursor,
-                    p.false_alarms_per_1000_node_days,
-                    p.lead_time_median_h
-                        .map_or("-".into(), |v| format!("{v:.2} h"))
-                );
-            }
-            if let Some(path) = json {
-                let f = std::fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                serde_json::to_writer_pretty(std::io::BufWriter::new(f), &report)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            if let Some(path) = html {
-                std::fs::write(&path, render_html(&report))
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            if let Some(path) = scores {
-                write_scores(&path, &report.model_scores)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
+            print_report(&report);
+            write_report(&report, json.as_deref(), html.as_deref(), scores.as_deref())?;
         }
         Command::Tune {
             model: model_path,
@@ -512,13 +669,13 @@ fn main() -> Result<()> {
                         .map_or("-".into(), |v| format!("{v:.2} h"))
                 };
                 println!(
-                    "{:>2}/{:<3} {:>9.4} {:>10.3} {:>7.3} {:>9.3} {:>9.2} {:>6} {:>9}  {:+.3}",
+                    "{:>2}/{:<3} {:>9.4} {:>10.3} {:>7.3} {:>9} {:>9.2} {:>6} {:>9}  {:+.3}",
                     o.k,
                     o.n,
                     o.threshold,
                     o.stats.precision(),
                     o.stats.recall(),
-                    o.stats.recall_precursor(),
+                    opt3(o.stats.recall_precursor()),
                     o.stats.false_alarms_per_1000(),
                     o.stats.early_alerts,
                     med,
@@ -538,6 +695,9 @@ fn main() -> Result<()> {
             model.alert.n = best.n;
             model.alert.threshold = best.threshold;
             model.info.tune_command = std::env::args().collect::<Vec<_>>().join(" ");
+            let st = &best.stats;
+            model.info.tuned_failures_per_node_day =
+                Some(st.failures as f64 / st.node_days.max(1e-9));
             model.save(&out)?;
             println!("model written to {}", out.display());
         }
@@ -553,142 +713,41 @@ fn main() -> Result<()> {
             let trace = read_trace(&traces, &progress)?;
             score(&model, &trace, every, node.as_deref(), min_risk, json)?;
         }
+        Command::Import {
+            source:
+                ImportSource::Backblaze {
+                    file,
+                    out,
+                    healthy,
+                    seed,
+                },
+        } => {
+            let t = Instant::now();
+            let settings = BackblazeImport {
+                healthy,
+                seed,
+                ..Default::default()
+            };
+            let summary =
+                import_backblaze(&file, &out, &settings, &progress.bar("writing drives"))?;
+            println!(
+                "{} rows, {} drives in the input; wrote {} drives ({} failed), {} drive-day samples in {} files to {} in {:.1} s",
+                summary.rows,
+                summary.drives_in_input,
+                summary.drives,
+                summary.failed,
+                summary.samples,
+                summary.files,
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
         Command::Bench { model, iterations } => {
             let model = Model::load(&model)?;
             bench(&model, iterations.max(10));
         }
     }
     Ok(())
-}
-
-fn write_scores(path: &Path, nodes: &[augur_predictor::eval::NodeScores]) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for s in nodes {
-        serde_json::to_writer(&mut out, s)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
-fn read_trace(dir: &Path, progress: &Progress) -> Result<Trace> {
-    Trace::read_dir(dir, &progress.bar("reading sample files"))
-        .with_context(|| format!("reading trace {}", dir.display()))
-}
-
-fn score(
-    model: &Model,
-    trace: &Trace,
-    every: i64,
-    only: Option<&str>,
-    min_risk: f64,
-    json: bool,
-) -> Result<()> {
-    let end = trace.end_ms();
-    let mut latest = Vec::new();
-    for s in &trace.nodes {
-        if only.is_some_and(|n| n != s.node) {
-            continue;
-        }
-        let (Some(&first), Some(&last)) = (s.ts.first(), s.ts.last()) else {
-            continue;
-        };
-        let mut t = first + every - first.rem_euclid(every);
-        while t <= last {
-            if let Some(risk) = model.score_series(s, t, 3) {
-                if risk.probability >= min_risk {
-                    if json {
-                        println!("{}", serde_json::to_string(&risk)?);
-                    } else {
-                        let reasons: Vec<String> = risk
-                            .reasons
-                            .iter()
-                            .map(|r| {
-                                format!("{}={:.3} ({:+.2})", r.feature, r.value, r.contribution)
-                            })
-                            .collect();
-                        println!(
-                            "{:<8} {:>14} risk {:.4} anomaly {:.3}  {}",
-                            s.node,
-                            t,
-                            risk.probability,
-                            risk.anomaly,
-                            reasons.join(", ")
-                        );
-                    }
-                }
-            }
-            t += every;
-        }
-        if last + model.alert.round_ms >= end {
-            if let Some(risk) = model.score_series(s, last, 3) {
-                latest.push(NodeInput {
-                    risk,
-                    data_bytes: 1,
-                });
-            }
-        }
-    }
-    if json {
-        return Ok(());
-    }
-    let mut policy = RiskPolicy::new(PolicyConfig::for_model(model))?;
-    let decision = policy.evaluate(&latest, &ClusterContext::default());
-    println!(
-        "\npolicy at end of trace: {} of {} live nodes at risk{}",
-        decision.at_risk.len(),
-        latest.len(),
-        if decision.storm {
-            " — STORM GUARD: automated moves frozen"
-        } else {
-            ""
-        }
-    );
-    for d in &decision.at_risk {
-        println!(
-            "  {:<8} risk {:.4} action {:?}{}  {}",
-            d.node,
-            d.risk,
-            d.action,
-            if d.holdout { " (holdout)" } else { "" },
-            d.reasons.join(", ")
-        );
-    }
-    Ok(())
-}
-
-fn bench(model: &Model, iterations: usize) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    for interval_ms in [60_000i64, 5_000] {
-        let profile = NodeSim::random_profile("bench".into(), 0, &mut rng);
-        let mut sim = NodeSim::new(profile, 1);
-        let span = model.window.baseline_ms + 3_600_000;
-        let samples: Vec<_> = (0..span / interval_ms)
-            .map(|i| sim.sample(1_763_942_400_000 + i * interval_ms, interval_ms))
-            .collect();
-        let series = NodeSeries::from_samples(&samples);
-        let at = series.ts.last().copied().unwrap_or(0);
-        for (label, explain) in [("risk only", 0usize), ("risk + 3 SHAP reasons", 3)] {
-            let mut times = Vec::with_capacity(iterations);
-            for _ in 0..iterations {
-                let t = Instant::now();
-                let r = model.score_series(&series, at, explain);
-                std::hint::black_box(r);
-                times.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            times.sort_by(f64::total_cmp);
-            println!(
-                "score one window ({} samples = {} h at {} s, {label}): median {:.1} us, p90 {:.1} us, min {:.1} us over {iterations} runs",
-                series.range(at - model.window.baseline_ms, at).len(),
-                model.window.baseline_ms / 3_600_000,
-                interval_ms / 1000,
-                times[times.len() / 2],
-                times[times.len() * 9 / 10],
-                times[0]
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,17 @@ pub enum ModelError {
         /// What does not fit.
         reason: String,
     },
+    /// The file holds another kind of model (a disk model where a node model was expected,
+    /// or the reverse).
+    #[error("{path}: this is a {found} model; expected a {expected} model")]
+    Kind {
+        /// The model file.
+        path: PathBuf,
+        /// Kind in the file.
+        found: String,
+        /// Kind the caller asked for.
+        expected: &'static str,
+    },
     /// The samples given are not enough to score a window.
     #[error("not enough samples to score node {node}: need {need} in the last {span_min} min, have {have}")]
     NotEnoughData {
@@ -114,6 +125,24 @@ pub struct ModelInfo {
     /// tune`), empty if the rule is the one training chose.
     #[serde(default)]
     pub tune_command: String,
+    /// Failures per node-day in the slice the calibration was fitted on: what
+    /// `probability` is relative to, and what the policy's base-rate correction is
+    /// anchored to. `None` in models trained before it was recorded.
+    #[serde(default)]
+    pub calibrated_failures_per_node_day: Option<f64>,
+    /// Failures per node-day in the trace the alert rule was tuned on (the calibration
+    /// slice, or the validation trace of `augur-predict tune`).
+    #[serde(default)]
+    pub tuned_failures_per_node_day: Option<f64>,
+    /// Which nodes trained, when some were held out (`eval` then reads only the others).
+    #[serde(default)]
+    pub split: Option<crate::split::NodeSplit>,
+    /// Cross-validation folds over node groups (0: the old time-ordered split).
+    #[serde(default)]
+    pub cv_folds: usize,
+    /// Out-of-fold PR-AUC of each candidate tree configuration.
+    #[serde(default)]
+    pub cv_pr_auc: Vec<(String, f64)>,
 }
 
 /// A trained failure model.
@@ -171,40 +200,11 @@ impl Model {
     /// Loads and checks a model file. The schema version is checked before anything else so an
     /// old or future model fails with a clear message rather than a field-level parse error.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let raw = std::fs::read(path).map_err(io)?;
-        let text = if raw.starts_with(&[0x1f, 0x8b]) {
-            let mut s = Vec::new();
-            GzDecoder::new(&raw[..])
-                .read_to_end(&mut s)
-                .map_err(|e| ModelError::Format {
-                    path: path.to_path_buf(),
-                    reason: format!("bad gzip stream: {e}"),
-                })?;
-            s
-        } else {
-            raw
-        };
+        let value = read_model_value(path, "node", SCHEMA_VERSION)?;
         let format = |reason: String| ModelError::Format {
             path: path.to_path_buf(),
             reason,
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
-        let found = value
-            .get("schema_version")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| format("no numeric `schema_version`".into()))?;
-        if found != u64::from(SCHEMA_VERSION) {
-            return Err(ModelError::Schema {
-                path: path.to_path_buf(),
-                found,
-                expected: SCHEMA_VERSION,
-            });
-        }
         let model: Model = serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
         model.check().map_err(|reason| ModelError::Inconsistent {
             path: path.to_path_buf(),
@@ -215,19 +215,12 @@ impl Model {
 
     /// Writes the model, gzip-compressed.
     pub fn save(&self, path: &Path) -> Result<(), ModelError> {
-        let io = |source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let json = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
-        let file = std::fs::File::create(path).map_err(io)?;
-        let mut gz = GzEncoder::new(std::io::BufWriter::new(file), Compression::best());
-        gz.write_all(&json).map_err(io)?;
-        gz.finish().map_err(io)?.flush().map_err(io)
+        write_model_json(self, path)
     }
 
-    /// Verifies that the parts fit together.
+    /// Verifies that the parts fit together, including every tree's split indices.
     pub fn check(&self) -> Result<(), String> {
+        self.gbt.validate()?;
         let expected = feature_names().len() + 1;
         if self.features.len() != expected {
             return Err(format!(
@@ -259,7 +252,11 @@ impl Model {
         {
             return Err("autoencoder weight shapes disagree".into());
         }
-        if self.window.seq_len == 0 || self.window.seq_step_ms <= 0 || self.window.mid_ms <= 0 {
+        if self.window.seq_len == 0
+            || self.window.seq_step_ms <= 0
+            || self.window.mid_ms <= 0
+            || self.window.resolution_ms <= 0
+        {
             return Err("empty window geometry".into());
         }
         if self.alert.k == 0 || self.alert.k > self.alert.n || self.alert.round_ms <= 0 {
@@ -325,10 +322,80 @@ impl Model {
             .ok_or_else(|| ModelError::NotEnoughData {
                 node: series.node.clone(),
                 need: self.window.min_samples,
-                have: series.range(at - self.window.mid_ms, at).len(),
+                have: series
+                    .resample(self.window.resolution_ms)
+                    .range(at - self.window.mid_ms, at)
+                    .len(),
                 span_min: self.window.mid_ms / 60_000,
             })
     }
+}
+
+/// Reads a model file (gzip or plain JSON) and checks its kind and schema version before
+/// anything else, so an old, future or other-kind model fails with a clear message rather
+/// than a field-level parse error. Files without a `kind` are node models (schema 2 had
+/// none).
+pub(crate) fn read_model_value(
+    path: &Path,
+    kind: &'static str,
+    schema: u32,
+) -> Result<serde_json::Value, ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let format = |reason: String| ModelError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let raw = std::fs::read(path).map_err(io)?;
+    let text = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut s = Vec::new();
+        GzDecoder::new(&raw[..])
+            .read_to_end(&mut s)
+            .map_err(|e| format(format!("bad gzip stream: {e}")))?;
+        s
+    } else {
+        raw
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
+    let found_kind = value
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("node");
+    if found_kind != kind {
+        return Err(ModelError::Kind {
+            path: path.to_path_buf(),
+            found: found_kind.to_string(),
+            expected: kind,
+        });
+    }
+    let found = value
+        .get("schema_version")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| format("no numeric `schema_version`".into()))?;
+    if found != u64::from(schema) {
+        return Err(ModelError::Schema {
+            path: path.to_path_buf(),
+            found,
+            expected: schema,
+        });
+    }
+    Ok(value)
+}
+
+/// Writes any model as gzip-compressed JSON.
+pub(crate) fn write_model_json<T: Serialize>(model: &T, path: &Path) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let json = serde_json::to_vec(model).map_err(|e| io(std::io::Error::other(e)))?;
+    let file = std::fs::File::create(path).map_err(io)?;
+    let mut gz = GzEncoder::new(std::io::BufWriter::new(file), Compression::best());
+    gz.write_all(&json).map_err(io)?;
+    gz.finish().map_err(io)?.flush().map_err(io)
 }
 
 /// Feature rows (window features, then the autoencoder's anomaly score) of one node at
@@ -341,6 +408,7 @@ pub fn feature_rows(
     normaliser: &Normaliser,
     lstm: &LstmAutoencoder,
 ) -> (Vec<i64>, Vec<f64>) {
+    let series = &*series.resample(window.resolution_ms);
     let wf = WindowFeatures {
         series,
         spec: *window,
@@ -369,6 +437,73 @@ mod tests {
     use crate::agent::Collector;
     use crate::generate::FaultKind;
 
+    /// The same simulated node sampled every 5 s and every minute (an exporter averaging each
+    /// minute's levels and summing its counts, as the agent's 5 s counts would be summed)
+    /// gets the same risk from the shipped model: features read per-minute rates on a
+    /// one-minute grid whatever the sampling interval. Tolerance: 0.01 in probability (the
+    /// two series differ only by float rounding of the minute means).
+    #[test]
+    fn risk_does_not_depend_on_the_sampling_interval() {
+        let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        let model = Model::load(&crate_dir.join("models/default.model")).unwrap();
+        let mut src = SimulatedSource::healthy("s-5s", 11, 5_000);
+        let injector = src.injector();
+        let t0 = 1_763_942_400_000i64;
+        let sick_from = t0 + 20 * 3_600_000;
+        injector.inject(FaultKind::ErrorBurst, sick_from, 2 * 3_600_000);
+        injector.inject(FaultKind::FailSlowDisk, sick_from, 2 * 3_600_000);
+        let fine: Vec<HealthSample> = (0..24 * 720)
+            .map(|i| src.collect(t0 + i * 5_000).unwrap().unwrap())
+            .collect();
+        let fine_series = NodeSeries::from_samples(&fine);
+        // The minute view: means of levels, sums of counts, stamped at each minute's last
+        // sample.
+        let mut coarse = NodeSeries {
+            node: "s-5s".into(),
+            ..Default::default()
+        };
+        for minute in fine_series.ts.chunks(12).zip(fine_series.values.chunks(12)) {
+            let (ts, rows) = minute;
+            let mut row = [0.0f32; N_METRICS];
+            for m in crate::sample::Metric::ALL {
+                let vals: Vec<f64> = rows
+                    .iter()
+                    .map(|r| r[m.index()] as f64)
+                    .filter(|v| !v.is_nan())
+                    .collect();
+                row[m.index()] = if vals.is_empty() {
+                    f32::NAN
+                } else if m.is_count() {
+                    vals.iter().sum::<f64>() as f32
+                } else {
+                    (vals.iter().sum::<f64>() / vals.len() as f64) as f32
+                };
+            }
+            coarse.ts.push(*ts.last().unwrap());
+            coarse.values.push(row);
+        }
+        for hours in [12i64, 21, 22] {
+            let at = t0 + hours * 3_600_000 - 5_000;
+            let a = model.score_series(&fine_series, at, 0).unwrap();
+            let b = model.score_series(&coarse, at, 0).unwrap();
+            assert!(
+                (a.probability - b.probability).abs() < 0.01,
+                "at {hours} h: 5 s {} vs 1 min {}",
+                a.probability,
+                b.probability
+            );
+        }
+        let sick = model
+            .score_series(&fine_series, t0 + 22 * 3_600_000 - 5_000, 0)
+            .unwrap();
+        let calm = model
+            .score_series(&fine_series, t0 + 12 * 3_600_000 - 5_000, 0)
+            .unwrap();
+        assert!(sick.probability > calm.probability, "the fault still shows");
+    }
+
     /// The shipped model must load with this build and score an agent's history; a feature or
     /// schema change without retraining `models/default.model` fails here.
     #[test]
@@ -385,14 +520,14 @@ mod tests {
         let injector = src.injector();
         let t0 = 1_763_942_400_000i64;
         let mut history: Vec<HealthSample> = (0..24 * 60)
-            .map(|i| src.collect(t0 + i * 60_000).unwrap())
+            .map(|i| src.collect(t0 + i * 60_000).unwrap().unwrap())
             .collect();
         let healthy = model.score_samples(&history).unwrap();
         assert_eq!(healthy.reasons.len(), 3);
         let sick_from = t0 + 24 * 3_600_000;
         injector.inject(FaultKind::ErrorBurst, sick_from, 3_600_000);
         injector.inject(FaultKind::FailSlowDisk, sick_from, 3_600_000);
-        history.extend((0..180).map(|i| src.collect(sick_from + i * 60_000).unwrap()));
+        history.extend((0..180).map(|i| src.collect(sick_from + i * 60_000).unwrap().unwrap()));
         let sick = model.score_samples(&history).unwrap();
         assert!(
             sick.probability > 5.0 * healthy.probability

@@ -47,6 +47,9 @@ pub struct PolicyConfig {
     pub storm_min_nodes: usize,
     /// Fraction of newly flagged nodes left in place to measure precision (0 disables).
     pub holdout_fraction: f64,
+    /// The model's horizon, ms: a held-out node that fails within it after being flagged
+    /// was a true alarm, one that does not was a false one.
+    pub horizon_ms: i64,
     /// Seed of the holdout draw.
     pub seed: u64,
 }
@@ -67,15 +70,28 @@ impl Default for PolicyConfig {
             storm_fraction: 0.05,
             storm_min_nodes: 3,
             holdout_fraction: 0.0,
+            horizon_ms: 86_400_000,
             seed: 1,
         }
     }
 }
 
 impl PolicyConfig {
-    /// Defaults matched to a model: enter at its alert threshold with its k-of-n rule.
+    /// Defaults matched to a model: enter at its alert threshold with its k-of-n rule and
+    /// horizon, and the base-rate correction anchored to the failure rate the model was
+    /// calibrated at (as recorded in its file; models trained before that was recorded keep
+    /// the default 5% AFR, and a warning says so).
     pub fn for_model(model: &Model) -> Self {
         let enter = model.alert.threshold.clamp(1e-6, 1.0);
+        let model_base_rate = match model.info.calibrated_failures_per_node_day {
+            Some(r) if r > 0.0 && r.is_finite() => r,
+            _ => {
+                tracing::warn!(
+                    "the model file records no calibration failure rate: base-rate correction assumes 5% AFR"
+                );
+                PolicyConfig::default().model_base_rate
+            }
+        };
         PolicyConfig {
             enter,
             leave: enter * 0.5,
@@ -83,9 +99,47 @@ impl PolicyConfig {
             drain: enter.max(0.5),
             k: model.alert.k,
             n: model.alert.n,
+            horizon_ms: model.horizon_ms,
+            model_base_rate,
             ..Default::default()
         }
     }
+
+    /// Defaults matched to a disk model (its threshold, rule, horizon and calibration rate),
+    /// for a policy run on disk risks alone. A node running both models feeds the policy
+    /// [`crate::combine::combine_risks`] on the node model's scale instead.
+    pub fn for_disk_model(model: &crate::disk::DiskModel) -> Self {
+        let enter = model.alert.threshold.clamp(1e-6, 1.0);
+        let rate = model.info.calibrated_failures_per_device_day;
+        PolicyConfig {
+            enter,
+            leave: enter * 0.5,
+            watch: enter * 0.5,
+            drain: enter.max(0.5),
+            k: model.alert.k,
+            n: model.alert.n,
+            horizon_ms: model.horizon_ms,
+            model_base_rate: if rate > 0.0 && rate.is_finite() {
+                rate
+            } else {
+                PolicyConfig::default().model_base_rate
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// How the nodes left in place were doing: the production measure of precision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HoldoutReport {
+    /// Held-out nodes whose horizon has run out or who failed within it.
+    pub decided: usize,
+    /// Of which failed within the horizon after being flagged.
+    pub failed_within_horizon: usize,
+    /// Held-out nodes still within their horizon.
+    pub pending: usize,
+    /// `failed_within_horizon / decided`, when anything was decided.
+    pub precision: Option<f64>,
 }
 
 /// A policy configuration that cannot work.
@@ -180,11 +234,19 @@ struct NodeState {
     holdout: bool,
 }
 
+/// One held-out flag: when the node was flagged and, once known, whether it failed in time.
+#[derive(Debug, Clone, Copy)]
+struct HoldoutFlag {
+    flagged_at: i64,
+    failed_in_time: Option<bool>,
+}
+
 /// Stateful policy: call [`RiskPolicy::evaluate`] once per scoring round.
 #[derive(Debug)]
 pub struct RiskPolicy {
     cfg: PolicyConfig,
     nodes: HashMap<String, NodeState>,
+    holdouts: HashMap<String, Vec<HoldoutFlag>>,
     rng: StdRng,
 }
 
@@ -224,12 +286,48 @@ impl RiskPolicy {
         if cfg.model_base_rate <= 0.0 {
             return Err(PolicyError("model_base_rate must be positive".into()));
         }
+        if cfg.horizon_ms <= 0 {
+            return Err(PolicyError("horizon_ms must be positive".into()));
+        }
         let rng = StdRng::seed_from_u64(cfg.seed);
         Ok(RiskPolicy {
             cfg,
             nodes: HashMap::new(),
+            holdouts: HashMap::new(),
             rng,
         })
+    }
+
+    /// Records that `node` failed at `at_ms`: a held-out flag of the horizon before it was a
+    /// true alarm. Call it from the failure detector.
+    pub fn record_failure(&mut self, node: &str, at_ms: i64) {
+        let h = self.cfg.horizon_ms;
+        if let Some(flags) = self.holdouts.get_mut(node) {
+            for f in flags.iter_mut() {
+                if f.failed_in_time.is_none() && at_ms >= f.flagged_at {
+                    f.failed_in_time = Some(at_ms - f.flagged_at <= h);
+                }
+            }
+        }
+    }
+
+    /// The outcome of every held-out flag as of `now_ms` (a flag older than the horizon
+    /// with no failure was a false alarm).
+    pub fn holdout_report(&self, now_ms: i64) -> HoldoutReport {
+        let mut r = HoldoutReport::default();
+        for f in self.holdouts.values().flatten() {
+            match f.failed_in_time {
+                Some(true) => {
+                    r.decided += 1;
+                    r.failed_within_horizon += 1;
+                }
+                Some(false) => r.decided += 1,
+                None if now_ms - f.flagged_at > self.cfg.horizon_ms => r.decided += 1,
+                None => r.pending += 1,
+            }
+        }
+        r.precision = (r.decided > 0).then(|| r.failed_within_horizon as f64 / r.decided as f64);
+        r
     }
 
     /// The settings in force.
@@ -247,9 +345,20 @@ impl RiskPolicy {
         let c = &self.cfg;
         let bump = (1.0 + c.load_weight * ctx.load.clamp(0.0, 1.0))
             * (1.0 + c.backlog_weight * ctx.migration_backlog.clamp(0.0, 1.0));
-        let enter = (c.enter * bump).min(1.0);
-        let leave = (c.leave * bump).min(enter);
-        let drain = (c.drain * bump).clamp(enter, 1.0);
+        // Raise thresholds in odds, not in probability: multiplying a probability by the
+        // bump drove `enter` to 1.0 at full load and backlog, where nothing could ever be
+        // flagged again; odds scaled by the bump stay below 1 and keep their order.
+        let raise = |p: f64| {
+            let p = p.clamp(0.0, 1.0);
+            if p >= 1.0 {
+                return 1.0;
+            }
+            let odds = p / (1.0 - p) * bump;
+            odds / (1.0 + odds)
+        };
+        let enter = raise(c.enter);
+        let leave = raise(c.leave).min(enter);
+        let drain = raise(c.drain).max(enter);
         // Base-rate correction: scale the odds by observed / calibrated failure rate.
         let odds_factor = ctx
             .observed_base_rate
@@ -276,9 +385,21 @@ impl RiskPolicy {
             if !state.at_risk && above >= c.k {
                 state.at_risk = true;
                 state.holdout = c.holdout_fraction > 0.0 && self.rng.gen_bool(c.holdout_fraction);
+                if state.holdout {
+                    self.holdouts
+                        .entry(input.risk.node.clone())
+                        .or_default()
+                        .push(HoldoutFlag {
+                            flagged_at: input.risk.at_ms,
+                            failed_in_time: None,
+                        });
+                }
             } else if state.at_risk && risk < leave {
                 state.at_risk = false;
                 state.holdout = false;
+                // A fresh start: rounds from before the episode must not count towards
+                // re-entering it.
+                state.recent.clear();
             }
             let action = if state.at_risk {
                 if state.holdout {
@@ -389,6 +510,64 @@ mod tests {
         assert_eq!(d.at_risk[0].action, Action::Drain);
         let d = p.evaluate(&[input("a", 0.1, 1)], &ctx);
         assert!(d.at_risk.is_empty(), "left the state and below watch");
+        // Leaving cleared the window: one round above enter is not enough to re-enter.
+        let d = p.evaluate(&[input("a", 0.6, 1)], &ctx);
+        assert!(!d.at_risk[0].at_risk, "the old rounds no longer count");
+    }
+
+    #[test]
+    fn full_load_and_backlog_raise_thresholds_without_freezing_them() {
+        let mut p = policy();
+        let saturated = ClusterContext {
+            load: 1.0,
+            migration_backlog: 1.0,
+            observed_base_rate: None,
+        };
+        let mut d = p.evaluate(&[input("a", 0.99, 1)], &saturated);
+        d = if d.at_risk[0].at_risk {
+            d
+        } else {
+            p.evaluate(&[input("a", 0.99, 1)], &saturated)
+        };
+        assert!(
+            d.effective_enter > 0.5 && d.effective_enter < 0.99,
+            "{}",
+            d.effective_enter
+        );
+        assert!(
+            d.at_risk[0].at_risk,
+            "a near-certain failure is still flagged"
+        );
+        assert!(d.effective_leave < d.effective_enter);
+    }
+
+    #[test]
+    fn holdout_outcomes_measure_precision() {
+        let mut p = RiskPolicy::new(PolicyConfig {
+            k: 1,
+            n: 1,
+            holdout_fraction: 1.0,
+            storm_min_nodes: 1000,
+            horizon_ms: 100,
+            ..Default::default()
+        })
+        .unwrap();
+        let at = |node: &str, t: i64| NodeInput {
+            risk: Risk {
+                at_ms: t,
+                ..input(node, 0.9, 1).risk
+            },
+            data_bytes: 1,
+        };
+        p.evaluate(
+            &[at("dies", 10), at("lives", 10)],
+            &ClusterContext::default(),
+        );
+        assert_eq!(p.holdout_report(20).pending, 2);
+        p.record_failure("dies", 60);
+        let r = p.holdout_report(500);
+        assert_eq!((r.decided, r.failed_within_horizon, r.pending), (2, 1, 0));
+        assert_eq!(r.precision, Some(0.5));
     }
 
     #[test]

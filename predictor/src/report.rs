@@ -177,12 +177,13 @@ pub fn render_html(report: &EvalReport) -> String {
     let fmt_h = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2} h"));
     for m in &report.methods {
         rows.push_str(&format!(
-            "<tr><td title=\"{}\">{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.2}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{:.3}</td></tr>\n",
+            "<tr><td title=\"{}\">{}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td><td>{:.3}</td><td>{:.2}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{:.3}</td></tr>\n",
             html_escape(&m.description),
             html_escape(&m.name),
             m.precision,
             m.recall,
-            m.recall_precursor,
+            m.recall_precursor
+                .map_or("unknown".to_string(), |r| format!("{r:.3}")),
             m.f1,
             m.false_alarms_per_1000_node_days,
             m.pr_auc,
@@ -231,9 +232,13 @@ mod tests {
             threshold: 0.4,
             precision: 0.9,
             recall: 0.8,
-            recall_precursor: 0.85,
+            recall_precursor: Some(0.85),
+            recall_24h: 0.4,
+            k: 2,
+            n: 3,
+            ci95: None,
             f1: 0.85,
-            f1_precursor: 0.87,
+            f1_precursor: Some(0.87),
             false_alarms_per_1000_node_days: 0.5,
             early_alerts: 0,
             pr_auc: 0.7,
@@ -262,6 +267,8 @@ mod tests {
             }],
             model_scores: Vec::new(),
             threshold_sweep: Vec::new(),
+            policy: None,
+            references: Vec::new(),
         };
         let html = render_html(&report);
         assert!(html.contains("<svg"));

@@ -12,13 +12,14 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{choose_threshold_for_precision, AlertStats, NodeScores};
+use crate::eval::{choose_threshold_for_precision, pr_curve, AlertStats, NodeScores};
 use crate::features::{feature_names, monotone_direction, Normaliser, WindowSpec};
 use crate::gbt::{Gbt, GbtConfig, Platt};
 use crate::lstm::{LstmAutoencoder, LstmConfig};
 use crate::model::{feature_rows, AlertRule, Model, ModelInfo, ANOMALY_FEATURE, SCHEMA_VERSION};
 use crate::progress::Progress;
 use crate::sample::N_METRICS;
+use crate::split::NodeSplit;
 use crate::trace::{NodeSeries, Trace};
 
 /// Why training could not produce a model.
@@ -77,6 +78,25 @@ pub struct TrainConfig {
     pub min_precision: f64,
     /// Seed of all sampling.
     pub seed: u64,
+    /// Refuse to train with fewer failures in the fit slice (trees cannot learn failure
+    /// behaviour from a handful).
+    pub min_failures: usize,
+    /// Refuse to train with fewer failures in the calibration slice: a threshold chosen on
+    /// a few failures is noise (a 10-minute fleet's slice held 4 and yielded a threshold of
+    /// 0.006 and a model that caught nothing).
+    pub min_calibration_failures: usize,
+    /// Node metrics sampled less often than this cannot show precursors that give hours of
+    /// warning: refuse (a daily log wants a disk model on SMART instead), ms.
+    pub max_interval_ms: i64,
+    /// Cross-validation folds over node groups (>= 2): the trees are fitted on the whole
+    /// span of K-1 groups of nodes and score the group they did not see; calibration, the
+    /// threshold and the choice between tree depths are made on those out-of-fold scores
+    /// of every training node. 0 keeps the old time-ordered split (fit on the first
+    /// `fit_frac` of the span, calibrate and choose the threshold on the rest), which left
+    /// a few failures to choose a threshold on.
+    pub cv_folds: usize,
+    /// Which nodes train (the rest are held out for `eval`).
+    pub split: NodeSplit,
 }
 
 impl Default for TrainConfig {
@@ -99,6 +119,11 @@ impl Default for TrainConfig {
             max_false_alarms: 1.0,
             min_precision: 0.85,
             seed: 17,
+            min_failures: 15,
+            min_calibration_failures: 8,
+            max_interval_ms: 3_600_000,
+            cv_folds: 4,
+            split: NodeSplit::all(),
         }
     }
 }
@@ -119,6 +144,9 @@ pub struct TrainReport {
     /// The ten features with the largest share of split gain.
     pub top_features: Vec<(String, f32)>,
 }
+
+/// One node's tree rows: values (row-major), labels, weights, and the node's fold.
+type NodeRows = (Vec<f64>, Vec<f64>, Vec<f64>, usize);
 
 fn rounds_of(
     series: &NodeSeries,
@@ -167,24 +195,95 @@ pub fn train(
     let th = cfg.tree_horizon_ms.clamp(1, h);
     let start = trace.start_ms();
     let end = trace.end_ms();
-    if end - start < 2 * cfg.window.long_ms {
+    // The trace's sampling interval decides the window geometry (see
+    // `WindowSpec::for_interval`); 1-minute traces keep the configured one.
+    let mut intervals: Vec<i64> = trace.nodes.iter().filter_map(|s| s.interval_ms()).collect();
+    if intervals.is_empty() {
+        return Err(TrainError::Data(
+            "no node has two samples with node metrics: a node model needs metric series (for SMART-only data train a disk model: --kind disk)".into(),
+        ));
+    }
+    let mid_i = intervals.len() / 2;
+    let interval = *intervals.select_nth_unstable(mid_i).1;
+    if interval > cfg.max_interval_ms {
+        return Err(TrainError::Data(format!(
+            "node metrics are sampled every {:.1} h; the node model needs at least one sample per {:.1} h to see precursors hours ahead (for daily SMART logs train a disk model: --kind disk)",
+            interval as f64 / 3.6e6,
+            cfg.max_interval_ms as f64 / 3.6e6
+        )));
+    }
+    let window = if interval * 10 > 11 * cfg.window.resolution_ms {
+        WindowSpec::for_interval(interval)
+    } else {
+        cfg.window
+    };
+    if end - start < 2 * window.long_ms {
         return Err(TrainError::Data(format!(
             "the trace spans {:.1} h; at least {:.1} h are needed",
             (end - start) as f64 / 3.6e6,
-            2.0 * cfg.window.long_ms as f64 / 3.6e6
+            2.0 * window.long_ms as f64 / 3.6e6
         )));
     }
-    let split = start + ((end - start) as f64 * cfg.fit_frac.clamp(0.1, 0.95)) as i64;
+    let cv = cfg.cv_folds >= 2;
+    // With cross-validation every round of the training nodes fits (out of fold) and
+    // calibrates; without, the last part of the span calibrates.
+    let split = if cv {
+        end + 1
+    } else {
+        start + ((end - start) as f64 * cfg.fit_frac.clamp(0.1, 0.95)) as i64
+    };
+    let train_failures: Vec<&crate::sample::FailureRecord> = trace
+        .failures
+        .values()
+        .filter(|f| cfg.split.is_train(&f.node))
+        .collect();
+    if cv {
+        let mut per_fold = vec![0usize; cfg.cv_folds];
+        for f in &train_failures {
+            per_fold[cfg.split.fold(&f.node, cfg.cv_folds)] += 1;
+        }
+        if train_failures.len() < cfg.min_failures || per_fold.contains(&0) {
+            return Err(TrainError::Data(format!(
+                "the trace cannot support a model: {} failures among the training nodes (need {}), per cross-validation fold {per_fold:?} (each needs one); use a longer or failure-richer trace",
+                train_failures.len(),
+                cfg.min_failures
+            )));
+        }
+    }
+    let fit_failures = train_failures
+        .iter()
+        .filter(|f| f.failed_at_ms >= start && f.failed_at_ms < split)
+        .count();
+    let cal_failures = train_failures
+        .iter()
+        .filter(|f| f.failed_at_ms >= split && f.failed_at_ms <= end)
+        .count();
+    if !cv && (fit_failures < cfg.min_failures || cal_failures < cfg.min_calibration_failures) {
+        return Err(TrainError::Data(format!(
+            "the trace cannot support a model: {fit_failures} failures in the fit slice (need {}) and {cal_failures} in the calibration slice (need {}); use a longer or failure-richer trace, or another --fit-frac",
+            cfg.min_failures, cfg.min_calibration_failures
+        )));
+    }
+
     let failed = |node: &str| trace.failures.get(node).map(|f| f.failed_at_ms);
     // "Healthy" for the autoencoder: not within 2H of a failure.
     let healthy_at = |node: &str, t: i64| failed(node).is_none_or(|f| t < f - 2 * h);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
 
+    // Every series on the model's grid, counts as per-minute rates (a 1-minute trace is
+    // borrowed as is).
+    let nodes: Vec<std::borrow::Cow<NodeSeries>> = trace
+        .nodes
+        .par_iter()
+        .filter(|s| cfg.split.is_train(&s.node))
+        .map(|s| s.resample(window.resolution_ms))
+        .collect();
+
     // 1. Normaliser on healthy metric rows of the fit slice.
-    let total_rows: usize = trace.nodes.iter().map(|s| s.ts.len()).sum();
+    let total_rows: usize = nodes.iter().map(|s| s.ts.len()).sum();
     let keep_p = (cfg.normaliser_rows as f64 / total_rows.max(1) as f64).min(1.0);
     let mut norm_rows: Vec<[f32; N_METRICS]> = Vec::new();
-    for s in &trace.nodes {
+    for s in &nodes {
         for (i, &t) in s.ts.iter().enumerate() {
             if t < split && healthy_at(&s.node, t) && rng.gen_bool(keep_p) {
                 norm_rows.push(s.values[i]);
@@ -194,20 +293,18 @@ pub fn train(
     let normaliser = Normaliser::fit(&norm_rows);
 
     // 2. Autoencoder on random healthy windows of the fit slice.
-    let lo = start + cfg.window.long_ms;
+    let lo = start + window.long_ms;
     let mut windows = Vec::with_capacity(cfg.lstm_windows);
     let mut attempts = 0;
     while windows.len() < cfg.lstm_windows && attempts < cfg.lstm_windows * 20 {
         attempts += 1;
-        let s = &trace.nodes[rng.gen_range(0..trace.nodes.len())];
+        let s = &nodes[rng.gen_range(0..nodes.len())];
         if split <= lo {
             break;
         }
         let t = rng.gen_range(lo..split);
-        if healthy_at(&s.node, t)
-            && s.range(t - cfg.window.mid_ms, t).len() >= cfg.window.min_samples
-        {
-            windows.push(normaliser.sequence(s, t, &cfg.window));
+        if healthy_at(&s.node, t) && s.range(t - window.mid_ms, t).len() >= window.min_samples {
+            windows.push(normaliser.sequence(s, t, &window));
         }
     }
     if windows.is_empty() {
@@ -223,8 +320,7 @@ pub fn train(
     let bar = progress.bar("features (fit slice)");
     bar.set_length(trace.nodes.len() as u64);
     let n_feat = feature_names().len() + 1;
-    let parts: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = trace
-        .nodes
+    let parts: Vec<NodeRows> = nodes
         .par_iter()
         .map(|s| {
             let f = failed(&s.node);
@@ -238,7 +334,7 @@ pub fn train(
                 })
                 .map(|(_, t)| t)
                 .collect();
-            let (kept, rows) = feature_rows(s, &times, &cfg.window, &normaliser, &lstm);
+            let (kept, rows) = feature_rows(s, &times, &window, &normaliser, &lstm);
             let mut y = Vec::with_capacity(kept.len());
             let mut w = Vec::with_capacity(kept.len());
             for &t in &kept {
@@ -251,13 +347,15 @@ pub fn train(
                 });
             }
             bar.inc(1);
-            (rows, y, w)
+            (rows, y, w, cfg.split.fold(&s.node, cfg.cv_folds.max(1)))
         })
         .collect();
     let mut x = Vec::new();
     let mut y = Vec::new();
     let mut w = Vec::new();
-    for (rows, yy, ww) in parts {
+    let mut fold = Vec::new();
+    for (rows, yy, ww, f) in parts {
+        fold.extend(std::iter::repeat_n(f, yy.len()));
         x.extend(rows);
         y.extend(yy);
         w.extend(ww);
@@ -293,35 +391,102 @@ pub fn train(
         .map(|n| monotone_direction(n))
         .collect();
     monotone.push(1); // anomaly score
-    let gbt = Gbt::fit(&x, n_feat, &y, &w, &monotone, &cfg.gbt)?;
     let training_rows = y.len();
-    drop(x);
-    lap("trees", &mut phase);
-
-    // 4. Calibration and threshold on the later slice, every round.
-    let bar = progress.bar("calibration slice");
-    bar.set_length(trace.nodes.len() as u64);
-    let cal: Vec<NodeScores> = trace
-        .nodes
-        .par_iter()
-        .map(|s| {
-            let f = failed(&s.node);
-            let times = rounds_of(s, cfg.round_ms, split, end, f);
-            let (kept, rows) = feature_rows(s, &times, &cfg.window, &normaliser, &lstm);
-            let margins = gbt.margins(&rows);
-            bar.inc(1);
-            NodeScores {
-                node: s.node.clone(),
-                times: kept,
-                scores: margins,
-                failed_at: f.filter(|&f| f >= split),
-                precursor: trace
-                    .failures
-                    .get(&s.node)
-                    .is_some_and(|r| r.has_precursor()),
+    let (gbt, cal, cv_pr_auc) = if cv {
+        // Candidates: the configured trees and shallower ones; out-of-fold PR-AUC picks.
+        let candidates = vec![
+            (format!("depth{}", cfg.gbt.max_depth), cfg.gbt.clone()),
+            (
+                "depth3".to_string(),
+                GbtConfig {
+                    max_depth: 3,
+                    ..cfg.gbt.clone()
+                },
+            ),
+        ];
+        let mut fold_models: Vec<Vec<Gbt>> = Vec::new();
+        for (_, gc) in &candidates {
+            let mut per = Vec::new();
+            for f in 0..cfg.cv_folds {
+                let keep: Vec<usize> = (0..y.len()).filter(|&i| fold[i] != f).collect();
+                let xs: Vec<f64> = keep
+                    .iter()
+                    .flat_map(|&i| x[i * n_feat..(i + 1) * n_feat].iter().copied())
+                    .collect();
+                let ys: Vec<f64> = keep.iter().map(|&i| y[i]).collect();
+                let ws: Vec<f64> = keep.iter().map(|&i| w[i]).collect();
+                per.push(Gbt::fit(&xs, n_feat, &ys, &ws, &monotone, gc)?);
             }
-        })
-        .collect();
+            fold_models.push(per);
+        }
+        lap("cross-validation fits", &mut phase);
+        let bar = progress.bar("out-of-fold scores");
+        bar.set_length(nodes.len() as u64);
+        // One feature pass; every candidate scores it with the model that did not see it.
+        let per_node: Vec<Vec<NodeScores>> = nodes
+            .par_iter()
+            .map(|s| {
+                let f = failed(&s.node);
+                let k = cfg.split.fold(&s.node, cfg.cv_folds);
+                let times = rounds_of(s, cfg.round_ms, start, end, f);
+                let (kept, rows) = feature_rows(s, &times, &window, &normaliser, &lstm);
+                bar.inc(1);
+                fold_models
+                    .iter()
+                    .map(|models| NodeScores {
+                        node: s.node.clone(),
+                        times: kept.clone(),
+                        scores: models[k].margins(&rows),
+                        failed_at: f,
+                        precursor: trace.failures.get(&s.node).and_then(|r| r.has_precursor()),
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut cv_pr_auc = Vec::new();
+        let mut best = 0;
+        for (c, (name, _)) in candidates.iter().enumerate() {
+            let oof: Vec<NodeScores> = per_node.iter().map(|v| v[c].clone()).collect();
+            let (ap, _) = pr_curve(&oof, h);
+            tracing::info!(config = %name, pr_auc = ap, "out-of-fold PR-AUC");
+            cv_pr_auc.push((name.clone(), ap));
+            if ap > cv_pr_auc[best].1 {
+                best = c;
+            }
+        }
+        let oof: Vec<NodeScores> = per_node
+            .into_iter()
+            .map(|mut v| v.swap_remove(best))
+            .collect();
+        let gbt = Gbt::fit(&x, n_feat, &y, &w, &monotone, &candidates[best].1)?;
+        lap("out-of-fold scores, final trees", &mut phase);
+        (gbt, oof, cv_pr_auc)
+    } else {
+        let gbt = Gbt::fit(&x, n_feat, &y, &w, &monotone, &cfg.gbt)?;
+        lap("trees", &mut phase);
+        // Calibration and threshold on the later slice, every round.
+        let bar = progress.bar("calibration slice");
+        bar.set_length(nodes.len() as u64);
+        let cal: Vec<NodeScores> = nodes
+            .par_iter()
+            .map(|s| {
+                let f = failed(&s.node);
+                let times = rounds_of(s, cfg.round_ms, split, end, f);
+                let (kept, rows) = feature_rows(s, &times, &window, &normaliser, &lstm);
+                let margins = gbt.margins(&rows);
+                bar.inc(1);
+                NodeScores {
+                    node: s.node.clone(),
+                    times: kept,
+                    scores: margins,
+                    failed_at: f.filter(|&f| f >= split),
+                    precursor: trace.failures.get(&s.node).and_then(|r| r.has_precursor()),
+                }
+            })
+            .collect();
+        (gbt, cal, Vec::new())
+    };
+    drop(x);
     let mut m = Vec::new();
     let mut labels = Vec::new();
     for s in &cal {
@@ -331,6 +496,7 @@ pub fn train(
         }
     }
     let calibration = Platt::fit(&m, &labels, &vec![1.0; m.len()]);
+    drop((m, labels));
     let cal: Vec<NodeScores> = cal
         .into_iter()
         .map(|mut s| {
@@ -354,13 +520,14 @@ pub fn train(
         );
     }
     lap("calibration", &mut phase);
+    let cal_rate = (stats.failures as f64 / stats.node_days.max(1e-9)).max(0.0);
 
     let mut features = feature_names();
     features.push(ANOMALY_FEATURE.to_string());
     let model = Model {
         schema_version: SCHEMA_VERSION,
         horizon_ms: h,
-        window: cfg.window,
+        window,
         features,
         normaliser,
         lstm,
@@ -374,11 +541,16 @@ pub fn train(
         },
         info: ModelInfo {
             samples: trace.sample_count(),
-            nodes: trace.nodes.len(),
-            failures: trace.failures.len(),
+            nodes: nodes.len(),
+            failures: train_failures.len(),
             training_rows,
             train_seconds: started.elapsed().as_secs_f64(),
             lstm_loss,
+            calibrated_failures_per_node_day: Some(cal_rate),
+            tuned_failures_per_node_day: Some(cal_rate),
+            split: (cfg.split.train_frac < 1.0).then_some(cfg.split),
+            cv_folds: if cv { cfg.cv_folds } else { 0 },
+            cv_pr_auc,
             ..info
         },
     };
@@ -440,6 +612,9 @@ mod tests {
                 ..Default::default()
             },
             round_ms: 900_000,
+            min_failures: 1,
+            min_calibration_failures: 0,
+            cv_folds: 0,
             ..Default::default()
         };
         let (model, report) =
@@ -506,25 +681,39 @@ mod tests {
             Model::load(&dir.path().join("absent.model")),
             Err(ModelError::Io { .. })
         ));
+        // Cross-validated over two node groups, with a quarter of the nodes held out: the
+        // depth is chosen out of fold and the model records its split for `eval`.
+        let cv_cfg = TrainConfig {
+            cv_folds: 2,
+            split: NodeSplit {
+                train_frac: 0.75,
+                salt: 3,
+            },
+            ..cfg.clone()
+        };
+        let (cv_model, cv_report) =
+            train(&trace, &cv_cfg, ModelInfo::default(), &Progress::hidden()).unwrap();
+        assert_eq!(cv_model.info.cv_pr_auc.len(), 2);
+        assert_eq!(cv_model.info.cv_folds, 2);
+        assert!(cv_model.info.nodes < trace.nodes.len() && cv_model.info.split.is_some());
+        assert!(cv_report.calibration.failures == cv_model.info.failures);
+        // A trace whose slices hold too few failures is refused with the counts, before
+        // any expensive step.
+        let err = train(
+            &trace,
+            &TrainConfig::default(),
+            ModelInfo::default(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot support a model"), "{err}");
         // Too little history is an error for the node's scoring call.
         let few: Vec<_> = (0..2)
             .map(|i| crate::sample::HealthSample {
-                node: "x".into(),
-                ts_ms: i * 60_000,
-                cpu_util: 0.1,
-                mem_util: 0.1,
-                disk_read_lat_ms: 1.0,
-                disk_write_lat_ms: 1.0,
-                disk_read_mbps: 1.0,
-                disk_write_mbps: 1.0,
-                disk_util: 0.1,
-                net_rtt_ms: 0.1,
-                net_loss_pct: 0.0,
-                net_errors: 0,
-                err_log_count: 0,
-                temp_c: None,
-                psu_ok: None,
-                tcp_retrans_pct: None,
+                cpu_util: Some(0.1),
+                disk_read_lat_ms: Some(1.0),
+                err_log_count: Some(0),
+                ..crate::sample::HealthSample::empty("x", i * 60_000)
             })
             .collect();
         assert!(matches!(

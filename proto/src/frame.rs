@@ -12,6 +12,19 @@ pub const MAX_FRAME_DEFAULT: usize = 16 * 1024 * 1024;
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
+/// Room left in a frame for what wraps its payload (message tags, envelopes, record headers).
+/// Byte budgets for pages and batches are the frame limit minus this.
+pub const FRAME_SLACK: usize = 64 * 1024;
+
+/// The smallest frame limit a node may be configured with: one maximal transaction (a log
+/// entry, a watch event) plus slack must fit in one frame.
+pub const MIN_FRAME: usize = crate::txn::MAX_TXN_BYTES + FRAME_SLACK;
+
+/// The payload bytes a frame of limit `max_frame` can carry, for paging and batching.
+pub fn payload_budget(max_frame: usize) -> usize {
+    max_frame.saturating_sub(FRAME_SLACK)
+}
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

@@ -90,6 +90,31 @@ define_id!(
     "member"
 );
 
+/// A metadata cluster, chosen at random when it is bootstrapped. Every Raft message carries
+/// it, so members of two clusters that share a CA never mix their logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClusterId(pub u128);
+
+impl fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl FromStr for ClusterId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        match u128::from_str_radix(s.trim(), 16) {
+            Ok(0) => Err(IdError::Zero { kind: "cluster" }),
+            Ok(v) => Ok(ClusterId(v)),
+            Err(_) => Err(IdError::NotANumber {
+                kind: "cluster",
+                text: s.to_string(),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +129,8 @@ mod tests {
             "x1".parse::<ShardId>(),
             Err(IdError::NotANumber { .. })
         ));
+        let c = ClusterId(0xabc);
+        assert_eq!(c.to_string().parse::<ClusterId>(), Ok(c));
+        assert!("0".parse::<ClusterId>().is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! no I/O of its own (the optional `io` feature adds async frame helpers over tokio streams) and
 //! no heavy dependencies, so the client library stays small.
 
+pub mod data;
 pub mod frame;
 pub mod ids;
 pub mod model;
@@ -13,7 +14,7 @@ pub mod txn;
 pub mod wire;
 
 pub use frame::{FrameError, MAX_FRAME_DEFAULT};
-pub use ids::{IdError, MemberId, MigrationId, NodeId, ShardId};
+pub use ids::{ClusterId, IdError, MemberId, MigrationId, NodeId, ShardId};
 pub use model::{
     Migration, MigrationState, Node, NodeState, Record, Risk, Setting, Shard, ShardState,
 };

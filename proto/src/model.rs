@@ -38,6 +38,9 @@ pub struct Shard {
     pub id: ShardId,
     /// Storage nodes holding it, primary first.
     pub replicas: Vec<NodeId>,
+    /// Nodes joining as replicas: they receive every write (their acknowledgement is needed
+    /// to commit) while they copy the shard, and serve nothing until they are replicas.
+    pub learners: Vec<NodeId>,
     /// Bumped on every change of ownership; storage nodes refuse requests for older epochs.
     pub epoch: u64,
     /// Log index of the last change (assigned by the store).
@@ -81,16 +84,31 @@ pub struct Risk {
 pub struct Node {
     /// The node's id.
     pub id: NodeId,
-    /// Addresses the node serves data on (`host:port`).
+    /// The incarnation of its data directory: random, chosen when the directory was created.
+    /// A node that comes back with another incarnation lost its data.
+    pub incarnation: u64,
+    /// Addresses the node serves data on (`host:port`), the first preferred.
     pub addrs: Vec<String>,
+    /// Its HTTP admin address (`/health`, `/metrics`, `/v1/status`), empty if none.
+    pub admin: String,
+    /// Failure domain: replicas of a shard go to different racks where possible.
+    pub rack: String,
+    /// Larger failure domain.
+    pub zone: String,
     /// Bytes the node may hold.
     pub capacity_bytes: u64,
     /// Bytes the node holds.
     pub used_bytes: u64,
     /// Lifecycle state.
     pub state: NodeState,
+    /// Wall-clock milliseconds (of the metadata leader that wrote it) when `state` last
+    /// changed.
+    pub state_since_ms: u64,
     /// Latest predicted risk.
     pub risk: Risk,
+    /// Bumped by the control plane when it declares the node Down: the node's lease and
+    /// everything it did under the old epoch are void.
+    pub epoch: u64,
     /// Wall-clock milliseconds of the last heartbeat, as reported by the node.
     pub last_heartbeat_ms: u64,
     /// Log index of the last change (assigned by the store).
@@ -179,7 +197,7 @@ pub enum RecordError {
     /// A shard must live somewhere.
     #[error("shard {0} has no replicas")]
     NoReplicas(ShardId),
-    /// A node appears twice in one shard's replica list.
+    /// A node appears twice in one shard's replica and learner lists.
     #[error("shard {shard} lists node {node} twice")]
     DuplicateReplica {
         /// The shard.
@@ -263,9 +281,11 @@ impl Record {
                     return Err(RecordError::NoReplicas(s.id));
                 }
                 check_len("replicas", s.replicas.len(), MAX_REPLICAS)?;
-                for (i, n) in s.replicas.iter().enumerate() {
+                check_len("learners", s.learners.len(), MAX_REPLICAS)?;
+                let all: Vec<NodeId> = s.replicas.iter().chain(&s.learners).copied().collect();
+                for (i, n) in all.iter().enumerate() {
                     n.validate()?;
-                    if s.replicas[..i].contains(n) {
+                    if all[..i].contains(n) {
                         return Err(RecordError::DuplicateReplica {
                             shard: s.id,
                             node: *n,
@@ -282,6 +302,9 @@ impl Record {
                 for a in &n.addrs {
                     check_len("addr", a.len(), MAX_STRING)?;
                 }
+                check_len("admin", n.admin.len(), MAX_STRING)?;
+                check_len("rack", n.rack.len(), MAX_STRING)?;
+                check_len("zone", n.zone.len(), MAX_STRING)?;
                 if !(0.0..=1.0).contains(&n.risk.score) {
                     return Err(RecordError::BadRisk(n.risk.score));
                 }
@@ -321,6 +344,7 @@ mod tests {
         Record::Shard(Shard {
             id: ShardId(1),
             replicas: replicas.into_iter().map(NodeId).collect(),
+            learners: vec![],
             epoch: 1,
             version: 0,
             state: ShardState::Stable,
@@ -341,6 +365,15 @@ mod tests {
             Err(RecordError::DuplicateReplica { .. })
         ));
         assert!(shard(vec![1, 0]).validate().is_err());
+        // A learner that is also a replica is listed twice.
+        let mut r = shard(vec![1, 2]);
+        if let Record::Shard(s) = &mut r {
+            s.learners = vec![NodeId(2)];
+        }
+        assert!(matches!(
+            r.validate(),
+            Err(RecordError::DuplicateReplica { .. })
+        ));
     }
 
     #[test]

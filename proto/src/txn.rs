@@ -14,6 +14,11 @@ use std::fmt;
 pub const MAX_COMPARES: usize = 128;
 /// Most ops in one transaction.
 pub const MAX_OPS: usize = 128;
+/// Most bytes one transaction may take, encoded. A log entry is one transaction, so this
+/// bounds every entry, every watch event and every record page entry; frame limits are
+/// validated against it (see [`crate::frame::MIN_FRAME`]) so that no legal transaction can
+/// produce a frame its receiver refuses.
+pub const MAX_TXN_BYTES: usize = 4 * 1024 * 1024;
 
 /// The tables of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -203,6 +208,12 @@ pub enum TxnError {
         /// Ops given.
         ops: usize,
     },
+    /// The encoded transaction exceeds [`MAX_TXN_BYTES`].
+    #[error("transaction of {bytes} bytes exceeds the limit of {MAX_TXN_BYTES}")]
+    TooManyBytes {
+        /// Its encoded size.
+        bytes: usize,
+    },
     /// Two ops write one key: their order would be the only thing deciding the outcome.
     #[error("key {0} is written twice in one transaction")]
     DuplicateWrite(Key),
@@ -255,7 +266,17 @@ impl Txn {
             }
             written.push(key);
         }
+        let bytes = self.encoded_len();
+        if bytes > MAX_TXN_BYTES {
+            return Err(TxnError::TooManyBytes { bytes });
+        }
         Ok(())
+    }
+
+    /// Bytes the transaction takes encoded, counted without building the encoding.
+    pub fn encoded_len(&self) -> usize {
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -315,6 +336,35 @@ mod tests {
         };
         assert!(matches!(dup.validate(), Err(TxnError::DuplicateWrite(_))));
         assert!(Txn::cas(setting(""), None).validate().is_err());
+    }
+
+    #[test]
+    fn byte_bound_counts_the_encoding() {
+        let big = |name: &str| {
+            Op::Put(Record::Setting(Setting {
+                name: name.into(),
+                value: vec![7u8; crate::model::limits::MAX_SETTING_VALUE],
+                version: 0,
+            }))
+        };
+        let small = Txn {
+            compares: vec![],
+            ops: vec![big("a")],
+        };
+        assert_eq!(
+            small.encoded_len(),
+            postcard::to_allocvec(&small).unwrap().len()
+        );
+        assert!(small.validate().is_ok());
+        // 128 maximal settings are within the op count but not the byte bound.
+        let huge = Txn {
+            compares: vec![],
+            ops: (0..MAX_OPS).map(|i| big(&format!("s{i}"))).collect(),
+        };
+        assert!(matches!(
+            huge.validate(),
+            Err(TxnError::TooManyBytes { .. })
+        ));
     }
 
     #[test]

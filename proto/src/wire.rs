@@ -5,13 +5,15 @@
 //! connections as [`Request::Raft`] with an opaque payload: the Raft message types belong to the
 //! Raft library, and keeping them out of this crate keeps the client free of it.
 
-use crate::ids::MemberId;
+use crate::data::{DataCluster, NodeReport};
+use crate::ids::{ClusterId, MemberId, NodeId, ShardId};
+use crate::model::{Node, NodeState};
 use crate::model::Record;
 use crate::txn::{Key, Table, Txn, TxnResult};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name negotiated by ALPN; bumped on any incompatible change to these messages.
-pub const ALPN: &[u8] = b"augur/1";
+pub const ALPN: &[u8] = b"augur/2";
 
 /// Most records one list page may return.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
@@ -31,9 +33,7 @@ pub enum Consistency {
 /// The Raft RPCs carried between metadata nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RaftRpcKind {
-    /// Append entries (also heartbeats).
-    Append,
-    /// A pipelined stream of append entries on one QUIC stream.
+    /// A pipelined stream of append entries (and heartbeats) on one QUIC stream.
     AppendStream,
     /// Request vote.
     Vote,
@@ -45,6 +45,42 @@ pub enum RaftRpcKind {
     TransferLeader,
     /// A follower asks the leader for a read index, to serve a linearizable read itself.
     ReadIndex,
+}
+
+/// Who a Raft message is from and for.
+///
+/// A member is not just an id: it is an id with an *incarnation*, a random number its data
+/// directory was given when it was created and that the membership records. A member whose
+/// disk was wiped comes back with a new incarnation, so messages still addressed to the old
+/// one (and any it might send) are refused instead of letting an empty log vote as if it
+/// remembered its promises. The cluster id keeps two clusters that share a CA apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftEnvelope {
+    /// The sender's cluster.
+    pub cluster: ClusterId,
+    /// The sender.
+    pub from: MemberId,
+    /// The sender's incarnation.
+    pub from_incarnation: u64,
+    /// The member the sender means to reach.
+    pub to: MemberId,
+    /// The incarnation of that member the sender's membership knows.
+    pub to_incarnation: u64,
+    /// The log index of the membership the sender acts under: a receiver whose own
+    /// membership is older (a learner still replaying the log) cannot judge the sender's
+    /// incarnation and leaves that to Raft's term and log checks.
+    pub membership_index: u64,
+}
+
+/// Who a member is: what its data directory says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberIdentity {
+    /// Its member id.
+    pub id: MemberId,
+    /// The incarnation of its data directory.
+    pub incarnation: u64,
+    /// The cluster it belongs to; `None` until it is bootstrapped or added.
+    pub cluster: Option<ClusterId>,
 }
 
 /// A request to a metadata node.
@@ -103,10 +139,47 @@ pub enum Request {
         /// The voter to hand it to.
         to: MemberId,
     },
-    /// A Raft message from a peer; only accepted from peers' certificates.
+    /// The answering member's identity (id, incarnation, cluster).
+    Identity,
+    /// Found a new cluster from the answering member's `initial_members`: the one-time act
+    /// that creates a cluster. Refused by a member that already belongs to one.
+    Bootstrap,
+    /// A storage node registers (or re-registers after a restart) its record; the leader's
+    /// control plane checks its incarnation and sets its state. Storage certificates only,
+    /// for their own node.
+    Register(Node),
+    /// A storage node's heartbeat to the leader: its usage and every replica's state. Its
+    /// lease runs from when it sent the heartbeat, once acknowledged.
+    Heartbeat(NodeReport),
+    /// A shard's primary asks the control plane to remove a replica that stopped
+    /// acknowledging (PacificA's "remove secondary"). Storage certificates only.
+    ReportReplica {
+        /// The shard.
+        shard: ShardId,
+        /// The epoch the primary acts under.
+        epoch: u64,
+        /// The replica (or learner) that stopped acknowledging.
+        replica: NodeId,
+        /// What the primary saw.
+        reason: String,
+    },
+    /// Creates the data plane: its layout and every shard's initial placement. Operators only;
+    /// refused once created.
+    InitDataPlane(DataCluster),
+    /// Makes `node` the primary of a shard none of whose replicas is alive: it may lose writes
+    /// acknowledged by the dead replicas, so only an operator may ask.
+    ForcePrimary {
+        /// The shard.
+        shard: ShardId,
+        /// The replica to serve it.
+        node: NodeId,
+    },
+    /// A Raft message from a peer; only accepted from member certificates.
     Raft {
         /// Which RPC.
         kind: RaftRpcKind,
+        /// Sender and addressee.
+        envelope: RaftEnvelope,
         /// The Raft library's message, postcard-encoded.
         payload: Vec<u8>,
     },
@@ -121,6 +194,8 @@ pub struct MemberInfo {
     pub addr: String,
     /// Voter (true) or learner (false).
     pub voter: bool,
+    /// The incarnation of its data directory the membership knows.
+    pub incarnation: u64,
 }
 
 /// A node's view of the cluster.
@@ -144,6 +219,13 @@ pub struct ClusterStatus {
     pub compacted_revision: u64,
     /// Members.
     pub members: Vec<MemberInfo>,
+    /// The answering member's incarnation.
+    pub incarnation: u64,
+    /// The cluster it belongs to; `None` until bootstrapped or added.
+    pub cluster: Option<ClusterId>,
+    /// Why it takes no part in Raft, if it does not (e.g. it lost its data and waits to be
+    /// added again under its new incarnation).
+    pub waiting: Option<String>,
 }
 
 /// One applied revision's changes, delivered to a watcher.
@@ -197,6 +279,21 @@ pub enum Response {
     Status(ClusterStatus),
     /// Membership.
     Members(Vec<MemberInfo>),
+    /// A member's identity.
+    Identity(MemberIdentity),
+    /// A heartbeat was recorded by a leader that confirmed its leadership.
+    HeartbeatAck {
+        /// The node's epoch as the registry holds it: a node that finds it higher than its
+        /// own was declared Down meanwhile and must stop acting on its old roles.
+        node_epoch: u64,
+        /// The node's state in the registry.
+        state: NodeState,
+        /// How long the node's lease lasts from when it sent this heartbeat, in milliseconds:
+        /// the leader's setting, so node and leader cannot disagree about it.
+        lease_ms: u64,
+        /// How often the leader expects heartbeats, in milliseconds.
+        heartbeat_interval_ms: u64,
+    },
     /// An admin request succeeded.
     Done,
     /// A Raft response, postcard-encoded.
@@ -239,6 +336,10 @@ pub enum ApiError {
     /// The caller's certificate does not allow this request.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A Raft message for another cluster or another incarnation of this member, or from a
+    /// sender whose incarnation the membership does not know. Nothing was done.
+    #[error("wrong identity: {0}")]
+    WrongIdentity(String),
     /// A bug or storage failure on the node.
     #[error("internal error: {0}")]
     Internal(String),

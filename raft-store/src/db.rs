@@ -3,12 +3,13 @@
 //! | column family | key | value |
 //! |---|---|---|
 //! | `log` | log index, big-endian u64 | postcard [`crate::types::Entry`] |
-//! | `raft` | `vote`, `committed`, `purged` | postcard vote / log id |
+//! | `raft` | `vote`, `committed`, `purged`, `identity` | postcard vote / log id / identity |
 //! | `state` | [`augur_proto::Key::encode`] | postcard [`augur_proto::Record`] |
 //! | `history` | revision, big-endian u64 | postcard `Vec<Change>` of that revision |
 //! | `sm` | `applied`, `membership`, `compacted`, `snapshot` | state-machine metadata |
 
 use crate::error::StoreError;
+use crate::identity::Identity;
 use crate::log_store::LogStore;
 use crate::state_machine::StateMachine;
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
@@ -43,21 +44,28 @@ impl StoreConfig {
     }
 }
 
-/// The two halves openraft wants, over one database.
+/// The two halves openraft wants, over one database, and the directory's identity.
 pub struct Stores {
     /// The Raft log and vote.
     pub log: LogStore,
     /// The metadata state machine; clone it to serve reads.
     pub state: StateMachine,
+    /// Which member and incarnation this directory is, and its cluster.
+    pub identity: Identity,
 }
 
-/// Opens (creating if needed) the database under `cfg.dir`.
-pub fn open(cfg: &StoreConfig) -> Result<Stores, StoreError> {
+/// Opens (creating if needed) the database under `cfg.dir` for member `member`.
+pub fn open(cfg: &StoreConfig, member: u64) -> Result<Stores, StoreError> {
     std::fs::create_dir_all(&cfg.dir)?;
     let db = Arc::new(open_db(&cfg.dir.join("rocksdb"), cfg.block_cache_bytes)?);
+    let identity = Identity::load_or_create(db.clone(), member)?;
     let log = LogStore::new(db.clone())?;
     let state = StateMachine::new(db, cfg.dir.join("snapshots"), cfg.history_retention)?;
-    Ok(Stores { log, state })
+    Ok(Stores {
+        log,
+        state,
+        identity,
+    })
 }
 
 fn open_db(path: &Path, block_cache_bytes: usize) -> Result<DB, StoreError> {
@@ -108,6 +116,19 @@ pub(crate) fn approximate_size(db: &DB) -> u64 {
             sst + mem
         })
         .sum()
+}
+
+/// Runs a blocking RocksDB call without stalling the async workers: on tokio's multi-thread
+/// runtime the worker hands its other tasks off for the duration (`block_in_place`), which
+/// keeps the call in order with the caller's, unlike a spawned blocking task. Elsewhere (a
+/// current-thread runtime in tests) it simply runs.
+pub(crate) fn off_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {

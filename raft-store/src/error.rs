@@ -24,6 +24,9 @@ pub enum StoreError {
         /// Oldest revision still held.
         compacted: u64,
     },
+    /// The data directory's identity does not fit (another member's, or data without one).
+    #[error("identity: {0}")]
+    Identity(String),
     /// A file operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -7,7 +7,7 @@
 //! durable before it is. Votes are written with a synced write before `save_vote` returns; the
 //! shared WAL makes that sync cover every earlier append too.
 
-use crate::db::{cf, decode, encode, index_key, key_index, CF_LOG, CF_RAFT};
+use crate::db::{cf, decode, encode, index_key, key_index, off_workers, CF_LOG, CF_RAFT};
 use crate::error::StoreError;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use openraft::entry::RaftEntry;
@@ -50,6 +50,12 @@ impl Drop for Syncer {
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
+        if !sync_writes() {
+            tracing::warn!(
+                "UNSAFE TEST BUILD: AUGUR_UNSAFE_SKIP_WAL_SYNC=1 skips every WAL sync; \
+                 acknowledged writes WILL be lost at a power failure"
+            );
+        }
         let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
         let sync_db = db.clone();
         let thread = std::thread::Builder::new()
@@ -113,13 +119,32 @@ impl LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let mut opts = WriteOptions::default();
-            opts.set_sync(true);
+            opts.set_sync(sync_writes());
             db.write_opt(batch, &opts)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(())
     }
+}
+
+/// Whether the store's synced writes and WAL syncs really sync: always, unless the crate is
+/// built with the test-only `unsafe-test-hooks` feature and run with
+/// `AUGUR_UNSAFE_SKIP_WAL_SYNC=1`. That skips every sync (appends, votes, truncations, purges,
+/// applies, snapshot installs; skipping only some would show nothing, since one synced write
+/// syncs the whole shared WAL), so the power-loss test can prove it catches a store that
+/// acknowledges what is not durable.
+#[cfg(not(feature = "unsafe-test-hooks"))]
+#[inline(always)]
+pub(crate) const fn sync_writes() -> bool {
+    true
+}
+
+/// See the version without `unsafe-test-hooks`; this one reads the environment once.
+#[cfg(feature = "unsafe-test-hooks")]
+pub(crate) fn sync_writes() -> bool {
+    static SYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SYNC.get_or_init(|| std::env::var_os("AUGUR_UNSAFE_SKIP_WAL_SYNC").is_none_or(|v| v != "1"))
 }
 
 /// Syncs the WAL for every waiting callback at once, then reports them in arrival order.
@@ -129,7 +154,11 @@ fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<IOFlushed<TypeConfig>>) {
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = db.flush_wal(true);
+        let result = if sync_writes() {
+            db.flush_wal(true)
+        } else {
+            Ok(())
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "WAL sync failed; Raft will stop on this storage error");
         }
@@ -155,7 +184,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        Ok(self.entries(start_of(&range), range.end_bound().cloned())?)
+        let (start, end) = (start_of(&range), range.end_bound().cloned());
+        // A replication batch can be megabytes of entries.
+        Ok(off_workers(|| self.entries(start, end))?)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -215,7 +246,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put_cf(log, index_key(entry.log_id().index), encode(&entry)?);
         }
-        self.db.write(batch).map_err(StoreError::from)?;
+        off_workers(|| self.db.write(batch)).map_err(StoreError::from)?;
         self.syncer
             .tx
             .as_ref()

@@ -220,7 +220,7 @@ pub(crate) fn install(
     batch.put_cf(sm, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
     batch.put_cf(sm, KEY_COMPACTED, encode(&compacted)?);
     let mut opts = WriteOptions::default();
-    opts.set_sync(true);
+    opts.set_sync(crate::log_store::sync_writes());
     db.write_opt(batch, &opts)?;
     // Keep the installed file as our current snapshot so we can serve it to others.
     drop(r);

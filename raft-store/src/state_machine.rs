@@ -53,6 +53,15 @@ struct Inner {
     apply_seconds: Histogram,
 }
 
+/// One page of change history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// Revisions with matching changes, in order.
+    pub events: Vec<WatchEvent>,
+    /// The first revision this page did not cover: where the next page starts.
+    pub next: u64,
+}
+
 /// A consistent summary of the whole state, for comparing replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateDigest {
@@ -136,13 +145,16 @@ impl StateMachine {
         Ok((record, revision))
     }
 
-    /// Reads up to `limit` records of `table` after `start_after`, in key order; also says
-    /// whether more follow, and the revision read at.
+    /// Reads up to `limit` records of `table` after `start_after`, in key order, and at most
+    /// about `max_bytes` of them (at least one record, however large); also says whether more
+    /// follow, and the revision read at. The byte bound is what keeps a page of large records
+    /// within one frame.
     pub fn list(
         &self,
         table: Table,
         start_after: Option<&Key>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Record>, bool, u64), StoreError> {
         let snap = self.db().snapshot();
         let revision = applied_in(&snap, self.db())?;
@@ -155,6 +167,7 @@ impl StateMachine {
             rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         let mut records = Vec::new();
+        let mut bytes = 0usize;
         let mut more = false;
         for item in iter {
             let (k, v) = item?;
@@ -164,39 +177,53 @@ impl StateMachine {
             if start_after.is_some() && *k == *start {
                 continue;
             }
-            if records.len() == limit {
+            if records.len() == limit || (!records.is_empty() && bytes + v.len() > max_bytes) {
                 more = true;
                 break;
             }
+            bytes += v.len();
             records.push(decode::<Record>("record", &v)?);
         }
         Ok((records, more, revision))
     }
 
-    /// Changes applied in revisions `from..=to` that touch `tables` (empty: all), at most
-    /// [`HISTORY_PAGE`] revisions with matching changes.
+    /// Changes applied in revisions `from..=to` that touch `tables` (empty: all): at most
+    /// [`HISTORY_PAGE`] revisions with matching changes and about `max_bytes` of them (at
+    /// least one revision), and where the next page starts.
+    ///
+    /// The compaction floor and the history are read from one RocksDB snapshot, so a page
+    /// either starts exactly at `from` or the read fails with [`StoreError::Compacted`]: a
+    /// compaction or snapshot install racing the read can never make it skip a revision.
     pub fn history(
         &self,
         from: u64,
         to: u64,
         tables: &[Table],
-    ) -> Result<Vec<WatchEvent>, StoreError> {
-        let compacted = self.compacted_revision();
+        max_bytes: usize,
+    ) -> Result<HistoryPage, StoreError> {
+        let snap = self.db().snapshot();
+        let compacted = compacted_in(&snap, self.db())?;
         if from < compacted {
             return Err(StoreError::Compacted {
                 requested: from,
                 compacted,
             });
         }
-        let iter = self.db().iterator_cf(
+        let iter = snap.iterator_cf(
             cf(self.db(), CF_HISTORY)?,
             rocksdb::IteratorMode::From(&index_key(from), rocksdb::Direction::Forward),
         );
         let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = to.saturating_add(1).max(from);
         for item in iter {
             let (k, v) = item?;
             let revision = key_index(&k)?;
-            if revision > to || events.len() == HISTORY_PAGE {
+            if revision > to {
+                break;
+            }
+            if events.len() == HISTORY_PAGE || (!events.is_empty() && bytes + v.len() > max_bytes) {
+                next = revision;
                 break;
             }
             let changes: Vec<Change> = decode("history", &v)?;
@@ -205,19 +232,11 @@ impl StateMachine {
                 .filter(|c| tables.is_empty() || tables.contains(&change_table(c)))
                 .collect();
             if !changes.is_empty() {
+                bytes += v.len();
                 events.push(WatchEvent { revision, changes });
             }
         }
-        // Compaction may have run between the check and the read; a page that starts after
-        // a gap would silently skip revisions.
-        let compacted_now = self.compacted_revision();
-        if from < compacted_now {
-            return Err(StoreError::Compacted {
-                requested: from,
-                compacted: compacted_now,
-            });
-        }
-        Ok(events)
+        Ok(HistoryPage { events, next })
     }
 
     /// Creates a file to receive a snapshot from the leader into. The caller removes it once
@@ -346,7 +365,7 @@ impl StateMachine {
         let db = self.inner.db.clone();
         tokio::task::spawn_blocking(move || {
             let mut opts = WriteOptions::default();
-            opts.set_sync(true);
+            opts.set_sync(crate::log_store::sync_writes());
             db.write_opt(batch, &opts)
         })
         .await
@@ -364,6 +383,13 @@ fn change_table(c: &Change) -> Table {
     match c {
         Change::Put(r) => r.table(),
         Change::Delete(k) => k.table(),
+    }
+}
+
+fn compacted_in(snap: &rocksdb::Snapshot<'_>, db: &DB) -> Result<u64, StoreError> {
+    match snap.get_cf(cf(db, CF_SM)?, KEY_COMPACTED)? {
+        Some(b) => decode("compacted revision", &b),
+        None => Ok(0),
     }
 }
 

@@ -19,13 +19,30 @@ impl fmt::Display for Command {
     }
 }
 
+/// A member as the membership records it: where to reach it and which incarnation of its
+/// data directory was added. Messages go to (id, incarnation), so a member whose data was
+/// wiped (a new incarnation) is not the member the membership means until it is added again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    /// QUIC address `host:port`.
+    pub addr: String,
+    /// The incarnation the member had when it was added.
+    pub incarnation: u64,
+}
+
+impl fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (incarnation {:016x})", self.addr, self.incarnation)
+    }
+}
+
 openraft::declare_raft_types!(
-    /// Augur's Raft types: metadata members are `u64` ids with a QUIC address.
+    /// Augur's Raft types: metadata members are `u64` ids with an address and incarnation.
     pub TypeConfig:
         D = Command,
         R = TxnResult,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = MemberNode,
 );
 
 /// A log id.

@@ -36,7 +36,7 @@ async fn batch_overlay_history_pagination_and_reopen() -> Result<(), StoreError>
     cfg.history_retention = 10;
     let digest_before;
     {
-        let mut sm = open(&cfg)?.state;
+        let mut sm = open(&cfg, 1)?.state;
         // Entry 2 compares on the version entry 1 wrote in the same batch.
         let absent = |n: &str| Compare {
             key: Key::Setting(n.into()),
@@ -92,13 +92,16 @@ async fn batch_overlay_history_pagination_and_reopen() -> Result<(), StoreError>
         }
         assert!(sm.get(&Key::Setting("b".into()))?.0.is_none());
         // History: revision 3 failed and changed nothing; deleting an absent key emits nothing.
-        let h = sm.history(1, 4, &[])?;
+        let h = sm.history(1, 4, &[], usize::MAX)?.events;
         assert_eq!(
             h.iter().map(|e| e.revision).collect::<Vec<_>>(),
             vec![1, 2, 4]
         );
         assert_eq!(h[2].changes, vec![Change::Delete(Key::Setting("b".into()))]);
-        assert!(sm.history(1, 4, &[Table::Shards])?.is_empty());
+        assert!(sm
+            .history(1, 4, &[Table::Shards], usize::MAX)?
+            .events
+            .is_empty());
 
         // Many revisions: history compacts to the retention window; lists paginate.
         let many: Vec<Entry> = (5..=40)
@@ -115,25 +118,26 @@ async fn batch_overlay_history_pagination_and_reopen() -> Result<(), StoreError>
         apply(&mut sm, many).await;
         assert!(sm.compacted_revision() > 1);
         assert!(matches!(
-            sm.history(1, 40, &[]),
+            sm.history(1, 40, &[], usize::MAX),
             Err(StoreError::Compacted { .. })
         ));
         assert_eq!(
-            sm.history(sm.compacted_revision(), 40, &[])?
+            sm.history(sm.compacted_revision(), 40, &[], usize::MAX)?
+                .events
                 .last()
                 .map(|e| e.revision),
             Some(40)
         );
-        let (page, more, _) = sm.list(Table::Settings, None, 10)?;
+        let (page, more, _) = sm.list(Table::Settings, None, 10, usize::MAX)?;
         assert!(more);
         assert_eq!(page.len(), 10);
-        let (rest, more, _) = sm.list(Table::Settings, Some(&page[9].key()), 1000)?;
+        let (rest, more, _) = sm.list(Table::Settings, Some(&page[9].key()), 1000, usize::MAX)?;
         assert!(!more);
         assert_eq!(page.len() + rest.len(), 37);
         digest_before = sm.digest()?;
     }
     // Reopen: same state, same revision.
-    let sm = open(&cfg)?.state;
+    let sm = open(&cfg, 1)?.state;
     assert_eq!(sm.revision(), 40);
     assert_eq!(sm.digest()?, digest_before);
     Ok(())
@@ -144,7 +148,7 @@ async fn damaged_snapshots_are_refused_and_change_nothing() -> Result<(), StoreE
     use openraft::storage::RaftSnapshotBuilder;
     use std::io::{Read, Seek, Write};
     let src_dir = tempfile::tempdir()?;
-    let mut src = open(&StoreConfig::new(src_dir.path()))?.state;
+    let mut src = open(&StoreConfig::new(src_dir.path()), 1)?.state;
     let entries: Vec<Entry> = (1..=30)
         .map(|i| {
             entry(
@@ -164,7 +168,7 @@ async fn damaged_snapshots_are_refused_and_change_nothing() -> Result<(), StoreE
     file.read_to_end(&mut bytes)?;
 
     let dst_dir = tempfile::tempdir()?;
-    let mut dst = open(&StoreConfig::new(dst_dir.path()))?.state;
+    let mut dst = open(&StoreConfig::new(dst_dir.path()), 1)?.state;
     apply(
         &mut dst,
         vec![entry(

@@ -11,7 +11,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let stores = open(&StoreConfig::new(dir.path())).expect("open store");
+        let stores = open(&StoreConfig::new(dir.path()), 1).expect("open store");
         Ok((dir, stores.log, stores.state))
     }
 }

@@ -4,6 +4,11 @@
 //! The `augur` binary is found next to the test executable's directory (cargo puts both under
 //! `target/<profile>/`), or at `$AUGUR_BIN`.
 
+pub mod launch;
+pub mod lazyfs;
+
+pub use launch::Launcher;
+
 use anyhow::{bail, Context};
 use augur_client::{Client, ClientConfig, ClusterFile};
 use augur_proto::wire::ClusterStatus;

@@ -3,7 +3,7 @@
 
 use augur_client::transport::{client_config, SERVER_NAME};
 use augur_client::TlsFiles;
-use augur_proto::wire::ApiError;
+use augur_proto::wire::{ApiError, RaftEnvelope};
 use augur_proto::{Request, Response};
 use augur_tests::{augur, augur_bin, LocalCluster};
 use std::time::Duration;
@@ -50,10 +50,30 @@ async fn malformed_frames_and_strangers_are_refused() -> anyhow::Result<()> {
             other => panic!("{bytes:?}: expected InvalidArgument, got {other:?}"),
         }
     }
-    // Raft messages from a client certificate are refused, whatever they carry.
+    // A well-addressed envelope: from member 2 to member 1, as the membership knows them.
+    let incarnation = |id: u64| {
+        before
+            .members
+            .iter()
+            .find(|m| m.id.0 == id)
+            .map(|m| m.incarnation)
+            .unwrap_or(0)
+    };
+    let envelope = RaftEnvelope {
+        cluster: before
+            .cluster
+            .expect("a bootstrapped member knows its cluster"),
+        from: augur_proto::MemberId(2),
+        from_incarnation: incarnation(2),
+        to: augur_proto::MemberId(1),
+        to_incarnation: incarnation(1),
+        membership_index: 0,
+    };
+    // Raft messages from an operator's certificate are refused, whatever they carry.
     let raft = augur_proto::frame::encode(
         &Request::Raft {
             kind: augur_proto::wire::RaftRpcKind::Vote,
+            envelope,
             payload: vec![9, 9, 9],
         },
         1 << 20,
@@ -74,6 +94,7 @@ async fn malformed_frames_and_strangers_are_refused() -> anyhow::Result<()> {
     let mut stream = augur_proto::frame::encode(
         &Request::Raft {
             kind: augur_proto::wire::RaftRpcKind::AppendStream,
+            envelope,
             payload: vec![],
         },
         1 << 20,
@@ -92,7 +113,7 @@ async fn malformed_frames_and_strangers_are_refused() -> anyhow::Result<()> {
     let od = other.path().to_string_lossy().into_owned();
     augur(&["cert", "ca", "--out", &od])?;
     augur(&[
-        "cert", "client", "--ca-dir", &od, "--name", "stranger", "--out", &od,
+        "cert", "operator", "--ca-dir", &od, "--name", "stranger", "--out", &od,
     ])?;
     let f = cluster.cluster_file()?;
     let stranger = TlsFiles {

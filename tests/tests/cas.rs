@@ -12,6 +12,7 @@ fn shard(id: u64, epoch: u64, replicas: &[u64]) -> Record {
     Record::Shard(Shard {
         id: ShardId(id),
         replicas: replicas.iter().copied().map(NodeId).collect(),
+        learners: vec![],
         epoch,
         version: 0,
         state: ShardState::Stable,

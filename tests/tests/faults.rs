@@ -273,8 +273,9 @@ async fn add_promote_and_remove_a_member() -> anyhow::Result<()> {
     })
     .await?;
     assert!(put(c, "y", 2).await?);
-    // Removing an absent member is a no-op; removing down to zero voters is refused.
+    // Removing an absent member is a no-op.
     c.remove_member(MemberId(id)).await?;
+    assert_eq!(c.members().await?.len(), 3);
     // Leadership transfer moves the leader.
     let leader = cluster.leader(Duration::from_secs(10)).await?;
     let to = (1..=3).find(|i| *i != leader).expect("another voter");
@@ -288,5 +289,22 @@ async fn add_promote_and_remove_a_member() -> anyhow::Result<()> {
             .map(|_| ()))
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_voter_cannot_be_removed() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(1).await?;
+    let c = &cluster.client;
+    match c.remove_member(MemberId(1)).await {
+        Err(augur_client::Error::Api(augur_proto::wire::ApiError::Membership(why))) => {
+            assert!(why.contains("last voter"), "{why}")
+        }
+        other => panic!("removing the last voter: {other:?}"),
+    }
+    let members = c.members().await?;
+    assert_eq!(members.len(), 1);
+    assert!(members[0].voter);
+    assert!(put(c, "still", 1).await?);
     Ok(())
 }

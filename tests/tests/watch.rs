@@ -1,7 +1,7 @@
 //! Watch delivers every change once, in order, across a leader change and reconnects.
 
 use augur_proto::wire::Change;
-use augur_proto::{Key, Op, Record, Setting, Table, Txn};
+use augur_proto::{Op, Record, Setting, Table, Txn};
 use augur_tests::{poll, LocalCluster};
 use futures::StreamExt;
 use std::time::Duration;
@@ -23,16 +23,37 @@ async fn watch_delivers_every_change_once_in_order_across_leader_change() -> any
     let c = &cluster.client;
     let first = c.txn(put("w0", 0)).await?.revision;
     let mut stream = c.watch(vec![Table::Settings], first);
+    let mut shards_stream = c.watch(vec![Table::Shards], first);
     let mut committed = vec![first];
     for i in 1..50u64 {
         committed.push(c.txn(put(&format!("w{}", i % 7), i)).await?.revision);
     }
-    // Writes to another table are filtered out.
-    c.txn(Txn {
-        compares: vec![],
-        ops: vec![Op::Delete(Key::Shard(augur_proto::ShardId(1)))],
-    })
-    .await?;
+    // A write to another table: filtered out of this watch, delivered to a watch of that
+    // table (and nothing else is).
+    let shard_rev = c
+        .txn(Txn {
+            compares: vec![],
+            ops: vec![Op::Put(Record::Shard(augur_proto::Shard {
+                id: augur_proto::ShardId(1),
+                replicas: vec![augur_proto::NodeId(1)],
+                learners: vec![],
+                epoch: 1,
+                version: 0,
+                state: augur_proto::ShardState::Stable,
+                size_bytes: 0,
+                crc64: 0,
+            }))],
+        })
+        .await?
+        .revision;
+    let shard_ev = tokio::time::timeout(Duration::from_secs(30), shards_stream.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("shard watch ended"))??;
+    assert_eq!(shard_ev.revision, shard_rev);
+    assert!(matches!(
+        shard_ev.changes.as_slice(),
+        [Change::Put(Record::Shard(s))] if s.id == augur_proto::ShardId(1)
+    ));
     // Kill the leader mid-stream; the watch moves to another node.
     let leader = cluster.leader(Duration::from_secs(10)).await?;
     cluster.stop(leader, true)?;
@@ -88,5 +109,9 @@ async fn watch_delivers_every_change_once_in_order_across_leader_change() -> any
         .copied()
         .collect();
     assert!(missing.is_empty(), "revisions never delivered: {missing:?}");
+    assert!(
+        !seen.contains(&shard_rev),
+        "the settings watch saw a shard write"
+    );
     Ok(())
 }

@@ -4,9 +4,9 @@
 //! Layout of the run directory:
 //!
 //! ```text
-//! certs/              ca.pem, ca.key, n<i>.pem/.key, client.pem/.key (made by `augur cert`)
+//! certs/              ca.pem, ca.key, n<i>.pem/.key, operator.pem/.key (made by `augur cert`)
 //! nodes/n<i>/config.toml
-//! nodes/n<i>/data/    its RocksDB (wiped by the member nemesis)
+//! nodes/n<i>/data/    its RocksDB (wiped by the member and disk-loss nemeses)
 //! nodes/n<i>/augur.log
 //! clock/n<i>.faketime libfaketime control files (clock nemesis only)
 //! ```
@@ -73,7 +73,8 @@ pub struct ClusterLayout {
     pub nodes: Vec<NodeLayout>,
     /// `certs/`.
     pub certs: PathBuf,
-    /// The harness's client certificate.
+    /// The harness's certificate: an operator's, since its clients write metadata, change the
+    /// membership and bootstrap the cluster.
     pub client_tls: TlsFiles,
 }
 
@@ -143,8 +144,8 @@ impl ClusterLayout {
             nodes,
             client_tls: TlsFiles {
                 ca: certs.join("ca.pem"),
-                cert: certs.join("client.pem"),
-                key: certs.join("client.key"),
+                cert: certs.join("operator.pem"),
+                key: certs.join("operator.key"),
             },
             certs,
         })
@@ -160,8 +161,9 @@ impl ClusterLayout {
         self.nodes.iter().find(|n| n.id == id.0)
     }
 
-    /// Makes the CA, a certificate per node (carrying its address) and the client's, with the
-    /// binary under test's own `augur cert`, exactly as an operator would.
+    /// Makes the CA, a member certificate per node (carrying its address) and the harness's
+    /// operator certificate, with the binary under test's own `augur cert`, exactly as an
+    /// operator would.
     pub fn make_certs(&self, augur: &Path) -> Result<(), HarnessError> {
         std::fs::create_dir_all(&self.certs)?;
         let certs = self.certs.as_os_str();
@@ -170,7 +172,7 @@ impl ClusterLayout {
         })?;
         for n in &self.nodes {
             augur_cmd(augur, |c| {
-                c.args(["cert", "node", "--ca-dir"])
+                c.args(["cert", "member", "--ca-dir"])
                     .arg(certs)
                     .args(["--name", &n.name, "--host", &n.addr.to_string()])
                     .args(["--host", "localhost", "--out"])
@@ -178,17 +180,17 @@ impl ClusterLayout {
             })?;
         }
         augur_cmd(augur, |c| {
-            c.args(["cert", "client", "--ca-dir"])
+            c.args(["cert", "operator", "--ca-dir"])
                 .arg(certs)
-                .args(["--name", "client", "--out"])
+                .args(["--name", "operator", "--out"])
                 .arg(certs);
         })?;
         Ok(())
     }
 
     /// Writes every node's `config.toml`. With `bootstrap`, each lists all nodes as initial
-    /// members (bootstrapping is idempotent, so all may do it); without, a node that starts
-    /// with no data waits to be added, which is what a wiped member must do.
+    /// members (the founding set the harness then bootstraps once); without, none does. A node
+    /// that starts with no data waits to be added either way: founding is an explicit act.
     pub fn write_configs(&self, bootstrap: bool) -> Result<(), HarnessError> {
         let initial: Vec<String> = self
             .nodes

@@ -5,8 +5,9 @@
 //! own OS thread and reaches the async client through the runtime's [`Handle`]. The workload
 //! keeps running on the runtime meanwhile.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use augur_client::Client;
@@ -14,13 +15,16 @@ use augur_proto::MemberId;
 use tokio::runtime::Handle;
 
 use super::cluster::{self, ClusterLayout};
-use crate::nemesis::schedule::{ClusterControl, Nemesis, ScheduledFault};
+use super::wiped;
+use crate::nemesis::executor::{ActiveFault, ClusterControl, Nemesis, Step};
+use crate::nemesis::schedule::ScheduledFault;
+use crate::nemesis::timeline::{timeline, Action};
 use crate::nemesis::NemesisError;
-use crate::results::FaultRecord;
+use crate::results::{FaultRecord, FaultStep};
 
 /// Bound on one membership call (the client retries it within its own deadline).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a re-added learner may take to catch up before it is promoted anyway.
+/// How long a re-added learner may take to catch up before the re-add counts as failed.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Cluster control through an admin client, for the nemesis thread.
@@ -28,6 +32,8 @@ pub struct Control {
     handle: Handle,
     client: Client,
     layout: Arc<ClusterLayout>,
+    watches: HashMap<usize, wiped::Watch>,
+    violations: Arc<Mutex<Vec<String>>>,
 }
 
 impl Control {
@@ -37,37 +43,128 @@ impl Control {
             handle,
             client,
             layout,
+            watches: HashMap::new(),
+            violations: Arc::default(),
         }
+    }
+
+    /// Where the watches on wiped members record what breaks the rule (see [`wiped`]); shared,
+    /// so the harness can read it whatever became of the nemesis.
+    pub fn violations(&self) -> Arc<Mutex<Vec<String>>> {
+        Arc::clone(&self.violations)
     }
 
     fn member(&self, node: usize) -> Result<(MemberId, String, String), String> {
         let n = self.layout.node(node).map_err(|e| e.to_string())?;
         Ok((MemberId(n.id), n.endpoint(), n.name.clone()))
     }
+}
 
-    /// Waits until `node` has applied what the leader had committed when it was added.
-    async fn catch_up(&self, endpoint: &str) -> Result<(), String> {
-        let deadline = Instant::now() + CATCH_UP_TIMEOUT;
-        let target = self
-            .client
-            .status(None)
-            .await
-            .map(|s| s.committed)
-            .map_err(|e| e.to_string())?;
-        loop {
-            if let Ok(s) = self.client.status(Some(endpoint)).await {
-                if s.applied >= target {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{endpoint} did not catch up to {target} within {CATCH_UP_TIMEOUT:?}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+/// The leader's committed index, asked of the leader itself: any other member (a wiped one
+/// above all) may know less.
+async fn leader_committed(client: &Client) -> Result<u64, String> {
+    let any = client.status(None).await.map_err(|e| e.to_string())?;
+    let leader = any
+        .leader
+        .ok_or_else(|| format!("member {} knows no leader", any.id))?;
+    let s = client
+        .status(Some(&leader.addr))
+        .await
+        .map_err(|e| format!("leader {}: {e}", leader.id))?;
+    if s.role != "leader" {
+        return Err(format!("member {} is no longer the leader", leader.id));
     }
+    Ok(s.committed)
+}
+
+/// The operator path for one member (as `augur local readd`): remove the entry the membership
+/// has for an older incarnation of it, add it as a learner (the leader asks it for its
+/// identity), wait until it has applied what the leader had committed and no longer waits,
+/// promote it. Each call that changed something is a step. Safe to repeat after a failure: a
+/// member already present under its current incarnation is not removed again.
+async fn readd(
+    client: &Client,
+    id: MemberId,
+    endpoint: &str,
+    name: &str,
+    steps: &mut Vec<Step>,
+) -> Result<(), String> {
+    // A member restarted a moment ago (by the final heal) may not listen yet.
+    let asked = Instant::now();
+    let me = loop {
+        match client.identity(endpoint).await {
+            Ok(me) => break me,
+            Err(e) if asked.elapsed() >= MEMBERSHIP_TIMEOUT => {
+                return Err(format!("asking {name} who it is: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let members = client
+        .members()
+        .await
+        .map_err(|e| format!("listing members: {e}"))?;
+    let entry = members.iter().find(|m| m.id == id);
+    let mut voter = false;
+    match entry {
+        Some(m) if m.incarnation == me.incarnation => voter = m.voter,
+        Some(m) => {
+            client
+                .remove_member(id)
+                .await
+                .map_err(|e| format!("removing {name}'s old entry: {e}"))?;
+            steps.push(Step::now(format!(
+                "removed {name}'s old entry (incarnation {:016x})",
+                m.incarnation
+            )));
+        }
+        None => {}
+    }
+    if entry.is_none_or(|m| m.incarnation != me.incarnation) {
+        client
+            .add_learner(id, endpoint.to_string())
+            .await
+            .map_err(|e| format!("adding {name} as a learner: {e}"))?;
+        steps.push(Step::now(format!(
+            "added {name} as a learner (incarnation {:016x})",
+            me.incarnation
+        )));
+    }
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    let target = loop {
+        match leader_committed(client).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("no leader to catch {name} up to: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    loop {
+        if let Ok(s) = client.status(Some(endpoint)).await {
+            if s.applied >= target && s.waiting.is_none() {
+                steps.push(Step::now(format!(
+                    "{name} caught up: applied {} >= the leader's committed {target}",
+                    s.applied
+                )));
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{name} did not catch up to {target} within {CATCH_UP_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !voter {
+        client
+            .promote(id)
+            .await
+            .map_err(|e| format!("promoting {name}: {e}"))?;
+        steps.push(Step::now(format!("promoted {name} to voter")));
+    }
+    Ok(())
 }
 
 impl ClusterControl for Control {
@@ -106,25 +203,34 @@ impl ClusterControl for Control {
         Ok(())
     }
 
-    fn add_member(&mut self, node: usize) -> Result<(), String> {
+    fn watch_wiped(&mut self, node: usize) -> Result<(), String> {
+        let n = self.layout.node(node).map_err(|e| e.to_string())?.clone();
+        let watch = wiped::start(
+            &self.handle,
+            self.client.clone(),
+            n,
+            Arc::clone(&self.violations),
+        );
+        if let Some(old) = self.watches.insert(node, watch) {
+            // Not expected (a member is re-added before it is lost again); end it quietly.
+            let _ = self.handle.block_on(old.finish());
+        }
+        Ok(())
+    }
+
+    fn add_member(&mut self, node: usize, steps: &mut Vec<Step>) -> Result<(), String> {
         let (id, endpoint, name) = self.member(node)?;
-        let work = async {
-            self.client
-                .add_learner(id, endpoint.clone())
-                .await
-                .map_err(|e| format!("adding {name} as learner: {e}"))?;
-            if let Err(e) = self.catch_up(&endpoint).await {
-                // Promotion still works with a lagging learner (the old voters form the
-                // quorum); it only takes longer for the new voter to count.
-                tracing::warn!(node = %name, error = %e, "promoting a learner that has not caught up");
-            }
-            self.client
-                .promote(id)
-                .await
-                .map_err(|e| format!("promoting {name}: {e}"))
+        if let Some(watch) = self.watches.remove(&node) {
+            let (_, line) = self.handle.block_on(watch.finish());
+            steps.push(Step::now(line));
+        }
+        let bounded = async {
+            tokio::time::timeout(
+                MEMBERSHIP_TIMEOUT + CATCH_UP_TIMEOUT,
+                readd(&self.client, id, &endpoint, &name, steps),
+            )
+            .await
         };
-        let bounded =
-            async { tokio::time::timeout(MEMBERSHIP_TIMEOUT + CATCH_UP_TIMEOUT, work).await };
         match self.handle.block_on(bounded) {
             Ok(Ok(())) => {
                 tracing::info!(node = %name, "member added back");
@@ -148,8 +254,18 @@ pub struct NemesisReport {
     pub heal_errors: Vec<String>,
 }
 
-fn ms_since(t0: Instant) -> u64 {
-    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+fn ms_since(t0: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(t0).as_millis()).unwrap_or(u64::MAX)
+}
+
+fn record_steps(t0: Instant, steps: &[Step]) -> Vec<FaultStep> {
+    steps
+        .iter()
+        .map(|s| FaultStep {
+            at_ms: ms_since(t0, s.at),
+            what: s.what.clone(),
+        })
+        .collect()
 }
 
 /// Sleeps until `t0 + at` or until `stop` is set; false when stopped early.
@@ -169,7 +285,7 @@ fn sleep_until(t0: Instant, at: Duration, stop: &AtomicBool) -> bool {
 
 /// Walks the schedule: injects each fault at its start, heals it at its end, and records what
 /// happened. Faults the machine cannot inject are recorded with `injected: false` and the
-/// reason. When `stop` is set (the workload is over) it stops early, healing the fault in
+/// reason. When `stop` is set (the workload is over) it stops early, healing the faults in
 /// effect, and then runs the final heal ([`heal_everything`]) with `heal_timeout`.
 ///
 /// The final heal runs here, on a plain thread, because membership changes block on the
@@ -181,20 +297,20 @@ pub fn drive(
     stop: Arc<AtomicBool>,
     heal_timeout: Duration,
 ) -> NemesisReport {
-    let mut faults = walk(&mut nemesis, schedule, t0, &stop);
+    let (mut faults, held) = walk(&mut nemesis, &schedule, t0, &stop);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!("final heal");
     let heal_started = Instant::now();
-    let heal_errors = heal_everything(&mut nemesis, heal_started + heal_timeout);
-    // The last fault was left in effect for the final heal to undo (see `walk`).
-    if let Some(last) = faults
-        .last_mut()
-        .filter(|f| f.injected && f.end_ms.is_none())
-    {
+    let mut steps = Vec::new();
+    let heal_errors = heal_everything(&mut nemesis, heal_started + heal_timeout, &mut steps);
+    // The fault left in effect for the final heal to undo (see `walk`) ends with it, and the
+    // final heal's steps (a re-add) belong to it.
+    if let Some(last) = held.and_then(|i| faults.get_mut(i)) {
+        last.steps.extend(record_steps(t0, &steps));
         if heal_errors.is_empty() {
-            last.end_ms = Some(u64::try_from((heal_started - t0).as_millis()).unwrap_or(u64::MAX));
+            last.end_ms = Some(ms_since(t0, Instant::now()));
             last.note = Some("in effect until the final heal".into());
         }
     }
@@ -206,99 +322,163 @@ pub fn drive(
     }
 }
 
-/// Injects and heals the scheduled faults, except that the last one stays in effect until the
-/// workload ends: the final heal then has something real to undo, and the recovery time it
-/// measures is the time to come back from a fault, as in Jepsen.
-fn walk(
+/// Injects `planned`, records the attempt, and returns the fault if it is now in effect.
+fn inject_one(
     nemesis: &mut Nemesis<Control>,
-    schedule: Vec<ScheduledFault>,
+    planned: &ScheduledFault,
     t0: Instant,
-    stop: &AtomicBool,
-) -> Vec<FaultRecord> {
-    let mut faults = Vec::new();
-    let count = schedule.len();
-    for (i, planned) in schedule.into_iter().enumerate() {
-        if !sleep_until(t0, planned.start, stop) {
-            break;
+) -> (FaultRecord, Option<ActiveFault>) {
+    let mut record = FaultRecord {
+        kind: planned.fault.kind().name().to_string(),
+        description: planned.fault.describe(),
+        start_ms: ms_since(t0, Instant::now()),
+        end_ms: None,
+        injected: false,
+        note: None,
+        recovered_after_ms: None,
+        steps: Vec::new(),
+    };
+    // A re-add that failed earlier leaves its member lost; try again before losing another.
+    if planned.fault.loses_member().is_some() && !nemesis.lost_members().is_empty() {
+        let mut steps = Vec::new();
+        for e in nemesis.heal_lost(&mut steps) {
+            tracing::warn!(error = %e, "re-adding a member left lost by a failed heal");
         }
-        let kind = serde_json::to_value(planned.fault.kind())
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let start_ms = ms_since(t0);
-        let active = match nemesis.inject(&planned.fault) {
-            Ok(active) => active,
-            Err(e) => {
-                let described = planned.fault.describe();
-                if e.is_unavailable() {
-                    tracing::info!(fault = %described, reason = %e, "fault not injected");
-                } else {
-                    tracing::warn!(fault = %described, error = %e, "fault injection failed");
-                }
-                // A member removal that failed may still have happened; heal it at the end
-                // of its period like an injected one.
-                let partial = matches!(e, NemesisError::Control(_) | NemesisError::Io(_))
-                    && !nemesis.removed_members().is_empty();
-                if partial {
-                    let _ = sleep_until(t0, planned.end, stop);
-                    let errors = nemesis.heal_all();
-                    for e in errors {
-                        tracing::warn!(error = %e, "heal after failed injection");
-                    }
-                }
-                faults.push(FaultRecord {
-                    kind,
-                    description: described,
-                    start_ms,
-                    end_ms: Some(ms_since(t0)),
-                    injected: false,
-                    note: Some(e.to_string()),
-                    recovered_after_ms: None,
-                });
-                continue;
-            }
-        };
-        tracing::info!(fault = %active.description, "fault injected");
-        if i + 1 == count {
-            tracing::info!(fault = %active.description, "last fault: left in effect for the final heal");
-            faults.push(FaultRecord {
-                kind,
-                description: active.description,
-                start_ms,
-                end_ms: None,
-                injected: true,
-                note: None,
-                recovered_after_ms: None,
-            });
-            break;
-        }
-        let _ = sleep_until(t0, planned.end, stop);
-        let (end_ms, note) = match nemesis.heal(&active) {
-            Ok(()) => (Some(ms_since(t0)), None),
-            Err(e) => {
-                tracing::warn!(fault = %active.description, error = %e, "heal failed; the final heal will retry");
-                (None, Some(format!("heal failed: {e}")))
-            }
-        };
-        tracing::info!(fault = %active.description, "fault healed");
-        faults.push(FaultRecord {
-            kind,
-            description: active.description,
-            start_ms,
-            end_ms,
-            injected: true,
-            note,
-            recovered_after_ms: None,
-        });
+        record.steps = record_steps(t0, &steps);
     }
-    faults
+    match nemesis.inject(&planned.fault) {
+        Ok(active) => {
+            tracing::info!(fault = %active.description, "fault injected");
+            record.description.clone_from(&active.description);
+            record.injected = true;
+            record.steps.extend(record_steps(t0, &active.steps));
+            (record, Some(active))
+        }
+        Err(e) => {
+            if e.is_unavailable() {
+                tracing::info!(fault = %record.description, reason = %e, "fault not injected");
+            } else {
+                tracing::warn!(fault = %record.description, error = %e, "fault injection failed");
+            }
+            record.end_ms = Some(ms_since(t0, Instant::now()));
+            record.note = Some(e.to_string());
+            (record, None)
+        }
+    }
 }
 
-/// The final heal: everything healed, removed members added back, retried until `deadline`.
-/// Returns the errors of the last attempt (empty on success).
-pub fn heal_everything(nemesis: &mut Nemesis<Control>, deadline: Instant) -> Vec<String> {
+/// Heals one fault at the end of its period and completes its record. A membership fault
+/// whose injection failed may still have left its member removed or wiped: the member is
+/// added back then, like an injected one.
+fn heal_one(
+    nemesis: &mut Nemesis<Control>,
+    planned: &ScheduledFault,
+    active: Option<ActiveFault>,
+    record: &mut FaultRecord,
+    t0: Instant,
+) {
+    let Some(mut active) = active else {
+        if planned.fault.loses_member().is_some() && !nemesis.lost_members().is_empty() {
+            let mut steps = Vec::new();
+            let errors = nemesis.heal_lost(&mut steps);
+            for e in &errors {
+                tracing::warn!(error = %e, "re-adding after a failed injection");
+            }
+            record.steps.extend(record_steps(t0, &steps));
+        }
+        return;
+    };
+    let done = active.steps.len();
+    let healed = nemesis.heal(&mut active);
+    record.steps.extend(record_steps(t0, &active.steps[done..]));
+    match healed {
+        Ok(()) => {
+            record.end_ms = Some(ms_since(t0, Instant::now()));
+            tracing::info!(fault = %active.description, "fault healed");
+        }
+        Err(e) => {
+            tracing::warn!(fault = %active.description, error = %e, "heal failed; the final heal will retry");
+            record.note = Some(format!("heal failed: {e}"));
+        }
+    }
+}
+
+/// Injects and heals the scheduled faults in [`timeline`] order, except that the fault healed
+/// last stays in effect until the workload ends: the final heal then has something real to
+/// undo, and the recovery time it measures is the time to come back from a fault, as in
+/// Jepsen. Returns the records in schedule order and the index of the record left in effect.
+fn walk(
+    nemesis: &mut Nemesis<Control>,
+    schedule: &[ScheduledFault],
+    t0: Instant,
+    stop: &AtomicBool,
+) -> (Vec<FaultRecord>, Option<usize>) {
+    let events = timeline(schedule);
+    let held = events
+        .iter()
+        .rev()
+        .find(|e| e.action == Action::Heal)
+        .map(|e| e.fault);
+    let mut records: BTreeMap<usize, FaultRecord> = BTreeMap::new();
+    // In effect, in injection order (so that an early stop heals the newest first).
+    let mut active: Vec<(usize, Option<ActiveFault>)> = Vec::new();
+    for e in events {
+        if !sleep_until(t0, e.at, stop) {
+            break;
+        }
+        let planned = &schedule[e.fault];
+        match e.action {
+            Action::Inject => {
+                let (record, fault) = inject_one(nemesis, planned, t0);
+                if Some(e.fault) == held && fault.is_some() {
+                    tracing::info!(fault = %record.description, "last fault: left in effect for the final heal");
+                }
+                records.insert(e.fault, record);
+                active.push((e.fault, fault));
+            }
+            Action::Heal if Some(e.fault) == held => {}
+            Action::Heal => {
+                let Some(pos) = active.iter().position(|(i, _)| *i == e.fault) else {
+                    continue;
+                };
+                let (_, fault) = active.remove(pos);
+                if let Some(record) = records.get_mut(&e.fault) {
+                    heal_one(nemesis, planned, fault, record, t0);
+                }
+            }
+        }
+    }
+    // Stopped early: heal what is still in effect, newest first, but the held fault.
+    while let Some((i, fault)) = active.pop() {
+        if Some(i) == held {
+            continue;
+        }
+        if let Some(record) = records.get_mut(&i) {
+            heal_one(nemesis, &schedule[i], fault, record, t0);
+        }
+    }
+    let held_record = held.and_then(|h| {
+        records
+            .get(&h)
+            .filter(|r| r.injected)
+            .and_then(|_| records.keys().position(|&k| k == h))
+    });
+    (records.into_values().collect(), held_record)
+}
+
+/// The final heal: everything healed, lost members added back, retried until `deadline`.
+/// Returns the errors of the last attempt (empty on success); the re-adds' steps go to `steps`.
+pub fn heal_everything(
+    nemesis: &mut Nemesis<Control>,
+    deadline: Instant,
+    steps: &mut Vec<Step>,
+) -> Vec<String> {
     loop {
-        let errors: Vec<String> = nemesis.heal_all().iter().map(|e| e.to_string()).collect();
+        let errors: Vec<String> = nemesis
+            .heal_all(steps)
+            .iter()
+            .map(NemesisError::to_string)
+            .collect();
         if errors.is_empty() || Instant::now() >= deadline {
             return errors;
         }

@@ -6,44 +6,52 @@
 //!    when the run ends, and by the signal handler if it is interrupted;
 //! 2. makes certificates with `augur cert`, writes a config per node and starts N `augur meta`
 //!    processes, node i on 127.0.0.(10+i), under libfaketime when the clock nemesis is on;
-//! 3. runs the workload ([`workload`]) while a thread walks the seeded fault schedule
-//!    ([`control`]);
+//! 3. founds the cluster once (`Client::bootstrap` through n1, operator certificate), then runs
+//!    the workload ([`workload`]) while a thread walks the seeded fault schedule ([`control`]);
+//!    members whose data a fault wiped are watched until the operator path adds them back
+//!    ([`wiped`]);
 //! 4. heals everything (the last fault is still in effect then), waits for the cluster to
 //!    serve again (measuring how long), reads every
 //!    key on every node linearizably, and compares the nodes' applied revisions and state
 //!    digests;
-//! 5. checks the history and writes `history.jsonl`, `results.json` and `report.html`.
+//! 5. checks the history and writes `history.jsonl`, `results.json` and `report.html`; the exit
+//!    code ([`RunExit`]) is the worst of what it found.
 //!
 //! Without a namespace (not root, no `ip`) the nodes run on the host's loopback with free
 //! ports and partitions are reported as not injected; without libfaketime, clock faults are.
 
 pub mod cluster;
+pub mod config;
 pub mod control;
+mod observe;
+pub mod wiped;
 pub mod workload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::BufWriter;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use augur_client::{Client, ClientConfig};
-use augur_proto::{Op, Record, Setting, Txn};
 
-use crate::checker::{CheckOptions, CheckReport, Verdict};
+use crate::checker::{CheckOptions, CheckReport};
 use crate::history::{HistoryError, Recorder};
 use crate::nemesis::clock::{Faketime, NodeClock};
+use crate::nemesis::executor::Nemesis;
 use crate::nemesis::netns::NetNs;
 use crate::nemesis::partition::Firewall;
 use crate::nemesis::process::ManagedProcess;
-use crate::nemesis::schedule::{schedule, Nemesis, NemesisKind, ScheduleConfig};
+use crate::nemesis::schedule::{schedule, NemesisKind, ScheduleConfig};
 use crate::nemesis::{find_program, install_signal_cleanup, is_root, NemesisError};
 use crate::report::{render_html, ReportInput};
-use crate::results::{Convergence, LeaderChange, NodeDigest, RunInfo, RunResults, WorkerRecord};
+use crate::results::{Convergence, RunInfo, RunResults, WorkerRecord};
 use cluster::ClusterLayout;
+pub use config::{parse_duration, Findings, RunConfig, RunExit};
+use observe::{converge, wait_all_healthy, wait_recovered, watch_leader};
 use workload::{KeyPool, Shared, WorkerConfig};
 
 /// Why a run could not be carried out (as opposed to finding a bug, which is a result).
@@ -82,131 +90,6 @@ pub enum HarnessError {
     /// File or process I/O failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Exit codes of `augur-jepsen run`, worst first when several apply (1 > 5 > 4 > 2 > 0;
-/// 3 when the run itself could not be carried out).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunExit {
-    /// Linearizable, converged, served again after heal.
-    Pass = 0,
-    /// The history is not linearizable.
-    Anomaly = 1,
-    /// No anomaly found, but the checker's budget ran out on some key.
-    Unknown = 2,
-    /// The harness could not carry out the run (bad flags, setup failure).
-    Error = 3,
-    /// After heal, the cluster did not serve again, or final reads never succeeded.
-    NoProgress = 4,
-    /// The nodes ended with different revisions, digests or final values.
-    Diverged = 5,
-}
-
-impl RunExit {
-    /// The process exit code.
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-
-    /// What the code means, for `results.json`.
-    pub fn reason(self) -> &'static str {
-        match self {
-            RunExit::Pass => "linearizable, converged, recovered after heal",
-            RunExit::Anomaly => "not linearizable",
-            RunExit::Unknown => "no anomaly found, but some keys could not be decided",
-            RunExit::Error => "the run could not be carried out",
-            RunExit::NoProgress => "no progress after heal",
-            RunExit::Diverged => "nodes did not converge",
-        }
-    }
-}
-
-/// Everything a run needs.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    /// Number of `augur meta` processes (3 or 5 are the interesting ones).
-    pub nodes: usize,
-    /// Length of the workload and fault period.
-    pub time: Duration,
-    /// Fault families.
-    pub nemeses: Vec<NemesisKind>,
-    /// Seed of the fault schedule and the workload's choices.
-    pub seed: u64,
-    /// Run directory (created; must not hold a previous run).
-    pub out: PathBuf,
-    /// The `augur` binary under test.
-    pub augur_bin: PathBuf,
-    /// Keys in use at once.
-    pub keys: usize,
-    /// Workload operations per key before it retires.
-    pub ops_per_key: u32,
-    /// Client processes per node.
-    pub clients_per_node: usize,
-    /// Bound on one operation.
-    pub op_timeout: Duration,
-    /// Mean pause between one process's operations.
-    pub think: Duration,
-    /// Shortest quiet or fault period.
-    pub min_period: Duration,
-    /// Longest quiet or fault period.
-    pub max_period: Duration,
-    /// How long the cluster may take to serve again after the final heal.
-    pub recovery_timeout: Duration,
-    /// The checker's time budget.
-    pub check_budget: Duration,
-    /// Largest clock skew, ms.
-    pub max_skew_ms: i64,
-}
-
-impl RunConfig {
-    /// Checks the settings before anything is created.
-    pub fn validate(&self) -> Result<(), HarnessError> {
-        let bad = |m: String| Err(HarnessError::Config(m));
-        if !(3..=9).contains(&self.nodes) {
-            return bad(format!("--nodes must be 3 to 9, got {}", self.nodes));
-        }
-        if self.time < Duration::from_secs(1) {
-            return bad("--time must be at least 1s".into());
-        }
-        if self.keys == 0 || self.keys > 100_000 {
-            return bad(format!("--keys must be 1 to 100000, got {}", self.keys));
-        }
-        if self.ops_per_key == 0 || self.ops_per_key > 10_000 {
-            return bad(format!(
-                "--ops-per-key must be 1 to 10000, got {} (the checker's search grows \
-                 exponentially with operations per key; 200 is the tested default)",
-                self.ops_per_key
-            ));
-        }
-        if self.clients_per_node == 0 || self.clients_per_node > 64 {
-            return bad(format!(
-                "--clients-per-node must be 1 to 64, got {}",
-                self.clients_per_node
-            ));
-        }
-        if self.op_timeout < Duration::from_millis(100) {
-            return bad("--op-timeout must be at least 100ms".into());
-        }
-        if self.min_period.is_zero() || self.min_period > self.max_period {
-            return bad("need 0 < --min-period <= --max-period".into());
-        }
-        if self.max_skew_ms <= 0 {
-            return bad("--max-skew must be positive".into());
-        }
-        if !self.augur_bin.is_file() {
-            return bad(format!(
-                "augur binary {} does not exist (set --augur-bin or AUGUR_BIN)",
-                self.augur_bin.display()
-            ));
-        }
-        if self.out.join("history.jsonl").exists() {
-            return bad(format!(
-                "{} already holds a run (history.jsonl); choose a new --out",
-                self.out.display()
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// What a run produced.
@@ -316,31 +199,6 @@ pub fn run(cfg: RunConfig) -> Result<RunOutcome, HarnessError> {
     outcome
 }
 
-/// Waits until every node answers `/health` with 200.
-async fn wait_all_healthy(layout: &ClusterLayout, deadline: Instant) -> Result<(), String> {
-    loop {
-        let checks = layout
-            .nodes
-            .iter()
-            .map(|n| cluster::healthy(n, Duration::from_millis(500)));
-        let results = futures::future::join_all(checks).await;
-        let sick: Vec<&str> = layout
-            .nodes
-            .iter()
-            .zip(&results)
-            .filter(|(_, ok)| !**ok)
-            .map(|(n, _)| n.name.as_str())
-            .collect();
-        if sick.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("not healthy: {}", sick.join(", ")));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn client_for(
     layout: &ClusterLayout,
     first: usize,
@@ -354,103 +212,6 @@ fn client_for(
     c.attempt_timeout = cfg.op_timeout.min(Duration::from_secs(1));
     c.connect_timeout = Duration::from_secs(1);
     Ok(Client::new(c)?)
-}
-
-/// Polls the leader every 250 ms and records each change, until `stop`.
-async fn watch_leader(
-    client: Client,
-    layout: Arc<ClusterLayout>,
-    t0: Instant,
-    stop: Arc<AtomicBool>,
-    changes: Arc<Mutex<Vec<LeaderChange>>>,
-) {
-    let mut last: Option<Option<usize>> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let statuses = cluster::statuses(&client, &layout).await;
-        let leader = cluster::leader_of(&layout, &statuses);
-        if last != Some(leader) {
-            tracing::info!(leader = ?leader.map(|i| i + 1), "leader observed");
-            changes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(LeaderChange {
-                    at_ms: ms(t0.elapsed()),
-                    leader,
-                });
-            last = Some(leader);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Waits for the cluster to serve after heal: every node healthy and a write committed.
-async fn wait_recovered(
-    client: &Client,
-    layout: &ClusterLayout,
-    deadline: Instant,
-) -> Result<(), String> {
-    wait_all_healthy(layout, deadline).await?;
-    let probe = Record::Setting(Setting {
-        name: "jepsen-recovery-probe".into(),
-        value: b"healed".to_vec(),
-        version: 0,
-    });
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let txn = Txn {
-            compares: Vec::new(),
-            ops: vec![Op::Put(probe.clone())],
-        };
-        match client.txn(txn).await {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("no write committed after heal: {last}"))
-}
-
-/// Polls every node's digest until all agree or `deadline`; returns the last digests seen.
-async fn converge(
-    layout: &ClusterLayout,
-    deadline: Instant,
-) -> (bool, Vec<NodeDigest>, Option<String>) {
-    loop {
-        let asks = layout
-            .nodes
-            .iter()
-            .map(|n| cluster::digest(n, Duration::from_secs(2)));
-        let answers = futures::future::join_all(asks).await;
-        let mut digests = Vec::new();
-        let mut errors = Vec::new();
-        for (n, a) in layout.nodes.iter().zip(answers) {
-            match a {
-                Ok(d) => digests.push(NodeDigest {
-                    node: n.name.clone(),
-                    revision: d.revision,
-                    records: d.records,
-                    crc64: d.crc64,
-                }),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        let distinct: HashSet<(u64, &str)> = digests
-            .iter()
-            .map(|d| (d.revision, d.crc64.as_str()))
-            .collect();
-        if errors.is_empty() && distinct.len() == 1 {
-            return (true, digests, None);
-        }
-        if Instant::now() >= deadline {
-            let detail = if errors.is_empty() {
-                format!("{} different (revision, digest) pairs", distinct.len())
-            } else {
-                errors.join("; ")
-            };
-            return (false, digests, Some(detail));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -467,19 +228,23 @@ async fn run_cluster(
     let admin = client_for(&layout, 0, cfg)?;
     let handle = tokio::runtime::Handle::current();
     let addrs: Vec<Ipv4Addr> = layout.nodes.iter().map(|n| n.addr).collect();
-    let nemesis = Nemesis::new(
-        addrs,
-        procs,
-        firewall,
-        clocks,
-        control::Control::new(handle.clone(), admin.clone(), Arc::clone(&layout)),
-        cfg.seed,
-    )?;
+    let control = control::Control::new(handle.clone(), admin.clone(), Arc::clone(&layout));
+    // Filled by the watches on wiped members as they see them rejoin, even mid-run.
+    let wiped_violations = control.violations();
+    let nemesis = Nemesis::new(addrs, procs, firewall, clocks, control, cfg.seed)?;
     // From here the nemesis owns the processes: dropping it kills them.
     let mut nemesis = Some(nemesis);
 
-    tracing::info!(nodes = cfg.nodes, "waiting for the cluster to form");
-    if let Err(e) = wait_all_healthy(&layout, Instant::now() + Duration::from_secs(60)).await {
+    tracing::info!(nodes = cfg.nodes, "bootstrapping the cluster");
+    let founder = layout.endpoints()[0].clone();
+    let formed = async {
+        admin
+            .bootstrap(&founder, Duration::from_secs(60))
+            .await
+            .map_err(|e| format!("bootstrap through {founder}: {e}"))?;
+        wait_all_healthy(&layout, Instant::now() + Duration::from_secs(60)).await
+    };
+    if let Err(e) = formed.await {
         for n in &layout.nodes {
             let tail = std::fs::read_to_string(&n.log).unwrap_or_default();
             let lines: Vec<&str> = tail.lines().rev().take(5).collect();
@@ -489,7 +254,7 @@ async fn run_cluster(
             "cluster did not form within 60s: {e}"
         )));
     }
-    // Bootstrapped: from now on a (re)started node, wiped or not, must never bootstrap.
+    // Founded: a (re)started node, wiped or not, is never asked to found a cluster again.
     layout.write_configs(false)?;
 
     let plan = schedule(&ScheduleConfig {
@@ -668,18 +433,17 @@ async fn run_cluster(
     let check = tokio::task::block_in_place(|| {
         crate::check_history(&events, crate::ModelChoice::Versioned, &opts)
     })?;
-    let no_progress = recovered.is_err() || !convergence.missing_reads.is_empty();
-    let exit = if check.verdict == Verdict::NotLinearizable {
-        RunExit::Anomaly
-    } else if !convergence.converged && convergence.missing_reads.is_empty() {
-        RunExit::Diverged
-    } else if no_progress {
-        RunExit::NoProgress
-    } else if check.verdict == Verdict::Unknown {
-        RunExit::Unknown
-    } else {
-        RunExit::Pass
-    };
+    let wiped_member_violations = wiped_violations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let exit = RunExit::judge(&Findings {
+        verdict: check.verdict,
+        converged: convergence.converged,
+        missing_reads: !convergence.missing_reads.is_empty(),
+        recovered: recovered.is_ok(),
+        wiped_member_rejoined: !wiped_member_violations.is_empty(),
+    });
     let mut results = RunResults::new(&events, &check);
     results.seed = Some(cfg.seed);
     results.faults = faults;
@@ -693,12 +457,7 @@ async fn run_cluster(
     }
     results.run = Some(RunInfo {
         nodes: cfg.nodes,
-        nemeses: cfg
-            .nemeses
-            .iter()
-            .filter_map(|k| serde_json::to_value(k).ok())
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
+        nemeses: cfg.nemeses.iter().map(|k| k.name().to_string()).collect(),
         duration_ms: ms(cfg.time),
         augur_bin: cfg.augur_bin.display().to_string(),
         namespace,
@@ -707,6 +466,7 @@ async fn run_cluster(
         recovered: recovery_ms.is_some(),
         heal_errors,
         convergence,
+        wiped_member_violations,
         exit_code: exit.code(),
         exit_reason: exit.reason().to_string(),
     });
@@ -749,63 +509,8 @@ pub fn missing_for(kind: NemesisKind) -> Option<String> {
             }
         }
         NemesisKind::Clock => Faketime::locate().err().map(|e| e.to_string()),
-        NemesisKind::Kill | NemesisKind::Pause | NemesisKind::Member => None,
-    }
-}
-
-/// Parses `60s`, `2m`, `500ms`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 60s, 2m, 500ms)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
-            ))
+        NemesisKind::Kill | NemesisKind::Pause | NemesisKind::Member | NemesisKind::DiskLoss => {
+            None
         }
-    };
-    if !secs.is_finite() || !(0.0..=1e7).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_and_reject_junk() {
-        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "s", "10x", "-1s", "1e999s", "abc"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn exit_codes_are_distinct() {
-        let all = [
-            RunExit::Pass,
-            RunExit::Anomaly,
-            RunExit::Unknown,
-            RunExit::Error,
-            RunExit::NoProgress,
-            RunExit::Diverged,
-        ];
-        let codes: HashSet<u8> = all.iter().map(|e| e.code()).collect();
-        assert_eq!(codes.len(), all.len());
     }
 }

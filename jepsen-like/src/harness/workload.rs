@@ -170,11 +170,15 @@ pub fn write_error_is_certain(e: &ClientError) -> bool {
             | ApiError::Compacted { .. }
             | ApiError::Unavailable(_)
             | ApiError::Membership(_)
-            | ApiError::PermissionDenied(_) => true,
+            | ApiError::PermissionDenied(_)
+            | ApiError::WrongIdentity(_) => true,
             ApiError::Indeterminate(_) | ApiError::Internal(_) => false,
         },
         // Local set-up failures: nothing was sent.
         ClientError::Config(_) | ClientError::Transport(_) => true,
+        // Data-plane refusals (never returned by the metadata calls the workload makes): the
+        // client reports a write that may have been applied as `Indeterminate` instead.
+        ClientError::Data(_) | ClientError::NoDataPlane => true,
         ClientError::Unexpected { .. } => false,
     }
 }

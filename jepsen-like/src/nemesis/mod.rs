@@ -10,10 +10,12 @@
 //! [`install_signal_cleanup`] — removes it even when the harness is interrupted.
 
 pub mod clock;
+pub mod executor;
 pub mod netns;
 pub mod partition;
 pub mod process;
 pub mod schedule;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +48,10 @@ pub enum NemesisError {
     /// The cluster-control callback (leader lookup, membership change) failed.
     #[error("cluster control: {0}")]
     Control(String),
+    /// The fault was not injected because it would break a rule of the run: a second member
+    /// losing its data while one is still lost.
+    #[error("refused: {0}")]
+    Refused(String),
     /// Sending a signal failed.
     #[error("signal: {0}")]
     Signal(#[from] nix::Error),

@@ -1,7 +1,8 @@
-//! The HTTP admin surface: `/health`, `/metrics`, `/v1/status`, `/v1/digest`.
+//! The HTTP admin surface: `/health`, `/metrics`, `/v1/status`, `/v1/digest`, `/v1/control`.
 //!
-//! `/health` answers 200 only when the node knows a leader and has applied everything it
-//! knows to be committed: a load balancer or `augur local up` can use it as "ready".
+//! `/health` answers 200 only when the node takes part in Raft, knows a leader and has applied
+//! everything it knows to be committed: a load balancer or `augur local up` can use it as
+//! "ready". A member that lost its data and waits to be added again says so there.
 
 use super::MetaNode;
 use axum::extract::State;
@@ -22,6 +23,7 @@ pub async fn serve(node: MetaNode, addr: SocketAddr) -> std::io::Result<()> {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/digest", get(digest))
+        .route("/v1/control", get(control))
         .with_state(node);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -32,13 +34,19 @@ pub async fn serve(node: MetaNode, addr: SocketAddr) -> std::io::Result<()> {
 
 async fn health(State(node): State<MetaNode>) -> Response {
     let s = node.status();
-    let ready = s.leader.is_some() && s.applied >= s.committed && !node.is_shutting_down();
+    let ready = s.waiting.is_none()
+        && s.leader.is_some()
+        && s.applied >= s.committed
+        && !node.is_shutting_down();
     let body = serde_json::json!({
         "ready": ready,
         "role": s.role,
         "leader": s.leader.map(|l| l.id.0),
         "committed": s.committed,
         "applied": s.applied,
+        "incarnation": format!("{:016x}", s.incarnation),
+        "cluster": s.cluster.map(|c| c.to_string()),
+        "waiting": s.waiting,
     });
     let code = if ready {
         StatusCode::OK
@@ -74,6 +82,13 @@ async fn metrics(State(node): State<MetaNode>) -> Response {
 
 async fn status(State(node): State<MetaNode>) -> Response {
     Json(node.status()).into_response()
+}
+
+/// The control plane's view of the data plane (nodes, under-replicated and stuck shards,
+/// moves in flight), as of its last repair pass; `"leading": false` on a member that does
+/// not lead.
+async fn control(State(node): State<MetaNode>) -> Response {
+    Json(node.control.view()).into_response()
 }
 
 async fn digest(State(node): State<MetaNode>) -> Response {

@@ -22,15 +22,22 @@
 //! The stream ends at the first conflict, higher vote, partial success, remote fatal error or
 //! transport error, as openraft requires. Each answer must arrive within the RPC deadline,
 //! counted only while one is owed: an idle session, with nothing to replicate, stays open.
+//!
+//! openraft bounds a batch by entry count, not bytes, and one entry may be megabytes. A
+//! request whose encoding would not fit in a frame is cut into consecutive parts that do, each
+//! its own frame and its own answer on the follower; the leader hands openraft one answer for
+//! the whole request (the last part's if every part fully succeeded, else the first part that
+//! did not). So no legal write can make a frame the follower refuses, and a follower that fell
+//! far behind catches up however large the entries it missed.
 
 use super::network::{decode_reply, rpc_err};
 use super::MetaNode;
-use augur_client::transport::{FramedRecv, Transport};
-use augur_proto::frame::{read_frame, write_frame, FrameError};
-use augur_proto::wire::{ApiError, RaftRpcKind};
+use augur_proto::frame::{payload_budget, read_frame, write_frame, FrameError};
+use augur_proto::wire::ApiError;
 use augur_proto::{Request, Response};
 use augur_raft_store::types::LogId;
 use augur_raft_store::TypeConfig;
+use augur_transport::{FramedRecv, Transport};
 use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::entry::RaftEntry;
@@ -49,14 +56,67 @@ fn last_log_id(req: &AppendEntriesRequest<TypeConfig>) -> Option<LogId> {
     req.entries.last().map(|e| e.log_id()).or(req.prev_log_id)
 }
 
+/// Cuts a request into consecutive parts whose entries take at most `budget` bytes each
+/// (a part holds at least one entry, however large). A request that fits is returned whole.
+fn split(
+    req: AppendEntriesRequest<TypeConfig>,
+    budget: usize,
+) -> Vec<AppendEntriesRequest<TypeConfig>> {
+    let size = |e: &augur_raft_store::types::Entry| {
+        postcard::serialize_with_flavor(e, postcard::ser_flavors::Size::default())
+            .unwrap_or(usize::MAX)
+    };
+    let sizes: Vec<usize> = req.entries.iter().map(size).collect();
+    if sizes.iter().fold(0usize, |a, s| a.saturating_add(*s)) <= budget {
+        return vec![req];
+    }
+    let AppendEntriesRequest {
+        vote,
+        prev_log_id,
+        leader_commit,
+        entries,
+    } = req;
+    let mut parts = Vec::new();
+    let mut prev = prev_log_id;
+    let mut part = Vec::new();
+    let mut bytes = 0usize;
+    for (entry, entry_bytes) in entries.into_iter().zip(sizes) {
+        if !part.is_empty() && bytes.saturating_add(entry_bytes) > budget {
+            let done = std::mem::take(&mut part);
+            let next_prev = done
+                .last()
+                .map(|e: &augur_raft_store::types::Entry| e.log_id());
+            parts.push(AppendEntriesRequest {
+                vote,
+                prev_log_id: prev,
+                leader_commit,
+                entries: done,
+            });
+            prev = next_prev;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(entry_bytes);
+        part.push(entry);
+    }
+    parts.push(AppendEntriesRequest {
+        vote,
+        prev_log_id: prev,
+        leader_commit,
+        entries: part,
+    });
+    parts
+}
+
 /// Opens a pipelined append stream to the follower at `addr` and returns its answers.
 ///
-/// At most `window` requests (at least 1) are unanswered at a time. `answer_timeout` bounds
-/// the wait for each owed answer; a stream that misses it ends with an error and the pooled
-/// connection is dropped, as for a plain RPC that times out.
+/// `header` is the `Request::Raft { kind: AppendStream }` that opens the stream, envelope
+/// included. At most `window` requests (at least 1) are unanswered at a time.
+/// `answer_timeout` bounds the wait for each owed answer; a stream that misses it ends with an
+/// error (the stream is reset; the connection stays for everything else using it).
 pub(crate) fn open<'s, S>(
     transport: Transport,
     addr: String,
+    header: Request,
     input: S,
     answer_timeout: Duration,
     window: usize,
@@ -65,10 +125,6 @@ where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
 {
     Box::pin(async move {
-        let header = Request::Raft {
-            kind: RaftRpcKind::AppendStream,
-            payload: Vec::new(),
-        };
         let (send, recv) = transport.open(&addr, &header).await.map_err(rpc_err)?;
         // The writer takes a permit per request and announces it to the reader with the
         // request; the reader gives the permit back once the answer is in.
@@ -102,9 +158,9 @@ where
     })
 }
 
-/// A request the reader must see answered: the log id the answer must acknowledge, and the
-/// window permit it holds until then.
-type OwedAnswer = (Option<LogId>, OwnedSemaphorePermit);
+/// A request the reader must see answered: for each of its parts on the wire, the log id the
+/// part's answer must acknowledge; and the window permit the request holds until then.
+type OwedAnswer = (Vec<Option<LogId>>, OwnedSemaphorePermit);
 
 /// The writer's end of the reader's queue, and the window that bounds it.
 struct Owed {
@@ -132,19 +188,23 @@ async fn write_requests<S>(
         let Some(req) = input.next().await else {
             break;
         };
+        let parts = split(req, payload_budget(max_frame));
         // Announced before it is written, so the answer deadline also covers a follower too
         // slow to take the bytes.
-        if owed.tx.send((last_log_id(&req), permit)).is_err() {
+        let expected = parts.iter().map(last_log_id).collect();
+        if owed.tx.send((expected, permit)).is_err() {
             return; // the reader has stopped: the session is over
         }
         let Some(stream) = send.0.as_mut() else {
             return;
         };
-        if let Err(e) = write_frame(stream, &req, max_frame).await {
-            // The follower answers what it got and then sees the stream reset; the reader
-            // reports the missing answer.
-            tracing::warn!(peer = %addr, error = %e, "append stream: sending a request failed");
-            return;
+        for part in &parts {
+            if let Err(e) = write_frame(stream, part, max_frame).await {
+                // The follower answers what it got and then sees the stream reset; the reader
+                // reports the missing answer.
+                tracing::warn!(peer = %addr, error = %e, "append stream: sending a request failed");
+                return;
+            }
         }
     }
     if let Some(mut stream) = send.0.take() {
@@ -178,34 +238,51 @@ struct AnswerReader {
 }
 
 impl AnswerReader {
-    /// The next answer and whether the stream goes on after it; `None` once the input has
-    /// ended and every request is answered.
+    /// The next answer to one of openraft's requests and whether the stream goes on after it;
+    /// `None` once the input has ended and every request is answered.
     async fn next_answer(&mut self) -> Option<(AppendItem, bool)> {
         // The permit goes back to the window when this returns, answer in hand.
         let (expected, _permit) = self.owed.recv().await?;
+        let mut last = None;
+        for part in expected {
+            let (item, go_on) = self.next_part(part).await;
+            if !go_on {
+                // A part that did not fully succeed answers for the whole request: openraft
+                // resends from what the follower really has.
+                return Some((item, false));
+            }
+            last = Some(item);
+        }
+        last.map(|item| (item, true))
+    }
+
+    /// The answer to one frame on the wire.
+    async fn next_part(&mut self, expected: Option<LogId>) -> (AppendItem, bool) {
         let answer = match tokio::time::timeout(self.answer_timeout, self.recv.next()).await {
             Err(_) => {
-                self.transport.forget(&self.addr).await;
-                return Some((
+                // A follower that was killed (and perhaps restarted) leaves a connection that
+                // looks open until the idle timeout; silence tells, and the next session
+                // dials afresh.
+                self.transport.discard_if_silent(&self.recv);
+                return (
                     Err(RPCError::Network(NetworkError::from_string(format!(
                         "{}: no append answer within {:?}",
                         self.addr, self.answer_timeout
                     )))),
                     false,
-                ));
+                );
             }
             Ok(Err(e)) => {
-                self.transport.forget(&self.addr).await;
-                return Some((Err(rpc_err(e)), false));
+                return (Err(rpc_err(e)), false);
             }
             Ok(Ok(None)) => {
-                return Some((
+                return (
                     Err(RPCError::Network(NetworkError::from_string(format!(
                         "{}: append stream ended with a request unanswered",
                         self.addr
                     )))),
                     false,
-                ))
+                )
             }
             Ok(Ok(Some(resp))) => resp,
         };
@@ -213,7 +290,7 @@ impl AnswerReader {
         // Only a full success lets the pipeline go on: after a conflict or a higher vote the
         // requests behind are moot, and after a partial success they would leave a gap.
         let go_on = matches!(&item, Ok(Ok(matched)) if *matched == expected);
-        Some((item, go_on))
+        (item, go_on)
     }
 }
 
@@ -267,7 +344,7 @@ impl MetaNode {
         let mut answers = std::pin::pin!(self.raft.stream_append(requests));
         while let Some(answer) = answers.next().await {
             let go_on = matches!(answer, Ok(Ok(_)));
-            let reply = super::service::encode_reply(answer.map_err(|fatal| fatal.to_string()));
+            let reply = super::raft_server::encode_reply(answer.map_err(|fatal| fatal.to_string()));
             let started = arrived.lock().ok().and_then(|mut a| a.pop_front());
             if let Some(started) = started {
                 self.metrics.observe_rpc("raft_append", started.elapsed());
@@ -299,8 +376,9 @@ mod tests {
     //! can show deterministically is the order of things on the wire.
     use super::*;
     use crate::certs::{create_ca, issue, Role};
-    use augur_client::transport::{client_config, server_config, TlsFiles};
     use augur_proto::frame::MAX_FRAME_DEFAULT;
+    use augur_proto::wire::{RaftEnvelope, RaftRpcKind};
+    use augur_transport::{client_config, server_config, TlsFiles};
     use openraft::raft::StreamAppendError;
     use openraft::testing::{blank_ent, log_id};
 
@@ -323,7 +401,7 @@ mod tests {
             dir.path(),
             dir.path(),
             "meta-1",
-            Role::Node,
+            Role::Member,
             &["127.0.0.1".into()],
         )
         .unwrap();
@@ -349,6 +427,22 @@ mod tests {
         }
     }
 
+    /// The stream's opening frame, as a leader sends it.
+    fn header() -> Request {
+        Request::Raft {
+            kind: RaftRpcKind::AppendStream,
+            envelope: RaftEnvelope {
+                cluster: augur_proto::ClusterId(1),
+                from: augur_proto::MemberId(1),
+                from_incarnation: 11,
+                to: augur_proto::MemberId(2),
+                to_incarnation: 22,
+                membership_index: 0,
+            },
+            payload: Vec::new(),
+        }
+    }
+
     impl Peers {
         /// Opens an append stream to the follower and collects every answer until it ends.
         async fn collect_answers(
@@ -360,6 +454,7 @@ mod tests {
                 open(
                     self.leader.clone(),
                     self.addr.clone(),
+                    header(),
                     input,
                     Duration::from_secs(20),
                     WINDOW,
@@ -422,7 +517,7 @@ mod tests {
     }
 
     async fn answer(send: &mut quinn::SendStream, r: StreamAppendResult<TypeConfig>) {
-        let reply = crate::meta::service::encode_reply::<StreamAppendResult<TypeConfig>>(Ok(r));
+        let reply = crate::meta::raft_server::encode_reply::<StreamAppendResult<TypeConfig>>(Ok(r));
         write_frame(send, &reply, MAX_FRAME_DEFAULT).await.unwrap();
     }
 
@@ -500,6 +595,7 @@ mod tests {
         let mut answers = open(
             p.leader.clone(),
             p.addr.clone(),
+            header(),
             input,
             Duration::from_millis(300),
             WINDOW,
@@ -516,5 +612,97 @@ mod tests {
         assert!(answers.next().await.is_none());
         let _ = release.send(());
         scripted.await.unwrap();
+    }
+
+    /// One request carrying `n` entries of about `each` bytes, after entry 0.
+    fn big_request(n: u64, each: usize) -> AppendEntriesRequest<TypeConfig> {
+        use augur_proto::{Op, Record, Setting, Txn};
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: Some(log_id::<TypeConfig>(1, 1, 2)),
+            entries: (1..=n)
+                .map(|i| augur_raft_store::types::Entry {
+                    log_id: log_id::<TypeConfig>(1, 1, i),
+                    payload: openraft::EntryPayload::Normal(augur_raft_store::Command::Txn(Txn {
+                        compares: vec![],
+                        ops: vec![Op::Put(Record::Setting(Setting {
+                            name: format!("s{i}"),
+                            value: vec![i as u8; each],
+                            version: 0,
+                        }))],
+                    })),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn requests_are_split_into_consecutive_parts_within_the_budget() {
+        let req = big_request(10, 1000);
+        assert_eq!(split(req.clone(), usize::MAX).len(), 1);
+        let parts = split(req.clone(), 3500);
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut prev = req.prev_log_id;
+        let mut all = Vec::new();
+        for p in &parts {
+            assert_eq!(p.prev_log_id, prev, "parts chain on each other");
+            assert_eq!(p.leader_commit, req.leader_commit);
+            assert!(!p.entries.is_empty());
+            let bytes: usize = p
+                .entries
+                .iter()
+                .map(|e| postcard::to_allocvec(e).unwrap().len())
+                .sum();
+            assert!(bytes <= 3500 || p.entries.len() == 1, "{bytes}");
+            prev = p.entries.last().map(|e| e.log_id());
+            all.extend(p.entries.iter().map(|e| e.log_id()));
+        }
+        assert_eq!(
+            all,
+            req.entries.iter().map(|e| e.log_id()).collect::<Vec<_>>()
+        );
+        // An entry larger than the budget travels alone.
+        assert_eq!(split(big_request(3, 5000), 1000).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_goes_out_in_parts_and_is_answered_once() {
+        let mut p = peers();
+        // A small frame limit on the leader's side, so that one request needs several frames.
+        p.leader = p
+            .leader
+            .clone()
+            .with_max_frame(augur_proto::frame::FRAME_SLACK + 8 * 1024);
+        let req = big_request(12, 2000);
+        let follower = p.follower.clone();
+        let scripted = tokio::spawn(async move {
+            let conn = follower.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let _header: Request = read_frame(&mut recv, MAX_FRAME_DEFAULT)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut frames = 0;
+            while let Some(part) =
+                read_frame::<_, AppendEntriesRequest<TypeConfig>>(&mut recv, MAX_FRAME_DEFAULT)
+                    .await
+                    .unwrap()
+            {
+                frames += 1;
+                answer(&mut send, Ok(last_log_id(&part))).await;
+            }
+            let _ = send.finish();
+            let _ = send.stopped().await;
+            frames
+        });
+        let answers = p.collect_answers(vec![req.clone()]).await;
+        let frames = scripted.await.unwrap();
+        assert!(frames > 1, "sent in {frames} frame(s)");
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(
+            answers[0].as_ref().unwrap().as_ref().unwrap(),
+            &last_log_id(&req)
+        );
     }
 }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub purged_index: Gauge,
     /// Bytes used by RocksDB.
     pub rocksdb_bytes: Gauge,
+    /// The data plane's control plane (see `control::status`).
+    pub control: crate::control::status::ControlMetrics,
 }
 
 fn rpc_histogram() -> Histogram {
@@ -65,6 +67,7 @@ impl Metrics {
             last_log_index: Gauge::default(),
             purged_index: Gauge::default(),
             rocksdb_bytes: Gauge::default(),
+            control: Default::default(),
             registry: Registry::default(),
         };
         registry.register("raft_term", "Current Raft term", m.term.clone());
@@ -119,6 +122,7 @@ impl Metrics {
             m.rpc_errors.clone(),
         );
         registry.register("watchers", "Open watch streams", m.watchers.clone());
+        m.control.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -1,29 +1,41 @@
 //! The metadata role: a Raft member serving the metadata API over QUIC.
 //!
-//! - [`network`]: Raft RPCs to peers;
+//! - [`server`]: accepting connections, reading each request, checking the caller's role;
+//! - [`auth`]: which certificate role may make which request;
+//! - [`kv`]: transactions and reads (linearizable through ReadIndex);
+//! - [`watch`]: change streams from the applied history;
+//! - [`membership`]: bootstrap, learners, promotion, removal, leader transfer, status;
+//! - [`raft_server`]: Raft messages from peers: identity checks, votes, snapshots;
+//! - [`network`]: Raft messages to peers;
 //! - [`append_stream`]: pipelined append entries, both the leader's and the follower's end;
-//! - [`service`]: request handling (writes, reads, watch, membership, Raft RPCs from peers);
 //! - [`admin`]: the HTTP admin surface (`/health`, `/metrics`, `/v1/status`);
 //! - [`metrics`]: Prometheus metrics.
+//!
+//! A member takes part in Raft only as the incarnation of its data directory the membership
+//! knows (see `augur_raft_store::identity`): a new cluster is founded once, by an explicit
+//! bootstrap, and a member that comes up with an empty directory waits to be added again.
 
 pub mod admin;
 pub mod append_stream;
+pub mod auth;
+pub mod kv;
+pub mod membership;
 pub mod metrics;
 pub mod network;
-pub mod service;
+pub mod raft_server;
+pub mod server;
+pub mod watch;
 
 use crate::config::MetaConfig;
 use anyhow::Context;
-use augur_client::transport::{client_config, server_config, Transport};
 use augur_raft_store::types::Raft;
-use augur_raft_store::{StateMachine, StoreConfig};
+use augur_raft_store::{Identity, StateMachine, StoreConfig};
+use augur_transport::{client_config, server_config, Transport};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, ServerState};
-use std::collections::BTreeMap;
+use openraft::ServerState;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// A running metadata node. Cheap to clone.
 #[derive(Clone)]
@@ -31,26 +43,35 @@ pub struct MetaNode {
     pub(crate) id: u64,
     pub(crate) raft: Raft,
     pub(crate) sm: StateMachine,
+    /// Member id, incarnation and cluster of this data directory.
+    pub(crate) identity: Identity,
+    /// Log index of the membership Raft acts under, for outgoing envelopes.
+    pub(crate) membership_index: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) endpoint: quinn::Endpoint,
     /// Node-to-node calls outside Raft's own traffic (a follower's read-index request).
     pub(crate) peers: Transport,
     pub(crate) metrics: Arc<metrics::Metrics>,
     cfg: Arc<MetaConfig>,
     shutting_down: Arc<AtomicBool>,
-    shutdown_tx: Arc<watch::Sender<bool>>,
+    shutdown_tx: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Held while a bootstrap runs, so two cannot found two clusters from one member.
+    bootstrapping: Arc<tokio::sync::Mutex<()>>,
+    /// The data plane's control plane (acts while this member leads).
+    pub(crate) control: Arc<crate::control::Control>,
 }
 
 impl MetaNode {
-    /// Opens the store, starts Raft and the QUIC endpoint, and bootstraps the cluster if this
-    /// node is configured with initial members and nothing is initialised yet.
+    /// Opens the store, starts Raft and the QUIC endpoint. Nothing is bootstrapped here: a
+    /// member with no data waits for `Request::Bootstrap` or to be added by the leader.
     pub async fn start(cfg: MetaConfig) -> anyhow::Result<MetaNode> {
         let store_cfg = StoreConfig {
             dir: cfg.data_dir.clone(),
             history_retention: cfg.store.history_retention,
             block_cache_bytes: cfg.store.block_cache_mb << 20,
         };
-        let stores = augur_raft_store::open(&store_cfg)
+        let stores = augur_raft_store::open(&store_cfg, cfg.id)
             .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
+        let identity = stores.identity.clone();
         let idle = Duration::from_millis(cfg.raft.peer_idle_timeout_ms);
         let server = server_config(&cfg.tls, idle).context("TLS server configuration")?;
         let mut endpoint = quinn::Endpoint::server(server, cfg.listen)
@@ -61,14 +82,19 @@ impl MetaNode {
         let transport = Transport::from_endpoint(
             endpoint.clone(),
             Duration::from_millis(cfg.raft.connect_timeout_ms),
-        );
+        )
+        .with_max_frame(cfg.limits.max_frame_bytes);
         let raft_config = Arc::new(cfg.raft.to_openraft().context("raft settings")?);
+        let cfg_control = cfg.control.clone();
+        let membership_index = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let sm = stores.state.clone();
         let raft = Raft::new(
             cfg.id,
             raft_config,
             network::Network::new(
                 transport.clone(),
+                identity.clone(),
+                membership_index.clone(),
                 Duration::from_millis(cfg.raft.election_timeout_min_ms),
                 cfg.raft.append_window,
             ),
@@ -78,19 +104,51 @@ impl MetaNode {
         .await
         .context("starting raft")?;
         let metrics = Arc::new(metrics::Metrics::new(sm.apply_histogram()));
-        let (shutdown_tx, _) = watch::channel(false);
+        let (shutdown_tx, _) = tokio::sync::watch::channel(false);
+        let control = Arc::new(crate::control::Control::new(
+            cfg_control,
+            metrics.control.clone(),
+        ));
         let node = MetaNode {
             id: cfg.id,
             raft,
             sm,
+            identity,
+            membership_index: membership_index.clone(),
             endpoint,
             peers: transport,
             metrics,
             cfg: Arc::new(cfg),
             shutting_down: Arc::new(AtomicBool::new(false)),
             shutdown_tx: Arc::new(shutdown_tx),
+            bootstrapping: Arc::new(tokio::sync::Mutex::new(())),
+            control,
         };
-        node.bootstrap().await?;
+        if let Some(why) = node.waiting_reason() {
+            tracing::warn!(
+                id = node.id,
+                incarnation = format_args!("{:016x}", node.identity.incarnation()),
+                "{why}"
+            );
+        }
+        crate::control::spawn(node.clone());
+        // Keep the membership index for outgoing envelopes current.
+        let mut metrics_rx = node.raft.metrics();
+        let index = membership_index.clone();
+        tokio::spawn(async move {
+            loop {
+                let i = metrics_rx
+                    .borrow_watched()
+                    .membership_config
+                    .log_id()
+                    .as_ref()
+                    .map_or(0, |l| l.index);
+                index.store(i, std::sync::atomic::Ordering::Release);
+                if metrics_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         let accept = node.clone();
         tokio::spawn(async move {
             while let Some(incoming) = accept.endpoint.accept().await {
@@ -101,42 +159,15 @@ impl MetaNode {
         Ok(node)
     }
 
-    /// Initialises a fresh cluster from `initial_members`; a no-op once initialised, so every
-    /// listed member may run it on every start.
-    async fn bootstrap(&self) -> anyhow::Result<()> {
-        if self.cfg.initial_members.is_empty() || self.raft.is_initialized().await? {
-            return Ok(());
-        }
-        let members: BTreeMap<u64, BasicNode> = self
-            .cfg
-            .initial_members
-            .iter()
-            .map(|m| {
-                (
-                    m.id,
-                    BasicNode {
-                        addr: m.addr.clone(),
-                    },
-                )
-            })
-            .collect();
-        match self.raft.initialize(members).await {
-            Ok(()) => tracing::info!(id = self.id, "initialised cluster"),
-            // Another member initialised first; its log wins and ours is empty: fine.
-            Err(e) => tracing::info!(id = self.id, error = %e, "cluster already initialised"),
-        }
-        Ok(())
-    }
-
-    fn max_frame(&self) -> usize {
+    pub(crate) fn max_frame(&self) -> usize {
         self.cfg.limits.max_frame_bytes
     }
 
-    fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
-    fn shutdown_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
         self.shutdown_tx.subscribe()
     }
 

@@ -1,7 +1,8 @@
 //! Raft traffic between metadata nodes, over the same QUIC transport clients use.
 //!
 //! Each Raft RPC is one request on its own QUIC stream: openraft's message, postcard-encoded,
-//! inside a [`Request::Raft`] frame; the answer is `Result<response, String>` the same way.
+//! inside a [`Request::Raft`] frame with an envelope naming the cluster and both ends'
+//! (id, incarnation); the answer is `Result<response, String>` the same way.
 //! Errors on the remote side are always fatal there (shutting down), so the sender treats them
 //! like an unreachable peer and retries later. A snapshot is a header frame followed by the
 //! file in chunks and an empty end chunk, so it never has to fit in memory or in one frame.
@@ -10,12 +11,13 @@
 //! replication session, requests pipelined ahead of their answers.
 
 use super::append_stream;
-use augur_client::transport::{Transport, TransportError};
-use augur_proto::wire::RaftRpcKind;
-use augur_proto::{Request, Response};
+use super::MetaNode;
+use augur_proto::wire::{MemberInfo, RaftEnvelope, RaftRpcKind};
+use augur_proto::{ClusterId, MemberId, Request, Response};
 use augur_raft_store::types::{SnapshotMeta, StoreSnapshot, Vote};
-use augur_raft_store::TypeConfig;
-use futures::Stream;
+use augur_raft_store::{Identity, MemberNode, TypeConfig};
+use augur_transport::{Transport, TransportError};
+use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -23,10 +25,11 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::raft::{StreamAppendResult, TransferLeaderRequest, TransferLeaderResponse};
-use openraft::BasicNode;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::future::Future;
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -50,6 +53,8 @@ pub struct SnapshotChunk(pub Vec<u8>);
 #[derive(Clone)]
 pub struct Network {
     transport: Transport,
+    identity: Identity,
+    membership_index: Arc<AtomicU64>,
     min_rpc_timeout: Duration,
     append_window: usize,
 }
@@ -65,9 +70,20 @@ impl Network {
     /// anyway, and a dead peer is still noticed within it).
     ///
     /// `append_window` bounds the append-entries batches in flight to one follower.
-    pub fn new(transport: Transport, min_rpc_timeout: Duration, append_window: usize) -> Self {
+    ///
+    /// `membership_index` is kept by the node at the log index of the membership Raft acts
+    /// under; it goes in every envelope.
+    pub fn new(
+        transport: Transport,
+        identity: Identity,
+        membership_index: Arc<AtomicU64>,
+        min_rpc_timeout: Duration,
+        append_window: usize,
+    ) -> Self {
         Network {
             transport,
+            identity,
+            membership_index,
             min_rpc_timeout,
             append_window,
         }
@@ -77,22 +93,28 @@ impl Network {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: u64, node: &MemberNode) -> PeerClient {
         PeerClient {
             target,
+            target_incarnation: node.incarnation,
             addr: node.addr.clone(),
             transport: self.transport.clone(),
+            identity: self.identity.clone(),
+            membership_index: self.membership_index.clone(),
             min_rpc_timeout: self.min_rpc_timeout,
             append_window: self.append_window,
         }
     }
 }
 
-/// Raft RPCs to one peer.
+/// Raft RPCs to one peer: one incarnation of one member.
 pub struct PeerClient {
     target: u64,
+    target_incarnation: u64,
     addr: String,
     transport: Transport,
+    identity: Identity,
+    membership_index: Arc<AtomicU64>,
     min_rpc_timeout: Duration,
     append_window: usize,
 }
@@ -106,6 +128,34 @@ pub(super) fn rpc_err(e: TransportError) -> RPCError<TypeConfig> {
 }
 
 impl PeerClient {
+    /// Who this message is from and for. A member sends Raft messages only once it belongs to
+    /// a cluster (a founder joins before it initialises Raft).
+    fn envelope(&self) -> Result<RaftEnvelope, Unreachable<TypeConfig>> {
+        let cluster = self.identity.cluster().ok_or_else(|| {
+            Unreachable::from_string("this member belongs to no cluster yet".to_string())
+        })?;
+        Ok(RaftEnvelope {
+            cluster: ClusterId(cluster),
+            from: MemberId(self.identity.member()),
+            from_incarnation: self.identity.incarnation(),
+            to: MemberId(self.target),
+            to_incarnation: self.target_incarnation,
+            membership_index: self.membership_index.load(Ordering::Acquire),
+        })
+    }
+
+    fn request(
+        &self,
+        kind: RaftRpcKind,
+        payload: Vec<u8>,
+    ) -> Result<Request, Unreachable<TypeConfig>> {
+        Ok(Request::Raft {
+            kind,
+            envelope: self.envelope()?,
+            payload,
+        })
+    }
+
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         kind: RaftRpcKind,
@@ -114,32 +164,33 @@ impl PeerClient {
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let payload =
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let request = self.request(kind, payload).map_err(RPCError::Unreachable)?;
         let resp = self
             .transport
             .call(
                 &self.addr,
-                &Request::Raft { kind, payload },
+                &request,
                 option.hard_ttl().max(self.min_rpc_timeout),
             )
             .await
             .map_err(rpc_err)?;
         decode_reply(&self.addr, resp)
     }
-}
 
-impl PeerClient {
-    /// Asks the leader at `addr` for a read index: the log index a follower must have applied
-    /// to serve a linearizable read. Same framing and error mapping as every Raft RPC.
+    /// Asks `leader` for a read index: the log index a follower must have applied to serve a
+    /// linearizable read. Same framing and error mapping as every Raft RPC.
     pub(crate) async fn read_index(
-        transport: Transport,
-        leader: u64,
-        addr: String,
+        node: &MetaNode,
+        leader: &MemberInfo,
         timeout: Duration,
     ) -> Result<u64, RPCError<TypeConfig>> {
         let peer = PeerClient {
-            target: leader,
-            addr,
-            transport,
+            target: leader.id.0,
+            target_incarnation: leader.incarnation,
+            addr: leader.addr.clone(),
+            transport: node.peers.clone(),
+            identity: node.identity.clone(),
+            membership_index: node.membership_index.clone(),
             min_rpc_timeout: timeout,
             append_window: 1,
         };
@@ -172,12 +223,23 @@ pub(super) fn decode_reply<Resp: DeserializeOwned>(
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = std::fs::File;
 
+    /// openraft sends every append through [`Self::stream_append`]; the trait still asks for
+    /// a single-request form, which is a stream of one.
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftRpcKind::Append, &rpc, &option).await
+        let input = futures::stream::iter([rpc]);
+        let addr = self.addr.clone();
+        let mut answers = self.stream_append(input, option).await?;
+        match answers.next().await {
+            Some(Ok(result)) => Ok(result.into()),
+            Some(Err(e)) => Err(e),
+            None => Err(RPCError::Network(NetworkError::from_string(format!(
+                "{addr}: append stream ended without an answer"
+            )))),
+        }
     }
 
     fn stream_append<'s, S>(
@@ -194,9 +256,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
+        let header = match self.request(RaftRpcKind::AppendStream, Vec::new()) {
+            Ok(h) => h,
+            Err(e) => return Box::pin(async move { Err(RPCError::Unreachable(e)) }),
+        };
         append_stream::open(
             self.transport.clone(),
             self.addr.clone(),
+            header,
             input,
             option.soft_ttl().max(self.min_rpc_timeout),
             self.append_window,
@@ -264,15 +331,12 @@ impl PeerClient {
             meta: snapshot.meta.clone(),
         };
         let payload = postcard::to_allocvec(&header).map_err(|e| unreachable(&e))?;
+        let request = self
+            .request(RaftRpcKind::Snapshot, payload)
+            .map_err(StreamingError::Unreachable)?;
         let (mut send, mut recv) = self
             .transport
-            .open(
-                &self.addr,
-                &Request::Raft {
-                    kind: RaftRpcKind::Snapshot,
-                    payload,
-                },
-            )
+            .open(&self.addr, &request)
             .await
             .map_err(|e| unreachable(&e))?;
         let mut file = snapshot.snapshot;

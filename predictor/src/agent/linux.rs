@@ -2,8 +2,11 @@
 //! temperature and power supplies, /dev/kmsg for hardware error lines.
 //!
 //! Every counter the kernel keeps cumulatively is turned into a per-interval delta here, so a
-//! sample stands on its own. Sensors that do not exist become `null`; a kernel log we may not
-//! read (no privilege) counts zero errors and is reported once in the log.
+//! sample stands on its own; the first call only primes the counters and yields no sample.
+//! Sensors that do not exist become `null`, and so does a latency in an interval without I/O
+//! and the peer RTT / loss until the node has measured them; a kernel log we may not read (no
+//! privilege) counts zero errors and is reported once in the log. SMART comes from
+//! smartmontools once per period (see [`super::smart`]).
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -12,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use procfs::{Current, CurrentSI, DiskStat, KernelStats, Meminfo};
 
+use super::smart::SmartPoller;
 use super::{AgentError, Collector};
 use crate::sample::HealthSample;
 
@@ -28,6 +32,13 @@ pub struct LinuxConfig {
     pub sys_root: PathBuf,
     /// Whether to follow /dev/kmsg for error lines.
     pub kmsg: bool,
+    /// Devices whose SMART is read (as under /dev); empty disables SMART.
+    pub smart_devices: Vec<String>,
+    /// Time between SMART readings, ms (SMART changes over hours; reading it costs a
+    /// command per device).
+    pub smart_period_ms: u64,
+    /// The smartctl program (smartmontools 7 or later, for `--json`).
+    pub smartctl: PathBuf,
 }
 
 impl LinuxConfig {
@@ -39,33 +50,46 @@ impl LinuxConfig {
             interfaces: Vec::new(),
             sys_root: PathBuf::from("/sys"),
             kmsg: true,
+            smart_devices: vec![data_device.to_string()],
+            smart_period_ms: 3_600_000,
+            smartctl: PathBuf::from("smartctl"),
         }
     }
 }
 
 /// Peer network quality, supplied by the node from its QUIC connections (the agent cannot
 /// measure RTT and loss to peers by itself).
+///
+/// Until the node calls [`PeerNetwork::set`], samples carry no RTT and no loss (`null`): a
+/// node that has not talked to a peer yet has not measured a perfect network.
 #[derive(Debug, Clone, Default)]
 pub struct PeerNetwork {
-    inner: Arc<Mutex<(f64, f64)>>,
+    inner: Arc<Mutex<Option<(f64, f64)>>>,
 }
 
 impl PeerNetwork {
     /// Records the latest smoothed RTT (ms) and loss (percent) across peers.
     pub fn set(&self, rtt_ms: f64, loss_pct: f64) {
         let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        *g = (rtt_ms.max(0.0), loss_pct.clamp(0.0, 100.0));
+        *g = Some((rtt_ms.max(0.0), loss_pct.clamp(0.0, 100.0)));
     }
 
-    fn get(&self) -> (f64, f64) {
+    fn get(&self) -> Option<(f64, f64)> {
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// Whether a kernel log record counts as an error: priority err or worse, or a known disk,
 /// memory or PCIe failure pattern at any priority (drivers log some of those as warnings).
+///
+/// Corrected errors do not count, whatever their priority: ECC and PCIe AER report every
+/// error they corrected, and some healthy machines log them by the hundred a day. They say
+/// the hardware worked; counting them made chronically chatty nodes look like failing ones.
 pub fn is_error_record(record: &str) -> bool {
     let (prefix, message) = record.split_once(';').unwrap_or(("", record));
+    if is_corrected_report(message) {
+        return false;
+    }
     let priority = prefix
         .split(',')
         .next()
@@ -100,6 +124,16 @@ pub fn is_error_record(record: &str) -> bool {
         || m.contains("reset controller")
 }
 
+/// A report of an error the hardware corrected ("AER: Corrected error received", EDAC's
+/// "CE" lines, "corrected ... error" from MCE), as opposed to an uncorrected one.
+fn is_corrected_report(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    if m.contains("uncorrect") || m.contains(" ue ") {
+        return false;
+    }
+    m.contains("corrected") || (m.contains("edac") && m.contains(" ce "))
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Counters {
     cpu_busy: u64,
@@ -124,6 +158,7 @@ pub struct LinuxCollector {
     previous: Option<Counters>,
     kmsg_errors: Arc<AtomicU64>,
     kmsg_seen: u64,
+    smart: Option<SmartPoller>,
 }
 
 impl LinuxCollector {
@@ -144,12 +179,20 @@ impl LinuxCollector {
         if config.kmsg {
             follow_kmsg(kmsg_errors.clone());
         }
+        let smart = (!config.smart_devices.is_empty() && config.smart_period_ms > 0).then(|| {
+            SmartPoller::start(
+                config.smartctl.clone(),
+                config.smart_devices.clone(),
+                std::time::Duration::from_millis(config.smart_period_ms),
+            )
+        });
         Ok(LinuxCollector {
             config,
             peers,
             previous: None,
             kmsg_errors,
             kmsg_seen: 0,
+            smart,
         })
     }
 
@@ -298,56 +341,53 @@ fn delta(now: u64, before: u64) -> u64 {
 }
 
 impl Collector for LinuxCollector {
-    fn collect(&mut self, now_ms: i64) -> Result<HealthSample, AgentError> {
+    fn collect(&mut self, now_ms: i64) -> Result<Option<HealthSample>, AgentError> {
         let now = self.counters(now_ms)?;
-        let prev = self.previous.replace(now).unwrap_or(now);
-        let elapsed_ms = (now.at_ms - prev.at_ms).max(1) as f64;
-        let ratio = |num: u64, den: u64| {
-            if den == 0 {
-                0.0
-            } else {
-                num as f64 / den as f64
-            }
+        let kmsg_total = self.kmsg_errors.load(Ordering::Relaxed);
+        let err_log_count = kmsg_total - self.kmsg_seen.min(kmsg_total);
+        self.kmsg_seen = kmsg_total;
+        let Some(prev) = self.previous.replace(now) else {
+            // Priming: every delta would be zero.
+            return Ok(None);
         };
+        let elapsed_ms = (now.at_ms - prev.at_ms).max(1) as f64;
+        let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
         let reads = delta(now.reads, prev.reads);
         let writes = delta(now.writes, prev.writes);
         let mem = Meminfo::current().map_err(|e| AgentError::Procfs(e.to_string()))?;
         let available = mem
             .mem_available
             .unwrap_or(mem.mem_free + mem.buffers + mem.cached);
-        let (rtt, loss) = self.peers.get();
-        let kmsg_total = self.kmsg_errors.load(Ordering::Relaxed);
-        let err_log_count = kmsg_total - self.kmsg_seen.min(kmsg_total);
-        self.kmsg_seen = kmsg_total;
+        let peers = self.peers.get();
         let tcp_out = delta(now.tcp_out, prev.tcp_out);
-        Ok(HealthSample {
+        let mbps = |sectors: u64| sectors as f64 * 512.0 / 1e6 / (elapsed_ms / 1000.0);
+        Ok(Some(HealthSample {
             node: self.config.node.clone(),
             ts_ms: now_ms,
             cpu_util: ratio(
                 delta(now.cpu_busy, prev.cpu_busy),
                 delta(now.cpu_total, prev.cpu_total),
             )
-            .clamp(0.0, 1.0),
-            mem_util: (1.0 - ratio(available, mem.mem_total)).clamp(0.0, 1.0),
+            .map(|v| v.clamp(0.0, 1.0)),
+            mem_util: ratio(available, mem.mem_total).map(|a| (1.0 - a).clamp(0.0, 1.0)),
+            // No I/O in the interval: no latency was observed, which is not a latency of 0.
             disk_read_lat_ms: ratio(delta(now.read_ms, prev.read_ms), reads),
             disk_write_lat_ms: ratio(delta(now.write_ms, prev.write_ms), writes),
-            disk_read_mbps: delta(now.sectors_read, prev.sectors_read) as f64 * 512.0
-                / 1e6
-                / (elapsed_ms / 1000.0),
-            disk_write_mbps: delta(now.sectors_written, prev.sectors_written) as f64 * 512.0
-                / 1e6
-                / (elapsed_ms / 1000.0),
-            disk_util: (delta(now.io_ticks_ms, prev.io_ticks_ms) as f64 / elapsed_ms)
-                .clamp(0.0, 1.0),
-            net_rtt_ms: rtt,
-            net_loss_pct: loss,
-            net_errors: delta(now.net_errors, prev.net_errors),
-            err_log_count,
+            disk_read_mbps: Some(mbps(delta(now.sectors_read, prev.sectors_read))),
+            disk_write_mbps: Some(mbps(delta(now.sectors_written, prev.sectors_written))),
+            disk_util: Some(
+                (delta(now.io_ticks_ms, prev.io_ticks_ms) as f64 / elapsed_ms).clamp(0.0, 1.0),
+            ),
+            net_rtt_ms: peers.map(|p| p.0),
+            net_loss_pct: peers.map(|p| p.1),
+            net_errors: Some(delta(now.net_errors, prev.net_errors)),
+            err_log_count: Some(err_log_count),
             temp_c: read_temperature(&self.config.sys_root),
             psu_ok: read_power_supply(&self.config.sys_root),
             tcp_retrans_pct: (tcp_out > 0)
                 .then(|| 100.0 * delta(now.tcp_retrans, prev.tcp_retrans) as f64 / tcp_out as f64),
-        })
+            smart: self.smart.as_ref().and_then(SmartPoller::take),
+        }))
     }
 }
 
@@ -365,12 +405,21 @@ mod tests {
         assert!(is_error_record(
             "4,9,9,-;nvme nvme0: I/O 12 QID 3 timeout, reset controller"
         ));
-        assert!(is_error_record("5,1,1,-;EDAC MC0: 1 CE memory read error"));
-        assert!(is_error_record(
-            "4,1,1,-;pcieport 0000:00:1c.0: AER: Corrected error received"
-        ));
         assert!(!is_error_record(
             "6,1,1,-;nvme nvme0: 8/0/0 default/read/poll queues"
+        ));
+        // Corrected errors are the hardware working, at any priority.
+        assert!(!is_error_record(
+            "3,1,1,-;pcieport 0000:00:1c.0: AER: Corrected error received: 0000:01:00.0"
+        ));
+        assert!(!is_error_record(
+            "3,1,1,-;EDAC MC0: 1 CE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0"
+        ));
+        assert!(is_error_record(
+            "3,1,1,-;EDAC MC0: 1 UE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0"
+        ));
+        assert!(is_error_record(
+            "3,1,1,-;pcieport 0000:00:1c.0: AER: Uncorrected (Fatal) error received"
         ));
     }
 
@@ -405,13 +454,23 @@ mod tests {
         };
         let mut cfg = LinuxConfig::new("local", &disks[0].name);
         cfg.kmsg = false;
+        cfg.smart_devices.clear();
         let peers = PeerNetwork::default();
-        peers.set(0.7, 0.1);
-        let mut c = LinuxCollector::new(cfg, peers).unwrap();
-        c.collect(1_000).unwrap();
-        let s = c.collect(2_000).unwrap();
+        let mut c = LinuxCollector::new(cfg, peers.clone()).unwrap();
+        assert_eq!(c.collect(1_000).unwrap(), None, "priming yields no sample");
+        let s = c.collect(2_000).unwrap().unwrap();
         assert!(s.validate().is_ok(), "{s:?}");
-        assert_eq!(s.net_rtt_ms, 0.7);
+        assert_eq!(
+            (s.net_rtt_ms, s.net_loss_pct),
+            (None, None),
+            "not measured yet"
+        );
+        // CPU may show no elapsed jiffy between two immediate calls (then it is null, not
+        // 0); memory and disk utilisation are always there.
+        assert!(s.mem_util.is_some() && s.disk_util.is_some());
+        peers.set(0.7, 0.1);
+        let s = c.collect(3_000).unwrap().unwrap();
+        assert_eq!(s.net_rtt_ms, Some(0.7));
         let missing = LinuxCollector::new(
             LinuxConfig::new("x", "no-such-disk"),
             PeerNetwork::default(),

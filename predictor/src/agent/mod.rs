@@ -7,6 +7,7 @@
 
 pub mod linux;
 pub mod simulated;
+pub mod smart;
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -61,8 +62,10 @@ pub enum AgentError {
 /// Produces one health sample per call.
 pub trait Collector: Send {
     /// Samples the node at wall-clock time `now_ms`. Counters are reported as deltas since the
-    /// previous call.
-    fn collect(&mut self, now_ms: i64) -> Result<HealthSample, AgentError>;
+    /// previous call, so a collector that only primes its counters on the first call returns
+    /// `Ok(None)` then: a sample of zero deltas would claim an idle, error-free interval
+    /// that nobody observed.
+    fn collect(&mut self, now_ms: i64) -> Result<Option<HealthSample>, AgentError>;
 }
 
 /// Receives batches of samples.
@@ -152,40 +155,70 @@ where
 }
 
 /// Shared read access to the agent's bounded local history.
+///
+/// Two bounds: the latest `capacity` samples (the node model reads 72 h of them), and, apart,
+/// the latest `smart_capacity` samples that carry SMART (the disk model reads a month of
+/// hourly readings, which the first bound would evict after three days).
 #[derive(Debug, Clone)]
 pub struct HistoryHandle {
-    inner: Arc<Mutex<VecDeque<HealthSample>>>,
+    inner: Arc<Mutex<History>>,
     capacity: usize,
+    smart_capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct History {
+    recent: VecDeque<HealthSample>,
+    smart: VecDeque<HealthSample>,
 }
 
 impl HistoryHandle {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, smart_capacity: usize) -> Self {
         HistoryHandle {
-            inner: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16)))),
+            inner: Arc::new(Mutex::new(History {
+                recent: VecDeque::with_capacity(capacity.min(1 << 16)),
+                smart: VecDeque::new(),
+            })),
             capacity: capacity.max(1),
+            smart_capacity,
         }
     }
 
     fn push(&self, s: HealthSample) {
-        // A panic elsewhere while holding the lock leaves the deque intact: keep using it.
+        // A panic elsewhere while holding the lock leaves the deques intact: keep using them.
         let mut h = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if h.len() == self.capacity {
-            h.pop_front();
+        if s.smart.is_some() && self.smart_capacity > 0 {
+            if h.smart.len() == self.smart_capacity {
+                h.smart.pop_front();
+            }
+            h.smart.push_back(s.clone());
         }
-        h.push_back(s);
+        if h.recent.len() == self.capacity {
+            h.recent.pop_front();
+        }
+        h.recent.push_back(s);
     }
 
-    /// A copy of the samples currently held, oldest first (what `Model::score_samples` takes).
+    /// A copy of the samples currently held, oldest first (what `Model::score_samples` and
+    /// `DiskModel::score_samples` take): the SMART readings older than the recent window,
+    /// then the recent window.
     pub fn snapshot(&self) -> Vec<HealthSample> {
         let h = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        h.iter().cloned().collect()
+        let from = h.recent.front().map_or(i64::MAX, |s| s.ts_ms);
+        h.smart
+            .iter()
+            .filter(|s| s.ts_ms < from)
+            .chain(h.recent.iter())
+            .cloned()
+            .collect()
     }
 
-    /// Samples currently held.
+    /// Samples held in the recent window.
     pub fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .recent
             .len()
     }
 
@@ -205,6 +238,9 @@ pub struct AgentConfig {
     pub batch_interval_ms: u64,
     /// Samples kept locally. The default holds the model's 72 h baseline at 5 s sampling.
     pub history_capacity: usize,
+    /// SMART-bearing samples kept beyond that (the default: 45 days of hourly readings, for
+    /// the disk model's 30-day growth features).
+    pub smart_history_capacity: usize,
 }
 
 impl Default for AgentConfig {
@@ -213,6 +249,7 @@ impl Default for AgentConfig {
             sample_interval_ms: 5_000,
             batch_interval_ms: 30_000,
             history_capacity: 72 * 720 + 720,
+            smart_history_capacity: 45 * 24,
         }
     }
 }
@@ -241,7 +278,7 @@ pub struct Agent {
 impl Agent {
     /// An agent sampling `collector`.
     pub fn new(config: AgentConfig, collector: Box<dyn Collector>) -> Self {
-        let history = HistoryHandle::new(config.history_capacity);
+        let history = HistoryHandle::new(config.history_capacity, config.smart_history_capacity);
         Agent {
             config,
             collector,
@@ -289,7 +326,8 @@ impl Agent {
                 _ = sample_tick.tick() => {
                     let now_ms = origin_wall + origin.elapsed().as_millis() as i64;
                     match self.collector.collect(now_ms) {
-                        Ok(s) => {
+                        Ok(None) => {}
+                        Ok(Some(s)) => {
                             stats.samples += 1;
                             self.history.push(s.clone());
                             batch.push(s);
@@ -336,6 +374,33 @@ mod tests {
     use super::*;
     use crate::generate::FaultKind;
 
+    #[test]
+    fn history_keeps_smart_readings_longer_than_the_recent_window() {
+        let h = HistoryHandle::new(3, 2);
+        let smart = |ts| HealthSample {
+            smart: Some(
+                [("sda".to_string(), [("5".to_string(), 1.0)].into())]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..HealthSample::empty("n", ts)
+        };
+        let plain = |ts| HealthSample {
+            cpu_util: Some(0.1),
+            ..HealthSample::empty("n", ts)
+        };
+        h.push(smart(1));
+        h.push(smart(2));
+        h.push(smart(3));
+        for ts in 4..10 {
+            h.push(plain(ts));
+        }
+        let ts: Vec<i64> = h.snapshot().iter().map(|s| s.ts_ms).collect();
+        // SMART readings 2 and 3 survive (capacity 2), the recent window is 7, 8, 9.
+        assert_eq!(ts, vec![2, 3, 7, 8, 9]);
+        assert_eq!(h.len(), 3);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn samples_batches_history_and_shutdown() {
         let dir = tempfile::tempdir().unwrap();
@@ -347,6 +412,7 @@ mod tests {
                 sample_interval_ms: 5_000,
                 batch_interval_ms: 30_000,
                 history_capacity: 10,
+                smart_history_capacity: 0,
             },
             Box::new(source),
         );

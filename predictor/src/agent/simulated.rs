@@ -94,7 +94,7 @@ impl SimulatedSource {
 }
 
 impl Collector for SimulatedSource {
-    fn collect(&mut self, now_ms: i64) -> Result<HealthSample, AgentError> {
+    fn collect(&mut self, now_ms: i64) -> Result<Option<HealthSample>, AgentError> {
         if self.injector.is_dead() {
             return Err(AgentError::Unavailable("simulated node died".into()));
         }
@@ -104,7 +104,7 @@ impl Collector for SimulatedSource {
                     .pop_front()
                     .ok_or_else(|| AgentError::Unavailable("replay exhausted".into()))?;
                 s.ts_ms = now_ms;
-                Ok(s)
+                Ok(Some(s))
             }
             Mode::Synthetic(sim) => {
                 sim.episodes = self
@@ -113,7 +113,7 @@ impl Collector for SimulatedSource {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clone();
-                Ok(sim.sample(now_ms, self.interval_ms))
+                Ok(Some(sim.sample(now_ms, self.interval_ms)))
             }
         }
     }
@@ -130,19 +130,21 @@ mod tests {
         let t0 = 1_763_942_400_000i64;
         let mean = |src: &mut SimulatedSource, from: i64, f: &dyn Fn(&HealthSample) -> f64| {
             (0..30)
-                .map(|i| f(&src.collect(from + i * 60_000).unwrap()))
+                .map(|i| f(&src.collect(from + i * 60_000).unwrap().unwrap()))
                 .sum::<f64>()
                 / 30.0
         };
-        let loss0 = mean(&mut src, t0, &|s| s.net_loss_pct);
+        let loss0 = mean(&mut src, t0, &|s| s.net_loss_pct.unwrap());
         inj.inject(FaultKind::PacketLoss, t0 + 3_600_000, 600_000);
-        let loss1 = mean(&mut src, t0 + 4_000_000, &|s| s.net_loss_pct);
+        let loss1 = mean(&mut src, t0 + 4_000_000, &|s| s.net_loss_pct.unwrap());
         assert!(loss1 > loss0 + 2.0, "{loss0} -> {loss1}");
         inj.inject(FaultKind::ErrorBurst, t0 + 5_000_000, 60_000);
-        let errs = mean(&mut src, t0 + 5_100_000, &|s| s.err_log_count as f64);
+        let errs = mean(&mut src, t0 + 5_100_000, &|s| {
+            s.err_log_count.unwrap() as f64
+        });
         assert!(errs > 1.0, "{errs}");
         inj.clear();
-        let loss2 = mean(&mut src, t0 + 8_000_000, &|s| s.net_loss_pct);
+        let loss2 = mean(&mut src, t0 + 8_000_000, &|s| s.net_loss_pct.unwrap());
         assert!(loss2 < 0.5, "{loss2}");
         inj.inject(FaultKind::SuddenDeath, 0, 0);
         assert!(matches!(src.collect(t0), Err(AgentError::Unavailable(_))));
@@ -151,9 +153,11 @@ mod tests {
     #[test]
     fn replay_restamps_and_ends() {
         let mut gen = SimulatedSource::healthy("r", 1, 5_000);
-        let rec: Vec<_> = (0..3).map(|i| gen.collect(i * 5_000).unwrap()).collect();
+        let rec: Vec<_> = (0..3)
+            .map(|i| gen.collect(i * 5_000).unwrap().unwrap())
+            .collect();
         let mut src = SimulatedSource::replay(rec.clone(), 5_000);
-        let s = src.collect(42).unwrap();
+        let s = src.collect(42).unwrap().unwrap();
         assert_eq!(s.ts_ms, 42);
         assert_eq!(s.cpu_util, rec[0].cpu_util);
         src.collect(43).unwrap();

@@ -13,6 +13,9 @@ use std::fmt::Write as _;
 use crate::checker::CheckReport;
 use crate::history::{Event, EventKind};
 use crate::results::{FaultRecord, RunResults};
+use run::{run_details_html, summary_html};
+
+mod run;
 
 /// What the report shows.
 #[derive(Debug, Clone, Copy)]
@@ -192,13 +195,17 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="10">"#
     );
-    // Fault bands first, so bars draw over them.
-    for f in drawn_faults {
-        let start = t0.saturating_add(f.start_ms.saturating_mul(1_000_000) / unit);
-        let end = f.end_ms.map_or(t1, |ms| {
-            t0.saturating_add(ms.saturating_mul(1_000_000) / unit)
-        });
+    // Fault bands first, so bars draw over them. A fault inside another's band (a kill while
+    // a disk loss's member is lost) gets its label on the upper row, so the labels stay apart.
+    let to_units = |ms: u64| t0.saturating_add(ms.saturating_mul(1_000_000) / unit);
+    for (i, f) in drawn_faults.iter().enumerate() {
+        let start = to_units(f.start_ms);
+        let end = f.end_ms.map_or(t1, to_units);
         let (x0, x1) = (x(start), x(end).max(x(start) + 1.0));
+        let nested = drawn_faults[..i]
+            .iter()
+            .any(|g| g.start_ms <= f.start_ms && g.end_ms.is_none_or(|e| e > f.start_ms));
+        let label_y = if nested { TOP - 16.0 } else { TOP - 4.0 };
         let fill = if f.injected { "#5b8def" } else { "#bbbbbb" };
         let label = if f.injected {
             f.description.clone()
@@ -216,9 +223,19 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
                 f.end_ms
                     .map_or("never healed".into(), |e| format!("{e} ms"))
             )),
-            TOP - 4.0,
+            label_y,
             esc(&label)
         );
+        // Each step of the fault (a disk loss's wipe, restart, re-add...) as a tick on its band.
+        for step in &f.steps {
+            let sx = x(to_units(step.at_ms));
+            let _ = writeln!(
+                svg,
+                r##"<line class="step" x1="{sx:.1}" x2="{sx:.1}" y1="{TOP}" y2="{:.1}" stroke="#34568b" stroke-width="2"><title>{}</title></line>"##,
+                TOP + 8.0,
+                esc(&format!("{} ms: {}", step.at_ms, step.what))
+            );
+        }
     }
     for (&p, &lane) in &lane_of {
         let y = TOP + lane as f64 * LANE;
@@ -370,192 +387,29 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
         }
     }
     if !input.faults.is_empty() {
-        html.push_str("<h2>Faults</h2><table><tr><th>kind</th><th>what</th><th>start ms</th><th>end ms</th><th>injected</th><th>first write ok after heal, ms</th><th>note</th></tr>");
+        html.push_str("<h2>Faults</h2><table><tr><th>kind</th><th>what</th><th>start ms</th><th>end ms</th><th>injected</th><th>first write ok after heal, ms</th><th>note</th><th>steps</th></tr>");
         for f in input.faults {
+            let steps: Vec<String> = f
+                .steps
+                .iter()
+                .map(|s| format!("{} ms: {}", s.at_ms, esc(&s.what)))
+                .collect();
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&f.kind),
                 esc(&f.description),
                 f.start_ms,
                 f.end_ms.map_or("-".into(), |e| e.to_string()),
                 f.injected,
                 f.recovered_after_ms.map_or("-".into(), |m| m.to_string()),
-                esc(f.note.as_deref().unwrap_or(""))
+                esc(f.note.as_deref().unwrap_or("")),
+                steps.join("<br>")
             );
         }
         html.push_str("</table>\n");
     }
     html.push_str("</body></html>\n");
-    html
-}
-
-/// The headline figures of a run, as a table above the timeline.
-fn summary_html(r: &RunResults) -> String {
-    let mut rows: Vec<(String, String)> = Vec::new();
-    if let Some(seed) = r.seed {
-        rows.push(("seed".into(), seed.to_string()));
-    }
-    if let Some(run) = &r.run {
-        rows.push((
-            "cluster".into(),
-            format!(
-                "{} nodes, nemeses {}, {} s, binary {}",
-                run.nodes,
-                run.nemeses.join(","),
-                run.duration_ms / 1000,
-                run.augur_bin
-            ),
-        ));
-        rows.push((
-            "exit".into(),
-            format!("{} ({})", run.exit_code, run.exit_reason),
-        ));
-    }
-    let ops: Vec<String> = r
-        .history
-        .ops_by_kind
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
-    rows.push(("operations".into(), ops.join(", ")));
-    let o = r.history.outcomes;
-    rows.push((
-        "outcomes".into(),
-        format!("ok {}, fail {}, info {}", o.ok, o.fail, o.info),
-    ));
-    if let Some(l) = r.history.latency {
-        rows.push((
-            "latency (ok + fail)".into(),
-            format!(
-                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                l.p50_ms, l.p99_ms, l.max_ms
-            ),
-        ));
-    }
-    let injected = r.faults.iter().filter(|f| f.injected).count();
-    rows.push((
-        "faults".into(),
-        format!(
-            "{injected} injected, {} not injected",
-            r.faults.len() - injected
-        ),
-    ));
-    if let Some(slowest) = r.faults.iter().filter_map(|f| f.recovered_after_ms).max() {
-        rows.push((
-            "slowest recovery after a fault's heal".into(),
-            format!("{slowest} ms (first write invoked after the heal that succeeded)"),
-        ));
-    }
-    rows.push((
-        "leader changes".into(),
-        format!(
-            "{} (leadership moved; {} observations incl. periods without a leader)",
-            crate::results::leader_moves(&r.leader_changes),
-            r.leader_changes.len()
-        ),
-    ));
-    rows.push((
-        "recovery after heal".into(),
-        r.recovery_ms
-            .map_or("did not recover".into(), |m| format!("{m} ms")),
-    ));
-    rows.push((
-        "checker".into(),
-        format!(
-            "{} keys, {} unknown, {} anomalies, {:.1} ms",
-            r.keys_checked,
-            r.keys_unknown.len(),
-            r.anomalies.len(),
-            r.checker_ms
-        ),
-    ));
-    if let Some(run) = &r.run {
-        let c = &run.convergence;
-        rows.push((
-            "convergence".into(),
-            if c.converged {
-                format!(
-                    "converged: {} keys read on every node, revision {} everywhere",
-                    c.keys_read,
-                    c.nodes.first().map_or(0, |n| n.revision)
-                )
-            } else {
-                format!(
-                    "NOT converged: {}",
-                    c.detail.as_deref().unwrap_or("see below")
-                )
-            },
-        ));
-        for (nemesis, why) in &run.unavailable {
-            rows.push((format!("{nemesis} not injected"), why.clone()));
-        }
-    }
-    let mut html = String::from("<table class=\"summary\">");
-    for (k, v) in rows {
-        let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", esc(&k), esc(&v));
-    }
-    html.push_str("</table>\n");
-    html
-}
-
-/// Clients' progress and the per-node end state, below the timeline.
-fn run_details_html(r: &RunResults) -> String {
-    let Some(run) = &r.run else {
-        return String::new();
-    };
-    let mut html = String::from("<h2>Clients</h2><table><tr><th>worker</th><th>home node</th><th>process ids</th><th>ok</th><th>fail</th><th>info</th><th>reads ok</th><th>writes ok</th></tr>");
-    for w in &run.workers {
-        let procs: Vec<String> = w.processes.iter().map(u64::to_string).collect();
-        let cls = if w.ok == 0 { " class=\"bad\"" } else { "" };
-        let _ = write!(
-            html,
-            "<tr{cls}><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            w.worker,
-            esc(&w.home_node),
-            esc(&procs.join(" ")),
-            w.ok,
-            w.fail,
-            w.info,
-            w.reads_ok,
-            w.writes_ok
-        );
-    }
-    html.push_str("</table>\n<h2>Nodes after heal</h2><table><tr><th>node</th><th>revision</th><th>records</th><th>state CRC-64</th></tr>");
-    for n in &run.convergence.nodes {
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            esc(&n.node),
-            n.revision,
-            n.records,
-            esc(&n.crc64)
-        );
-    }
-    html.push_str("</table>\n");
-    for (title, list) in [
-        (
-            "Keys read differently on different nodes",
-            &run.convergence.disagreements,
-        ),
-        (
-            "Final reads that never succeeded",
-            &run.convergence.missing_reads,
-        ),
-        ("Heal errors", &run.heal_errors),
-    ] {
-        if list.is_empty() {
-            continue;
-        }
-        let _ = write!(html, "<h2 class=\"bad\">{}</h2><ul>", esc(title));
-        for item in list.iter().take(200) {
-            let _ = write!(html, "<li>{}</li>", esc(item));
-        }
-        if list.len() > 200 {
-            let _ = write!(html, "<li>... {} more</li>", list.len() - 200);
-        }
-        html.push_str("</ul>\n");
-    }
     html
 }
 
@@ -599,6 +453,7 @@ mod tests {
             injected: true,
             note: None,
             recovered_after_ms: None,
+            steps: Vec::new(),
         }];
         let html = render_html(&ReportInput {
             title: "t<x>",
@@ -628,6 +483,71 @@ mod tests {
         assert!(
             !html.contains("<script"),
             "must be self-contained and static"
+        );
+    }
+
+    #[test]
+    fn a_fault_inside_a_disk_loss_gets_its_own_label_row_and_steps_are_ticks() {
+        use crate::results::FaultStep;
+        let one = |v| Payload::One(Value::Int(v));
+        let events = vec![
+            ev(EventKind::Invoke, 1, 0, Fun::Write, one(1)),
+            ev(EventKind::Ok, 1, 20_000_000, Fun::Write, one(1)),
+        ];
+        let fault = |kind: &str, what: &str, start_ms, end_ms, steps: Vec<FaultStep>| FaultRecord {
+            kind: kind.into(),
+            description: what.into(),
+            start_ms,
+            end_ms: Some(end_ms),
+            injected: true,
+            note: None,
+            recovered_after_ms: None,
+            steps,
+        };
+        let step = |at_ms, what: &str| FaultStep {
+            at_ms,
+            what: what.into(),
+        };
+        let faults = [
+            fault(
+                "disk-loss",
+                "disk loss on n2",
+                1,
+                15,
+                vec![step(1, "kill -9 n2"), step(14, "promoted n2 to voter")],
+            ),
+            fault("kill", "kill -9 n3", 4, 8, Vec::new()),
+            fault("kill", "kill -9 n1", 16, 18, Vec::new()),
+        ];
+        let html = render_html(&ReportInput {
+            title: "t",
+            events: &events,
+            faults: &faults,
+            check: None,
+            time_unit_ns: Some(1),
+            results: None,
+        });
+        assert_eq!(html.matches("class=\"step\"").count(), 2);
+        assert!(html.contains("14 ms: promoted n2 to voter"));
+        let label_y = |label: &str| {
+            let end = html.find(&format!(">{label}</text>")).expect(label);
+            let start = html[..end].rfind(" y=\"").expect("y") + 4;
+            html[start..end]
+                .split('"')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(label_y("disk loss on n2"), format!("{:.1}", TOP - 4.0));
+        assert_eq!(
+            label_y("kill -9 n3"),
+            format!("{:.1}", TOP - 16.0),
+            "nested"
+        );
+        assert_eq!(
+            label_y("kill -9 n1"),
+            format!("{:.1}", TOP - 4.0),
+            "after it"
         );
     }
 

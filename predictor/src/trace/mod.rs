@@ -17,6 +17,9 @@ use rayon::prelude::*;
 
 use crate::sample::{FailureRecord, HealthSample, N_METRICS};
 
+mod smart;
+pub use smart::{SmartColumn, SmartSeries};
+
 /// File holding failure records inside a trace directory.
 pub const FAILURES_FILE: &str = "failures.jsonl";
 
@@ -74,14 +77,19 @@ impl TraceError {
 }
 
 /// All samples of one node, sorted by time, duplicates removed.
+///
+/// Node metrics and SMART readings are kept apart: the agent samples metrics every few
+/// seconds and SMART once an hour, and an imported drive log has SMART only.
 #[derive(Debug, Clone, Default)]
 pub struct NodeSeries {
     /// Node identifier.
     pub node: String,
-    /// Sample timestamps, ms, strictly increasing.
+    /// Timestamps of samples that carry node metrics, ms, strictly increasing.
     pub ts: Vec<i64>,
-    /// Metric rows in [`crate::sample::METRIC_NAMES`] order, parallel to `ts`.
+    /// Metric rows in [`crate::sample::Metric`] order, parallel to `ts`.
     pub values: Vec<[f32; N_METRICS]>,
+    /// SMART readings.
+    pub smart: SmartSeries,
 }
 
 impl NodeSeries {
@@ -94,16 +102,27 @@ impl NodeSeries {
                 series.node = s.node.clone();
             }
             if s.node == series.node {
-                series.ts.push(s.ts_ms);
-                series.values.push(s.metrics());
+                series.push(s);
             }
         }
         series.normalise_order();
         series
     }
 
+    /// Appends one sample of this node (any order; call [`Self::normalise_order`] after).
+    pub fn push(&mut self, s: &HealthSample) {
+        if s.has_node_metrics() {
+            self.ts.push(s.ts_ms);
+            self.values.push(s.metrics());
+        }
+        if let Some(smart) = &s.smart {
+            self.smart.push(s.ts_ms, smart);
+        }
+    }
+
     /// Sorts by time and drops repeated timestamps (a restarted agent may resend a batch).
     pub fn normalise_order(&mut self) {
+        self.smart.normalise_order();
         if self.ts.windows(2).all(|w| w[0] < w[1]) {
             return;
         }
@@ -112,6 +131,89 @@ impl NodeSeries {
         idx.dedup_by_key(|i| self.ts[*i]);
         self.ts = idx.iter().map(|&i| self.ts[i]).collect();
         self.values = idx.iter().map(|&i| self.values[i]).collect();
+    }
+
+    /// Nominal sample interval: the median gap between samples, ms (`None` with fewer than
+    /// two samples). The median, because lost samples and agent restarts make some gaps long.
+    pub fn interval_ms(&self) -> Option<i64> {
+        if self.ts.len() < 2 {
+            return None;
+        }
+        let mut gaps: Vec<i64> = self.ts.windows(2).map(|w| w[1] - w[0]).collect();
+        let mid = gaps.len() / 2;
+        Some(*gaps.select_nth_unstable(mid).1)
+    }
+
+    /// The series as the node model reads it: metrics on a grid no finer than
+    /// `resolution_ms` (bucket means, stamped at each bucket's last sample), with counts
+    /// turned into per-minute rates.
+    ///
+    /// Why: samples report counts per interval, so a 5-second agent reports a twelfth of
+    /// what a 1-minute one does for the same error rate, and the maximum of 720 five-second
+    /// latencies is not the maximum of 60 one-minute ones. Reading every series on one grid,
+    /// in per-minute units, makes every feature independent of the sampling interval. A
+    /// series already at the resolution (within 10%, as jittered 1-minute traces are) is
+    /// returned as is when the resolution is one minute (its counts already are per minute).
+    pub fn resample(&self, resolution_ms: i64) -> std::borrow::Cow<'_, NodeSeries> {
+        use std::borrow::Cow;
+        const MINUTE_MS: f64 = 60_000.0;
+        let res = resolution_ms.max(1);
+        let interval = self.interval_ms().unwrap_or(res).max(1);
+        let near = (interval - res).abs() * 10 <= res;
+        if near && res == MINUTE_MS as i64 {
+            return Cow::Borrowed(self);
+        }
+        let per_minute = MINUTE_MS / interval as f64;
+        let counts: Vec<usize> = crate::sample::Metric::ALL
+            .iter()
+            .filter(|m| m.is_count())
+            .map(|m| m.index())
+            .collect();
+        let mut out = NodeSeries {
+            node: self.node.clone(),
+            smart: self.smart.clone(),
+            ..Default::default()
+        };
+        if interval * 10 >= res * 9 {
+            // Coarser than (or at) the grid: keep the samples, rescale counts.
+            out.ts = self.ts.clone();
+            out.values = self.values.clone();
+            for row in &mut out.values {
+                for &c in &counts {
+                    row[c] = (row[c] as f64 * per_minute) as f32;
+                }
+            }
+            return Cow::Owned(out);
+        }
+        let mut i = 0;
+        while i < self.ts.len() {
+            let bucket = self.ts[i].div_euclid(res);
+            let mut j = i;
+            let mut sum = [0.0f64; N_METRICS];
+            let mut n = [0u32; N_METRICS];
+            while j < self.ts.len() && self.ts[j].div_euclid(res) == bucket {
+                for (m, &v) in self.values[j].iter().enumerate() {
+                    if !v.is_nan() {
+                        sum[m] += v as f64;
+                        n[m] += 1;
+                    }
+                }
+                j += 1;
+            }
+            let mut row = [f32::NAN; N_METRICS];
+            for m in 0..N_METRICS {
+                if n[m] > 0 {
+                    row[m] = (sum[m] / n[m] as f64) as f32;
+                }
+            }
+            for &c in &counts {
+                row[c] = (row[c] as f64 * per_minute) as f32;
+            }
+            out.ts.push(self.ts[j - 1]);
+            out.values.push(row);
+            i = j;
+        }
+        Cow::Owned(out)
     }
 
     /// Index range of samples with `from_ms < ts <= to_ms`.
@@ -168,6 +270,17 @@ impl Trace {
     /// sample file; files are parsed in parallel. A missing `failures.jsonl` means "no
     /// failures" (a live trace being scored), which is logged.
     pub fn read_dir(dir: &Path, progress: &ProgressBar) -> Result<Trace, TraceError> {
+        Self::read_dir_filtered(dir, &|_| true, progress)
+    }
+
+    /// Like [`Trace::read_dir`], keeping only nodes for which `keep` is true (a node split
+    /// reads only the nodes it needs: a full Backblaze import is tens of millions of
+    /// drive-days).
+    pub fn read_dir_filtered(
+        dir: &Path,
+        keep: &(dyn Fn(&str) -> bool + Sync),
+        progress: &ProgressBar,
+    ) -> Result<Trace, TraceError> {
         let entries = std::fs::read_dir(dir).map_err(|e| TraceError::io(dir, e))?;
         let mut files = Vec::new();
         for entry in entries {
@@ -191,7 +304,7 @@ impl Trace {
         let parts: Vec<BTreeMap<String, NodeSeries>> = files
             .par_iter()
             .map(|path| {
-                let part = read_sample_file(path);
+                let part = read_sample_file_filtered(path, keep);
                 progress.inc(1);
                 part
             })
@@ -205,17 +318,19 @@ impl Trace {
                 });
                 slot.ts.extend(series.ts);
                 slot.values.extend(series.values);
+                slot.smart.append(series.smart);
             }
         }
         let mut nodes: Vec<NodeSeries> = merged.into_values().collect();
         nodes.par_iter_mut().for_each(NodeSeries::normalise_order);
         let failures_path = dir.join(FAILURES_FILE);
-        let failures = if failures_path.exists() {
+        let mut failures = if failures_path.exists() {
             read_failures(&failures_path)?
         } else {
             tracing::warn!(dir = %dir.display(), "no failures.jsonl: assuming no failures");
             BTreeMap::new()
         };
+        failures.retain(|node, _| keep(node));
         Ok(Trace { nodes, failures })
     }
 }
@@ -277,10 +392,21 @@ pub fn parse_sample_line(path: &Path, line: usize, text: &str) -> Result<HealthS
 
 /// Reads every sample of one file (plain or gzip), grouped by node.
 pub fn read_sample_file(path: &Path) -> Result<BTreeMap<String, NodeSeries>, TraceError> {
+    read_sample_file_filtered(path, &|_| true)
+}
+
+/// Reads the samples of one file whose node passes `keep`, grouped by node. Lines of other
+/// nodes are still parsed and validated: a broken file is an error whichever nodes are read.
+pub fn read_sample_file_filtered(
+    path: &Path,
+    keep: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<BTreeMap<String, NodeSeries>, TraceError> {
     let mut out: BTreeMap<String, NodeSeries> = BTreeMap::new();
     for_each_line(path, |line, text| {
         let s = parse_sample_line(path, line, text)?;
-        let values = s.metrics();
+        if !keep(&s.node) {
+            return Ok(());
+        }
         let slot = match out.get_mut(&s.node) {
             Some(slot) => slot,
             None => out.entry(s.node.clone()).or_insert_with(|| NodeSeries {
@@ -288,8 +414,7 @@ pub fn read_sample_file(path: &Path) -> Result<BTreeMap<String, NodeSeries>, Tra
                 ..Default::default()
             }),
         };
-        slot.ts.push(s.ts_ms);
-        slot.values.push(values);
+        slot.push(&s);
         Ok(())
     })?;
     Ok(out)
@@ -382,26 +507,73 @@ pub fn write_failures(dir: &Path, failures: &[FailureRecord]) -> Result<(), Trac
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::SmartReadings;
 
     fn sample(node: &str, ts: i64) -> HealthSample {
         HealthSample {
             node: node.into(),
             ts_ms: ts,
-            cpu_util: 0.5,
-            mem_util: 0.5,
-            disk_read_lat_ms: 1.0,
-            disk_write_lat_ms: 2.0,
-            disk_read_mbps: 10.0,
-            disk_write_mbps: 5.0,
-            disk_util: 0.2,
-            net_rtt_ms: 0.3,
-            net_loss_pct: 0.0,
-            net_errors: 0,
-            err_log_count: 1,
-            temp_c: None,
+            cpu_util: Some(0.5),
+            mem_util: Some(0.5),
+            disk_read_lat_ms: Some(1.0),
+            disk_write_lat_ms: Some(2.0),
+            disk_read_mbps: Some(10.0),
+            disk_write_mbps: Some(5.0),
+            disk_util: Some(0.2),
+            net_rtt_ms: Some(0.3),
+            net_loss_pct: Some(0.0),
+            net_errors: Some(0),
+            err_log_count: Some(1),
             psu_ok: Some(true),
-            tcp_retrans_pct: None,
+            ..Default::default()
         }
+    }
+
+    fn smart(node: &str, ts: i64, attrs: &[(&str, &str, f64)]) -> HealthSample {
+        let mut readings = SmartReadings::new();
+        for &(dev, attr, v) in attrs {
+            readings
+                .entry(dev.to_string())
+                .or_default()
+                .insert(attr.to_string(), v);
+        }
+        HealthSample {
+            smart: Some(readings),
+            ..HealthSample::empty(node, ts)
+        }
+    }
+
+    #[test]
+    fn smart_readings_form_columns_across_files_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SampleWriter::create(&dir.path().join("a.jsonl")).unwrap();
+        w.write(&smart(
+            "d1",
+            3000,
+            &[("sda", "5", 2.0), ("sda", "197", 1.0)],
+        ))
+        .unwrap();
+        w.write(&sample("d1", 2500)).unwrap();
+        w.write(&smart("d1", 1000, &[("sda", "5", 0.0)])).unwrap();
+        w.finish().unwrap();
+        let mut w = SampleWriter::create(&dir.path().join("b.jsonl")).unwrap();
+        w.write(&smart("d1", 2000, &[("sdb", "media_errors", 4.0)]))
+            .unwrap();
+        w.write(&smart("d2", 2000, &[("sda", "5", 9.0)])).unwrap();
+        w.finish().unwrap();
+        let keep_d1 = |n: &str| n == "d1";
+        let t = Trace::read_dir_filtered(dir.path(), &keep_d1, &ProgressBar::hidden()).unwrap();
+        assert_eq!(t.nodes.len(), 1, "d2 filtered out");
+        let s = &t.nodes[0];
+        assert_eq!(s.ts, vec![2500], "only the metric sample is a metric row");
+        assert_eq!(s.smart.ts, vec![1000, 2000, 3000]);
+        assert_eq!(s.smart.devices(), vec!["sda", "sdb"]);
+        let five = s.smart.column("sda", "5").unwrap();
+        assert_eq!(five[0], 0.0);
+        assert!(five[1].is_nan());
+        assert_eq!(five[2], 2.0);
+        assert_eq!(s.smart.column("sdb", "media_errors").unwrap()[1], 4.0);
+        assert!(s.smart.column("sda", "197").unwrap()[0].is_nan());
     }
 
     #[test]
@@ -437,12 +609,18 @@ mod tests {
     fn bad_lines_name_file_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let good = serde_json::to_string(&sample("n1", 1)).unwrap();
-        let missing = good.replace("\"cpu_util\":0.5,", "");
-        std::fs::write(dir.path().join("x.jsonl"), format!("{good}\n\n{missing}\n")).unwrap();
+        // Metrics are optional (unmeasured); the node and the time are not.
+        let missing = good.replace("\"ts_ms\":1,", "");
+        let unmeasured = good.replace("\"cpu_util\":0.5,", "");
+        std::fs::write(
+            dir.path().join("x.jsonl"),
+            format!("{good}\n{unmeasured}\n{missing}\n"),
+        )
+        .unwrap();
         let err = Trace::read_dir(dir.path(), &ProgressBar::hidden()).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("x.jsonl:3"), "{msg}");
-        assert!(msg.contains("cpu_util"), "{msg}");
+        assert!(msg.contains("ts_ms"), "{msg}");
 
         let typed = good.replace("\"net_errors\":0", "\"net_errors\":\"many\"");
         std::fs::write(dir.path().join("x.jsonl"), format!("{typed}\n")).unwrap();

@@ -1,0 +1,520 @@
+//! The data API: reads and writes of keys, routed to the storage node that serves them.
+//!
+//! A key hashes to a shard ([`DataCluster::shard_of`], fixed when the data plane is
+//! created); the shard's record names its replicas, primary first; the primary's node record
+//! gives its address. [`DataClient`] keeps both tables in a [`ShardCache`], so routing costs
+//! no metadata read, and sends each request to the primary with the shard epoch it believes
+//! in.
+//!
+//! When the answer says the client's view is out of date (`Redirect`, `StaleEpoch`,
+//! `UnknownShard`), the primary cannot serve right now (`Unavailable`, `Behind`), or the
+//! node cannot be reached, the client refreshes what it knows, backs off briefly and tries
+//! again, all within the request deadline. A storage node never elects itself: every change
+//! of primary is a metadata transaction, so the metadata record is always at least as new
+//! as any epoch a node can name, and re-reading it is how a redirect is followed.
+//!
+//! Every write carries a [`RequestId`]: a random client id chosen once per `DataClient` and a
+//! number per write. A storage node applies a request id once and answers a resend with the
+//! first outcome, so a write is resent with the same id after any failure (a lost answer, a
+//! timeout, a primary that changed) until the deadline. Only when the deadline passes after
+//! an attempt that may have applied is the result [`Error::Indeterminate`]; a write is never
+//! resent under a new id.
+
+mod admin;
+mod scan;
+
+pub use scan::PrefixScan;
+
+use crate::cache::ShardCache;
+use crate::client::Client;
+use crate::error::Error;
+use crate::transport::{Transport, TransportError, STORAGE_SERVER_NAME};
+use augur_proto::data::{
+    check_key, DataCluster, DataError, DataRequest, DataResponse, RequestId, Versioned, WriteOp,
+    WriteOutcome, MAX_KEY, MAX_SCAN_LIMIT,
+};
+use augur_proto::{NodeId, ShardId};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Deadlines and limits of a [`DataClient`].
+#[derive(Debug, Clone)]
+pub struct DataConfig {
+    /// Deadline for one call, including refreshes, backoff and resends. Default 5 s. No
+    /// attempt starts after it; a write already sent is still given its whole
+    /// `attempt_timeout` to be answered (cut short, an answer on its way would become an
+    /// unknown outcome), so a write call may end up to that much later.
+    pub request_timeout: Duration,
+    /// Deadline for one attempt on one storage node. Default 1 s.
+    pub attempt_timeout: Duration,
+    /// First pause between attempts; doubled after each failure up to `max_backoff`.
+    /// Default 5 ms: a redirect is usually followed at once.
+    pub min_backoff: Duration,
+    /// Longest pause between attempts. Default 200 ms, well inside the lease and grace
+    /// periods a failover takes.
+    pub max_backoff: Duration,
+    /// Shards a prefix scan asks at once. Default 16.
+    pub scan_concurrency: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            request_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(1),
+            min_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(200),
+            scan_concurrency: 16,
+        }
+    }
+}
+
+/// One page of a scan: items in key order, and whether more follow the last one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanPage {
+    /// Keys and their values, in key order.
+    pub items: Vec<(Vec<u8>, Versioned)>,
+    /// Whether more items follow the last one: resume after its key.
+    pub more: bool,
+}
+
+/// A handle to the data plane. Cheap to clone; clones share the cache, the connections and
+/// the request-id sequence.
+#[derive(Clone)]
+pub struct DataClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    layout: DataCluster,
+    cache: ShardCache,
+    /// The metadata client's endpoint, with a pool of its own verifying storage servers.
+    transport: Transport,
+    /// Names this client in request ids; random, so two clients never share ids.
+    client_id: u128,
+    /// The last write number handed out.
+    seq: AtomicU64,
+    cfg: DataConfig,
+}
+
+/// Where to send a shard's requests now.
+struct Route {
+    epoch: u64,
+    node: NodeId,
+    node_version: u64,
+    addr: String,
+}
+
+/// What one attempt showed.
+enum Outcome {
+    /// Answered.
+    Done(DataResponse),
+    /// Try again after backing off, first dropping what may be out of date.
+    Again { why: String, refresh: Refresh },
+    /// Give up with this error (unless an earlier attempt of a write may have applied).
+    Fail(Error),
+}
+
+/// What an attempt's failure says may be out of date in the cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    /// Nothing: the same route is right, just not ready.
+    Nothing,
+    /// The shard's record (epoch, primary).
+    Shard,
+    /// The shard's record and its primary's node record (the node may have moved).
+    ShardAndNode,
+}
+
+/// A read goes anywhere as often as needed; a write is resent only under its id.
+#[derive(Clone, Copy)]
+enum Kind {
+    Read,
+    Write(RequestId),
+}
+
+impl DataClient {
+    /// A data client with default deadlines, reading the layout through `meta` and
+    /// following the shard and node tables. Fails with [`Error::NoDataPlane`] before the
+    /// data plane is created.
+    pub async fn new(meta: Client) -> Result<DataClient, Error> {
+        let cfg = DataConfig {
+            request_timeout: meta.inner.cfg.request_timeout,
+            attempt_timeout: meta.inner.cfg.attempt_timeout,
+            ..DataConfig::default()
+        };
+        Self::with_config(meta, cfg).await
+    }
+
+    /// [`DataClient::new`] with explicit deadlines.
+    pub async fn with_config(meta: Client, cfg: DataConfig) -> Result<DataClient, Error> {
+        let layout = meta.data_layout().await?.ok_or(Error::NoDataPlane)?;
+        let cache = ShardCache::start(meta.clone()).await?;
+        let transport = meta.inner.transport.for_servers(STORAGE_SERVER_NAME);
+        Ok(DataClient {
+            inner: Arc::new(Inner {
+                layout,
+                cache,
+                transport,
+                client_id: rand::random(),
+                seq: AtomicU64::new(0),
+                cfg,
+            }),
+        })
+    }
+
+    /// The data plane's layout.
+    pub fn layout(&self) -> DataCluster {
+        self.inner.layout
+    }
+
+    /// The shard `key` belongs to.
+    pub fn shard_of(&self, key: &[u8]) -> ShardId {
+        self.inner.layout.shard_of(key)
+    }
+
+    /// The cache this client routes by (shards and nodes).
+    pub fn cache(&self) -> &ShardCache {
+        &self.inner.cache
+    }
+
+    /// The random id this client's writes carry.
+    pub fn client_id(&self) -> u128 {
+        self.inner.client_id
+    }
+
+    /// A fresh request id for [`DataClient::write_as`].
+    pub fn next_request_id(&self) -> RequestId {
+        RequestId {
+            client: self.inner.client_id,
+            seq: self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// Reads a key at its shard's primary: the committed value, or `None` if absent.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Versioned>, Error> {
+        check_key(key).map_err(Error::Data)?;
+        let shard = self.shard_of(key);
+        let resp = self
+            .send(shard, Kind::Read, |epoch| DataRequest::Get {
+                shard,
+                epoch,
+                key: key.to_vec(),
+            })
+            .await?;
+        match resp {
+            DataResponse::Value(v) => Ok(v),
+            other => Err(unexpected("get", other)),
+        }
+    }
+
+    /// Sets a key; returns its new version.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, Error> {
+        let op = WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        applied(self.write(op).await?)
+    }
+
+    /// Removes a key (a new version even if it was absent); returns that version.
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<u64, Error> {
+        applied(self.write(WriteOp::Delete { key: key.into() }).await?)
+    }
+
+    /// Sets (or, with `value: None`, deletes) a key if its version is `expected` (`None`:
+    /// only if it is absent). A version mismatch is [`WriteOutcome::Conflict`], not an error.
+    pub async fn cas(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Option<u64>,
+        value: Option<Vec<u8>>,
+    ) -> Result<WriteOutcome, Error> {
+        self.write(WriteOp::Cas {
+            key: key.into(),
+            expected,
+            value,
+        })
+        .await
+    }
+
+    /// Applies one write under a fresh request id.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, Error> {
+        self.write_as(self.next_request_id(), op).await
+    }
+
+    /// Applies one write under `id`. Resending a write whose outcome was unknown under the
+    /// same id (and the same op) applies it at most once and returns its outcome, as long as
+    /// the storage nodes still remember the id (`replication.request_retention_ms`).
+    pub async fn write_as(&self, id: RequestId, op: WriteOp) -> Result<WriteOutcome, Error> {
+        op.validate().map_err(Error::Data)?;
+        let shard = self.shard_of(op.key());
+        let resp = self
+            .send(shard, Kind::Write(id), |epoch| DataRequest::Write {
+                shard,
+                epoch,
+                id,
+                op: op.clone(),
+            })
+            .await?;
+        match resp {
+            DataResponse::Written(outcome) => Ok(outcome),
+            other => Err(unexpected("write", other)),
+        }
+    }
+
+    /// Reads one page of one shard's keys that start with `prefix` (empty: all), after
+    /// `start_after`, in key order, at most `limit` (1..=[`MAX_SCAN_LIMIT`]) items; the
+    /// storage node may return fewer (pages are bounded in bytes too).
+    pub async fn scan_shard(
+        &self,
+        shard: ShardId,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<ScanPage, Error> {
+        let invalid = |why: String| Error::Data(DataError::InvalidArgument(why));
+        if shard.0 == 0 || shard.0 > u64::from(self.inner.layout.shards) {
+            return Err(invalid(format!(
+                "shard {shard} is not in 1..={}",
+                self.inner.layout.shards
+            )));
+        }
+        if !(1..=MAX_SCAN_LIMIT).contains(&limit) {
+            return Err(invalid(format!(
+                "a scan limit is 1..={MAX_SCAN_LIMIT}, got {limit}"
+            )));
+        }
+        if prefix.len() > MAX_KEY {
+            return Err(invalid(format!(
+                "a prefix is at most {MAX_KEY} bytes, got {}",
+                prefix.len()
+            )));
+        }
+        if let Some(k) = start_after {
+            check_key(k).map_err(Error::Data)?;
+        }
+        let resp = self
+            .send(shard, Kind::Read, |epoch| DataRequest::Scan {
+                shard,
+                epoch,
+                prefix: prefix.to_vec(),
+                start_after: start_after.map(<[u8]>::to_vec),
+                limit,
+            })
+            .await?;
+        let DataResponse::Page { items, more } = resp else {
+            return Err(unexpected("scan", resp));
+        };
+        // The merge across shards relies on each page being what was asked for.
+        let mut last = start_after;
+        for (k, _) in &items {
+            if !k.starts_with(prefix) || last.is_some_and(|l| k.as_slice() <= l) {
+                return Err(Error::Unexpected {
+                    request: "scan",
+                    response: format!("shard {shard} returned keys out of order or range"),
+                });
+            }
+            last = Some(k);
+        }
+        Ok(ScanPage { items, more })
+    }
+
+    /// A scan of every key that starts with `prefix` (empty: all keys), across all shards,
+    /// merged in key order. Keys hash over every shard, so it asks every shard; see
+    /// [`PrefixScan`] for the cost.
+    pub fn scan(&self, prefix: &[u8]) -> PrefixScan {
+        PrefixScan::new(self.clone(), prefix.to_vec(), None)
+    }
+
+    /// One page of a prefix scan across all shards, after `start_after`: at most `limit`
+    /// items in key order, and whether more follow. Resume with the last key returned.
+    pub async fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<ScanPage, Error> {
+        if let Some(k) = start_after {
+            check_key(k).map_err(Error::Data)?;
+        }
+        let mut scan = PrefixScan::new(self.clone(), prefix.to_vec(), start_after);
+        let items = scan.next_page(limit).await?;
+        Ok(ScanPage {
+            items,
+            more: !scan.is_done(),
+        })
+    }
+
+    /// The shard's primary and the epoch to name, from the cache (or a metadata read when
+    /// the cache does not hold it). `Err(Ok(why))`: try again later; `Err(Err(e))`: give up.
+    async fn route(&self, shard: ShardId) -> Result<Route, Result<String, Error>> {
+        let cache = &self.inner.cache;
+        let meta_err = |e: Error| match e {
+            Error::Unavailable(why) => Ok(format!("metadata: {why}")),
+            e => Err(e),
+        };
+        let s = cache
+            .lookup_or_fetch(shard)
+            .await
+            .map_err(meta_err)?
+            .ok_or_else(|| Ok(format!("shard {shard} has no record yet")))?;
+        let primary = *s
+            .replicas
+            .first()
+            .ok_or_else(|| Ok(format!("shard {shard} has no replicas")))?;
+        let node = cache
+            .node_or_fetch(primary)
+            .await
+            .map_err(meta_err)?
+            .ok_or_else(|| {
+                Ok(format!(
+                    "primary {primary} of shard {shard} is not registered"
+                ))
+            })?;
+        let addr = node
+            .addrs
+            .first()
+            .ok_or_else(|| Ok(format!("node {primary} has no address")))?
+            .clone();
+        Ok(Route {
+            epoch: s.epoch,
+            node: primary,
+            node_version: node.version,
+            addr,
+        })
+    }
+
+    /// Sends the request `build` makes for an epoch to the shard's primary until it is
+    /// answered or the deadline passes; see the module documentation for the rules.
+    async fn send(
+        &self,
+        shard: ShardId,
+        kind: Kind,
+        build: impl Fn(u64) -> DataRequest,
+    ) -> Result<DataResponse, Error> {
+        let cfg = &self.inner.cfg;
+        let deadline = Instant::now() + cfg.request_timeout;
+        let mut backoff = cfg.min_backoff;
+        let mut last = String::from("no attempt made");
+        // Whether an attempt of this write may have been applied: from then on, giving up
+        // is an unknown outcome, never a refusal.
+        let mut maybe_applied = false;
+        let give_up = |maybe_applied: bool, why: String| match kind {
+            Kind::Write(id) if maybe_applied => {
+                Error::Indeterminate(format!("write {id} to shard {shard}: {why}"))
+            }
+            _ => Error::Unavailable(format!("shard {shard}: {why}")),
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(give_up(maybe_applied, last));
+            }
+            let outcome = match self.route(shard).await {
+                Err(Err(e)) if maybe_applied => return Err(give_up(true, e.to_string())),
+                Err(Err(e)) => return Err(e),
+                Err(Ok(why)) => Outcome::Again {
+                    why,
+                    refresh: Refresh::Nothing,
+                },
+                Ok(route) => {
+                    let remaining = deadline.saturating_duration_since(now);
+                    let attempt = match kind {
+                        Kind::Write(_) => cfg.attempt_timeout,
+                        Kind::Read => cfg.attempt_timeout.min(remaining),
+                    };
+                    let req = build(route.epoch);
+                    let answer = self
+                        .inner
+                        .transport
+                        .call_as::<DataRequest, DataResponse>(&route.addr, &req, attempt)
+                        .await;
+                    let (outcome, may_have_applied) = judge(&route, answer);
+                    maybe_applied |= may_have_applied && matches!(kind, Kind::Write(_));
+                    if let Outcome::Again { refresh, .. } = &outcome {
+                        if *refresh != Refresh::Nothing {
+                            self.inner.cache.invalidate(shard, route.epoch);
+                        }
+                        if *refresh == Refresh::ShardAndNode {
+                            self.inner
+                                .cache
+                                .invalidate_node(route.node, route.node_version);
+                        }
+                    }
+                    outcome
+                }
+            };
+            match outcome {
+                Outcome::Done(resp) => return Ok(resp),
+                Outcome::Fail(e) if maybe_applied => return Err(give_up(true, e.to_string())),
+                Outcome::Fail(e) => return Err(e),
+                Outcome::Again { why, .. } => last = why,
+            }
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(cfg.max_backoff);
+        }
+    }
+}
+
+/// What one answer (or failure) means, and whether the request may have been applied.
+fn judge(route: &Route, answer: Result<DataResponse, TransportError>) -> (Outcome, bool) {
+    let at = &route.addr;
+    let again = |why: String, refresh: Refresh| Outcome::Again { why, refresh };
+    match answer {
+        Ok(DataResponse::Error(e)) => match e {
+            // The client's record is older than what the node knows, or the node does not
+            // hold the shard: re-read the record. Nothing was applied.
+            DataError::Redirect(_) | DataError::StaleEpoch { .. } | DataError::UnknownShard(_) => {
+                (again(format!("{at}: {e}"), Refresh::Shard), false)
+            }
+            // The node has not learnt the client's (newer) epoch yet: the record is right.
+            DataError::Behind { .. } => (again(format!("{at}: {e}"), Refresh::Nothing), false),
+            // The primary cannot serve now; it may be on its way out, so look again.
+            DataError::Unavailable(_) => (again(format!("{at}: {e}"), Refresh::Shard), false),
+            // The write may commit or not (the primary lost its lease or role with it in
+            // flight): resend it under its id, to whoever is primary now, to learn which.
+            DataError::Indeterminate(_) => (again(format!("{at}: {e}"), Refresh::Shard), true),
+            e @ (DataError::InvalidArgument(_)
+            | DataError::PermissionDenied(_)
+            | DataError::Fenced(_)
+            | DataError::Internal(_)) => (Outcome::Fail(Error::Data(e)), false),
+        },
+        Ok(resp) => (Outcome::Done(resp), false),
+        Err(e @ TransportError::Oversized { .. }) => (
+            Outcome::Fail(Error::Data(DataError::InvalidArgument(e.to_string()))),
+            false,
+        ),
+        // The node may be gone (or have moved): re-read its record and the shard's.
+        Err(e) => (
+            again(e.to_string(), Refresh::ShardAndNode),
+            !e.certainly_not_sent(),
+        ),
+    }
+}
+
+fn applied(outcome: WriteOutcome) -> Result<u64, Error> {
+    match outcome {
+        WriteOutcome::Applied { version } => Ok(version),
+        WriteOutcome::Conflict { current } => Err(Error::Unexpected {
+            request: "write",
+            response: format!(
+                "a conflict (current version {current:?}) for an unconditional write"
+            ),
+        }),
+    }
+}
+
+fn unexpected(request: &'static str, response: DataResponse) -> Error {
+    Error::Unexpected {
+        request,
+        response: format!("{response:?}"),
+    }
+}

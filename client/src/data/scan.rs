@@ -1,0 +1,149 @@
+//! A prefix scan across every shard, merged in key order.
+//!
+//! Keys hash over all shards, so the keys with a prefix are spread over every shard and each
+//! shard returns its own in key order. The scan keeps a cursor and a small buffer per shard
+//! and repeatedly hands out the smallest buffered key (a k-way merge); a shard whose buffer
+//! runs dry is asked for its next page before anything else is handed out, since its next key
+//! may be the smallest. The first page asks every shard (concurrently, a few at a time); later
+//! pages ask only the shards whose buffers emptied.
+//!
+//! Each shard is asked for about `limit / shards + 1` items at a time, so memory stays near
+//! one page of items whatever the shard count, at the price of more round trips when keys
+//! are unevenly spread. The scan is not a snapshot: each shard page is read at its primary
+//! when asked for, so writes made during a scan may or may not show.
+
+use super::DataClient;
+use crate::error::Error;
+use augur_proto::data::{Versioned, MAX_SCAN_LIMIT};
+use augur_proto::ShardId;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::collections::VecDeque;
+
+/// One shard's place in the merge.
+struct Cursor {
+    shard: ShardId,
+    /// Items fetched and not yet handed out, in key order.
+    buf: VecDeque<(Vec<u8>, Versioned)>,
+    /// The last key fetched from the shard: the next page starts after it.
+    after: Option<Vec<u8>>,
+    /// Whether the shard may hold more after `after`.
+    more: bool,
+}
+
+impl Cursor {
+    fn needs_fetch(&self) -> bool {
+        self.buf.is_empty() && self.more
+    }
+}
+
+/// A scan over every shard for keys with one prefix, read a page at a time with
+/// [`PrefixScan::next_page`]. Made by [`DataClient::scan`].
+pub struct PrefixScan {
+    client: DataClient,
+    prefix: Vec<u8>,
+    cursors: Vec<Cursor>,
+}
+
+impl PrefixScan {
+    pub(super) fn new(client: DataClient, prefix: Vec<u8>, start_after: Option<&[u8]>) -> Self {
+        let cursors = (1..=u64::from(client.layout().shards))
+            .map(|id| Cursor {
+                shard: ShardId(id),
+                buf: VecDeque::new(),
+                after: start_after.map(<[u8]>::to_vec),
+                more: true,
+            })
+            .collect();
+        PrefixScan {
+            client,
+            prefix,
+            cursors,
+        }
+    }
+
+    /// Whether every item has been handed out.
+    pub fn is_done(&self) -> bool {
+        self.cursors.iter().all(|c| c.buf.is_empty() && !c.more)
+    }
+
+    /// The next items in key order, at most `limit` (1..=[`MAX_SCAN_LIMIT`]); empty once
+    /// the scan is done. A page may be short when a shard could not be read after some
+    /// items were merged: they are returned and the failure comes with the next call, so
+    /// nothing is skipped or handed out twice.
+    pub async fn next_page(&mut self, limit: u32) -> Result<Vec<(Vec<u8>, Versioned)>, Error> {
+        let limit = limit.clamp(1, MAX_SCAN_LIMIT);
+        let shards = self.cursors.len().max(1) as u32;
+        let fetch = (limit / shards + 1).min(limit);
+        let mut out = Vec::new();
+        while out.len() < limit as usize {
+            // Every shard with more must show its next key before the smallest is chosen.
+            if let Err(e) = self.fill_all(fetch).await {
+                if out.is_empty() {
+                    return Err(e);
+                }
+                break;
+            }
+            let Some(i) = self.smallest() else { break };
+            if let Some(item) = self.cursors[i].buf.pop_front() {
+                out.push(item);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The cursor whose next key is the smallest, if any holds one.
+    fn smallest(&self) -> Option<usize> {
+        self.cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.buf.front().map(|(k, _)| (k, i)))
+            .min()
+            .map(|(_, i)| i)
+    }
+
+    /// Fetches a page for every cursor whose buffer is empty and whose shard has more.
+    async fn fill_all(&mut self, fetch: u32) -> Result<(), Error> {
+        let wanted: Vec<usize> = (0..self.cursors.len())
+            .filter(|&i| self.cursors[i].needs_fetch())
+            .collect();
+        let (client, prefix, cursors) = (&self.client, &self.prefix, &self.cursors);
+        let pages: Vec<(usize, Fetched)> = stream::iter(wanted)
+            .map(|i| async move {
+                fetch_page(client, prefix, &cursors[i], fetch)
+                    .await
+                    .map(|p| (i, p))
+            })
+            .buffer_unordered(client.inner.cfg.scan_concurrency.max(1))
+            .try_collect()
+            .await?;
+        for (i, page) in pages {
+            absorb(&mut self.cursors[i], page);
+        }
+        Ok(())
+    }
+}
+
+/// A shard page, to be folded into its cursor.
+type Fetched = (Vec<(Vec<u8>, Versioned)>, bool);
+
+async fn fetch_page(
+    client: &DataClient,
+    prefix: &[u8],
+    cursor: &Cursor,
+    limit: u32,
+) -> Result<Fetched, Error> {
+    let page = client
+        .scan_shard(cursor.shard, prefix, cursor.after.as_deref(), limit)
+        .await?;
+    Ok((page.items, page.more))
+}
+
+fn absorb(cursor: &mut Cursor, (items, more): Fetched) {
+    if let Some((k, _)) = items.last() {
+        cursor.after = Some(k.clone());
+    }
+    // A page that brought nothing and says "more" would never end: a node bounded by bytes
+    // always returns at least one item, so an empty page means the shard is done.
+    cursor.more = more && !items.is_empty();
+    cursor.buf.extend(items);
+}

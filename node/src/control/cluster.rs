@@ -1,0 +1,234 @@
+//! What the control plane's decisions read: the metadata records at one revision, and the
+//! latest report each storage node gave about itself.
+//!
+//! Every decision of the control plane is a pure function of a [`Cluster`] and [`Reports`]
+//! (plus a clock reading passed in), so each can be tested without a cluster, and every
+//! write it leads to compares the versions it was computed from.
+
+use augur_proto::data::{DataCluster, NodeReport, ReplicaStatus};
+use augur_proto::{Migration, MigrationState, Node, NodeId, NodeState, Shard, ShardId};
+use std::collections::{BTreeMap, HashMap};
+
+/// The metadata records the control plane works from, read at one revision.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cluster {
+    /// Every storage-node record, by id.
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// Every shard record, by id.
+    pub shards: BTreeMap<ShardId, Shard>,
+    /// Every migration record, by id (ids grow, so this is also creation order).
+    pub migrations: Vec<Migration>,
+    /// The data plane's layout, once it is created.
+    pub layout: Option<DataCluster>,
+}
+
+/// Whether a node in `state` is running and may hold and serve replicas: Up, Suspect (late,
+/// but within grace) and Draining (being emptied, still serving).
+pub fn is_live(state: NodeState) -> bool {
+    matches!(
+        state,
+        NodeState::Up | NodeState::Suspect | NodeState::Draining
+    )
+}
+
+/// Whether a migration is still in flight.
+pub fn is_active(m: &Migration) -> bool {
+    !matches!(m.state, MigrationState::Committed | MigrationState::Aborted)
+}
+
+impl Cluster {
+    /// The state of `node`'s record, `None` if it has none.
+    pub fn state(&self, node: NodeId) -> Option<NodeState> {
+        self.nodes.get(&node).map(|n| n.state)
+    }
+
+    /// Whether `node` is registered and live (see [`is_live`]).
+    pub fn live(&self, node: NodeId) -> bool {
+        self.state(node).is_some_and(is_live)
+    }
+
+    /// Whether `node`'s replicas are lost to the cluster: declared Down, removed by an
+    /// operator, or not registered at all.
+    pub fn gone(&self, node: NodeId) -> bool {
+        !self.live(node)
+    }
+
+    /// The migrations still in flight.
+    pub fn active_migrations(&self) -> impl Iterator<Item = &Migration> {
+        self.migrations.iter().filter(|m| is_active(m))
+    }
+}
+
+/// The latest report from each storage node (heartbeat or probe, whichever is newer).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reports {
+    /// By node.
+    pub by_node: HashMap<NodeId, NodeReport>,
+}
+
+impl Reports {
+    /// What `node` last said about `shard`, if the report comes from the incarnation and node
+    /// epoch its record holds: a report from a wiped disk's predecessor, or from a node that
+    /// has not yet learnt it was declared Down, says nothing about what the node holds now.
+    pub fn replica<'a>(
+        &'a self,
+        cluster: &Cluster,
+        node: NodeId,
+        shard: ShardId,
+    ) -> Option<&'a ReplicaStatus> {
+        let record = cluster.nodes.get(&node)?;
+        let report = self.by_node.get(&node)?;
+        if report.incarnation != record.incarnation || report.node_epoch != record.epoch {
+            return None;
+        }
+        report.replicas.iter().find(|r| r.shard == shard)
+    }
+
+    /// What `node` last said about `shard` under the shard's current epoch.
+    pub fn current<'a>(
+        &'a self,
+        cluster: &Cluster,
+        node: NodeId,
+        shard: &Shard,
+    ) -> Option<&'a ReplicaStatus> {
+        self.replica(cluster, node, shard.id)
+            .filter(|r| r.epoch == shard.epoch)
+    }
+
+    /// Whether `node` holds a live replica of `shard`: its node is live and it reports the
+    /// shard under the shard's current epoch. Such a replica has every committed write (a
+    /// primary commits only what every replica of the configuration has prepared), so it
+    /// can be promoted without loss.
+    pub fn live_replica(&self, cluster: &Cluster, node: NodeId, shard: &Shard) -> bool {
+        cluster.live(node) && self.current(cluster, node, shard).is_some()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Records and reports for the control plane's unit tests.
+    use super::*;
+    use augur_proto::data::{Checkpoint, ReplicaRole};
+    use augur_proto::model::{Risk, ShardState};
+
+    /// A registered node in `state`, incarnation 7, epoch 1, rack `r{id}`.
+    pub fn node(id: u64, state: NodeState) -> Node {
+        Node {
+            id: NodeId(id),
+            incarnation: 7,
+            addrs: vec![format!("127.0.0.1:{}", 9000 + id)],
+            admin: String::new(),
+            rack: format!("r{id}"),
+            zone: String::new(),
+            capacity_bytes: 1 << 40,
+            used_bytes: 0,
+            state,
+            state_since_ms: 0,
+            risk: Risk::default(),
+            epoch: 1,
+            last_heartbeat_ms: 0,
+            version: 10 + id,
+        }
+    }
+
+    /// A stable shard on `replicas` (primary first) at `epoch`.
+    pub fn shard(id: u64, replicas: &[u64], epoch: u64) -> Shard {
+        Shard {
+            id: ShardId(id),
+            replicas: replicas.iter().map(|n| NodeId(*n)).collect(),
+            learners: vec![],
+            epoch,
+            version: 100 + id,
+            state: ShardState::Stable,
+            size_bytes: 0,
+            crc64: 0,
+        }
+    }
+
+    /// A cluster of `nodes` (all Up) and `shards`, at rf `rf`.
+    pub fn cluster(nodes: &[u64], shards: Vec<Shard>, rf: u32) -> Cluster {
+        Cluster {
+            nodes: nodes
+                .iter()
+                .map(|n| (NodeId(*n), node(*n, NodeState::Up)))
+                .collect(),
+            shards: shards.into_iter().map(|s| (s.id, s)).collect(),
+            migrations: vec![],
+            layout: Some(DataCluster { shards: 64, rf }),
+        }
+    }
+
+    /// A replica's status.
+    pub fn status(shard: u64, epoch: u64, role: ReplicaRole, prepared: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            shard: ShardId(shard),
+            epoch,
+            role,
+            prepared,
+            committed: prepared,
+            applied: prepared,
+            serving: role == ReplicaRole::Primary,
+            copied: role != ReplicaRole::Learner,
+            checkpoint: None,
+        }
+    }
+
+    /// A checkpoint.
+    pub fn checkpoint(seq: u64, crc64: u64) -> Checkpoint {
+        Checkpoint {
+            seq,
+            crc64,
+            bytes: 1000,
+            keys: 10,
+        }
+    }
+
+    /// Sets `node`'s report (incarnation 7, node epoch 1) to `replicas`.
+    pub fn report(reports: &mut Reports, node: u64, replicas: Vec<ReplicaStatus>) {
+        reports.by_node.insert(
+            NodeId(node),
+            NodeReport {
+                node: NodeId(node),
+                incarnation: 7,
+                node_epoch: 1,
+                used_bytes: 0,
+                capacity_bytes: 1 << 40,
+                replicas,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use augur_proto::data::ReplicaRole;
+
+    #[test]
+    fn reports_from_another_incarnation_or_node_epoch_say_nothing() {
+        let c = cluster(&[1, 2], vec![shard(1, &[1, 2], 3)], 2);
+        let s = &c.shards[&ShardId(1)];
+        let mut r = Reports::default();
+        report(&mut r, 2, vec![status(1, 3, ReplicaRole::Secondary, 5)]);
+        assert!(r.live_replica(&c, NodeId(2), s));
+        r.by_node.get_mut(&NodeId(2)).unwrap().incarnation = 8;
+        assert!(r.replica(&c, NodeId(2), ShardId(1)).is_none());
+        report(&mut r, 2, vec![status(1, 3, ReplicaRole::Secondary, 5)]);
+        r.by_node.get_mut(&NodeId(2)).unwrap().node_epoch = 0;
+        assert!(!r.live_replica(&c, NodeId(2), s));
+        // An older shard epoch is not a current replica.
+        report(&mut r, 2, vec![status(1, 2, ReplicaRole::Secondary, 5)]);
+        assert!(r.replica(&c, NodeId(2), ShardId(1)).is_some());
+        assert!(!r.live_replica(&c, NodeId(2), s));
+    }
+
+    #[test]
+    fn down_removed_and_unknown_nodes_are_gone() {
+        let mut c = cluster(&[1, 2, 3], vec![], 3);
+        c.nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Down;
+        c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Draining;
+        assert!(c.live(NodeId(1)) && c.live(NodeId(3)));
+        assert!(c.gone(NodeId(2)) && c.gone(NodeId(9)));
+    }
+}

@@ -1,0 +1,290 @@
+//! Liveness: from the heartbeats this leader received, which storage nodes are late
+//! (Suspect), which are dead (Down), and which came back (Up).
+//!
+//! Silence is measured on this leader's monotonic clock, from the later of the node's last
+//! heartbeat and the moment this member became leader: a new leader does not know when nodes
+//! last spoke to its predecessor, so it counts everyone's silence from its own start, and so
+//! never declares anyone Down before a full grace period of its own leadership has passed.
+//! Because `grace_ms` exceeds the lease (see [`super::settings::ControlSettings`]), a node
+//! declared Down has stopped serving by its own clock: promoting another replica is safe.
+//!
+//! A probe answered by a node is not a heartbeat: the node's lease runs only from
+//! acknowledged heartbeats, so only they may keep it from being declared Down.
+//!
+//! Declaring a node Down is one transaction comparing the node record's version that sets
+//! its state and `state_since_ms` and bumps its epoch: the node, seeing the higher epoch in
+//! its next heartbeat answer, knows everything it did under the old one is void.
+
+use super::registry::now_ms;
+use super::settings::ControlSettings;
+use super::store::MetaStore;
+use super::Control;
+use augur_proto::wire::ApiError;
+use augur_proto::{Node, NodeId, NodeState, Record, Txn};
+use std::time::{Duration, Instant};
+
+/// The state a node should move to, given how long ago this leader last heard its heartbeat
+/// (`heard`: `None` if never) and how long this member has led (`leading`). `None`: no
+/// change.
+///
+/// - Up, Suspect or Draining, silent longer than `grace_ms` -> Down;
+/// - Up, silent longer than `suspect_after_ms` -> Suspect;
+/// - Suspect, heard within `suspect_after_ms` -> Up (heartbeats resumed);
+/// - Down and Removed nodes are left alone: a Down node comes back by registering again.
+///
+/// Silence is `min(heard, leading)`, so neither Suspect nor Down can follow from what a new
+/// leader has not had time to hear; Suspect -> Up needs an actual recent heartbeat.
+pub fn transition(
+    state: NodeState,
+    heard: Option<Duration>,
+    leading: Duration,
+    s: &ControlSettings,
+) -> Option<NodeState> {
+    let silence = heard.map_or(leading, |h| h.min(leading));
+    let grace = Duration::from_millis(s.grace_ms);
+    let suspect = Duration::from_millis(s.suspect_after_ms);
+    match state {
+        NodeState::Down | NodeState::Removed => None,
+        _ if silence > grace => Some(NodeState::Down),
+        NodeState::Up if silence > suspect => Some(NodeState::Suspect),
+        NodeState::Suspect if heard.is_some_and(|h| h <= suspect) => Some(NodeState::Up),
+        _ => None,
+    }
+}
+
+/// The record `node` should be written as to enter `to` at wall-clock `now_ms`: Down bumps
+/// the node's epoch.
+pub fn moved(node: &Node, to: NodeState, now_ms: u64) -> Node {
+    let mut n = node.clone();
+    n.state = to;
+    n.state_since_ms = now_ms;
+    if to == NodeState::Down {
+        n.epoch = node.epoch + 1;
+    }
+    n
+}
+
+impl Control {
+    /// One liveness pass as leader (since `leader_since`): writes every transition due at
+    /// `now`. Returns how many nodes were declared Down, so the caller repairs their shards
+    /// at once.
+    pub(crate) async fn liveness_tick(
+        &self,
+        meta: &dyn MetaStore,
+        leader_since: Instant,
+        now: Instant,
+    ) -> Result<usize, ApiError> {
+        let cluster = meta.nodes().await?;
+        let heard: Vec<(NodeId, Option<Duration>)> = {
+            let seen = self
+                .seen
+                .lock()
+                .map_err(|_| ApiError::Internal("liveness table poisoned".into()))?;
+            cluster
+                .nodes
+                .keys()
+                .map(|id| {
+                    (
+                        *id,
+                        seen.get(id).map(|s| now.saturating_duration_since(s.at)),
+                    )
+                })
+                .collect()
+        };
+        let leading = now.saturating_duration_since(leader_since);
+        let mut down = 0;
+        for (id, heard) in heard {
+            let Some(node) = cluster.nodes.get(&id) else {
+                continue;
+            };
+            let Some(to) = transition(node.state, heard, leading, &self.settings) else {
+                continue;
+            };
+            let updated = moved(node, to, now_ms());
+            let txn = Txn::cas(Record::Node(updated.clone()), Some(node.version));
+            match meta.propose(txn).await {
+                Ok(r) if r.succeeded => {
+                    let silent_ms = heard.map(|h| h.as_millis() as u64);
+                    if to == NodeState::Down {
+                        down += 1;
+                        self.metrics.declared_down.inc();
+                        tracing::warn!(node = %id, from = ?node.state, silent_ms, epoch = updated.epoch, leading_ms = leading.as_millis() as u64, "storage node declared Down");
+                    } else {
+                        tracing::info!(node = %id, from = ?node.state, to = ?to, silent_ms, "storage node state changed");
+                    }
+                }
+                // The record changed meanwhile (a registration, a usage update): the next
+                // tick decides again from the new record.
+                Ok(_) => {
+                    tracing::debug!(node = %id, "node record changed under a liveness decision")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(down)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::cluster::fixtures::{cluster, node};
+    use crate::control::store::fake::MemStore;
+    use crate::control::Seen;
+    use augur_proto::data::NodeReport;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn silence_moves_nodes_through_suspect_to_down() {
+        let s = ControlSettings::default();
+        let long = ms(60_000);
+        assert_eq!(transition(NodeState::Up, Some(ms(900)), long, &s), None);
+        assert_eq!(
+            transition(NodeState::Up, Some(ms(2_600)), long, &s),
+            Some(NodeState::Suspect)
+        );
+        assert_eq!(
+            transition(NodeState::Suspect, Some(ms(4_000)), long, &s),
+            None
+        );
+        assert_eq!(
+            transition(NodeState::Suspect, Some(ms(8_001)), long, &s),
+            Some(NodeState::Down)
+        );
+        // Straight from Up when a tick sees a longer silence at once.
+        assert_eq!(
+            transition(NodeState::Up, Some(ms(9_000)), long, &s),
+            Some(NodeState::Down)
+        );
+        // Exactly at grace is not beyond it.
+        assert_eq!(
+            transition(NodeState::Suspect, Some(ms(8_000)), long, &s),
+            None
+        );
+        // Draining nodes die too, but are never merely Suspect.
+        assert_eq!(
+            transition(NodeState::Draining, Some(ms(5_000)), long, &s),
+            None
+        );
+        assert_eq!(
+            transition(NodeState::Draining, Some(ms(8_500)), long, &s),
+            Some(NodeState::Down)
+        );
+    }
+
+    #[test]
+    fn heartbeats_resuming_bring_a_suspect_back() {
+        let s = ControlSettings::default();
+        assert_eq!(
+            transition(NodeState::Suspect, Some(ms(300)), ms(60_000), &s),
+            Some(NodeState::Up)
+        );
+        // A new leader that has heard nothing does not clear a Suspect it inherited.
+        assert_eq!(transition(NodeState::Suspect, None, ms(100), &s), None);
+        // Down and Removed nodes are not brought back by liveness.
+        assert_eq!(
+            transition(NodeState::Down, Some(ms(10)), ms(60_000), &s),
+            None
+        );
+        assert_eq!(transition(NodeState::Removed, None, ms(60_000), &s), None);
+    }
+
+    #[test]
+    fn a_new_leader_waits_a_full_grace_before_declaring_down() {
+        let s = ControlSettings::default();
+        // Never heard from (the node spoke to the previous leader): silence counts from
+        // this leader's start.
+        assert_eq!(transition(NodeState::Up, None, ms(1_000), &s), None);
+        assert_eq!(
+            transition(NodeState::Up, None, ms(3_000), &s),
+            Some(NodeState::Suspect)
+        );
+        assert_eq!(transition(NodeState::Suspect, None, ms(7_999), &s), None);
+        assert_eq!(
+            transition(NodeState::Suspect, None, ms(8_001), &s),
+            Some(NodeState::Down)
+        );
+        // A heartbeat remembered from an earlier term is older than this leadership: it
+        // does not shorten the wait.
+        assert_eq!(
+            transition(NodeState::Up, Some(ms(50_000)), ms(7_000), &s),
+            Some(NodeState::Suspect)
+        );
+        assert_eq!(
+            transition(NodeState::Suspect, Some(ms(50_000)), ms(7_000), &s),
+            None
+        );
+    }
+
+    #[test]
+    fn declaring_down_bumps_the_epoch_and_stamps_the_time() {
+        let n = node(3, NodeState::Suspect);
+        let d = moved(&n, NodeState::Down, 1234);
+        assert_eq!(
+            (d.state, d.epoch, d.state_since_ms),
+            (NodeState::Down, 2, 1234)
+        );
+        let u = moved(&n, NodeState::Up, 99);
+        assert_eq!((u.state, u.epoch), (NodeState::Up, 1));
+    }
+
+    fn seen(control: &Control, id: u64, at: Instant) {
+        control.seen.lock().unwrap().insert(
+            NodeId(id),
+            Seen {
+                at,
+                report: NodeReport {
+                    node: NodeId(id),
+                    incarnation: 7,
+                    node_epoch: 1,
+                    used_bytes: 0,
+                    capacity_bytes: 0,
+                    replicas: vec![],
+                },
+                usage_written: None,
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn the_tick_writes_transitions_with_compares() {
+        let control = Control::for_tests(ControlSettings::default());
+        let store = MemStore::with(&cluster(&[1, 2, 3], vec![], 3));
+        let t0 = Instant::now();
+        let leader_since = t0;
+        // Node 1 heartbeats throughout; 2 stopped at t0 + 1 s; 3 was never heard.
+        seen(&control, 2, t0 + ms(1_000));
+        seen(&control, 1, t0 + ms(4_900));
+        let down = control
+            .liveness_tick(&store, leader_since, t0 + ms(5_000))
+            .await
+            .unwrap();
+        assert_eq!(down, 0);
+        let c = store.read();
+        assert_eq!(c.state(NodeId(1)), Some(NodeState::Up));
+        assert_eq!(c.state(NodeId(2)), Some(NodeState::Suspect));
+        assert_eq!(c.state(NodeId(3)), Some(NodeState::Suspect));
+        seen(&control, 1, t0 + ms(9_500));
+        let down = control
+            .liveness_tick(&store, leader_since, t0 + ms(9_600))
+            .await
+            .unwrap();
+        // Node 2: silent 8.6 s -> Down; node 3: leader for 9.6 s, never heard -> Down.
+        assert_eq!(down, 2);
+        let c = store.read();
+        assert_eq!(c.state(NodeId(2)), Some(NodeState::Down));
+        assert_eq!(c.nodes[&NodeId(2)].epoch, 2);
+        assert_eq!(c.state(NodeId(1)), Some(NodeState::Up));
+        // Node 2 speaks again: it is Down until it registers; liveness leaves it alone.
+        seen(&control, 2, t0 + ms(9_700));
+        let down = control
+            .liveness_tick(&store, leader_since, t0 + ms(9_800))
+            .await
+            .unwrap();
+        assert_eq!(down, 0);
+        assert_eq!(store.read().state(NodeId(2)), Some(NodeState::Down));
+    }
+}

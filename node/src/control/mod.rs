@@ -1,0 +1,398 @@
+//! The control plane: runs on the metadata leader and manages the data plane.
+//!
+//! - [`placement`]: weighted rendezvous hashing with bounded load and rack spread;
+//! - [`registry`]: storage nodes registering and heartbeating, and creating the data plane;
+//! - [`liveness`]: Up -> Suspect -> Down from heartbeat silence;
+//! - [`repair`]: dead primaries replaced, dead replicas removed;
+//! - [`failure`]: a primary's `ReportReplica`, an operator's `ForcePrimary`;
+//! - [`mover`]: re-replication through recorded, resumable migrations;
+//! - [`status`]: the leader's view (`/v1/control`) and metrics;
+//! - [`cluster`], [`store`]: what decisions read, and the traits they act through;
+//! - [`settings`]: the `[control]` configuration.
+//!
+//! Every decision is a metadata transaction that compares the versions it read, so a decision
+//! taken by a leader that lost office (or raced another) changes nothing. State the leader
+//! keeps in memory (when it last heard from each node, the latest probe reports, losses it
+//! caused) is rebuilt by a new leader from what follows, and a new leader waits a full grace
+//! period before declaring any node Down.
+//!
+//! Every member runs the loops ([`spawn`]); they act only while the member leads.
+
+pub mod cluster;
+pub mod failure;
+pub mod liveness;
+pub mod mover;
+pub mod placement;
+pub mod registry;
+pub mod repair;
+pub mod settings;
+pub mod status;
+pub mod store;
+
+use crate::meta::MetaNode;
+use augur_proto::data::NodeReport;
+use augur_proto::wire::ApiError;
+use augur_proto::{NodeId, NodeState, ShardId};
+use cluster::{Cluster, Reports};
+use futures::future::join_all;
+use mover::MoverMemory;
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use settings::ControlSettings;
+use status::{ControlMetrics, ControlView};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use store::{MetaStore, QuicStorage, StorageCalls};
+
+/// What the leader last heard from a storage node.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// When the heartbeat arrived, on this leader's monotonic clock.
+    pub at: Instant,
+    /// What it said.
+    pub report: NodeReport,
+    /// When this leader last wrote the node's usage to its record.
+    pub usage_written: Option<Instant>,
+}
+
+/// What the leader's last probes of a storage node found.
+#[derive(Debug, Clone, Default)]
+pub struct Probed {
+    /// The last successful probe: when it was answered, and the report.
+    pub ok: Option<(Instant, NodeReport)>,
+    /// The last failed probe, if it came after the last success: when, and why.
+    pub failed: Option<(Instant, String)>,
+}
+
+/// When and in which term this member became leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leadership {
+    term: u64,
+    since: Instant,
+}
+
+/// The control plane's in-memory state. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Control {
+    /// Timings and limits.
+    pub settings: ControlSettings,
+    /// Last heartbeat per node, as this member saw them while leader.
+    pub(crate) seen: Mutex<HashMap<NodeId, Seen>>,
+    /// Last probe per node, as this member saw them while leader.
+    probes: Mutex<HashMap<NodeId, Probed>>,
+    leadership: Mutex<Option<Leadership>>,
+    memory: Mutex<MoverMemory>,
+    /// Stuck shards already logged, so each is logged once per leadership.
+    stuck: Mutex<HashSet<ShardId>>,
+    view: Mutex<ControlView>,
+    pub(crate) metrics: ControlMetrics,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps are plain data, consistent after any panic mid-update.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Control {
+    /// A control plane with nothing heard yet, reporting through `metrics`.
+    pub fn new(settings: ControlSettings, metrics: ControlMetrics) -> Control {
+        Control {
+            settings,
+            seen: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
+            leadership: Mutex::new(None),
+            memory: Mutex::new(MoverMemory::default()),
+            stuck: Mutex::new(HashSet::new()),
+            view: Mutex::new(ControlView::default()),
+            metrics,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(settings: ControlSettings) -> Control {
+        Control::new(settings, ControlMetrics::default())
+    }
+
+    /// What was last heard from `node`.
+    pub fn last_seen(&self, node: NodeId) -> Option<Seen> {
+        lock(&self.seen).get(&node).cloned()
+    }
+
+    /// When this member became leader, if it leads.
+    pub fn leading_since(&self) -> Option<Instant> {
+        lock(&self.leadership).map(|l| l.since)
+    }
+
+    /// The leader's view of the data plane, as of its last repair pass.
+    pub fn view(&self) -> ControlView {
+        lock(&self.view).clone()
+    }
+
+    /// Notes this member's Raft role: leading in `term` (from `now` if it just began), or not
+    /// leading. Whatever was kept in memory belongs to one leadership and is dropped when it
+    /// begins or ends.
+    pub(crate) fn set_leadership(&self, term: Option<u64>, now: Instant) {
+        let mut current = lock(&self.leadership);
+        let next = match (term, *current) {
+            (Some(t), Some(l)) if l.term == t => return,
+            (Some(t), _) => Some(Leadership {
+                term: t,
+                since: now,
+            }),
+            (None, None) => return,
+            (None, Some(_)) => None,
+        };
+        *current = next;
+        drop(current);
+        lock(&self.seen).clear();
+        lock(&self.probes).clear();
+        *lock(&self.memory) = MoverMemory::default();
+        lock(&self.stuck).clear();
+        *lock(&self.view) = ControlView::default();
+        self.metrics.reset(next.is_some());
+        match next {
+            Some(l) => tracing::info!(term = l.term, "leading: control plane active"),
+            None => tracing::info!("no longer leading: control plane idle"),
+        }
+    }
+
+    /// The latest report from each node: its last heartbeat or its last answered probe,
+    /// whichever is newer.
+    pub fn reports(&self) -> Reports {
+        let mut latest: HashMap<NodeId, (Instant, NodeReport)> = lock(&self.seen)
+            .iter()
+            .map(|(id, s)| (*id, (s.at, s.report.clone())))
+            .collect();
+        for (id, p) in lock(&self.probes).iter() {
+            if let Some((at, report)) = &p.ok {
+                if latest.get(id).is_none_or(|(t, _)| t < at) {
+                    latest.insert(*id, (*at, report.clone()));
+                }
+            }
+        }
+        Reports {
+            by_node: latest.into_iter().map(|(id, (_, r))| (id, r)).collect(),
+        }
+    }
+
+    /// Records a probe's outcome for `node`.
+    pub(crate) fn record_probe(
+        &self,
+        node: NodeId,
+        at: Instant,
+        result: Result<NodeReport, String>,
+    ) {
+        let mut probes = lock(&self.probes);
+        let entry = probes.entry(node).or_default();
+        match result {
+            Ok(report) => {
+                entry.ok = Some((at, report));
+                entry.failed = None;
+            }
+            Err(why) => entry.failed = Some((at, why)),
+        }
+    }
+
+    /// The last probe outcome for `node`.
+    pub fn last_probe(&self, node: NodeId) -> Option<Probed> {
+        lock(&self.probes).get(&node).cloned()
+    }
+
+    fn with_memory<T>(&self, f: impl FnOnce(&mut MoverMemory) -> T) -> T {
+        f(&mut lock(&self.memory))
+    }
+
+    /// Notes that this leader removed `nodes` from `shard` at `now` (re-replication counts
+    /// the shard's delay from the loss).
+    pub(crate) fn note_lost(&self, shard: ShardId, nodes: &[NodeId], now: Instant) {
+        if let Some(n) = nodes.last() {
+            self.with_memory(|m| m.lost.insert(shard, (*n, now)));
+        }
+    }
+
+    /// The replica this leader last removed from `shard`, and when.
+    pub fn lost_replica(&self, shard: ShardId) -> Option<(NodeId, Instant)> {
+        self.with_memory(|m| m.lost.get(&shard).copied())
+    }
+
+    /// Whether `shard` was already logged as stuck; marks it logged.
+    fn stuck_logged(&self, shard: ShardId) -> bool {
+        !lock(&self.stuck).insert(shard)
+    }
+
+    fn forget_stuck_except(&self, still: &[ShardId]) {
+        lock(&self.stuck).retain(|s| still.contains(s));
+    }
+
+    /// Probes `nodes` at once (each within the call timeout) and records what they say. A
+    /// node answering for another id is recorded as a failure: its address was reused.
+    pub(crate) async fn probe_nodes(
+        &self,
+        cluster: &Cluster,
+        nodes: &[NodeId],
+        storage: &dyn StorageCalls,
+    ) {
+        let timeout = Duration::from_millis(self.settings.storage_call_timeout_ms);
+        let calls = nodes.iter().filter_map(|id| {
+            let addr = cluster.nodes.get(id)?.addrs.first()?.clone();
+            Some(async move {
+                let result = match tokio::time::timeout(timeout, storage.probe(&addr)).await {
+                    Ok(Ok(r)) if r.node == *id => Ok(r),
+                    Ok(Ok(r)) => Err(format!("{addr} answered as node {}", r.node)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer from {addr} within {timeout:?}")),
+                };
+                (*id, result)
+            })
+        });
+        for (id, result) in join_all(calls).await {
+            if let Err(e) = &result {
+                tracing::debug!(node = %id, error = %e, "probe failed");
+            }
+            self.record_probe(id, Instant::now(), result);
+        }
+    }
+
+    /// One probe pass over every registered node that is not Removed.
+    pub(crate) async fn probe_tick(
+        &self,
+        meta: &dyn MetaStore,
+        storage: &dyn StorageCalls,
+    ) -> Result<(), ApiError> {
+        let cluster = meta.nodes().await?;
+        let nodes: Vec<NodeId> = cluster
+            .nodes
+            .values()
+            .filter(|n| n.state != NodeState::Removed)
+            .map(|n| n.id)
+            .collect();
+        self.probe_nodes(&cluster, &nodes, storage).await;
+        Ok(())
+    }
+
+    /// One repair pass and a refreshed view.
+    pub(crate) async fn repair_and_view(
+        &self,
+        meta: &dyn MetaStore,
+        leader_since: Instant,
+    ) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let mut cluster = meta.cluster().await?;
+        let reports = self.reports();
+        let out = self.repair_tick(meta, &cluster, &reports, now).await?;
+        if out.reconfigured > 0 {
+            cluster = meta.cluster().await?;
+        }
+        self.update_view(&cluster, &out.stuck, leader_since, now);
+        Ok(())
+    }
+
+    fn set_view(&self, view: ControlView) {
+        *lock(&self.view) = view;
+    }
+}
+
+/// Starts the control plane's loops on a metadata member. They idle unless it leads.
+pub(crate) fn spawn(node: MetaNode) {
+    let s = node.control.settings.clone();
+    let storage: Arc<dyn StorageCalls> = Arc::new(QuicStorage::new(
+        &node.peers,
+        Duration::from_millis(s.storage_call_timeout_ms),
+    ));
+    tokio::spawn(watch_leadership(node.clone()));
+
+    let repair_every = Duration::from_millis(s.repair_interval_ms);
+    let mut last_repair: Option<Instant> = None;
+    every(node.clone(), s.liveness_tick_ms, move |n, since| {
+        let due = last_repair.is_none_or(|t| t.elapsed() >= repair_every);
+        if due {
+            last_repair = Some(Instant::now());
+        }
+        async move {
+            let down = n.control.liveness_tick(&n, since, Instant::now()).await?;
+            if down > 0 || due {
+                n.control.repair_and_view(&n, since).await?;
+            }
+            Ok(())
+        }
+    });
+
+    let probes = storage.clone();
+    every(node.clone(), s.probe_interval_ms, move |n, _| {
+        let storage = probes.clone();
+        async move { n.control.probe_tick(&n, storage.as_ref()).await }
+    });
+
+    every(node, s.mover_interval_ms, move |n, since| {
+        let storage = storage.clone();
+        async move {
+            n.control
+                .mover_tick(
+                    &n,
+                    storage.as_ref(),
+                    since,
+                    Instant::now(),
+                    registry::now_ms(),
+                )
+                .await
+        }
+    });
+}
+
+/// Runs `f` every `interval_ms` while `node` leads, until it shuts down.
+fn every<F, Fut>(node: MetaNode, interval_ms: u64, mut f: F)
+where
+    F: FnMut(MetaNode, Instant) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ApiError>> + Send,
+{
+    tokio::spawn(async move {
+        let mut shutdown = node.shutdown_signal();
+        let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => {}
+            }
+            if node.is_shutting_down() || *shutdown.borrow() {
+                return;
+            }
+            let Some(since) = node.control.leading_since() else {
+                continue;
+            };
+            if !node.is_leader() {
+                continue;
+            }
+            match f(node.clone(), since).await {
+                Ok(()) => {}
+                Err(ApiError::NotLeader { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "control plane pass failed; retrying next tick")
+                }
+            }
+        }
+    });
+}
+
+/// Follows this member's Raft role into [`Control::set_leadership`].
+async fn watch_leadership(node: MetaNode) {
+    let mut rx = node.raft.metrics();
+    let mut shutdown = node.shutdown_signal();
+    loop {
+        let term = {
+            let m = rx.borrow_watched();
+            (m.state == ServerState::Leader && m.current_leader == Some(node.id))
+                .then_some(m.current_term)
+        };
+        node.control.set_leadership(term, Instant::now());
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => {
+                node.control.set_leadership(None, Instant::now());
+                return;
+            }
+        }
+    }
+}

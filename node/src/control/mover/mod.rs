@@ -1,0 +1,343 @@
+//! Re-replication, and the move machinery the predictive migrator will reuse.
+//!
+//! - [`plan`]: which under-replicated shards get a new replica now, and where;
+//! - [`steps`]: the next step of one migration in flight;
+//! - this module: the leader's loop that records each plan as a `Migration` before anything
+//!   starts, then drives each migration one step per pass, every step one transaction that
+//!   compares the shard's and the migration's versions.
+//!
+//! All progress lives in the records (migration state, attempts, bytes; the shard's learners
+//! and `Moving` state), so a new leader resumes every move where the records say it is. The
+//! only thing kept in memory is the checkpoint sequence being verified: a new leader asks for
+//! a fresh checkpoint, which costs one log entry on the shard.
+
+pub mod plan;
+pub mod steps;
+
+use super::cluster::{Cluster, Reports};
+use super::store::{MetaStore, StorageCalls};
+use super::Control;
+use augur_proto::data::Checkpoint;
+use augur_proto::model::ShardState;
+use augur_proto::wire::ApiError;
+use augur_proto::{
+    Compare, CompareTarget, Key, Migration, MigrationId, MigrationState, NodeId, Op, Record, Shard,
+    ShardId, Txn,
+};
+use futures::future::join_all;
+use std::collections::HashMap;
+use std::time::Instant;
+use steps::{next_step, AbortReason, Step};
+
+/// A checkpoint this leader asked a primary for, to verify a learner against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requested {
+    /// The checkpoint entry's sequence.
+    pub seq: u64,
+    /// The primary asked.
+    pub primary: NodeId,
+    /// The shard epoch it was asked at.
+    pub epoch: u64,
+}
+
+/// What the leader remembers between passes (lost when leadership moves; see [`plan`] for
+/// how a new leader does without it).
+#[derive(Debug, Default)]
+pub struct MoverMemory {
+    /// The replica this leader last removed from each shard, and when.
+    pub lost: HashMap<ShardId, (NodeId, Instant)>,
+    /// When this leader first saw each shard with fewer replicas than `rf`.
+    pub under_since: HashMap<ShardId, Instant>,
+    /// Until when each shard's next move waits, after an abort.
+    pub backoff_until: HashMap<ShardId, Instant>,
+    /// Checkpoints asked for, by migration.
+    pub checkpoints: HashMap<MigrationId, Requested>,
+}
+
+impl MoverMemory {
+    /// Notes which shards are under-replicated now, and forgets shards that are not.
+    pub fn note_under_replicated(&mut self, cluster: &Cluster, now: Instant) {
+        let under: Vec<ShardId> = plan::under_replicated(cluster)
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        self.under_since.retain(|s, _| under.contains(s));
+        self.lost.retain(|s, _| under.contains(s));
+        for s in under {
+            self.under_since.entry(s).or_insert(now);
+        }
+        let active: Vec<MigrationId> = cluster.active_migrations().map(|m| m.id).collect();
+        self.checkpoints.retain(|m, _| active.contains(m));
+    }
+}
+
+fn compare(key: Key, version: u64) -> Compare {
+    Compare {
+        key,
+        target: CompareTarget::VersionEq(version),
+    }
+}
+
+fn write(shard: (&Shard, Shard), m: (&Migration, Migration)) -> Txn {
+    Txn {
+        compares: vec![
+            compare(Key::Shard(shard.0.id), shard.0.version),
+            compare(Key::Migration(m.0.id), m.0.version),
+        ],
+        ops: vec![
+            Op::Put(Record::Shard(shard.1)),
+            Op::Put(Record::Migration(m.1)),
+        ],
+    }
+}
+
+/// Step (a): the destination joins the shard as a learner (epoch + 1), the shard is marked
+/// as moving under `m`, and `m` is `Copying`.
+pub fn start_txn(m: &Migration, shard: &Shard) -> Txn {
+    let mut s = shard.clone();
+    s.learners.push(m.to);
+    s.epoch += 1;
+    s.state = ShardState::Moving(m.id);
+    let mut next = m.clone();
+    next.state = MigrationState::Copying;
+    write((shard, s), (m, next))
+}
+
+/// Step (b) done: `m` is `CatchingUp` (verification).
+pub fn copied_txn(m: &Migration) -> Txn {
+    let mut next = m.clone();
+    next.state = MigrationState::CatchingUp;
+    Txn {
+        compares: vec![compare(Key::Migration(m.id), m.version)],
+        ops: vec![Op::Put(Record::Migration(next))],
+    }
+}
+
+/// Step (d): the learner becomes a replica (epoch + 1) with the verified size and checksum,
+/// the shard is stable again and `m` is `Committed`.
+pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint) -> Txn {
+    let mut s = shard.clone();
+    s.learners.retain(|n| *n != m.to);
+    s.replicas.push(m.to);
+    s.epoch += 1;
+    s.size_bytes = cp.bytes;
+    s.crc64 = cp.crc64;
+    s.state = ShardState::Stable;
+    let mut next = m.clone();
+    next.state = MigrationState::Committed;
+    next.bytes_copied = cp.bytes;
+    next.bytes_total = cp.bytes;
+    write((shard, s), (m, next))
+}
+
+/// Abort: the learner leaves the shard (epoch + 1) if it is still there, the shard is stable
+/// again if `m` held it, and `m` is `Aborted`. The old replica set stays as it was.
+pub fn abort_txn(m: &Migration, shard: Option<&Shard>) -> Txn {
+    let mut next = m.clone();
+    next.state = MigrationState::Aborted;
+    if let Some(shard) = shard {
+        let learning = shard.learners.contains(&m.to);
+        let held = shard.state == ShardState::Moving(m.id);
+        if learning || held {
+            let mut s = shard.clone();
+            if learning {
+                s.learners.retain(|n| *n != m.to);
+                s.epoch += 1;
+            }
+            if held {
+                s.state = ShardState::Stable;
+            }
+            return write((shard, s), (m, next));
+        }
+    }
+    Txn {
+        compares: vec![compare(Key::Migration(m.id), m.version)],
+        ops: vec![Op::Put(Record::Migration(next))],
+    }
+}
+
+impl Control {
+    /// One mover pass as leader: advances every migration in flight by one step, then plans
+    /// new moves within the limits.
+    pub(crate) async fn mover_tick(
+        &self,
+        meta: &dyn MetaStore,
+        storage: &dyn StorageCalls,
+        leader_since: Instant,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        let cluster = meta.cluster().await?;
+        self.with_memory(|mem| mem.note_under_replicated(&cluster, now));
+        let mut active: Vec<&Migration> = cluster.active_migrations().collect();
+        active.sort_by_key(|m| (std::cmp::Reverse(m.priority), m.id));
+        self.refresh_verifying(&cluster, &active, storage).await;
+        let reports = self.reports();
+        let results = join_all(
+            active
+                .iter()
+                .map(|m| self.advance(m, &cluster, &reports, meta, storage, now, now_ms)),
+        )
+        .await;
+        for r in results {
+            r?;
+        }
+        for shard in plan::orphaned(&cluster) {
+            let mut s = shard.clone();
+            s.state = ShardState::Stable;
+            let txn = Txn::cas(Record::Shard(s), Some(shard.version));
+            if meta.propose(txn).await?.succeeded {
+                tracing::warn!(shard = %shard.id, state = ?shard.state, "cleared the moving mark of a migration no longer in flight");
+            }
+        }
+        let planned = self.with_memory(|mem| {
+            plan::plan(&plan::PlanContext {
+                cluster: &cluster,
+                settings: &self.settings,
+                memory: mem,
+                now,
+                now_ms,
+                leader_since,
+            })
+        });
+        for m in planned {
+            let Some(shard) = cluster.shards.get(&m.shard) else {
+                continue;
+            };
+            let txn = plan::create_txn(
+                &m,
+                shard,
+                &cluster,
+                self.settings.migration_history_per_shard,
+            );
+            if meta.propose(txn).await?.succeeded {
+                tracing::info!(migration = %m.id, shard = %m.shard, from = %m.from, to = %m.to, attempt = m.attempts, reason = %m.reason, "move planned");
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes the primary and learner of every move being verified, so the comparison works
+    /// from fresh reports instead of waiting for the periodic probe.
+    async fn refresh_verifying(
+        &self,
+        cluster: &Cluster,
+        active: &[&Migration],
+        storage: &dyn StorageCalls,
+    ) {
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for m in active {
+            let verifying = m.state == MigrationState::CatchingUp
+                && self.with_memory(|mem| mem.checkpoints.contains_key(&m.id));
+            if let (true, Some(shard)) = (verifying, cluster.shards.get(&m.shard)) {
+                nodes.extend(shard.replicas.first());
+                nodes.push(m.to);
+            }
+        }
+        nodes.sort();
+        nodes.dedup();
+        self.probe_nodes(cluster, &nodes, storage).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn advance(
+        &self,
+        m: &Migration,
+        cluster: &Cluster,
+        reports: &Reports,
+        meta: &dyn MetaStore,
+        storage: &dyn StorageCalls,
+        now: Instant,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        let requested = self.with_memory(|mem| mem.checkpoints.get(&m.id).copied());
+        let step = next_step(m, cluster, reports, requested.as_ref(), now_ms);
+        let shard = cluster.shards.get(&m.shard);
+        let txn = match (&step, shard) {
+            (Step::Wait(why), _) => {
+                tracing::trace!(migration = %m.id, shard = %m.shard, why, "move waits");
+                return Ok(());
+            }
+            (Step::Checkpoint { primary, epoch }, Some(_)) => {
+                return self
+                    .request_checkpoint(m, cluster, storage, *primary, *epoch)
+                    .await;
+            }
+            (Step::Start, Some(s)) => start_txn(m, s),
+            (Step::Copied, Some(_)) => copied_txn(m),
+            (Step::Commit(cp), Some(s)) => commit_txn(m, s, cp),
+            (Step::Abort(_), s) => abort_txn(m, s),
+            (_, None) => abort_txn(m, None),
+        };
+        if !meta.propose(txn).await?.succeeded {
+            tracing::debug!(migration = %m.id, shard = %m.shard, "records changed under a move step; next pass decides again");
+            return Ok(());
+        }
+        match step {
+            Step::Start => {
+                tracing::info!(migration = %m.id, shard = %m.shard, to = %m.to, "move started: learner added")
+            }
+            Step::Copied => {
+                tracing::info!(migration = %m.id, shard = %m.shard, to = %m.to, "learner copied the shard; verifying")
+            }
+            Step::Commit(cp) => {
+                self.metrics.moves_committed.inc();
+                self.with_memory(|mem| {
+                    mem.checkpoints.remove(&m.id);
+                    mem.lost.remove(&m.shard);
+                    mem.backoff_until.remove(&m.shard);
+                });
+                tracing::info!(migration = %m.id, shard = %m.shard, to = %m.to, seq = cp.seq, crc64 = format_args!("{:016x}", cp.crc64), bytes = cp.bytes, "move committed: learner is a replica");
+            }
+            Step::Abort(reason) => self.aborted(m, &reason, now),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn aborted(&self, m: &Migration, reason: &AbortReason, now: Instant) {
+        self.metrics.moves_aborted.inc();
+        let wait = plan::backoff(m.attempts, &self.settings);
+        self.with_memory(|mem| {
+            mem.checkpoints.remove(&m.id);
+            mem.backoff_until.insert(m.shard, now + wait);
+        });
+        tracing::warn!(migration = %m.id, shard = %m.shard, to = %m.to, attempt = m.attempts, %reason, retry_in_ms = wait.as_millis() as u64, "move aborted");
+    }
+
+    async fn request_checkpoint(
+        &self,
+        m: &Migration,
+        cluster: &Cluster,
+        storage: &dyn StorageCalls,
+        primary: NodeId,
+        epoch: u64,
+    ) -> Result<(), ApiError> {
+        let Some(addr) = cluster.nodes.get(&primary).and_then(|n| n.addrs.first()) else {
+            return Ok(());
+        };
+        match storage.checkpoint(addr, m.shard, epoch).await {
+            Ok(seq) => {
+                self.with_memory(|mem| {
+                    mem.checkpoints.insert(
+                        m.id,
+                        Requested {
+                            seq,
+                            primary,
+                            epoch,
+                        },
+                    );
+                });
+                tracing::info!(migration = %m.id, shard = %m.shard, %primary, epoch, seq, "checkpoint written for verification");
+            }
+            // Retried next pass, until the move's deadline.
+            Err(e) => {
+                tracing::info!(migration = %m.id, shard = %m.shard, %primary, error = %e, "checkpoint not written")
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

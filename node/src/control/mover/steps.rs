@@ -1,0 +1,353 @@
+//! The next step of one migration in flight: a pure function of its record, the shard's
+//! record, the node records and the latest reports.
+//!
+//! | state | step | recorded as |
+//! |---|---|---|
+//! | `Planned` | (a) add the destination to the shard's learners (epoch + 1, shard `Moving`) | `Copying` |
+//! | `Copying` | (b) wait until the learner reports its copy complete (`copied`) | `CatchingUp` |
+//! | `CatchingUp` | (c) have the primary write a checkpoint; wait until primary and learner report it at that sequence; compare CRC-64, bytes and keys | (in memory: the sequence) |
+//! | `CatchingUp` | (d) one write: learner -> replica (epoch + 1), `size_bytes` / `crc64` from the checkpoint, shard `Stable` | `Committed` |
+//!
+//! Every step re-checks what it relies on, and anything that makes the move unsafe or
+//! pointless aborts it: the deadline passed, the shard or its primary gone, the destination
+//! no longer live (or, before it starts, no longer eligible), the learner removed from the
+//! shard (a `ReportReplica`, a repair), the shard taken by another move, the checksums
+//! differing. Epoch changes that leave the learner in place (a secondary removed, a new
+//! primary promoted) do not abort: the learner follows the new configuration; a checkpoint
+//! requested from a primary that has since been replaced is requested again, and the commit
+//! waits until the learner reports the shard's current epoch, so the replica it adds has
+//! acknowledged the configuration it joins.
+
+use super::Requested;
+use crate::control::cluster::{Cluster, Reports};
+use augur_proto::data::{Checkpoint, ReplicaRole};
+use augur_proto::model::ShardState;
+use augur_proto::{Migration, MigrationState, NodeId, NodeState};
+
+/// Why a move was given up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbortReason {
+    /// Not committed by its deadline.
+    #[error("deadline passed")]
+    DeadlinePassed,
+    /// The shard record is gone.
+    #[error("shard record gone")]
+    ShardGone,
+    /// The shard is being moved by another migration.
+    #[error("shard busy with another move")]
+    ShardBusy,
+    /// The shard has its replicas again (or the destination is already in it).
+    #[error("no longer needed")]
+    NoLongerNeeded,
+    /// The destination is not Up (before the move started) or not live (after).
+    #[error("destination {0} not eligible")]
+    Destination(NodeId),
+    /// The shard's primary is not live: nothing to copy from or commit with.
+    #[error("primary {0} not live")]
+    PrimaryGone(NodeId),
+    /// The learner was removed from the shard.
+    #[error("learner {0} removed from the shard")]
+    LearnerRemoved(NodeId),
+    /// The learner's checkpoint differs from the primary's.
+    #[error("checksum mismatch at seq {seq}: primary {primary:016x}, learner {learner:016x}")]
+    ChecksumMismatch {
+        /// The checkpoint's sequence.
+        seq: u64,
+        /// The primary's CRC-64.
+        primary: u64,
+        /// The learner's CRC-64.
+        learner: u64,
+    },
+}
+
+/// What to do next for one migration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing this round.
+    Wait(&'static str),
+    /// (a) Add the destination as a learner.
+    Start,
+    /// (b) done: record that the learner has its copy.
+    Copied,
+    /// (c) Ask the primary for a checkpoint at the shard's current epoch.
+    Checkpoint {
+        /// The primary.
+        primary: NodeId,
+        /// The shard's epoch.
+        epoch: u64,
+    },
+    /// (d) The copies match at this checkpoint: make the learner a replica.
+    Commit(Checkpoint),
+    /// Give up.
+    Abort(AbortReason),
+}
+
+/// The next step of `m` (see the module documentation). `requested` is the checkpoint this
+/// leader asked the primary for, if any.
+pub fn next_step(
+    m: &Migration,
+    cluster: &Cluster,
+    reports: &Reports,
+    requested: Option<&Requested>,
+    now_ms: u64,
+) -> Step {
+    use AbortReason::*;
+    let Some(shard) = cluster.shards.get(&m.shard) else {
+        return Step::Abort(ShardGone);
+    };
+    if now_ms > m.deadline_ms {
+        return Step::Abort(DeadlinePassed);
+    }
+    let Some(&primary) = shard.replicas.first() else {
+        return Step::Abort(ShardGone);
+    };
+    let ours = shard.state == ShardState::Moving(m.id);
+    match m.state {
+        MigrationState::Committed | MigrationState::Aborted => return Step::Wait("finished"),
+        MigrationState::Planned => {
+            if !ours && shard.state != ShardState::Stable {
+                return Step::Abort(ShardBusy);
+            }
+            let rf = cluster.layout.map_or(0, |l| l.rf as usize);
+            if shard.replicas.len() >= rf
+                || shard.replicas.contains(&m.to)
+                || shard.learners.contains(&m.to)
+            {
+                return Step::Abort(NoLongerNeeded);
+            }
+            if !cluster.live(primary) {
+                return Step::Abort(PrimaryGone(primary));
+            }
+            if cluster.state(m.to) != Some(NodeState::Up) {
+                return Step::Abort(Destination(m.to));
+            }
+            return Step::Start;
+        }
+        MigrationState::Copying | MigrationState::CatchingUp | MigrationState::Cutover => {}
+    }
+    if !shard.learners.contains(&m.to) {
+        return Step::Abort(LearnerRemoved(m.to));
+    }
+    if !ours {
+        return Step::Abort(ShardBusy);
+    }
+    if !cluster.live(m.to) {
+        return Step::Abort(Destination(m.to));
+    }
+    if !cluster.live(primary) {
+        return Step::Abort(PrimaryGone(primary));
+    }
+    let learner = reports.replica(cluster, m.to, shard.id);
+    if m.state == MigrationState::Copying {
+        return match learner {
+            Some(r) if r.role == ReplicaRole::Learner && r.copied => Step::Copied,
+            _ => Step::Wait("learner copying"),
+        };
+    }
+    let ask = Step::Checkpoint {
+        primary,
+        epoch: shard.epoch,
+    };
+    let Some(req) = requested.filter(|r| r.primary == primary) else {
+        return ask;
+    };
+    let at = |n: NodeId| {
+        reports
+            .replica(cluster, n, shard.id)
+            .and_then(|r| r.checkpoint)
+    };
+    let (Some(p), Some(l)) = (at(primary), at(m.to)) else {
+        return Step::Wait("checkpoint not reported yet");
+    };
+    if p.seq > req.seq || l.seq > req.seq {
+        // A later checkpoint replaced the one asked for in the reports: ask again, so both
+        // sides are compared at one sequence.
+        return ask;
+    }
+    if p.seq < req.seq || l.seq < req.seq {
+        return Step::Wait("checkpoint not applied yet");
+    }
+    if (p.crc64, p.bytes, p.keys) != (l.crc64, l.bytes, l.keys) {
+        return Step::Abort(ChecksumMismatch {
+            seq: req.seq,
+            primary: p.crc64,
+            learner: l.crc64,
+        });
+    }
+    match reports.current(cluster, m.to, shard) {
+        Some(r) if r.role == ReplicaRole::Learner => Step::Commit(p),
+        _ => Step::Wait("learner has not acknowledged the current epoch"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::cluster::fixtures::*;
+    use augur_proto::data::ReplicaRole::{Learner, Primary};
+    use augur_proto::{MigrationId, ShardId};
+
+    fn migration(state: MigrationState) -> Migration {
+        Migration {
+            id: MigrationId(9),
+            shard: ShardId(1),
+            from: NodeId(3),
+            to: NodeId(4),
+            state,
+            reason: String::new(),
+            priority: 1,
+            deadline_ms: 10_000,
+            bytes_copied: 0,
+            bytes_total: 0,
+            attempts: 1,
+            version: 50,
+        }
+    }
+
+    /// Shard 1 on [1, 2] (rf 3) with node 4 learning under migration 9, at epoch 6.
+    fn moving() -> Cluster {
+        let mut s = shard(1, &[1, 2], 6);
+        s.learners = vec![NodeId(4)];
+        s.state = ShardState::Moving(MigrationId(9));
+        cluster(&[1, 2, 3, 4], vec![s], 3)
+    }
+
+    fn req(seq: u64) -> Requested {
+        Requested {
+            seq,
+            primary: NodeId(1),
+            epoch: 6,
+        }
+    }
+
+    #[test]
+    fn a_planned_move_starts_only_when_it_still_makes_sense() {
+        let c = cluster(&[1, 2, 3, 4], vec![shard(1, &[1, 2], 6)], 3);
+        let r = Reports::default();
+        let m = migration(MigrationState::Planned);
+        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Start);
+        assert_eq!(
+            next_step(&m, &c, &r, None, 10_001),
+            Step::Abort(AbortReason::DeadlinePassed)
+        );
+        let mut x = c.clone();
+        x.nodes.get_mut(&NodeId(4)).unwrap().state = NodeState::Draining;
+        assert_eq!(
+            next_step(&m, &x, &r, None, 0),
+            Step::Abort(AbortReason::Destination(NodeId(4)))
+        );
+        let mut x = c.clone();
+        x.shards
+            .get_mut(&ShardId(1))
+            .unwrap()
+            .replicas
+            .push(NodeId(3));
+        assert_eq!(
+            next_step(&m, &x, &r, None, 0),
+            Step::Abort(AbortReason::NoLongerNeeded)
+        );
+        let mut x = c.clone();
+        x.shards.get_mut(&ShardId(1)).unwrap().state = ShardState::Moving(MigrationId(2));
+        assert_eq!(
+            next_step(&m, &x, &r, None, 0),
+            Step::Abort(AbortReason::ShardBusy)
+        );
+        let mut x = c;
+        x.nodes.get_mut(&NodeId(1)).unwrap().state = NodeState::Down;
+        assert_eq!(
+            next_step(&m, &x, &r, None, 0),
+            Step::Abort(AbortReason::PrimaryGone(NodeId(1)))
+        );
+    }
+
+    #[test]
+    fn copying_waits_for_the_learner_and_aborts_when_it_goes() {
+        let c = moving();
+        let m = migration(MigrationState::Copying);
+        let mut r = Reports::default();
+        report(&mut r, 4, vec![status(1, 6, Learner, 3)]);
+        assert_eq!(
+            next_step(&m, &c, &r, None, 0),
+            Step::Wait("learner copying")
+        );
+        let mut done = status(1, 6, Learner, 3);
+        done.copied = true;
+        report(&mut r, 4, vec![done]);
+        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Copied);
+        let mut x = c.clone();
+        x.shards.get_mut(&ShardId(1)).unwrap().learners.clear();
+        assert_eq!(
+            next_step(&m, &x, &r, None, 0),
+            Step::Abort(AbortReason::LearnerRemoved(NodeId(4)))
+        );
+        let mut x = c;
+        x.nodes.get_mut(&NodeId(4)).unwrap().state = NodeState::Down;
+        assert_eq!(
+            next_step(&m, &x, &r, None, 0),
+            Step::Abort(AbortReason::Destination(NodeId(4)))
+        );
+    }
+
+    fn with_checkpoints(p: (u64, u64), l: (u64, u64), learner_epoch: u64) -> Reports {
+        let mut r = Reports::default();
+        let mut ps = status(1, 6, Primary, 20);
+        ps.checkpoint = Some(checkpoint(p.0, p.1));
+        let mut ls = status(1, learner_epoch, Learner, 20);
+        ls.copied = true;
+        ls.checkpoint = Some(checkpoint(l.0, l.1));
+        report(&mut r, 1, vec![ps]);
+        report(&mut r, 4, vec![ls]);
+        r
+    }
+
+    #[test]
+    fn verification_compares_both_sides_at_one_sequence() {
+        let c = moving();
+        let m = migration(MigrationState::CatchingUp);
+        let ask = Step::Checkpoint {
+            primary: NodeId(1),
+            epoch: 6,
+        };
+        let same = with_checkpoints((12, 0xabc), (12, 0xabc), 6);
+        assert_eq!(next_step(&m, &c, &same, None, 0), ask);
+        assert_eq!(
+            next_step(&m, &c, &same, Some(&req(12)), 0),
+            Step::Commit(checkpoint(12, 0xabc))
+        );
+        // The learner has not applied it yet.
+        let behind = with_checkpoints((12, 0xabc), (8, 0x111), 6);
+        assert_eq!(
+            next_step(&m, &c, &behind, Some(&req(12)), 0),
+            Step::Wait("checkpoint not applied yet")
+        );
+        // A later checkpoint replaced it: ask again.
+        let later = with_checkpoints((15, 0xabc), (12, 0xabc), 6);
+        assert_eq!(next_step(&m, &c, &later, Some(&req(12)), 0), ask);
+        // Different content at one sequence: abort.
+        let bad = with_checkpoints((12, 0xabc), (12, 0xabd), 6);
+        assert_eq!(
+            next_step(&m, &c, &bad, Some(&req(12)), 0),
+            Step::Abort(AbortReason::ChecksumMismatch {
+                seq: 12,
+                primary: 0xabc,
+                learner: 0xabd
+            })
+        );
+        // The learner still acts under an older epoch: wait before making it a replica.
+        let old = with_checkpoints((12, 0xabc), (12, 0xabc), 5);
+        assert!(matches!(
+            next_step(&m, &c, &old, Some(&req(12)), 0),
+            Step::Wait(_)
+        ));
+        // The primary changed since the checkpoint was asked for: ask the new one.
+        let mut promoted = c.clone();
+        promoted.shards.get_mut(&ShardId(1)).unwrap().replicas = vec![NodeId(2)];
+        assert_eq!(
+            next_step(&m, &promoted, &same, Some(&req(12)), 0),
+            Step::Checkpoint {
+                primary: NodeId(2),
+                epoch: 6
+            }
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! The mover driven end to end against an in-memory metadata store and scripted storage
+//! nodes: every step, a leader change in the middle, and an abort with its retry.
+
+use super::*;
+use crate::control::cluster::fixtures::*;
+use crate::control::settings::ControlSettings;
+use crate::control::store::fake::{MemStore, Scripted};
+use augur_proto::data::{NodeReport, ReplicaRole, ReplicaStatus};
+use augur_proto::NodeState;
+use std::time::Duration;
+
+const NOW_MS: u64 = 1_000_000;
+
+fn settings() -> ControlSettings {
+    ControlSettings {
+        down_delay_ms: 0,
+        ..Default::default()
+    }
+}
+
+/// Shard 1 on [1, 2] at epoch 3, rf 3; node 3 Down long ago; nodes 4.. Up.
+fn setup(nodes: &[u64]) -> MemStore {
+    let mut c = cluster(nodes, vec![shard(1, &[1, 2], 3)], 3);
+    let n3 = c.nodes.get_mut(&NodeId(3)).unwrap();
+    n3.state = NodeState::Down;
+    n3.state_since_ms = 0;
+    MemStore::with(&c)
+}
+
+fn addr(n: u64) -> String {
+    format!("127.0.0.1:{}", 9000 + n)
+}
+
+fn node_report(n: u64, replicas: Vec<ReplicaStatus>) -> NodeReport {
+    NodeReport {
+        node: NodeId(n),
+        incarnation: 7,
+        node_epoch: 1,
+        used_bytes: 0,
+        capacity_bytes: 1 << 40,
+        replicas,
+    }
+}
+
+/// The learner `n` reports shard 1 at `epoch` with its copy complete.
+fn learner_copied(control: &Control, n: u64, epoch: u64) {
+    let mut s = status(1, epoch, ReplicaRole::Learner, 10);
+    s.copied = true;
+    control.record_probe(NodeId(n), Instant::now(), Ok(node_report(n, vec![s])));
+}
+
+/// Primary 1 and learner `learner` answer probes with a checkpoint at `seq`.
+fn script_checkpoints(storage: &Scripted, learner: u64, epoch: u64, seq: u64, crcs: (u64, u64)) {
+    let mut p = status(1, epoch, ReplicaRole::Primary, seq);
+    p.checkpoint = Some(checkpoint(seq, crcs.0));
+    let mut l = status(1, epoch, ReplicaRole::Learner, seq);
+    l.copied = true;
+    l.checkpoint = Some(checkpoint(seq, crcs.1));
+    let mut r = storage.reports.lock().unwrap();
+    r.insert(addr(1), node_report(1, vec![p]));
+    r.insert(addr(learner), node_report(learner, vec![l]));
+}
+
+async fn tick(control: &Control, store: &MemStore, storage: &Scripted, now: Instant) {
+    control
+        .mover_tick(store, storage, now - Duration::from_secs(3600), now, NOW_MS)
+        .await
+        .unwrap();
+}
+
+fn only_migration(store: &MemStore) -> Migration {
+    let c = store.read();
+    assert_eq!(c.migrations.len(), 1, "{:?}", c.migrations);
+    c.migrations[0].clone()
+}
+
+#[tokio::test]
+async fn a_lost_replica_is_recreated_step_by_step_and_survives_a_leader_change() {
+    let store = setup(&[1, 2, 3, 4]);
+    let storage = Scripted::default();
+    let control = Control::for_tests(settings());
+    let now = Instant::now();
+
+    // Plan: recorded before anything starts.
+    tick(&control, &store, &storage, now).await;
+    let m = only_migration(&store);
+    assert_eq!(
+        (m.state, m.to, m.attempts),
+        (MigrationState::Planned, NodeId(4), 1)
+    );
+    assert_eq!(store.read().shards[&ShardId(1)].learners, vec![]);
+
+    // (a) The destination joins as a learner.
+    tick(&control, &store, &storage, now).await;
+    let s = store.read().shards[&ShardId(1)].clone();
+    assert_eq!((s.learners.clone(), s.epoch), (vec![NodeId(4)], 4));
+    assert_eq!(s.state, ShardState::Moving(m.id));
+    assert_eq!(only_migration(&store).state, MigrationState::Copying);
+
+    // (b) Nothing until the learner reports its copy complete.
+    tick(&control, &store, &storage, now).await;
+    assert_eq!(only_migration(&store).state, MigrationState::Copying);
+    learner_copied(&control, 4, 4);
+    tick(&control, &store, &storage, now).await;
+    assert_eq!(only_migration(&store).state, MigrationState::CatchingUp);
+
+    // The leader changes: the new one knows only the records.
+    let control = Control::for_tests(settings());
+    learner_copied(&control, 4, 4);
+
+    // (c) A checkpoint is asked of the primary at the shard's epoch...
+    tick(&control, &store, &storage, now).await;
+    assert_eq!(
+        storage.checkpoints.lock().unwrap().clone(),
+        vec![(addr(1), ShardId(1), 4)]
+    );
+    // ...and compared once both sides report it.
+    tick(&control, &store, &storage, now).await;
+    assert_eq!(only_migration(&store).state, MigrationState::CatchingUp);
+    script_checkpoints(&storage, 4, 4, 1, (0xfeed, 0xfeed));
+
+    // (d) Committed: the learner is a replica, the checksum recorded.
+    tick(&control, &store, &storage, now).await;
+    let s = store.read().shards[&ShardId(1)].clone();
+    assert_eq!(s.replicas, vec![NodeId(1), NodeId(2), NodeId(4)]);
+    assert!(s.learners.is_empty());
+    assert_eq!((s.epoch, s.crc64, s.size_bytes), (5, 0xfeed, 1000));
+    assert_eq!(s.state, ShardState::Stable);
+    let m = only_migration(&store);
+    assert_eq!((m.state, m.bytes_copied), (MigrationState::Committed, 1000));
+    assert_eq!(control.metrics.moves_committed.get(), 1);
+
+    // At rf again: nothing more is planned.
+    tick(&control, &store, &storage, now).await;
+    assert_eq!(store.read().migrations.len(), 1);
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_aborts_cleanly_and_retries_elsewhere_after_backoff() {
+    let store = setup(&[1, 2, 3, 4, 5]);
+    let storage = Scripted::default();
+    let control = Control::for_tests(settings());
+    let now = Instant::now();
+    tick(&control, &store, &storage, now).await;
+    tick(&control, &store, &storage, now).await;
+    let first = only_migration(&store);
+    learner_copied(&control, first.to.0, 4);
+    tick(&control, &store, &storage, now).await;
+    tick(&control, &store, &storage, now).await;
+    script_checkpoints(&storage, first.to.0, 4, 1, (0xaaaa, 0xbbbb));
+    tick(&control, &store, &storage, now).await;
+
+    // The learner is gone, the old replica set untouched, the move Aborted.
+    let c = store.read();
+    let s = &c.shards[&ShardId(1)];
+    assert_eq!(s.replicas, vec![NodeId(1), NodeId(2)]);
+    assert!(s.learners.is_empty());
+    assert_eq!((s.epoch, s.state), (5, ShardState::Stable));
+    assert_eq!(only_migration(&store).state, MigrationState::Aborted);
+    assert_eq!(control.metrics.moves_aborted.get(), 1);
+
+    // Within the backoff nothing is planned; after it, another destination.
+    tick(&control, &store, &storage, now + Duration::from_millis(100)).await;
+    assert_eq!(store.read().migrations.len(), 1);
+    let later = now + plan::backoff(1, &control.settings) + Duration::from_millis(1);
+    tick(&control, &store, &storage, later).await;
+    let c = store.read();
+    assert_eq!(c.migrations.len(), 2);
+    let second = &c.migrations[1];
+    assert_eq!(second.state, MigrationState::Planned);
+    assert_eq!(second.attempts, 2);
+    assert_ne!(second.to, first.to);
+}
+
+#[tokio::test]
+async fn a_learner_that_dies_or_is_removed_aborts_the_move() {
+    let store = setup(&[1, 2, 3, 4]);
+    let storage = Scripted::default();
+    let control = Control::for_tests(settings());
+    let now = Instant::now();
+    tick(&control, &store, &storage, now).await;
+    tick(&control, &store, &storage, now).await;
+    // The learner's node is declared Down mid-copy.
+    let mut n4 = store.read().nodes[&NodeId(4)].clone();
+    n4.state = NodeState::Down;
+    store.put(Record::Node(n4));
+    tick(&control, &store, &storage, now).await;
+    let c = store.read();
+    assert!(c.shards[&ShardId(1)].learners.is_empty());
+    assert_eq!(c.migrations[0].state, MigrationState::Aborted);
+    // No eligible destination is left: nothing planned, the shard stays under rf.
+    let later = now + Duration::from_secs(3600);
+    tick(&control, &store, &storage, later).await;
+    assert_eq!(store.read().migrations.len(), 1);
+}
+
+#[tokio::test]
+async fn a_move_past_its_deadline_is_aborted() {
+    let store = setup(&[1, 2, 3, 4]);
+    let storage = Scripted::default();
+    let control = Control::for_tests(settings());
+    let now = Instant::now();
+    tick(&control, &store, &storage, now).await;
+    tick(&control, &store, &storage, now).await;
+    let m = only_migration(&store);
+    control
+        .mover_tick(
+            &store,
+            &storage,
+            now - Duration::from_secs(3600),
+            now,
+            m.deadline_ms + 1,
+        )
+        .await
+        .unwrap();
+    let c = store.read();
+    assert_eq!(c.migrations[0].state, MigrationState::Aborted);
+    assert!(c.shards[&ShardId(1)].learners.is_empty());
+}
+
+#[tokio::test]
+async fn a_moving_mark_without_a_migration_in_flight_is_cleared() {
+    let store = setup(&[1, 2, 3, 4]);
+    let mut s = store.read().shards[&ShardId(1)].clone();
+    s.state = ShardState::Moving(MigrationId(77));
+    store.put(Record::Shard(s));
+    let control = Control::for_tests(settings());
+    let storage = Scripted::default();
+    let now = Instant::now();
+    tick(&control, &store, &storage, now).await;
+    assert_eq!(store.read().shards[&ShardId(1)].state, ShardState::Stable);
+    // And the shard, unmarked, gets its move on the next pass.
+    tick(&control, &store, &storage, now).await;
+    assert_eq!(only_migration(&store).state, MigrationState::Planned);
+}

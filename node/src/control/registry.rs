@@ -1,0 +1,362 @@
+//! Storage nodes joining and staying in touch, and creating the data plane.
+//!
+//! A node registers when it starts: the leader checks its incarnation against the registry. A
+//! node whose recorded incarnation differs has lost its data; if the registry still places
+//! replicas on it, the registration is refused, because taking part under that id would
+//! pretend the data is there. Heartbeats are not Raft entries: the leader confirms it is still
+//! leader (ReadIndex), notes the time, and writes the node's record only when something
+//! changes (its usage at most every `usage_interval_ms`).
+
+use super::placement::{self, Candidate};
+use super::Seen;
+use crate::meta::MetaNode;
+use augur_proto::data::{DataCluster, NodeReport, DATA_CLUSTER_SETTING};
+use augur_proto::wire::ApiError;
+use augur_proto::{
+    Compare, CompareTarget, Key, Node, NodeState, Op, Record, Response, Setting, Shard, ShardState,
+    Table, Txn,
+};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch on this machine's wall clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl MetaNode {
+    /// Proposes a transaction as leader and waits for its result.
+    pub(crate) async fn propose(&self, txn: Txn) -> Result<augur_proto::TxnResult, ApiError> {
+        match self.txn(txn).await {
+            Response::Txn(r) => Ok(r),
+            Response::Error(e) => Err(e),
+            other => Err(ApiError::Internal(format!("txn answered {other:?}"))),
+        }
+    }
+
+    /// Reads a record from this member's state after confirming leadership.
+    pub(crate) async fn leader_get(&self, key: Key) -> Result<Option<Record>, ApiError> {
+        self.require_leader()?;
+        self.leader_read_index(true).await?;
+        self.read_sm(move |sm| sm.get(&key)).await.map(|(r, _)| r)
+    }
+
+    /// Every record of a table, read on the leader after confirming leadership.
+    pub(crate) async fn leader_list(&self, table: Table) -> Result<Vec<Record>, ApiError> {
+        self.require_leader()?;
+        self.leader_read_index(true).await?;
+        let mut all = Vec::new();
+        let mut after: Option<Key> = None;
+        loop {
+            let start = after.clone();
+            let (page, more, _) = self
+                .read_sm(move |sm| sm.list(table, start.as_ref(), 10_000, usize::MAX))
+                .await?;
+            after = page.last().map(Record::key);
+            all.extend(page);
+            if !more || after.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Every shard record.
+    pub(crate) async fn shards(&self) -> Result<Vec<Shard>, ApiError> {
+        Ok(self
+            .leader_list(Table::Shards)
+            .await?
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Shard(s) => Some(s),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every storage-node record.
+    pub(crate) async fn nodes(&self) -> Result<Vec<Node>, ApiError> {
+        Ok(self
+            .leader_list(Table::Nodes)
+            .await?
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Node(n) => Some(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `Request::Register`: see the module documentation.
+    pub(crate) async fn register(&self, mut node: Node) -> Response {
+        if let Err(e) = Record::Node(node.clone()).validate() {
+            return Response::Error(ApiError::InvalidArgument(e.to_string()));
+        }
+        if node.incarnation == 0 {
+            return Response::Error(ApiError::InvalidArgument(
+                "a node's incarnation is never 0".into(),
+            ));
+        }
+        let current = match self.leader_get(Key::Node(node.id)).await {
+            Ok(Some(Record::Node(n))) => Some(n),
+            Ok(_) => None,
+            Err(e) => return Response::Error(e),
+        };
+        let now = now_ms();
+        let compare = match &current {
+            None => {
+                node.state = NodeState::Up;
+                node.state_since_ms = now;
+                node.epoch = 1;
+                CompareTarget::Absent
+            }
+            Some(old) => {
+                if old.incarnation != node.incarnation {
+                    let holds = match self.shards().await {
+                        Ok(shards) => shards
+                            .iter()
+                            .filter(|s| {
+                                s.replicas.contains(&node.id) || s.learners.contains(&node.id)
+                            })
+                            .count(),
+                        Err(e) => return Response::Error(e),
+                    };
+                    if holds > 0 && old.state != NodeState::Removed {
+                        return Response::Error(ApiError::WrongIdentity(format!(
+                            "node {} is registered as incarnation {:016x} and holds {holds} \
+                             replica(s), but its data directory is incarnation {:016x}: its data \
+                             is gone. Remove it (`augurctl node remove {}`) and start it as a new \
+                             node",
+                            node.id, old.incarnation, node.incarnation, node.id
+                        )));
+                    }
+                    // A new incarnation with nothing to lose: a fresh start, a new epoch.
+                    node.epoch = old.epoch + 1;
+                    node.state = NodeState::Up;
+                    node.state_since_ms = now;
+                } else {
+                    node.epoch = old.epoch;
+                    // Coming back from Down (or Removed by mistake) is up to the control plane's
+                    // liveness rules; a registration itself keeps the recorded state, except
+                    // that a node declared Down that talks to us again is Up under its epoch.
+                    match old.state {
+                        NodeState::Down => {
+                            node.state = NodeState::Up;
+                            node.state_since_ms = now;
+                        }
+                        s => {
+                            node.state = s;
+                            node.state_since_ms = old.state_since_ms;
+                        }
+                    }
+                }
+                node.risk = old.risk.clone();
+                CompareTarget::VersionEq(old.version)
+            }
+        };
+        node.last_heartbeat_ms = now;
+        let txn = Txn {
+            compares: vec![Compare {
+                key: Key::Node(node.id),
+                target: compare,
+            }],
+            ops: vec![Op::Put(Record::Node(node.clone()))],
+        };
+        match self.propose(txn).await {
+            Ok(r) if r.succeeded => {
+                tracing::info!(node = %node.id, incarnation = format_args!("{:016x}", node.incarnation), epoch = node.epoch, state = ?node.state, "storage node registered");
+                self.heartbeat_ack(node.epoch, node.state)
+            }
+            Ok(_) => Response::Error(ApiError::Unavailable(
+                "the node's record changed meanwhile; register again".into(),
+            )),
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    /// `Request::Heartbeat`: confirms leadership, notes the time, acknowledges with the
+    /// node's registered epoch and state.
+    pub(crate) async fn heartbeat(&self, report: NodeReport) -> Response {
+        if let Err(e) = self.require_leader() {
+            return Response::Error(e);
+        }
+        // A heartbeat acknowledged by a deposed leader would extend a lease nobody vouches
+        // for: confirm with a quorum first.
+        if let Err(e) = self.leader_read_index(true).await {
+            return Response::Error(e);
+        }
+        let key = Key::Node(report.node);
+        let record = match self.read_sm(move |sm| sm.get(&key)).await {
+            Ok((Some(Record::Node(n)), _)) => n,
+            Ok(_) => {
+                return Response::Error(ApiError::InvalidArgument(format!(
+                    "node {} is not registered",
+                    report.node
+                )))
+            }
+            Err(e) => return Response::Error(e),
+        };
+        if record.incarnation != report.incarnation {
+            return Response::Error(ApiError::WrongIdentity(format!(
+                "node {} is registered as incarnation {:016x}, the heartbeat is from {:016x}",
+                report.node, record.incarnation, report.incarnation
+            )));
+        }
+        let now = Instant::now();
+        let write_usage = {
+            let Ok(mut seen) = self.control.seen.lock() else {
+                return Response::Error(ApiError::Internal("liveness table poisoned".into()));
+            };
+            let interval = Duration::from_millis(self.control.settings.usage_interval_ms);
+            let prev = seen.get(&report.node).and_then(|s| s.usage_written);
+            let due = record.used_bytes != report.used_bytes
+                && prev.is_none_or(|t| now.duration_since(t) >= interval);
+            seen.insert(
+                report.node,
+                Seen {
+                    at: now,
+                    report: report.clone(),
+                    usage_written: if due { Some(now) } else { prev },
+                },
+            );
+            due
+        };
+        if write_usage {
+            let node = self.clone();
+            let mut updated = record.clone();
+            updated.used_bytes = report.used_bytes;
+            updated.capacity_bytes = report.capacity_bytes;
+            updated.last_heartbeat_ms = now_ms();
+            tokio::spawn(async move {
+                let txn = Txn::cas(Record::Node(updated), Some(record.version));
+                if let Err(e) = node.propose(txn).await {
+                    tracing::debug!(error = %e, "usage update not written");
+                }
+            });
+        }
+        self.heartbeat_ack(record.epoch, record.state)
+    }
+
+    fn heartbeat_ack(&self, node_epoch: u64, state: NodeState) -> Response {
+        Response::HeartbeatAck {
+            node_epoch,
+            state,
+            lease_ms: self.control.settings.lease_ms,
+            heartbeat_interval_ms: self.control.settings.heartbeat_interval_ms,
+        }
+    }
+
+    /// `Request::InitDataPlane`: writes the layout and every shard's initial placement over
+    /// the Up nodes. Asking again with the same layout completes an interrupted creation.
+    pub(crate) async fn init_data_plane(&self, layout: DataCluster) -> Response {
+        if let Err(e) = layout.validate() {
+            return Response::Error(ApiError::InvalidArgument(e.to_string()));
+        }
+        let setting_key = Key::Setting(DATA_CLUSTER_SETTING.into());
+        let existing = match self.leader_get(setting_key.clone()).await {
+            Ok(r) => r,
+            Err(e) => return Response::Error(e),
+        };
+        let mut txns = Vec::new();
+        if let Some(Record::Setting(s)) = &existing {
+            match serde_json::from_slice::<DataCluster>(&s.value) {
+                Ok(l) if l == layout => {}
+                Ok(l) => {
+                    return Response::Error(ApiError::InvalidArgument(format!(
+                        "the data plane exists with {} shards at rf {}",
+                        l.shards, l.rf
+                    )))
+                }
+                Err(e) => {
+                    return Response::Error(ApiError::Internal(format!(
+                        "setting {DATA_CLUSTER_SETTING} does not parse: {e}"
+                    )))
+                }
+            }
+        }
+        let nodes = match self.nodes().await {
+            Ok(n) => n,
+            Err(e) => return Response::Error(e),
+        };
+        let candidates: Vec<Candidate> = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Up)
+            .map(|n| Candidate {
+                id: n.id,
+                weight: n.capacity_bytes.max(1) as f64,
+                rack: n.rack.clone(),
+            })
+            .collect();
+        let placed = match placement::initial(layout.shards, layout.rf as usize, &candidates) {
+            Ok(p) => p,
+            Err(e) => return Response::Error(ApiError::Unavailable(e.to_string())),
+        };
+        let present: std::collections::HashSet<_> = match self.shards().await {
+            Ok(s) => s.into_iter().map(|s| s.id).collect(),
+            Err(e) => return Response::Error(e),
+        };
+        let mut ops: Vec<(Compare, Op)> = Vec::new();
+        if existing.is_none() {
+            let value = match serde_json::to_vec(&layout) {
+                Ok(v) => v,
+                Err(e) => return Response::Error(ApiError::Internal(e.to_string())),
+            };
+            ops.push((
+                Compare {
+                    key: setting_key,
+                    target: CompareTarget::Absent,
+                },
+                Op::Put(Record::Setting(Setting {
+                    name: DATA_CLUSTER_SETTING.into(),
+                    value,
+                    version: 0,
+                })),
+            ));
+        }
+        for (id, replicas) in placed {
+            if present.contains(&id) {
+                continue;
+            }
+            ops.push((
+                Compare {
+                    key: Key::Shard(id),
+                    target: CompareTarget::Absent,
+                },
+                Op::Put(Record::Shard(Shard {
+                    id,
+                    replicas,
+                    learners: vec![],
+                    epoch: 1,
+                    version: 0,
+                    state: ShardState::Stable,
+                    size_bytes: 0,
+                    crc64: 0,
+                })),
+            ));
+        }
+        // The layout goes in the first transaction, so shards never exist without it.
+        for chunk in ops.chunks(augur_proto::txn::MAX_OPS) {
+            let (compares, ops): (Vec<Compare>, Vec<Op>) = chunk.iter().cloned().unzip();
+            txns.push(Txn { compares, ops });
+        }
+        for txn in txns {
+            match self.propose(txn).await {
+                Ok(r) if r.succeeded => {}
+                Ok(_) => {
+                    return Response::Error(ApiError::Unavailable(
+                        "another creation of the data plane raced this one; ask again".into(),
+                    ))
+                }
+                Err(e) => return Response::Error(e),
+            }
+        }
+        tracing::info!(
+            shards = layout.shards,
+            rf = layout.rf,
+            nodes = candidates.len(),
+            "data plane created"
+        );
+        Response::Done
+    }
+}

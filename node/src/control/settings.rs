@@ -1,0 +1,236 @@
+//! The control plane's settings: the `[control]` table of a metadata member's configuration.
+//!
+//! ```toml
+//! [control]                              # defaults shown
+//! heartbeat_interval_ms = 1000           # storage nodes heartbeat this often
+//! lease_ms = 6000                        # a storage node's lease after an acknowledged heartbeat
+//! grace_ms = 8000                        # silence before a node is declared Down (> lease)
+//! suspect_after_ms = 2500                # silence before a node is Suspect
+//! down_delay_ms = 300000                 # Down this long before its replicas are re-created
+//! usage_interval_ms = 30000              # a node's usage is written at most this often
+//! clock_drift = 0.01                     # bound on relative clock-rate error (rho)
+//! liveness_tick_ms = 250                 # how often the leader looks for silent nodes
+//! repair_interval_ms = 1000              # how often shards are checked for dead replicas
+//! probe_interval_ms = 3000               # how often the leader probes every storage node
+//! storage_call_timeout_ms = 3000         # deadline of one probe or checkpoint request
+//! mover_interval_ms = 1000               # how often migrations are planned and advanced
+//! move_timeout_ms = 3600000              # a move not committed by then is aborted
+//! move_backoff_ms = 5000                 # wait after a shard's first aborted move
+//! move_backoff_max_ms = 300000           # the doubling wait never exceeds this
+//! max_moves = 8                          # moves in flight in the whole cluster
+//! max_moves_in_per_node = 2              # moves in flight into one node
+//! max_moves_out_per_node = 2             # moves in flight copying from one node
+//! migration_history_per_shard = 4        # finished migration records kept per shard
+//! ```
+
+use crate::config::ConfigError;
+use serde::{Deserialize, Serialize};
+
+/// The control plane's timing and limits (see `docs/data-plane.md` "Control plane").
+///
+/// Safety rests on one inequality: a primary must stop serving before the leader can promote
+/// another. A node's lease lasts `lease_ms` from when it *sent* its last acknowledged
+/// heartbeat, on its own clock; the leader declares it Down only after `grace_ms` of silence
+/// on its clock. With clock rates off by at most `clock_drift` (rho), `grace_ms` must exceed
+/// `lease_ms (1 + rho) / (1 - rho) + heartbeat_interval_ms`, and validation refuses anything
+/// less. Every other setting trades speed of reaction against load; none affects safety.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSettings {
+    /// How often storage nodes heartbeat the leader.
+    pub heartbeat_interval_ms: u64,
+    /// A storage node's lease after an acknowledged heartbeat.
+    pub lease_ms: u64,
+    /// Silence after which the leader declares a node Down.
+    pub grace_ms: u64,
+    /// Silence after which a node is Suspect.
+    pub suspect_after_ms: u64,
+    /// How long a node stays Down before its replicas are re-created elsewhere.
+    pub down_delay_ms: u64,
+    /// A node's usage is written to its record at most this often.
+    pub usage_interval_ms: u64,
+    /// Bound on the relative error between clock rates (rho).
+    pub clock_drift: f64,
+    /// How often the leader compares each node's silence with the thresholds: a Down
+    /// declaration comes at most this much after `grace_ms`.
+    pub liveness_tick_ms: u64,
+    /// How often the leader scans shards for replicas on Down nodes (also right after any
+    /// node is declared Down).
+    pub repair_interval_ms: u64,
+    /// How often the leader probes every storage node directly for its replicas' states.
+    pub probe_interval_ms: u64,
+    /// Deadline of one probe or checkpoint request to a storage node.
+    pub storage_call_timeout_ms: u64,
+    /// How often the mover plans new moves and advances the ones in flight.
+    pub mover_interval_ms: u64,
+    /// A move not committed this long after it was planned is aborted (and retried).
+    pub move_timeout_ms: u64,
+    /// Wait before retrying a shard whose move aborted; doubles with every further abort.
+    pub move_backoff_ms: u64,
+    /// The most the retry wait grows to.
+    pub move_backoff_max_ms: u64,
+    /// Moves in flight in the whole cluster: bounds the copy traffic a failure can cause.
+    pub max_moves: usize,
+    /// Moves in flight into one node: its disk and network take the copies.
+    pub max_moves_in_per_node: usize,
+    /// Moves in flight copying from one node (the shard's primary, the usual copy source).
+    pub max_moves_out_per_node: usize,
+    /// Finished (committed or aborted) migration records kept per shard; older ones are
+    /// deleted when a new move of the shard is planned, so the table stays bounded.
+    pub migration_history_per_shard: usize,
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            heartbeat_interval_ms: 1_000,
+            lease_ms: 6_000,
+            grace_ms: 8_000,
+            suspect_after_ms: 2_500,
+            down_delay_ms: 300_000,
+            usage_interval_ms: 30_000,
+            clock_drift: 0.01,
+            liveness_tick_ms: 250,
+            repair_interval_ms: 1_000,
+            probe_interval_ms: 3_000,
+            storage_call_timeout_ms: 3_000,
+            mover_interval_ms: 1_000,
+            move_timeout_ms: 3_600_000,
+            move_backoff_ms: 5_000,
+            move_backoff_max_ms: 300_000,
+            max_moves: 8,
+            max_moves_in_per_node: 2,
+            max_moves_out_per_node: 2,
+            migration_history_per_shard: 4,
+        }
+    }
+}
+
+fn invalid(setting: &'static str, detail: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        detail: detail.to_string(),
+    }
+}
+
+impl ControlSettings {
+    /// Refuses timings under which a deposed primary could still serve when another is
+    /// promoted, and zero intervals or limits that would stop the control plane.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..0.5).contains(&self.clock_drift) {
+            return Err(invalid("control.clock_drift", "must be in 0..0.5"));
+        }
+        if self.heartbeat_interval_ms == 0 || self.lease_ms <= self.heartbeat_interval_ms {
+            return Err(invalid(
+                "control.lease_ms",
+                "must exceed heartbeat_interval_ms (> 0)",
+            ));
+        }
+        let rho = self.clock_drift;
+        let min_grace =
+            self.lease_ms as f64 * (1.0 + rho) / (1.0 - rho) + self.heartbeat_interval_ms as f64;
+        if (self.grace_ms as f64) <= min_grace {
+            return Err(invalid(
+                "control.grace_ms",
+                format!(
+                    "must exceed lease_ms (1 + rho) / (1 - rho) + heartbeat_interval_ms = \
+                     {min_grace:.0} ms"
+                ),
+            ));
+        }
+        if self.suspect_after_ms >= self.grace_ms {
+            return Err(invalid(
+                "control.suspect_after_ms",
+                "must be below grace_ms",
+            ));
+        }
+        if self.liveness_tick_ms == 0 || self.liveness_tick_ms >= self.suspect_after_ms {
+            return Err(invalid(
+                "control.liveness_tick_ms",
+                "must be at least 1 and below suspect_after_ms",
+            ));
+        }
+        let positive = [
+            ("control.repair_interval_ms", self.repair_interval_ms),
+            ("control.probe_interval_ms", self.probe_interval_ms),
+            (
+                "control.storage_call_timeout_ms",
+                self.storage_call_timeout_ms,
+            ),
+            ("control.mover_interval_ms", self.mover_interval_ms),
+            ("control.move_timeout_ms", self.move_timeout_ms),
+            ("control.move_backoff_ms", self.move_backoff_ms),
+            ("control.max_moves", self.max_moves as u64),
+            (
+                "control.max_moves_in_per_node",
+                self.max_moves_in_per_node as u64,
+            ),
+            (
+                "control.max_moves_out_per_node",
+                self.max_moves_out_per_node as u64,
+            ),
+            (
+                "control.migration_history_per_shard",
+                self.migration_history_per_shard as u64,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(invalid(name, "must be at least 1"));
+            }
+        }
+        if self.move_backoff_max_ms < self.move_backoff_ms {
+            return Err(invalid(
+                "control.move_backoff_max_ms",
+                "must be at least move_backoff_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(s: &ControlSettings) -> &'static str {
+        match s.validate() {
+            Err(ConfigError::Invalid { setting, .. }) => setting,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert!(ControlSettings::default().validate().is_ok());
+        let mut s = ControlSettings {
+            grace_ms: 7_000,
+            ..Default::default()
+        };
+        assert_eq!(refused(&s), "control.grace_ms");
+        s = ControlSettings {
+            liveness_tick_ms: 2_500,
+            ..Default::default()
+        };
+        assert_eq!(refused(&s), "control.liveness_tick_ms");
+        s = ControlSettings {
+            max_moves: 0,
+            ..Default::default()
+        };
+        assert_eq!(refused(&s), "control.max_moves");
+        s = ControlSettings {
+            move_backoff_max_ms: 1,
+            ..Default::default()
+        };
+        assert_eq!(refused(&s), "control.move_backoff_max_ms");
+    }
+
+    #[test]
+    fn a_partial_table_keeps_the_other_defaults() {
+        let s: ControlSettings = toml::from_str("down_delay_ms = 2000\nmax_moves = 3").unwrap();
+        assert_eq!(s.down_delay_ms, 2_000);
+        assert_eq!(s.max_moves, 3);
+        assert_eq!(s.grace_ms, 8_000);
+        assert!(toml::from_str::<ControlSettings>("max_movez = 3").is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! Raft messages from peers: who may send them, and handing them to Raft.
+//!
+//! Every Raft message carries an envelope naming the cluster, the sender's (id, incarnation)
+//! and the addressee's. Before anything reaches Raft, [`MetaNode::accept_envelope`] checks that
+//! the message is for this incarnation of this member, from this member's cluster, and from
+//! the incarnation of the sender that this member's membership knows. A member that lost its
+//! data is thereby cut off in both directions until it is added again, and two clusters that
+//! share a CA never mix. A member that belongs to no cluster yet (a founder, or one being
+//! added) joins the cluster of the first message addressed to its incarnation: only a
+//! membership that names this incarnation can produce such a message.
+
+use super::network::{SnapshotChunk, SnapshotHeader};
+use super::MetaNode;
+use augur_proto::frame::read_frame;
+use augur_proto::wire::{ApiError, RaftEnvelope, RaftRpcKind};
+use augur_proto::Response;
+use serde::{de::DeserializeOwned, Serialize};
+use std::io::{Seek, SeekFrom, Write};
+
+impl MetaNode {
+    /// Accepts a Raft message's envelope or says why not; see the module documentation.
+    pub(crate) async fn accept_envelope(&self, env: &RaftEnvelope) -> Result<(), ApiError> {
+        if env.to.0 != self.id {
+            return Err(ApiError::WrongIdentity(format!(
+                "message for member {}, this is member {}",
+                env.to, self.id
+            )));
+        }
+        let incarnation = self.identity.incarnation();
+        if env.to_incarnation != incarnation {
+            return Err(ApiError::WrongIdentity(format!(
+                "message for incarnation {:016x} of member {}; this data directory is \
+                 incarnation {incarnation:016x} (the member lost its data): remove it and add \
+                 it again",
+                env.to_incarnation, self.id
+            )));
+        }
+        match self.identity.cluster() {
+            Some(c) if c != env.cluster.0 => {
+                return Err(ApiError::WrongIdentity(format!(
+                    "message from cluster {}, this member belongs to cluster {c:032x}",
+                    env.cluster
+                )))
+            }
+            Some(_) => {}
+            None => {
+                let identity = self.identity.clone();
+                let cluster = env.cluster.0;
+                tokio::task::spawn_blocking(move || identity.join_cluster(cluster))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .map_err(|e| ApiError::WrongIdentity(e.to_string()))?;
+            }
+        }
+        let members = self.membership_nodes();
+        // Only a membership at least as new as the sender's can judge who the sender is: a
+        // learner replaying the log holds memberships older than its leader's, which may name
+        // the leader under an incarnation it has since replaced.
+        let judged = self.membership_index() >= env.membership_index;
+        match members.get(&env.from.0) {
+            Some((node, _)) if node.incarnation != env.from_incarnation && judged => {
+                Err(ApiError::WrongIdentity(format!(
+                    "member {} is incarnation {:016x} in this member's membership, the message \
+                     comes from incarnation {:016x}",
+                    env.from, node.incarnation, env.from_incarnation
+                )))
+            }
+            Some(_) => Ok(()),
+            // Joining: nothing in the log yet to check the sender against.
+            None if members.is_empty() || !judged => Ok(()),
+            None => Err(ApiError::WrongIdentity(format!(
+                "member {} is not in this member's membership",
+                env.from
+            ))),
+        }
+    }
+
+    pub(crate) async fn raft_rpc(&self, kind: RaftRpcKind, payload: &[u8]) -> Response {
+        match kind {
+            RaftRpcKind::Vote => {
+                relay(payload, |req| async move {
+                    self.raft.vote(req).await.map_err(|e| e.to_string())
+                })
+                .await
+            }
+            RaftRpcKind::PreVote => {
+                relay(payload, |req| async move {
+                    self.raft.pre_vote(req).await.map_err(|e| e.to_string())
+                })
+                .await
+            }
+            RaftRpcKind::TransferLeader => {
+                relay(payload, |req| async move {
+                    self.raft
+                        .handle_transfer_leader(req)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await
+            }
+            RaftRpcKind::ReadIndex => {
+                relay(payload, |()| async move {
+                    self.leader_read_index(false)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await
+            }
+            RaftRpcKind::AppendStream | RaftRpcKind::Snapshot => {
+                Response::Error(ApiError::InvalidArgument(format!(
+                    "raft rpc {kind:?} is not served on a plain stream"
+                )))
+            }
+        }
+    }
+
+    /// Receives a snapshot into a file, then hands it to Raft to install.
+    pub(crate) async fn receive_snapshot(
+        &self,
+        header: &[u8],
+        mut recv: quinn::RecvStream,
+    ) -> Response {
+        let header: SnapshotHeader = match postcard::from_bytes(header) {
+            Ok(h) => h,
+            Err(e) => {
+                return Response::Error(ApiError::InvalidArgument(format!("snapshot header: {e}")))
+            }
+        };
+        let (path, mut file) = match self.sm.incoming_snapshot() {
+            Ok(f) => f,
+            Err(e) => return Response::Error(e.into()),
+        };
+        let max = self.max_frame();
+        let result: Result<std::fs::File, String> = async {
+            loop {
+                let chunk: SnapshotChunk = read_frame(&mut recv, max)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("stream ended before the last chunk")?;
+                if chunk.0.is_empty() {
+                    break;
+                }
+                // Writing a megabyte blocks: off the async workers.
+                file = tokio::task::spawn_blocking(move || file.write_all(&chunk.0).map(|()| file))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            tokio::task::spawn_blocking(move || {
+                file.sync_all()?;
+                file.seek(SeekFrom::Start(0))?;
+                Ok::<_, std::io::Error>(file)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        let resp = match result {
+            Err(e) => Response::Error(ApiError::InvalidArgument(format!("snapshot transfer: {e}"))),
+            Ok(file) => {
+                let snapshot = openraft::storage::Snapshot {
+                    meta: header.meta,
+                    snapshot: file,
+                };
+                let r = self.raft.install_full_snapshot(header.vote, snapshot).await;
+                encode_reply(r.map_err(|e| e.to_string()))
+            }
+        };
+        let _ = std::fs::remove_file(&path);
+        resp
+    }
+}
+
+async fn relay<Req, Resp, F, Fut>(payload: &[u8], f: F) -> Response
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    F: FnOnce(Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Resp, String>>,
+{
+    match postcard::from_bytes::<Req>(payload) {
+        Ok(req) => encode_reply(f(req).await),
+        Err(e) => Response::Error(ApiError::InvalidArgument(format!("raft message: {e}"))),
+    }
+}
+
+/// A Raft answer: the library's result, postcard-encoded; `Err` is the receiver's fatal error.
+pub(crate) fn encode_reply<T: Serialize>(r: Result<T, String>) -> Response {
+    match postcard::to_allocvec(&r) {
+        Ok(bytes) => Response::Raft(bytes),
+        Err(e) => Response::Error(ApiError::Internal(e.to_string())),
+    }
+}

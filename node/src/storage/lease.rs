@@ -1,0 +1,152 @@
+//! The node's lease and its heartbeats to the metadata leader.
+//!
+//! Every heartbeat interval the node sends the leader its report (usage, every replica's
+//! state). The leader confirms its leadership before acknowledging. The lease then runs on
+//! this node's monotonic clock from when the heartbeat was *sent*, for the lease duration the
+//! leader named, so it can only err on the short side. A primary serves only while its node's
+//! lease holds; the leader declares a silent node Down only after a grace period longer than
+//! the lease (allowing for clock-rate drift), so a primary cut off from the leader stops before
+//! another is promoted.
+//!
+//! An acknowledgement carrying a higher node epoch than the node knows means the leader
+//! declared it Down meanwhile: the node registers again.
+
+use super::NodeCtx;
+use augur_proto::{Node, NodeState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// The node's lease.
+#[derive(Debug, Default)]
+pub struct Lease {
+    until: Mutex<Option<Instant>>,
+    /// The node epoch it was granted under.
+    pub node_epoch: AtomicU64,
+    /// Milliseconds between heartbeats, as the leader asks.
+    pub interval_ms: AtomicU64,
+    /// When the last acknowledged heartbeat was sent.
+    last_ack: Mutex<Option<Instant>>,
+}
+
+impl Lease {
+    /// Whether the lease holds now.
+    pub fn valid(&self) -> bool {
+        self.until
+            .lock()
+            .map(|u| u.is_some_and(|u| Instant::now() < u))
+            .unwrap_or(false)
+    }
+
+    /// How long ago the last acknowledged heartbeat was sent.
+    pub fn age(&self) -> Option<Duration> {
+        self.last_ack.lock().ok()?.map(|t| t.elapsed())
+    }
+
+    /// Extends the lease to `sent + duration`, never shortening it.
+    fn extend(&self, sent: Instant, duration: Duration) {
+        if let Ok(mut u) = self.until.lock() {
+            let new = sent + duration;
+            if u.is_none_or(|old| new > old) {
+                *u = Some(new);
+            }
+        }
+        if let Ok(mut a) = self.last_ack.lock() {
+            if a.is_none_or(|old| sent > old) {
+                *a = Some(sent);
+            }
+        }
+    }
+
+    /// Ends the lease at once (the node was declared Down).
+    fn revoke(&self) {
+        if let Ok(mut u) = self.until.lock() {
+            *u = None;
+        }
+    }
+}
+
+/// The node's own record, as it registers it.
+pub(crate) fn own_record(ctx: &NodeCtx) -> Node {
+    Node {
+        id: ctx.node,
+        incarnation: ctx.incarnation,
+        addrs: vec![ctx.cfg.advertise.clone()],
+        admin: ctx.admin_addr.clone(),
+        rack: ctx.cfg.rack.clone(),
+        zone: ctx.cfg.zone.clone(),
+        capacity_bytes: ctx.capacity(),
+        used_bytes: ctx.engine.used_bytes(),
+        state: NodeState::Up,
+        state_since_ms: 0,
+        risk: Default::default(),
+        epoch: 0,
+        last_heartbeat_ms: 0,
+        version: 0,
+    }
+}
+
+/// Registers the node, retrying until the leader answers; fails only when the leader refuses
+/// the registration (the node's data is gone while the registry places replicas on it).
+pub async fn register(ctx: &NodeCtx) -> Result<(), augur_client::Error> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sent = Instant::now();
+        match ctx.meta.register(own_record(ctx)).await {
+            Ok(ack) => {
+                ctx.lease.node_epoch.store(ack.node_epoch, Ordering::Release);
+                ctx.lease
+                    .interval_ms
+                    .store(ack.heartbeat_interval_ms.max(1), Ordering::Release);
+                ctx.lease.extend(sent, Duration::from_millis(ack.lease_ms));
+                tracing::info!(node = %ctx.node, epoch = ack.node_epoch, state = ?ack.state, "registered");
+                return Ok(());
+            }
+            Err(augur_client::Error::Api(e)) => return Err(augur_client::Error::Api(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "registration not acknowledged; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Heartbeats until the node stops.
+pub async fn heartbeats(weak: Weak<NodeCtx>) {
+    loop {
+        let Some(ctx) = weak.upgrade() else { return };
+        let interval = Duration::from_millis(ctx.lease.interval_ms.load(Ordering::Acquire).max(1));
+        let next = Instant::now() + interval;
+        beat(&ctx).await;
+        drop(ctx);
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+async fn beat(ctx: &Arc<NodeCtx>) {
+    let report = ctx.report().await;
+    let sent = Instant::now();
+    match ctx.meta.heartbeat(report).await {
+        Ok(ack) => {
+            let known = ctx.lease.node_epoch.load(Ordering::Acquire);
+            if ack.node_epoch > known || ack.state == NodeState::Down {
+                tracing::warn!(node = %ctx.node, known, registry = ack.node_epoch, state = ?ack.state, "declared Down meanwhile: registering again");
+                ctx.lease.revoke();
+                if let Err(e) = register(ctx).await {
+                    tracing::error!(error = %e, "registration refused");
+                }
+                return;
+            }
+            ctx.lease
+                .interval_ms
+                .store(ack.heartbeat_interval_ms.max(1), Ordering::Release);
+            ctx.lease.extend(sent, Duration::from_millis(ack.lease_ms));
+            ctx.metrics.heartbeat_ok();
+        }
+        Err(e) => {
+            ctx.metrics.heartbeat_failed();
+            tracing::debug!(error = %e, "heartbeat not acknowledged");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The storage role: a storage node holding replicated shards of the key space.
+//!
+//! - [`config`]: the node's configuration (TOML + flags);
+//! - [`engine`]: RocksDB: shard data, replication logs, replica state, request ids;
+//! - [`replica`]: one task per shard: PacificA's primary, secondary and learner;
+//! - [`replicate`]: the primary's replication stream to each peer;
+//! - [`copy`]: copying a shard to a learner, chunked, checked, resumable, throttled;
+//! - [`directory`]: shard and node records, followed by a watch;
+//! - [`lease`]: registration, heartbeats and the node's lease;
+//! - [`server`]: the QUIC server (data API, replication, copies, probes);
+//! - [`admin`]: `/health`, `/metrics`, `/v1/status`;
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! See `docs/data-plane.md` for the protocol.
+
+pub mod admin;
+pub mod config;
+pub mod copy;
+pub mod directory;
+pub mod engine;
+pub mod lease;
+pub mod metrics;
+pub mod replica;
+pub mod replicate;
+pub mod server;
+
+use anyhow::Context;
+use augur_client::{Client, ClientConfig};
+use augur_proto::data::NodeReport;
+use augur_proto::{NodeId, Shard, ShardId};
+use augur_transport::{client_config, server_config, Transport, STORAGE_SERVER_NAME};
+use config::StorageConfig;
+use engine::Engine;
+use lease::Lease;
+use replica::{Handle, Replica};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What every part of a storage node shares.
+pub struct NodeCtx {
+    /// This node's id.
+    pub node: NodeId,
+    /// Its data directory's incarnation.
+    pub incarnation: u64,
+    /// Its configuration.
+    pub cfg: StorageConfig,
+    /// Its address for `/health` and friends, as registered.
+    pub admin_addr: String,
+    /// The engine.
+    pub engine: Engine,
+    /// Its lease.
+    pub lease: Lease,
+    /// The metadata client (storage certificate).
+    pub meta: Client,
+    /// QUIC to other storage nodes.
+    pub peers: Transport,
+    /// Shard and node records.
+    pub directory: directory::Directory,
+    /// Signalled each time the directory has listed the metadata.
+    pub directory_ready: tokio::sync::Notify,
+    /// The copy budget.
+    pub throttle: copy::Throttle,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    replicas: Mutex<HashMap<ShardId, Handle>>,
+    capacity: u64,
+}
+
+impl NodeCtx {
+    /// The replica task of a shard, if this node has one.
+    pub fn replica(&self, shard: ShardId) -> Option<Handle> {
+        self.replicas.lock().ok()?.get(&shard).cloned()
+    }
+
+    /// Forgets a replica whose task ended.
+    pub fn forget(&self, shard: ShardId) {
+        if let Ok(mut m) = self.replicas.lock() {
+            m.remove(&shard);
+        }
+    }
+
+    /// A peer's address from the registry.
+    pub fn node_addr(&self, id: NodeId) -> Option<String> {
+        self.directory.node(id)?.addrs.first().cloned()
+    }
+
+    /// Bytes this node may hold.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether the node's lease holds.
+    pub fn lease_valid(&self) -> bool {
+        self.lease.valid()
+    }
+
+    /// Hands a shard record to its replica, starting one if the record lists this node.
+    pub(crate) async fn on_shard(self: &Arc<Self>, shard: Arc<Shard>) {
+        let listed = shard.replicas.contains(&self.node) || shard.learners.contains(&self.node);
+        let handle = match self.replica(shard.id) {
+            Some(h) => h,
+            None if listed => match Replica::spawn(self.clone(), shard.id) {
+                Ok(h) => {
+                    if let Ok(mut m) = self.replicas.lock() {
+                        m.entry(shard.id).or_insert(h).clone()
+                    } else {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(shard = %shard.id, error = %e, "cannot start a replica");
+                    return;
+                }
+            },
+            None => return,
+        };
+        let _ = handle.send(replica::Msg::Config(shard)).await;
+    }
+
+    /// Usage and every replica's state.
+    pub async fn report(&self) -> NodeReport {
+        let handles: Vec<Handle> = self
+            .replicas
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut report = server::empty_report(self);
+        for h in handles {
+            if let Some(s) = h.status().await {
+                report.replicas.push(s);
+            }
+        }
+        report.replicas.sort_by_key(|r| r.shard);
+        report
+    }
+}
+
+/// The size of the filesystem holding `dir`, for a capacity of 0 ("the disk's").
+fn filesystem_bytes(dir: &std::path::Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0)
+}
+
+/// A running storage node.
+pub struct StorageNode {
+    ctx: Arc<NodeCtx>,
+    endpoint: quinn::Endpoint,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StorageNode {
+    /// Opens the engine, registers with the metadata leader, starts every replica this node
+    /// holds, and serves.
+    pub async fn start(cfg: StorageConfig) -> anyhow::Result<StorageNode> {
+        let (engine, identity) = Engine::open(&cfg.data_dir, cfg.id, 64 << 20)
+            .with_context(|| format!("opening {}", cfg.data_dir.display()))?;
+        let idle = Duration::from_secs(10);
+        let mut endpoint = quinn::Endpoint::server(
+            server_config(&cfg.tls, idle).context("TLS server configuration")?,
+            cfg.listen,
+        )
+        .with_context(|| format!("binding QUIC endpoint on {}", cfg.listen))?;
+        endpoint.set_default_client_config(
+            client_config(&cfg.tls, idle).context("TLS client configuration")?,
+        );
+        let peers = Transport::from_endpoint(endpoint.clone(), Duration::from_secs(1))
+            .with_max_frame(cfg.limits.max_frame_bytes)
+            .for_servers(STORAGE_SERVER_NAME);
+        let mut meta_cfg = ClientConfig::new(cfg.meta_endpoints.clone(), cfg.tls.clone());
+        meta_cfg.request_timeout = Duration::from_millis(cfg.limits.request_timeout_ms);
+        let meta = Client::new(meta_cfg).context("metadata client")?;
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let capacity = if cfg.capacity_bytes > 0 {
+            cfg.capacity_bytes
+        } else {
+            filesystem_bytes(&cfg.data_dir)
+        };
+        let ctx = Arc::new(NodeCtx {
+            node: NodeId::new(cfg.id)?,
+            incarnation: identity.incarnation,
+            admin_addr: cfg.admin_listen.to_string(),
+            throttle: copy::Throttle::new(cfg.copy.bytes_per_sec, cfg.copy.max_concurrent),
+            cfg,
+            engine,
+            lease: Lease::default(),
+            meta,
+            peers,
+            directory: directory::Directory::default(),
+            directory_ready: tokio::sync::Notify::new(),
+            metrics: metrics::Metrics::new(),
+            replicas: Mutex::new(HashMap::new()),
+            capacity,
+        });
+        lease::register(&ctx)
+            .await
+            .context("registering with the metadata leader")?;
+        // Replicas this node holds from before a restart: their tasks start now and learn
+        // their configuration from the directory.
+        for (shard, _) in ctx.engine.shards()? {
+            match Replica::spawn(ctx.clone(), shard) {
+                Ok(h) => {
+                    if let Ok(mut m) = ctx.replicas.lock() {
+                        m.insert(shard, h);
+                    }
+                }
+                Err(e) => tracing::error!(%shard, error = %e, "cannot start a replica"),
+            }
+        }
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(directory::follow(Arc::downgrade(&ctx))));
+        tasks.push(tokio::spawn(lease::heartbeats(Arc::downgrade(&ctx))));
+        tasks.push(tokio::spawn(housekeeping(Arc::downgrade(&ctx))));
+        let accept = endpoint.clone();
+        let server_ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(incoming) = accept.accept().await {
+                tokio::spawn(server::serve_connection(server_ctx.clone(), incoming));
+            }
+        }));
+        tracing::info!(node = %ctx.node, incarnation = format_args!("{:016x}", ctx.incarnation), listen = %ctx.cfg.listen, "storage node started");
+        Ok(StorageNode {
+            ctx,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// The shared context (admin server, tests).
+    pub fn ctx(&self) -> &Arc<NodeCtx> {
+        &self.ctx
+    }
+
+    /// Stops serving and waits briefly for peers to be told.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!(node = %self.ctx.node, "storage node stopped");
+    }
+}
+
+/// Periodic upkeep: request ids past their retention, gauges.
+async fn housekeeping(weak: std::sync::Weak<NodeCtx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let Some(ctx) = weak.upgrade() else { return };
+        let before = crate::control::registry::now_ms()
+            .saturating_sub(ctx.cfg.replication.request_retention_ms);
+        let engine = ctx.engine.clone();
+        match tokio::task::spawn_blocking(move || engine.prune_requests(before)).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(forgotten = n, "request ids past retention"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune request ids"),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! One shard's replica on this node: a task that owns the replica's state and handles, in
+//! order, everything that changes it: client writes (as primary), replication frames (as
+//! secondary or learner), acknowledgements from peers, configuration changes from the
+//! metadata, and a periodic tick.
+//!
+//! - this module: the task, its messages, configuration changes and roles;
+//! - [`primary`]: ordering writes, commit, reconciliation of a new primary;
+//! - [`follower`]: a secondary's or learner's log, and applying committed entries.
+//!
+//! Reads do not go through the task: it publishes a [`View`] (role, epoch, whether it
+//! serves) that the server checks before reading committed data from the engine.
+//!
+//! Roles follow the shard record only. A node acts on a new epoch only after it has synced
+//! `(epoch, role)` to disk; a primary becomes one only at a new epoch and serves only after
+//! it has reconciled every replica with its log (a `Noop` entry of its epoch committed by
+//! all). A primary that restarts does not trust its old epoch (its unsynced tail may have
+//! reached others): it asks the control plane to choose a primary again at a new epoch.
+
+pub mod follower;
+pub mod primary;
+
+use super::engine::{Engine, EngineError, ReplicaState};
+use super::replicate::Sender;
+use super::NodeCtx;
+use augur_proto::data::{
+    Checkpoint, DataError, Fence, LogEntry, ReplicaAck, ReplicaRole, ReplicaStatus,
+    ReplicateFrame, RequestId, WriteOp, WriteOutcome,
+};
+use augur_proto::{NodeId, Shard, ShardId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What the server needs to know to route a read without asking the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// The epoch the replica acts under.
+    pub epoch: u64,
+    /// Its role.
+    pub role: ReplicaRole,
+    /// For a primary: reconciled and serving.
+    pub serving: bool,
+    /// The primary of the configuration it knows.
+    pub primary: Option<NodeId>,
+    /// Highest sequence applied.
+    pub applied: u64,
+}
+
+/// A message to a replica's task.
+pub enum Msg {
+    /// A client write (primary only).
+    Write {
+        /// The epoch the client believes in.
+        epoch: u64,
+        /// The request id.
+        id: RequestId,
+        /// The write.
+        op: WriteOp,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<WriteOutcome, DataError>>,
+    },
+    /// A replication frame from the primary.
+    Frame {
+        /// Its fence.
+        fence: Fence,
+        /// The frame.
+        frame: ReplicateFrame,
+        /// Where the acknowledgement goes (once the entries are durable).
+        reply: oneshot::Sender<ReplicaAck>,
+    },
+    /// The shard record changed.
+    Config(Arc<Shard>),
+    /// The log is durable up to this sequence, as of sync generation `gen` (a truncation
+    /// starts a new generation, so an older notice cannot vouch for rewritten entries).
+    Synced {
+        /// The generation the sync was asked in.
+        gen: u64,
+        /// The last sequence written when it was asked.
+        upto: u64,
+    },
+    /// A peer acknowledged entries up to `seq` while this replica was primary at `epoch`.
+    PeerAck {
+        /// The peer.
+        peer: NodeId,
+        /// The epoch of the stream.
+        epoch: u64,
+        /// Its prepared sequence.
+        seq: u64,
+    },
+    /// A peer's stream reported the peer's log disagreeing below what the primary has
+    /// pruned: it can only be caught up by a copy.
+    PeerLost {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        why: String,
+    },
+    /// A learner's copy finished: data up to `at_seq` is durable.
+    CopyDone {
+        /// The applied sequence the copy was read at.
+        at_seq: u64,
+    },
+    /// A checksum of the shard computed at a checkpoint entry.
+    Checksummed(Checkpoint),
+    /// Write a checkpoint entry and answer with its sequence once committed (primary).
+    Checkpoint {
+        /// The caller's epoch.
+        epoch: u64,
+        /// The answer.
+        reply: oneshot::Sender<Result<u64, DataError>>,
+    },
+    /// Report this replica's state.
+    Status(oneshot::Sender<ReplicaStatus>),
+    /// Periodic housekeeping.
+    Tick,
+}
+
+/// A handle to a replica's task. Cheap to clone.
+#[derive(Clone)]
+pub struct Handle {
+    /// The shard.
+    pub shard: ShardId,
+    tx: mpsc::Sender<Msg>,
+    view: watch::Receiver<View>,
+}
+
+impl Handle {
+    /// Sends a message; `Unavailable` if the task has stopped.
+    pub async fn send(&self, msg: Msg) -> Result<(), DataError> {
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| DataError::Unavailable(format!("shard {} is stopping", self.shard)))
+    }
+
+    /// The latest view.
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// Waits until the replica has applied at least `seq`, or `timeout` passes.
+    pub async fn applied_at_least(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.view.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|v| v.applied >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Asks for the replica's status.
+    pub async fn status(&self) -> Option<ReplicaStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// A write waiting for its entry to commit.
+pub(crate) struct Pending {
+    pub(crate) entry: LogEntry,
+    pub(crate) waiters: Vec<oneshot::Sender<Result<WriteOutcome, DataError>>>,
+}
+
+/// A replica's state, owned by its task.
+pub struct Replica {
+    pub(crate) shard: ShardId,
+    pub(crate) ctx: Arc<NodeCtx>,
+    pub(crate) engine: Engine,
+    /// The latest shard record.
+    pub(crate) config: Option<Arc<Shard>>,
+    /// Durable state: epoch, role, applied, floor, copied.
+    pub(crate) state: ReplicaState,
+    /// Last sequence in the log (written, maybe not yet durable) and its epoch.
+    pub(crate) last: (u64, u64),
+    /// Highest sequence durable in the log.
+    pub(crate) prepared: u64,
+    /// Highest sequence known committed.
+    pub(crate) committed: u64,
+    /// For a follower: highest sequence known to agree with the current primary's log.
+    pub(crate) matched: u64,
+    /// For a follower: acknowledgements waiting for the log to be durable.
+    pub(crate) awaiting_sync: Vec<(u64, oneshot::Sender<ReplicaAck>)>,
+    /// Bumped by every truncation of the log (see [`Msg::Synced`]).
+    pub(crate) sync_gen: u64,
+    /// Primary: reconciled and serving.
+    pub(crate) serving: bool,
+    /// Primary: the sequence of its reconciling `Noop`.
+    pub(crate) reconcile_at: u64,
+    /// Primary: uncommitted entries and who waits for them.
+    pub(crate) pending: BTreeMap<u64, Pending>,
+    /// Primary: the latest uncommitted value of each key written (None: deleted).
+    pub(crate) overlay: HashMap<Vec<u8>, (u64, Option<u64>)>,
+    /// Primary: request ids in flight and their sequence.
+    pub(crate) inflight: HashMap<RequestId, u64>,
+    /// Primary: checkpoint callers waiting for a sequence to commit.
+    pub(crate) checkpoint_waiters: Vec<(u64, oneshot::Sender<Result<u64, DataError>>)>,
+    /// Primary: one replication stream per peer.
+    pub(crate) senders: HashMap<NodeId, Sender>,
+    /// Primary: each peer's acknowledged sequence and when it last advanced.
+    pub(crate) acked: HashMap<NodeId, (u64, Instant)>,
+    /// Primary: peers already reported to the control plane at this epoch.
+    pub(crate) reported: HashMap<NodeId, u64>,
+    /// The last checkpoint applied here.
+    pub(crate) checkpoint: Option<Checkpoint>,
+    /// Since when the replica has been a stray (out of the configuration).
+    pub(crate) stray_since: Option<Instant>,
+    /// Learner: a copy task is running.
+    pub(crate) copying: bool,
+    /// Learner: the primary's stream has set where its log starts.
+    pub(crate) stream_started: bool,
+    /// After a restart as primary: the control plane was asked to choose again.
+    pub(crate) asked_reelection: Option<Instant>,
+    /// Tells senders the log grew or the commit moved.
+    pub(crate) progress: watch::Sender<(u64, u64)>,
+    view: watch::Sender<View>,
+}
+
+impl Replica {
+    /// Starts the task of a shard's replica, from what the engine holds for it.
+    pub fn spawn(ctx: Arc<NodeCtx>, shard: ShardId) -> Result<Handle, EngineError> {
+        let engine = ctx.engine.clone();
+        let state = engine
+            .replica_state(shard)?
+            .unwrap_or_else(|| ReplicaState::empty(0, ReplicaRole::Stray));
+        let last = engine
+            .last_entry(shard)?
+            .map(|e| (e.seq, e.epoch))
+            .unwrap_or((state.floor.saturating_sub(1), 0));
+        let (view_tx, view_rx) = watch::channel(View {
+            epoch: state.epoch,
+            role: state.role,
+            serving: false,
+            primary: None,
+            applied: state.applied,
+        });
+        let (progress, _) = watch::channel((last.0, state.applied));
+        let (tx, rx) = mpsc::channel(1024);
+        let replica = Replica {
+            shard,
+            ctx,
+            engine,
+            config: None,
+            state,
+            last,
+            // Whatever survived a restart is in the log; it is synced before anything is
+            // acknowledged (see `run`).
+            prepared: last.0,
+            committed: state.applied,
+            matched: 0,
+            awaiting_sync: Vec::new(),
+            sync_gen: 0,
+            serving: false,
+            reconcile_at: 0,
+            pending: BTreeMap::new(),
+            overlay: HashMap::new(),
+            inflight: HashMap::new(),
+            checkpoint_waiters: Vec::new(),
+            senders: HashMap::new(),
+            acked: HashMap::new(),
+            reported: HashMap::new(),
+            checkpoint: None,
+            stray_since: None,
+            copying: false,
+            stream_started: false,
+            asked_reelection: None,
+            progress,
+            view: view_tx,
+        };
+        let handle = Handle {
+            shard,
+            tx: tx.clone(),
+            view: view_rx,
+        };
+        tokio::spawn(replica.run(rx, tx));
+        Ok(handle)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, tx: mpsc::Sender<Msg>) {
+        // A restart may leave unsynced entries in the log: make them durable before any
+        // acknowledgement refers to them.
+        if let Err(e) = self.engine.synced().await {
+            tracing::error!(shard = %self.shard, error = %e, "initial sync failed");
+        }
+        if self.state.role == ReplicaRole::Learner && !self.state.copied {
+            // A copy interrupted by a restart starts over.
+            self.reset_learner();
+        }
+        let restarted_primary = self.state.role == ReplicaRole::Primary;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if restarted_primary {
+            tracing::info!(shard = %self.shard, epoch = self.state.epoch, "restarted as primary: asking for a new epoch before serving");
+        }
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                _ = tick.tick() => Msg::Tick,
+            };
+            self.handle(msg, &tx);
+            // Take whatever else is queued before flushing, so a burst shares one write and
+            // one sync.
+            let mut n = 0;
+            while n < 256 {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m, &tx),
+                    Err(_) => break,
+                }
+                n += 1;
+            }
+            self.flush(&tx);
+            self.publish();
+            if self.state.role == ReplicaRole::Stray && self.config.is_some() && self.gone() {
+                break;
+            }
+        }
+        for (_, s) in self.senders.drain() {
+            s.stop();
+        }
+    }
+
+    fn handle(&mut self, msg: Msg, tx: &mpsc::Sender<Msg>) {
+        match msg {
+            Msg::Write {
+                epoch,
+                id,
+                op,
+                reply,
+            } => self.on_write(epoch, id, op, reply),
+            Msg::Frame {
+                fence,
+                frame,
+                reply,
+            } => self.on_frame(fence, frame, reply, tx),
+            Msg::Config(shard) => self.on_config(shard, tx),
+            Msg::Synced { gen, upto } => {
+                if gen == self.sync_gen {
+                    self.on_synced(upto)
+                }
+            }
+            Msg::PeerAck { peer, epoch, seq } => self.on_peer_ack(peer, epoch, seq),
+            Msg::PeerLost { peer, why } => self.report_peer(peer, &why),
+            Msg::CopyDone { at_seq } => self.on_copy_done(at_seq),
+            Msg::Checksummed(c) => self.checkpoint = Some(c),
+            Msg::Checkpoint { epoch, reply } => self.on_checkpoint(epoch, reply),
+            Msg::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Msg::Tick => self.on_tick(tx),
+        }
+    }
+
+    /// This replica's state, for heartbeats and probes.
+    pub(crate) fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            shard: self.shard,
+            epoch: self.state.epoch,
+            role: self.state.role,
+            prepared: self.prepared,
+            committed: self.committed,
+            applied: self.state.applied,
+            serving: self.serving,
+            copied: self.state.copied,
+            checkpoint: self.checkpoint,
+        }
+    }
+
+    fn publish(&self) {
+        let v = View {
+            epoch: self.state.epoch,
+            role: self.state.role,
+            serving: self.serving,
+            primary: self.config.as_ref().and_then(|c| c.replicas.first().copied()),
+            applied: self.state.applied,
+        };
+        self.view.send_if_modified(|old| {
+            if *old != v {
+                *old = v;
+                true
+            } else {
+                false
+            }
+        });
+        let _ = self.progress.send_replace((self.last.0, self.committed));
+    }
+
+    /// The role the shard record gives this node.
+    fn role_in(&self, shard: &Shard) -> ReplicaRole {
+        let me = self.ctx.node;
+        if shard.replicas.first() == Some(&me) {
+            ReplicaRole::Primary
+        } else if shard.replicas.contains(&me) {
+            ReplicaRole::Secondary
+        } else if shard.learners.contains(&me) {
+            ReplicaRole::Learner
+        } else {
+            ReplicaRole::Stray
+        }
+    }
+
+    /// Applies a new shard record: see the module documentation.
+    fn on_config(&mut self, shard: Arc<Shard>, tx: &mpsc::Sender<Msg>) {
+        if self
+            .config
+            .as_ref()
+            .is_some_and(|c| c.version >= shard.version)
+            || shard.epoch < self.state.epoch
+        {
+            return;
+        }
+        let role = self.role_in(&shard);
+        let same_epoch = shard.epoch == self.state.epoch;
+        let was = self.state.role;
+        self.config = Some(shard.clone());
+        if same_epoch && role == was {
+            self.update_peers(tx);
+            return;
+        }
+        if same_epoch && role != was && was != ReplicaRole::Stray {
+            // Two records with one epoch and different roles cannot both be right: the
+            // control plane bumps the epoch on every change. Wait for the next one.
+            tracing::warn!(shard = %self.shard, epoch = shard.epoch, ?was, ?role, "same epoch, different role; waiting");
+            return;
+        }
+        tracing::info!(shard = %self.shard, epoch = shard.epoch, from = ?was, to = ?role, "configuration changed");
+        if was == ReplicaRole::Primary && role != ReplicaRole::Primary {
+            self.step_down("the primary was replaced");
+        }
+        if role == ReplicaRole::Learner && was != ReplicaRole::Learner {
+            // Whatever this node held of the shard before is not to be trusted: start empty.
+            self.reset_learner();
+        }
+        self.state.epoch = shard.epoch;
+        self.state.role = role;
+        if role != ReplicaRole::Learner && was == ReplicaRole::Stray && self.state.applied == 0 {
+            self.state.copied = true;
+        }
+        // Durable before acting on it.
+        if let Err(e) = self.engine.save_replica_state(self.shard, &self.state) {
+            tracing::error!(shard = %self.shard, error = %e, "cannot record the new epoch; not acting on it");
+            return;
+        }
+        self.matched = 0;
+        self.stray_since = (role == ReplicaRole::Stray).then(Instant::now);
+        match role {
+            ReplicaRole::Primary => {
+                if was == ReplicaRole::Primary && self.serving {
+                    // Still primary at a new epoch (a replica added or removed): the log is
+                    // this node's own, nothing to reconcile.
+                    self.reported.clear();
+                    self.update_peers(tx);
+                } else {
+                    self.become_primary(tx);
+                }
+            }
+            ReplicaRole::Stray => {
+                for (_, s) in self.senders.drain() {
+                    s.stop();
+                }
+            }
+            ReplicaRole::Secondary | ReplicaRole::Learner => {}
+        }
+    }
+
+    /// Gives up the primary role: stops streams and fails waiting writes as indeterminate
+    /// (their entries may still commit under the next primary).
+    fn step_down(&mut self, why: &str) {
+        self.serving = false;
+        for (_, s) in self.senders.drain() {
+            s.stop();
+        }
+        for (_, p) in std::mem::take(&mut self.pending) {
+            for w in p.waiters {
+                let _ = w.send(Err(DataError::Indeterminate(format!(
+                    "{why} with the write in flight; resend it with the same request id"
+                ))));
+            }
+        }
+        for (_, w) in self.checkpoint_waiters.drain(..) {
+            let _ = w.send(Err(DataError::Unavailable(why.to_string())));
+        }
+        self.overlay.clear();
+        self.inflight.clear();
+        self.acked.clear();
+    }
+
+    /// Empties the shard on this node so a learner copies it from scratch.
+    fn reset_learner(&mut self) {
+        if let Err(e) = self.engine.delete_shard(self.shard) {
+            tracing::error!(shard = %self.shard, error = %e, "cannot clear the shard for a new copy");
+        }
+        self.state.applied = 0;
+        self.state.floor = 1;
+        self.state.copied = false;
+        self.last = (0, 0);
+        self.prepared = 0;
+        self.committed = 0;
+        self.matched = 0;
+        self.copying = false;
+        self.stream_started = false;
+        self.checkpoint = None;
+    }
+
+    /// Whether a stray's grace period is over and its data deleted.
+    fn gone(&mut self) -> bool {
+        let grace = Duration::from_millis(self.ctx.cfg.replication.stray_grace_ms);
+        match self.stray_since {
+            Some(t) if t.elapsed() >= grace => match self.engine.delete_shard(self.shard) {
+                Ok(()) => {
+                    tracing::info!(shard = %self.shard, "deleted the copy of a shard this node no longer holds");
+                    self.ctx.forget(self.shard);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(shard = %self.shard, error = %e, "cannot delete a stray shard");
+                    false
+                }
+            },
+            _ => false,
+        }
+    }
+
+    fn on_tick(&mut self, tx: &mpsc::Sender<Msg>) {
+        match self.state.role {
+            ReplicaRole::Primary => self.primary_tick(tx),
+            ReplicaRole::Learner => self.learner_tick(tx),
+            _ => {}
+        }
+    }
+
+    /// Writes what was queued this round, and asks for one sync for all of it.
+    fn flush(&mut self, tx: &mpsc::Sender<Msg>) {
+        let upto = self.last.0;
+        if upto <= self.prepared {
+            return;
+        }
+        let gen = self.sync_gen;
+        let tx = tx.clone();
+        // The callback runs on the engine's syncer thread, outside the runtime: a blocking
+        // send is allowed there, and a sync notice must never be dropped.
+        if let Err(e) = self.engine.sync(move |r| match r {
+            Ok(()) => {
+                let _ = tx.blocking_send(Msg::Synced { gen, upto });
+            }
+            Err(e) => tracing::error!(error = %e, "WAL sync failed; entries stay unacknowledged"),
+        }) {
+            tracing::error!(shard = %self.shard, error = %e, "cannot sync the log");
+        }
+    }
+
+    fn on_synced(&mut self, upto: u64) {
+        if upto <= self.prepared {
+            return;
+        }
+        self.prepared = upto.min(self.last.0);
+        match self.state.role {
+            ReplicaRole::Primary => self.advance_commit(),
+            _ => self.ack_synced(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The primary's half: ordering writes, commit, reconciliation, and asking the control plane
+//! to remove a replica that stopped acknowledging.
+//!
+//! A write is evaluated against the latest state, including writes prepared but not yet
+//! committed (kept in an overlay), so compare-and-set sees every write ordered before it. Its
+//! entry gets the next sequence; the entries of one round are written with one batch and one
+//! WAL sync, and the replication streams pick them up from the log at once. An entry commits
+//! when it is durable here and every replica and learner of the configuration has
+//! acknowledged it; it is then applied and its writer answered.
+//!
+//! A new primary writes a `Noop` of its epoch first and serves only once that is committed:
+//! by then every replica's log agrees with its own up to it (the streams truncate what
+//! disagrees), so everything before it is committed too.
+
+use super::{Msg, Pending, Replica};
+use crate::storage::replicate::Sender;
+use augur_proto::data::{
+    DataError, Effect, LogEntry, Redirect, ReplicaRole, RequestId, WriteOp, WriteOutcome,
+};
+use augur_proto::NodeId;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+impl Replica {
+    /// The peers whose acknowledgement a commit needs: every replica but this one, and every
+    /// learner.
+    pub(crate) fn peers(&self) -> Vec<NodeId> {
+        let me = self.ctx.node;
+        self.config
+            .as_ref()
+            .map(|c| {
+                c.replicas
+                    .iter()
+                    .chain(&c.learners)
+                    .copied()
+                    .filter(|n| *n != me)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn redirect(&self) -> DataError {
+        DataError::Redirect(Redirect {
+            shard: self.shard,
+            epoch: self.state.epoch,
+            primary: self.config.as_ref().and_then(|c| c.replicas.first().copied()),
+        })
+    }
+
+    /// Whether this replica may take a request naming `epoch` as primary now.
+    pub(crate) fn check_primary(&self, epoch: u64) -> Result<(), DataError> {
+        if epoch > self.state.epoch {
+            return Err(DataError::Behind {
+                shard: self.shard,
+                epoch: self.state.epoch,
+            });
+        }
+        if self.state.role != ReplicaRole::Primary {
+            return Err(self.redirect());
+        }
+        if !self.serving {
+            return Err(DataError::Unavailable(format!(
+                "shard {} is reconciling its replicas",
+                self.shard
+            )));
+        }
+        if !self.ctx.lease.valid() {
+            return Err(DataError::Unavailable(
+                "this node's lease has expired; it serves nothing until it is renewed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The version of `key` including writes not yet committed.
+    fn current_version(&self, key: &[u8]) -> Result<Option<u64>, DataError> {
+        if let Some((_, v)) = self.overlay.get(key) {
+            return Ok(*v);
+        }
+        self.engine
+            .get(self.shard, key)
+            .map(|v| v.map(|v| v.version))
+            .map_err(|e| DataError::Internal(e.to_string()))
+    }
+
+    pub(crate) fn on_write(
+        &mut self,
+        epoch: u64,
+        id: RequestId,
+        op: WriteOp,
+        reply: oneshot::Sender<Result<WriteOutcome, DataError>>,
+    ) {
+        if let Err(e) = op.validate().and_then(|()| self.check_primary(epoch)) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        // A resent write: the same answer, once.
+        if let Some(seq) = self.inflight.get(&id) {
+            if let Some(p) = self.pending.get_mut(seq) {
+                p.waiters.push(reply);
+                return;
+            }
+        }
+        match self.engine.remembered(self.shard, &id) {
+            Ok(Some(r)) => {
+                let _ = reply.send(Ok(r.outcome));
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = reply.send(Err(DataError::Internal(e.to_string())));
+                return;
+            }
+        }
+        if self.pending.len() >= self.ctx.cfg.replication.max_pending_writes {
+            let _ = reply.send(Err(DataError::Unavailable(format!(
+                "shard {} has {} writes in flight",
+                self.shard,
+                self.pending.len()
+            ))));
+            return;
+        }
+        let seq = self.last.0 + 1;
+        let current = match self.current_version(op.key()) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let (effect, outcome) = match op {
+            WriteOp::Put { key, value } => (
+                Effect::Put { key, value },
+                WriteOutcome::Applied { version: seq },
+            ),
+            WriteOp::Delete { key } => (Effect::Delete { key }, WriteOutcome::Applied { version: seq }),
+            WriteOp::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                if current == expected {
+                    let effect = match value {
+                        Some(value) => Effect::Put { key, value },
+                        None => Effect::Delete { key },
+                    };
+                    (effect, WriteOutcome::Applied { version: seq })
+                } else {
+                    (Effect::Noop, WriteOutcome::Conflict { current })
+                }
+            }
+        };
+        match &effect {
+            Effect::Put { key, .. } => {
+                self.overlay.insert(key.clone(), (seq, Some(seq)));
+            }
+            Effect::Delete { key } => {
+                self.overlay.insert(key.clone(), (seq, None));
+            }
+            Effect::Noop | Effect::Checkpoint => {}
+        }
+        let entry = LogEntry {
+            seq,
+            epoch: self.state.epoch,
+            request: Some(id),
+            effect,
+            outcome,
+            at_ms: crate::control::registry::now_ms(),
+        };
+        self.append_own(entry, Some(reply));
+    }
+
+    /// Appends an entry this primary wrote; it goes out with the round's flush.
+    fn append_own(
+        &mut self,
+        entry: LogEntry,
+        waiter: Option<oneshot::Sender<Result<WriteOutcome, DataError>>>,
+    ) {
+        if let Err(e) = self.engine.append(self.shard, std::slice::from_ref(&entry), false) {
+            tracing::error!(shard = %self.shard, error = %e, "cannot append to the log");
+            if let Some(w) = waiter {
+                let _ = w.send(Err(DataError::Internal(e.to_string())));
+            }
+            if let Effect::Put { key, .. } | Effect::Delete { key } = &entry.effect {
+                if self.overlay.get(key).is_some_and(|(s, _)| *s == entry.seq) {
+                    self.overlay.remove(key);
+                }
+            }
+            return;
+        }
+        self.last = (entry.seq, entry.epoch);
+        if let Some(id) = entry.request {
+            self.inflight.insert(id, entry.seq);
+        }
+        self.pending.insert(
+            entry.seq,
+            Pending {
+                entry,
+                waiters: waiter.into_iter().collect(),
+            },
+        );
+    }
+
+    /// Becomes primary at a new epoch: writes its `Noop` and reconciles before serving.
+    pub(crate) fn become_primary(&mut self, tx: &mpsc::Sender<Msg>) {
+        self.serving = false;
+        self.asked_reelection = None;
+        self.reported.clear();
+        self.acked.clear();
+        let seq = self.last.0 + 1;
+        self.reconcile_at = seq;
+        self.append_own(
+            LogEntry {
+                seq,
+                epoch: self.state.epoch,
+                request: None,
+                effect: Effect::Noop,
+                outcome: WriteOutcome::Applied { version: seq },
+                at_ms: crate::control::registry::now_ms(),
+            },
+            None,
+        );
+        tracing::info!(shard = %self.shard, epoch = self.state.epoch, reconcile_at = seq, "primary: reconciling");
+        for (_, s) in self.senders.drain() {
+            s.stop();
+        }
+        self.update_peers(tx);
+    }
+
+    /// Starts and stops replication streams to match the configuration.
+    pub(crate) fn update_peers(&mut self, tx: &mpsc::Sender<Msg>) {
+        if self.state.role != ReplicaRole::Primary {
+            return;
+        }
+        let peers = self.peers();
+        let epoch = self.state.epoch;
+        self.senders.retain(|peer, s| {
+            let keep = peers.contains(peer) && s.epoch == epoch;
+            if !keep {
+                s.stop();
+            }
+            keep
+        });
+        self.acked.retain(|peer, _| peers.contains(peer));
+        for peer in peers {
+            if self.senders.contains_key(&peer) {
+                continue;
+            }
+            self.acked.entry(peer).or_insert((0, Instant::now()));
+            let s = Sender::start(
+                self.ctx.clone(),
+                self.shard,
+                epoch,
+                peer,
+                self.last,
+                self.progress.subscribe(),
+                tx.clone(),
+            );
+            self.senders.insert(peer, s);
+        }
+        self.advance_commit();
+    }
+
+    pub(crate) fn on_peer_ack(&mut self, peer: NodeId, epoch: u64, seq: u64) {
+        if epoch != self.state.epoch || self.state.role != ReplicaRole::Primary {
+            return;
+        }
+        if let Some(a) = self.acked.get_mut(&peer) {
+            if seq > a.0 {
+                *a = (seq, Instant::now());
+            }
+        }
+        self.advance_commit();
+    }
+
+    /// Commits what every peer and this node hold, applies it and answers its writers.
+    pub(crate) fn advance_commit(&mut self) {
+        if self.state.role != ReplicaRole::Primary {
+            return;
+        }
+        let mut c = self.prepared;
+        for peer in self.peers() {
+            c = c.min(self.acked.get(&peer).map(|a| a.0).unwrap_or(0));
+        }
+        if c > self.committed {
+            self.committed = c;
+        }
+        self.apply_upto(self.committed);
+        if !self.serving && self.reconcile_at > 0 && self.state.applied >= self.reconcile_at {
+            self.serving = true;
+            tracing::info!(shard = %self.shard, epoch = self.state.epoch, seq = self.reconcile_at, "primary: reconciled, serving");
+        }
+    }
+
+    /// Answers the writers of entries now applied.
+    pub(crate) fn resolve_applied(&mut self) {
+        let applied = self.state.applied;
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            let p = entry.remove();
+            if let Some(id) = p.entry.request {
+                self.inflight.remove(&id);
+            }
+            if let Effect::Put { key, .. } | Effect::Delete { key } = &p.entry.effect {
+                if self.overlay.get(key).is_some_and(|(s, _)| *s <= applied) {
+                    self.overlay.remove(key);
+                }
+            }
+            for w in p.waiters {
+                let _ = w.send(Ok(p.entry.outcome));
+            }
+        }
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.checkpoint_waiters)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= applied);
+        self.checkpoint_waiters = waiting;
+        for (seq, w) in done {
+            let _ = w.send(Ok(seq));
+        }
+    }
+
+    pub(crate) fn on_checkpoint(&mut self, epoch: u64, reply: oneshot::Sender<Result<u64, DataError>>) {
+        if let Err(e) = self.check_primary(epoch) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let seq = self.last.0 + 1;
+        self.append_own(
+            LogEntry {
+                seq,
+                epoch: self.state.epoch,
+                request: None,
+                effect: Effect::Checkpoint,
+                outcome: WriteOutcome::Applied { version: seq },
+                at_ms: crate::control::registry::now_ms(),
+            },
+            None,
+        );
+        self.checkpoint_waiters.push((seq, reply));
+    }
+
+    /// Reports peers that hold up commits, and asks for a new epoch after a restart.
+    pub(crate) fn primary_tick(&mut self, _tx: &mpsc::Sender<Msg>) {
+        if !self.serving && self.reconcile_at == 0 {
+            // Restarted as primary: its unsynced tail may have reached others under this
+            // epoch, so it must not write more under it. Ask the control plane to choose a
+            // primary again, at a new epoch (see the module documentation of `replica`).
+            let due = self
+                .asked_reelection
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(3));
+            if due && self.config.is_some() {
+                self.asked_reelection = Some(Instant::now());
+                let me = self.ctx.node;
+                self.report(me, "the primary restarted and must not reuse its epoch");
+            }
+            return;
+        }
+        let timeout = Duration::from_millis(self.ctx.cfg.replication.ack_timeout_ms);
+        let owed = self.last.0;
+        let slow: Vec<NodeId> = self
+            .acked
+            .iter()
+            .filter(|(_, (seq, since))| *seq < owed && since.elapsed() >= timeout)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in slow {
+            self.report_peer(peer, "no acknowledgement within the ack timeout");
+        }
+    }
+
+    /// Asks the control plane (once per epoch) to remove a peer.
+    pub(crate) fn report_peer(&mut self, peer: NodeId, why: &str) {
+        if self.state.role != ReplicaRole::Primary {
+            return;
+        }
+        if self.reported.get(&peer) == Some(&self.state.epoch) {
+            return;
+        }
+        self.reported.insert(peer, self.state.epoch);
+        tracing::warn!(shard = %self.shard, epoch = self.state.epoch, %peer, why, "asking the control plane to remove a replica");
+        self.report(peer, why);
+    }
+
+    fn report(&self, replica: NodeId, why: &str) {
+        let ctx = self.ctx.clone();
+        let (shard, epoch, reason) = (self.shard, self.state.epoch, why.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = ctx.meta.report_replica(shard, epoch, replica, reason).await {
+                tracing::warn!(%shard, error = %e, "the control plane did not take the report");
+            }
+        });
+    }
+}
