@@ -7,9 +7,11 @@
 //! in.
 //!
 //! When the answer says the client's view is out of date (`Redirect`, `StaleEpoch`,
-//! `UnknownShard`), the primary cannot serve right now (`Unavailable`, `Behind`), or the
-//! node cannot be reached, the client refreshes what it knows, backs off briefly and tries
-//! again, all within the request deadline. A storage node never elects itself: every change
+//! `UnknownShard`), the primary cannot serve right now (`Unavailable`), or the node cannot
+//! be reached, the client drops what may be stale (the shard record; the node record too
+//! when the node was unreachable), re-reads it, backs off briefly and tries again, all
+//! within the request deadline. `Behind` (the node has not learnt the client's newer epoch
+//! yet) is only waited out: the client's record is the right one. A storage node never elects itself: every change
 //! of primary is a metadata transaction, so the metadata record is always at least as new
 //! as any epoch a node can name, and re-reading it is how a redirect is followed.
 //!

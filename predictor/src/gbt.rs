@@ -111,8 +111,36 @@ impl Gbt {
                 weights.len()
             )));
         }
-        let data = column_major(rows, n, n_features);
-        let matrix = Matrix::new(&data, n, n_features);
+        Self::fit_columns(
+            &column_major(rows, n, n_features),
+            n_features,
+            y,
+            weights,
+            monotone,
+            cfg,
+        )
+    }
+
+    /// Fits on column-major `data` (feature 0 of every row, then feature 1...), as forust
+    /// reads it: callers that gather rows from a larger store write them straight into this
+    /// layout and skip a row-major copy of the whole training set.
+    pub fn fit_columns(
+        data: &[f64],
+        n_features: usize,
+        y: &[f64],
+        weights: &[f64],
+        monotone: &[i8],
+        cfg: &GbtConfig,
+    ) -> Result<Gbt, GbtError> {
+        let n = y.len();
+        if n == 0 || data.len() != n * n_features || weights.len() != n {
+            return Err(GbtError(format!(
+                "inconsistent training data: {} values, {n} labels, {} weights, {n_features} features",
+                data.len(),
+                weights.len()
+            )));
+        }
+        let matrix = Matrix::new(data, n, n_features);
         let constraints: ConstraintMap = monotone
             .iter()
             .enumerate()

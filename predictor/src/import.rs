@@ -302,6 +302,7 @@ fn drive_samples(serial: &str, drive: &Drive) -> (Vec<HealthSample>, Option<Fail
         failed_at_ms: drive.min_date_ms + last_day * DAY_MS + 12 * HOUR_MS,
         cause: None,
         precursor_onset_ms: None,
+        died_at_ms: None,
     });
     (out, failure)
 }

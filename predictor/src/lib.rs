@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod baselines;
 pub mod combine;
 pub mod disk;
 pub mod eval;

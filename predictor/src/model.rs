@@ -20,7 +20,9 @@ use crate::sample::{HealthSample, N_METRICS};
 use crate::trace::NodeSeries;
 
 /// The schema this build reads and writes. Bump on any change to the model's meaning.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 3: latency is normalised by a load effect learned per node (it was a fixed
+/// queueing formula), and the file carries the baselines trained beside the model.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Name of the anomaly-score feature appended to the window features.
 pub const ANOMALY_FEATURE: &str = "lstm_anomaly";
@@ -143,6 +145,14 @@ pub struct ModelInfo {
     /// Out-of-fold PR-AUC of each candidate tree configuration.
     #[serde(default)]
     pub cv_pr_auc: Vec<(String, f64)>,
+    /// The false alarms per 1000 healthy node-days the model's operating point was chosen
+    /// within (the configured budget, or the static thresholds' own out-of-fold rate when
+    /// lower).
+    #[serde(default)]
+    pub false_alarm_budget: Option<f64>,
+    /// The model's and each baseline's operating point and out-of-fold figures.
+    #[serde(default)]
+    pub out_of_fold: Vec<crate::baselines::OutOfFold>,
 }
 
 /// A trained failure model.
@@ -164,10 +174,13 @@ pub struct Model {
     pub gbt: Gbt,
     /// Margin-to-probability calibration.
     pub calibration: Platt,
-    /// Alert rule chosen on the calibration slice.
+    /// Alert rule, chosen out of fold (or re-chosen by `augur-predict tune`).
     pub alert: AlertRule,
     /// Provenance.
     pub info: ModelInfo,
+    /// The baselines fitted and tuned beside the model, for `eval`.
+    #[serde(default)]
+    pub baselines: Option<crate::baselines::NodeBaselines>,
 }
 
 /// One feature's push on a prediction (SHAP value, log-odds units).
@@ -259,8 +272,9 @@ impl Model {
         {
             return Err("empty window geometry".into());
         }
-        if self.alert.k == 0 || self.alert.k > self.alert.n || self.alert.round_ms <= 0 {
-            return Err(format!("invalid alert rule {:?}", self.alert));
+        crate::baselines::check_rule(&self.alert)?;
+        if let Some(b) = &self.baselines {
+            b.check(expected - 1)?;
         }
         Ok(())
     }

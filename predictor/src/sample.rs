@@ -283,8 +283,13 @@ impl HealthSample {
 pub struct FailureRecord {
     /// The node that failed.
     pub node: String,
-    /// When it stopped serving, ms since the Unix epoch.
+    /// When the failure was recorded, ms since the Unix epoch: what an operator's log
+    /// holds, and all training may know.
     pub failed_at_ms: i64,
+    /// Generator ground truth, with label delay: when the node actually died (it stops
+    /// reporting then), before the failure was recorded at `failed_at_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub died_at_ms: Option<i64>,
     /// Generator ground truth: the precursor kind, or `sudden` when there was none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
@@ -303,6 +308,13 @@ impl FailureRecord {
             Some("sudden") => Some(false),
             Some(_) => Some(true),
         }
+    }
+
+    /// The failure time evaluation judges against: the true death when the trace records
+    /// it, else the recorded time. Training reads only `failed_at_ms`, as it would on a real
+    /// fleet; judging against the truth keeps a late label from flattering lead times.
+    pub fn truth_ms(&self) -> i64 {
+        self.died_at_ms.unwrap_or(self.failed_at_ms)
     }
 }
 
@@ -370,6 +382,7 @@ mod tests {
             failed_at_ms: 1,
             cause: None,
             precursor_onset_ms: None,
+            died_at_ms: None,
         };
         assert_eq!(f.has_precursor(), None);
         f.cause = Some("sudden".into());

@@ -6,6 +6,7 @@
 
 pub mod launch;
 pub mod lazyfs;
+pub mod storage;
 
 pub use launch::Launcher;
 
@@ -231,7 +232,7 @@ impl Drop for LocalCluster {
     }
 }
 
-/// Crash-stops every member in `dir`: tests must not leave processes behind.
+/// Crash-stops every member and storage node in `dir`: tests must not leave processes behind.
 fn teardown(dir: &Path) {
     let d = dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -239,11 +240,25 @@ fn teardown(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name.strip_prefix("meta-") {
-            let _ = Command::new(augur_bin())
-                .args(["local", "stop", "--dir", &d, "--member", id, "--kill"])
-                .output();
+        let (role, id) = if let Some(id) = name.strip_prefix("meta-") {
+            ("--member", id.to_string())
+        } else if let Some(id) = name.strip_prefix("storage-") {
+            ("--storage", id.to_string())
+        } else {
+            continue;
+        };
+        // A paused process must be resumed to die promptly on SIGKILL's delivery.
+        if let Ok(pid) = std::fs::read_to_string(entry.path().join("pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: plain signal delivery to a pid this cluster started.
+                unsafe {
+                    libc::kill(pid, libc::SIGCONT);
+                }
+            }
         }
+        let _ = Command::new(augur_bin())
+            .args(["local", "stop", "--dir", &d, role, &id, "--kill"])
+            .output();
     }
 }
 

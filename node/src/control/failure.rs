@@ -13,7 +13,7 @@ use crate::meta::MetaNode;
 use augur_proto::data::ReplicaRole;
 use augur_proto::model::{limits, ShardState};
 use augur_proto::wire::ApiError;
-use augur_proto::{Key, NodeId, Record, Response, Shard, ShardId};
+use augur_proto::{Key, NodeId, NodeState, Record, Response, Shard, ShardId};
 use augur_transport::Role;
 use std::time::Instant;
 
@@ -177,6 +177,62 @@ pub fn report_replica(
     Ok(Some(next))
 }
 
+/// A primary that restarted asks to be replaced at a new epoch: entries it wrote just before
+/// the restart may have reached its secondaries without reaching its own disk, so writing
+/// more under the same epoch could give two different entries one (sequence, epoch). The live
+/// replica with the highest prepared sequence (the caller included) leads at `epoch + 1`;
+/// nobody is removed. Returns `None` if the shard already moved past `epoch`.
+pub fn reelect(
+    shard: &Shard,
+    cluster: &Cluster,
+    reports: &Reports,
+    caller: NodeId,
+    epoch: u64,
+) -> Result<Option<Shard>, ReconfigError> {
+    if epoch < shard.epoch {
+        return Ok(None);
+    }
+    if epoch != shard.epoch {
+        return Err(ReconfigError::WrongEpoch {
+            shard: shard.id,
+            epoch,
+            current: shard.epoch,
+        });
+    }
+    let primary = shard.replicas.first().copied();
+    if primary != Some(caller) {
+        return Err(ReconfigError::NotPrimary {
+            shard: shard.id,
+            epoch,
+            caller,
+            current: shard.epoch,
+            primary: primary.unwrap_or(NodeId(0)),
+        });
+    }
+    if !cluster.live(caller) {
+        return Err(ReconfigError::CallerNotLive(caller));
+    }
+    let rank = |n: &NodeId| {
+        let status = reports.current(cluster, *n, shard)?;
+        let up = cluster.state(*n) == Some(NodeState::Up);
+        Some((status.prepared, up, std::cmp::Reverse(*n)))
+    };
+    let best = shard
+        .replicas
+        .iter()
+        .filter(|n| cluster.live(**n))
+        .filter_map(|n| rank(n).map(|r| (r, *n)))
+        .max()
+        .map(|(_, n)| n)
+        .unwrap_or(caller);
+    let mut next = shard.clone();
+    next.epoch = shard.epoch + 1;
+    next.replicas = std::iter::once(best)
+        .chain(shard.replicas.iter().copied().filter(|n| *n != best))
+        .collect();
+    Ok(Some(next))
+}
+
 /// `ForcePrimary`: `node` becomes the sole replica and primary of `shard` (epoch + 1), with
 /// the nodes it displaces.
 ///
@@ -268,6 +324,9 @@ impl Control {
         replica.validate()?;
         // The reason is the caller's free text: bounded before it reaches the log.
         let reason: String = reason.chars().take(limits::MAX_STRING).collect();
+        if replica == caller {
+            return self.handle_reelect(meta, caller, shard, epoch, &reason).await;
+        }
         let (record, cluster) = read_partial(meta, shard, |_| vec![caller]).await?;
         let Some(next) = report_replica(&record, &cluster, caller, epoch, replica)? else {
             return Ok(());
@@ -281,6 +340,29 @@ impl Control {
         self.note_lost(shard, &[replica], Instant::now());
         self.metrics.replicas_removed.inc();
         tracing::warn!(shard = %shard, epoch = new_epoch, primary = %caller, replica = %replica, reason, "removed a replica at its primary's request");
+        Ok(())
+    }
+
+    /// Writes a restarted primary's re-election (see [`reelect`]).
+    async fn handle_reelect(
+        &self,
+        meta: &dyn MetaStore,
+        caller: NodeId,
+        shard: ShardId,
+        epoch: u64,
+        reason: &str,
+    ) -> Result<(), ReconfigError> {
+        let (record, cluster) = read_partial(meta, shard, |s| s.replicas.clone()).await?;
+        let reports = self.reports();
+        let Some(next) = reelect(&record, &cluster, &reports, caller, epoch)? else {
+            return Ok(());
+        };
+        let (new_epoch, primary) = (next.epoch, next.replicas.first().copied());
+        let txn = reconfigure_txn(&record, next, &[caller], &cluster);
+        if !meta.propose(txn).await?.succeeded {
+            return Err(ReconfigError::Conflict(shard));
+        }
+        tracing::warn!(shard = %shard, epoch = new_epoch, primary = ?primary, restarted = %caller, reason, "chose a primary again after a primary restarted");
         Ok(())
     }
 
@@ -421,6 +503,29 @@ mod tests {
         let mut moved = next.clone();
         moved.replicas = vec![NodeId(2), NodeId(1)];
         assert!(report_replica(&moved, &c, NodeId(1), 4, NodeId(3)).is_err());
+    }
+
+    #[test]
+    fn a_restarted_primary_hands_over_to_the_most_advanced_live_replica() {
+        let sh = shard(1, &[1, 2, 3], 4);
+        let cl = cluster(&[1, 2, 3], vec![sh.clone()], 3);
+        let mut reports = Reports::default();
+        report(&mut reports, 1, vec![status(1, 4, ReplicaRole::Primary, 10)]);
+        report(&mut reports, 2, vec![status(1, 4, Secondary, 12)]);
+        report(&mut reports, 3, vec![status(1, 4, Secondary, 11)]);
+        let next = reelect(&sh, &cl, &reports, NodeId(1), 4).unwrap().unwrap();
+        assert_eq!(next.replicas, vec![NodeId(2), NodeId(1), NodeId(3)]);
+        assert_eq!(next.epoch, 5);
+        // Already moved on: nothing to do. Not the primary: refused.
+        assert_eq!(reelect(&sh, &cl, &reports, NodeId(1), 3), Ok(None));
+        assert!(matches!(
+            reelect(&sh, &cl, &reports, NodeId(2), 4),
+            Err(ReconfigError::NotPrimary { .. })
+        ));
+        // With no reports at this epoch, the caller stays primary at a new epoch.
+        let none = Reports::default();
+        let next = reelect(&sh, &cl, &none, NodeId(1), 4).unwrap().unwrap();
+        assert_eq!((next.replicas[0], next.epoch), (NodeId(1), 5));
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 
 use super::storage::{self, DataPlan};
 use super::{Proc, Tuning, CLUSTER_FILE};
+use augur_proto::wire::ClusterStatus;
 use clap::{Args, Subcommand};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -238,6 +240,21 @@ async fn stop(dir: &Path, proc: Proc, hard: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One process in `augur local status --json`, tagged by its role.
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+enum Row<'a> {
+    /// A metadata member and its view, if it answered.
+    Member {
+        member: u64,
+        endpoint: &'a str,
+        pid: Option<i32>,
+        status: Option<&'a ClusterStatus>,
+    },
+    /// A storage node.
+    Storage(&'a storage::StorageStatus),
+}
+
 /// `augur local status`: each member's view, then each storage node's process and record.
 pub async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     let file = augur_client::ClusterFile::load(&dir.join(CLUSTER_FILE))?;
@@ -254,19 +271,18 @@ pub async fn status(dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     let nodes = storage::status(dir).await?;
     if json {
-        let mut v: Vec<_> = rows
+        // Serialized directly, not through `serde_json::Value`: a cluster id is a u128,
+        // which a `Value` cannot hold.
+        let mut v: Vec<Row> = rows
             .iter()
-            .map(|(id, ep, pid, s)| {
-                serde_json::json!({"role": "member", "member": id, "endpoint": ep, "pid": pid, "status": s})
+            .map(|(id, ep, pid, s)| Row::Member {
+                member: *id,
+                endpoint: ep,
+                pid: *pid,
+                status: s.as_ref(),
             })
             .collect();
-        for n in &nodes {
-            let mut o = serde_json::to_value(n)?;
-            if let Some(o) = o.as_object_mut() {
-                o.insert("role".into(), "storage".into());
-            }
-            v.push(o);
-        }
+        v.extend(nodes.iter().map(Row::Storage));
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }

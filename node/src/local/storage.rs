@@ -147,16 +147,26 @@ pub async fn wait_registered(
     timeout: Duration,
 ) -> anyhow::Result<Vec<Node>> {
     let deadline = Instant::now() + timeout;
+    // Nodes found not running at the previous look. A process is declared exited only when
+    // seen so twice in a row: a child that has just been spawned can show an empty command
+    // line for a moment while the kernel finishes its exec, and fail the identity check.
+    let mut missing: Vec<u64> = Vec::new();
     loop {
-        let exited: Vec<u64> = ids
+        let now_missing: Vec<u64> = ids
             .iter()
             .copied()
             .filter(|id| running(dir, Proc::Storage(*id)).is_none())
+            .collect();
+        let exited: Vec<u64> = now_missing
+            .iter()
+            .copied()
+            .filter(|id| missing.contains(id))
             .collect();
         if !exited.is_empty() {
             report_logs(dir, &exited);
             bail!("storage node(s) {exited:?} exited (see their logs above)");
         }
+        missing = now_missing;
         let nodes = client.list_nodes().await.unwrap_or_default();
         let pending: Vec<String> = ids
             .iter()

@@ -127,6 +127,13 @@ pub async fn serve(
             let mut digest = crc64fast::Digest::new();
             crc_items(&mut digest, items.iter().map(|(k, v)| (k.as_slice(), v)));
             after = items.last().map(|(k, _)| k.clone()).or(after);
+            let mut items = items;
+            if crate::test_hooks::corrupt_copy_chunk() {
+                // A flipped bit after the checksum was taken, as a bad NIC or disk would.
+                if let Some((_, v)) = items.first_mut() {
+                    v.version ^= 1;
+                }
+            }
             let chunk = CopyFrame::Chunk(CopyChunk {
                 items,
                 crc64: digest.sum64(),

@@ -131,8 +131,13 @@ async fn beat(ctx: &Arc<NodeCtx>) {
         Ok(ack) => {
             let known = ctx.lease.node_epoch.load(Ordering::Acquire);
             if ack.node_epoch > known || ack.state == NodeState::Down {
-                tracing::warn!(node = %ctx.node, known, registry = ack.node_epoch, state = ?ack.state, "declared Down meanwhile: registering again");
+                tracing::warn!(node = %ctx.node, known, registry = ack.node_epoch, state = ?ack.state, "declared Down meanwhile: stepping down, registering again");
                 ctx.lease.revoke();
+                // Another replica may lead its shards by now: every primary here steps down
+                // before the new registration renews the lease.
+                for h in ctx.replicas() {
+                    h.fence().await;
+                }
                 if let Err(e) = register(ctx).await {
                     tracing::error!(error = %e, "registration refused");
                 }

@@ -73,6 +73,14 @@ impl NodeCtx {
         self.replicas.lock().ok()?.get(&shard).cloned()
     }
 
+    /// Every replica task.
+    pub fn replicas(&self) -> Vec<Handle> {
+        self.replicas
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Forgets a replica whose task ended.
     pub fn forget(&self, shard: ShardId) {
         if let Ok(mut m) = self.replicas.lock() {

@@ -41,6 +41,7 @@ impl FaultInjector {
             end_ms: now_ms + ramp_ms.max(1),
             peak: 1.0,
             shape: Shape::Ramp { gamma: 1.0 },
+            gate: None,
         });
     }
 

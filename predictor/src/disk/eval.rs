@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{
-    alert_stats, bootstrap, quantile, report_method, tune_rule_f1, EvalReport, MethodReport,
+    alert_stats, bootstrap, quantile, report_method, choose_operating_point, EvalReport, MethodReport,
     NodeScores, SweepPoint, HOUR_MS,
 };
 use crate::gbt::GbtConfig;
@@ -13,7 +13,7 @@ use crate::trace::Trace;
 use crate::train::TrainError;
 
 use super::cv::{drives, fit_cv, oof_scores, test_scores, RowConfig};
-use super::train::{backblaze_rule_score, DiskTrainConfig};
+use super::train::{backblaze_rule_score, f1_goal, DiskTrainConfig};
 use super::DiskModel;
 
 /// Disk evaluation settings.
@@ -113,7 +113,7 @@ pub fn evaluate_disk(
     let rules = b.rules.clone();
     let rule_score = backblaze_rule_score(spec);
     let rule_oof = oof_scores(&train, spec, &rows_cfg, &|_, r| rule_score(r));
-    let rule = tune_rule_f1(&rule_oof, h, &rules, f64::INFINITY, 1.05);
+    let rule = choose_operating_point(&rule_oof, h, &f1_goal(&rules, f64::INFINITY), 1.05);
     drop(rule_oof);
     let budget = rule
         .as_ref()
@@ -164,7 +164,7 @@ pub fn evaluate_disk(
     let tree_oof = oof_scores(&train, spec, &rows_cfg, &|fold, r| {
         fold_trees[fold].margins_f32(r)
     });
-    if let Some(t) = tune_rule_f1(&tree_oof, h, &rules, budget, 1.05) {
+    if let Some(t) = choose_operating_point(&tree_oof, h, &f1_goal(&rules, budget), 1.05) {
         let test_tree = test_scores(&test, spec, round, h, from, end, &|rows| {
             tree.margins_f32(rows)
         });

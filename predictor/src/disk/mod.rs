@@ -273,6 +273,7 @@ mod tests {
                         failed_at_ms: last * DAY - DAY / 2,
                         cause: None,
                         precursor_onset_ms: None,
+                        died_at_ms: None,
                     },
                 );
             }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{pr_curve, tune_rule_f1, NodeScores};
+use crate::eval::{choose_operating_point, pr_curve, NodeScores, OperatingGoal};
 use crate::gbt::{GbtConfig, Platt};
 use crate::model::AlertRule;
 use crate::progress::Progress;
@@ -118,6 +118,16 @@ pub fn backblaze_rule_score(spec: &DiskFeatureSpec) -> impl Fn(&[f32]) -> Vec<f6
                     .fold(0.0, f64::max)
             })
             .collect()
+    }
+}
+
+/// The disk model's goal for every method: the best F1 within `budget` false alarms per
+/// 1000 healthy device-days, no precision floor.
+pub(crate) fn f1_goal(rules: &[(usize, usize)], budget: f64) -> OperatingGoal {
+    OperatingGoal {
+        rules: rules.to_vec(),
+        max_false_alarms: budget,
+        min_precision: 0.0,
     }
 }
 
@@ -236,7 +246,7 @@ pub fn train_disk(
     // the model must not exceed (unless a budget is given).
     let rule_score = backblaze_rule_score(&spec);
     let rule_oof = oof_scores(&drives, &spec, &rows_cfg, &|_, r| rule_score(r));
-    let rule = tune_rule_f1(&rule_oof, cfg.horizon_ms, &cfg.rules, f64::INFINITY, 1.05);
+    let rule = choose_operating_point(&rule_oof, cfg.horizon_ms, &f1_goal(&cfg.rules, f64::INFINITY), 1.05);
     let (base_rate, device_days) = failure_rate(&rule_oof);
     drop(rule_oof);
     let budget = cfg
@@ -287,7 +297,7 @@ pub fn train_disk(
             .iter_mut()
             .for_each(|v| *v = calibration.probability(*v));
     }
-    let tuned = tune_rule_f1(&oof, cfg.horizon_ms, &cfg.rules, budget, 1.05).ok_or_else(|| {
+    let tuned = choose_operating_point(&oof, cfg.horizon_ms, &f1_goal(&cfg.rules, budget), 1.05).ok_or_else(|| {
         TrainError::Data(format!(
             "cross-validated, the model detects no failure within {budget:.2} false alarms per 1000 device-days: the data cannot support a model at that rate"
         ))

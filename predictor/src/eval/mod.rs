@@ -1,14 +1,18 @@
-//! Honest evaluation: time-ordered split, k-of-n alerting, event-level precision / recall,
-//! false alarms per 1000 healthy node-days, PR-AUC and lead times, for the model and two
-//! baselines (static thresholds, a single decision tree).
+//! Honest evaluation: the model and its baselines on nodes none of them saw, with k-of-n
+//! alerting, event-level precision / recall, false alarms per 1000 healthy node-days,
+//! PR-AUC and lead times, each with a 95% bootstrap interval over nodes.
 //!
-//! Alert semantics (also used to pick the model's threshold at training): a node alerts when
-//! its score is at or above threshold in `k` of its last `n` scored rounds. An alert is an
-//! event at the round the condition becomes true; a condition that stays true re-fires once
-//! per horizon, so every alert claims exactly "this node fails within H". It is a true positive
-//! if the node fails within H after it, a false positive otherwise.
+//! Alert semantics (also used to choose every method's operating point at training): a
+//! node alerts when its score is at or above threshold in `k` of its last `n` scored
+//! rounds. An alert is an event at the round the condition becomes true; a condition that
+//! stays true re-fires once per horizon, so every alert claims exactly "this node fails
+//! within H". It is a true positive if the node fails within H after it, a false positive
+//! otherwise.
+//!
+//! The baselines are not fitted here: training fitted and tuned them on the training nodes
+//! exactly as the model was, and the model file carries them, so nothing is fitted on the
+//! evaluated nodes and their whole span is test data.
 
-mod baselines;
 mod metrics;
 mod replay;
 mod report;
@@ -21,11 +25,9 @@ pub use metrics::{
 pub use replay::replay_policy;
 pub use report::{EvalReport, MethodReport, SweepPoint, Timeline, SWEEP_THRESHOLDS};
 pub use rule::{
-    alert_times, choose_threshold, choose_threshold_for_precision, tune_alert_rule, tune_rule_f1,
-    RuleOption, TuneConfig,
+    alert_times, choose_operating_point, tune_alert_rule, OperatingGoal, RuleOption, TuneConfig,
 };
 
-use baselines::{static_score, static_stats, STATIC_STATS};
 pub(crate) use metrics::HOUR_MS;
 pub(crate) use report::method_report as report_method;
 pub(crate) use report::pick_timelines as report_timelines;
@@ -35,52 +37,86 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::features::{feature_names, WindowFeatures};
-use crate::gbt::{Gbt, GbtConfig};
 use crate::model::{Model, ModelError};
 use crate::trace::Trace;
+use crate::train::rounds_of;
 
-/// The model's calibrated risk at every round of every node of `trace` from `from_ms` on
-/// (rounds on the model's cadence; a failed node's rounds stop at its failure).
-pub fn score_trace(
+/// Every method's per-round scores over a trace.
+#[derive(Debug, Clone, Default)]
+pub struct MethodScores {
+    /// The model's calibrated risk.
+    pub model: Vec<NodeScores>,
+    /// The static thresholds' score (multiples of their limits), when the model has them.
+    pub static_thresholds: Option<Vec<NodeScores>>,
+    /// The single tree's margin, when the model has it.
+    pub decision_tree: Option<Vec<NodeScores>>,
+}
+
+/// Scores every round of every node of `trace` from `from_ms` on (rounds on the model's
+/// cadence; a failed node's rounds stop at its failure) with the model and its baselines.
+/// Labels are the true failure times ([`crate::sample::FailureRecord::truth_ms`]).
+pub fn score_methods(
     model: &Model,
     trace: &Trace,
     from_ms: i64,
     progress: &ProgressBar,
-) -> Vec<NodeScores> {
+) -> MethodScores {
     let round = model.alert.round_ms;
+    let baselines = model.baselines.as_ref();
+    let static_thresholds = baselines.and_then(|b| b.static_thresholds.as_ref());
+    let tree = baselines.and_then(|b| b.decision_tree.as_ref());
+    let n_feat = model.features.len();
     progress.set_length(trace.nodes.len() as u64);
-    trace
+    let per_node: Vec<(NodeScores, Option<Vec<f64>>, Option<Vec<f64>>)> = trace
         .nodes
         .par_iter()
         .map(|series| {
+            let series = &*series.resample(model.window.resolution_ms);
             let failure = trace.failures.get(&series.node);
-            let failed_at = failure.map(|f| f.failed_at_ms);
-            let first = series.ts.first().copied().unwrap_or(from_ms).max(from_ms);
-            let last = series.ts.last().copied().unwrap_or(from_ms);
-            let t0 = first + round - first.rem_euclid(round);
-            let times: Vec<i64> = (0..)
-                .map(|i| t0 + i * round)
-                .take_while(|&t| t <= last)
-                .filter(|&t| failed_at.is_none_or(|f| t < f))
+            let truth = failure.map(|f| f.truth_ms());
+            let times = rounds_of(series, round, from_ms, i64::MAX, truth);
+            let (times, rows) = model.feature_rows(series, &times);
+            let scores = model
+                .gbt
+                .margins(&rows)
+                .into_iter()
+                .map(|m| model.calibration.probability(m))
                 .collect();
-            let (times, scores) = model.probabilities(series, &times);
+            let st = static_thresholds.map(|st| times.iter().map(|&t| st.score(series, t)).collect());
+            let tr = tree.map(|tr| {
+                let window: Vec<f64> = rows
+                    .chunks(n_feat)
+                    .flat_map(|r| r[..n_feat - 1].iter().copied())
+                    .collect();
+                tr.gbt.margins(&window)
+            });
             progress.inc(1);
-            NodeScores {
+            let model_scores = NodeScores {
                 node: series.node.clone(),
                 times,
                 scores,
-                failed_at: failed_at.filter(|&f| f >= from_ms),
+                failed_at: truth.filter(|&f| f >= from_ms),
                 precursor: failure.and_then(|f| f.has_precursor()),
-            }
+            };
+            (model_scores, st, tr)
         })
-        .collect()
+        .collect();
+    let with = |s: &NodeScores, scores: &Option<Vec<f64>>| NodeScores {
+        scores: scores.clone().unwrap_or_default(),
+        ..s.clone()
+    };
+    MethodScores {
+        static_thresholds: static_thresholds
+            .map(|_| per_node.iter().map(|(m, s, _)| with(m, s)).collect()),
+        decision_tree: tree.map(|_| per_node.iter().map(|(m, _, t)| with(m, t)).collect()),
+        model: per_node.into_iter().map(|p| p.0).collect(),
+    }
 }
 
 /// Evaluation settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalConfig {
-    /// Fraction of the trace's time span before the test slice (baselines fit there).
+    /// Fraction of the trace's time span skipped before the test slice (0: all of it).
     pub test_from_frac: f64,
     /// Override of the model's k (rounds above threshold).
     pub k: Option<usize>,
@@ -88,10 +124,6 @@ pub struct EvalConfig {
     pub n: Option<usize>,
     /// Override of the model's threshold.
     pub threshold: Option<f64>,
-    /// Maximum false alarms per 1000 healthy node-days when tuning baseline thresholds.
-    pub max_false_alarms: f64,
-    /// Negative rounds kept per positive-free stretch when fitting the tree baseline.
-    pub negative_stride: usize,
     /// Risk timelines to include in the report.
     pub timelines: usize,
     /// Bootstrap resamples (over nodes) for the 95% intervals; 0 for none.
@@ -103,12 +135,10 @@ pub struct EvalConfig {
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
-            test_from_frac: 0.5,
+            test_from_frac: 0.0,
             k: None,
             n: None,
             threshold: None,
-            max_false_alarms: 1.0,
-            negative_stride: 6,
             timelines: 6,
             bootstrap: 200,
             seed: 7,
@@ -116,37 +146,7 @@ impl Default for EvalConfig {
     }
 }
 
-struct NodeRounds {
-    node: String,
-    failed_at: Option<i64>,
-    precursor: Option<bool>,
-    early_times: Vec<i64>,
-    early_rows: Vec<f32>,
-    early_static: Vec<[f32; 4]>,
-    test_times: Vec<i64>,
-    test_rows: Vec<f32>,
-    test_static: Vec<[f32; 4]>,
-    test_probs: Vec<f64>,
-}
-
-/// `report` with 95% bootstrap intervals over the nodes of `scores` (when asked for).
-fn with_ci(
-    cfg: &EvalConfig,
-    scores: &[NodeScores],
-    h: i64,
-    mut report: MethodReport,
-) -> MethodReport {
-    if cfg.bootstrap > 0 {
-        report.ci95 = Some(bootstrap(&report.stats, scores, h, cfg.bootstrap, cfg.seed));
-    }
-    report
-}
-
-fn label(failed_at: Option<i64>, t: i64, h: i64) -> bool {
-    failed_at.is_some_and(|f| f > t && f - t <= h)
-}
-
-/// Evaluates `model` and the two baselines on `trace` (see the module docs).
+/// Evaluates `model` and its baselines on `trace` (see the module docs).
 pub fn evaluate(
     model: &Model,
     trace: &Trace,
@@ -156,218 +156,79 @@ pub fn evaluate(
     let h = model.horizon_ms;
     let k = cfg.k.unwrap_or(model.alert.k);
     let n = cfg.n.unwrap_or(model.alert.n).max(k);
-    let round = model.alert.round_ms;
-    let start = trace.start_ms();
-    let end = trace.end_ms();
-    let split = start + ((end - start) as f64 * cfg.test_from_frac.clamp(0.0, 1.0)) as i64;
-    let split = split - split.rem_euclid(round);
-    let names = feature_names();
-    let n_feat = names.len();
-    progress.set_length(trace.nodes.len() as u64);
-
-    let rounds: Vec<NodeRounds> = trace
-        .nodes
-        .par_iter()
-        .map(|series| {
-            let series = &*series.resample(model.window.resolution_ms);
-            let failure = trace.failures.get(&series.node);
-            let failed_at = failure.map(|f| f.failed_at_ms);
-            let first = series.ts.first().copied().unwrap_or(start);
-            let last = series.ts.last().copied().unwrap_or(start);
-            let t0 = first + round - first.rem_euclid(round);
-            let times: Vec<i64> = (0..)
-                .map(|i| t0 + i * round)
-                .take_while(|&t| t <= last)
-                .filter(|&t| failed_at.is_none_or(|f| t < f))
-                .collect();
-            let wf = WindowFeatures {
-                series,
-                spec: model.window,
-            };
-            let early: Vec<i64> = times
-                .iter()
-                .copied()
-                .filter(|&t| t < split && wf.scorable(t))
-                .collect();
-            let mut early_rows = Vec::with_capacity(early.len() * n_feat);
-            let mut buf = Vec::with_capacity(n_feat);
-            for &t in &early {
-                buf.clear();
-                wf.extract(t, &mut buf);
-                early_rows.extend(buf.iter().map(|&v| v as f32));
-            }
-            let test: Vec<i64> = times.iter().copied().filter(|&t| t >= split).collect();
-            let (test_times, rows) = model.feature_rows(series, &test);
-            let probs: Vec<f64> = model
-                .gbt
-                .margins(&rows)
-                .into_iter()
-                .map(|m| model.calibration.probability(m))
-                .collect();
-            let test_rows = rows
-                .chunks(n_feat + 1)
-                .flat_map(|r| r[..n_feat].iter().map(|&v| v as f32))
-                .collect();
-            progress.inc(1);
-            NodeRounds {
-                early_static: early.iter().map(|&t| static_stats(series, t)).collect(),
-                test_static: test_times
-                    .iter()
-                    .map(|&t| static_stats(series, t))
-                    .collect(),
-                node: series.node.clone(),
-                failed_at,
-                precursor: failure.and_then(|f| f.has_precursor()),
-                early_times: early,
-                early_rows,
-                test_times,
-                test_rows,
-                test_probs: probs,
-            }
-        })
-        .collect();
-
-    let scores_of = |early: bool, f: &dyn Fn(&NodeRounds, usize) -> f64| -> Vec<NodeScores> {
-        rounds
-            .iter()
-            .map(|r| {
-                let times = if early { &r.early_times } else { &r.test_times };
-                NodeScores {
-                    node: r.node.clone(),
-                    times: times.clone(),
-                    scores: (0..times.len()).map(|i| f(r, i)).collect(),
-                    failed_at: r
-                        .failed_at
-                        .filter(|&f| if early { f < split } else { f >= split }),
-                    precursor: r.precursor,
-                }
-            })
-            .collect()
-    };
-
-    // The model.
-    let model_scores = scores_of(false, &|r, i| r.test_probs[i]);
     let threshold = cfg.threshold.unwrap_or(model.alert.threshold);
-    let mut methods = vec![with_ci(cfg, &model_scores, h, method_report(
-        "model",
-        format!(
-            "LSTM autoencoder + {} boosted trees, Platt-calibrated, alert rule from the model file (training or tune)",
-            model.gbt.booster.iterations
+    let round = model.alert.round_ms;
+    let (start, end) = (trace.start_ms(), trace.end_ms());
+    let from = start + ((end - start) as f64 * cfg.test_from_frac.clamp(0.0, 1.0)) as i64;
+    let scored = score_methods(model, trace, from, progress);
+    let with_ci = |mut r: MethodReport, scores: &[NodeScores]| {
+        if cfg.bootstrap > 0 {
+            r.ci95 = Some(bootstrap(&r.stats, scores, h, cfg.bootstrap, cfg.seed));
+        }
+        r
+    };
+    let model_scores = scored.model;
+    let mut methods = vec![with_ci(
+        method_report(
+            "model",
+            format!(
+                "LSTM autoencoder + {} boosted trees, Platt-calibrated out of fold; {k}-of-{n} at {threshold:.4}",
+                model.gbt.booster.iterations
+            ),
+            &model_scores,
+            threshold,
+            k,
+            n,
+            h,
         ),
         &model_scores,
-        threshold,
-        k,
-        n,
-        h,
-    ))];
-
-    // Baseline 1: static thresholds at a healthy-quantile, the quantile tuned on the early slice.
-    let mut best_static: Option<(f64, [f64; 4], f64)> = None;
-    for q in [0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999] {
-        let mut limits = [f64::INFINITY; 4];
-        for (c, limit) in limits.iter_mut().enumerate() {
-            let healthy: Vec<f64> = rounds
-                .iter()
-                .flat_map(|r| {
-                    r.early_times.iter().enumerate().filter_map(move |(i, &t)| {
-                        let v = r.early_static[i][c] as f64;
-                        (!label(r.failed_at, t, h) && v.is_finite()).then_some(v)
-                    })
-                })
-                .collect();
-            *limit = quantile(&healthy, q).unwrap_or(f64::INFINITY).max(1e-9);
-        }
-        let early = scores_of(true, &|r, i| static_score(&r.early_static[i], &limits));
-        let f1 = alert_stats(&early, 1.0, k, n, h).f1();
-        if best_static.as_ref().is_none_or(|b| f1 > b.2) {
-            best_static = Some((q, limits, f1));
-        }
-    }
-    if let Some((q, limits, _)) = best_static {
-        let test = scores_of(false, &|r, i| static_score(&r.test_static[i], &limits));
+    )];
+    let baselines = model.baselines.as_ref();
+    if let (Some(st), Some(scores)) = (
+        baselines.and_then(|b| b.static_thresholds.as_ref()),
+        scored.static_thresholds.as_deref(),
+    ) {
         let desc = format!(
-            "alert when any of {} (10-min mean) exceeds its healthy {q} quantile on the early slice",
-            STATIC_STATS.join(", ")
+            "alert when any of {} (mean over {} min) exceeds its healthy {} quantile on the training nodes by {:.3}x, {}-of-{}; tuned out of fold as the model was",
+            st.stats.join(", "),
+            st.span_ms / 60_000,
+            st.quantile,
+            st.alert.threshold,
+            st.alert.k,
+            st.alert.n
         );
-        methods.push(with_ci(
-            cfg,
-            &test,
+        let r = method_report(
+            "static_thresholds",
+            desc,
+            scores,
+            st.alert.threshold,
+            st.alert.k,
+            st.alert.n,
             h,
-            method_report("static_thresholds", desc, &test, 1.0, k, n, h),
-        ));
+        );
+        methods.push(with_ci(r, scores));
     }
-
-    // Baseline 2: one decision tree on the same window features, fitted on the early slice.
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    let mut w = Vec::new();
-    for r in &rounds {
-        for (i, &t) in r.early_times.iter().enumerate() {
-            let pos = label(r.failed_at, t, h);
-            if pos || i % cfg.negative_stride.max(1) == 0 {
-                x.extend(
-                    r.early_rows[i * n_feat..(i + 1) * n_feat]
-                        .iter()
-                        .map(|&v| v as f64),
-                );
-                y.push(if pos { 1.0 } else { 0.0 });
-                w.push(if pos {
-                    1.0
-                } else {
-                    cfg.negative_stride.max(1) as f64
-                });
-            }
-        }
+    if let (Some(tree), Some(scores)) = (
+        baselines.and_then(|b| b.decision_tree.as_ref()),
+        scored.decision_tree.as_deref(),
+    ) {
+        let desc = format!(
+            "one depth-6 tree on the same window features, fitted on the training nodes; {}-of-{} at margin {:.3} tuned out of fold as the model was",
+            tree.alert.k, tree.alert.n, tree.alert.threshold
+        );
+        let r = method_report(
+            "decision_tree",
+            desc,
+            scores,
+            tree.alert.threshold,
+            tree.alert.k,
+            tree.alert.n,
+            h,
+        );
+        methods.push(with_ci(r, scores));
     }
-    if y.iter().any(|&v| v > 0.0) {
-        let tree_cfg = GbtConfig {
-            iterations: 1,
-            learning_rate: 1.0,
-            max_depth: 6,
-            subsample: 1.0,
-            colsample: 1.0,
-            ..Default::default()
-        };
-        match Gbt::fit(&x, n_feat, &y, &w, &[], &tree_cfg) {
-            Ok(tree) => {
-                let margins = |rows: &[f32]| -> Vec<f64> {
-                    let r: Vec<f64> = rows.iter().map(|&v| v as f64).collect();
-                    tree.margins(&r)
-                };
-                let early_m: Vec<Vec<f64>> =
-                    rounds.iter().map(|r| margins(&r.early_rows)).collect();
-                let test_m: Vec<Vec<f64>> = rounds.iter().map(|r| margins(&r.test_rows)).collect();
-                let early: Vec<NodeScores> = scores_of(true, &|_, _| 0.0)
-                    .into_iter()
-                    .zip(&early_m)
-                    .map(|(mut s, m)| {
-                        s.scores = m.clone();
-                        s
-                    })
-                    .collect();
-                let (thr, _) = choose_threshold(&early, k, n, h, cfg.max_false_alarms);
-                let test: Vec<NodeScores> = scores_of(false, &|_, _| 0.0)
-                    .into_iter()
-                    .zip(&test_m)
-                    .map(|(mut s, m)| {
-                        s.scores = m.clone();
-                        s
-                    })
-                    .collect();
-                methods.push(with_ci(cfg, &test, h, method_report(
-                    "decision_tree",
-                    "one depth-6 tree on the same window features, fitted and thresholded on the early slice".into(),
-                    &test,
-                    thr,
-                    k,
-                    n,
-                    h,
-                )));
-            }
-            Err(e) => tracing::warn!(error = %e, "decision-tree baseline could not be fitted"),
-        }
-    } else {
-        tracing::warn!("no failures in the early slice: decision-tree baseline skipped");
+    if baselines.is_none() {
+        tracing::warn!("the model file carries no baselines: only the model is reported");
     }
 
     let threshold_sweep = SWEEP_THRESHOLDS
@@ -414,7 +275,7 @@ pub fn evaluate(
     Ok(EvalReport {
         nodes: trace.nodes.len(),
         test_failures: methods[0].stats.failures,
-        test_from_ms: split,
+        test_from_ms: from,
         test_to_ms: end,
         horizon_h: h as f64 / HOUR_MS,
         k,
@@ -493,16 +354,28 @@ mod tests {
             at(&strong, Some(day + 1)),
             at(&weak, Some(day + 1)),
         ];
+        let goal = |min_precision| OperatingGoal {
+            rules: vec![(2, 2)],
+            max_false_alarms: 1000.0,
+            min_precision,
+        };
         // Best F1 catches both failures and pays a false alarm for it...
-        let (t_f1, st_f1) = choose_threshold(&nodes, 2, 2, day, 1000.0);
-        assert!(t_f1 <= 0.65 && st_f1.detected == 2, "{t_f1}");
+        let f1 = choose_operating_point(&nodes, day, &goal(0.0), 1.02).unwrap();
+        assert!(f1.threshold <= 0.65 && f1.stats.detected == 2, "{f1:?}");
+        assert!((f1.slack - f1.stats.f1()).abs() < 1e-12);
         // ...a precision floor gives up the weak one instead.
-        let (t, st) = choose_threshold_for_precision(&nodes, 2, 2, day, 0.99, 1000.0);
-        assert!(t > 0.7 && t <= 0.8, "{t}");
-        assert_eq!((st.detected, st.false_alerts), (1, 0));
+        let p = choose_operating_point(&nodes, day, &goal(0.99), 1.02).unwrap();
+        assert!(p.threshold > 0.7 && p.threshold <= 0.8, "{p:?}");
+        assert_eq!((p.stats.detected, p.stats.false_alerts), (1, 0));
         // An impossible floor falls back to best F1 within the budget.
-        let (t_none, _) = choose_threshold_for_precision(&nodes, 2, 2, day, 1.01, 1000.0);
-        assert_eq!(t_none, t_f1);
+        let none = choose_operating_point(&nodes, day, &goal(1.01), 1.02).unwrap();
+        assert_eq!(none.threshold, f1.threshold);
+        // A budget nothing meets yields no operating point.
+        let strict = OperatingGoal {
+            max_false_alarms: -1.0,
+            ..goal(0.0)
+        };
+        assert!(choose_operating_point(&nodes, day, &strict, 1.02).is_none());
     }
 
     #[test]
@@ -550,9 +423,21 @@ mod tests {
         failing.times = (0..100).map(|i| i * day / 100).collect();
         failing.scores[98] = 0.8;
         failing.scores[99] = 0.8;
-        let (t, st) = choose_threshold(&[healthy, failing], 2, 2, day, 1000.0);
-        assert!(t > 0.6 && t <= 0.8, "{t}");
-        assert_eq!(st.detected, 1);
+        let goal = OperatingGoal {
+            rules: vec![(2, 2)],
+            max_false_alarms: 1000.0,
+            min_precision: 0.0,
+        };
+        let nodes = [healthy, failing];
+        let o = choose_operating_point(&nodes, day, &goal, 1.02).unwrap();
+        assert!(o.threshold > 0.6 && o.threshold <= 0.8, "{o:?}");
+        assert_eq!((o.stats.detected, o.stats.false_alerts_healthy), (1, 1));
+        // Without room for the spike's false alarm, nothing can be detected.
+        let quiet = OperatingGoal {
+            max_false_alarms: 0.0,
+            ..goal
+        };
+        assert!(choose_operating_point(&nodes, day, &quiet, 1.02).is_none());
         let (ap, curve) = pr_curve(&[node(&[0.9, 0.1], Some(15))], 100);
         assert!((ap - 1.0).abs() < 1e-12 || ap > 0.0);
         assert!(!curve.is_empty());

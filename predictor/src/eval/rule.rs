@@ -77,73 +77,6 @@ fn threshold_candidates(
         .collect()
 }
 
-/// The best F1 among candidates with at most `max_fa` false alarms on healthy nodes per 1000
-/// healthy node-days (ties to the higher threshold), or, if none qualifies, the quietest.
-fn best_f1(evaluated: Vec<(f64, AlertStats)>, max_fa: f64) -> (f64, AlertStats) {
-    let best_ok = evaluated
-        .iter()
-        .filter(|(_, s)| s.false_alarms_per_1000() <= max_fa)
-        .max_by(|a, b| a.1.f1().total_cmp(&b.1.f1()).then(b.0.total_cmp(&a.0)));
-    match best_ok {
-        Some((t, s)) => (*t, s.clone()),
-        None => evaluated
-            .into_iter()
-            .min_by(|a, b| {
-                a.1.false_alarms_per_1000()
-                    .total_cmp(&b.1.false_alarms_per_1000())
-            })
-            .unwrap_or((f64::INFINITY, AlertStats::default())),
-    }
-}
-
-/// Picks the threshold with the best F1 among those with at most `max_fa` false alarms on
-/// healthy nodes per 1000 healthy node-days (or, if none qualifies, the quietest one).
-pub fn choose_threshold(
-    nodes: &[NodeScores],
-    k: usize,
-    n: usize,
-    horizon_ms: i64,
-    max_fa: f64,
-) -> (f64, AlertStats) {
-    best_f1(threshold_candidates(nodes, k, n, horizon_ms, 1.12), max_fa)
-}
-
-/// Picks the threshold for a precision-constrained goal: the highest recall among thresholds
-/// with precision at least `min_precision` and at most `max_fa` false alarms per 1000 healthy
-/// node-days (ties go to the higher precision, then the higher threshold). When no threshold
-/// meets both, falls back to [`choose_threshold`]'s best F1 within the false-alarm budget.
-///
-/// Why not best F1: an operator pays for every false alert with a needless drain, so the
-/// issue fixes a precision floor and a false-alarm ceiling, and recall is what is left to
-/// maximise.
-pub fn choose_threshold_for_precision(
-    nodes: &[NodeScores],
-    k: usize,
-    n: usize,
-    horizon_ms: i64,
-    min_precision: f64,
-    max_fa: f64,
-) -> (f64, AlertStats) {
-    let evaluated = threshold_candidates(nodes, k, n, horizon_ms, 1.12);
-    let best = evaluated
-        .iter()
-        .filter(|(_, s)| {
-            s.true_alerts > 0
-                && s.precision() >= min_precision
-                && s.false_alarms_per_1000() <= max_fa
-        })
-        .max_by(|a, b| {
-            a.1.detected
-                .cmp(&b.1.detected)
-                .then(a.1.precision().total_cmp(&b.1.precision()))
-                .then(a.0.total_cmp(&b.0))
-        });
-    match best {
-        Some((t, s)) => (*t, s.clone()),
-        None => best_f1(evaluated, max_fa),
-    }
-}
-
 /// The issue's targets, which [`tune_alert_rule`] chooses an alert rule for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TuneConfig {
@@ -263,27 +196,45 @@ fn better(a: &RuleOption, b: &RuleOption) -> std::cmp::Ordering {
         .then(a.stats.precision().total_cmp(&b.stats.precision()))
 }
 
-/// The rule and threshold with the best F1 among those with at most `max_fa` false alarms
-/// per 1000 healthy node-days (ties to the higher threshold); `None` when no candidate
-/// detects anything within the budget. The option's `slack` holds its F1.
+/// What an operating point (a k-of-n rule and a threshold) is chosen for: the best F1 among
+/// the candidate rules and thresholds with at most `max_false_alarms` false alarms per 1000
+/// healthy node-days, preferring those that also reach `min_precision` when any does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OperatingGoal {
+    /// Candidate (k, n) rules.
+    pub rules: Vec<(usize, usize)>,
+    /// False alarms per 1000 healthy node-days allowed.
+    pub max_false_alarms: f64,
+    /// Precision floor, honoured when some candidate reaches it (0: none).
+    pub min_precision: f64,
+}
+
+/// The rule and threshold that best meet `goal` on `nodes` (every candidate threshold of
+/// every rule, thresholds at score ranks spaced by `rank_step`); `None` when no candidate
+/// detects a failure within the false-alarm budget. The option's `slack` holds its F1.
 ///
-/// This is how the disk model and its baselines are all tuned, on out-of-fold scores: F1 is
-/// what the issue compares them on, and the false-alarm budget makes the comparison one at
-/// an equal or lower false-alarm rate.
-pub fn tune_rule_f1(
+/// This is how the node model, the disk model and all their baselines choose where to
+/// alert, each on its own out-of-fold scores of the training nodes: F1 is what the issue
+/// compares them on, the false-alarm budget makes the comparison one at an equal or lower
+/// false-alarm rate, and choosing for the best F1 within the budget (rather than, say, the
+/// most recall at a high precision floor) keeps an operating point from sitting far quieter
+/// than the budget allows. Ties go to the higher threshold.
+pub fn choose_operating_point(
     nodes: &[NodeScores],
     horizon_ms: i64,
-    rules: &[(usize, usize)],
-    max_fa: f64,
+    goal: &OperatingGoal,
     rank_step: f64,
 ) -> Option<RuleOption> {
-    rules
+    let options: Vec<RuleOption> = goal
+        .rules
         .iter()
         .filter(|(k, n)| *k >= 1 && k <= n)
         .flat_map(|&(k, n)| {
             threshold_candidates(nodes, k, n, horizon_ms, rank_step)
                 .into_iter()
-                .filter(|(_, st)| st.detected > 0 && st.false_alarms_per_1000() <= max_fa)
+                .filter(|(_, st)| {
+                    st.detected > 0 && st.false_alarms_per_1000() <= goal.max_false_alarms
+                })
                 .map(move |(threshold, stats)| RuleOption {
                     k,
                     n,
@@ -292,9 +243,16 @@ pub fn tune_rule_f1(
                     stats,
                 })
         })
-        .max_by(|a, b| {
-            a.slack
-                .total_cmp(&b.slack)
-                .then(a.threshold.total_cmp(&b.threshold))
-        })
+        .collect();
+    let by_f1 = |a: &&RuleOption, b: &&RuleOption| {
+        a.slack
+            .total_cmp(&b.slack)
+            .then(a.threshold.total_cmp(&b.threshold))
+    };
+    options
+        .iter()
+        .filter(|o| o.stats.precision() >= goal.min_precision)
+        .max_by(by_f1)
+        .or_else(|| options.iter().max_by(by_f1))
+        .cloned()
 }

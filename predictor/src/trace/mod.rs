@@ -90,6 +90,11 @@ pub struct NodeSeries {
     pub values: Vec<[f32; N_METRICS]>,
     /// SMART readings.
     pub smart: SmartSeries,
+    /// The grid this series was put on by [`Self::resample`] (counts already per-minute
+    /// rates), `None` for samples as reported. Resampling is then idempotent: before this
+    /// existed, a series resampled onto a 10-minute grid and handed to a function that
+    /// resamples again had its counts rescaled twice.
+    pub grid_ms: Option<i64>,
 }
 
 impl NodeSeries {
@@ -158,6 +163,9 @@ impl NodeSeries {
         use std::borrow::Cow;
         const MINUTE_MS: f64 = 60_000.0;
         let res = resolution_ms.max(1);
+        if self.grid_ms == Some(res) {
+            return Cow::Borrowed(self);
+        }
         let interval = self.interval_ms().unwrap_or(res).max(1);
         let near = (interval - res).abs() * 10 <= res;
         if near && res == MINUTE_MS as i64 {
@@ -172,6 +180,7 @@ impl NodeSeries {
         let mut out = NodeSeries {
             node: self.node.clone(),
             smart: self.smart.clone(),
+            grid_ms: Some(res),
             ..Default::default()
         };
         if interval * 10 >= res * 9 {
@@ -594,6 +603,7 @@ mod tests {
                 failed_at_ms: 10,
                 cause: None,
                 precursor_onset_ms: None,
+                died_at_ms: None,
             }],
         )
         .unwrap();

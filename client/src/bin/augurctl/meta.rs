@@ -2,7 +2,7 @@
 
 use crate::{cas_report, parse_expect};
 use augur_client::Client;
-use augur_proto::wire::{Change, WatchEvent};
+use augur_proto::wire::{Change, ClusterStatus, WatchEvent};
 use augur_proto::{Key, MemberId, Record, Setting, Table};
 use clap::{Subcommand, ValueEnum};
 use futures::StreamExt;
@@ -78,6 +78,16 @@ impl From<TableArg> for Table {
     }
 }
 
+/// One member in `augurctl status --json`.
+#[derive(serde::Serialize)]
+struct StatusRow<'a> {
+    endpoint: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a ClusterStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
 /// `augurctl status`: every configured member's view.
 pub async fn status(c: &Client, json: bool) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
@@ -85,11 +95,14 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<i32> {
         rows.push((ep.clone(), c.status(Some(ep)).await));
     }
     if json {
-        let v: Vec<_> = rows
+        // Serialized directly, not through `serde_json::Value`: a cluster id is a u128,
+        // which a `Value` cannot hold.
+        let v: Vec<StatusRow> = rows
             .iter()
-            .map(|(ep, s)| match s {
-                Ok(s) => serde_json::json!({"endpoint": ep, "status": s}),
-                Err(e) => serde_json::json!({"endpoint": ep, "error": e.to_string()}),
+            .map(|(ep, s)| StatusRow {
+                endpoint: ep,
+                status: s.as_ref().ok(),
+                error: s.as_ref().err().map(|e| e.to_string()),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);

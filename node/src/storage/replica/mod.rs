@@ -112,6 +112,9 @@ pub enum Msg {
     },
     /// Report this replica's state.
     Status(oneshot::Sender<ReplicaStatus>),
+    /// The node was declared Down: whatever it led is void until the control plane names a
+    /// primary again at a new epoch. Answered once the replica has stepped down.
+    NodeFenced(oneshot::Sender<()>),
     /// Periodic housekeeping.
     Tick,
 }
@@ -145,6 +148,14 @@ impl Handle {
         tokio::time::timeout(timeout, rx.wait_for(|v| v.applied >= seq))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Tells the replica its node was declared Down, and waits until it has stepped down.
+    pub async fn fence(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::NodeFenced(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Asks for the replica's status.
@@ -196,7 +207,8 @@ pub struct Replica {
     pub(crate) checkpoint_waiters: Vec<(u64, oneshot::Sender<Result<u64, DataError>>)>,
     /// Primary: one replication stream per peer.
     pub(crate) senders: HashMap<NodeId, Sender>,
-    /// Primary: each peer's acknowledged sequence and when it last advanced.
+    /// Primary: each peer's acknowledged sequence, and since when it has owed an
+    /// acknowledgement (its last one, or when it became behind after having everything).
     pub(crate) acked: HashMap<NodeId, (u64, Instant)>,
     /// Primary: peers already reported to the control plane at this epoch.
     pub(crate) reported: HashMap<NodeId, u64>,
@@ -344,6 +356,15 @@ impl Replica {
             Msg::Checkpoint { epoch, reply } => self.on_checkpoint(epoch, reply),
             Msg::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Msg::NodeFenced(reply) => {
+                if self.state.role == ReplicaRole::Primary {
+                    self.step_down("this node was declared Down");
+                    // As after a restart: ask for a new epoch before serving again.
+                    self.reconcile_at = 0;
+                    self.asked_reelection = None;
+                }
+                let _ = reply.send(());
             }
             Msg::Tick => self.on_tick(tx),
         }

@@ -55,6 +55,12 @@ impl Replica {
                 epoch: self.state.epoch,
             });
         }
+        if epoch < self.state.epoch {
+            return Err(DataError::StaleEpoch {
+                shard: self.shard,
+                epoch: self.state.epoch,
+            });
+        }
         if self.state.role != ReplicaRole::Primary {
             return Err(self.redirect());
         }
@@ -187,6 +193,14 @@ impl Replica {
                 }
             }
             return;
+        }
+        // A peer that had everything starts owing now: its ack timeout counts from here, not
+        // from its last acknowledgement (which may be long ago on an idle shard).
+        let now = Instant::now();
+        for (seq, since) in self.acked.values_mut() {
+            if *seq >= self.last.0 {
+                *since = now;
+            }
         }
         self.last = (entry.seq, entry.epoch);
         if let Some(id) = entry.request {
