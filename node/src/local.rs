@@ -65,15 +65,30 @@ pub fn members(dir: &Path) -> anyhow::Result<Vec<u64>> {
     Ok(ids)
 }
 
-/// A free UDP port (QUIC) and a free TCP port (HTTP admin) on loopback.
+/// A free UDP port (QUIC) and a free TCP port (HTTP admin) on loopback, never one this
+/// process handed out before: the sockets that found them are closed before the members bind,
+/// so the kernel could offer a port again to the next member of the same cluster.
 pub(crate) fn free_port_pair() -> anyhow::Result<(u16, u16)> {
-    // Hold both sockets until both ports are known, so the two cannot collide.
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok((udp.local_addr()?.port(), tcp.local_addr()?.port()))
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    // Hold every socket tried until a fresh pair is found, so none is offered twice here.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let (q, a) = (udp.local_addr()?.port(), tcp.local_addr()?.port());
+        let mut given = GIVEN
+            .lock()
+            .map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+        if q != a && !given.contains(&q) && !given.contains(&a) {
+            given.extend([q, a]);
+            return Ok((q, a));
+        }
+        held.push((udp, tcp));
+    }
+    anyhow::bail!("no fresh pair of loopback ports after 64 tries")
 }
 
-/// Raft settings a local cluster may override, e.g. to make snapshots frequent in tests.
+/// Member settings a new local cluster may override, e.g. to make snapshots frequent in tests.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tuning {
     /// `raft.snapshot_logs_since_last`.
@@ -82,6 +97,9 @@ pub struct Tuning {
     pub keep_logs: Option<u64>,
     /// `raft.append_window`.
     pub append_window: Option<usize>,
+    /// `control.down_delay_ms`: how long a Down storage node waits before its replicas are
+    /// re-created (benchmarks and demos of re-replication set it to seconds).
+    pub down_delay_ms: Option<u64>,
 }
 
 fn write_member(
@@ -130,6 +148,9 @@ fn write_member(
         if let Some(n) = tuning.append_window {
             config.push_str(&format!("append_window = {n}\n"));
         }
+    }
+    if let Some(ms) = tuning.down_delay_ms {
+        config.push_str(&format!("\n[control]\ndown_delay_ms = {ms}\n"));
     }
     std::fs::write(mdir.join("config.toml"), config)?;
     Ok(())

@@ -181,6 +181,10 @@ enum CertCmd {
 enum BenchCmd {
     /// Benchmark the metadata service.
     Meta(bench::MetaBenchArgs),
+    /// Benchmark the data plane (puts, gets, mixed, or a load with memory per node).
+    Data(bench::data::DataBenchArgs),
+    /// Kill a storage node under load: the write gap and the time and rate to restore RF.
+    Recover(bench::recover::RecoverBenchArgs),
 }
 
 fn init_logging(format: &str) {
@@ -270,7 +274,10 @@ async fn run_storage(a: StorageArgs) -> anyhow::Result<()> {
     let cfg = storage_config(a)?;
     let admin_addr = cfg.admin_listen;
     let node = augur_node::storage::StorageNode::start(cfg).await?;
-    let admin = tokio::spawn(augur_node::storage::admin::serve(node.ctx().clone(), admin_addr));
+    let admin = tokio::spawn(augur_node::storage::admin::serve(
+        node.ctx().clone(),
+        admin_addr,
+    ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -327,6 +334,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Local(cmd) => local::cli::run(cmd).await,
         Cmd::Bench(BenchCmd::Meta(a)) => bench::run_meta(a).await,
+        Cmd::Bench(BenchCmd::Data(a)) => bench::data::run_data(a).await,
+        Cmd::Bench(BenchCmd::Recover(a)) => bench::recover::run_recover(a).await,
     }
 }
 

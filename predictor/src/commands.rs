@@ -153,7 +153,15 @@ pub(crate) fn train_cmd(a: TrainArgs, progress: &Progress) -> Result<()> {
     );
     println!(
         "  {:<18} {:>5} {:>10} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7}",
-        "method", "rule", "threshold", "precision", "recall", "rec.prec", "F1", "FA/1000d", "PR-AUC"
+        "method",
+        "rule",
+        "threshold",
+        "precision",
+        "recall",
+        "rec.prec",
+        "F1",
+        "FA/1000d",
+        "PR-AUC"
     );
     for m in &report.out_of_fold {
         println!(
@@ -266,7 +274,12 @@ pub(crate) fn eval_cmd(a: EvalArgs, progress: &Progress) -> Result<()> {
             };
             let report = evaluate_disk(&disk, &trace, &cfg)?;
             print_report(&report);
-            return write_report(&report, a.json.as_deref(), a.html.as_deref(), a.scores.as_deref());
+            return write_report(
+                &report,
+                a.json.as_deref(),
+                a.html.as_deref(),
+                a.scores.as_deref(),
+            );
         }
         Err(e) => return Err(e.into()),
     };
@@ -290,7 +303,12 @@ pub(crate) fn eval_cmd(a: EvalArgs, progress: &Progress) -> Result<()> {
     };
     let report = evaluate(&model, &trace, &cfg, &progress.bar("scoring nodes"))?;
     print_report(&report);
-    write_report(&report, a.json.as_deref(), a.html.as_deref(), a.scores.as_deref())
+    write_report(
+        &report,
+        a.json.as_deref(),
+        a.html.as_deref(),
+        a.scores.as_deref(),
+    )
 }
 
 /// Prints one method's candidate rules on the validation trace and returns its choice.
@@ -338,8 +356,7 @@ pub(crate) fn tune_cmd(a: TuneArgs, progress: &Progress) -> Result<()> {
     let from = trace.start_ms() + model.window.baseline_ms;
     let scored = score_methods(&model, &trace, from, &progress.bar("scoring nodes"));
     if let Some(path) = &a.scores {
-        write_scores(path, &scored.model)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_scores(path, &scored.model).with_context(|| format!("writing {}", path.display()))?;
     }
     let cfg = TuneConfig {
         rules: a.rules.0.clone(),

@@ -457,6 +457,19 @@ pub enum DataRequest {
     },
     /// The state of every replica on the node (the control plane's probe).
     Probe,
+    /// Asks a shard's primary to hand off (a planned move of its primary role): it stops
+    /// taking writes and reads, lets every write in flight commit, and answers with its last
+    /// applied sequence; the control plane then makes a secondary that has it the primary at
+    /// a new epoch. Clients meanwhile get `Unavailable` and retry: no request fails. A primary
+    /// that sees no new configuration within `timeout_ms` serves again.
+    HandOff {
+        /// The shard.
+        shard: ShardId,
+        /// The epoch the caller believes in.
+        epoch: u64,
+        /// How long to wait for the new configuration before serving again.
+        timeout_ms: u64,
+    },
     /// Asks a shard's primary to write a checkpoint entry; answered with its sequence once
     /// it is committed.
     Checkpoint {
@@ -483,6 +496,11 @@ pub enum DataResponse {
     },
     /// The node's replicas.
     Probe(NodeReport),
+    /// The primary handed off: every write it took is committed and applied up to `seq`.
+    HandedOff {
+        /// Its last applied sequence.
+        seq: u64,
+    },
     /// A checkpoint entry was committed at this sequence.
     Checkpointed {
         /// Its sequence.

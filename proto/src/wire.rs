@@ -7,8 +7,8 @@
 
 use crate::data::{DataCluster, NodeReport};
 use crate::ids::{ClusterId, MemberId, NodeId, ShardId};
-use crate::model::{Node, NodeState};
 use crate::model::Record;
+use crate::model::{Node, NodeState};
 use crate::txn::{Key, Table, Txn, TxnResult};
 use serde::{Deserialize, Serialize};
 

@@ -19,7 +19,16 @@ impl LocalCluster {
     /// SIGKILLs storage node `id`, as a crash would.
     pub fn kill_storage(&self, id: u64) -> anyhow::Result<()> {
         let d = self.dir().to_string_lossy().into_owned();
-        augur(&["local", "stop", "--dir", &d, "--storage", &id.to_string(), "--kill"]).map(|_| ())
+        augur(&[
+            "local",
+            "stop",
+            "--dir",
+            &d,
+            "--storage",
+            &id.to_string(),
+            "--kill",
+        ])
+        .map(|_| ())
     }
 
     /// Starts storage node `id` again.
@@ -52,7 +61,9 @@ impl LocalCluster {
 
 /// Every shard record, by id.
 pub async fn shards(client: &Client) -> anyhow::Result<BTreeMap<ShardId, Shard>> {
-    let (records, _) = client.list(Table::Shards, Consistency::Linearizable).await?;
+    let (records, _) = client
+        .list(Table::Shards, Consistency::Linearizable)
+        .await?;
     Ok(records
         .into_iter()
         .filter_map(|r| match r {

@@ -45,21 +45,33 @@ async fn writes_replicate_to_every_replica_and_read_back_from_primaries() -> any
         assert_eq!(&got.value, &values[key]);
     }
     // Compare-and-set on the version read; a stale version loses and changes nothing.
-    let (key, version) = versions.iter().next().map(|(k, v)| (k.clone(), *v)).expect("keys");
+    let (key, version) = versions
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), *v))
+        .expect("keys");
     assert_eq!(
-        data.cas(key.clone(), Some(version + 1_000_000), Some(b"nope".to_vec()))
-            .await?,
+        data.cas(
+            key.clone(),
+            Some(version + 1_000_000),
+            Some(b"nope".to_vec())
+        )
+        .await?,
         WriteOutcome::Conflict {
             current: Some(version)
         }
     );
-    let WriteOutcome::Applied { version: v2 } =
-        data.cas(key.clone(), Some(version), Some(b"new".to_vec())).await?
+    let WriteOutcome::Applied { version: v2 } = data
+        .cas(key.clone(), Some(version), Some(b"new".to_vec()))
+        .await?
     else {
         panic!("a CAS on the current version must apply");
     };
     assert!(v2 > version);
-    assert_eq!(data.get(key.as_bytes()).await?.map(|v| v.value), Some(b"new".to_vec()));
+    assert_eq!(
+        data.get(key.as_bytes()).await?.map(|v| v.value),
+        Some(b"new".to_vec())
+    );
     // Create-if-absent, then delete.
     assert!(matches!(
         data.cas("fresh", None, Some(b"1".to_vec())).await?,
@@ -76,7 +88,11 @@ async fn writes_replicate_to_every_replica_and_read_back_from_primaries() -> any
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = data.scan_prefix(b"key-", after.as_deref(), 37).await?;
-        seen.extend(page.items.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()));
+        seen.extend(
+            page.items
+                .iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned()),
+        );
         after = page.items.last().map(|(k, _)| k.clone());
         if !page.more {
             break;
@@ -87,24 +103,32 @@ async fn writes_replicate_to_every_replica_and_read_back_from_primaries() -> any
 
     // Every replica of every shard applied the same entries: wait until each shard's
     // replicas report the same applied sequence as its primary.
-    poll(Duration::from_secs(30), "replicas to apply everything", || async {
-        let status = storage_status(&c).await?;
-        let mut per_shard: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
-        for s in status.values() {
-            for r in s["replicas"].as_array().into_iter().flatten() {
-                per_shard
-                    .entry(r["shard"].as_u64().unwrap_or(0))
-                    .or_default()
-                    .push((r["role"].as_str().unwrap_or("").to_string(), r["applied"].as_u64().unwrap_or(0)));
+    poll(
+        Duration::from_secs(30),
+        "replicas to apply everything",
+        || async {
+            let status = storage_status(&c).await?;
+            let mut per_shard: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
+            for s in status.values() {
+                for r in s["replicas"].as_array().into_iter().flatten() {
+                    per_shard
+                        .entry(r["shard"].as_u64().unwrap_or(0))
+                        .or_default()
+                        .push((
+                            r["role"].as_str().unwrap_or("").to_string(),
+                            r["applied"].as_u64().unwrap_or(0),
+                        ));
+                }
             }
-        }
-        let converged = per_shard.len() == 8
-            && per_shard.values().all(|rs| {
-                rs.len() == 3 && rs.iter().all(|(_, a)| *a == rs[0].1)
-                    && rs.iter().filter(|(role, _)| role == "Primary").count() == 1
-            });
-        Ok(converged.then_some(()))
-    })
+            let converged = per_shard.len() == 8
+                && per_shard.values().all(|rs| {
+                    rs.len() == 3
+                        && rs.iter().all(|(_, a)| *a == rs[0].1)
+                        && rs.iter().filter(|(role, _)| role == "Primary").count() == 1
+                });
+            Ok(converged.then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }

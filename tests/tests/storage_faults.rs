@@ -63,7 +63,12 @@ async fn writer(data: DataClient, w: usize, ledger: Arc<Mutex<Ledger>>, stop: Ar
 
 /// Reads keys in a loop; a read must not return a version older than the one acknowledged
 /// before it began.
-async fn reader(data: DataClient, writers: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+async fn reader(
+    data: DataClient,
+    writers: usize,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut n = 0u64;
     while !stop.load(Ordering::Acquire) {
         n += 1;
@@ -116,10 +121,20 @@ async fn a_killed_primary_loses_nothing_and_no_read_goes_back_in_time() -> anyho
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..4 {
-        tasks.push(tokio::spawn(writer(data.clone(), w, ledger.clone(), stop.clone())));
+        tasks.push(tokio::spawn(writer(
+            data.clone(),
+            w,
+            ledger.clone(),
+            stop.clone(),
+        )));
     }
     for _ in 0..2 {
-        tasks.push(tokio::spawn(reader(data.clone(), 4, ledger.clone(), stop.clone())));
+        tasks.push(tokio::spawn(reader(
+            data.clone(),
+            4,
+            ledger.clone(),
+            stop.clone(),
+        )));
     }
     poll(Duration::from_secs(30), "writes under way", || async {
         Ok((ledger.lock().unwrap().writes_ok > 100).then_some(()))
@@ -129,10 +144,16 @@ async fn a_killed_primary_loses_nothing_and_no_read_goes_back_in_time() -> anyho
     c.kill_storage(victim.0)?;
     // Writes resume on every shard once the control plane has promoted new primaries.
     let before = ledger.lock().unwrap().writes_ok;
-    poll(Duration::from_secs(60), "every shard to have a live primary", || async {
-        let s = shards(&c.client).await?;
-        Ok(s.values().all(|s| s.replicas.first() != Some(&victim)).then_some(()))
-    })
+    poll(
+        Duration::from_secs(60),
+        "every shard to have a live primary",
+        || async {
+            let s = shards(&c.client).await?;
+            Ok(s.values()
+                .all(|s| s.replicas.first() != Some(&victim))
+                .then_some(()))
+        },
+    )
     .await?;
     poll(Duration::from_secs(30), "writes to go on", || async {
         Ok((ledger.lock().unwrap().writes_ok > before + 200).then_some(()))
@@ -174,12 +195,18 @@ async fn a_killed_secondary_is_removed_and_writes_go_on_before_it_is_declared_do
     for (id, s) in &after {
         let old = &before[id];
         if old.replicas.iter().skip(1).any(|n| *n == victim) {
-            assert!(!s.replicas.contains(&victim), "shard {id} still lists node {victim}: {s:?}");
+            assert!(
+                !s.replicas.contains(&victim),
+                "shard {id} still lists node {victim}: {s:?}"
+            );
             assert!(s.epoch > old.epoch);
         }
     }
     for i in 0..64 {
-        let v = data.get(format!("k{i}").as_bytes()).await?.expect("written");
+        let v = data
+            .get(format!("k{i}").as_bytes())
+            .await?
+            .expect("written");
         assert_eq!(v.value, b"v2");
     }
     Ok(())
@@ -247,22 +274,29 @@ async fn a_frozen_primary_stops_serving_before_another_is_promoted() -> anyhow::
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!answers.is_empty(), "the thawed node never answered");
-    assert!(answers.iter().all(|a| matches!(
-        a,
-        DataResponse::Error(
-            DataError::Unavailable(_)
-                | DataError::StaleEpoch { .. }
-                | DataError::Redirect(_)
-                | DataError::UnknownShard(_)
-        )
-    )), "{answers:?}");
-    assert_eq!(data.get(b"frozen").await?.map(|v| v.value), Some(b"new".to_vec()));
+    assert!(
+        answers.iter().all(|a| matches!(
+            a,
+            DataResponse::Error(
+                DataError::Unavailable(_)
+                    | DataError::StaleEpoch { .. }
+                    | DataError::Redirect(_)
+                    | DataError::UnknownShard(_)
+            )
+        )),
+        "{answers:?}"
+    );
+    assert_eq!(
+        data.get(b"frozen").await?.map(|v| v.value),
+        Some(b"new".to_vec())
+    );
     assert!(promoted.epoch > record.epoch);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_requests_to_a_storage_node_get_typed_errors_and_change_nothing() -> anyhow::Result<()> {
+async fn bad_requests_to_a_storage_node_get_typed_errors_and_change_nothing() -> anyhow::Result<()>
+{
     let c = cluster().await?;
     let data = DataClient::new(c.new_client()?).await?;
     data.put("stays", b"same".to_vec()).await?;
@@ -333,12 +367,15 @@ async fn bad_requests_to_a_storage_node_get_typed_errors_and_change_nothing() ->
             },
             |e| matches!(e, DataError::InvalidArgument(_)),
         ),
-        // Replication and checkpoints are not for an operator's certificate.
+        // Replication is not for an operator's certificate.
         (
-            DataRequest::Checkpoint {
+            DataRequest::Replicate(augur_proto::data::Fence {
                 shard,
                 epoch: record.epoch,
-            },
+                from: record.replicas[0],
+                from_incarnation: 1,
+                to: record.replicas[0],
+            }),
             |e| matches!(e, DataError::PermissionDenied(_)),
         ),
     ];

@@ -1,11 +1,13 @@
-//! `augur-etcd-bench`: the reference side of `augur bench meta`.
+//! `augur-etcd-bench`: the reference side of `augur bench meta` and `augur bench data`.
 //!
-//! Runs the same workload against etcd v3 that `augur bench meta` runs against Augur, and
-//! prints the same report fields, so the two can be compared side by side:
-//! - `cas`: get a key, then a Txn that puts it only if its mod_revision is still the one read;
-//! - `read`: linearizable gets.
-//!
-//! Keys are `shard/<id>` for ids 1..=keys, created first if absent.
+//! Runs the same workload against etcd v3 that Augur's benchmarks run, and prints the same
+//! report fields, so the two can be compared side by side:
+//! - `cas`: get a key, then a Txn that puts it only if its mod_revision is still the one read
+//!   (`augur bench meta`; keys `shard/<id>`, created first if absent);
+//! - `read`: linearizable gets of those keys;
+//! - `put`, `get`, `mixed`: the data benchmark's blind puts, linearizable gets, and a mix
+//!   (`--read-percent` gets) of keys `bench-NNNNNNNNNN` with `--value-size` random bytes, the
+//!   names and sizes `augur bench data` uses; get and mixed write the keys first.
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
@@ -22,6 +24,15 @@ use std::time::{Duration, Instant};
 enum Mode {
     Cas,
     Read,
+    Put,
+    Get,
+    Mixed,
+}
+
+impl Mode {
+    fn is_data(self) -> bool {
+        matches!(self, Mode::Put | Mode::Get | Mode::Mixed)
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -45,6 +56,12 @@ struct Args {
     /// Workload.
     #[arg(long, value_enum, default_value_t = Mode::Cas)]
     mode: Mode,
+    /// Data modes: bytes per value.
+    #[arg(long, default_value_t = 1024)]
+    value_size: usize,
+    /// Mixed mode: percentage of operations that are gets.
+    #[arg(long, default_value_t = 50)]
+    read_percent: u32,
     /// JSON output.
     #[arg(long)]
     json: bool,
@@ -69,6 +86,41 @@ struct Report {
 
 fn key(id: u64) -> String {
     format!("shard/{id}")
+}
+
+/// The data benchmark's key of index `id` (as `augur bench data` names it).
+fn data_key(id: u64) -> String {
+    format!("bench-{id:010}")
+}
+
+fn random_value(size: usize) -> Vec<u8> {
+    let mut v = vec![0u8; size];
+    rand::thread_rng().fill(&mut v[..]);
+    v
+}
+
+/// Writes data keys 1..=keys with one writer per client.
+async fn preload_data(clients: &[Client], writers: usize, keys: u64, size: usize) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let mut tasks = Vec::new();
+    for w in 0..writers.max(1) {
+        let mut c = clients[w % clients.len()].clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let v = random_value(size);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i > keys {
+                    return anyhow::Ok(());
+                }
+                c.put(data_key(i), v.clone(), None).await.with_context(|| format!("preloading key {i}"))?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }
 
 /// A value of the same size as an Augur shard record (~40 bytes).
@@ -96,21 +148,56 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..a.conns.min(a.clients) {
         clients.push(Client::connect(&a.endpoints, None).await.context("connecting to etcd")?);
     }
-    preload(&mut clients[0], a.keys).await?;
+    if a.mode.is_data() {
+        if a.value_size == 0 {
+            bail!("--value-size must be positive");
+        }
+        if a.read_percent > 100 {
+            bail!("--read-percent is 0..=100");
+        }
+        if a.mode != Mode::Put {
+            preload_data(&clients, a.clients, a.keys, a.value_size).await?;
+        }
+    } else {
+        preload(&mut clients[0], a.keys).await?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for i in 0..a.clients {
         let mut c = clients[i % clients.len()].clone();
         let stop = stop.clone();
-        let (mode, keys) = (a.mode, a.keys);
+        let (mode, keys, size, read_percent) = (a.mode, a.keys, a.value_size, a.read_percent);
         tasks.push(tokio::spawn(async move {
+            let mut payload = if mode.is_data() { random_value(size) } else { Vec::new() };
+            let mut n: u64 = 0;
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let (mut committed, mut conflicts, mut errors) = (0u64, 0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
-                let id = rand::thread_rng().gen_range(1..=keys);
+                let (id, read) = {
+                    let mut rng = rand::thread_rng();
+                    let read = match mode {
+                        Mode::Get => true,
+                        Mode::Mixed => rng.gen_range(0..100) < read_percent,
+                        _ => false,
+                    };
+                    (rng.gen_range(1..=keys), read)
+                };
                 let started = Instant::now();
                 let ok = match mode {
                     Mode::Read => c.get(key(id), None).await.is_ok(),
+                    Mode::Put | Mode::Get | Mode::Mixed if read => c.get(data_key(id), None).await.is_ok(),
+                    Mode::Put | Mode::Get | Mode::Mixed => {
+                        n += 1;
+                        let k = 8.min(size);
+                        payload[..k].copy_from_slice(&n.to_le_bytes()[..k]);
+                        match c.put(data_key(id), payload.clone(), None).await {
+                            Ok(_) => {
+                                committed += 1;
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    }
                     Mode::Cas => match c.get(key(id), None).await {
                         Ok(r) => match r.kvs().first() {
                             Some(kv) => {

@@ -325,7 +325,9 @@ impl Control {
         // The reason is the caller's free text: bounded before it reaches the log.
         let reason: String = reason.chars().take(limits::MAX_STRING).collect();
         if replica == caller {
-            return self.handle_reelect(meta, caller, shard, epoch, &reason).await;
+            return self
+                .handle_reelect(meta, caller, shard, epoch, &reason)
+                .await;
         }
         let (record, cluster) = read_partial(meta, shard, |_| vec![caller]).await?;
         let Some(next) = report_replica(&record, &cluster, caller, epoch, replica)? else {
@@ -510,7 +512,11 @@ mod tests {
         let sh = shard(1, &[1, 2, 3], 4);
         let cl = cluster(&[1, 2, 3], vec![sh.clone()], 3);
         let mut reports = Reports::default();
-        report(&mut reports, 1, vec![status(1, 4, ReplicaRole::Primary, 10)]);
+        report(
+            &mut reports,
+            1,
+            vec![status(1, 4, ReplicaRole::Primary, 10)],
+        );
         report(&mut reports, 2, vec![status(1, 4, Secondary, 12)]);
         report(&mut reports, 3, vec![status(1, 4, Secondary, 11)]);
         let next = reelect(&sh, &cl, &reports, NodeId(1), 4).unwrap().unwrap();

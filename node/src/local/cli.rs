@@ -44,6 +44,10 @@ pub enum LocalCmd {
         /// Append-entries batches in flight to a follower (new clusters; 1 = unpipelined).
         #[arg(long)]
         append_window: Option<usize>,
+        /// How long a Down storage node's replicas wait before they are re-created elsewhere,
+        /// in ms (`[control] down_delay_ms` of new clusters; default 5 min).
+        #[arg(long)]
+        down_delay_ms: Option<u64>,
     },
     /// Create a new member that will join as a learner (then start it and add it).
     Add {
@@ -152,11 +156,13 @@ pub async fn run(cmd: LocalCmd) -> anyhow::Result<()> {
             snapshot_logs,
             keep_logs,
             append_window,
+            down_delay_ms,
         } => {
             let tuning = Tuning {
                 snapshot_logs,
                 keep_logs,
                 append_window,
+                down_delay_ms,
             };
             let timeout = Duration::from_secs(timeout);
             let waiting = super::up(&dir, meta, tuning, timeout).await?;
@@ -164,6 +170,7 @@ pub async fn run(cmd: LocalCmd) -> anyhow::Result<()> {
                 storage: n,
                 shards,
                 rf,
+                copy_bytes_per_sec: None,
             };
             storage::up(&dir, plan, timeout).await?;
             println!(

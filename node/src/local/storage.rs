@@ -34,6 +34,9 @@ pub struct DataPlan {
     pub shards: u32,
     /// Replicas per shard of a new data plane (default: 3, or fewer nodes if fewer).
     pub rf: Option<u32>,
+    /// `[copy] bytes_per_sec` of new storage nodes (default: the node's own, 100 MiB/s);
+    /// the recovery benchmark lifts it to measure the copy machinery, not the throttle.
+    pub copy_bytes_per_sec: Option<u64>,
 }
 
 /// A storage node's directory in DIR.
@@ -70,10 +73,23 @@ struct LocalStorageFile {
     rack: String,
     zone: String,
     tls: augur_client::TlsFiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copy: Option<LocalCopy>,
+}
+
+/// The `[copy]` settings a local cluster may override.
+#[derive(Serialize)]
+struct LocalCopy {
+    bytes_per_sec: u64,
 }
 
 /// Writes the certificate and configuration of storage node `id`.
-fn write_storage(dir: &Path, id: u64, meta_endpoints: &[String]) -> anyhow::Result<()> {
+fn write_storage(
+    dir: &Path,
+    id: u64,
+    meta_endpoints: &[String],
+    copy_bytes_per_sec: Option<u64>,
+) -> anyhow::Result<()> {
     let certs_dir = dir.join("certs");
     let name = format!("storage-{id}");
     let node = NodeId::new(id)?;
@@ -100,6 +116,7 @@ fn write_storage(dir: &Path, id: u64, meta_endpoints: &[String]) -> anyhow::Resu
             cert: format!("../certs/{name}.pem").into(),
             key: format!("../certs/{name}.key").into(),
         },
+        copy: copy_bytes_per_sec.map(|bytes_per_sec| LocalCopy { bytes_per_sec }),
     };
     let path = sdir.join("config.toml");
     let text = format!(
@@ -115,10 +132,10 @@ fn write_storage(dir: &Path, id: u64, meta_endpoints: &[String]) -> anyhow::Resu
 }
 
 /// Creates the files of storage nodes `from..=to`.
-fn create(dir: &Path, from: u64, to: u64) -> anyhow::Result<()> {
+fn create(dir: &Path, from: u64, to: u64, copy_bytes_per_sec: Option<u64>) -> anyhow::Result<()> {
     let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
     for id in from..=to {
-        write_storage(dir, id, &file.endpoints)
+        write_storage(dir, id, &file.endpoints, copy_bytes_per_sec)
             .with_context(|| format!("creating storage node {id}"))?;
     }
     Ok(())
@@ -240,7 +257,7 @@ pub async fn up(dir: &Path, plan: DataPlan, timeout: Duration) -> anyhow::Result
     let existing = storage_nodes(dir)?;
     let have = existing.last().copied().unwrap_or(0);
     if plan.storage > have {
-        create(dir, have + 1, plan.storage)?;
+        create(dir, have + 1, plan.storage, plan.copy_bytes_per_sec)?;
     }
     let ids = storage_nodes(dir)?;
     if ids.is_empty() {
@@ -348,7 +365,7 @@ mod tests {
         .save(&d.join(CLUSTER_FILE))
         .unwrap();
 
-        create(d, 1, 4).unwrap();
+        create(d, 1, 4, None).unwrap();
 
         assert_eq!(storage_nodes(d).unwrap(), vec![1, 2, 3, 4]);
         let mut listens = std::collections::HashSet::new();

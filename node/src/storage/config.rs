@@ -251,7 +251,8 @@ impl StorageFile {
             ));
         }
         let min_frame = augur_proto::frame::MIN_FRAME;
-        if self.limits.max_frame_bytes < min_frame || self.limits.max_frame_bytes > u32::MAX as usize
+        if self.limits.max_frame_bytes < min_frame
+            || self.limits.max_frame_bytes > u32::MAX as usize
         {
             return Err(invalid(
                 "limits.max_frame_bytes",

@@ -15,7 +15,9 @@
 
 use super::replica::{Msg, View};
 use super::NodeCtx;
-use augur_proto::data::{crc_items, CopyChunk, CopyFrame, DataError, DataRequest, Fence, ReplicaRole};
+use augur_proto::data::{
+    crc_items, CopyChunk, CopyFrame, DataError, DataRequest, Fence, ReplicaRole,
+};
 use augur_proto::frame::write_frame;
 use augur_proto::{NodeState, Shard};
 use std::sync::Arc;
@@ -200,7 +202,18 @@ pub fn start_fetch(
                 attempt += 1;
                 continue;
             };
-            match fetch_from(&ctx, &config, epoch, at_least, source, &mut after, &mut at_seq, &mut bytes).await {
+            match fetch_from(
+                &ctx,
+                &config,
+                epoch,
+                at_least,
+                source,
+                &mut after,
+                &mut at_seq,
+                &mut bytes,
+            )
+            .await
+            {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
@@ -282,16 +295,16 @@ async fn fetch_from(
             CopyFrame::Refused(e) => return Err(format!("the source refused: {e}")),
         };
         let mut digest = crc64fast::Digest::new();
-        crc_items(&mut digest, chunk.items.iter().map(|(k, v)| (k.as_slice(), v)));
+        crc_items(
+            &mut digest,
+            chunk.items.iter().map(|(k, v)| (k.as_slice(), v)),
+        );
         if digest.sum64() != chunk.crc64 {
             ctx.metrics.copy_crc_failures(1);
             return Err("a chunk failed its CRC-64 check".into());
         }
         if chunk.at_seq < at_least {
-            return Err(format!(
-                "the source read at {} < {at_least}",
-                chunk.at_seq
-            ));
+            return Err(format!("the source read at {} < {at_least}", chunk.at_seq));
         }
         if let (Some(first), Some(prev)) = (chunk.items.first(), after.as_ref()) {
             if first.0 <= *prev {

@@ -141,10 +141,9 @@ pub async fn follow(weak: Weak<NodeCtx>) {
             }
         };
         ctx.directory_ready.notify_waiters();
-        let mut watch = ctx.meta.watch(
-            vec![Table::Settings, Table::Nodes, Table::Shards],
-            rev + 1,
-        );
+        let mut watch = ctx
+            .meta
+            .watch(vec![Table::Settings, Table::Nodes, Table::Shards], rev + 1);
         drop(ctx);
         while let Some(item) = watch.next().await {
             let Some(ctx) = weak.upgrade() else { return };

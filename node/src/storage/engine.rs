@@ -18,7 +18,9 @@
 
 use augur_proto::data::{Checkpoint, LogEntry, ReplicaRole, RequestId, Versioned, WriteOutcome};
 use augur_proto::ShardId;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -187,7 +189,11 @@ pub type Item = (Vec<u8>, Versioned);
 impl Engine {
     /// Opens (creating if needed) the database under `dir` for node `node`. A directory that
     /// belongs to another node is refused.
-    pub fn open(dir: &Path, node: u64, block_cache_bytes: usize) -> Result<(Engine, StorageIdentity), EngineError> {
+    pub fn open(
+        dir: &Path,
+        node: u64,
+        block_cache_bytes: usize,
+    ) -> Result<(Engine, StorageIdentity), EngineError> {
         std::fs::create_dir_all(dir)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -232,13 +238,19 @@ impl Engine {
     /// Every shard that has replica state on this node.
     pub fn shards(&self) -> Result<Vec<(ShardId, ReplicaState)>, EngineError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_REPLICA)?, IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_REPLICA)?, IteratorMode::Start)
+        {
             let (k, v) = item?;
             let id: [u8; 8] = k
                 .as_ref()
                 .try_into()
                 .map_err(|_| corrupt("replica key", format!("{} bytes", k.len())))?;
-            out.push((ShardId(u64::from_be_bytes(id)), decode("replica state", &v)?));
+            out.push((
+                ShardId(u64::from_be_bytes(id)),
+                decode("replica state", &v)?,
+            ));
         }
         Ok(out)
     }
@@ -253,7 +265,11 @@ impl Engine {
 
     /// Writes a shard's replica state and syncs it: a new epoch or role must be durable
     /// before the replica acts on it.
-    pub fn save_replica_state(&self, shard: ShardId, state: &ReplicaState) -> Result<(), EngineError> {
+    pub fn save_replica_state(
+        &self,
+        shard: ShardId,
+        state: &ReplicaState,
+    ) -> Result<(), EngineError> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_REPLICA)?, shard_prefix(shard), encode(state)?);
         let mut opts = WriteOptions::default();
@@ -302,7 +318,8 @@ impl Engine {
             if start_after.is_some_and(|a| user_key <= a) {
                 continue;
             }
-            if items.len() == limit || (!items.is_empty() && bytes + k.len() + v.len() > max_bytes) {
+            if items.len() == limit || (!items.is_empty() && bytes + k.len() + v.len() > max_bytes)
+            {
                 more = true;
                 break;
             }
@@ -374,7 +391,12 @@ impl Engine {
     /// Appends entries (after deleting any entries at or after the first one's sequence, so
     /// a replica's disagreeing tail goes in the same atomic write), unsynced; see
     /// [`Engine::sync`].
-    pub fn append(&self, shard: ShardId, entries: &[LogEntry], truncate: bool) -> Result<(), EngineError> {
+    pub fn append(
+        &self,
+        shard: ShardId,
+        entries: &[LogEntry],
+        truncate: bool,
+    ) -> Result<(), EngineError> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
@@ -393,7 +415,11 @@ impl Engine {
     /// Deletes a shard's log entries after `seq` (a disagreeing tail), synced.
     pub fn truncate_after(&self, shard: ShardId, seq: u64) -> Result<(), EngineError> {
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LOG)?, log_key(shard, seq + 1), log_key(shard, u64::MAX));
+        batch.delete_range_cf(
+            self.cf(CF_LOG)?,
+            log_key(shard, seq + 1),
+            log_key(shard, u64::MAX),
+        );
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;
@@ -402,7 +428,10 @@ impl Engine {
 
     /// Calls `done` once every write made before this call is durable. Calls that arrive
     /// while a sync runs share the next one.
-    pub fn sync(&self, done: impl FnOnce(Result<(), String>) + Send + 'static) -> Result<(), EngineError> {
+    pub fn sync(
+        &self,
+        done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) -> Result<(), EngineError> {
         self.syncer
             .tx
             .as_ref()
@@ -426,7 +455,12 @@ impl Engine {
 
     /// Applies committed entries: their effects on `data`, their request ids, and the new
     /// applied sequence, in one batch (unsynced: the entries are in the synced log).
-    pub fn apply(&self, shard: ShardId, entries: &[LogEntry], state: &ReplicaState) -> Result<(), EngineError> {
+    pub fn apply(
+        &self,
+        shard: ShardId,
+        entries: &[LogEntry],
+        state: &ReplicaState,
+    ) -> Result<(), EngineError> {
         use augur_proto::data::Effect;
         let data = self.cf(CF_DATA)?;
         let requests = self.cf(CF_REQUESTS)?;
@@ -462,8 +496,15 @@ impl Engine {
     }
 
     /// The remembered outcome of a request id, if the shard applied it.
-    pub fn remembered(&self, shard: ShardId, id: &RequestId) -> Result<Option<Remembered>, EngineError> {
-        match self.db.get_cf(self.cf(CF_REQUESTS)?, request_key(shard, id))? {
+    pub fn remembered(
+        &self,
+        shard: ShardId,
+        id: &RequestId,
+    ) -> Result<Option<Remembered>, EngineError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_REQUESTS)?, request_key(shard, id))?
+        {
             Some(b) => Ok(Some(decode("request id", &b)?)),
             None => Ok(None),
         }
@@ -552,11 +593,19 @@ impl Engine {
     }
 
     /// The checksum of a shard's content in `snap` (see `augur_proto::data::crc_items`).
-    pub fn checksum(&self, snap: &rocksdb::Snapshot<'_>, shard: ShardId, seq: u64) -> Result<Checkpoint, EngineError> {
+    pub fn checksum(
+        &self,
+        snap: &rocksdb::Snapshot<'_>,
+        shard: ShardId,
+        seq: u64,
+    ) -> Result<Checkpoint, EngineError> {
         let lower = data_key(shard, &[]);
         let mut digest = crc64fast::Digest::new();
         let (mut bytes, mut keys) = (0u64, 0u64);
-        for item in snap.iterator_cf(self.cf(CF_DATA)?, IteratorMode::From(&lower, Direction::Forward)) {
+        for item in snap.iterator_cf(
+            self.cf(CF_DATA)?,
+            IteratorMode::From(&lower, Direction::Forward),
+        ) {
             let (k, v) = item?;
             if !k.starts_with(&lower) {
                 break;
@@ -659,7 +708,11 @@ fn load_identity(db: &DB, node: u64) -> Result<StorageIdentity, EngineError> {
     let replica = db
         .cf_handle(CF_REPLICA)
         .ok_or_else(|| corrupt("database", "column family replica missing"))?;
-    if db.iterator_cf(replica, IteratorMode::Start).next().is_some() {
+    if db
+        .iterator_cf(replica, IteratorMode::Start)
+        .next()
+        .is_some()
+    {
         return Err(EngineError::Identity(
             "the data directory holds shards but no identity; move it aside".into(),
         ));
@@ -678,7 +731,11 @@ fn load_identity(db: &DB, node: u64) -> Result<StorageIdentity, EngineError> {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
     db.write_opt(batch, &opts)?;
-    tracing::info!(node, incarnation = format_args!("{:016x}", id.incarnation), "new data directory");
+    tracing::info!(
+        node,
+        incarnation = format_args!("{:016x}", id.incarnation),
+        "new data directory"
+    );
     Ok(id)
 }
 
@@ -707,23 +764,38 @@ mod tests {
         let (e, id) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
         let s = ShardId(3);
         let other = ShardId(4);
-        let es: Vec<LogEntry> = (1..=5).map(|i| entry(i, 1, &format!("k{i}"), "v")).collect();
+        let es: Vec<LogEntry> = (1..=5)
+            .map(|i| entry(i, 1, &format!("k{i}"), "v"))
+            .collect();
         e.append(s, &es, false).unwrap();
         e.append(other, &[entry(1, 1, "x", "y")], false).unwrap();
         e.synced().await.unwrap();
         assert_eq!(e.last_entry(s).unwrap().map(|x| x.seq), Some(5));
         assert_eq!(e.entries(s, 2, 4, usize::MAX).unwrap().len(), 3);
-        assert_eq!(e.entries(s, 2, 9, 1).unwrap().len(), 1, "at least one entry");
+        assert_eq!(
+            e.entries(s, 2, 9, 1).unwrap().len(),
+            1,
+            "at least one entry"
+        );
         // A disagreeing tail is replaced in one write.
         e.append(s, &[entry(4, 2, "k4", "w")], true).unwrap();
-        assert_eq!(e.last_entry(s).unwrap().map(|x| (x.seq, x.epoch)), Some((4, 2)));
+        assert_eq!(
+            e.last_entry(s).unwrap().map(|x| (x.seq, x.epoch)),
+            Some((4, 2))
+        );
         let mut st = ReplicaState::empty(2, ReplicaRole::Secondary);
         st.applied = 4;
         let applied = e.entries(s, 1, 4, usize::MAX).unwrap();
         e.apply(s, &applied, &st).unwrap();
-        assert_eq!(e.get(s, b"k4").unwrap().map(|v| v.value), Some(b"w".to_vec()));
+        assert_eq!(
+            e.get(s, b"k4").unwrap().map(|v| v.value),
+            Some(b"w".to_vec())
+        );
         assert_eq!(e.replica_state(s).unwrap().map(|r| r.applied), Some(4));
-        assert!(e.remembered(s, &RequestId { client: 7, seq: 2 }).unwrap().is_some());
+        assert!(e
+            .remembered(s, &RequestId { client: 7, seq: 2 })
+            .unwrap()
+            .is_some());
         let (items, more) = e.scan(s, b"k", None, 2, usize::MAX).unwrap();
         assert_eq!((items.len(), more), (2, true));
         let (rest, more) = e.scan(s, b"k", Some(&items[1].0), 10, usize::MAX).unwrap();
@@ -742,6 +814,9 @@ mod tests {
         drop(e);
         let (_, again) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
         assert_eq!(again, id);
-        assert!(matches!(Engine::open(dir.path(), 5, 8 << 20), Err(EngineError::Identity(_))));
+        assert!(matches!(
+            Engine::open(dir.path(), 5, 8 << 20),
+            Err(EngineError::Identity(_))
+        ));
     }
 }

@@ -86,21 +86,29 @@ pub(crate) fn own_record(ctx: &NodeCtx) -> Node {
     }
 }
 
-/// Registers the node, retrying until the leader answers; fails only when the leader refuses
-/// the registration (the node's data is gone while the registry places replicas on it).
+/// Registers the node, retrying until the leader accepts it. A registration refused because
+/// the node's data is gone while the registry still places replicas on it is retried too:
+/// once the control plane has declared the node Down and moved those replicas away, the node
+/// joins as the new incarnation it is. Other refusals (a bad record) are returned.
 pub async fn register(ctx: &NodeCtx) -> Result<(), augur_client::Error> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let sent = Instant::now();
         match ctx.meta.register(own_record(ctx)).await {
             Ok(ack) => {
-                ctx.lease.node_epoch.store(ack.node_epoch, Ordering::Release);
+                ctx.lease
+                    .node_epoch
+                    .store(ack.node_epoch, Ordering::Release);
                 ctx.lease
                     .interval_ms
                     .store(ack.heartbeat_interval_ms.max(1), Ordering::Release);
                 ctx.lease.extend(sent, Duration::from_millis(ack.lease_ms));
                 tracing::info!(node = %ctx.node, epoch = ack.node_epoch, state = ?ack.state, "registered");
                 return Ok(());
+            }
+            Err(augur_client::Error::Api(augur_proto::wire::ApiError::WrongIdentity(why))) => {
+                tracing::warn!(%why, "registration refused; waiting for the control plane to move this node's replicas away");
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
             Err(augur_client::Error::Api(e)) => return Err(augur_client::Error::Api(e)),
             Err(e) => {

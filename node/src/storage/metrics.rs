@@ -95,7 +95,11 @@ impl Metrics {
             "Copy chunks that failed their CRC-64 check",
             m.copy_crc_failures.clone(),
         );
-        registry.register("stored_bytes", "Bytes of shard data and logs", m.stored_bytes.clone());
+        registry.register(
+            "stored_bytes",
+            "Bytes of shard data and logs",
+            m.stored_bytes.clone(),
+        );
         registry.register(
             "commit_lag",
             "Entries committed but not yet applied, per shard",
@@ -106,7 +110,11 @@ impl Metrics {
             "Entries prepared here but not yet committed, per shard",
             m.replication_lag.clone(),
         );
-        registry.register("lease_valid", "1 while the node's lease holds", m.lease_valid.clone());
+        registry.register(
+            "lease_valid",
+            "1 while the node's lease holds",
+            m.lease_valid.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -119,7 +127,9 @@ impl Metrics {
 
     /// Counts an acknowledged heartbeat.
     pub fn heartbeat_ok(&self) {
-        self.heartbeats.get_or_create(&KindLabel { kind: "ok" }).inc();
+        self.heartbeats
+            .get_or_create(&KindLabel { kind: "ok" })
+            .inc();
     }
 
     /// Counts a heartbeat that was not acknowledged.
@@ -131,12 +141,16 @@ impl Metrics {
 
     /// Adjusts the incoming-copy gauge.
     pub fn copies_in(&self, delta: i64) {
-        self.copies.get_or_create(&KindLabel { kind: "in" }).inc_by(delta);
+        self.copies
+            .get_or_create(&KindLabel { kind: "in" })
+            .inc_by(delta);
     }
 
     /// Adjusts the outgoing-copy gauge.
     pub fn copies_out(&self, delta: i64) {
-        self.copies.get_or_create(&KindLabel { kind: "out" }).inc_by(delta);
+        self.copies
+            .get_or_create(&KindLabel { kind: "out" })
+            .inc_by(delta);
     }
 
     /// Counts copied bytes.

@@ -88,7 +88,17 @@ async fn run(
     loop {
         let end = match ctx.node_addr(peer) {
             Some(addr) => {
-                session(&ctx, shard, epoch, peer, &addr, &mut base, &mut progress, &tx).await
+                session(
+                    &ctx,
+                    shard,
+                    epoch,
+                    peer,
+                    &addr,
+                    &mut base,
+                    &mut progress,
+                    &tx,
+                )
+                .await
             }
             None => End::Retry(format!("no address known for node {peer}")),
         };
@@ -139,7 +149,11 @@ async fn session(
         from_incarnation: ctx.incarnation,
         to: peer,
     };
-    let (mut send, mut recv) = match ctx.peers.open_as(addr, &DataRequest::Replicate(fence)).await {
+    let (mut send, mut recv) = match ctx
+        .peers
+        .open_as(addr, &DataRequest::Replicate(fence))
+        .await
+    {
         Ok(s) => s,
         Err(e) => return End::Retry(e.to_string()),
     };
@@ -168,15 +182,7 @@ async fn session(
         };
         match ack {
             ReplicaAck::Prepared { seq } => {
-                if tx
-                    .send(Msg::PeerAck {
-                        peer,
-                        epoch,
-                        seq,
-                    })
-                    .await
-                    .is_err()
-                {
+                if tx.send(Msg::PeerAck { peer, epoch, seq }).await.is_err() {
                     return End::Stop;
                 }
                 break;

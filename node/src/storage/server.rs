@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `Get`, `Write`, `Scan` | clients and operators |
 //! | `Replicate`, `Copy` | storage nodes, as the node their certificate names |
-//! | `Probe`, `Checkpoint` | metadata members (the control plane), operators may probe |
+//! | `Probe`, `Checkpoint`, `HandOff` | metadata members (the control plane) and operators |
 //!
 //! Reads are served by the shard's primary only, from committed data, while its lease holds
 //! and once it has reconciled; writes go through the shard's replica task. A replication
@@ -73,8 +73,13 @@ fn authorize(role: &Result<Role, RoleError>, req: &DataRequest) -> Result<(), Da
         }
         (DataRequest::Probe, Role::Member | Role::Operator) => Ok(()),
         (DataRequest::Probe, _) => denied("probing"),
-        (DataRequest::Checkpoint { .. }, Role::Member) => Ok(()),
-        (DataRequest::Checkpoint { .. }, _) => denied("checkpoints"),
+        (
+            DataRequest::Checkpoint { .. } | DataRequest::HandOff { .. },
+            Role::Member | Role::Operator,
+        ) => Ok(()),
+        (DataRequest::Checkpoint { .. } | DataRequest::HandOff { .. }, _) => {
+            denied("checkpoints and hand-offs")
+        }
     }
 }
 
@@ -89,7 +94,14 @@ async fn serve_stream(
         Ok(Some(r)) => r,
         Ok(None) | Err(FrameError::Io(_)) => return,
         Err(e) => {
-            answer(&mut send, DataResponse::Error(DataError::InvalidArgument(format!("bad request frame: {e}"))), max).await;
+            answer(
+                &mut send,
+                DataResponse::Error(DataError::InvalidArgument(format!(
+                    "bad request frame: {e}"
+                ))),
+                max,
+            )
+            .await;
             return;
         }
     };
@@ -133,6 +145,11 @@ async fn serve_stream(
         DataRequest::Checkpoint { shard, epoch } => {
             ("checkpoint", checkpoint(&ctx, shard, epoch).await)
         }
+        DataRequest::HandOff {
+            shard,
+            epoch,
+            timeout_ms,
+        } => ("hand_off", hand_off(&ctx, shard, epoch, timeout_ms).await),
     };
     ctx.metrics.request(kind, started.elapsed());
     answer(&mut send, resp, max).await;
@@ -235,7 +252,9 @@ async fn scan(
         )));
     }
     if prefix.len() > augur_proto::data::MAX_KEY
-        || start_after.as_ref().is_some_and(|k| k.len() > augur_proto::data::MAX_KEY)
+        || start_after
+            .as_ref()
+            .is_some_and(|k| k.len() > augur_proto::data::MAX_KEY)
     {
         return DataResponse::Error(DataError::InvalidArgument("key too long".into()));
     }
@@ -249,7 +268,13 @@ async fn scan(
     let engine = ctx.engine.clone();
     let budget = payload_budget(ctx.peers.max_frame());
     match tokio::task::spawn_blocking(move || {
-        engine.scan(shard, &prefix, start_after.as_deref(), limit as usize, budget)
+        engine.scan(
+            shard,
+            &prefix,
+            start_after.as_deref(),
+            limit as usize,
+            budget,
+        )
     })
     .await
     {
@@ -312,6 +337,33 @@ async fn checkpoint(ctx: &Arc<NodeCtx>, shard: ShardId, epoch: u64) -> DataRespo
     }
 }
 
+async fn hand_off(ctx: &Arc<NodeCtx>, shard: ShardId, epoch: u64, timeout_ms: u64) -> DataResponse {
+    let h = match replica(ctx, shard, epoch) {
+        Ok(h) => h,
+        Err(e) => return DataResponse::Error(e),
+    };
+    // Bounded: a hand-off that no configuration follows ends by itself.
+    let timeout = Duration::from_millis(timeout_ms.clamp(100, 60_000));
+    let (tx, rx) = oneshot::channel();
+    if let Err(e) = h
+        .send(Msg::HandOff {
+            epoch,
+            timeout,
+            reply: tx,
+        })
+        .await
+    {
+        return DataResponse::Error(e);
+    }
+    match tokio::time::timeout(timeout + Duration::from_secs(1), rx).await {
+        Ok(Ok(Ok(seq))) => DataResponse::HandedOff { seq },
+        Ok(Ok(Err(e))) => DataResponse::Error(e),
+        _ => DataResponse::Error(DataError::Unavailable(
+            "the hand-off did not drain in time".into(),
+        )),
+    }
+}
+
 /// A follower's end of a replication stream: frames go to the replica task in order; its
 /// acknowledgements come back in the same order.
 async fn follow_stream(
@@ -341,12 +393,21 @@ async fn follow_stream(
         return;
     }
     // A stream naming a newer epoch than this node knows: catch up with the metadata first.
-    let known = ctx.directory.shard(fence.shard).map(|s| s.epoch).unwrap_or(0);
+    let known = ctx
+        .directory
+        .shard(fence.shard)
+        .map(|s| s.epoch)
+        .unwrap_or(0);
     if fence.epoch > known {
         refresh_shard(ctx, fence.shard).await;
     }
     let Some(h) = ctx.replica(fence.shard) else {
-        let _ = write_frame(&mut send, &refused(DataError::UnknownShard(fence.shard)), max).await;
+        let _ = write_frame(
+            &mut send,
+            &refused(DataError::UnknownShard(fence.shard)),
+            max,
+        )
+        .await;
         let _ = send.finish();
         return;
     };
@@ -388,7 +449,10 @@ pub(crate) fn empty_report(ctx: &NodeCtx) -> NodeReport {
     NodeReport {
         node: ctx.node,
         incarnation: ctx.incarnation,
-        node_epoch: ctx.lease.node_epoch.load(std::sync::atomic::Ordering::Acquire),
+        node_epoch: ctx
+            .lease
+            .node_epoch
+            .load(std::sync::atomic::Ordering::Acquire),
         used_bytes: ctx.engine.used_bytes(),
         capacity_bytes: ctx.capacity(),
         replicas: Vec::new(),

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{
-    alert_stats, bootstrap, quantile, report_method, choose_operating_point, EvalReport, MethodReport,
-    NodeScores, SweepPoint, HOUR_MS,
+    alert_stats, bootstrap, choose_operating_point, quantile, report_method, EvalReport,
+    MethodReport, NodeScores, SweepPoint, HOUR_MS,
 };
 use crate::gbt::GbtConfig;
 use crate::trace::Trace;

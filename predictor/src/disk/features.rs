@@ -198,7 +198,9 @@ impl<'a> DeviceView<'a> {
                 out.push(if j == 0 { f32::NAN } else { now - col[j - 1] });
             }
             let since = self.ts[last_change[i] as usize];
-            let quiet = spec.quiet_cap_ms.map_or(t - since, |cap| (t - since).min(cap));
+            let quiet = spec
+                .quiet_cap_ms
+                .map_or(t - since, |cap| (t - since).min(cap));
             out.push((quiet as f64 / DAY_MS as f64) as f32);
         }
         out.push(nonzero);

@@ -246,7 +246,12 @@ pub fn train_disk(
     // the model must not exceed (unless a budget is given).
     let rule_score = backblaze_rule_score(&spec);
     let rule_oof = oof_scores(&drives, &spec, &rows_cfg, &|_, r| rule_score(r));
-    let rule = choose_operating_point(&rule_oof, cfg.horizon_ms, &f1_goal(&cfg.rules, f64::INFINITY), 1.05);
+    let rule = choose_operating_point(
+        &rule_oof,
+        cfg.horizon_ms,
+        &f1_goal(&cfg.rules, f64::INFINITY),
+        1.05,
+    );
     let (base_rate, device_days) = failure_rate(&rule_oof);
     drop(rule_oof);
     let budget = cfg

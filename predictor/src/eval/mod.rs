@@ -82,7 +82,8 @@ pub fn score_methods(
                 .into_iter()
                 .map(|m| model.calibration.probability(m))
                 .collect();
-            let st = static_thresholds.map(|st| times.iter().map(|&t| st.score(series, t)).collect());
+            let st =
+                static_thresholds.map(|st| times.iter().map(|&t| st.score(series, t)).collect());
             let tr = tree.map(|tr| {
                 let window: Vec<f64> = rows
                     .chunks(n_feat)

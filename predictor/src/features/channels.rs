@@ -295,8 +295,10 @@ impl LoadModel {
         while i < r.end {
             let v = &s.values[i];
             let u = v[metric::DISK_UTIL] as f64;
-            for (lat, out) in [(v[metric::READ_LAT], &mut read), (v[metric::WRITE_LAT], &mut write)]
-            {
+            for (lat, out) in [
+                (v[metric::READ_LAT], &mut read),
+                (v[metric::WRITE_LAT], &mut write),
+            ] {
                 let lat = lat as f64;
                 if u.is_finite() && lat.is_finite() && lat > 0.0 {
                     out.push((u.clamp(0.0, 1.0), lat.ln()));
@@ -348,7 +350,10 @@ mod tests {
         };
         let lo = fit.normalise((3.0 / (1.0 - 0.85 * 0.2)) as f32, &row(0.2));
         let hi = fit.normalise((3.0 / (1.0 - 0.85 * 0.7)) as f32, &row(0.7));
-        assert!((lo - 3.0).abs() < 0.15 && (hi - 3.0).abs() < 0.15, "{lo} {hi}");
+        assert!(
+            (lo - 3.0).abs() < 0.15 && (hi - 3.0).abs() < 0.15,
+            "{lo} {hi}"
+        );
         // A slow disk stays slow after normalisation.
         let sick = fit.normalise((18.0 / (1.0 - 0.85 * 0.4)) as f32, &row(0.4));
         assert!(sick > 5.0 * lo, "{sick}");

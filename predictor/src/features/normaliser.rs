@@ -111,4 +111,3 @@ fn transform(x: f64, log: bool) -> f64 {
         x
     }
 }
-

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use plan::Plan;
 pub use sim::{
-    Cohort, Drift, Episode, FaultKind, Gate, Noise, NodeProfile, NodeSim, Shape, COHORTS,
+    Cohort, Drift, Episode, FaultKind, Gate, NodeProfile, NodeSim, Noise, Shape, COHORTS,
 };
 
 use crate::trace::{write_failures, SampleWriter, TraceError};
@@ -303,10 +303,7 @@ mod tests {
         let samples = plan.node_samples(i);
         assert!(samples.last().is_none_or(|s| s.ts_ms < f.truth_ms()));
         // The standard trace has none of it.
-        let plain = Plan::new(&GeneratorConfig {
-            hard: false,
-            ..cfg
-        });
+        let plain = Plan::new(&GeneratorConfig { hard: false, ..cfg });
         assert!(plain.failures.iter().all(|f| f.died_at_ms.is_none()));
         assert!(plain.profiles.iter().all(|p| p.noise.is_none()));
     }
@@ -335,7 +332,11 @@ mod tests {
         let early = on_fraction(HOUR_MS, 30 * HOUR_MS);
         let late = on_fraction(90 * HOUR_MS, 100 * HOUR_MS);
         assert!(early < 0.7 && late > 0.85, "early {early} late {late}");
-        assert_eq!(ramp.severity(5 * HOUR_MS), ramp.severity(5 * HOUR_MS), "pure in time");
+        assert_eq!(
+            ramp.severity(5 * HOUR_MS),
+            ramp.severity(5 * HOUR_MS),
+            "pure in time"
+        );
         let plateau = Episode {
             kind: FaultKind::PacketLoss,
             start_ms: 0,

@@ -6,9 +6,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::sim::{Cohort, Drift, Episode, FaultKind, Gate, Noise, NodeProfile, NodeSim, Shape};
-use super::{gauss, log_uniform, poisson, GeneratorConfig, DAY_MS, MINUTE_MS, YEAR_DAYS};
+use super::sim::{Cohort, Drift, Episode, FaultKind, Gate, NodeProfile, NodeSim, Noise, Shape};
 use super::COHORTS;
+use super::{gauss, log_uniform, poisson, GeneratorConfig, DAY_MS, MINUTE_MS, YEAR_DAYS};
 use crate::sample::{FailureRecord, HealthSample};
 
 /// The cluster-level plan of a trace: who fails when and why, which episodes happen where.
@@ -44,7 +44,8 @@ fn hard_precursor(rng: &mut StdRng, c: &Cohort, fail_at: i64) -> Episode {
         }
         u -= odds;
     }
-    let lead_min = (c.lead_median_h * 60.0 * (1.0 * gauss(rng)).exp()).clamp(10.0, 5.0 * 24.0 * 60.0);
+    let lead_min =
+        (c.lead_median_h * 60.0 * (1.0 * gauss(rng)).exp()).clamp(10.0, 5.0 * 24.0 * 60.0);
     let gate = rng.gen_bool(c.p_intermittent).then(|| Gate {
         block_ms: (log_uniform(rng, 15.0, 90.0) * MINUTE_MS as f64) as i64,
         duty0: rng.gen_range(0.2..0.5),

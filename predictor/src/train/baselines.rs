@@ -5,7 +5,9 @@ use crate::baselines::{
     static_score, OutOfFold, StaticThresholds, TreeBaseline, N_STATIC, STATIC_QUANTILES,
     STATIC_STATS,
 };
-use crate::eval::{choose_operating_point, pr_curve, quantile, NodeScores, OperatingGoal, RuleOption};
+use crate::eval::{
+    choose_operating_point, pr_curve, quantile, NodeScores, OperatingGoal, RuleOption,
+};
 use crate::gbt::{GbtConfig, GbtError};
 use crate::model::AlertRule;
 
@@ -89,7 +91,11 @@ pub(super) fn fit_static(
             n.statics.iter().map(|s| static_score(s, limits)).collect()
         });
         if let Some(o) = choose_operating_point(&oof, h, goal, RANK_STEP) {
-            tracing::info!(quantile = STATIC_QUANTILES[q], f1 = o.slack, "static thresholds out of fold");
+            tracing::info!(
+                quantile = STATIC_QUANTILES[q],
+                f1 = o.slack,
+                "static thresholds out of fold"
+            );
             if best.as_ref().is_none_or(|b| o.slack > b.1.slack) {
                 best = Some((q, o, oof));
             }
@@ -130,7 +136,9 @@ pub(super) fn fit_tree(
     let folds = store.fit_folds(rows, cfg.cv_folds, n_window, &[], &tree_cfg)?;
     let oof = store.oof_margins(&folds, n_window);
     let Some(option) = choose_operating_point(&oof, cfg.horizon_ms, goal, RANK_STEP) else {
-        tracing::warn!("the single tree detects nothing within the budget out of fold: baseline left out");
+        tracing::warn!(
+            "the single tree detects nothing within the budget out of fold: baseline left out"
+        );
         return Ok(None);
     };
     let figures = out_of_fold("decision_tree", &option, &oof, cfg);

@@ -180,7 +180,11 @@ fn check_data(trace: &Trace, cfg: &TrainConfig, window: &WindowSpec) -> Result<u
     }
     let mut per_fold = vec![0usize; cfg.cv_folds];
     let mut failures = 0;
-    for f in trace.failures.values().filter(|f| cfg.split.is_train(&f.node)) {
+    for f in trace
+        .failures
+        .values()
+        .filter(|f| cfg.split.is_train(&f.node))
+    {
         per_fold[cfg.split.fold(&f.node, cfg.cv_folds)] += 1;
         failures += 1;
     }
@@ -255,7 +259,11 @@ pub fn train(
     let mut phase = Instant::now();
     let mut lap = |name: &str, phase: &mut Instant| {
         seconds.push((name.to_string(), phase.elapsed().as_secs_f64()));
-        tracing::info!(phase = name, secs = phase.elapsed().as_secs_f64(), "training phase done");
+        tracing::info!(
+            phase = name,
+            secs = phase.elapsed().as_secs_f64(),
+            "training phase done"
+        );
         *phase = Instant::now();
     };
     if trace.failures.is_empty() {
@@ -380,7 +388,13 @@ pub fn train(
     let tree_fit = fit_tree(&store, &rows, cfg, &goal)?;
     lap("calibration and operating points", &mut phase);
 
-    let gbt = store.fit(&rows, |_| true, store.n_features, &monotone, &candidates[chosen].1)?;
+    let gbt = store.fit(
+        &rows,
+        |_| true,
+        store.n_features,
+        &monotone,
+        &candidates[chosen].1,
+    )?;
     lap("final trees", &mut phase);
 
     let cal_rate = {

@@ -188,7 +188,14 @@ impl Store {
         }
         let y: Vec<f64> = idx.iter().map(|&i| rows.y[i]).collect();
         let w: Vec<f64> = idx.iter().map(|&i| rows.w[i]).collect();
-        Gbt::fit_columns(&data, n_cols, &y, &w, &monotone[..monotone.len().min(n_cols)], cfg)
+        Gbt::fit_columns(
+            &data,
+            n_cols,
+            &y,
+            &w,
+            &monotone[..monotone.len().min(n_cols)],
+            cfg,
+        )
     }
 
     /// One model per fold, each fitted on the other folds' rows.

@@ -48,8 +48,7 @@ fn trains_saves_loads_and_scores() {
         max_false_alarms: 1000.0,
         ..Default::default()
     };
-    let (model, report) =
-        train(&trace, &cfg, ModelInfo::default(), &Progress::hidden()).unwrap();
+    let (model, report) = train(&trace, &cfg, ModelInfo::default(), &Progress::hidden()).unwrap();
     assert!(report.positives > 0 && report.negatives > 0);
     assert!(model.alert.threshold.is_finite());
     let path = dir.path().join("m.model");
@@ -118,7 +117,10 @@ fn trains_saves_loads_and_scores() {
     assert_eq!(report.out_of_fold[0].name, "model");
     assert_eq!(model.info.out_of_fold, report.out_of_fold);
     let baselines = model.baselines.as_ref().unwrap();
-    assert!(baselines.static_thresholds.is_some(), "static thresholds fitted");
+    assert!(
+        baselines.static_thresholds.is_some(),
+        "static thresholds fitted"
+    );
     // Every method's operating point lies within the budget the model was held to.
     for m in &report.out_of_fold {
         assert!(

@@ -63,7 +63,10 @@ impl Replica {
             ))));
             return;
         }
-        if !matches!(self.state.role, ReplicaRole::Secondary | ReplicaRole::Learner) {
+        if !matches!(
+            self.state.role,
+            ReplicaRole::Secondary | ReplicaRole::Learner
+        ) {
             let _ = reply.send(refuse(DataError::Fenced(format!(
                 "this node is {:?} of shard {} at epoch {}",
                 self.state.role, self.shard, self.state.epoch
@@ -188,7 +191,10 @@ impl Replica {
             if let Some(i) = entries.iter().position(|e| e.effect == Effect::Checkpoint) {
                 entries.truncate(i + 1);
             }
-            let Some(last) = entries.last().map(|e| (e.seq, e.effect == Effect::Checkpoint)) else {
+            let Some(last) = entries
+                .last()
+                .map(|e| (e.seq, e.effect == Effect::Checkpoint))
+            else {
                 return;
             };
             let mut next = self.state;
@@ -210,7 +216,9 @@ impl Replica {
                         tracing::info!(shard = %self.shard, seq, crc64 = format_args!("{:016x}", c.crc64), keys = c.keys, bytes = c.bytes, "checkpoint");
                         self.checkpoint = Some(c);
                     }
-                    Err(e) => tracing::error!(shard = %self.shard, error = %e, "checkpoint checksum failed"),
+                    Err(e) => {
+                        tracing::error!(shard = %self.shard, error = %e, "checkpoint checksum failed")
+                    }
                 }
             }
             if self.state.role == ReplicaRole::Primary {

@@ -23,8 +23,8 @@ use super::engine::{Engine, EngineError, ReplicaState};
 use super::replicate::Sender;
 use super::NodeCtx;
 use augur_proto::data::{
-    Checkpoint, DataError, Fence, LogEntry, ReplicaAck, ReplicaRole, ReplicaStatus,
-    ReplicateFrame, RequestId, WriteOp, WriteOutcome,
+    Checkpoint, DataError, Fence, LogEntry, ReplicaAck, ReplicaRole, ReplicaStatus, ReplicateFrame,
+    RequestId, WriteOp, WriteOutcome,
 };
 use augur_proto::{NodeId, Shard, ShardId};
 use std::collections::{BTreeMap, HashMap};
@@ -103,6 +103,16 @@ pub enum Msg {
     },
     /// A checksum of the shard computed at a checkpoint entry.
     Checksummed(Checkpoint),
+    /// Hand off the primary role: stop serving, let writes in flight commit, answer with the
+    /// last applied sequence (primary).
+    HandOff {
+        /// The caller's epoch.
+        epoch: u64,
+        /// How long to stay handed off without a new configuration.
+        timeout: Duration,
+        /// The answer.
+        reply: oneshot::Sender<Result<u64, DataError>>,
+    },
     /// Write a checkpoint entry and answer with its sequence once committed (primary).
     Checkpoint {
         /// The caller's epoch.
@@ -222,6 +232,8 @@ pub struct Replica {
     pub(crate) stream_started: bool,
     /// After a restart as primary: the control plane was asked to choose again.
     pub(crate) asked_reelection: Option<Instant>,
+    /// Primary handing off: until when it serves nothing, and who waits for the drain.
+    pub(crate) handing_off: Option<(Instant, Vec<oneshot::Sender<Result<u64, DataError>>>)>,
     /// Tells senders the log grew or the commit moved.
     pub(crate) progress: watch::Sender<(u64, u64)>,
     view: watch::Sender<View>,
@@ -275,6 +287,7 @@ impl Replica {
             copying: false,
             stream_started: false,
             asked_reelection: None,
+            handing_off: None,
             progress,
             view: view_tx,
         };
@@ -354,6 +367,11 @@ impl Replica {
             Msg::CopyDone { at_seq } => self.on_copy_done(at_seq),
             Msg::Checksummed(c) => self.checkpoint = Some(c),
             Msg::Checkpoint { epoch, reply } => self.on_checkpoint(epoch, reply),
+            Msg::HandOff {
+                epoch,
+                timeout,
+                reply,
+            } => self.on_hand_off(epoch, timeout, reply),
             Msg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -389,8 +407,11 @@ impl Replica {
         let v = View {
             epoch: self.state.epoch,
             role: self.state.role,
-            serving: self.serving,
-            primary: self.config.as_ref().and_then(|c| c.replicas.first().copied()),
+            serving: self.serving && self.handing_off.is_none(),
+            primary: self
+                .config
+                .as_ref()
+                .and_then(|c| c.replicas.first().copied()),
             applied: self.state.applied,
         };
         self.view.send_if_modified(|old| {
@@ -445,6 +466,14 @@ impl Replica {
         tracing::info!(shard = %self.shard, epoch = shard.epoch, from = ?was, to = ?role, "configuration changed");
         if was == ReplicaRole::Primary && role != ReplicaRole::Primary {
             self.step_down("the primary was replaced");
+        }
+        // A new configuration ends a hand-off, whichever way it went.
+        if let Some((_, waiters)) = self.handing_off.take() {
+            for w in waiters {
+                let _ = w.send(Err(DataError::Unavailable(
+                    "the configuration changed".into(),
+                )));
+            }
         }
         if role == ReplicaRole::Learner && was != ReplicaRole::Learner {
             // Whatever this node held of the shard before is not to be trusted: start empty.

@@ -43,7 +43,10 @@ impl Replica {
         DataError::Redirect(Redirect {
             shard: self.shard,
             epoch: self.state.epoch,
-            primary: self.config.as_ref().and_then(|c| c.replicas.first().copied()),
+            primary: self
+                .config
+                .as_ref()
+                .and_then(|c| c.replicas.first().copied()),
         })
     }
 
@@ -67,6 +70,12 @@ impl Replica {
         if !self.serving {
             return Err(DataError::Unavailable(format!(
                 "shard {} is reconciling its replicas",
+                self.shard
+            )));
+        }
+        if self.handing_off.is_some() {
+            return Err(DataError::Unavailable(format!(
+                "shard {} is handing its primary role to another replica",
                 self.shard
             )));
         }
@@ -139,7 +148,10 @@ impl Replica {
                 Effect::Put { key, value },
                 WriteOutcome::Applied { version: seq },
             ),
-            WriteOp::Delete { key } => (Effect::Delete { key }, WriteOutcome::Applied { version: seq }),
+            WriteOp::Delete { key } => (
+                Effect::Delete { key },
+                WriteOutcome::Applied { version: seq },
+            ),
             WriteOp::Cas {
                 key,
                 expected,
@@ -182,7 +194,10 @@ impl Replica {
         entry: LogEntry,
         waiter: Option<oneshot::Sender<Result<WriteOutcome, DataError>>>,
     ) {
-        if let Err(e) = self.engine.append(self.shard, std::slice::from_ref(&entry), false) {
+        if let Err(e) = self
+            .engine
+            .append(self.shard, std::slice::from_ref(&entry), false)
+        {
             tracing::error!(shard = %self.shard, error = %e, "cannot append to the log");
             if let Some(w) = waiter {
                 let _ = w.send(Err(DataError::Internal(e.to_string())));
@@ -304,6 +319,7 @@ impl Replica {
             self.serving = true;
             tracing::info!(shard = %self.shard, epoch = self.state.epoch, seq = self.reconcile_at, "primary: reconciled, serving");
         }
+        self.finish_hand_off();
     }
 
     /// Answers the writers of entries now applied.
@@ -335,7 +351,53 @@ impl Replica {
         }
     }
 
-    pub(crate) fn on_checkpoint(&mut self, epoch: u64, reply: oneshot::Sender<Result<u64, DataError>>) {
+    /// Starts (or joins) a hand-off: no new writes from here; the answer comes once every
+    /// write taken is applied (see [`Replica::finish_hand_off`]).
+    pub(crate) fn on_hand_off(
+        &mut self,
+        epoch: u64,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<u64, DataError>>,
+    ) {
+        if let Some((_, waiters)) = self.handing_off.as_mut() {
+            waiters.push(reply);
+        } else {
+            if let Err(e) = self.check_primary(epoch) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            tracing::info!(shard = %self.shard, epoch, "primary: handing off");
+            self.handing_off = Some((Instant::now() + timeout, vec![reply]));
+        }
+        self.finish_hand_off();
+    }
+
+    /// Answers hand-off callers once nothing is in flight; gives the hand-off up (and serves
+    /// again) when no new configuration came in time.
+    pub(crate) fn finish_hand_off(&mut self) {
+        let Some((until, waiters)) = self.handing_off.as_mut() else {
+            return;
+        };
+        if self.pending.is_empty() && self.state.applied >= self.last.0 {
+            let seq = self.state.applied;
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(seq));
+            }
+        }
+        if Instant::now() >= *until {
+            tracing::warn!(shard = %self.shard, "hand-off not followed by a new configuration: serving again");
+            for w in waiters.drain(..) {
+                let _ = w.send(Err(DataError::Unavailable("the hand-off timed out".into())));
+            }
+            self.handing_off = None;
+        }
+    }
+
+    pub(crate) fn on_checkpoint(
+        &mut self,
+        epoch: u64,
+        reply: oneshot::Sender<Result<u64, DataError>>,
+    ) {
         if let Err(e) = self.check_primary(epoch) {
             let _ = reply.send(Err(e));
             return;
@@ -371,6 +433,7 @@ impl Replica {
             }
             return;
         }
+        self.finish_hand_off();
         let timeout = Duration::from_millis(self.ctx.cfg.replication.ack_timeout_ms);
         let owed = self.last.0;
         let slow: Vec<NodeId> = self

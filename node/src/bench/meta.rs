@@ -15,6 +15,7 @@
 //! Keys are shard ids 1..=keys, created first if absent. Figures are medians of nothing: one
 //! run is one sample; run it several times and report medians (see the README).
 
+use super::new_hist;
 use anyhow::{bail, Context};
 use augur_client::{CasOutcome, Client, ClientConfig, ShardCache, TlsFiles};
 use augur_proto::{Consistency, Key, NodeId, Op, Record, Shard, ShardId, ShardState, Txn};
@@ -133,18 +134,7 @@ fn member_rss(dir: &std::path::Path) -> Vec<(u64, f64)> {
         return Vec::new();
     };
     ids.into_iter()
-        .filter_map(|id| {
-            let pid = crate::local::running_pid(dir, id)?;
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let kb: f64 = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((id, kb / 1024.0))
-        })
+        .filter_map(|id| Some((id, super::rss_mib(crate::local::running_pid(dir, id)?)?)))
         .collect()
 }
 
@@ -291,10 +281,6 @@ struct Tally {
     committed: u64,
     conflicts: u64,
     errors: u64,
-}
-
-fn new_hist() -> anyhow::Result<Histogram<u64>> {
-    Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
 }
 
 async fn remote(clients: &[Client], a: &MetaBenchArgs) -> anyhow::Result<Report> {

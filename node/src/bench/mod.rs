@@ -1,0 +1,175 @@
+//! `augur bench`: throughput, latency, recovery and memory figures, measured against real
+//! processes so that they can be compared side by side with etcd (see README "Performance").
+//!
+//! - [`meta`]: `augur bench meta`, the metadata quorum;
+//! - [`data`]: `augur bench data`, puts and gets through the data plane;
+//! - [`recover`]: `augur bench recover`, a storage node SIGKILLed under load: the write gap
+//!   on the shards it led and the time to restore the replication factor;
+//! - [`rawcopy`]: the raw QUIC bulk copy `recover` compares its re-replication rate with.
+//!
+//! One run is one sample: the machine is shared and noisy, so the scripts run each benchmark
+//! several times, alternating systems, and report medians.
+
+pub mod data;
+pub mod meta;
+pub mod rawcopy;
+pub mod recover;
+
+pub use meta::{run_meta, MetaBenchArgs, Mode, Report};
+
+use crate::local::{self, Proc};
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A latency histogram in microseconds, from 1 µs to 60 s at 3 significant digits.
+pub(crate) fn new_hist() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// The resident memory of a process, MiB, from /proc.
+pub(crate) fn rss_mib(pid: i32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Resident memory of each running storage node of a local cluster (MiB), by node id.
+pub(crate) fn storage_rss(dir: &Path) -> Vec<(u64, f64)> {
+    let Ok(ids) = local::storage::storage_nodes(dir) else {
+        return Vec::new();
+    };
+    ids.into_iter()
+        .filter_map(|id| Some((id, rss_mib(local::running(dir, Proc::Storage(id))?)?)))
+        .collect()
+}
+
+/// Bytes on disk of each storage node's data directory of a local cluster (MiB), by id.
+pub(crate) fn storage_disk(dir: &Path) -> Vec<(u64, f64)> {
+    let Ok(ids) = local::storage::storage_nodes(dir) else {
+        return Vec::new();
+    };
+    ids.into_iter()
+        .map(|id| {
+            let data = local::storage::storage_dir(dir, id).join("data");
+            (id, dir_bytes(&data) as f64 / f64::from(1u32 << 20))
+        })
+        .collect()
+}
+
+/// Bytes under `path`, recursively (a storage node's RocksDB directory).
+pub(crate) fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The cluster a benchmark runs against: one given with `--cluster`, or one it started in a
+/// directory of its own and stops (and deletes) when done, so a run without `--cluster` leaves
+/// nothing behind.
+pub(crate) struct BenchCluster {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// Set when this run created the cluster: whether to keep its directory afterwards.
+    own: Option<bool>,
+}
+
+/// What a benchmark asks of a cluster it starts itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClusterPlan {
+    /// Metadata members.
+    pub meta: u64,
+    /// Storage nodes.
+    pub storage: u64,
+    /// Shards.
+    pub shards: u32,
+    /// Replication factor.
+    pub rf: u32,
+    /// `[control] down_delay_ms` of every member.
+    pub down_delay_ms: Option<u64>,
+    /// `[copy] bytes_per_sec` of every storage node.
+    pub copy_bytes_per_sec: Option<u64>,
+}
+
+impl BenchCluster {
+    /// Uses `dir` if given; otherwise starts a cluster as `plan` says in a new directory
+    /// (kept afterwards only with `keep`).
+    pub async fn open(
+        dir: Option<&Path>,
+        plan: ClusterPlan,
+        keep: bool,
+    ) -> anyhow::Result<BenchCluster> {
+        if let Some(d) = dir {
+            return Ok(BenchCluster {
+                dir: d.to_path_buf(),
+                own: None,
+            });
+        }
+        let path = std::env::temp_dir().join(format!(
+            "augur-bench-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let cluster = BenchCluster {
+            dir: path,
+            own: Some(keep),
+        };
+        let timeout = Duration::from_secs(120);
+        let tuning = local::Tuning {
+            down_delay_ms: plan.down_delay_ms,
+            ..Default::default()
+        };
+        let started = async {
+            local::up(&cluster.dir, plan.meta, tuning, timeout).await?;
+            let data = local::storage::DataPlan {
+                storage: plan.storage,
+                shards: plan.shards,
+                rf: Some(plan.rf),
+                copy_bytes_per_sec: plan.copy_bytes_per_sec,
+            };
+            local::storage::up(&cluster.dir, data, timeout).await
+        }
+        .await;
+        if let Err(e) = started {
+            cluster.close().await;
+            return Err(e).context("starting the benchmark's own cluster");
+        }
+        eprintln!(
+            "started a cluster in {} ({} members, {} storage nodes, {} shards, rf {})",
+            cluster.dir.display(),
+            plan.meta,
+            plan.storage,
+            plan.shards,
+            plan.rf
+        );
+        Ok(cluster)
+    }
+
+    /// Stops the cluster if this run started it (and deletes it unless asked to keep it).
+    pub async fn close(self) {
+        let Some(keep) = self.own else { return };
+        if let Err(e) = local::down(&self.dir).await {
+            eprintln!("stopping the benchmark's cluster: {e:#}");
+        }
+        if keep {
+            eprintln!("kept the cluster in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Re-replication through learner copies, with corrupted chunks on the wire: a chunk that
+//! fails its CRC-64 is retried and never written, and the shard returns to its replication
+//! factor with every replica's checksum equal. Needs the test build (`AUGUR_UNSAFE_BIN`, with
+//! `unsafe-test-hooks`), whose storage nodes corrupt the first chunks they serve when told to.
+
+use augur_client::{DataClient, Transport};
+use augur_proto::data::{DataRequest, DataResponse};
+use augur_proto::{NodeId, ShardId};
+use augur_tests::storage::{nodes, probe, shards};
+use augur_tests::{poll, Launcher, LocalCluster};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Members re-replicate 2 s after a node is declared Down.
+const CONTROL: &str = "\n[control]\ndown_delay_ms = 2000\nmover_interval_ms = 500\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupted_chunks_are_retried_and_replicas_end_equal() -> anyhow::Result<()> {
+    let Some(bin) = std::env::var_os("AUGUR_UNSAFE_BIN") else {
+        println!("SKIPPED corrupted_chunks: needs AUGUR_UNSAFE_BIN (an augur built with unsafe-test-hooks)");
+        return Ok(());
+    };
+    let launcher = Launcher {
+        bin: Some(bin.into()),
+        env: vec![("AUGUR_UNSAFE_CORRUPT_COPY_CHUNKS".into(), "3".into())],
+    };
+    let parent = tempfile::tempdir()?;
+    let c = LocalCluster::start_in(parent.path(), 3, &[], &launcher).await?;
+    let d = c.dir().to_string_lossy().into_owned();
+    launcher.run(&["local", "down", "--dir", &d])?;
+    for m in 1..=3 {
+        let path = c.dir().join(format!("meta-{m}")).join("config.toml");
+        let mut config = std::fs::read_to_string(&path)?;
+        config.push_str(CONTROL);
+        std::fs::write(&path, config)?;
+    }
+    launcher.run(&[
+        "local",
+        "up",
+        "--dir",
+        &d,
+        "--storage",
+        "4",
+        "--shards",
+        "4",
+        "--rf",
+        "3",
+        "--timeout",
+        "120",
+    ])?;
+    let client = c.new_client()?;
+    let data = DataClient::new(client.clone()).await?;
+    let mut written = BTreeMap::new();
+    for i in 0..400 {
+        let key = format!("copy-{i:04}");
+        let value = vec![(i % 251) as u8; 2048];
+        data.put(key.clone(), value.clone()).await?;
+        written.insert(key, value);
+    }
+    // Kill a node that holds three of the four shards: each needs a new replica, and only
+    // the fourth node can take it.
+    let before = shards(&client).await?;
+    let held = |n: NodeId| before.values().filter(|s| s.replicas.contains(&n)).count();
+    let victim = nodes(&client)
+        .await?
+        .keys()
+        .copied()
+        .find(|n| held(*n) == 3)
+        .expect("a node with three shards");
+    c.kill_storage(victim.0)?;
+    poll(
+        Duration::from_secs(120),
+        "every shard back at rf 3",
+        || async {
+            let s = shards(&client).await?;
+            Ok(s.values()
+                .all(|s| {
+                    s.replicas.len() == 3 && s.learners.is_empty() && !s.replicas.contains(&victim)
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    // The corrupted chunks were caught by the learner, which retried them.
+    let mut failures = 0.0;
+    for n in nodes(&client).await?.values().filter(|n| n.id != victim) {
+        let r = augur_client::admin_http::get(n.admin.parse()?, "/metrics", Duration::from_secs(5))
+            .await?;
+        failures += r
+            .body
+            .lines()
+            .filter(|l| l.starts_with("augur_storage_copy_crc_failures_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(failures >= 1.0, "no corrupted chunk was detected");
+    // Every value is intact, and every replica of every shard has the same content.
+    for (key, value) in &written {
+        let got = data.get(key.as_bytes()).await?.expect("written");
+        assert_eq!(&got.value, value, "{key}");
+    }
+    let files = c.cluster_file()?;
+    let raw = Transport::client(&files.tls, Duration::from_secs(2))?
+        .for_servers(augur_transport::STORAGE_SERVER_NAME);
+    let records = shards(&client).await?;
+    let registry = nodes(&client).await?;
+    for (id, s) in &records {
+        let primary = &registry[&s.replicas[0]];
+        let seq = match raw
+            .call_as::<_, DataResponse>(
+                &primary.addrs[0],
+                &DataRequest::Checkpoint {
+                    shard: *id,
+                    epoch: s.epoch,
+                },
+                Duration::from_secs(30),
+            )
+            .await?
+        {
+            DataResponse::Checkpointed { seq } => seq,
+            other => panic!("checkpoint of shard {id}: {other:?}"),
+        };
+        let crcs = poll(
+            Duration::from_secs(30),
+            "every replica's checksum",
+            || async {
+                let mut crcs = Vec::new();
+                for n in &s.replicas {
+                    let report = probe(&raw, &registry[n]).await?;
+                    let c = report
+                        .replicas
+                        .iter()
+                        .find(|r| r.shard == ShardId(id.0))
+                        .and_then(|r| r.checkpoint)
+                        .filter(|c| c.seq == seq);
+                    match c {
+                        Some(c) => crcs.push((n.0, c.crc64, c.keys)),
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some(crcs))
+            },
+        )
+        .await?;
+        assert!(
+            crcs.iter().all(|c| (c.1, c.2) == (crcs[0].1, crcs[0].2)),
+            "shard {id}: replicas differ at checkpoint {seq}: {crcs:?}"
+        );
+    }
+    Ok(())
+}
