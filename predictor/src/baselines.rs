@@ -129,7 +129,7 @@ impl NodeBaselines {
     /// Checks what a corrupt file could break at scoring time.
     pub fn check(&self, n_window_features: usize) -> Result<(), String> {
         if let Some(s) = &self.static_thresholds {
-            if s.limits.len() != N_STATIC || s.limits.iter().any(|l| !(*l > 0.0)) {
+            if s.limits.len() != N_STATIC || s.limits.iter().any(|l| l.is_nan() || *l <= 0.0) {
                 return Err(format!("static thresholds: limits {:?}", s.limits));
             }
             check_rule(&s.alert)?;

@@ -52,6 +52,9 @@ pub struct MethodScores {
     pub decision_tree: Option<Vec<NodeScores>>,
 }
 
+/// One node's scores: the model's, then the static thresholds' and the tree's when present.
+type NodeMethodScores = (NodeScores, Option<Vec<f64>>, Option<Vec<f64>>);
+
 /// Scores every round of every node of `trace` from `from_ms` on (rounds on the model's
 /// cadence; a failed node's rounds stop at its failure) with the model and its baselines.
 /// Labels are the true failure times ([`crate::sample::FailureRecord::truth_ms`]).
@@ -67,7 +70,7 @@ pub fn score_methods(
     let tree = baselines.and_then(|b| b.decision_tree.as_ref());
     let n_feat = model.features.len();
     progress.set_length(trace.nodes.len() as u64);
-    let per_node: Vec<(NodeScores, Option<Vec<f64>>, Option<Vec<f64>>)> = trace
+    let per_node: Vec<NodeMethodScores> = trace
         .nodes
         .par_iter()
         .map(|series| {
