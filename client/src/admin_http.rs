@@ -1,5 +1,6 @@
-//! Just enough HTTP/1.1 to read a metadata node's admin surface (`/health`, `/v1/status`,
-//! `/v1/digest`, `/metrics`): one GET per connection, `Connection: close`, a bounded body.
+//! Just enough HTTP/1.1 to read a node's admin surface (`/health`, `/v1/status`,
+//! `/v1/digest`, `/metrics`, a storage node's `/v1/health`) and to POST a storage node's
+//! fault injection: one request per connection, `Connection: close`, a bounded body.
 //!
 //! Tools and tests read a few small answers from nodes they can reach directly; a hand-rolled
 //! GET keeps an HTTP client stack (and its TLS and connection pool) out of the client's
@@ -63,9 +64,39 @@ pub async fn get(
     path: &str,
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
+    exchange(addr, "GET", path, None, timeout).await
+}
+
+/// POSTs a JSON `body` to `path` at `addr` within `timeout` (the storage node's fault
+/// injection). Any status is returned; the caller reads the error body.
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
+    exchange(addr, "POST", path, Some(body.to_string()), timeout).await
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    timeout: Duration,
+) -> Result<HttpResponse, HttpError> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = match &body {
+            None => {
+                format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            }
+            Some(b) => format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ),
+        };
         stream.write_all(request.as_bytes()).await?;
         let mut raw = Vec::new();
         (&mut stream)

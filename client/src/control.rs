@@ -8,6 +8,7 @@
 use crate::client::{unexpected, Client, Retry};
 use crate::error::Error;
 use augur_proto::data::NodeReport;
+use augur_proto::wire::{ApiError, NodeHealth};
 use augur_proto::{Node, NodeId, NodeState, Request, Response, ShardId};
 
 /// The leader's acknowledgement of a registration or heartbeat.
@@ -56,6 +57,44 @@ impl Client {
             .to_leader(&Request::Heartbeat(report), Retry::Idempotent)
             .await?;
         ack("heartbeat", resp)
+    }
+
+    /// Sends one heartbeat carrying the node's health. A leader of an older version that
+    /// cannot decode it answers with an error; the heartbeat is then sent without health, so
+    /// the lease never depends on the health agent.
+    pub async fn heartbeat_with_health(
+        &self,
+        report: NodeReport,
+        health: NodeHealth,
+    ) -> Result<HeartbeatAck, Error> {
+        let req = Request::HealthHeartbeat {
+            report: report.clone(),
+            health,
+        };
+        match self.to_leader(&req, Retry::Idempotent).await {
+            Ok(resp) => match ack("heartbeat", resp) {
+                Ok(a) => Ok(a),
+                Err(e) => {
+                    tracing::debug!(error = %e, "health heartbeat not understood; sending a plain one");
+                    self.heartbeat(report).await
+                }
+            },
+            Err(Error::Api(ApiError::InvalidArgument(why))) => {
+                tracing::debug!(%why, "health heartbeat refused; sending a plain one");
+                self.heartbeat(report).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a batch of health samples (JSON objects in the predictor's format) to the
+    /// leader, which keeps a bounded window per node.
+    pub async fn health_samples(&self, node: NodeId, samples: Vec<String>) -> Result<(), Error> {
+        let req = Request::HealthSamples { node, samples };
+        match self.to_leader(&req, Retry::Idempotent).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected("health-samples", other)),
+        }
     }
 
     /// Asks the control plane to remove `replica` from `shard` (sent by the shard's primary

@@ -4,11 +4,13 @@
 //! The checker ([`checker`]) is usable on its own: feed it [`history::Event`]s from a
 //! `history.jsonl` or a Jepsen log ([`jepsen_log`]) and a [`model::Model`]. The cluster
 //! harness ([`harness`]) runs real `augur meta` processes under faults and checks what its
-//! clients saw.
+//! clients saw; the data-plane harness ([`data`]) does the same for storage nodes and the data
+//! API, on an `augur local` cluster.
 
 #![warn(missing_docs)]
 
 pub mod checker;
+pub mod data;
 pub mod harness;
 pub mod history;
 pub mod jepsen_log;

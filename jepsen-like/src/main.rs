@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod run_cmd;
+
 use anyhow::Context;
 use augur_jepsen::checker::{CheckOptions, CheckReport, Verdict};
-use augur_jepsen::harness::RunConfig;
-use augur_jepsen::nemesis::schedule::parse_kinds;
 use augur_jepsen::report::{render_html, ReportInput};
 use augur_jepsen::results::RunResults;
 use augur_jepsen::{check_history, load_history, InputFormat, ModelChoice};
@@ -68,82 +68,10 @@ struct CheckArgs {
     max_cache_mib: usize,
 }
 
-/// Flags of `augur-jepsen run`.
-#[derive(clap::Args)]
-#[command(after_help = RUN_HELP)]
-struct RunArgs {
-    /// Number of `augur meta` processes (3 to 9; 3 and 5 are the usual).
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
-    /// Length of the workload and fault period (e.g. 60s, 2m).
-    #[arg(long, default_value = "60s", value_parser = augur_jepsen::harness::parse_duration)]
-    time: Duration,
-    /// Fault families, comma-separated: partition, kill, pause, clock, member, disk-loss.
-    /// Empty (`--nemesis ''`) runs without faults.
-    #[arg(long, default_value = "partition,kill,pause")]
-    nemesis: String,
-    /// Seed of the fault schedule and the clients' choices.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Run directory for history.jsonl, results.json, report.html, node data and logs.
-    #[arg(long)]
-    out: PathBuf,
-    /// The `augur` binary under test. Default: the `augur` next to this executable (both come
-    /// out of one `cargo build`), else `augur` on PATH. Copy it aside for long runs: a rebuild
-    /// during a run would change what restarted nodes execute.
-    #[arg(long, env = "AUGUR_BIN")]
-    augur_bin: Option<PathBuf>,
-    /// Keys in use at any one time (each retires after --ops-per-key operations).
-    #[arg(long, default_value_t = 8)]
-    keys: usize,
-    /// Workload operations per key before a fresh key replaces it.
-    #[arg(long, default_value_t = 200)]
-    ops_per_key: u32,
-    /// Client processes per node (each has its own client and reads through its home node).
-    #[arg(long, default_value_t = 2)]
-    clients_per_node: usize,
-    /// Bound on one operation; past it the outcome is indeterminate (`info`).
-    #[arg(long, default_value = "3s", value_parser = augur_jepsen::harness::parse_duration)]
-    op_timeout: Duration,
-    /// Mean pause between one process's operations (uniform in 0..2x); 0 for none.
-    #[arg(long, default_value = "10ms", value_parser = augur_jepsen::harness::parse_duration)]
-    think: Duration,
-    /// Shortest quiet or fault period.
-    #[arg(long, default_value = "3s", value_parser = augur_jepsen::harness::parse_duration)]
-    min_period: Duration,
-    /// Longest quiet or fault period.
-    #[arg(long, default_value = "8s", value_parser = augur_jepsen::harness::parse_duration)]
-    max_period: Duration,
-    /// How long the cluster may take to serve again after the final heal.
-    #[arg(long, default_value = "60s", value_parser = augur_jepsen::harness::parse_duration)]
-    recovery_timeout: Duration,
-    /// The checker's time budget; keys still searching then are `unknown`.
-    #[arg(long, default_value = "120s", value_parser = augur_jepsen::harness::parse_duration)]
-    check_budget: Duration,
-    /// Largest clock skew or jump, in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    max_skew_ms: i64,
-}
-
-const RUN_HELP: &str = "\
-Needs root for the network namespace and nftables (partitions) and libfaketime for clock
-faults; without them those faults are recorded as not injected, never simulated.
-
-Outputs in --out: history.jsonl, results.json, report.html, nodes/n<i>/{config.toml,data,augur.log}.
-
-Exit codes (worst wins: 1 > 6 > 5 > 4 > 2 > 0):
-  0  linearizable, nodes converged, cluster served again after heal
-  1  anomaly: the history is not linearizable
-  2  no anomaly, but the checker's budget ran out on some key (unknown)
-  3  the run could not be carried out (bad flags, setup failure)
-  4  no progress after heal (cluster did not serve again, or final reads failed)
-  5  nodes did not converge (different revision, state digest or final values)
-  6  a wiped member took part in Raft before the operator added it back (disk-loss, member)";
-
 #[derive(Subcommand)]
 enum Command {
     /// Start a real cluster, inject faults while clients run, then check and report.
-    Run(Box<RunArgs>),
+    Run(Box<run_cmd::RunArgs>),
     /// Check history files; one verdict per file.
     Check {
         #[command(flatten)]
@@ -360,87 +288,6 @@ fn report(
     }))
 }
 
-/// The `augur` built alongside this binary, else the one on PATH.
-fn default_augur_bin() -> anyhow::Result<PathBuf> {
-    let sibling = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("augur")))
-        .filter(|p| p.is_file());
-    sibling
-        .or_else(|| augur_jepsen::nemesis::find_program("augur"))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "no augur binary next to this executable or on PATH; pass --augur-bin or set AUGUR_BIN"
-            )
-        })
-}
-
-fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let nemeses = parse_kinds(&args.nemesis).map_err(|e| anyhow::anyhow!("--nemesis: {e}"))?;
-    let cfg = RunConfig {
-        nodes: args.nodes,
-        time: args.time,
-        nemeses,
-        seed: args.seed,
-        out: args.out,
-        augur_bin: match args.augur_bin {
-            Some(p) => p,
-            None => default_augur_bin()?,
-        },
-        keys: args.keys,
-        ops_per_key: args.ops_per_key,
-        clients_per_node: args.clients_per_node,
-        op_timeout: args.op_timeout,
-        think: args.think,
-        min_period: args.min_period,
-        max_period: args.max_period,
-        recovery_timeout: args.recovery_timeout,
-        check_budget: args.check_budget,
-        max_skew_ms: args.max_skew_ms,
-    };
-    let out = cfg.out.clone();
-    let outcome = augur_jepsen::harness::run(cfg).context("run")?;
-    let r = &outcome.results;
-    let o = r.history.outcomes;
-    println!("run {}: {}", out.display(), outcome.exit.reason());
-    println!(
-        "  operations {:?}; ok {} fail {} info {}",
-        r.history.ops_by_kind, o.ok, o.fail, o.info
-    );
-    if let Some(l) = r.history.latency {
-        println!("  latency p50 {:.1} ms, p99 {:.1} ms", l.p50_ms, l.p99_ms);
-    }
-    let injected = r.faults.iter().filter(|f| f.injected).count();
-    println!(
-        "  faults injected {injected}, not injected {}; leader changes {}",
-        r.faults.len() - injected,
-        augur_jepsen::results::leader_moves(&r.leader_changes)
-    );
-    if let Some(run) = &r.run {
-        for (nemesis, why) in &run.unavailable {
-            println!("  {nemesis} not injected: {why}");
-        }
-        for v in &run.wiped_member_violations {
-            println!("  wiped member rejoined: {v}");
-        }
-        println!(
-            "  recovery after heal {}; converged {}",
-            r.recovery_ms
-                .map_or("none".to_string(), |m| format!("{m} ms")),
-            run.convergence.converged
-        );
-    }
-    println!(
-        "  checker: {} keys, verdict {}, {} anomalies, {:.1} ms",
-        r.keys_checked,
-        r.verdict,
-        r.anomalies.len(),
-        r.checker_ms
-    );
-    println!("  report {}", out.join("report.html").display());
-    Ok(ExitCode::from(outcome.exit.code()))
-}
-
 fn print_anomalies(report: &CheckReport) {
     for a in report.anomalies() {
         println!("  key {}: {}", a.key, a.reason);
@@ -489,7 +336,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run_cmd::run(*args),
         Command::Check {
             args,
             json,

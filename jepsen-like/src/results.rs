@@ -327,10 +327,45 @@ pub struct RunInfo {
     /// waiting to be added with nothing applied: it rejoined on its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub wiped_member_violations: Vec<String>,
+    /// What only a data-plane run (`--workload data`) knows; then `nodes` counts the
+    /// metadata members and `convergence.nodes` lists every shard replica's checksum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataPlaneInfo>,
     /// The exit code and why.
     pub exit_code: u8,
     /// The exit code's meaning for this run.
     pub exit_reason: String,
+}
+
+/// What a data-plane run adds to [`RunInfo`]: the cluster's shape and timing, and what the
+/// checks after the final heal found besides the history's verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPlaneInfo {
+    /// Metadata members.
+    pub meta: u64,
+    /// Storage nodes.
+    pub storage: u64,
+    /// Shards.
+    pub shards: u32,
+    /// Replicas per shard.
+    pub rf: u32,
+    /// A storage node's lease after an acknowledged heartbeat, ms.
+    pub lease_ms: u64,
+    /// Silence before the control plane declares a storage node Down, ms.
+    pub grace_ms: u64,
+    /// Down this long before a node's replicas are re-created elsewhere, ms.
+    pub down_delay_ms: u64,
+    /// Whether the nodes ran with the test hook `AUGUR_UNSAFE_SKIP_LEASE_CHECK=1` (a test
+    /// build's primaries then serve reads without a lease: the run must find stale reads).
+    pub unsafe_skip_lease_check: bool,
+    /// Acknowledged writes the final reads do not show.
+    pub lost_writes: Vec<String>,
+    /// Shards not back at their replication factor by the deadline.
+    pub under_replicated: Vec<String>,
+    /// Shards whose replicas differ at one checkpoint, or could not be compared.
+    pub mismatches: Vec<String>,
+    /// Time from the final heal until every shard was back at its replication factor, ms.
+    pub replicated_after_ms: Option<u64>,
 }
 
 impl RunResults {

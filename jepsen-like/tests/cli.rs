@@ -119,8 +119,35 @@ fn report_writes_html_and_results() {
 fn run_refuses_bad_flags_clearly_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("never");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: Vec<(&[&str], &str)> = vec![
         (&["--nodes", "2"], "--nodes must be 3 to 9"),
+        (&["--storage", "5"], "--storage is for --workload data"),
+        (
+            &["--workload", "data", "--nodes", "3"],
+            "--nodes is for --workload meta",
+        ),
+        (
+            &["--workload", "data", "--nemesis", "kill,clock"],
+            "partition, kill, pause and disk-loss, not clock",
+        ),
+        (&["--workload", "data", "--rf", "6"], "--rf must be 1 to 5"),
+        (
+            &[
+                "--workload",
+                "data",
+                "--storage",
+                "3",
+                "--nemesis",
+                "disk-loss",
+            ],
+            "disk-loss needs more storage nodes than --rf",
+        ),
+        (
+            &["--workload", "data", "--lease-ms", "10"],
+            "--lease-ms must be",
+        ),
+        (&["--workload", "data", "--shards", "0"], "--shards must be"),
+        (&["--workload", "bogus"], "invalid value 'bogus'"),
         (
             &["--nemesis", "partition,explode"],
             "unknown nemesis \"explode\"",

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use augur_jepsen::nemesis::clock::Faketime;
 use augur_jepsen::nemesis::netns::NetNs;
 use augur_jepsen::nemesis::partition::{Firewall, Partition};
+use augur_jepsen::nemesis::ports::{udp_ports_of, PortFirewall, PortPartition};
 use augur_jepsen::nemesis::process::{ManagedProcess, ProcessSpec};
 use augur_jepsen::nemesis::{find_program, is_root, NemesisError};
 
@@ -215,6 +216,48 @@ fn partitions_cut_and_heal_real_traffic() {
     probes_settle(&log_b, a, false, bt);
     fw.heal().expect("heal");
     probes_settle(&log_a, b, true, lines(&log_a).len());
+}
+
+#[test]
+fn port_partitions_cut_and_heal_traffic_between_processes_on_one_address() {
+    if let Some(why) = netns_missing() {
+        println!("SKIPPED port partition test: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ns = NetNs::create(&unique("augur-t-ports")).expect("namespace");
+    let fw = PortFirewall::install(&ns).expect("firewall");
+    // Both on 127.0.0.1, as `augur local` runs its processes: only ports tell them apart.
+    let (a, b) = ("127.0.0.1:7401", "127.0.0.1:7402");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let pa = ManagedProcess::start(helper_spec("a", "echo", &[a, b], log_a.clone()), Some(&ns))
+        .expect("start a");
+    let pb = ManagedProcess::start(helper_spec("b", "echo", &[b, a], log_b.clone()), Some(&ns))
+        .expect("start b");
+    let lo = Ipv4Addr::LOCALHOST;
+    let at = probes_settle(&log_a, lo, true, 0);
+    let bt = probes_settle(&log_b, lo, true, 0);
+    // Each owns its server port and the ephemeral port it pings from.
+    let ports = |p: &ManagedProcess| {
+        let pid = p.pid().expect("running") as i32;
+        udp_ports_of(pid).expect("ports of a running process")
+    };
+    let (ports_a, ports_b) = (ports(&pa), ports(&pb));
+    assert!(ports_a.contains(&7401) && ports_a.len() >= 2, "{ports_a:?}");
+    assert!(
+        ports_b.contains(&7402) && !ports_b.contains(&7401),
+        "{ports_b:?}"
+    );
+
+    let split = PortPartition::split(&ports_a, &ports_b);
+    fw.apply(&split).expect("apply");
+    assert_eq!(fw.blocked_count().expect("read back"), split.blocked.len());
+    let at = probes_settle(&log_a, lo, false, at);
+    let bt = probes_settle(&log_b, lo, false, bt);
+    fw.heal().expect("heal");
+    assert_eq!(fw.blocked_count().expect("read back"), 0);
+    probes_settle(&log_a, lo, true, at);
+    probes_settle(&log_b, lo, true, bt);
 }
 
 #[test]

@@ -5,6 +5,12 @@
 //!   member seen waiting until the operator path added it back, namespace gone.
 //! - A node built with the test-only `unsafe-local-reads` feature (reads served from local
 //!   state without ReadIndex) must be caught as non-linearizable under partitions.
+//! - A short data-plane run (`--workload data`: 3 members, 5 storage nodes, partition + kill +
+//!   pause + disk-loss on both) must pass: exit 0, no anomaly, nothing acknowledged lost, every
+//!   shard back at its replication factor with equal checksums on its replicas.
+//! - The test build's storage primaries, told by `AUGUR_UNSAFE_SKIP_LEASE_CHECK=1` to serve reads
+//!   without a lease, must be caught as non-linearizable (stale reads) under pauses and
+//!   partitions.
 //!
 //! Both need root, `ip` and `nft` (the namespace and partitions) and an `augur` binary: the
 //! normal run takes `AUGUR_BIN` (default: the `augur` built beside `augur-jepsen`), the teeth test
@@ -49,7 +55,18 @@ fn namespaces() -> String {
 
 /// Runs the harness; returns its exit code and results.
 fn run(augur: &Path, out: &Path, args: &[&str]) -> (Option<i32>, RunResults) {
+    run_with_env(augur, out, args, &[])
+}
+
+/// [`run`] with extra environment for the harness (which its nodes inherit).
+fn run_with_env(
+    augur: &Path,
+    out: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, RunResults) {
     let mut child = bin()
+        .envs(env.iter().copied())
         .arg("run")
         .arg("--augur-bin")
         .arg(augur)
@@ -224,4 +241,169 @@ fn unsafe_local_reads_are_caught_as_not_linearizable() {
         println!("seed {seed}: no anomaly (exit {code:?}); trying another seed");
     }
     panic!("reads served without ReadIndex were never caught in 4 runs");
+}
+
+/// The storage nodes' replicas the convergence check compared: one per shard replica.
+fn data_info(r: &RunResults) -> &augur_jepsen::results::DataPlaneInfo {
+    r.run
+        .as_ref()
+        .and_then(|run| run.data.as_ref())
+        .expect("data-plane run info")
+}
+
+#[test]
+fn short_data_run_is_linearizable_loses_nothing_and_replicas_converge() {
+    if let Some(why) = missing_machine() {
+        println!("SKIPPED data-plane run: partitions need it: {why}");
+        return;
+    }
+    let augur = match augur_binary(
+        "AUGUR_BIN",
+        Some(Path::new(env!("CARGO_BIN_EXE_augur-jepsen")).with_file_name("augur")),
+    ) {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED data-plane run: no augur binary: {why}");
+            return;
+        }
+    };
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let (code, r) = run(
+        &augur,
+        &out,
+        &[
+            "--workload",
+            "data",
+            "--meta",
+            "3",
+            "--storage",
+            "5",
+            "--shards",
+            "8",
+            "--time",
+            "30s",
+            "--nemesis",
+            "partition,kill,pause,disk-loss",
+            // Seed 12 draws, in 30 s, a storage primary cut off from every member, the leader
+            // cut off from everyone, a member's disk loss (re-added by the operator path) and
+            // a storage node's disk loss (registered again as a new incarnation).
+            "--seed",
+            "12",
+        ],
+    );
+    let run = r.run.as_ref().expect("cluster run info");
+    let data = data_info(&r);
+    assert_eq!(
+        code,
+        Some(0),
+        "run failed ({}); see {}",
+        run.exit_reason,
+        out.display()
+    );
+    assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+    assert!(data.lost_writes.is_empty(), "{:?}", data.lost_writes);
+    assert!(
+        run.convergence.converged,
+        "not converged: {:?} {:?}",
+        run.convergence, data
+    );
+    assert_eq!(
+        run.convergence.nodes.len(),
+        8 * 3,
+        "one checksum per shard replica: {:?}",
+        run.convergence.nodes
+    );
+    assert!(r.recovery_ms.is_some(), "did not recover after heal");
+    for w in &run.workers {
+        assert!(w.ok > 0, "worker {} made no progress: {w:?}", w.worker);
+    }
+    let injected: Vec<_> = r.faults.iter().filter(|f| f.injected).collect();
+    assert!(
+        injected.len() >= 4,
+        "too few faults injected: {:?}",
+        r.faults
+    );
+    for f in r.faults.iter().filter(|f| !f.injected) {
+        // A storage disk loss waits for every shard to have its replicas; it may be refused.
+        assert!(
+            f.note.as_deref().is_some_and(|n| n.contains("refused")),
+            "a fault was not injected on a machine that can: {f:?}"
+        );
+    }
+    assert!(
+        injected.iter().any(|f| f.description.contains("storage-"))
+            && injected.iter().any(|f| f.description.contains("meta-")),
+        "faults on both storage nodes and members: {:?}",
+        r.faults
+    );
+    assert!(r.keys_checked > 0 && run.convergence.missing_reads.is_empty());
+}
+
+#[test]
+fn storage_reads_without_a_lease_are_caught_as_not_linearizable() {
+    let augur = match augur_binary("AUGUR_UNSAFE_BIN", None) {
+        Ok(p) => p,
+        Err(why) => {
+            println!(
+                "SKIPPED data teeth test: needs an augur built with --features unsafe-test-hooks: {why}"
+            );
+            return;
+        }
+    };
+    if let Some(why) = missing_machine() {
+        println!("SKIPPED data teeth test: the harness needs it: {why}");
+        return;
+    }
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A primary paused or cut off from the metadata members past the grace period: another
+    // replica is promoted and takes writes, while processes that kept their route to the old
+    // one read from it. A pause alone exposes the missing lease check only when a read beats
+    // the new configuration, already waiting in the woken node's socket, by milliseconds
+    // (README, "Data-plane runs"); a partition from the metadata members leaves the old
+    // primary serving for seconds. These seeds draw such a partition for 5 s or more. Few,
+    // long-lived keys, so the primary hit serves keys in use throughout.
+    for seed in [3u64, 17, 11] {
+        let out = dir.path().join(format!("seed-{seed}"));
+        let seed_s = seed.to_string();
+        let (code, r) = run_with_env(
+            &augur,
+            &out,
+            &[
+                "--workload",
+                "data",
+                "--shards",
+                "8",
+                "--time",
+                "30s",
+                "--nemesis",
+                "pause,partition",
+                "--keys",
+                "4",
+                "--ops-per-key",
+                "1000",
+                "--seed",
+                &seed_s,
+            ],
+            &[("AUGUR_UNSAFE_SKIP_LEASE_CHECK", "1")],
+        );
+        assert!(
+            data_info(&r).unsafe_skip_lease_check,
+            "the hook was not set"
+        );
+        if !r.anomalies.is_empty() {
+            assert_eq!(code, Some(1), "an anomaly must exit 1");
+            println!(
+                "caught with seed {seed}: {} anomalies, first on key {}: {}",
+                r.anomalies.len(),
+                r.anomalies[0].key,
+                r.anomalies[0].reason
+            );
+            return;
+        }
+        println!("seed {seed}: no anomaly (exit {code:?}); trying another seed");
+    }
+    panic!("storage reads served without a lease were never caught in 3 runs");
 }

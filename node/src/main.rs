@@ -107,6 +107,11 @@ struct StorageArgs {
     /// This node's private key.
     #[arg(long, requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
+    /// Health source: `linux` (default: this host, the data device), `simulated` (a
+    /// synthetic node; faults injected with `augurctl node inject`) or `off`
+    /// (`[health] source`).
+    #[arg(long)]
+    health_source: Option<augur_node::storage::health::config::HealthSource>,
 }
 
 #[derive(Subcommand)]
@@ -263,6 +268,9 @@ fn storage_config(a: StorageArgs) -> anyhow::Result<augur_node::storage::config:
     }
     if let Some(z) = a.zone {
         file.zone = z;
+    }
+    if let Some(h) = a.health_source {
+        file.health.source = h;
     }
     if let (Some(ca), Some(cert), Some(key)) = (a.ca, a.cert, a.key) {
         file.tls = Some(augur_transport::TlsFiles { ca, cert, key });

@@ -183,6 +183,192 @@ pub enum Request {
         /// The Raft library's message, postcard-encoded.
         payload: Vec<u8>,
     },
+    /// A heartbeat that also carries the node's health: its latest risk and a summary of its
+    /// latest health sample. Appended last so older members still decode every variant they
+    /// know (postcard is positional: a field added to `Heartbeat` would break both directions
+    /// of a rolling upgrade). A node whose leader refuses this variant falls back to
+    /// [`Request::Heartbeat`]. Same permission as `Heartbeat`.
+    HealthHeartbeat {
+        /// What `Heartbeat` carries.
+        report: NodeReport,
+        /// The node's health.
+        health: NodeHealth,
+    },
+    /// A batch of a storage node's health samples (every `batch_interval_ms`, 30 s), each one
+    /// JSON object in the predictor's sample format (this crate does not know its type). The
+    /// leader keeps a bounded window per node in memory. Storage certificates, own node only.
+    HealthSamples {
+        /// The node.
+        node: NodeId,
+        /// Samples, oldest first: at most [`MAX_HEALTH_BATCH`], each at most
+        /// [`MAX_HEALTH_SAMPLE_BYTES`].
+        samples: Vec<String>,
+    },
+}
+
+/// Most samples in one `HealthSamples` batch (a 30 s batch at 5 s sampling holds 6).
+pub const MAX_HEALTH_BATCH: usize = 256;
+
+/// Most bytes of one sample's JSON in a `HealthSamples` batch.
+pub const MAX_HEALTH_SAMPLE_BYTES: usize = 8 * 1024;
+
+/// Most reasons reported with one risk.
+pub const MAX_RISK_REASONS: usize = crate::model::limits::MAX_FEATURES;
+
+/// A storage node's health as it reports it with its heartbeats (and on its admin endpoint).
+///
+/// Every field has a serde default so JSON written by an older or newer node still reads.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeHealth {
+    /// Where the samples come from: `linux`, `simulated`, or `off`.
+    pub source: String,
+    /// The node's latest risk, or why there is none.
+    pub risk: RiskState,
+    /// The latest health sample, summarised.
+    pub summary: HealthSummary,
+}
+
+/// A node's latest risk, or why it has none: typed, so the leader and operators can tell "no
+/// model is deployed" from "healthy". Externally tagged (postcard cannot read an internally
+/// tagged enum): JSON `"unknown"`, `{"no_model":{"reason":…}}`, `{"scored":{…}}`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskState {
+    /// Not known yet (the node has not reported, or the agent has not started).
+    #[default]
+    Unknown,
+    /// No model that can score this node is loaded (missing, wrong schema, corrupt, or only a
+    /// disk model on a node without SMART). The node runs without risk.
+    NoModel {
+        /// Why, per model.
+        reason: String,
+    },
+    /// A model is loaded but could not score yet (not enough history since start).
+    Pending {
+        /// Why.
+        reason: String,
+    },
+    /// The latest score.
+    Scored(RiskReport),
+}
+
+impl RiskState {
+    /// The score, when scored.
+    pub fn score(&self) -> Option<f64> {
+        match self {
+            RiskState::Scored(r) => Some(r.score),
+            _ => None,
+        }
+    }
+
+    /// The state's name (`unknown`, `no_model`, `pending`, `scored`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            RiskState::Unknown => "unknown",
+            RiskState::NoModel { .. } => "no_model",
+            RiskState::Pending { .. } => "pending",
+            RiskState::Scored(_) => "scored",
+        }
+    }
+}
+
+/// One scoring round's result.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RiskReport {
+    /// Risk on the policy's scale (the node model's alert threshold is where it alerts), 0..=1.
+    pub score: f64,
+    /// Which model(s) produced it (e.g. `node:schema3`, `node+disk`).
+    pub model: String,
+    /// Wall-clock milliseconds of the newest sample scored.
+    pub at_ms: i64,
+    /// The strongest reasons, `node:` / `disk:` prefixed feature and its contribution.
+    pub reasons: Vec<(String, f64)>,
+}
+
+/// The latest health sample, summarised (absent: not measured).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthSummary {
+    /// Wall-clock milliseconds of the latest sample.
+    pub at_ms: Option<i64>,
+    /// Samples collected since the node started.
+    pub samples: u64,
+    /// Collections that failed since the node started.
+    pub collect_errors: u64,
+    /// CPU utilisation 0..1.
+    pub cpu_util: Option<f64>,
+    /// Data-device read latency, ms.
+    pub disk_read_lat_ms: Option<f64>,
+    /// Data-device write latency, ms.
+    pub disk_write_lat_ms: Option<f64>,
+    /// Data-device utilisation 0..1.
+    pub disk_util: Option<f64>,
+    /// Packet loss to peers, percent.
+    pub net_loss_pct: Option<f64>,
+    /// Kernel error-log lines in the sample interval.
+    pub err_log_count: Option<u64>,
+    /// Temperature, degrees C.
+    pub temp_c: Option<f64>,
+    /// Power supply healthy.
+    pub psu_ok: Option<bool>,
+    /// Faults injected into a simulated source (empty otherwise).
+    pub faults: Vec<String>,
+}
+
+/// Why a [`NodeHealth`] is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HealthError {
+    /// A string longer than the record limit.
+    #[error("health field `{0}` is too long")]
+    TooLong(&'static str),
+    /// Too many reasons or faults.
+    #[error("health field `{0}` has too many entries")]
+    TooMany(&'static str),
+    /// A score outside 0..=1 or not a number.
+    #[error("risk score {0} is not a probability")]
+    BadScore(f64),
+}
+
+impl NodeHealth {
+    /// Checks the bounds a leader enforces before keeping a node's health in memory.
+    pub fn validate(&self) -> Result<(), HealthError> {
+        use crate::model::limits::MAX_STRING;
+        let long = |s: &str, f: &'static str| {
+            if s.len() > MAX_STRING {
+                Err(HealthError::TooLong(f))
+            } else {
+                Ok(())
+            }
+        };
+        long(&self.source, "source")?;
+        match &self.risk {
+            RiskState::Unknown => {}
+            RiskState::NoModel { reason } | RiskState::Pending { reason } => {
+                long(reason, "risk.reason")?
+            }
+            RiskState::Scored(r) => {
+                if !(0.0..=1.0).contains(&r.score) {
+                    return Err(HealthError::BadScore(r.score));
+                }
+                long(&r.model, "risk.model")?;
+                if r.reasons.len() > MAX_RISK_REASONS {
+                    return Err(HealthError::TooMany("risk.reasons"));
+                }
+                for (name, _) in &r.reasons {
+                    long(name, "risk.reasons")?;
+                }
+            }
+        }
+        if self.summary.faults.len() > MAX_RISK_REASONS {
+            return Err(HealthError::TooMany("summary.faults"));
+        }
+        for f in &self.summary.faults {
+            long(f, "summary.faults")?;
+        }
+        Ok(())
+    }
 }
 
 /// A member of the metadata group as seen in membership listings.
@@ -343,4 +529,84 @@ pub enum ApiError {
     /// A bug or storage failure on the node.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::NodeReport;
+
+    fn report() -> NodeReport {
+        NodeReport {
+            node: NodeId(2),
+            incarnation: 7,
+            node_epoch: 1,
+            used_bytes: 10,
+            capacity_bytes: 100,
+            replicas: vec![],
+        }
+    }
+
+    #[test]
+    fn a_health_heartbeat_round_trips_on_the_wire() {
+        for risk in [
+            RiskState::Unknown,
+            RiskState::NoModel {
+                reason: "schema".into(),
+            },
+            RiskState::Pending {
+                reason: "warming".into(),
+            },
+            RiskState::Scored(RiskReport {
+                score: 0.7,
+                model: "node".into(),
+                at_ms: 5,
+                reasons: vec![("node:lat".into(), 1.5)],
+            }),
+        ] {
+            let health = NodeHealth {
+                source: "simulated".into(),
+                risk,
+                summary: HealthSummary {
+                    temp_c: Some(40.0),
+                    faults: vec!["fail-slow".into()],
+                    ..Default::default()
+                },
+            };
+            health.validate().unwrap();
+            let req = Request::HealthHeartbeat {
+                report: report(),
+                health: health.clone(),
+            };
+            let bytes = postcard::to_stdvec(&req).unwrap();
+            assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn out_of_bounds_health_is_refused() {
+        let mut h = NodeHealth {
+            risk: RiskState::Scored(RiskReport {
+                score: 1.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(h.validate(), Err(HealthError::BadScore(1.5)));
+        h.risk = RiskState::Scored(RiskReport {
+            score: f64::NAN,
+            ..Default::default()
+        });
+        assert!(h.validate().is_err());
+        h.risk = RiskState::Scored(RiskReport {
+            score: 0.5,
+            reasons: vec![("x".into(), 0.0); MAX_RISK_REASONS + 1],
+            ..Default::default()
+        });
+        assert_eq!(h.validate(), Err(HealthError::TooMany("risk.reasons")));
+        h.risk = RiskState::NoModel {
+            reason: "x".repeat(crate::model::limits::MAX_STRING + 1),
+        };
+        assert_eq!(h.validate(), Err(HealthError::TooLong("risk.reason")));
+    }
 }

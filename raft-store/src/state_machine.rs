@@ -145,6 +145,39 @@ impl StateMachine {
         Ok((record, revision))
     }
 
+    /// [`Self::get`] from memory alone (memtables and the block cache), or `None` when the
+    /// answer would need a read from disk. The server answers point reads with it on the
+    /// async worker and sends only the misses to the blocking pool: a hand-off to another
+    /// thread for every read cost a quarter of the read throughput on two cores, while a
+    /// read that cannot block costs no more than the lookup itself.
+    pub fn get_cached(&self, key: &Key) -> Result<Option<(Option<Record>, u64)>, StoreError> {
+        let memory_only = || {
+            let mut o = rocksdb::ReadOptions::default();
+            o.set_read_tier(rocksdb::ReadTier::BlockCache);
+            o
+        };
+        let snap = self.db().snapshot();
+        let incomplete = |e: &rocksdb::Error| e.kind() == rocksdb::ErrorKind::Incomplete;
+        let applied = match snap.get_cf_opt(cf(self.db(), CF_SM)?, KEY_APPLIED, memory_only()) {
+            Ok(v) => v,
+            Err(e) if incomplete(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let revision = match applied {
+            Some(b) => decode::<Option<LogId>>("applied log id", &b)?
+                .map(|l| l.index)
+                .unwrap_or(0),
+            None => 0,
+        };
+        let record = match snap.get_cf_opt(cf(self.db(), CF_STATE)?, key.encode(), memory_only()) {
+            Ok(Some(bytes)) => Some(decode::<Record>("record", &bytes)?),
+            Ok(None) => None,
+            Err(e) if incomplete(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some((record, revision)))
+    }
+
     /// Reads up to `limit` records of `table` after `start_after`, in key order, and at most
     /// about `max_bytes` of them (at least one record, however large); also says whether more
     /// follow, and the revision read at. The byte bound is what keeps a page of large records

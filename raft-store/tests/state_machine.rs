@@ -221,3 +221,48 @@ async fn damaged_snapshots_are_refused_and_change_nothing() -> Result<(), StoreE
     assert_eq!(dst.digest()?, src.digest()?);
     Ok(())
 }
+
+/// A read from memory alone gives exactly what a full read gives, for present and absent
+/// keys, before and after the store is reopened; keys just written are always in memory.
+/// After a reopen it may instead say it would need the disk, the only other answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reads_agree_with_full_reads() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir()?;
+    let cfg = StoreConfig::new(dir.path());
+    let names: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    let check = |sm: &augur_raft_store::StateMachine, must_hit: bool| -> Result<(), StoreError> {
+        let mut hits = 0;
+        for n in names.iter().map(String::as_str).chain(["absent"]) {
+            let key = Key::Setting(n.into());
+            match sm.get_cached(&key)? {
+                Some(cached) => {
+                    hits += 1;
+                    assert_eq!(cached, sm.get(&key)?, "{n}");
+                }
+                None => assert!(!must_hit, "{n}: a key just written must be in memory"),
+            }
+        }
+        println!("{hits} of {} reads served from memory", names.len() + 1);
+        Ok(())
+    };
+    {
+        let mut sm = open(&cfg, 1)?.state;
+        let entries = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                entry(
+                    i as u64 + 1,
+                    Txn {
+                        compares: vec![],
+                        ops: vec![put(n, i as u8)],
+                    },
+                )
+            })
+            .collect();
+        apply(&mut sm, entries).await;
+        check(&sm, true)?;
+    }
+    let sm = open(&cfg, 1)?.state;
+    check(&sm, false)
+}

@@ -163,7 +163,7 @@ async fn a_killed_primary_loses_nothing_and_no_read_goes_back_in_time() -> anyho
     for t in tasks {
         t.await?;
     }
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.stale.is_empty(), "stale reads: {:?}", ledger.stale);
     check_nothing_lost(&data, &ledger).await?;
     Ok(())
@@ -316,7 +316,8 @@ async fn bad_requests_to_a_storage_node_get_typed_errors_and_change_nothing() ->
         }
     };
     let id = data.next_request_id();
-    let cases: Vec<(DataRequest, fn(&DataError) -> bool)> = vec![
+    type Expect = fn(&DataError) -> bool;
+    let cases: Vec<(DataRequest, Expect)> = vec![
         (
             DataRequest::Write {
                 shard,

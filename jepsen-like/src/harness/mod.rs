@@ -467,6 +467,7 @@ async fn run_cluster(
         heal_errors,
         convergence,
         wiped_member_violations,
+        data: None,
         exit_code: exit.code(),
         exit_reason: exit.reason().to_string(),
     });
@@ -475,7 +476,7 @@ async fn run_cluster(
 }
 
 /// Writes `results.json` and `report.html`.
-fn write_outputs(
+pub(crate) fn write_outputs(
     out: &Path,
     events: &[crate::history::Event],
     check: &CheckReport,

@@ -94,6 +94,13 @@ impl KeyPool {
         id
     }
 
+    /// The keys in use now (one per slot), e.g. for a nemesis to aim at the nodes serving
+    /// them.
+    pub fn active(&self) -> Vec<u64> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.slots.iter().map(|&(id, _)| id).collect()
+    }
+
     /// Every key an operation was issued on.
     pub fn used(&self) -> Vec<u64> {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,7 +146,7 @@ pub(crate) enum Outcome {
     Info,
 }
 
-fn value_of(bytes: &[u8]) -> Value {
+pub(crate) fn value_of(bytes: &[u8]) -> Value {
     match std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()) {
         Some(i) => Value::Int(i),
         None => Value::Str(String::from_utf8_lossy(bytes).into_owned()),
@@ -225,15 +232,16 @@ pub(crate) async fn read_on(
 }
 
 /// Records an invoke and the completion of `op`, renaming the process after `info`.
-/// Returns the outcome.
-struct Recording<'a> {
-    shared: &'a Shared,
-    summary: &'a mut WorkerRecord,
-    process: &'a mut u64,
+/// Returns the outcome. Shared with the data-plane workload ([`crate::data`]), whose
+/// histories follow the same rules.
+pub(crate) struct Recording<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) summary: &'a mut WorkerRecord,
+    pub(crate) process: &'a mut u64,
 }
 
 impl Recording<'_> {
-    fn invoke(
+    pub(crate) fn invoke(
         &mut self,
         f: Fun,
         key: &str,
@@ -246,7 +254,7 @@ impl Recording<'_> {
         Ok(())
     }
 
-    fn complete(
+    pub(crate) fn complete(
         &mut self,
         f: Fun,
         key: &str,
@@ -473,6 +481,7 @@ mod tests {
             per_key.len()
         );
         assert_eq!(pool.used().len(), per_key.len());
+        assert_eq!(pool.active().len(), 3);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod executor;
 pub mod netns;
 pub mod partition;
+pub mod ports;
 pub mod process;
 pub mod schedule;
 pub mod timeline;

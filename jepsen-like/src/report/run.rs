@@ -13,11 +13,28 @@ pub(super) fn summary_html(r: &RunResults) -> String {
         rows.push(("seed".into(), seed.to_string()));
     }
     if let Some(run) = &r.run {
+        let nodes = match &run.data {
+            Some(d) => format!(
+                "{} metadata members + {} storage nodes, {} shards at rf {}, lease {} ms, \
+                 grace {} ms{}",
+                d.meta,
+                d.storage,
+                d.shards,
+                d.rf,
+                d.lease_ms,
+                d.grace_ms,
+                if d.unsafe_skip_lease_check {
+                    " (UNSAFE: primaries skip the lease check)"
+                } else {
+                    ""
+                }
+            ),
+            None => format!("{} nodes", run.nodes),
+        };
         rows.push((
             "cluster".into(),
             format!(
-                "{} nodes, nemeses {}, {} s, binary {}",
-                run.nodes,
+                "{nodes}, nemeses {}, {} s, binary {}",
                 run.nemeses.join(","),
                 run.duration_ms / 1000,
                 run.augur_bin
@@ -90,7 +107,17 @@ pub(super) fn summary_html(r: &RunResults) -> String {
         let c = &run.convergence;
         rows.push((
             "convergence".into(),
-            if c.converged {
+            if let (true, Some(d)) = (c.converged, &run.data) {
+                format!(
+                    "converged: every shard back at rf {} ({}), {} replicas equal at their \
+                     checkpoints; {} keys read after heal",
+                    d.rf,
+                    d.replicated_after_ms
+                        .map_or("-".into(), |m| format!("{m} ms after heal")),
+                    c.nodes.len(),
+                    c.keys_read
+                )
+            } else if c.converged {
                 format!(
                     "converged: {} keys read on every node, revision {} everywhere",
                     c.keys_read,
@@ -103,6 +130,15 @@ pub(super) fn summary_html(r: &RunResults) -> String {
                 )
             },
         ));
+        if let Some(d) = run.data.as_ref().filter(|d| !d.lost_writes.is_empty()) {
+            rows.push((
+                "lost writes".into(),
+                format!(
+                    "{} acknowledged writes not in the final reads (listed below)",
+                    d.lost_writes.len()
+                ),
+            ));
+        }
         if !run.wiped_member_violations.is_empty() {
             rows.push((
                 "wiped members".into(),
@@ -146,7 +182,11 @@ pub(super) fn run_details_html(r: &RunResults) -> String {
             w.writes_ok
         );
     }
-    html.push_str("</table>\n<h2>Nodes after heal</h2><table><tr><th>node</th><th>revision</th><th>records</th><th>state CRC-64</th></tr>");
+    html.push_str(if run.data.is_some() {
+        "</table>\n<h2>Shard replicas after heal</h2><table><tr><th>replica</th><th>checkpoint sequence</th><th>keys</th><th>CRC-64</th></tr>"
+    } else {
+        "</table>\n<h2>Nodes after heal</h2><table><tr><th>node</th><th>revision</th><th>records</th><th>state CRC-64</th></tr>"
+    });
     for n in &run.convergence.nodes {
         let _ = write!(
             html,
@@ -158,9 +198,20 @@ pub(super) fn run_details_html(r: &RunResults) -> String {
         );
     }
     html.push_str("</table>\n");
+    let none = Vec::new();
+    let (lost, under) = run
+        .data
+        .as_ref()
+        .map_or((&none, &none), |d| (&d.lost_writes, &d.under_replicated));
     for (title, list) in [
+        ("Acknowledged writes lost", lost),
+        ("Shards not back at their replication factor", under),
         (
-            "Keys read differently on different nodes",
+            if run.data.is_some() {
+                "Shards whose replicas differ or could not be compared"
+            } else {
+                "Keys read differently on different nodes"
+            },
             &run.convergence.disagreements,
         ),
         (

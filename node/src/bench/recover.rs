@@ -337,24 +337,26 @@ async fn measure(a: &RecoverBenchArgs, dir: &Path) -> anyhow::Result<RecoverRepo
         let _ = w.await;
     }
 
-    let acks = acks
-        .lock()
-        .map_err(|_| anyhow::anyhow!("writer tally poisoned"))?;
-    let mut gaps: Vec<f64> = led_by_victim
-        .iter()
-        .map(|s| {
-            acks.by_shard
-                .get(s)
-                .and_then(|v| v.iter().find(|t| **t > killed_at))
-                .map_or(restored_at, |t| *t)
-                .duration_since(killed_at)
-                .as_secs_f64()
-                * 1e3
-        })
-        .collect();
-    gaps.sort_by(f64::total_cmp);
-    let writes_ok = acks.by_shard.values().map(|v| v.len() as u64).sum();
-    drop(acks);
+    let (gaps, writes_ok) = {
+        let acks = acks
+            .lock()
+            .map_err(|_| anyhow::anyhow!("writer tally poisoned"))?;
+        let mut gaps: Vec<f64> = led_by_victim
+            .iter()
+            .map(|s| {
+                acks.by_shard
+                    .get(s)
+                    .and_then(|v| v.iter().find(|t| **t > killed_at))
+                    .map_or(restored_at, |t| *t)
+                    .duration_since(killed_at)
+                    .as_secs_f64()
+                    * 1e3
+            })
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        let writes_ok: u64 = acks.by_shard.values().map(|v| v.len() as u64).sum();
+        (gaps, writes_ok)
+    };
 
     let copy_from = first_learner.or(down_at).unwrap_or(killed_at);
     let copy_phase = restored_at.duration_since(copy_from).as_secs_f64();

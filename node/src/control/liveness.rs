@@ -245,6 +245,7 @@ mod tests {
                     replicas: vec![],
                 },
                 usage_written: None,
+                health: None,
             },
         );
     }

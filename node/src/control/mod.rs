@@ -55,6 +55,9 @@ pub struct Seen {
     pub report: NodeReport,
     /// When this leader last wrote the node's usage to its record.
     pub usage_written: Option<Instant>,
+    /// The node's health from its latest heartbeat that carried one (kept across heartbeats
+    /// that did not, e.g. from a node of an older version).
+    pub health: Option<augur_proto::wire::NodeHealth>,
 }
 
 /// What the leader's last probes of a storage node found.
@@ -87,6 +90,8 @@ pub struct Control {
     /// Stuck shards already logged, so each is logged once per leadership.
     stuck: Mutex<HashSet<ShardId>>,
     view: Mutex<ControlView>,
+    /// Health samples per node, the latest `health_samples_per_node`, while leader.
+    samples: Mutex<HashMap<NodeId, std::collections::VecDeque<augur_predictor::HealthSample>>>,
     pub(crate) metrics: ControlMetrics,
 }
 
@@ -106,6 +111,7 @@ impl Control {
             memory: Mutex::new(MoverMemory::default()),
             stuck: Mutex::new(HashSet::new()),
             view: Mutex::new(ControlView::default()),
+            samples: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -127,7 +133,44 @@ impl Control {
 
     /// The leader's view of the data plane, as of its last repair pass.
     pub fn view(&self) -> ControlView {
-        lock(&self.view).clone()
+        let mut v = lock(&self.view).clone();
+        // Health changes with every heartbeat, the rest of the view with each repair pass:
+        // the health shown is the latest heard.
+        let seen = lock(&self.seen);
+        let samples = lock(&self.samples);
+        for n in &mut v.nodes {
+            if let Some(h) = seen.get(&n.id).and_then(|s| s.health.as_ref()) {
+                n.health = Some(h.clone());
+            }
+            let held = samples.get(&n.id);
+            n.samples_held = held.map_or(0, |q| q.len());
+            n.latest_sample_ms = held.and_then(|q| q.back()).map(|s| s.ts_ms);
+        }
+        v
+    }
+
+    /// Keeps a batch of `node`'s health samples, within `health_samples_per_node`.
+    pub(crate) fn note_samples(&self, node: NodeId, batch: Vec<augur_predictor::HealthSample>) {
+        let cap = self.settings.health_samples_per_node;
+        if cap == 0 {
+            return;
+        }
+        let mut all = lock(&self.samples);
+        let q = all.entry(node).or_default();
+        for s in batch {
+            if q.len() >= cap {
+                q.pop_front();
+            }
+            q.push_back(s);
+        }
+    }
+
+    /// The health samples this leader holds for `node`, oldest first.
+    pub fn samples(&self, node: NodeId) -> Vec<augur_predictor::HealthSample> {
+        lock(&self.samples)
+            .get(&node)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Notes this member's Raft role: leading in `term` (from `now` if it just began), or not
@@ -148,6 +191,7 @@ impl Control {
         drop(current);
         lock(&self.seen).clear();
         lock(&self.probes).clear();
+        lock(&self.samples).clear();
         *lock(&self.memory) = MoverMemory::default();
         lock(&self.stuck).clear();
         *lock(&self.view) = ControlView::default();

@@ -11,7 +11,10 @@ use super::placement::{self, Candidate};
 use super::Seen;
 use crate::meta::MetaNode;
 use augur_proto::data::{DataCluster, NodeReport, DATA_CLUSTER_SETTING};
-use augur_proto::wire::ApiError;
+use augur_proto::wire::{
+    ApiError, NodeHealth, RiskState, MAX_HEALTH_BATCH, MAX_HEALTH_SAMPLE_BYTES,
+};
+use augur_proto::NodeId;
 use augur_proto::{
     Compare, CompareTarget, Key, Node, NodeState, Op, Record, Response, Setting, Shard, ShardState,
     Table, Txn,
@@ -175,11 +178,22 @@ impl MetaNode {
         }
     }
 
-    /// `Request::Heartbeat`: confirms leadership, notes the time, acknowledges with the
-    /// node's registered epoch and state.
-    pub(crate) async fn heartbeat(&self, report: NodeReport) -> Response {
+    /// `Request::Heartbeat` (and `HealthHeartbeat`, with `health`): confirms leadership,
+    /// notes the time and the node's health, acknowledges with the node's registered epoch
+    /// and state. The risk is kept in memory (`/v1/control`, `augur_node_risk`) and written to
+    /// the node's record when it changes, at most every `usage_interval_ms`, with the usage.
+    pub(crate) async fn heartbeat(
+        &self,
+        report: NodeReport,
+        health: Option<NodeHealth>,
+    ) -> Response {
         if let Err(e) = self.require_leader() {
             return Response::Error(e);
+        }
+        if let Some(h) = &health {
+            if let Err(e) = h.validate() {
+                return Response::Error(ApiError::InvalidArgument(e.to_string()));
+            }
         }
         // A heartbeat acknowledged by a deposed leader would extend a lease nobody vouches
         // for: confirm with a quorum first.
@@ -210,24 +224,34 @@ impl MetaNode {
             };
             let interval = Duration::from_millis(self.control.settings.usage_interval_ms);
             let prev = seen.get(&report.node).and_then(|s| s.usage_written);
-            let due = record.used_bytes != report.used_bytes
+            let health = health.or_else(|| seen.get(&report.node).and_then(|s| s.health.clone()));
+            let risk = health.as_ref().and_then(|h| record_risk(&h.risk));
+            let risk_changed = risk.as_ref().is_some_and(|r| risk_moved(&record.risk, r));
+            let due = (record.used_bytes != report.used_bytes || risk_changed)
                 && prev.is_none_or(|t| now.duration_since(t) >= interval);
+            if let Some(h) = &health {
+                self.control.note_risk(report.node, &h.risk);
+            }
             seen.insert(
                 report.node,
                 Seen {
                     at: now,
                     report: report.clone(),
                     usage_written: if due { Some(now) } else { prev },
+                    health,
                 },
             );
-            due
+            due.then_some(risk)
         };
-        if write_usage {
+        if let Some(risk) = write_usage {
             let node = self.clone();
             let mut updated = record.clone();
             updated.used_bytes = report.used_bytes;
             updated.capacity_bytes = report.capacity_bytes;
             updated.last_heartbeat_ms = now_ms();
+            if let Some(risk) = risk {
+                updated.risk = risk;
+            }
             tokio::spawn(async move {
                 let txn = Txn::cas(Record::Node(updated), Some(record.version));
                 if let Err(e) = node.propose(txn).await {
@@ -236,6 +260,22 @@ impl MetaNode {
             });
         }
         self.heartbeat_ack(record.epoch, record.state)
+    }
+
+    /// `Request::HealthSamples`: checks the batch (bounded, every sample of the predictor's
+    /// format and of this node) and keeps it in the leader's bounded memory. A malformed batch
+    /// is refused whole with `InvalidArgument`; nothing is kept.
+    pub(crate) fn health_samples(&self, node: NodeId, samples: Vec<String>) -> Response {
+        if let Err(e) = self.require_leader() {
+            return Response::Error(e);
+        }
+        match parse_samples(node, &samples) {
+            Ok(batch) => {
+                self.control.note_samples(node, batch);
+                Response::Done
+            }
+            Err(why) => Response::Error(ApiError::InvalidArgument(why)),
+        }
     }
 
     fn heartbeat_ack(&self, node_epoch: u64, state: NodeState) -> Response {
@@ -358,5 +398,99 @@ impl MetaNode {
             "data plane created"
         );
         Response::Done
+    }
+}
+
+/// The record's form of a scored risk (`None` for any other state: the record keeps the last
+/// score it had, and `/v1/control` says why there is no newer one).
+fn record_risk(state: &RiskState) -> Option<augur_proto::Risk> {
+    match state {
+        RiskState::Scored(r) => Some(augur_proto::Risk {
+            score: r.score,
+            model: r.model.clone(),
+            top_features: r
+                .reasons
+                .iter()
+                .take(augur_proto::model::limits::MAX_FEATURES)
+                .cloned()
+                .collect(),
+        }),
+        _ => None,
+    }
+}
+
+/// Whether a new risk differs enough from the recorded one to be worth a metadata write:
+/// another model, another top reason, or a score 0.01 or more away.
+fn risk_moved(old: &augur_proto::Risk, new: &augur_proto::Risk) -> bool {
+    old.model != new.model
+        || old.top_features.first().map(|f| &f.0) != new.top_features.first().map(|f| &f.0)
+        || (old.score - new.score).abs() >= 0.01
+}
+
+/// A `HealthSamples` batch, checked: bounded, each sample the predictor's format (its own
+/// checks: utilisation within 0..1, no negative latency, something measured) and of `node`.
+pub(crate) fn parse_samples(
+    node: NodeId,
+    samples: &[String],
+) -> Result<Vec<augur_predictor::HealthSample>, String> {
+    if samples.len() > MAX_HEALTH_BATCH {
+        return Err(format!(
+            "{} health samples in one batch (at most {MAX_HEALTH_BATCH})",
+            samples.len()
+        ));
+    }
+    let name = node.0.to_string();
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            if text.len() > MAX_HEALTH_SAMPLE_BYTES {
+                return Err(format!(
+                    "health sample {i}: {} bytes (at most {MAX_HEALTH_SAMPLE_BYTES})",
+                    text.len()
+                ));
+            }
+            let s: augur_predictor::HealthSample =
+                serde_json::from_str(text).map_err(|e| format!("health sample {i}: {e}"))?;
+            s.validate()
+                .map_err(|(field, why)| format!("health sample {i}: `{field}` {why}"))?;
+            if s.node != name {
+                return Err(format!(
+                    "health sample {i} is of node {:?}, not {name}",
+                    s.node
+                ));
+            }
+            Ok(s)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn sample_batches_are_checked_whole() {
+        let good = r#"{"node":"2","ts_ms":1000,"cpu_util":0.5}"#.to_string();
+        assert_eq!(
+            parse_samples(NodeId(2), std::slice::from_ref(&good))
+                .unwrap()
+                .len(),
+            1
+        );
+        for bad in [
+            r#"{"node":"3","ts_ms":1000,"cpu_util":0.5}"#,
+            r#"{"node":"2","ts_ms":1000,"cpu_util":7}"#,
+            r#"{"node":"2"}"#,
+            "not json",
+        ] {
+            assert!(
+                parse_samples(NodeId(2), &[good.clone(), bad.to_string()]).is_err(),
+                "{bad}"
+            );
+        }
+        let many = vec![good; MAX_HEALTH_BATCH + 1];
+        assert!(parse_samples(NodeId(2), &many).is_err());
+        assert!(parse_samples(NodeId(2), &["x".repeat(MAX_HEALTH_SAMPLE_BYTES + 1)]).is_err());
     }
 }

@@ -21,6 +21,7 @@
 //! max_moves_in_per_node = 2              # moves in flight into one node
 //! max_moves_out_per_node = 2             # moves in flight copying from one node
 //! migration_history_per_shard = 4        # finished migration records kept per shard
+//! health_samples_per_node = 720          # health samples the leader keeps per node (1 h at 5 s)
 //! ```
 
 use crate::config::ConfigError;
@@ -78,6 +79,9 @@ pub struct ControlSettings {
     /// Finished (committed or aborted) migration records kept per shard; older ones are
     /// deleted when a new move of the shard is planned, so the table stays bounded.
     pub migration_history_per_shard: usize,
+    /// Health samples the leader keeps in memory per storage node (the latest; older ones
+    /// are dropped). 0 keeps none.
+    pub health_samples_per_node: usize,
 }
 
 impl Default for ControlSettings {
@@ -102,6 +106,7 @@ impl Default for ControlSettings {
             max_moves_in_per_node: 2,
             max_moves_out_per_node: 2,
             migration_history_per_shard: 4,
+            health_samples_per_node: 720,
         }
     }
 }

@@ -17,10 +17,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 /// Most shard ids listed per category in the view; the counts are always complete.
 pub const MAX_LISTED: usize = 1000;
+
+/// A metric label naming a storage node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    node: String,
+}
 
 /// A metric label naming a node or migration state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +60,9 @@ pub struct ControlMetrics {
     pub moves_committed: Counter,
     /// Moves aborted.
     pub moves_aborted: Counter,
+    /// Each storage node's latest scored risk (`augur_node_risk{node="N"}`); a node with no
+    /// score (no model, not enough history) has no series.
+    pub node_risk: Family<NodeLabel, Gauge<f64, AtomicU64>>,
 }
 
 const NODE_STATES: [NodeState; 5] = [
@@ -98,6 +108,11 @@ pub fn migration_state_name(s: MigrationState) -> &'static str {
 impl ControlMetrics {
     /// Registers every metric in `registry` (prefixed `control_`).
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "node_risk",
+            "Latest risk each storage node reported (on the policy's scale, 0..1)",
+            self.node_risk.clone(),
+        );
         let r = registry.sub_registry_with_prefix("control");
         r.register(
             "leading",
@@ -168,6 +183,7 @@ impl ControlMetrics {
         self.under_replicated.set(0);
         self.without_primary.set(0);
         self.stuck.set(0);
+        self.node_risk.clear();
     }
 }
 
@@ -192,6 +208,13 @@ pub struct NodeView {
     pub primaries: usize,
     /// Shards it is learning.
     pub learners: usize,
+    /// Its health from its latest heartbeat (risk or why none, latest sample summarised);
+    /// `None` until a heartbeat carrying health reached this leader.
+    pub health: Option<augur_proto::wire::NodeHealth>,
+    /// Health samples this leader holds for it (batches every 30 s, bounded).
+    pub samples_held: usize,
+    /// Time of the newest of them, wall-clock milliseconds.
+    pub latest_sample_ms: Option<i64>,
 }
 
 /// The leader's view of the data plane.
@@ -279,12 +302,15 @@ pub fn compute(
             id: n.id,
             state: node_state_name(n.state),
             epoch: n.epoch,
-            heard_ms_ago: seen.map(|s| ago(s.at)),
+            heard_ms_ago: seen.as_ref().map(|s| ago(s.at)),
             probed_ms_ago: probe.ok.as_ref().map(|(t, _)| ago(*t)),
             probe_error: probe.failed.map(|(_, e)| e),
             replicas,
             primaries,
             learners,
+            health: seen.and_then(|s| s.health),
+            samples_held: 0,
+            latest_sample_ms: None,
         });
     }
     for m in &cluster.migrations {
@@ -299,6 +325,21 @@ pub fn compute(
 }
 
 impl Control {
+    /// Notes a node's latest risk in `augur_node_risk`.
+    pub(crate) fn note_risk(&self, node: NodeId, risk: &augur_proto::wire::RiskState) {
+        let label = NodeLabel {
+            node: node.0.to_string(),
+        };
+        match risk.score() {
+            Some(score) => {
+                self.metrics.node_risk.get_or_create(&label).set(score);
+            }
+            None => {
+                self.metrics.node_risk.remove(&label);
+            }
+        }
+    }
+
     /// Recomputes the view and the gauges after a repair pass.
     pub(crate) fn update_view(
         &self,
@@ -391,5 +432,34 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("augur_control_leading 1"), "{out}");
+    }
+
+    #[test]
+    fn node_risk_is_exported_per_node_and_dropped_without_a_score() {
+        use augur_proto::wire::{RiskReport, RiskState};
+        let control = Control::for_tests(ControlSettings::default());
+        let mut r = Registry::with_prefix("augur");
+        control.metrics.register(&mut r);
+        let scored = RiskState::Scored(RiskReport {
+            score: 0.75,
+            model: "node".into(),
+            ..Default::default()
+        });
+        control.note_risk(NodeId(2), &scored);
+        control.note_risk(NodeId(3), &scored);
+        control.note_risk(
+            NodeId(3),
+            &RiskState::NoModel {
+                reason: "none".into(),
+            },
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        assert!(out.contains("augur_node_risk{node=\"2\"} 0.75"), "{out}");
+        assert!(!out.contains("augur_node_risk{node=\"3\"}"), "{out}");
+        control.metrics.reset(false);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+        assert!(!out.contains("augur_node_risk{"), "{out}");
     }
 }

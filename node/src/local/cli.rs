@@ -48,6 +48,11 @@ pub enum LocalCmd {
         /// in ms (`[control] down_delay_ms` of new clusters; default 5 min).
         #[arg(long)]
         down_delay_ms: Option<u64>,
+        /// Health source of new storage nodes: `simulated` (default here: the nodes share
+        /// this machine and its disk; faults can be injected with `augurctl node inject`),
+        /// `linux` (sample this host) or `off`.
+        #[arg(long, default_value = "simulated")]
+        health_source: crate::storage::health::config::HealthSource,
     },
     /// Create a new member that will join as a learner (then start it and add it).
     Add {
@@ -157,6 +162,7 @@ pub async fn run(cmd: LocalCmd) -> anyhow::Result<()> {
             keep_logs,
             append_window,
             down_delay_ms,
+            health_source,
         } => {
             let tuning = Tuning {
                 snapshot_logs,
@@ -172,7 +178,7 @@ pub async fn run(cmd: LocalCmd) -> anyhow::Result<()> {
                 rf,
                 copy_bytes_per_sec: None,
             };
-            storage::up(&dir, plan, timeout).await?;
+            storage::up_with_health(&dir, plan, health_source, timeout).await?;
             println!(
                 "cluster is up; cluster file: {}",
                 dir.join(CLUSTER_FILE).display()

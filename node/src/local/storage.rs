@@ -11,6 +11,7 @@
 use super::{free_port_pair, log_tail, running, start, Proc, CLUSTER_FILE};
 use crate::certs::{self, Role};
 use crate::storage::config::StorageFile;
+use crate::storage::health::config::HealthSource;
 use anyhow::{bail, Context};
 use augur_client::{Client, ClusterFile, DataClient, DataConfig};
 use augur_proto::data::DataCluster;
@@ -75,6 +76,41 @@ struct LocalStorageFile {
     tls: augur_client::TlsFiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     copy: Option<LocalCopy>,
+    health: LocalHealth,
+}
+
+/// The `[health]` settings of a local cluster's nodes: the repository's shipped models (this
+/// source tree's `predictor/models`), scored every 5 s rather than every 5 minutes so a demo
+/// shows risk move within seconds, and, for the simulated source, 6 h of synthesised healthy
+/// history so the model's long windows are filled from the start.
+#[derive(Serialize)]
+struct LocalHealth {
+    source: HealthSource,
+    node_model: PathBuf,
+    disk_model: PathBuf,
+    score_interval_ms: u64,
+    simulated_backfill_ms: u64,
+}
+
+impl LocalHealth {
+    fn new(source: HealthSource) -> Self {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let models = manifest
+            .parent()
+            .unwrap_or(manifest)
+            .join("predictor/models");
+        LocalHealth {
+            source,
+            node_model: models.join("default.model"),
+            disk_model: models.join("disk.model"),
+            score_interval_ms: 5_000,
+            simulated_backfill_ms: if source == HealthSource::Simulated {
+                6 * 3_600_000
+            } else {
+                0
+            },
+        }
+    }
 }
 
 /// The `[copy]` settings a local cluster may override.
@@ -89,6 +125,7 @@ fn write_storage(
     id: u64,
     meta_endpoints: &[String],
     copy_bytes_per_sec: Option<u64>,
+    health: HealthSource,
 ) -> anyhow::Result<()> {
     let certs_dir = dir.join("certs");
     let name = format!("storage-{id}");
@@ -117,6 +154,7 @@ fn write_storage(
             key: format!("../certs/{name}.key").into(),
         },
         copy: copy_bytes_per_sec.map(|bytes_per_sec| LocalCopy { bytes_per_sec }),
+        health: LocalHealth::new(health),
     };
     let path = sdir.join("config.toml");
     let text = format!(
@@ -132,10 +170,16 @@ fn write_storage(
 }
 
 /// Creates the files of storage nodes `from..=to`.
-fn create(dir: &Path, from: u64, to: u64, copy_bytes_per_sec: Option<u64>) -> anyhow::Result<()> {
+fn create(
+    dir: &Path,
+    from: u64,
+    to: u64,
+    copy_bytes_per_sec: Option<u64>,
+    health: HealthSource,
+) -> anyhow::Result<()> {
     let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
     for id in from..=to {
-        write_storage(dir, id, &file.endpoints, copy_bytes_per_sec)
+        write_storage(dir, id, &file.endpoints, copy_bytes_per_sec, health)
             .with_context(|| format!("creating storage node {id}"))?;
     }
     Ok(())
@@ -254,10 +298,22 @@ pub async fn wait_serving(client: &Client, timeout: Duration) -> anyhow::Result<
 /// creates the data plane if there is none, and waits until every shard is served. Does
 /// nothing for a cluster with no storage nodes and none asked for.
 pub async fn up(dir: &Path, plan: DataPlan, timeout: Duration) -> anyhow::Result<()> {
+    up_with_health(dir, plan, HealthSource::Simulated, timeout).await
+}
+
+/// [`up`], with new storage nodes' health agents on `health` (nodes already in DIR keep
+/// their configuration). A local cluster's nodes share one machine and one disk, so the
+/// simulated source (with fault injection) is the default there; `linux` samples the host.
+pub async fn up_with_health(
+    dir: &Path,
+    plan: DataPlan,
+    health: HealthSource,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let existing = storage_nodes(dir)?;
     let have = existing.last().copied().unwrap_or(0);
     if plan.storage > have {
-        create(dir, have + 1, plan.storage, plan.copy_bytes_per_sec)?;
+        create(dir, have + 1, plan.storage, plan.copy_bytes_per_sec, health)?;
     }
     let ids = storage_nodes(dir)?;
     if ids.is_empty() {
@@ -365,7 +421,7 @@ mod tests {
         .save(&d.join(CLUSTER_FILE))
         .unwrap();
 
-        create(d, 1, 4, None).unwrap();
+        create(d, 1, 4, None, HealthSource::Simulated).unwrap();
 
         assert_eq!(storage_nodes(d).unwrap(), vec![1, 2, 3, 4]);
         let mut listens = std::collections::HashSet::new();

@@ -40,13 +40,20 @@ pub(crate) fn authorize(role: &Result<Role, RoleError>, req: &Request) -> Result
             ))),
             _ => denied("registering a storage node", "storage node"),
         },
-        Request::Heartbeat(report) => match role {
+        Request::Heartbeat(report) | Request::HealthHeartbeat { report, .. } => match role {
             Role::Storage(id) if report.node == id => Ok(()),
             Role::Storage(id) => Err(ApiError::PermissionDenied(format!(
                 "storage node {id} may heartbeat only for itself, not node {}",
                 report.node
             ))),
             _ => denied("heartbeats", "storage node"),
+        },
+        Request::HealthSamples { node, .. } => match role {
+            Role::Storage(id) if *node == id => Ok(()),
+            Role::Storage(id) => Err(ApiError::PermissionDenied(format!(
+                "storage node {id} may send health samples only for itself, not node {node}"
+            ))),
+            _ => denied("health samples", "storage node"),
         },
         Request::ReportReplica { .. } => match role {
             Role::Storage(_) => Ok(()),

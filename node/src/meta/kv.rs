@@ -119,7 +119,14 @@ impl MetaNode {
         if let Err(e) = self.read_barrier(consistency).await {
             return Response::Error(e);
         }
-        match self.read_sm(move |sm| sm.get(&key)).await {
+        // Served from memory on this worker when it can be; a read that would touch the
+        // disk goes to the blocking pool.
+        let read = match self.sm.get_cached(&key) {
+            Ok(Some(hit)) => Ok(hit),
+            Ok(None) => self.read_sm(move |sm| sm.get(&key)).await,
+            Err(e) => Err(ApiError::from(e)),
+        };
+        match read {
             Ok((record, revision)) => Response::Get { record, revision },
             Err(e) => Response::Error(e),
         }

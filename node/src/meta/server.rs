@@ -136,7 +136,11 @@ impl MetaNode {
             Request::RemoveMember { id } => self.remove_member(id).await,
             Request::TransferLeader { to } => self.transfer_leader(to).await,
             Request::Register(node) => self.register(node).await,
-            Request::Heartbeat(report) => self.heartbeat(report).await,
+            Request::Heartbeat(report) => self.heartbeat(report, None).await,
+            Request::HealthHeartbeat { report, health } => {
+                self.heartbeat(report, Some(health)).await
+            }
+            Request::HealthSamples { node, samples } => self.health_samples(node, samples),
             Request::InitDataPlane(layout) => self.init_data_plane(layout).await,
             Request::ReportReplica {
                 shard,
@@ -171,7 +175,8 @@ pub(crate) fn request_kind(req: &Request) -> &'static str {
         }
         Request::TransferLeader { .. } => "transfer_leader",
         Request::Register(_) => "register",
-        Request::Heartbeat(_) => "heartbeat",
+        Request::Heartbeat(_) | Request::HealthHeartbeat { .. } => "heartbeat",
+        Request::HealthSamples { .. } => "health_samples",
         Request::ReportReplica { .. } => "report_replica",
         Request::InitDataPlane(_) => "init_data_plane",
         Request::ForcePrimary { .. } => "force_primary",

@@ -1,13 +1,22 @@
-//! A storage node's HTTP admin surface: `/health`, `/metrics`, `/v1/status`.
+//! A storage node's HTTP admin surface: `/health`, `/metrics`, `/v1/status`, `/v1/health`,
+//! and `POST /v1/health/inject`.
 //!
 //! `/health` answers 200 while the node's lease holds (it heartbeats the metadata leader and
-//! may serve the shards it leads).
+//! may serve the shards it leads). `/v1/health?samples=N&rounds=M` shows the health agent's
+//! source, the models loaded, the latest risk (or why there is none), recent samples and the
+//! risk timeline.
+//!
+//! The admin port is plain HTTP without authentication (it serves read-only views), so the
+//! one write, fault injection into a simulated health source, is accepted only from a
+//! loopback peer: an operator injects from the node's own host (as `augur local` and tests
+//! do); anything else gets 403 and changes nothing.
 
+use super::health::{InjectError, Injection};
 use super::NodeCtx;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +28,14 @@ pub async fn serve(ctx: Arc<NodeCtx>, addr: SocketAddr) -> std::io::Result<()> {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/health", get(health_view))
+        .route("/v1/health/inject", post(inject))
         .with_state(ctx);
-    axum::serve(listener, app).await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 async fn health(State(ctx): State<Arc<NodeCtx>>) -> Response {
@@ -86,4 +101,78 @@ async fn status(State(ctx): State<Arc<NodeCtx>>) -> Response {
         "replicas": report.replicas,
     }))
     .into_response()
+}
+
+/// How much of the local store `/v1/health` returns.
+#[derive(Debug, serde::Deserialize)]
+struct HealthQuery {
+    /// Recent samples (default 20).
+    samples: Option<usize>,
+    /// Scoring rounds (default 20).
+    rounds: Option<usize>,
+}
+
+async fn health_view(State(ctx): State<Arc<NodeCtx>>, Query(q): Query<HealthQuery>) -> Response {
+    let h = &ctx.health;
+    let nh = h.node_health();
+    Json(serde_json::json!({
+        "node": ctx.node.0,
+        "source": nh.source,
+        "models": h.models(),
+        "risk": nh.risk,
+        "summary": nh.summary,
+        "samples": h.recent(q.samples.unwrap_or(20)),
+        "timeline": h.timeline(q.rounds.unwrap_or(20)),
+    }))
+    .into_response()
+}
+
+/// `POST /v1/health/inject`: `{"fault": "fail-slow", "ramp_ms": 60000}`.
+#[derive(Debug, serde::Deserialize)]
+struct InjectBody {
+    fault: String,
+    #[serde(default)]
+    ramp_ms: Option<u64>,
+}
+
+fn refuse(code: StatusCode, kind: &str, message: String) -> Response {
+    (
+        code,
+        Json(serde_json::json!({"error": kind, "message": message})),
+    )
+        .into_response()
+}
+
+async fn inject(
+    State(ctx): State<Arc<NodeCtx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("fault injection is accepted only from this host (request from {peer})"),
+        );
+    }
+    let body: InjectBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let what: Injection = match body.fault.parse() {
+        Ok(w) => w,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "unknown_fault", e.to_string()),
+    };
+    match ctx.health.inject(what, body.ramp_ms) {
+        Ok(faults) => Json(serde_json::json!({
+            "node": ctx.node.0,
+            "injected": body.fault,
+            "faults": faults,
+        }))
+        .into_response(),
+        Err(e @ InjectError::NotSimulated(_)) => {
+            refuse(StatusCode::CONFLICT, "not_simulated", e.to_string())
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, "unknown_fault", e.to_string()),
+    }
 }

@@ -31,11 +31,18 @@
 //! [limits]
 //! max_frame_bytes = 16777216
 //! request_timeout_ms = 5000                  # metadata requests
+//!
+//! [health]                                   # health agent and predictor: see health/config.rs
+//! source = "linux"                           # "linux" | "simulated" | "off"
+//! sample_interval_ms = 5000
+//! node_model = "/usr/share/augur/models/default.model"
+//! disk_model = "/usr/share/augur/models/disk.model"
 //! ```
 //!
 //! Lease and heartbeat timing come from the metadata leader with every heartbeat
 //! acknowledgement, so a node and the leader cannot disagree about them.
 
+use super::health::config::HealthSettings;
 use crate::config::ConfigError;
 use augur_transport::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -161,6 +168,9 @@ pub struct StorageFile {
     /// Limits.
     #[serde(default)]
     pub limits: StorageLimits,
+    /// Health agent and predictor.
+    #[serde(default)]
+    pub health: HealthSettings,
 }
 
 /// A complete, validated storage-node configuration.
@@ -192,6 +202,8 @@ pub struct StorageConfig {
     pub copy: CopySettings,
     /// Limits.
     pub limits: StorageLimits,
+    /// Health agent and predictor.
+    pub health: HealthSettings,
 }
 
 impl StorageFile {
@@ -208,6 +220,7 @@ impl StorageFile {
         let base = path.parent().unwrap_or(Path::new("."));
         file.data_dir = file.data_dir.map(|d| base.join(d));
         file.tls = file.tls.map(|t| t.relative_to(base));
+        file.health = file.health.relative_to(base);
         Ok(file)
     }
 
@@ -279,6 +292,7 @@ impl StorageFile {
                 format!("must be 1..={budget} (the frame's payload budget)"),
             ));
         }
+        self.health.validate()?;
         Ok(StorageConfig {
             id,
             listen,
@@ -293,6 +307,7 @@ impl StorageFile {
             replication: self.replication,
             copy: self.copy,
             limits: self.limits,
+            health: self.health,
         })
     }
 }

@@ -371,8 +371,7 @@ impl Engine {
         );
         let mut out: Vec<LogEntry> = Vec::new();
         let mut bytes = 0usize;
-        let mut expect = from;
-        for item in iter {
+        for (expect, item) in (from..).zip(iter) {
             let (k, v) = item?;
             if k.len() != 16 || k[..8] != shard_prefix(shard) {
                 break;
@@ -383,7 +382,6 @@ impl Engine {
             }
             bytes += v.len();
             out.push(decode("log entry", &v)?);
-            expect += 1;
         }
         Ok(out)
     }

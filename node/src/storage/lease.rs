@@ -135,7 +135,8 @@ pub async fn heartbeats(weak: Weak<NodeCtx>) {
 async fn beat(ctx: &Arc<NodeCtx>) {
     let report = ctx.report().await;
     let sent = Instant::now();
-    match ctx.meta.heartbeat(report).await {
+    let health = ctx.health.node_health();
+    match ctx.meta.heartbeat_with_health(report, health).await {
         Ok(ack) => {
             let known = ctx.lease.node_epoch.load(Ordering::Acquire);
             if ack.node_epoch > known || ack.state == NodeState::Down {

@@ -8,7 +8,8 @@
 //! - [`directory`]: shard and node records, followed by a watch;
 //! - [`lease`]: registration, heartbeats and the node's lease;
 //! - [`server`]: the QUIC server (data API, replication, copies, probes);
-//! - [`admin`]: `/health`, `/metrics`, `/v1/status`;
+//! - [`health`]: the health agent and predictor, the node's risk;
+//! - [`admin`]: `/health`, `/metrics`, `/v1/status`, `/v1/health`;
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! See `docs/data-plane.md` for the protocol.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod copy;
 pub mod directory;
 pub mod engine;
+pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod replica;
@@ -63,6 +65,8 @@ pub struct NodeCtx {
     pub throttle: copy::Throttle,
     /// Metrics.
     pub metrics: metrics::Metrics,
+    /// The health agent and predictor.
+    pub health: Arc<health::Health>,
     replicas: Mutex<HashMap<ShardId, Handle>>,
     capacity: u64,
 }
@@ -145,6 +149,8 @@ impl NodeCtx {
 }
 
 /// The size of the filesystem holding `dir`, for a capacity of 0 ("the disk's").
+// The statvfs field types differ between platforms (u32 on some 32-bit ones).
+#[allow(clippy::unnecessary_cast)]
 fn filesystem_bytes(dir: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(dir)
         .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
@@ -185,6 +191,8 @@ impl StorageNode {
         } else {
             filesystem_bytes(&cfg.data_dir)
         };
+        let (health, health_tasks) =
+            health::Health::start(cfg.health.clone(), cfg.id, &cfg.data_dir);
         let ctx = Arc::new(NodeCtx {
             node: NodeId::new(cfg.id)?,
             incarnation: identity.incarnation,
@@ -198,6 +206,7 @@ impl StorageNode {
             directory: directory::Directory::default(),
             directory_ready: tokio::sync::Notify::new(),
             metrics: metrics::Metrics::new(),
+            health,
             replicas: Mutex::new(HashMap::new()),
             capacity,
         });
@@ -216,7 +225,14 @@ impl StorageNode {
                 Err(e) => tracing::error!(%shard, error = %e, "cannot start a replica"),
             }
         }
-        let mut tasks = Vec::new();
+        let mut tasks = health_tasks;
+        if let Some(outbox) = ctx.health.take_outbox() {
+            tasks.push(tokio::spawn(health::ship(
+                ctx.meta.clone(),
+                ctx.node,
+                outbox,
+            )));
+        }
         tasks.push(tokio::spawn(directory::follow(Arc::downgrade(&ctx))));
         tasks.push(tokio::spawn(lease::heartbeats(Arc::downgrade(&ctx))));
         tasks.push(tokio::spawn(housekeeping(Arc::downgrade(&ctx))));

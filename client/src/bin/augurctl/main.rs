@@ -8,8 +8,10 @@
 //! - `meta`: status, bootstrap, membership, settings, watch;
 //! - `shards`: shard and storage-node records, creating the data plane;
 //! - `kv`: keys, through the data API;
+//! - `health`: a storage node's health and fault injection, through its admin endpoint;
 //! - `output`: formatting shared by the others.
 
+mod health;
 mod kv;
 mod meta;
 mod output;

@@ -87,6 +87,30 @@ pub enum NodeCmd {
         #[arg(long)]
         id: NodeId,
     },
+    /// Inject a fault into a node's simulated health source (`--health-source simulated`),
+    /// through its admin endpoint (accepted only from the node's own host), or clear them.
+    Inject {
+        /// Node id.
+        id: NodeId,
+        /// fail-slow, error-burst, thermal, psu-flap, packet-loss, sudden-death or clear.
+        fault: String,
+        /// Milliseconds over which the fault ramps to full severity (default: the node's
+        /// `[health] inject_ramp_ms`).
+        #[arg(long)]
+        ramp_ms: Option<u64>,
+    },
+    /// A node's health from its admin endpoint: the latest risk (or why there is none),
+    /// recent samples and the risk timeline.
+    Health {
+        /// Node id.
+        id: NodeId,
+        /// Recent samples to show.
+        #[arg(long, default_value_t = 12)]
+        samples: usize,
+        /// Scoring rounds to show.
+        #[arg(long, default_value_t = 12)]
+        rounds: usize,
+    },
 }
 
 /// Whether a node in this state serves its replicas.
@@ -352,6 +376,14 @@ pub async fn node(c: &Client, cmd: NodeCmd, json: bool) -> anyhow::Result<i32> {
             n.state_since_ms = now_ms();
             cas_report(c.cas(Record::Node(n), Some(version)).await, json)
         }
+        NodeCmd::Inject { id, fault, ramp_ms } => {
+            crate::health::inject(c, id, &fault, ramp_ms, json).await
+        }
+        NodeCmd::Health {
+            id,
+            samples,
+            rounds,
+        } => crate::health::show(c, id, samples, rounds, json).await,
     }
 }
 
@@ -408,7 +440,7 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<6} {:<9} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6} {:<22}",
+        "{:<6} {:<9} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6} {:<32} {:<22}",
         "NODE",
         "STATE",
         "CAPACITY",
@@ -419,12 +451,13 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
         "HEARTBEAT",
         "RACK",
         "RISK",
+        "TOP REASON",
         "ADDRESS"
     );
     for n in &nodes {
         let (replicas, primaries, learning) = held.get(&n.id).copied().unwrap_or_default();
         println!(
-            "{:<6} {:<9} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6.3} {:<22}",
+            "{:<6} {:<9} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6} {:<32} {:<22}",
             n.id,
             format!("{:?}", n.state),
             bytes(n.capacity_bytes),
@@ -434,7 +467,15 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
             learning,
             heartbeat_age(n).map(age).unwrap_or_else(|| "-".into()),
             if n.rack.is_empty() { "-" } else { &n.rack },
-            n.risk.score,
+            if n.risk.model.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3}", n.risk.score)
+            },
+            n.risk
+                .top_features
+                .first()
+                .map_or_else(|| "-".to_string(), |(f, c)| format!("{f} ({c:+.2})")),
             n.addrs.join(",")
         );
     }

@@ -47,6 +47,9 @@ pub struct View {
     pub applied: u64,
 }
 
+/// Who waits for a hand-off to drain: answered with the last applied sequence.
+pub(crate) type HandOffWaiter = oneshot::Sender<Result<u64, DataError>>;
+
 /// A message to a replica's task.
 pub enum Msg {
     /// A client write (primary only).
@@ -233,7 +236,7 @@ pub struct Replica {
     /// After a restart as primary: the control plane was asked to choose again.
     pub(crate) asked_reelection: Option<Instant>,
     /// Primary handing off: until when it serves nothing, and who waits for the drain.
-    pub(crate) handing_off: Option<(Instant, Vec<oneshot::Sender<Result<u64, DataError>>>)>,
+    pub(crate) handing_off: Option<(Instant, Vec<HandOffWaiter>)>,
     /// Tells senders the log grew or the commit moved.
     pub(crate) progress: watch::Sender<(u64, u64)>,
     view: watch::Sender<View>,
