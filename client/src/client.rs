@@ -548,6 +548,18 @@ impl Client {
             .collect())
     }
 
+    /// Lists every shard record, by id (a linearizable read of the whole table).
+    pub async fn list_shards(&self) -> Result<std::collections::BTreeMap<ShardId, Shard>, Error> {
+        let (records, _) = self.list(Table::Shards, Consistency::Linearizable).await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Shard(s) => Some((s.id, s)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Closes connections gracefully.
     pub async fn close(&self) {
         self.inner.transport.close().await;

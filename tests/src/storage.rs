@@ -4,7 +4,7 @@ use crate::{augur, LocalCluster};
 use anyhow::{bail, Context};
 use augur_client::{Client, Transport};
 use augur_proto::data::{DataRequest, DataResponse, NodeReport};
-use augur_proto::{Consistency, Node, NodeId, Record, Shard, ShardId, Table};
+use augur_proto::{Node, NodeId, Shard, ShardId};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -61,16 +61,7 @@ impl LocalCluster {
 
 /// Every shard record, by id.
 pub async fn shards(client: &Client) -> anyhow::Result<BTreeMap<ShardId, Shard>> {
-    let (records, _) = client
-        .list(Table::Shards, Consistency::Linearizable)
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Shard(s) => Some((s.id, s)),
-            _ => None,
-        })
-        .collect())
+    Ok(client.list_shards().await?)
 }
 
 /// Every storage-node record, by id.

@@ -16,22 +16,13 @@ use std::time::{Duration, Instant};
 
 use augur_client::{Client, Transport};
 use augur_proto::data::{DataRequest, DataResponse, NodeReport};
-use augur_proto::{Consistency, Node, NodeId, NodeState, Record, Shard, ShardId, Table};
+use augur_proto::{Node, NodeId, NodeState, Shard, ShardId};
 
 use crate::results::NodeDigest;
 
 /// Every shard record, by id.
 pub async fn shards(client: &Client) -> Result<BTreeMap<ShardId, Shard>, augur_client::Error> {
-    let (records, _) = client
-        .list(Table::Shards, Consistency::Linearizable)
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Shard(s) => Some((s.id, s)),
-            _ => None,
-        })
-        .collect())
+    client.list_shards().await
 }
 
 /// Every storage node record, by id.

@@ -24,9 +24,9 @@ use super::{BenchCluster, ClusterPlan};
 use crate::control::settings::ControlSettings;
 use crate::local::{self, Proc};
 use anyhow::{bail, Context};
-use augur_client::{Client, DataClient};
+use augur_client::DataClient;
 use augur_proto::data::shard_of;
-use augur_proto::{Consistency, NodeId, NodeState, Record, Shard, ShardId, Table};
+use augur_proto::{NodeId, NodeState, ShardId};
 use clap::Args;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -177,19 +177,6 @@ fn print_report(r: &RecoverReport) {
     );
 }
 
-async fn shards(client: &Client) -> anyhow::Result<BTreeMap<ShardId, Shard>> {
-    let (records, _) = client
-        .list(Table::Shards, Consistency::Linearizable)
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Shard(s) => Some((s.id, s)),
-            _ => None,
-        })
-        .collect())
-}
-
 /// What the writers saw: per shard, the instants writes were acknowledged.
 #[derive(Default)]
 struct Acks {
@@ -239,7 +226,7 @@ async fn measure(a: &RecoverBenchArgs, dir: &Path) -> anyhow::Result<RecoverRepo
         .data_layout()
         .await?
         .context("the cluster has no data plane")?;
-    let before = shards(&client).await?;
+    let before = client.list_shards().await?;
     let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
     for s in before.values() {
         if let Some(p) = s.replicas.first() {
@@ -315,7 +302,7 @@ async fn measure(a: &RecoverBenchArgs, dir: &Path) -> anyhow::Result<RecoverRepo
                 down_at = Some(Instant::now());
             }
         }
-        let Ok(now) = shards(&client).await else {
+        let Ok(now) = client.list_shards().await else {
             continue;
         };
         if first_learner.is_none() && now.values().any(|s| !s.learners.is_empty()) {
