@@ -521,6 +521,8 @@ mod tests {
             epoch: 1,
             last_heartbeat_ms: 0,
             version,
+            cordoned: false,
+            cause: Default::default(),
         }
     }
 

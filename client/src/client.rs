@@ -560,6 +560,20 @@ impl Client {
             .collect())
     }
 
+    /// Lists every migration record (in flight and the finished ones kept per shard).
+    pub async fn list_migrations(&self) -> Result<Vec<augur_proto::Migration>, Error> {
+        let (records, _) = self
+            .list(Table::Migrations, Consistency::Linearizable)
+            .await?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Migration(m) => Some(m),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Closes connections gracefully.
     pub async fn close(&self) {
         self.inner.transport.close().await;

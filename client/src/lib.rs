@@ -17,6 +17,7 @@ pub mod cluster_file;
 pub mod control;
 pub mod data;
 pub mod error;
+pub mod node_ops;
 pub mod watch;
 
 /// QUIC, TLS and pooling live in `augur-transport`; re-exported for the client's callers.
@@ -27,5 +28,6 @@ pub use client::{CasOutcome, Client, ClientConfig};
 pub use cluster_file::ClusterFile;
 pub use data::{DataClient, DataConfig, PrefixScan, ScanPage};
 pub use error::Error;
+pub use node_ops::{NodeCommand, NodeCommandError, NodeCommandOutcome};
 pub use transport::{TlsFiles, Transport, TransportError};
 pub use watch::WatchStream;

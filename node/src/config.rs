@@ -38,7 +38,9 @@
 //! down_delay_ms = 300000              # Down this long before its replicas are re-created
 //! usage_interval_ms = 30000           # a node's usage is written at most this often
 //! clock_drift = 0.01                  # bound on relative clock-rate error (rho)
-//! # ... and the failure handling and re-replication knobs: see `control::settings`
+//! predict = true                      # the risk policy drains at-risk nodes (`--predict off`)
+//! # ... and the failure handling, re-replication and risk-policy knobs ([control.policy]):
+//! # see `control::settings`
 //!
 //! [limits]
 //! max_frame_bytes = 16777216          # every frame, both directions; >= 4 MiB + 64 KiB

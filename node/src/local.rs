@@ -89,7 +89,7 @@ pub(crate) fn free_port_pair() -> anyhow::Result<(u16, u16)> {
 }
 
 /// Member settings a new local cluster may override, e.g. to make snapshots frequent in tests.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Tuning {
     /// `raft.snapshot_logs_since_last`.
     pub snapshot_logs: Option<u64>,
@@ -100,6 +100,12 @@ pub struct Tuning {
     /// `control.down_delay_ms`: how long a Down storage node waits before its replicas are
     /// re-created (benchmarks and demos of re-replication set it to seconds).
     pub down_delay_ms: Option<u64>,
+    /// `control.predict`: prediction-driven draining on or off (`augur bench failover
+    /// --predict on|off` compares the two).
+    pub predict: Option<bool>,
+    /// Further lines of the `[control]` table, each `key = value` in TOML (dotted keys reach
+    /// its sub-tables: `policy.k = 1`): tests shorten the risk policy's windows with them.
+    pub control: Vec<String>,
 }
 
 fn write_member(
@@ -108,7 +114,7 @@ fn write_member(
     listen: &str,
     admin: &str,
     initial: &[String],
-    tuning: Tuning,
+    tuning: &Tuning,
 ) -> anyhow::Result<()> {
     let certs_dir = dir.join("certs");
     let name = format!("meta-{id}");
@@ -149,8 +155,16 @@ fn write_member(
             config.push_str(&format!("append_window = {n}\n"));
         }
     }
+    let mut control: Vec<String> = Vec::new();
     if let Some(ms) = tuning.down_delay_ms {
-        config.push_str(&format!("\n[control]\ndown_delay_ms = {ms}\n"));
+        control.push(format!("down_delay_ms = {ms}"));
+    }
+    if let Some(p) = tuning.predict {
+        control.push(format!("predict = {p}"));
+    }
+    control.extend(tuning.control.iter().cloned());
+    if !control.is_empty() {
+        config.push_str(&format!("\n[control]\n{}\n", control.join("\n")));
     }
     std::fs::write(mdir.join("config.toml"), config)?;
     Ok(())
@@ -168,7 +182,7 @@ pub fn add_member(dir: &Path, tuning: Tuning) -> anyhow::Result<(u64, String)> {
     let id = members(dir)?.last().copied().unwrap_or(0) + 1;
     let (q, a) = free_port_pair()?;
     let (listen, admin) = (format!("127.0.0.1:{q}"), format!("127.0.0.1:{a}"));
-    write_member(dir, id, &listen, &admin, &[], tuning)?;
+    write_member(dir, id, &listen, &admin, &[], &tuning)?;
     file.endpoints.push(listen.clone());
     file.admin.push(admin);
     file.save(&path)?;
@@ -200,7 +214,7 @@ fn create(dir: &Path, n: u64, tuning: Tuning) -> anyhow::Result<()> {
         .collect();
     for id in 1..=n {
         let i = (id - 1) as usize;
-        write_member(dir, id, &endpoints[i], &admin[i], &initial, tuning)?;
+        write_member(dir, id, &endpoints[i], &admin[i], &initial, &tuning)?;
     }
     ClusterFile {
         endpoints,

@@ -67,6 +67,10 @@ struct MetaArgs {
     /// This node's private key.
     #[arg(long, requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
+    /// Prediction-driven draining (`[control] predict`): `off` leaves at-risk nodes in
+    /// place, so the cluster only reacts to failures.
+    #[arg(long, value_parser = local::cli::parse_on_off)]
+    predict: Option<bool>,
 }
 
 #[derive(Args)]
@@ -190,6 +194,12 @@ enum BenchCmd {
     Data(bench::data::DataBenchArgs),
     /// Kill a storage node under load: the write gap and the time and rate to restore RF.
     Recover(bench::recover::RecoverBenchArgs),
+    /// A storage node shows a precursor, then dies: what clients pay, with and without
+    /// prediction-driven draining (`--predict on|off`).
+    Failover(bench::failover::FailoverBenchArgs),
+    /// Drain a storage node under load: the move rate against a raw QUIC copy, and client
+    /// p99 during the drain against before it.
+    Migrate(bench::migrate::MigrateBenchArgs),
 }
 
 fn init_logging(format: &str) {
@@ -222,6 +232,9 @@ fn meta_config(a: MetaArgs) -> anyhow::Result<augur_node::config::MetaConfig> {
     }
     if let (Some(ca), Some(cert), Some(key)) = (a.ca, a.cert, a.key) {
         file.tls = Some(augur_transport::TlsFiles { ca, cert, key });
+    }
+    if let Some(p) = a.predict {
+        file.control.predict = p;
     }
     Ok(file.validate()?)
 }
@@ -344,6 +357,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench(BenchCmd::Meta(a)) => bench::run_meta(a).await,
         Cmd::Bench(BenchCmd::Data(a)) => bench::data::run_data(a).await,
         Cmd::Bench(BenchCmd::Recover(a)) => bench::recover::run_recover(a).await,
+        Cmd::Bench(BenchCmd::Failover(a)) => bench::failover::run_failover(a).await,
+        Cmd::Bench(BenchCmd::Migrate(a)) => bench::migrate::run_migrate(a).await,
     }
 }
 

@@ -6,9 +6,11 @@
 //! The node's path through it: an [`Agent`] samples the machine (see [`agent::linux`], with
 //! SMART from [`agent::smart`]) and keeps a bounded history; [`Model::load`] and
 //! [`disk::DiskModel::load`] read the shipped models (refusing other kinds, schema versions
-//! and corrupt trees); `score_samples` of each turns the history into a [`Risk`] with
-//! reasons; [`combine::combine_risks`] makes the node's one risk of the two; a [`RiskPolicy`]
-//! on the metadata leader turns every node's risk into ordered actions.
+//! and corrupt trees); [`HistoryHandle::score_node`] (the node model, from the one-minute
+//! grid the history keeps as samples arrive) and `DiskModel::score_samples` (of the SMART
+//! readings) turn the history into a [`Risk`] with reasons; [`combine::combine_risks`]
+//! makes the node's one risk of the two; a [`RiskPolicy`] on the metadata leader turns
+//! every node's risk into ordered actions.
 #![warn(missing_docs)]
 
 pub mod agent;

@@ -17,7 +17,7 @@ use crate::features::{feature_names, Normaliser, WindowFeatures, WindowSpec};
 use crate::gbt::{Gbt, Platt};
 use crate::lstm::{to_steps, LstmAutoencoder};
 use crate::sample::{HealthSample, N_METRICS};
-use crate::trace::NodeSeries;
+use crate::trace::{GridSeries, NodeSeries};
 
 /// The schema this build reads and writes. Bump on any change to the model's meaning.
 /// Version 3: latency is normalised by a load effect learned per node (it was a fixed
@@ -327,8 +327,10 @@ impl Model {
         })
     }
 
-    /// Scores a node from its recent samples (e.g. the agent's local history) at the time of
-    /// the newest sample, with three reasons. This is the call the storage node makes.
+    /// Scores a node from its recent samples (a replay, a copy of a history) at the time of
+    /// the newest sample, with three reasons. The storage node scores its agent's history
+    /// through [`crate::HistoryHandle::score_node`] instead: the same risk from a grid kept
+    /// as samples arrive, where this resamples every sample at every call.
     pub fn score_samples(&self, samples: &[HealthSample]) -> Result<Risk, ModelError> {
         let series = NodeSeries::from_samples(samples);
         let at = series.ts.last().copied().unwrap_or(0);
@@ -340,6 +342,23 @@ impl Model {
                     .resample(self.window.resolution_ms)
                     .range(at - self.window.mid_ms, at)
                     .len(),
+                span_min: self.window.mid_ms / 60_000,
+            })
+    }
+
+    /// Scores a node from its incrementally kept grid ([`GridSeries`], as the agent's history
+    /// keeps it) at the time of the newest sample, with three reasons: the same risk as
+    /// [`Self::score_samples`] of the same samples, without resampling every raw sample at
+    /// every call. The grid is re-gridded first if it is not at this model's resolution.
+    pub fn score_grid(&self, grid: &mut GridSeries) -> Result<Risk, ModelError> {
+        grid.set_resolution(self.window.resolution_ms);
+        let at = grid.last_ts().unwrap_or(0);
+        let series = grid.series();
+        self.score_series(series, at, 3)
+            .ok_or_else(|| ModelError::NotEnoughData {
+                node: series.node.clone(),
+                need: self.window.min_samples,
+                have: series.range(at - self.window.mid_ms, at).len(),
                 span_min: self.window.mid_ms / 60_000,
             })
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use augur_predictor::agent::{AgentConfig, HistoryHandle};
 use augur_predictor::eval::EvalReport;
 use augur_predictor::generate::NodeSim;
 use augur_predictor::model::Model;
@@ -234,16 +235,76 @@ pub(crate) fn bench(model: &Model, iterations: usize) {
                 std::hint::black_box(r);
                 times.push(t.elapsed().as_secs_f64() * 1e6);
             }
-            times.sort_by(f64::total_cmp);
+            let (median, p90, min) = spread(&mut times);
             println!(
-                "score one window ({} samples = {} h at {} s, {label}): median {:.1} us, p90 {:.1} us, min {:.1} us over {iterations} runs",
+                "score one window ({} samples = {} h at {} s, {label}): median {median:.1} us, p90 {p90:.1} us, min {min:.1} us over {iterations} runs",
                 series.range(at - model.window.baseline_ms, at).len(),
                 model.window.baseline_ms / 3_600_000,
                 interval_ms / 1000,
-                times[times.len() / 2],
-                times[times.len() * 9 / 10],
-                times[0]
             );
         }
     }
+    bench_storage_node(model, iterations, &mut rng);
+}
+
+/// The storage node's path at 5 s, which the cases above do not measure: the agent appends
+/// each sample to its bounded history (which keeps the model's grid as samples arrive), and
+/// the scorer scores the history with three reasons (`HistoryHandle::score_node`). Beside
+/// it, the path the node took before the grid was kept: copy the history
+/// (`HistoryHandle::snapshot`) and `Model::score_samples` it, resampling every sample.
+fn bench_storage_node(model: &Model, iterations: usize, rng: &mut rand::rngs::StdRng) {
+    let interval_ms = 5_000i64;
+    let capacity = AgentConfig::default().history_capacity;
+    let profile = NodeSim::random_profile("bench".into(), 0, rng);
+    let mut sim = NodeSim::new(profile, 1);
+    let t0 = 1_763_942_400_000i64;
+    let history = HistoryHandle::new(capacity, 0);
+    let mut next = 0i64;
+    let mut sample = move || {
+        next += 1;
+        sim.sample(t0 + (next - 1) * interval_ms, interval_ms)
+    };
+    for _ in 0..capacity {
+        history.push(sample());
+    }
+    std::hint::black_box(history.score_node(model).ok());
+    let (mut total, mut append) = (Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        let s = sample();
+        let t = Instant::now();
+        history.push(s);
+        let a = t.elapsed();
+        let r = history.score_node(model);
+        let e = t.elapsed();
+        std::hint::black_box(r.ok());
+        total.push(e.as_secs_f64() * 1e6);
+        append.push(a.as_secs_f64() * 1e6);
+    }
+    let hours = capacity as i64 * interval_ms / 3_600_000;
+    let (median, p90, min) = spread(&mut total);
+    let (a_median, a_p90, _) = spread(&mut append);
+    println!(
+        "storage node at 5 s, history of {capacity} samples = {hours} h (append one sample + score + 3 SHAP reasons from the incremental grid): median {median:.1} us, p90 {p90:.1} us, min {min:.1} us over {iterations} runs; the append alone median {a_median:.1} us, p90 {a_p90:.1} us"
+    );
+    let mut before = Vec::new();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let r = model.score_samples(&history.snapshot());
+        before.push(t.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(r.ok());
+    }
+    let (median, p90, min) = spread(&mut before);
+    println!(
+        "storage node at 5 s, the same history, as before the grid was kept (snapshot + score_samples + 3 SHAP reasons): median {median:.1} us, p90 {p90:.1} us, min {min:.1} us over {iterations} runs"
+    );
+}
+
+/// Median, p90 and minimum of timings (sorts them).
+fn spread(times: &mut [f64]) -> (f64, f64, f64) {
+    times.sort_by(f64::total_cmp);
+    (
+        times[times.len() / 2],
+        times[times.len() * 9 / 10],
+        times[0],
+    )
 }

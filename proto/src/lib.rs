@@ -16,7 +16,8 @@ pub mod wire;
 pub use frame::{FrameError, MAX_FRAME_DEFAULT};
 pub use ids::{ClusterId, IdError, MemberId, MigrationId, NodeId, ShardId};
 pub use model::{
-    Migration, MigrationState, Node, NodeState, Record, Risk, Setting, Shard, ShardState,
+    Migration, MigrationKind, MigrationState, Node, NodeState, Record, Risk, Setting, Shard,
+    ShardState, StateCause, StateOrigin, StormGuard, STORM_GUARD_SETTING,
 };
 pub use txn::{Compare, CompareTarget, Key, Op, Table, Txn, TxnError, TxnResult};
 pub use wire::{ApiError, Consistency, Request, Response};

@@ -113,6 +113,71 @@ pub struct Node {
     pub last_heartbeat_ms: u64,
     /// Log index of the last change (assigned by the store).
     pub version: u64,
+    /// Cordoned by an operator: no new replicas are placed on the node, nothing is moved off
+    /// it. Independent of `state`, and only an operator sets or clears it (a registration
+    /// keeps it), so a node under maintenance stays cordoned across restarts.
+    pub cordoned: bool,
+    /// Who put the node in its `state`, why, and its risk at that moment. Two deciders share
+    /// the states (liveness marks late nodes Suspect, the risk policy marks at-risk nodes
+    /// Suspect or Draining, operators drain and undrain), and each may only undo its own
+    /// decisions: this is how they tell them apart.
+    pub cause: StateCause,
+}
+
+/// Which part of the system set a node's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum StateOrigin {
+    /// The node registered (or came back from Down): nobody decided anything since.
+    #[default]
+    Registered,
+    /// The control plane's liveness rules: heartbeats late (Suspect), stopped (Down), or
+    /// resumed (Up).
+    Liveness,
+    /// The risk policy on the metadata leader: Suspect (watch, no new replicas) or Draining,
+    /// and back to Up once the risk has fallen below the policy's leave threshold.
+    Policy,
+    /// An operator (`augurctl node drain|undrain`). An operator's drain is never undone by
+    /// the policy; an operator's undrain holds until the node's risk falls below the
+    /// policy's leave threshold.
+    Operator,
+}
+
+/// Why a node is in its state: recorded with every decision that changes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StateCause {
+    /// Who decided.
+    pub origin: StateOrigin,
+    /// Why, for people (at most [`limits::MAX_STRING`] bytes).
+    pub reason: String,
+    /// The node's risk score when the decision was taken (0 when risk played no part).
+    pub risk: f64,
+    /// Policy decisions only: the node was in the policy's at-risk state (k of the last n
+    /// rounds above `enter`), not merely above the watch threshold. A new leader rebuilds the
+    /// policy's state from this, so hysteresis survives leader changes.
+    pub at_risk: bool,
+    /// Policy decisions only: the node is at risk but held out (left in place on purpose, to
+    /// measure the policy's precision).
+    pub holdout: bool,
+}
+
+/// Name of the setting holding the storm guard's state (JSON [`StormGuard`]), written by the
+/// metadata leader's risk policy when the guard trips or clears.
+pub const STORM_GUARD_SETTING: &str = "control.storm_guard";
+
+/// The risk policy's storm guard, as persisted: while `frozen`, automated moves stop (the
+/// policy drains no new node, and the planner plans no new moves off nodes the policy
+/// drained); operators' drains and the re-replication of Down nodes go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StormGuard {
+    /// Automated moves are frozen.
+    pub frozen: bool,
+    /// The alarm, for people, while frozen.
+    pub alarm: Option<String>,
+    /// The nodes at risk when the guard last tripped.
+    pub flagged: Vec<NodeId>,
+    /// Wall-clock milliseconds (of the leader that wrote it) of the last change.
+    pub since_ms: u64,
 }
 
 /// Progress of one shard move; see DESIGN.md "Moving a shard".
@@ -130,6 +195,17 @@ pub enum MigrationState {
     Committed,
     /// Given up; the source still owns the shard; terminal.
     Aborted,
+}
+
+/// What a move does to the shard's replica set when it commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationKind {
+    /// Re-replication: the destination is added (the shard had fewer replicas than `rf`);
+    /// `from` names the lost replica, or the copy source when that is unknown.
+    Restore,
+    /// Drain: the destination replaces `from`, a replica on a node being emptied, in one
+    /// write, so the shard keeps its replica count throughout.
+    Drain,
 }
 
 /// One planned move of one shard from one node to another.
@@ -157,6 +233,13 @@ pub struct Migration {
     pub bytes_total: u64,
     /// Attempts so far (retries after aborts).
     pub attempts: u32,
+    /// Restore (add the destination) or drain (replace the source with it).
+    pub kind: MigrationKind,
+    /// Wall-clock milliseconds (of the leader that wrote it) when the copy started; 0
+    /// before. With `bytes_copied` and `rate_bytes_per_s` it gives progress and an ETA.
+    pub started_ms: u64,
+    /// Copy rate measured at the latest recorded step, bytes per second (0: not yet).
+    pub rate_bytes_per_s: u64,
     /// Log index of the last change (assigned by the store).
     pub version: u64,
 }
@@ -312,6 +395,10 @@ impl Record {
                 check_len("risk.top_features", n.risk.top_features.len(), MAX_FEATURES)?;
                 for (name, _) in &n.risk.top_features {
                     check_len("feature name", name.len(), MAX_STRING)?;
+                }
+                check_len("cause.reason", n.cause.reason.len(), MAX_STRING)?;
+                if !(0.0..=1.0).contains(&n.cause.risk) {
+                    return Err(RecordError::BadRisk(n.cause.risk));
                 }
             }
             Record::Migration(m) => {

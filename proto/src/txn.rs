@@ -165,6 +165,9 @@ impl Compare {
 }
 
 /// One change of a transaction.
+// A record is a few hundred bytes and lives as briefly as the op that carries it: boxing
+// it would add an allocation per op for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// Create or replace a record; its version is stamped by the store.

@@ -13,7 +13,9 @@ use crate::txn::{Key, Table, Txn, TxnResult};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name negotiated by ALPN; bumped on any incompatible change to these messages.
-pub const ALPN: &[u8] = b"augur/2";
+/// 3: the node record's `cordoned` and `cause`, the migration's `kind`, `started_ms` and
+/// `rate_bytes_per_s` (postcard is positional, so an older peer would misread them).
+pub const ALPN: &[u8] = b"augur/3";
 
 /// Most records one list page may return.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
@@ -424,6 +426,9 @@ pub struct WatchEvent {
 }
 
 /// One change to one record.
+// A record is a few hundred bytes and lives as briefly as the op that carries it: boxing
+// it would add an allocation per op for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Change {
     /// The record as written, with its new version.

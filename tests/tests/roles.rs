@@ -27,6 +27,8 @@ fn node_record(id: u64) -> Record {
         epoch: 1,
         last_heartbeat_ms: 0,
         version: 0,
+        cordoned: false,
+        cause: Default::default(),
     })
 }
 

@@ -138,6 +138,8 @@ impl MetaState {
                 epoch: 1,
                 last_heartbeat_ms: 0,
                 version: self.revision,
+                cordoned: false,
+                cause: Default::default(),
             },
         );
     }

@@ -295,6 +295,8 @@ mod tests {
                 epoch: 0,
                 last_heartbeat_ms: 0,
                 version: 0,
+                cordoned: false,
+                cause: Default::default(),
             },
         )
     }

@@ -152,7 +152,7 @@ fn marker(keys: u64, value_size: usize) -> Vec<u8> {
 }
 
 /// A short name for an error, for the report's error counts.
-fn kind_of(e: &augur_client::Error) -> String {
+pub(crate) fn kind_of(e: &augur_client::Error) -> String {
     use augur_client::Error as E;
     match e {
         E::Indeterminate(_) => "indeterminate".into(),
@@ -257,6 +257,8 @@ pub async fn run_data(a: DataBenchArgs) -> anyhow::Result<()> {
         rf: a.rf,
         down_delay_ms: None,
         copy_bytes_per_sec: None,
+        predict: None,
+        control: Vec::new(),
     };
     let cluster = BenchCluster::open(a.cluster.as_deref(), plan, a.keep_cluster).await?;
     let result = measure(&a, &cluster).await;

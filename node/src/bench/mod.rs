@@ -5,13 +5,19 @@
 //! - [`data`]: `augur bench data`, puts and gets through the data plane;
 //! - [`recover`]: `augur bench recover`, a storage node SIGKILLed under load: the write gap
 //!   on the shards it led and the time to restore the replication factor;
-//! - [`rawcopy`]: the raw QUIC bulk copy `recover` compares its re-replication rate with.
+//! - [`rawcopy`]: the raw QUIC bulk copy `recover` compares its re-replication rate with;
+//! - [`failover`]: `augur bench failover --predict on|off`, a node with a precursor that
+//!   dies: failed requests, unavailability and time below RF, with and without prediction;
+//! - [`migrate`]: `augur bench migrate`, an operator's drain under load: the move rate
+//!   against a raw QUIC copy, and client p99 during the drain against before it.
 //!
 //! One run is one sample: the machine is shared and noisy, so the scripts run each benchmark
 //! several times, alternating systems, and report medians.
 
 pub mod data;
+pub mod failover;
 pub mod meta;
+pub mod migrate;
 pub mod rawcopy;
 pub mod recover;
 
@@ -90,7 +96,7 @@ pub(crate) struct BenchCluster {
 }
 
 /// What a benchmark asks of a cluster it starts itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClusterPlan {
     /// Metadata members.
     pub meta: u64,
@@ -104,6 +110,10 @@ pub(crate) struct ClusterPlan {
     pub down_delay_ms: Option<u64>,
     /// `[copy] bytes_per_sec` of every storage node.
     pub copy_bytes_per_sec: Option<u64>,
+    /// `[control] predict` of every member (prediction-driven draining).
+    pub predict: Option<bool>,
+    /// Further `[control]` lines of every member, `key = value` in TOML.
+    pub control: Vec<String>,
 }
 
 impl BenchCluster {
@@ -132,6 +142,8 @@ impl BenchCluster {
         let timeout = Duration::from_secs(120);
         let tuning = local::Tuning {
             down_delay_ms: plan.down_delay_ms,
+            predict: plan.predict,
+            control: plan.control.clone(),
             ..Default::default()
         };
         let started = async {

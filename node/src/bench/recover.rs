@@ -135,6 +135,8 @@ pub async fn run_recover(a: RecoverBenchArgs) -> anyhow::Result<()> {
         rf: a.rf,
         down_delay_ms: Some(a.down_delay_ms),
         copy_bytes_per_sec: Some(a.copy_mb_per_sec.saturating_mul(1_000_000)),
+        predict: None,
+        control: Vec::new(),
     };
     let cluster = BenchCluster::open(a.cluster.as_deref(), plan, a.keep_cluster).await?;
     let result = measure(&a, &cluster.dir).await;

@@ -6,7 +6,9 @@
 //! write it leads to compares the versions it was computed from.
 
 use augur_proto::data::{DataCluster, NodeReport, ReplicaStatus};
-use augur_proto::{Migration, MigrationState, Node, NodeId, NodeState, Shard, ShardId};
+use augur_proto::{
+    Migration, MigrationState, Node, NodeId, NodeState, Shard, ShardId, StateOrigin, StormGuard,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// The metadata records the control plane works from, read at one revision.
@@ -20,6 +22,9 @@ pub struct Cluster {
     pub migrations: Vec<Migration>,
     /// The data plane's layout, once it is created.
     pub layout: Option<DataCluster>,
+    /// The risk policy's storm guard (setting [`augur_proto::STORM_GUARD_SETTING`]; not
+    /// frozen when absent).
+    pub storm: StormGuard,
 }
 
 /// Whether a node in `state` is running and may hold and serve replicas: Up, Suspect (late,
@@ -29,6 +34,13 @@ pub fn is_live(state: NodeState) -> bool {
         state,
         NodeState::Up | NodeState::Suspect | NodeState::Draining
     )
+}
+
+/// Whether `node` may receive new replicas (a placement, a move's destination, a
+/// re-replication): Up and not cordoned. Suspect nodes (late heartbeats, or a risk above the
+/// policy's watch threshold), Draining nodes (being emptied) and cordoned nodes take none.
+pub fn accepts_replicas(node: &Node) -> bool {
+    node.state == NodeState::Up && !node.cordoned
 }
 
 /// Whether a migration is still in flight.
@@ -56,6 +68,31 @@ impl Cluster {
     /// The migrations still in flight.
     pub fn active_migrations(&self) -> impl Iterator<Item = &Migration> {
         self.migrations.iter().filter(|m| is_active(m))
+    }
+
+    /// Whether `node` is registered and may receive new replicas (see [`accepts_replicas`]):
+    /// the planner's test of an eligible destination.
+    pub fn accepts_replicas(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_some_and(accepts_replicas)
+    }
+
+    /// Whether the storm guard has frozen automated moves.
+    pub fn frozen(&self) -> bool {
+        self.storm.frozen
+    }
+
+    /// Whether `node` is to be emptied now: its record says Draining, and the drain is not an
+    /// automated one held by the storm guard (an operator's drain goes on while frozen).
+    pub fn to_drain(&self, node: NodeId) -> bool {
+        self.nodes.get(&node).is_some_and(|n| {
+            n.state == NodeState::Draining
+                && !(self.storm.frozen && n.cause.origin == StateOrigin::Policy)
+        })
+    }
+
+    /// The nodes to empty now (see [`Cluster::to_drain`]), by id.
+    pub fn draining(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().filter(|n| self.to_drain(n.id))
     }
 }
 
@@ -128,6 +165,8 @@ pub(crate) mod fixtures {
             epoch: 1,
             last_heartbeat_ms: 0,
             version: 10 + id,
+            cordoned: false,
+            cause: Default::default(),
         }
     }
 
@@ -155,6 +194,7 @@ pub(crate) mod fixtures {
             shards: shards.into_iter().map(|s| (s.id, s)).collect(),
             migrations: vec![],
             layout: Some(DataCluster { shards: 64, rf }),
+            storm: StormGuard::default(),
         }
     }
 
@@ -230,5 +270,29 @@ mod tests {
         c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Draining;
         assert!(c.live(NodeId(1)) && c.live(NodeId(3)));
         assert!(c.gone(NodeId(2)) && c.gone(NodeId(9)));
+    }
+
+    #[test]
+    fn only_up_uncordoned_nodes_accept_replicas_and_frozen_policy_drains_wait() {
+        let mut c = cluster(&[1, 2, 3, 4, 5], vec![], 3);
+        let set = |c: &mut Cluster, id: u64, state: NodeState, origin: StateOrigin| {
+            let n = c.nodes.get_mut(&NodeId(id)).unwrap();
+            n.state = state;
+            n.cause.origin = origin;
+        };
+        set(&mut c, 2, NodeState::Suspect, StateOrigin::Policy);
+        set(&mut c, 3, NodeState::Draining, StateOrigin::Policy);
+        set(&mut c, 4, NodeState::Draining, StateOrigin::Operator);
+        c.nodes.get_mut(&NodeId(5)).unwrap().cordoned = true;
+        let accepting: Vec<u64> = (1..=6).filter(|i| c.accepts_replicas(NodeId(*i))).collect();
+        assert_eq!(accepting, vec![1]);
+        let draining: Vec<NodeId> = c.draining().map(|n| n.id).collect();
+        assert_eq!(draining, vec![NodeId(3), NodeId(4)]);
+        // Frozen: the policy's drain waits, the operator's goes on.
+        c.storm.frozen = true;
+        assert!(c.frozen());
+        assert!(!c.to_drain(NodeId(3)) && c.to_drain(NodeId(4)));
+        // A cordoned node is still live and keeps its replicas.
+        assert!(c.live(NodeId(5)) && !c.to_drain(NodeId(5)));
     }
 }

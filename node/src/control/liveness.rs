@@ -14,28 +14,41 @@
 //! Declaring a node Down is one transaction comparing the node record's version that sets
 //! its state and `state_since_ms` and bumps its epoch: the node, seeing the higher epoch in
 //! its next heartbeat answer, knows everything it did under the old one is void.
+//!
+//! Suspect is shared with the risk policy ([`super::risk`]), which marks nodes above its
+//! watch threshold Suspect too. Every change here records [`StateOrigin::Liveness`] as its
+//! cause, and liveness turns a Suspect node back to Up only when it made it Suspect: a node
+//! the policy watches stays Suspect when its heartbeats resume.
 
 use super::registry::now_ms;
 use super::settings::ControlSettings;
 use super::store::MetaStore;
 use super::Control;
 use augur_proto::wire::ApiError;
-use augur_proto::{Node, NodeId, NodeState, Record, Txn};
+use augur_proto::{Node, NodeId, NodeState, Record, StateCause, StateOrigin, Txn};
 use std::time::{Duration, Instant};
 
-/// The state a node should move to, given how long ago this leader last heard its heartbeat
-/// (`heard`: `None` if never) and how long this member has led (`leading`). `None`: no
-/// change.
+/// Whether a Suspect node set by `origin` is liveness's to bring back: its own, and a state
+/// nobody decided (as registered).
+pub fn liveness_owns(origin: StateOrigin) -> bool {
+    matches!(origin, StateOrigin::Liveness | StateOrigin::Registered)
+}
+
+/// The state a node should move to, given who set its current state (`origin`), how long ago
+/// this leader last heard its heartbeat (`heard`: `None` if never) and how long this member
+/// has led (`leading`). `None`: no change.
 ///
 /// - Up, Suspect or Draining, silent longer than `grace_ms` -> Down;
 /// - Up, silent longer than `suspect_after_ms` -> Suspect;
-/// - Suspect, heard within `suspect_after_ms` -> Up (heartbeats resumed);
+/// - Suspect that liveness set, heard within `suspect_after_ms` -> Up (heartbeats resumed);
+///   a Suspect the risk policy or an operator set is theirs to clear;
 /// - Down and Removed nodes are left alone: a Down node comes back by registering again.
 ///
 /// Silence is `min(heard, leading)`, so neither Suspect nor Down can follow from what a new
 /// leader has not had time to hear; Suspect -> Up needs an actual recent heartbeat.
 pub fn transition(
     state: NodeState,
+    origin: StateOrigin,
     heard: Option<Duration>,
     leading: Duration,
     s: &ControlSettings,
@@ -47,17 +60,26 @@ pub fn transition(
         NodeState::Down | NodeState::Removed => None,
         _ if silence > grace => Some(NodeState::Down),
         NodeState::Up if silence > suspect => Some(NodeState::Suspect),
-        NodeState::Suspect if heard.is_some_and(|h| h <= suspect) => Some(NodeState::Up),
+        NodeState::Suspect if liveness_owns(origin) && heard.is_some_and(|h| h <= suspect) => {
+            Some(NodeState::Up)
+        }
         _ => None,
     }
 }
 
-/// The record `node` should be written as to enter `to` at wall-clock `now_ms`: Down bumps
-/// the node's epoch.
-pub fn moved(node: &Node, to: NodeState, now_ms: u64) -> Node {
+/// The record `node` should be written as to enter `to` at wall-clock `now_ms` for `reason`
+/// (liveness's decision): Down bumps the node's epoch.
+pub fn moved(node: &Node, to: NodeState, now_ms: u64, reason: String) -> Node {
     let mut n = node.clone();
     n.state = to;
     n.state_since_ms = now_ms;
+    n.cause = StateCause {
+        origin: StateOrigin::Liveness,
+        reason,
+        risk: node.risk.score,
+        at_risk: false,
+        holdout: false,
+    };
     if to == NodeState::Down {
         n.epoch = node.epoch + 1;
     }
@@ -97,10 +119,25 @@ impl Control {
             let Some(node) = cluster.nodes.get(&id) else {
                 continue;
             };
-            let Some(to) = transition(node.state, heard, leading, &self.settings) else {
+            let Some(to) = transition(
+                node.state,
+                node.cause.origin,
+                heard,
+                leading,
+                &self.settings,
+            ) else {
                 continue;
             };
-            let updated = moved(node, to, now_ms());
+            let silence = heard.map_or(leading, |h| h.min(leading)).as_millis();
+            let reason = match to {
+                NodeState::Up => "heartbeats resumed".to_string(),
+                NodeState::Suspect => format!("heartbeats late: silent {silence} ms"),
+                _ => format!(
+                    "no heartbeat for {silence} ms (grace {} ms)",
+                    self.settings.grace_ms
+                ),
+            };
+            let updated = moved(node, to, now_ms(), reason);
             let txn = Txn::cas(Record::Node(updated.clone()), Some(node.version));
             match meta.propose(txn).await {
                 Ok(r) if r.succeeded => {
@@ -141,37 +178,116 @@ mod tests {
     fn silence_moves_nodes_through_suspect_to_down() {
         let s = ControlSettings::default();
         let long = ms(60_000);
-        assert_eq!(transition(NodeState::Up, Some(ms(900)), long, &s), None);
         assert_eq!(
-            transition(NodeState::Up, Some(ms(2_600)), long, &s),
-            Some(NodeState::Suspect)
-        );
-        assert_eq!(
-            transition(NodeState::Suspect, Some(ms(4_000)), long, &s),
+            transition(
+                NodeState::Up,
+                StateOrigin::Liveness,
+                Some(ms(900)),
+                long,
+                &s
+            ),
             None
         );
         assert_eq!(
-            transition(NodeState::Suspect, Some(ms(8_001)), long, &s),
+            transition(
+                NodeState::Up,
+                StateOrigin::Liveness,
+                Some(ms(2_600)),
+                long,
+                &s
+            ),
+            Some(NodeState::Suspect)
+        );
+        assert_eq!(
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Liveness,
+                Some(ms(4_000)),
+                long,
+                &s
+            ),
+            None
+        );
+        assert_eq!(
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Liveness,
+                Some(ms(8_001)),
+                long,
+                &s
+            ),
             Some(NodeState::Down)
         );
         // Straight from Up when a tick sees a longer silence at once.
         assert_eq!(
-            transition(NodeState::Up, Some(ms(9_000)), long, &s),
+            transition(
+                NodeState::Up,
+                StateOrigin::Liveness,
+                Some(ms(9_000)),
+                long,
+                &s
+            ),
             Some(NodeState::Down)
         );
         // Exactly at grace is not beyond it.
         assert_eq!(
-            transition(NodeState::Suspect, Some(ms(8_000)), long, &s),
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Liveness,
+                Some(ms(8_000)),
+                long,
+                &s
+            ),
             None
         );
         // Draining nodes die too, but are never merely Suspect.
         assert_eq!(
-            transition(NodeState::Draining, Some(ms(5_000)), long, &s),
+            transition(
+                NodeState::Draining,
+                StateOrigin::Liveness,
+                Some(ms(5_000)),
+                long,
+                &s
+            ),
             None
         );
         assert_eq!(
-            transition(NodeState::Draining, Some(ms(8_500)), long, &s),
+            transition(
+                NodeState::Draining,
+                StateOrigin::Liveness,
+                Some(ms(8_500)),
+                long,
+                &s
+            ),
             Some(NodeState::Down)
+        );
+    }
+
+    #[test]
+    fn liveness_clears_only_its_own_suspects() {
+        let s = ControlSettings::default();
+        let heard = Some(ms(300));
+        for origin in [StateOrigin::Policy, StateOrigin::Operator] {
+            assert_eq!(
+                transition(NodeState::Suspect, origin, heard, ms(60_000), &s),
+                None,
+                "{origin:?}"
+            );
+            // But a silent node dies whoever made it Suspect.
+            assert_eq!(
+                transition(NodeState::Suspect, origin, Some(ms(9_000)), ms(60_000), &s),
+                Some(NodeState::Down)
+            );
+        }
+        assert_eq!(
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Registered,
+                heard,
+                ms(60_000),
+                &s
+            ),
+            Some(NodeState::Up)
         );
     }
 
@@ -179,17 +295,41 @@ mod tests {
     fn heartbeats_resuming_bring_a_suspect_back() {
         let s = ControlSettings::default();
         assert_eq!(
-            transition(NodeState::Suspect, Some(ms(300)), ms(60_000), &s),
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Liveness,
+                Some(ms(300)),
+                ms(60_000),
+                &s
+            ),
             Some(NodeState::Up)
         );
         // A new leader that has heard nothing does not clear a Suspect it inherited.
-        assert_eq!(transition(NodeState::Suspect, None, ms(100), &s), None);
-        // Down and Removed nodes are not brought back by liveness.
         assert_eq!(
-            transition(NodeState::Down, Some(ms(10)), ms(60_000), &s),
+            transition(NodeState::Suspect, StateOrigin::Liveness, None, ms(100), &s),
             None
         );
-        assert_eq!(transition(NodeState::Removed, None, ms(60_000), &s), None);
+        // Down and Removed nodes are not brought back by liveness.
+        assert_eq!(
+            transition(
+                NodeState::Down,
+                StateOrigin::Liveness,
+                Some(ms(10)),
+                ms(60_000),
+                &s
+            ),
+            None
+        );
+        assert_eq!(
+            transition(
+                NodeState::Removed,
+                StateOrigin::Liveness,
+                None,
+                ms(60_000),
+                &s
+            ),
+            None
+        );
     }
 
     #[test]
@@ -197,24 +337,54 @@ mod tests {
         let s = ControlSettings::default();
         // Never heard from (the node spoke to the previous leader): silence counts from
         // this leader's start.
-        assert_eq!(transition(NodeState::Up, None, ms(1_000), &s), None);
         assert_eq!(
-            transition(NodeState::Up, None, ms(3_000), &s),
+            transition(NodeState::Up, StateOrigin::Liveness, None, ms(1_000), &s),
+            None
+        );
+        assert_eq!(
+            transition(NodeState::Up, StateOrigin::Liveness, None, ms(3_000), &s),
             Some(NodeState::Suspect)
         );
-        assert_eq!(transition(NodeState::Suspect, None, ms(7_999), &s), None);
         assert_eq!(
-            transition(NodeState::Suspect, None, ms(8_001), &s),
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Liveness,
+                None,
+                ms(7_999),
+                &s
+            ),
+            None
+        );
+        assert_eq!(
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Liveness,
+                None,
+                ms(8_001),
+                &s
+            ),
             Some(NodeState::Down)
         );
         // A heartbeat remembered from an earlier term is older than this leadership: it
         // does not shorten the wait.
         assert_eq!(
-            transition(NodeState::Up, Some(ms(50_000)), ms(7_000), &s),
+            transition(
+                NodeState::Up,
+                StateOrigin::Liveness,
+                Some(ms(50_000)),
+                ms(7_000),
+                &s
+            ),
             Some(NodeState::Suspect)
         );
         assert_eq!(
-            transition(NodeState::Suspect, Some(ms(50_000)), ms(7_000), &s),
+            transition(
+                NodeState::Suspect,
+                StateOrigin::Liveness,
+                Some(ms(50_000)),
+                ms(7_000),
+                &s
+            ),
             None
         );
     }
@@ -222,12 +392,13 @@ mod tests {
     #[test]
     fn declaring_down_bumps_the_epoch_and_stamps_the_time() {
         let n = node(3, NodeState::Suspect);
-        let d = moved(&n, NodeState::Down, 1234);
+        let d = moved(&n, NodeState::Down, 1234, "silent".into());
         assert_eq!(
             (d.state, d.epoch, d.state_since_ms),
             (NodeState::Down, 2, 1234)
         );
-        let u = moved(&n, NodeState::Up, 99);
+        let u = moved(&n, NodeState::Up, 99, "back".into());
+        assert_eq!(d.cause.origin, StateOrigin::Liveness);
         assert_eq!((u.state, u.epoch), (NodeState::Up, 1));
     }
 

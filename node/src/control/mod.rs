@@ -3,6 +3,7 @@
 //! - [`placement`]: weighted rendezvous hashing with bounded load and rack spread;
 //! - [`registry`]: storage nodes registering and heartbeating, and creating the data plane;
 //! - [`liveness`]: Up -> Suspect -> Down from heartbeat silence;
+//! - [`risk`]: the risk policy: Suspect and Draining from predicted risk, the storm guard;
 //! - [`repair`]: dead primaries replaced, dead replicas removed;
 //! - [`failure`]: a primary's `ReportReplica`, an operator's `ForcePrimary`;
 //! - [`mover`]: re-replication through recorded, resumable migrations;
@@ -25,6 +26,7 @@ pub mod mover;
 pub mod placement;
 pub mod registry;
 pub mod repair;
+pub mod risk;
 pub mod settings;
 pub mod status;
 pub mod store;
@@ -92,6 +94,8 @@ pub struct Control {
     view: Mutex<ControlView>,
     /// Health samples per node, the latest `health_samples_per_node`, while leader.
     samples: Mutex<HashMap<NodeId, std::collections::VecDeque<augur_predictor::HealthSample>>>,
+    /// The risk policy's state, while leader.
+    risk: Mutex<risk::RiskMemory>,
     pub(crate) metrics: ControlMetrics,
 }
 
@@ -112,6 +116,7 @@ impl Control {
             stuck: Mutex::new(HashSet::new()),
             view: Mutex::new(ControlView::default()),
             samples: Mutex::new(HashMap::new()),
+            risk: Mutex::new(risk::RiskMemory::default()),
             metrics,
         }
     }
@@ -145,6 +150,10 @@ impl Control {
             let held = samples.get(&n.id);
             n.samples_held = held.map_or(0, |q| q.len());
             n.latest_sample_ms = held.and_then(|q| q.back()).map(|s| s.ts_ms);
+        }
+        drop((seen, samples));
+        if v.leading {
+            v.risk = self.risk_status();
         }
         v
     }
@@ -194,6 +203,7 @@ impl Control {
         lock(&self.samples).clear();
         *lock(&self.memory) = MoverMemory::default();
         lock(&self.stuck).clear();
+        *lock(&self.risk) = risk::RiskMemory::default();
         *lock(&self.view) = ControlView::default();
         self.metrics.reset(next.is_some());
         match next {
@@ -362,6 +372,17 @@ pub(crate) fn spawn(node: MetaNode) {
             Ok(())
         }
     });
+
+    every(
+        node.clone(),
+        s.risk_interval_ms,
+        move |n, since| async move {
+            n.control
+                .risk_tick(&n, since.elapsed(), registry::now_ms())
+                .await
+                .map(|_| ())
+        },
+    );
 
     let probes = storage.clone();
     every(node.clone(), s.probe_interval_ms, move |n, _| {

@@ -112,6 +112,8 @@ impl MetaNode {
                 node.state = NodeState::Up;
                 node.state_since_ms = now;
                 node.epoch = 1;
+                node.cordoned = false;
+                node.cause = registered("registered");
                 CompareTarget::Absent
             }
             Some(old) => {
@@ -138,6 +140,7 @@ impl MetaNode {
                     node.epoch = old.epoch + 1;
                     node.state = NodeState::Up;
                     node.state_since_ms = now;
+                    node.cause = registered("registered as a new incarnation");
                 } else {
                     node.epoch = old.epoch;
                     // Coming back from Down (or Removed by mistake) is up to the control plane's
@@ -147,14 +150,18 @@ impl MetaNode {
                         NodeState::Down => {
                             node.state = NodeState::Up;
                             node.state_since_ms = now;
+                            node.cause = registered("registered again after being Down");
                         }
                         s => {
                             node.state = s;
                             node.state_since_ms = old.state_since_ms;
+                            node.cause = old.cause.clone();
                         }
                     }
                 }
                 node.risk = old.risk.clone();
+                // Only an operator cordons and uncordons.
+                node.cordoned = old.cordoned;
                 CompareTarget::VersionEq(old.version)
             }
         };
@@ -321,7 +328,7 @@ impl MetaNode {
         };
         let candidates: Vec<Candidate> = nodes
             .iter()
-            .filter(|n| n.state == NodeState::Up)
+            .filter(|n| super::cluster::accepts_replicas(n))
             .map(|n| Candidate {
                 id: n.id,
                 weight: n.capacity_bytes.max(1) as f64,
@@ -398,6 +405,15 @@ impl MetaNode {
             "data plane created"
         );
         Response::Done
+    }
+}
+
+/// The cause recorded when a registration sets a node's state.
+fn registered(reason: &str) -> augur_proto::StateCause {
+    augur_proto::StateCause {
+        origin: augur_proto::StateOrigin::Registered,
+        reason: reason.to_string(),
+        ..Default::default()
     }
 }
 

@@ -21,7 +21,30 @@
 //! max_moves_in_per_node = 2              # moves in flight into one node
 //! max_moves_out_per_node = 2             # moves in flight copying from one node
 //! migration_history_per_shard = 4        # finished migration records kept per shard
+//! handoff_timeout_ms = 5000              # a handed-off primary serves again after this
+//! max_handoffs_per_pass = 8              # primaries of draining nodes handed off per pass
 //! health_samples_per_node = 720          # health samples the leader keeps per node (1 h at 5 s)
+//! predict = true                         # the risk policy may drain at-risk nodes (`augur meta --predict off`)
+//! risk_interval_ms = 5000                # how often the risk policy runs a round
+//! storm_rack_min_nodes = 2               # a whole rack flagged trips the storm guard (racks this big)
+//! failure_window_ms = 2592000000         # Down nodes this recent count towards the observed failure rate
+//!
+//! [control.policy]                       # the risk policy (predictor `PolicyConfig`), defaults shown
+//! enter = 0.5                            # risk counting towards the at-risk state ...
+//! k = 2                                  # ... in k ...
+//! n = 3                                  # ... of the last n scoring rounds
+//! leave = 0.25                           # an at-risk node leaves the state below this
+//! watch = 0.2                            # Suspect (no new replicas) from this risk
+//! drain = 0.5                            # an at-risk node is drained from this risk
+//! load_weight = 0.3                      # full cluster load raises thresholds by 30% (in odds)
+//! backlog_weight = 0.5                   # a full migration backlog raises them by 50%
+//! model_base_rate = 0.000136893          # failures per node-day the model was calibrated at
+//! max_base_rate_factor = 4.0             # bound on the observed / calibrated failure-rate factor
+//! storm_fraction = 0.05                  # storm guard: more than this fraction of nodes at risk ...
+//! storm_min_nodes = 3                    # ... and more than this many freezes automated moves
+//! holdout_fraction = 0.0                 # newly flagged nodes left in place to measure precision
+//! horizon_ms = 86400000                  # the model's horizon (judges held-out nodes)
+//! seed = 1                               # the holdout draw's seed
 //! ```
 
 use crate::config::ConfigError;
@@ -79,9 +102,37 @@ pub struct ControlSettings {
     /// Finished (committed or aborted) migration records kept per shard; older ones are
     /// deleted when a new move of the shard is planned, so the table stays bounded.
     pub migration_history_per_shard: usize,
+    /// How long a primary asked to hand off waits for the configuration that replaces it
+    /// before serving again (a hand-off whose metadata write failed ends by itself).
+    pub handoff_timeout_ms: u64,
+    /// Primaries on Draining nodes handed off per mover pass: each pauses its shard's
+    /// requests briefly (clients retry), so a drain does not pause many shards at once.
+    pub max_handoffs_per_pass: usize,
     /// Health samples the leader keeps in memory per storage node (the latest; older ones
     /// are dropped). 0 keeps none.
     pub health_samples_per_node: usize,
+    /// Whether the risk policy runs: marks at-risk nodes Suspect and Draining so their data
+    /// moves before they fail. Off, the cluster only reacts to failures (re-replication after
+    /// a node is Down), which is what `augur bench failover --predict off` measures; the
+    /// decisions already recorded stay until an operator changes them.
+    pub predict: bool,
+    /// How often the risk policy runs a round over every live node's latest risk. A node's
+    /// risk counts once per scoring round of its own however often this runs (see
+    /// `control::risk`), so this bounds only how late a decision is taken.
+    pub risk_interval_ms: u64,
+    /// The storm guard also trips when every live node of one rack is at risk at once (a
+    /// shared cause: power, network, cooling), for racks of at least this many live nodes.
+    pub storm_rack_min_nodes: usize,
+    /// Nodes declared Down within this window count as the observed failures the policy's
+    /// base-rate correction compares with the model's calibration.
+    pub failure_window_ms: u64,
+    /// The risk policy's thresholds, hysteresis, storm guard and holdout. The predictor's
+    /// defaults, except `drain = 0.5`: what `PolicyConfig::for_model` gives for the shipped
+    /// node model (its alert threshold is below 0.5), so a node the shipped model calls more
+    /// likely than not to fail within its horizon is emptied, not only watched. The
+    /// predictor's generic 0.7 left the simulated fail-slow node (calibrated risk 0.65-0.7)
+    /// Suspect until it died, which is the failure this system exists to prevent.
+    pub policy: augur_predictor::policy::PolicyConfig,
 }
 
 impl Default for ControlSettings {
@@ -106,7 +157,17 @@ impl Default for ControlSettings {
             max_moves_in_per_node: 2,
             max_moves_out_per_node: 2,
             migration_history_per_shard: 4,
+            handoff_timeout_ms: 5_000,
+            max_handoffs_per_pass: 8,
             health_samples_per_node: 720,
+            predict: true,
+            risk_interval_ms: 5_000,
+            storm_rack_min_nodes: 2,
+            failure_window_ms: 30 * 86_400_000,
+            policy: augur_predictor::policy::PolicyConfig {
+                drain: 0.5,
+                ..Default::default()
+            },
         }
     }
 }
@@ -178,11 +239,31 @@ impl ControlSettings {
                 "control.migration_history_per_shard",
                 self.migration_history_per_shard as u64,
             ),
+            ("control.handoff_timeout_ms", self.handoff_timeout_ms),
+            (
+                "control.max_handoffs_per_pass",
+                self.max_handoffs_per_pass as u64,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(invalid(name, "must be at least 1"));
             }
+        }
+        if self.risk_interval_ms == 0 {
+            return Err(invalid("control.risk_interval_ms", "must be at least 1"));
+        }
+        if self.failure_window_ms == 0 {
+            return Err(invalid("control.failure_window_ms", "must be at least 1"));
+        }
+        if self.storm_rack_min_nodes < 2 {
+            return Err(invalid(
+                "control.storm_rack_min_nodes",
+                "must be at least 2 (one node flagged is not a rack-wide storm)",
+            ));
+        }
+        if let Err(e) = augur_predictor::policy::RiskPolicy::new(self.policy.clone()) {
+            return Err(invalid("control.policy", e));
         }
         if self.move_backoff_max_ms < self.move_backoff_ms {
             return Err(invalid(
@@ -237,5 +318,32 @@ mod tests {
         assert_eq!(s.max_moves, 3);
         assert_eq!(s.grace_ms, 8_000);
         assert!(toml::from_str::<ControlSettings>("max_movez = 3").is_err());
+    }
+
+    #[test]
+    fn the_risk_policy_is_configured_in_its_own_table() {
+        let s: ControlSettings =
+            toml::from_str("predict = false\n[policy]\nk = 1\nn = 2\nstorm_min_nodes = 1").unwrap();
+        assert!(!s.predict);
+        assert_eq!(
+            (s.policy.k, s.policy.n, s.policy.storm_min_nodes),
+            (1, 2, 1)
+        );
+        assert_eq!(s.policy.enter, 0.5, "the rest keeps its defaults");
+        assert!(s.validate().is_ok());
+        let bad = ControlSettings {
+            policy: augur_predictor::policy::PolicyConfig {
+                k: 3,
+                n: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(refused(&bad), "control.policy");
+        let bad = ControlSettings {
+            storm_rack_min_nodes: 1,
+            ..Default::default()
+        };
+        assert_eq!(refused(&bad), "control.storm_rack_min_nodes");
     }
 }

@@ -35,6 +35,13 @@ pub struct StateLabel {
     state: &'static str,
 }
 
+/// A metric label naming a risk-policy decision (see [`super::risk::decide::Verdict`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// The verdict's name.
+    pub decision: &'static str,
+}
+
 /// The control plane's metrics.
 #[derive(Clone, Debug, Default)]
 pub struct ControlMetrics {
@@ -60,9 +67,22 @@ pub struct ControlMetrics {
     pub moves_committed: Counter,
     /// Moves aborted.
     pub moves_aborted: Counter,
+    /// Bytes of shards moved by committed moves (their verified sizes).
+    pub bytes_moved: Counter,
+    /// Copy rate of the moves in flight together, bytes per second, as their records last
+    /// measured it.
+    pub move_rate: Gauge,
+    /// Primaries handed off from draining nodes.
+    pub hand_offs: Counter,
     /// Each storage node's latest scored risk (`augur_node_risk{node="N"}`); a node with no
     /// score (no model, not enough history) has no series.
     pub node_risk: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    /// 1 while the risk policy's storm guard holds automated moves.
+    pub storm_frozen: Gauge,
+    /// Node records the risk policy changed, by decision.
+    pub risk_decisions: Family<DecisionLabel, Counter>,
+    /// Storage nodes an operator cordoned.
+    pub cordoned: Gauge,
 }
 
 const NODE_STATES: [NodeState; 5] = [
@@ -121,6 +141,21 @@ impl ControlMetrics {
         );
         r.register("nodes", "Storage nodes by state", self.nodes.clone());
         r.register(
+            "nodes_cordoned",
+            "Storage nodes cordoned by an operator (no new replicas)",
+            self.cordoned.clone(),
+        );
+        r.register(
+            "storm_frozen",
+            "1 while the risk policy's storm guard holds automated moves (too many nodes, or a whole rack, at risk)",
+            self.storm_frozen.clone(),
+        );
+        r.register(
+            "risk_decisions",
+            "Node records the risk policy changed, by decision",
+            self.risk_decisions.clone(),
+        );
+        r.register(
             "shards_under_replicated",
             "Shards with fewer live replicas than the replication factor",
             self.under_replicated.clone(),
@@ -161,6 +196,21 @@ impl ControlMetrics {
             self.moves_committed.clone(),
         );
         r.register("moves_aborted", "Moves aborted", self.moves_aborted.clone());
+        r.register(
+            "moved_bytes",
+            "Bytes of shards moved by committed moves",
+            self.bytes_moved.clone(),
+        );
+        r.register(
+            "move_rate_bytes_per_second",
+            "Copy rate of the moves in flight together, as last recorded",
+            self.move_rate.clone(),
+        );
+        r.register(
+            "hand_offs",
+            "Primaries handed off from draining nodes",
+            self.hand_offs.clone(),
+        );
     }
 
     /// Zeroes the gauges when leadership begins or ends.
@@ -181,9 +231,18 @@ impl ControlMetrics {
                 .set(0);
         }
         self.under_replicated.set(0);
+        self.move_rate.set(0);
         self.without_primary.set(0);
         self.stuck.set(0);
         self.node_risk.clear();
+        self.storm_frozen.set(0);
+        self.cordoned.set(0);
+        for v in super::risk::decide::VERDICTS {
+            // Counters keep counting across leaderships; this only makes every series exist.
+            let _ = self
+                .risk_decisions
+                .get_or_create(&DecisionLabel { decision: v.name() });
+        }
     }
 }
 
@@ -194,6 +253,10 @@ pub struct NodeView {
     pub id: NodeId,
     /// Its recorded state.
     pub state: &'static str,
+    /// Cordoned by an operator: no new replicas.
+    pub cordoned: bool,
+    /// Who set its state, why, and its risk then.
+    pub cause: augur_proto::StateCause,
     /// Its recorded epoch.
     pub epoch: u64,
     /// Milliseconds since its last heartbeat reached this leader (`None`: none yet).
@@ -247,6 +310,13 @@ pub struct ControlView {
     pub migrations_by_state: BTreeMap<&'static str, usize>,
     /// Moves in flight.
     pub migrations_active: Vec<Migration>,
+    /// The risk policy: whether it runs, and its last round (storm guard, alarm, thresholds,
+    /// verdicts).
+    pub risk: super::risk::RiskStatus,
+    /// The storm guard as recorded (the planner's `frozen`).
+    pub storm: augur_proto::StormGuard,
+    /// Copy rate of the moves in flight together, bytes per second (as last recorded).
+    pub move_rate_bytes_per_s: u64,
 }
 
 /// Computes the view from the records and reports (pure).
@@ -263,6 +333,7 @@ pub fn compute(
         rf: cluster.layout.map(|l| l.rf),
         shards: cluster.shards.len(),
         stuck: stuck.iter().take(MAX_LISTED).copied().collect(),
+        storm: cluster.storm.clone(),
         ..Default::default()
     };
     let rf = cluster.layout.map_or(0, |l| l.rf as usize);
@@ -301,6 +372,8 @@ pub fn compute(
         v.nodes.push(NodeView {
             id: n.id,
             state: node_state_name(n.state),
+            cordoned: n.cordoned,
+            cause: n.cause.clone(),
             epoch: n.epoch,
             heard_ms_ago: seen.as_ref().map(|s| ago(s.at)),
             probed_ms_ago: probe.ok.as_ref().map(|(t, _)| ago(*t)),
@@ -318,6 +391,7 @@ pub fn compute(
             .entry(migration_state_name(m.state))
             .or_default() += 1;
         if is_active(m) {
+            v.move_rate_bytes_per_s = v.move_rate_bytes_per_s.saturating_add(m.rate_bytes_per_s);
             v.migrations_active.push(m.clone());
         }
     }
@@ -367,6 +441,11 @@ impl Control {
                 .set(count as i64);
         }
         m.under_replicated.set(v.under_replicated_count as i64);
+        m.cordoned
+            .set(cluster.nodes.values().filter(|n| n.cordoned).count() as i64);
+        m.storm_frozen.set(cluster.storm.frozen as i64);
+        m.move_rate
+            .set(v.move_rate_bytes_per_s.min(i64::MAX as u64) as i64);
         m.without_primary.set(v.without_live_primary_count as i64);
         m.stuck.set(stuck.len() as i64);
         self.set_view(v);

@@ -1,5 +1,5 @@
 //! The control plane's two ways to reach the world: the metadata store (read the records,
-//! propose a transaction) and the storage nodes (probe, checkpoint).
+//! propose a transaction) and the storage nodes (probe, checkpoint, hand-off).
 //!
 //! Both are traits so that the control plane's loops can be driven in unit tests against an
 //! in-memory store and scripted storage nodes; production uses [`MetaNode`] and
@@ -11,7 +11,7 @@ use augur_proto::data::{
     DataCluster, DataError, DataRequest, DataResponse, NodeReport, DATA_CLUSTER_SETTING,
 };
 use augur_proto::wire::ApiError;
-use augur_proto::{Key, Record, ShardId, Table, Txn, TxnResult};
+use augur_proto::{Key, Record, ShardId, StormGuard, Table, Txn, TxnResult, STORM_GUARD_SETTING};
 use augur_transport::{Transport, STORAGE_SERVER_NAME};
 use futures::future::BoxFuture;
 use std::time::Duration;
@@ -59,7 +59,7 @@ pub enum CallError {
     },
 }
 
-/// The two requests the control plane makes of storage nodes.
+/// The requests the control plane makes of storage nodes.
 pub trait StorageCalls: Send + Sync {
     /// The state of every replica on the node at `addr`.
     fn probe<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<NodeReport, CallError>>;
@@ -70,6 +70,17 @@ pub trait StorageCalls: Send + Sync {
         addr: &'a str,
         shard: ShardId,
         epoch: u64,
+    ) -> BoxFuture<'a, Result<u64, CallError>>;
+    /// Asks the primary at `addr` to hand `shard` off at `epoch` (a planned move of its
+    /// primary role): it stops taking requests, lets every write in flight commit and answers
+    /// with its last applied sequence; it serves again if no new configuration comes within
+    /// `timeout_ms`.
+    fn hand_off<'a>(
+        &'a self,
+        addr: &'a str,
+        shard: ShardId,
+        epoch: u64,
+        timeout_ms: u64,
     ) -> BoxFuture<'a, Result<u64, CallError>>;
 }
 
@@ -140,6 +151,29 @@ impl StorageCalls for QuicStorage {
             }
         })
     }
+
+    fn hand_off<'a>(
+        &'a self,
+        addr: &'a str,
+        shard: ShardId,
+        epoch: u64,
+        timeout_ms: u64,
+    ) -> BoxFuture<'a, Result<u64, CallError>> {
+        Box::pin(async move {
+            let req = DataRequest::HandOff {
+                shard,
+                epoch,
+                timeout_ms,
+            };
+            match self.call(addr, req).await? {
+                DataResponse::HandedOff { seq } => Ok(seq),
+                other => Err(CallError::Unexpected {
+                    addr: addr.to_string(),
+                    detail: format!("{other:?}"),
+                }),
+            }
+        })
+    }
 }
 
 impl MetaNode {
@@ -195,6 +229,15 @@ impl MetaNode {
                 ))
             })?;
             cluster.layout = Some(layout);
+        }
+        let key = Key::Setting(STORM_GUARD_SETTING.into());
+        if let (Some(Record::Setting(s)), _) = self.read_sm(move |sm| sm.get(&key)).await? {
+            // Unreadable (written by a newer leader, say): not frozen. The guard only ever
+            // holds moves back, and this leader's next policy round rewrites it.
+            cluster.storm = serde_json::from_slice(&s.value).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "setting {STORM_GUARD_SETTING} does not parse");
+                StormGuard::default()
+            });
         }
         Ok(cluster)
     }
@@ -256,6 +299,14 @@ pub(crate) mod fake {
                 };
                 records.insert(Key::Setting(s.name.clone()), Record::Setting(s));
             }
+            if cluster.storm != StormGuard::default() {
+                let s = augur_proto::Setting {
+                    name: STORM_GUARD_SETTING.into(),
+                    value: serde_json::to_vec(&cluster.storm).unwrap(),
+                    version: 1,
+                };
+                records.insert(Key::Setting(s.name.clone()), Record::Setting(s));
+            }
             MemStore {
                 inner: Mutex::new((records, revision)),
             }
@@ -274,7 +325,13 @@ pub(crate) mod fake {
                         c.shards.insert(s.id, s.clone());
                     }
                     Record::Migration(m) => c.migrations.push(m.clone()),
-                    Record::Setting(s) => c.layout = serde_json::from_slice(&s.value).ok(),
+                    Record::Setting(s) if s.name == DATA_CLUSTER_SETTING => {
+                        c.layout = serde_json::from_slice(&s.value).ok()
+                    }
+                    Record::Setting(s) if s.name == STORM_GUARD_SETTING => {
+                        c.storm = serde_json::from_slice(&s.value).unwrap_or_default()
+                    }
+                    Record::Setting(_) => {}
                 }
             }
             c
@@ -362,6 +419,10 @@ pub(crate) mod fake {
         pub reports: Mutex<HashMap<String, NodeReport>>,
         pub checkpoints: Mutex<Vec<(String, ShardId, u64)>>,
         pub next_seq: Mutex<u64>,
+        /// Hand-offs asked for: (address, shard, epoch).
+        pub hand_offs: Mutex<Vec<(String, ShardId, u64)>>,
+        /// Addresses whose hand-offs fail.
+        pub refuse_hand_off: Mutex<Vec<String>>,
     }
 
     impl StorageCalls for Scripted {
@@ -393,6 +454,34 @@ pub(crate) mod fake {
                 let mut seq = self.next_seq.lock().unwrap();
                 *seq += 1;
                 Ok(*seq)
+            })
+        }
+
+        fn hand_off<'a>(
+            &'a self,
+            addr: &'a str,
+            shard: ShardId,
+            epoch: u64,
+            _timeout_ms: u64,
+        ) -> BoxFuture<'a, Result<u64, CallError>> {
+            Box::pin(async move {
+                if self
+                    .refuse_hand_off
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a == addr)
+                {
+                    return Err(CallError::Unreachable {
+                        addr: addr.into(),
+                        detail: "scripted: hand-off refused".into(),
+                    });
+                }
+                self.hand_offs
+                    .lock()
+                    .unwrap()
+                    .push((addr.to_string(), shard, epoch));
+                Ok(*self.next_seq.lock().unwrap())
             })
         }
     }

@@ -48,6 +48,14 @@ pub enum LocalCmd {
         /// in ms (`[control] down_delay_ms` of new clusters; default 5 min).
         #[arg(long)]
         down_delay_ms: Option<u64>,
+        /// Prediction-driven draining of new clusters (`[control] predict`): `on` (the
+        /// default) or `off`.
+        #[arg(long, value_parser = parse_on_off)]
+        predict: Option<bool>,
+        /// A further `[control]` setting of new clusters, `KEY=VALUE` in TOML (dotted keys
+        /// reach sub-tables: `policy.k=1`); repeatable.
+        #[arg(long = "control", value_name = "KEY=VALUE")]
+        control: Vec<String>,
         /// Health source of new storage nodes: `simulated` (default here: the nodes share
         /// this machine and its disk; faults can be injected with `augurctl node inject`),
         /// `linux` (sample this host) or `off`.
@@ -126,6 +134,16 @@ pub enum LocalCmd {
     },
 }
 
+/// `on` / `off` (also `true` / `false`): the switches of `augur local up`, `augur meta` and
+/// `augur bench failover`.
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
+}
+
 /// Which process: a member or a storage node, by id.
 #[derive(Args)]
 #[group(required = true, multiple = false)]
@@ -162,13 +180,26 @@ pub async fn run(cmd: LocalCmd) -> anyhow::Result<()> {
             keep_logs,
             append_window,
             down_delay_ms,
+            predict,
+            control,
             health_source,
         } => {
+            let control = control
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        Ok(format!("{} = {}", k.trim(), v.trim()))
+                    }
+                    _ => anyhow::bail!("--control takes KEY=VALUE, got {kv:?}"),
+                })
+                .collect::<anyhow::Result<Vec<String>>>()?;
             let tuning = Tuning {
                 snapshot_logs,
                 keep_logs,
                 append_window,
                 down_delay_ms,
+                predict,
+                control,
             };
             let timeout = Duration::from_secs(timeout);
             let waiting = super::up(&dir, meta, tuning, timeout).await?;

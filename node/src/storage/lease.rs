@@ -83,6 +83,8 @@ pub(crate) fn own_record(ctx: &NodeCtx) -> Node {
         epoch: 0,
         last_heartbeat_ms: 0,
         version: 0,
+        cordoned: false,
+        cause: Default::default(),
     }
 }
 

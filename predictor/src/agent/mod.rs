@@ -5,15 +5,16 @@
 //! [`simulated::SimulatedSource`]), adds a [`JsonLinesSink`] and a [`CallbackSink`] wired to the
 //! metadata service, keeps the [`HistoryHandle`], and spawns [`Agent::run`] on tokio.
 
+mod history;
 pub mod linux;
 pub mod simulated;
 pub mod smart;
 
-use std::collections::VecDeque;
+pub use history::HistoryHandle;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -151,80 +152,6 @@ where
             sink: self.name.clone(),
             reason,
         })
-    }
-}
-
-/// Shared read access to the agent's bounded local history.
-///
-/// Two bounds: the latest `capacity` samples (the node model reads 72 h of them), and, apart,
-/// the latest `smart_capacity` samples that carry SMART (the disk model reads a month of
-/// hourly readings, which the first bound would evict after three days).
-#[derive(Debug, Clone)]
-pub struct HistoryHandle {
-    inner: Arc<Mutex<History>>,
-    capacity: usize,
-    smart_capacity: usize,
-}
-
-#[derive(Debug, Default)]
-struct History {
-    recent: VecDeque<HealthSample>,
-    smart: VecDeque<HealthSample>,
-}
-
-impl HistoryHandle {
-    fn new(capacity: usize, smart_capacity: usize) -> Self {
-        HistoryHandle {
-            inner: Arc::new(Mutex::new(History {
-                recent: VecDeque::with_capacity(capacity.min(1 << 16)),
-                smart: VecDeque::new(),
-            })),
-            capacity: capacity.max(1),
-            smart_capacity,
-        }
-    }
-
-    fn push(&self, s: HealthSample) {
-        // A panic elsewhere while holding the lock leaves the deques intact: keep using them.
-        let mut h = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.smart.is_some() && self.smart_capacity > 0 {
-            if h.smart.len() == self.smart_capacity {
-                h.smart.pop_front();
-            }
-            h.smart.push_back(s.clone());
-        }
-        if h.recent.len() == self.capacity {
-            h.recent.pop_front();
-        }
-        h.recent.push_back(s);
-    }
-
-    /// A copy of the samples currently held, oldest first (what `Model::score_samples` and
-    /// `DiskModel::score_samples` take): the SMART readings older than the recent window,
-    /// then the recent window.
-    pub fn snapshot(&self) -> Vec<HealthSample> {
-        let h = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let from = h.recent.front().map_or(i64::MAX, |s| s.ts_ms);
-        h.smart
-            .iter()
-            .filter(|s| s.ts_ms < from)
-            .chain(h.recent.iter())
-            .cloned()
-            .collect()
-    }
-
-    /// Samples held in the recent window.
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recent
-            .len()
-    }
-
-    /// Whether no sample is held yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -373,33 +300,7 @@ mod tests {
     use super::simulated::SimulatedSource;
     use super::*;
     use crate::generate::FaultKind;
-
-    #[test]
-    fn history_keeps_smart_readings_longer_than_the_recent_window() {
-        let h = HistoryHandle::new(3, 2);
-        let smart = |ts| HealthSample {
-            smart: Some(
-                [("sda".to_string(), [("5".to_string(), 1.0)].into())]
-                    .into_iter()
-                    .collect(),
-            ),
-            ..HealthSample::empty("n", ts)
-        };
-        let plain = |ts| HealthSample {
-            cpu_util: Some(0.1),
-            ..HealthSample::empty("n", ts)
-        };
-        h.push(smart(1));
-        h.push(smart(2));
-        h.push(smart(3));
-        for ts in 4..10 {
-            h.push(plain(ts));
-        }
-        let ts: Vec<i64> = h.snapshot().iter().map(|s| s.ts_ms).collect();
-        // SMART readings 2 and 3 survive (capacity 2), the recent window is 7, 8, 9.
-        assert_eq!(ts, vec![2, 3, 7, 8, 9]);
-        assert_eq!(h.len(), 3);
-    }
+    use std::sync::{Arc, Mutex};
 
     #[tokio::test(start_paused = true)]
     async fn samples_batches_history_and_shutdown() {

@@ -121,6 +121,8 @@ struct NodeState {
     recent: VecDeque<bool>,
     at_risk: bool,
     holdout: bool,
+    /// Scoring time of the last risk counted (see [`RiskPolicy::evaluate_latest`]).
+    counted_at_ms: Option<i64>,
 }
 
 /// One held-out flag: when the node was flagged and, once known, whether it failed in time.
@@ -229,8 +231,48 @@ impl RiskPolicy {
         self.nodes.remove(node);
     }
 
+    /// Restores what an earlier policy instance decided about `node`: whether it was at risk,
+    /// and held out. A metadata leader that takes over rebuilds its policy from the decisions
+    /// its predecessor persisted, so hysteresis holds across the change: an at-risk node
+    /// leaves the state only below `leave`, as if nothing had happened. The k-of-n window of
+    /// a node that was not yet at risk is not persisted and starts empty, so a leader change
+    /// can delay a new flag by up to `k` rounds, never hasten one.
+    pub fn restore(&mut self, node: &str, at_risk: bool, holdout: bool) {
+        let k = self.cfg.k;
+        let state = self.nodes.entry(node.to_string()).or_default();
+        state.at_risk = at_risk;
+        state.holdout = at_risk && holdout;
+        state.recent.clear();
+        if at_risk {
+            // The rounds that put it there, so the window agrees with the state.
+            state.recent.extend(std::iter::repeat_n(true, k));
+        }
+    }
+
     /// One policy round over the latest risk of every live node.
     pub fn evaluate(&mut self, inputs: &[NodeInput], ctx: &ClusterContext) -> PolicyDecision {
+        self.round(inputs, ctx, false)
+    }
+
+    /// [`RiskPolicy::evaluate`] for a caller that runs rounds on its own clock over each
+    /// node's *latest* risk, which may be the same scoring round as last time (a metadata
+    /// leader re-reading heartbeats): a risk whose `at_ms` was already counted is not a new
+    /// round. It neither counts again towards k-of-n nor moves the node in or out of the
+    /// at-risk state; the node is still judged (its action, the storm guard's count) on it.
+    pub fn evaluate_latest(
+        &mut self,
+        inputs: &[NodeInput],
+        ctx: &ClusterContext,
+    ) -> PolicyDecision {
+        self.round(inputs, ctx, true)
+    }
+
+    fn round(
+        &mut self,
+        inputs: &[NodeInput],
+        ctx: &ClusterContext,
+        dedupe: bool,
+    ) -> PolicyDecision {
         let c = &self.cfg;
         let bump = (1.0 + c.load_weight * ctx.load.clamp(0.0, 1.0))
             * (1.0 + c.backlog_weight * ctx.migration_backlog.clamp(0.0, 1.0));
@@ -266,12 +308,18 @@ impl RiskPolicy {
                 odds / (1.0 + odds)
             };
             let state = self.nodes.entry(input.risk.node.clone()).or_default();
-            state.recent.push_back(risk >= enter);
-            while state.recent.len() > c.n {
-                state.recent.pop_front();
+            let fresh = !dedupe || state.counted_at_ms != Some(input.risk.at_ms);
+            state.counted_at_ms = Some(input.risk.at_ms);
+            if fresh {
+                state.recent.push_back(risk >= enter);
+                while state.recent.len() > c.n {
+                    state.recent.pop_front();
+                }
             }
             let above = state.recent.iter().filter(|&&b| b).count();
-            if !state.at_risk && above >= c.k {
+            if !fresh {
+                // Already judged on this very score: state unchanged.
+            } else if !state.at_risk && above >= c.k {
                 state.at_risk = true;
                 state.holdout = c.holdout_fraction > 0.0 && self.rng.gen_bool(c.holdout_fraction);
                 if state.holdout {

@@ -184,3 +184,49 @@ fn rejects_nonsense_settings() {
 fn toml_like_defaults() -> PolicyConfig {
     serde_json::from_str("{}").unwrap()
 }
+
+fn scored(node: &str, p: f64, at_ms: i64) -> NodeInput {
+    let mut i = input(node, p, 1);
+    i.risk.at_ms = at_ms;
+    i
+}
+
+#[test]
+fn evaluate_latest_counts_each_scoring_round_once() {
+    let mut p = policy();
+    let ctx = ClusterContext::default();
+    // The same score read three times is one round: k = 2 is not reached.
+    for _ in 0..3 {
+        let d = p.evaluate_latest(&[scored("a", 0.8, 100)], &ctx);
+        assert!(!d.at_risk[0].at_risk);
+        assert_eq!(d.at_risk[0].action, Action::Watch);
+    }
+    let d = p.evaluate_latest(&[scored("a", 0.8, 200)], &ctx);
+    assert!(d.at_risk[0].at_risk, "the second scoring round enters");
+    assert_eq!(d.at_risk[0].action, Action::Drain);
+    // A stale score below leave does not take it out; a new one does.
+    let d = p.evaluate_latest(&[scored("a", 0.1, 200)], &ctx);
+    assert!(d.at_risk[0].at_risk);
+    let d = p.evaluate_latest(&[scored("a", 0.1, 300)], &ctx);
+    assert!(d.at_risk.is_empty());
+}
+
+#[test]
+fn restored_state_keeps_hysteresis_across_instances() {
+    let ctx = ClusterContext::default();
+    let mut p = policy();
+    p.restore("a", true, false);
+    p.restore("b", true, true);
+    // Between leave and enter: still at risk, as before the restart.
+    let d = p.evaluate(&[input("a", 0.3, 1), input("b", 0.9, 1)], &ctx);
+    let a = d.at_risk.iter().find(|x| x.node == "a").unwrap();
+    assert!(a.at_risk && a.action == Action::StopPlacing);
+    let b = d.at_risk.iter().find(|x| x.node == "b").unwrap();
+    assert!(b.at_risk && b.holdout && b.action == Action::Watch);
+    let d = p.evaluate(&[input("a", 0.1, 1)], &ctx);
+    assert!(d.at_risk.is_empty(), "below leave it leaves");
+    // A node restored as not at risk needs k fresh rounds.
+    p.restore("c", false, false);
+    let d = p.evaluate(&[input("c", 0.9, 1)], &ctx);
+    assert!(!d.at_risk[0].at_risk);
+}

@@ -17,8 +17,10 @@ use rayon::prelude::*;
 
 use crate::sample::{FailureRecord, HealthSample};
 
+mod grid;
 mod series;
 mod smart;
+pub use grid::{GridError, GridSeries};
 pub use series::NodeSeries;
 pub use smart::{SmartColumn, SmartSeries};
 

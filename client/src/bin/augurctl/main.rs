@@ -9,11 +9,13 @@
 //! - `shards`: shard and storage-node records, creating the data plane;
 //! - `kv`: keys, through the data API;
 //! - `health`: a storage node's health and fault injection, through its admin endpoint;
+//! - `migrations`: shard moves and their progress;
 //! - `output`: formatting shared by the others.
 
 mod health;
 mod kv;
 mod meta;
+mod migrations;
 mod output;
 mod shards;
 
@@ -79,6 +81,8 @@ enum Cmd {
     Node(shards::NodeCmd),
     /// Keys and values, through the storage nodes.
     Kv(kv::KvCmd),
+    /// Shard moves (re-replication, drains) and their progress.
+    Migrations(migrations::MigrationsArgs),
     /// Cluster settings.
     #[command(subcommand)]
     Setting(meta::SettingCmd),
@@ -135,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Shard(cmd) => shards::shard(&c, cmd, json).await,
         Cmd::Node(cmd) => shards::node(&c, cmd, json).await,
         Cmd::Kv(cmd) => kv::run(c, cmd, json).await,
+        Cmd::Migrations(args) => migrations::run(&c, args, json).await,
         Cmd::Setting(s) => meta::setting(&c, s, json).await,
         Cmd::Watch {
             tables,

@@ -144,6 +144,19 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<i32> {
     for n in notes {
         println!("{n}");
     }
+    // The risk policy's storm guard: an alarm an operator must see (absent on a cluster
+    // without a quorum to ask, or without a data plane: nothing to say then).
+    if let Ok(storm) = c.storm_guard().await {
+        if storm.frozen {
+            println!(
+                "ALARM: {}",
+                storm
+                    .alarm
+                    .as_deref()
+                    .unwrap_or("storm guard: automated moves frozen")
+            );
+        }
+    }
     Ok(0)
 }
 

@@ -9,10 +9,11 @@
 
 use crate::output::{age, bytes, now_ms};
 use crate::{cas_report, parse_expect};
-use augur_client::Client;
+use augur_client::{Client, NodeCommand, NodeCommandError, NodeCommandOutcome};
 use augur_proto::data::DataCluster;
 use augur_proto::{
-    Consistency, Key, Node, NodeId, NodeState, Record, Shard, ShardId, ShardState, Table,
+    Consistency, Key, Node, NodeId, NodeState, Record, Shard, ShardId, ShardState, StateOrigin,
+    Table,
 };
 use clap::Subcommand;
 use std::collections::BTreeMap;
@@ -79,8 +80,38 @@ pub enum ShardCmd {
 
 #[derive(Subcommand)]
 pub enum NodeCmd {
-    /// List storage nodes: state, capacity, use, shards and primaries held, heartbeat age.
+    /// List storage nodes: state (and who set it), cordon, risk and its top reasons,
+    /// capacity, use, shards and primaries held, heartbeat age; then why each node not
+    /// plainly Up is in its state.
     List,
+    /// Empty a node: its replicas move elsewhere (sticky: the risk policy never undrains an
+    /// operator's drain).
+    Drain {
+        /// Node id.
+        id: NodeId,
+        /// Why, recorded on the node.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stop emptying a node (drained by an operator or by the risk policy): back to Up; its
+    /// unfinished moves are cancelled.
+    Undrain {
+        /// Node id.
+        id: NodeId,
+        /// Why, recorded on the node.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Place no new replicas on a node (nothing is moved off it).
+    Cordon {
+        /// Node id.
+        id: NodeId,
+    },
+    /// Let replicas be placed on a cordoned node again.
+    Uncordon {
+        /// Node id.
+        id: NodeId,
+    },
     /// Mark a node Removed (for a node whose data is gone, so it can join again as new).
     Remove {
         /// Node id.
@@ -376,6 +407,14 @@ pub async fn node(c: &Client, cmd: NodeCmd, json: bool) -> anyhow::Result<i32> {
             n.state_since_ms = now_ms();
             cas_report(c.cas(Record::Node(n), Some(version)).await, json)
         }
+        NodeCmd::Drain { id, reason } => {
+            node_command(c, id, NodeCommand::Drain, reason.as_deref(), json).await
+        }
+        NodeCmd::Undrain { id, reason } => {
+            node_command(c, id, NodeCommand::Undrain, reason.as_deref(), json).await
+        }
+        NodeCmd::Cordon { id } => node_command(c, id, NodeCommand::Cordon, None, json).await,
+        NodeCmd::Uncordon { id } => node_command(c, id, NodeCommand::Uncordon, None, json).await,
         NodeCmd::Inject { id, fault, ramp_ms } => {
             crate::health::inject(c, id, &fault, ramp_ms, json).await
         }
@@ -384,6 +423,61 @@ pub async fn node(c: &Client, cmd: NodeCmd, json: bool) -> anyhow::Result<i32> {
             samples,
             rounds,
         } => crate::health::show(c, id, samples, rounds, json).await,
+    }
+}
+
+/// `augurctl node drain|undrain|cordon|uncordon ID`: prints the node's state afterwards. A
+/// refusal (unknown node, a Down or Removed node, undrain of a node not draining) is an error
+/// naming why; a write whose outcome is unknown exits 4 like any other.
+async fn node_command(
+    c: &Client,
+    id: NodeId,
+    cmd: NodeCommand,
+    reason: Option<&str>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let outcome = match c.node_command(id, cmd, reason).await {
+        Ok(o) => o,
+        Err(NodeCommandError::Client(e)) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    let (n, changed) = match &outcome {
+        NodeCommandOutcome::Changed(n) => (n, true),
+        NodeCommandOutcome::Unchanged(n) => (n, false),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "node": n.id,
+                "command": cmd.name(),
+                "changed": changed,
+                "state": format!("{:?}", n.state),
+                "origin": format!("{:?}", n.cause.origin),
+                "cordoned": n.cordoned,
+                "version": n.version,
+            })
+        );
+    } else {
+        println!(
+            "node {}: {:?}{} ({}){}",
+            n.id,
+            n.state,
+            if n.cordoned { ", cordoned" } else { "" },
+            origin_name(n.cause.origin),
+            if changed { "" } else { " (unchanged)" }
+        );
+    }
+    Ok(0)
+}
+
+/// Who set a node's state, for tables.
+fn origin_name(o: StateOrigin) -> &'static str {
+    match o {
+        StateOrigin::Registered => "registered",
+        StateOrigin::Liveness => "liveness",
+        StateOrigin::Policy => "policy",
+        StateOrigin::Operator => "operator",
     }
 }
 
@@ -403,6 +497,20 @@ fn holdings(shards: &[Shard]) -> BTreeMap<NodeId, (usize, usize, usize)> {
         }
     }
     m
+}
+
+/// A node's top reasons (at most three), `feature (+contribution)`.
+fn top_reasons(n: &Node) -> String {
+    if n.risk.top_features.is_empty() {
+        return "-".into();
+    }
+    n.risk
+        .top_features
+        .iter()
+        .take(3)
+        .map(|(f, c)| format!("{f} ({c:+.2})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
@@ -440,9 +548,11 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<6} {:<9} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6} {:<32} {:<22}",
+        "{:<6} {:<9} {:<10} {:<6} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6} {:<44} {:<22}",
         "NODE",
         "STATE",
+        "BY",
+        "CORDON",
         "CAPACITY",
         "USED",
         "SHARDS",
@@ -451,15 +561,17 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
         "HEARTBEAT",
         "RACK",
         "RISK",
-        "TOP REASON",
+        "TOP REASONS",
         "ADDRESS"
     );
     for n in &nodes {
         let (replicas, primaries, learning) = held.get(&n.id).copied().unwrap_or_default();
         println!(
-            "{:<6} {:<9} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6} {:<32} {:<22}",
+            "{:<6} {:<9} {:<10} {:<6} {:>11} {:>11} {:>6} {:>9} {:>8} {:>9} {:<6} {:>6} {:<44} {:<22}",
             n.id,
             format!("{:?}", n.state),
+            origin_name(n.cause.origin),
+            if n.cordoned { "yes" } else { "-" },
             bytes(n.capacity_bytes),
             bytes(n.used_bytes),
             replicas,
@@ -472,12 +584,37 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
             } else {
                 format!("{:.3}", n.risk.score)
             },
-            n.risk
-                .top_features
-                .first()
-                .map_or_else(|| "-".to_string(), |(f, c)| format!("{f} ({c:+.2})")),
+            top_reasons(n),
             n.addrs.join(",")
         );
+    }
+    for n in &nodes {
+        let plain = n.state == NodeState::Up
+            && matches!(
+                n.cause.origin,
+                StateOrigin::Registered | StateOrigin::Liveness
+            );
+        if !plain && !n.cause.reason.is_empty() {
+            println!(
+                "node {}: {:?} by {} (risk {:.3}): {}",
+                n.id,
+                n.state,
+                origin_name(n.cause.origin),
+                n.cause.risk,
+                n.cause.reason
+            );
+        }
+    }
+    if let Ok(storm) = c.storm_guard().await {
+        if storm.frozen {
+            println!(
+                "ALARM: {}",
+                storm
+                    .alarm
+                    .as_deref()
+                    .unwrap_or("storm guard: automated moves frozen")
+            );
+        }
     }
     let unknown: Vec<String> = held
         .keys()

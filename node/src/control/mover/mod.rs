@@ -1,6 +1,8 @@
-//! Re-replication, and the move machinery the predictive migrator will reuse.
+//! Re-replication and draining: the move machinery of the control plane.
 //!
 //! - [`plan`]: which under-replicated shards get a new replica now, and where;
+//! - [`drain`]: emptying Draining nodes: primaries handed off first, then one move per
+//!   replica, each replacing the draining node's replica with a verified new one;
 //! - [`steps`]: the next step of one migration in flight;
 //! - this module: the leader's loop that records each plan as a `Migration` before anything
 //!   starts, then drives each migration one step per pass, every step one transaction that
@@ -11,6 +13,7 @@
 //! only thing kept in memory is the checkpoint sequence being verified: a new leader asks for
 //! a fresh checkpoint, which costs one log entry on the shard.
 
+pub mod drain;
 pub mod plan;
 pub mod steps;
 
@@ -21,8 +24,8 @@ use augur_proto::data::Checkpoint;
 use augur_proto::model::ShardState;
 use augur_proto::wire::ApiError;
 use augur_proto::{
-    Compare, CompareTarget, Key, Migration, MigrationId, MigrationState, NodeId, Op, Record, Shard,
-    ShardId, Txn,
+    Compare, CompareTarget, Key, Migration, MigrationId, MigrationKind, MigrationState, NodeId, Op,
+    Record, Shard, ShardId, Txn,
 };
 use futures::future::join_all;
 use std::collections::HashMap;
@@ -91,22 +94,37 @@ fn write(shard: (&Shard, Shard), m: (&Migration, Migration)) -> Txn {
     }
 }
 
+/// Bytes per second for `bytes` moved since `m` started, 0 when unknown.
+fn rate(m: &Migration, bytes: u64, now_ms: u64) -> u64 {
+    let ms = now_ms.saturating_sub(m.started_ms);
+    if m.started_ms == 0 || ms == 0 {
+        return 0;
+    }
+    bytes.saturating_mul(1000) / ms
+}
+
 /// Step (a): the destination joins the shard as a learner (epoch + 1), the shard is marked
-/// as moving under `m`, and `m` is `Copying`.
-pub fn start_txn(m: &Migration, shard: &Shard) -> Txn {
+/// as moving under `m`, and `m` is `Copying`, started at `now_ms`.
+pub fn start_txn(m: &Migration, shard: &Shard, now_ms: u64) -> Txn {
     let mut s = shard.clone();
     s.learners.push(m.to);
     s.epoch += 1;
     s.state = ShardState::Moving(m.id);
     let mut next = m.clone();
     next.state = MigrationState::Copying;
+    next.started_ms = now_ms;
+    next.bytes_copied = 0;
+    next.rate_bytes_per_s = 0;
     write((shard, s), (m, next))
 }
 
-/// Step (b) done: `m` is `CatchingUp` (verification).
-pub fn copied_txn(m: &Migration) -> Txn {
+/// Step (b) done: `m` is `CatchingUp` (verification). The learner holds the whole shard, so
+/// the bytes planned count as copied (the exact count comes with the verified checkpoint).
+pub fn copied_txn(m: &Migration, now_ms: u64) -> Txn {
     let mut next = m.clone();
     next.state = MigrationState::CatchingUp;
+    next.bytes_copied = m.bytes_total;
+    next.rate_bytes_per_s = rate(m, m.bytes_total, now_ms);
     Txn {
         compares: vec![compare(Key::Migration(m.id), m.version)],
         ops: vec![Op::Put(Record::Migration(next))],
@@ -114,10 +132,16 @@ pub fn copied_txn(m: &Migration) -> Txn {
 }
 
 /// Step (d): the learner becomes a replica (epoch + 1) with the verified size and checksum,
-/// the shard is stable again and `m` is `Committed`.
-pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint) -> Txn {
+/// the shard is stable again and `m` is `Committed`. A drain move's source leaves the
+/// replicas in the same write (replicas - from + to): the shard keeps its replica count, and
+/// the source, no longer in the configuration, stops serving the shard and deletes its copy
+/// after the storage nodes' `stray_grace_ms`.
+pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint, now_ms: u64) -> Txn {
     let mut s = shard.clone();
     s.learners.retain(|n| *n != m.to);
+    if m.kind == MigrationKind::Drain {
+        s.replicas.retain(|n| *n != m.from);
+    }
     s.replicas.push(m.to);
     s.epoch += 1;
     s.size_bytes = cp.bytes;
@@ -127,6 +151,7 @@ pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint) -> Txn {
     next.state = MigrationState::Committed;
     next.bytes_copied = cp.bytes;
     next.bytes_total = cp.bytes;
+    next.rate_bytes_per_s = rate(m, cp.bytes, now_ms);
     write((shard, s), (m, next))
 }
 
@@ -157,8 +182,9 @@ pub fn abort_txn(m: &Migration, shard: Option<&Shard>) -> Txn {
 }
 
 impl Control {
-    /// One mover pass as leader: advances every migration in flight by one step, then plans
-    /// new moves within the limits.
+    /// One mover pass as leader: hands off the primaries of draining nodes, advances every
+    /// migration in flight by one step, then plans new moves (re-replication first, then
+    /// drains) within the limits.
     pub(crate) async fn mover_tick(
         &self,
         meta: &dyn MetaStore,
@@ -167,7 +193,15 @@ impl Control {
         now: Instant,
         now_ms: u64,
     ) -> Result<(), ApiError> {
-        let cluster = meta.cluster().await?;
+        let mut cluster = meta.cluster().await?;
+        // Primaries leave draining nodes before anything else moves (see [`drain`]).
+        if self
+            .hand_off_primaries(&cluster, &self.reports(), meta, storage)
+            .await?
+            > 0
+        {
+            cluster = meta.cluster().await?;
+        }
         self.with_memory(|mem| mem.note_under_replicated(&cluster, now));
         let mut active: Vec<&Migration> = cluster.active_migrations().collect();
         active.sort_by_key(|m| (std::cmp::Reverse(m.priority), m.id));
@@ -191,14 +225,18 @@ impl Control {
             }
         }
         let planned = self.with_memory(|mem| {
-            plan::plan(&plan::PlanContext {
+            let ctx = plan::PlanContext {
                 cluster: &cluster,
                 settings: &self.settings,
                 memory: mem,
                 now,
                 now_ms,
                 leader_since,
-            })
+            };
+            let mut planned = plan::plan(&ctx);
+            let drains = drain::plan(&ctx, &planned);
+            planned.extend(drains);
+            planned
         });
         for m in planned {
             let Some(shard) = cluster.shards.get(&m.shard) else {
@@ -263,9 +301,9 @@ impl Control {
                     .request_checkpoint(m, cluster, storage, *primary, *epoch)
                     .await;
             }
-            (Step::Start, Some(s)) => start_txn(m, s),
-            (Step::Copied, Some(_)) => copied_txn(m),
-            (Step::Commit(cp), Some(s)) => commit_txn(m, s, cp),
+            (Step::Start, Some(s)) => start_txn(m, s, now_ms),
+            (Step::Copied, Some(_)) => copied_txn(m, now_ms),
+            (Step::Commit(cp), Some(s)) => commit_txn(m, s, cp, now_ms),
             (Step::Abort(_), s) => abort_txn(m, s),
             (_, None) => abort_txn(m, None),
         };
@@ -282,6 +320,7 @@ impl Control {
             }
             Step::Commit(cp) => {
                 self.metrics.moves_committed.inc();
+                self.metrics.bytes_moved.inc_by(cp.bytes);
                 self.with_memory(|mem| {
                     mem.checkpoints.remove(&m.id);
                     mem.lost.remove(&m.shard);

@@ -24,8 +24,8 @@ use crate::control::placement::{self, Candidate, LOAD_FACTOR};
 use crate::control::settings::ControlSettings;
 use augur_proto::model::ShardState;
 use augur_proto::{
-    Compare, CompareTarget, Key, Migration, MigrationId, MigrationState, NodeId, NodeState, Op,
-    Record, Shard, ShardId, Txn,
+    Compare, CompareTarget, Key, Migration, MigrationId, MigrationKind, MigrationState, NodeId,
+    NodeState, Op, Record, Shard, ShardId, Txn,
 };
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ pub fn backoff(attempts: u32, s: &ControlSettings) -> Duration {
 }
 
 /// The shard's migrations, newest first.
-fn history(cluster: &Cluster, shard: ShardId) -> impl Iterator<Item = &Migration> {
+pub(crate) fn history(cluster: &Cluster, shard: ShardId) -> impl Iterator<Item = &Migration> {
     cluster
         .migrations
         .iter()
@@ -64,7 +64,7 @@ fn history(cluster: &Cluster, shard: ShardId) -> impl Iterator<Item = &Migration
 }
 
 /// Attempts since the shard's last committed move (the aborted ones after it).
-fn failed_attempts(cluster: &Cluster, shard: ShardId) -> (u32, Vec<NodeId>) {
+pub(crate) fn failed_attempts(cluster: &Cluster, shard: ShardId) -> (u32, Vec<NodeId>) {
     let mut attempts = 0;
     let mut tried = Vec::new();
     for m in history(cluster, shard) {
@@ -111,7 +111,7 @@ pub fn due(ctx: &PlanContext<'_>, shard: ShardId) -> bool {
 /// Whether the shard waits out a retry delay: the one this leader set when it aborted a
 /// move, or, for a move aborted under another leader, one counted from this leadership's
 /// start.
-fn backing_off(ctx: &PlanContext<'_>, shard: ShardId) -> bool {
+pub(crate) fn backing_off(ctx: &PlanContext<'_>, shard: ShardId) -> bool {
     let until = ctx.memory.backoff_until.get(&shard).copied().or_else(|| {
         let latest = history(ctx.cluster, shard).next()?;
         (latest.state == MigrationState::Aborted)
@@ -166,7 +166,11 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
     for m in cluster.active_migrations() {
         total += 1;
         *moves_in.entry(m.to).or_default() += 1;
-        if let Some(p) = primary_of(m.shard) {
+        let source = match m.kind {
+            MigrationKind::Drain => Some(m.from),
+            MigrationKind::Restore => primary_of(m.shard),
+        };
+        if let Some(p) = source {
             *moves_out.entry(p).or_default() += 1;
         }
     }
@@ -180,7 +184,7 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
     let eligible: Vec<&augur_proto::Node> = cluster
         .nodes
         .values()
-        .filter(|n| n.state == NodeState::Up && !n.addrs.is_empty())
+        .filter(|n| crate::control::cluster::accepts_replicas(n) && !n.addrs.is_empty())
         .collect();
     let cap = placement::load_cap(
         cluster.shards.len(),
@@ -266,6 +270,9 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
             bytes_copied: 0,
             bytes_total: shard.size_bytes,
             attempts: attempts + 1,
+            kind: MigrationKind::Restore,
+            started_ms: 0,
+            rate_bytes_per_s: 0,
             version: 0,
         });
         next_id += 1;

@@ -8,6 +8,16 @@
 //! | `CatchingUp` | (c) have the primary write a checkpoint; wait until primary and learner report it at that sequence; compare CRC-64, bytes and keys | (in memory: the sequence) |
 //! | `CatchingUp` | (d) one write: learner -> replica (epoch + 1), `size_bytes` / `crc64` from the checkpoint, shard `Stable` | `Committed` |
 //!
+//! A drain move ([`MigrationKind::Drain`]) runs the same steps; its commit also drops `from`
+//! from the replicas in the same write (replicas - from + to), so the shard never has fewer
+//! replicas than before, and the learner it adds was verified first. It starts only while
+//! `from` is a replica on a Draining node, is cancelled (aborted, learner removed) when the
+//! node is no longer Draining (undrained: Up or Suspect again), and does not commit while
+//! `from` is the shard's primary: the primary's role is handed off first (see
+//! [`super::drain`]), so the commit never removes the replica serving the clients. A source
+//! that dies mid-move does not abort it: the repair drops it from the shard, and the commit
+//! then simply adds the verified learner, which is what the shard needs anyway.
+//!
 //! Every step re-checks what it relies on, and anything that makes the move unsafe or
 //! pointless aborts it: the deadline passed, the shard or its primary gone, the destination
 //! no longer live (or, before it starts, no longer eligible), the learner removed from the
@@ -22,7 +32,7 @@ use super::Requested;
 use crate::control::cluster::{Cluster, Reports};
 use augur_proto::data::{Checkpoint, ReplicaRole};
 use augur_proto::model::ShardState;
-use augur_proto::{Migration, MigrationState, NodeId, NodeState};
+use augur_proto::{Migration, MigrationKind, MigrationState, NodeId, NodeState};
 
 /// Why a move was given up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +49,8 @@ pub enum AbortReason {
     /// The shard has its replicas again (or the destination is already in it).
     #[error("no longer needed")]
     NoLongerNeeded,
-    /// The destination is not Up (before the move started) or not live (after).
+    /// The destination does not accept replicas (before the move started: not Up, or
+    /// cordoned) or is not live (after).
     #[error("destination {0} not eligible")]
     Destination(NodeId),
     /// The shard's primary is not live: nothing to copy from or commit with.
@@ -48,6 +59,9 @@ pub enum AbortReason {
     /// The learner was removed from the shard.
     #[error("learner {0} removed from the shard")]
     LearnerRemoved(NodeId),
+    /// A drain move's source is no longer a Draining node (undrained): the move is cancelled.
+    #[error("source {0} is no longer draining")]
+    SourceNotDraining(NodeId),
     /// The learner's checkpoint differs from the primary's.
     #[error("checksum mismatch at seq {seq}: primary {primary:016x}, learner {learner:016x}")]
     ChecksumMismatch {
@@ -109,16 +123,23 @@ pub fn next_step(
                 return Step::Abort(ShardBusy);
             }
             let rf = cluster.layout.map_or(0, |l| l.rf as usize);
-            if shard.replicas.len() >= rf
-                || shard.replicas.contains(&m.to)
-                || shard.learners.contains(&m.to)
-            {
+            let needed = match m.kind {
+                MigrationKind::Restore => shard.replicas.len() < rf,
+                MigrationKind::Drain => shard.replicas.contains(&m.from),
+            };
+            if !needed || shard.replicas.contains(&m.to) || shard.learners.contains(&m.to) {
                 return Step::Abort(NoLongerNeeded);
+            }
+            if m.kind == MigrationKind::Drain && !cluster.to_drain(m.from) {
+                if cluster.state(m.from) == Some(NodeState::Draining) {
+                    return Step::Wait("storm guard: automated drains are frozen");
+                }
+                return Step::Abort(SourceNotDraining(m.from));
             }
             if !cluster.live(primary) {
                 return Step::Abort(PrimaryGone(primary));
             }
-            if cluster.state(m.to) != Some(NodeState::Up) {
+            if !cluster.accepts_replicas(m.to) {
                 return Step::Abort(Destination(m.to));
             }
             return Step::Start;
@@ -133,6 +154,9 @@ pub fn next_step(
     }
     if !cluster.live(m.to) {
         return Step::Abort(Destination(m.to));
+    }
+    if undrained(m, cluster) {
+        return Step::Abort(SourceNotDraining(m.from));
     }
     if !cluster.live(primary) {
         return Step::Abort(PrimaryGone(primary));
@@ -175,9 +199,25 @@ pub fn next_step(
         });
     }
     match reports.current(cluster, m.to, shard) {
-        Some(r) if r.role == ReplicaRole::Learner => Step::Commit(p),
+        Some(r) if r.role == ReplicaRole::Learner => {
+            if m.kind == MigrationKind::Drain && primary == m.from {
+                return Step::Wait("source is the primary: waiting for its hand-off");
+            }
+            Step::Commit(p)
+        }
         _ => Step::Wait("learner has not acknowledged the current epoch"),
     }
+}
+
+/// Whether `m` is a drain move whose source node was taken out of draining while it is still
+/// running (Up or Suspect again). A source that died (Down, removed) is not undrained: the
+/// move still gives the shard the replica it needs.
+pub fn undrained(m: &Migration, cluster: &Cluster) -> bool {
+    m.kind == MigrationKind::Drain
+        && matches!(
+            cluster.state(m.from),
+            Some(NodeState::Up | NodeState::Suspect)
+        )
 }
 
 #[cfg(test)]
@@ -200,6 +240,9 @@ mod tests {
             bytes_copied: 0,
             bytes_total: 0,
             attempts: 1,
+            kind: MigrationKind::Restore,
+            started_ms: 0,
+            rate_bytes_per_s: 0,
             version: 50,
         }
     }

@@ -245,12 +245,11 @@ impl Health {
         )));
         *health.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
         let history = agent.history();
-        let backfill = match health.settings.source {
-            HealthSource::Simulated if health.settings.simulated_backfill_ms > 0 => {
-                backfill(&name, seed, health.settings.simulated_backfill_ms)
+        if let HealthSource::Simulated = health.settings.source {
+            if health.settings.simulated_backfill_ms > 0 {
+                history.backfill(backfill(&name, seed, health.settings.simulated_backfill_ms));
             }
-            _ => Vec::new(),
-        };
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(async move {
@@ -258,7 +257,7 @@ impl Health {
             drop(stop_tx);
             tracing::info!(?stats, "health agent stopped");
         }));
-        tasks.push(tokio::spawn(score_loop(health.clone(), history, backfill)));
+        tasks.push(tokio::spawn(score_loop(health.clone(), history)));
         tracing::info!(source, node_model = %health.settings.node_model.display(), "health agent started");
         (health, tasks)
     }
@@ -496,11 +495,11 @@ impl<M> Loaded<M> {
     }
 }
 
-/// Scores the history every round.
-async fn score_loop(health: Arc<Health>, history: HistoryHandle, backfill: Vec<HealthSample>) {
+/// Scores the history every round: the node model from the history's incrementally kept
+/// grid (no copy of the 5-second samples), the disk model from its SMART readings.
+async fn score_loop(health: Arc<Health>, history: HistoryHandle) {
     let mut node = Loaded::<Model>::new(health.settings.node_model.clone());
     let mut disk = Loaded::<DiskModel>::new(health.settings.disk_model.clone());
-    let backfill = Arc::new(backfill);
     // The first round waits for the agent's first samples (its first call only primes
     // counters).
     let mut wait = Duration::from_millis(health.settings.sample_interval_ms.saturating_mul(2));
@@ -508,22 +507,12 @@ async fn score_loop(health: Arc<Health>, history: HistoryHandle, backfill: Vec<H
         tokio::time::sleep(wait).await;
         let models = tokio::task::spawn_blocking({
             let history = history.clone();
-            let backfill = backfill.clone();
             move || {
                 node.refresh("node", |p| Model::load(p).map_err(|e| e.to_string()));
                 disk.refresh("disk", |p| DiskModel::load(p).map_err(|e| e.to_string()));
-                let mut samples = history.snapshot();
-                if !backfill.is_empty() {
-                    let first = samples.first().map_or(i64::MAX, |s| s.ts_ms);
-                    let mut all: Vec<HealthSample> = backfill
-                        .iter()
-                        .filter(|s| s.ts_ms < first)
-                        .cloned()
-                        .collect();
-                    all.append(&mut samples);
-                    samples = all;
-                }
-                let risk = score(node.model.as_ref(), disk.model.as_ref(), &samples);
+                let node_risk = node.model.as_ref().ok().map(|m| history.score_node(m));
+                let smart = history.smart_snapshot();
+                let risk = combine(node.model.as_ref(), node_risk, disk.model.as_ref(), &smart);
                 (node, disk, risk)
             }
         })
@@ -562,8 +551,19 @@ pub fn score(
     disk: Result<&DiskModel, &String>,
     samples: &[HealthSample],
 ) -> RiskState {
-    let has_smart = samples.iter().any(|s| s.smart.is_some());
     let node_risk = node.ok().map(|m| m.score_samples(samples));
+    combine(node, node_risk, disk, samples)
+}
+
+/// [`score`] with the node model's risk already computed (the scorer takes it from the
+/// history's grid); `samples` need only hold the SMART readings.
+fn combine(
+    node: Result<&Model, &String>,
+    node_risk: Option<Result<augur_predictor::Risk, augur_predictor::ModelError>>,
+    disk: Result<&DiskModel, &String>,
+    samples: &[HealthSample],
+) -> RiskState {
+    let has_smart = samples.iter().any(|s| s.smart.is_some());
     let disk_risk = match disk {
         Ok(m) if has_smart => Some(m.score_samples(samples)),
         _ => None,

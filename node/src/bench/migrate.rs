@@ -1,0 +1,384 @@
+//! `augur bench migrate`: an operator drains a storage node holding `--gib` GiB under a
+//! client workload; the run reports the rate the moves achieved against a raw QUIC copy of the
+//! same bytes in the same run, and the clients' p99 during the drain against before it.
+//!
+//! - **Move rate** (`move_mb_s`): the bytes of the drained node's shards over the wall time
+//!   from the drain command to the node holding no replica: hand-offs, learner copies with
+//!   CRC-64 per chunk, catch-up, the whole-shard checksum comparison and the commits, all of
+//!   it. The per-migration copy rates the migrator records are reported beside it.
+//! - **Raw copy** (`raw_quinn_mb_s`): the same number of bytes through a bare QUIC connection
+//!   between two storage certificates ([`super::rawcopy`]).
+//! - **Client latency**: puts and gets (even odds) of 1 KiB on keys of their own, by closed-loop
+//!   clients; p99 over `--baseline` before the drain (`p99_baseline_ms`) and over the drain
+//!   (`p99_during_ms`). The targets: move rate at least 90% of the raw copy, p99 during
+//!   at most 1.5 times the baseline.
+//!
+//! Without `--cluster` the run starts its own cluster with prediction off (only the operator
+//! drains) and the copy throttle lifted (`--copy-mb-per-sec`), so the figure measures the move
+//! machinery rather than the throttle or the policy.
+
+use super::data::{data_clients, key, preload};
+use super::rawcopy::{raw_copy, RawCopy};
+use super::{new_hist, BenchCluster, ClusterPlan};
+use crate::local;
+use anyhow::{bail, Context};
+use augur_client::{DataClient, NodeCommand};
+use augur_proto::{MigrationState, NodeId, ShardId};
+use clap::Args;
+use hdrhistogram::Histogram;
+use rand::Rng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Arguments of `augur bench migrate`.
+#[derive(Args, Debug)]
+pub struct MigrateBenchArgs {
+    /// Cluster directory made by `augur local up --storage N` with N > rf (default: start one).
+    #[arg(long)]
+    pub cluster: Option<std::path::PathBuf>,
+    /// Data the drained node holds, GiB.
+    #[arg(long, default_value_t = 0.5)]
+    pub gib: f64,
+    /// Bytes per preloaded value.
+    #[arg(long, default_value_t = 65_536)]
+    pub value_size: usize,
+    /// Workload clients during the baseline and the drain.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Workload before the drain (the p99 baseline).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub baseline: Duration,
+    /// Give up if the node is not empty within this long after the drain command.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Streams of the raw QUIC copy.
+    #[arg(long, default_value_t = 2)]
+    pub raw_streams: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Own cluster: storage nodes.
+    #[arg(long, default_value_t = 4)]
+    pub storage: u64,
+    /// Own cluster: shards.
+    #[arg(long, default_value_t = 16)]
+    pub shards: u32,
+    /// Own cluster: replication factor.
+    #[arg(long, default_value_t = 3)]
+    pub rf: u32,
+    /// Own cluster: each storage node's copy budget, MB/s (`[copy] bytes_per_sec`).
+    #[arg(long, default_value_t = 2_000)]
+    pub copy_mb_per_sec: u64,
+    /// Own cluster: keep its directory afterwards (it is stopped either way).
+    #[arg(long)]
+    pub keep_cluster: bool,
+}
+
+/// One run's figures.
+#[derive(Debug, Serialize)]
+pub struct MigrateReport {
+    /// The node drained.
+    pub drained: u64,
+    /// Shards it held.
+    pub shards_held: usize,
+    /// Bytes of keys and values in them.
+    pub bytes_moved: u64,
+    /// From the drain command to the node holding no replica, s.
+    pub drain_s: f64,
+    /// `bytes_moved` over `drain_s`, MB/s.
+    pub move_mb_s: f64,
+    /// The same bytes through a bare QUIC connection, MB/s.
+    pub raw_quinn_mb_s: f64,
+    /// `move_mb_s` / `raw_quinn_mb_s`.
+    pub ratio_to_raw: f64,
+    /// Median of the copy rates the committed migrations recorded, MB/s.
+    pub migration_copy_mb_s_p50: Option<f64>,
+    /// Migrations committed for the drain.
+    pub migrations_committed: usize,
+    /// Migrations aborted (and retried) during the drain.
+    pub migrations_aborted: usize,
+    /// Client p99 before the drain, ms.
+    pub p99_baseline_ms: f64,
+    /// Client p99 during the drain, ms.
+    pub p99_during_ms: f64,
+    /// `p99_during_ms` / `p99_baseline_ms`.
+    pub p99_ratio: f64,
+    /// Client requests that failed during the run.
+    pub failed_requests: u64,
+    /// The raw copy's details.
+    pub raw: RawCopy,
+}
+
+/// Runs `augur bench migrate`.
+pub async fn run_migrate(a: MigrateBenchArgs) -> anyhow::Result<()> {
+    if !(a.gib > 0.0 && a.gib <= 64.0) {
+        bail!("--gib must be in (0, 64]");
+    }
+    if a.value_size == 0 || a.value_size > augur_proto::data::MAX_VALUE {
+        bail!("--value-size must be 1..={}", augur_proto::data::MAX_VALUE);
+    }
+    if a.clients == 0 || a.raw_streams == 0 {
+        bail!("--clients and --raw-streams must be positive");
+    }
+    if a.cluster.is_none() && u64::from(a.rf) >= a.storage {
+        bail!("--storage must exceed --rf, or the drained node's replicas have nowhere to go");
+    }
+    let plan = ClusterPlan {
+        meta: 3,
+        storage: a.storage,
+        shards: a.shards,
+        rf: a.rf,
+        down_delay_ms: None,
+        copy_bytes_per_sec: Some(a.copy_mb_per_sec.saturating_mul(1_000_000)),
+        predict: Some(false),
+        control: Vec::new(),
+    };
+    let cluster = BenchCluster::open(a.cluster.as_deref(), plan, a.keep_cluster).await?;
+    let result = measure(&a, &cluster.dir).await;
+    cluster.close().await;
+    let r = result?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_report(&r);
+    }
+    Ok(())
+}
+
+fn print_report(r: &MigrateReport) {
+    println!(
+        "drained storage node {}: {} shards, {:.2} GiB, in {:.1} s",
+        r.drained,
+        r.shards_held,
+        r.bytes_moved as f64 / f64::from(1u32 << 30),
+        r.drain_s
+    );
+    println!(
+        "move rate {:.0} MB/s; raw QUIC copy {:.0} MB/s over {} streams; ratio {:.2}",
+        r.move_mb_s, r.raw_quinn_mb_s, r.raw.streams, r.ratio_to_raw
+    );
+    if let Some(c) = r.migration_copy_mb_s_p50 {
+        println!(
+            "migrations: {} committed, {} aborted; median recorded copy rate {c:.0} MB/s",
+            r.migrations_committed, r.migrations_aborted
+        );
+    }
+    println!(
+        "client p99: {:.1} ms before, {:.1} ms during the drain ({:.2}x); {} requests failed",
+        r.p99_baseline_ms, r.p99_during_ms, r.p99_ratio, r.failed_requests
+    );
+}
+
+/// Latencies of the current phase; the workload records into whichever is installed.
+struct Phase {
+    hist: Mutex<Histogram<u64>>,
+}
+
+/// Closed-loop clients: puts and gets (even odds) of 1 KiB on keys of their own.
+fn spawn_workload(
+    clients: &[DataClient],
+    n: usize,
+    stop: Arc<AtomicBool>,
+    phase: Arc<Mutex<Arc<Phase>>>,
+    failed: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|w| {
+            let c = clients[w % clients.len()].clone();
+            let (stop, phase, failed) = (stop.clone(), phase.clone(), failed.clone());
+            tokio::spawn(async move {
+                let value = vec![w as u8; 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    let (i, put) = {
+                        let mut rng = rand::thread_rng();
+                        (rng.gen_range(0..1024u32), rng.gen_bool(0.5))
+                    };
+                    let k = format!("migrate-w{w}-{i}").into_bytes();
+                    let started = Instant::now();
+                    let r = if put {
+                        c.put(k, value.clone()).await.map(|_| ())
+                    } else {
+                        c.get(&k).await.map(|_| ())
+                    };
+                    let us = started.elapsed().as_micros() as u64;
+                    if r.is_err() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let current = phase.lock().map(|p| p.clone());
+                    if let Ok(p) = current {
+                        if let Ok(mut h) = p.hist.lock() {
+                            let _ = h.record(us.max(1));
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn p99_ms(p: &Phase) -> f64 {
+    p.hist
+        .lock()
+        .map_or(f64::NAN, |h| h.value_at_quantile(0.99) as f64 / 1e3)
+}
+
+async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateReport> {
+    let client = local::client(dir)?;
+    let layout = client
+        .data_layout()
+        .await?
+        .context("the cluster has no data plane")?;
+    let before = client.list_shards().await?;
+    let mut held_by: BTreeMap<NodeId, Vec<ShardId>> = BTreeMap::new();
+    for s in before.values() {
+        for r in &s.replicas {
+            held_by.entry(*r).or_default().push(s.id);
+        }
+    }
+    let (victim, held) = held_by
+        .iter()
+        .max_by_key(|(_, v)| v.len())
+        .map(|(id, v)| (*id, v.clone()))
+        .context("no shard has a replica")?;
+
+    let per_key = (a.value_size + key(0).len()) as f64;
+    let total_keys = (a.gib * f64::from(1u32 << 30) / per_key * f64::from(layout.shards)
+        / held.len() as f64)
+        .ceil() as u64;
+    let clients = data_clients(dir, 8).await?;
+    eprintln!(
+        "preloading {total_keys} keys of {} bytes ({:.2} GiB on node {victim})",
+        a.value_size, a.gib
+    );
+    preload(&clients, 32, total_keys, a.value_size).await?;
+    let bytes_moved: u64 = (1..=total_keys)
+        .filter(|i| held.contains(&augur_proto::data::shard_of(&key(*i), layout.shards)))
+        .map(|_| per_key as u64)
+        .sum();
+
+    let baseline = Arc::new(Phase {
+        hist: Mutex::new(new_hist()?),
+    });
+    let during = Arc::new(Phase {
+        hist: Mutex::new(new_hist()?),
+    });
+    let phase = Arc::new(Mutex::new(baseline.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let workers = spawn_workload(
+        &clients,
+        a.clients,
+        stop.clone(),
+        phase.clone(),
+        failed.clone(),
+    );
+    let stop_workers = |workers: Vec<tokio::task::JoinHandle<()>>| {
+        let stop = stop.clone();
+        async move {
+            stop.store(true, Ordering::Relaxed);
+            for w in workers {
+                let _ = w.await;
+            }
+        }
+    };
+    tokio::time::sleep(a.baseline).await;
+
+    if let Ok(mut p) = phase.lock() {
+        *p = during.clone();
+    }
+    eprintln!("draining storage node {victim}");
+    let started = Instant::now();
+    let started_ms = crate::control::registry::now_ms();
+    if let Err(e) = client
+        .node_command(victim, NodeCommand::Drain, Some("bench migrate"))
+        .await
+    {
+        stop_workers(workers).await;
+        bail!("draining node {victim}: {e}");
+    }
+    let drain_s = loop {
+        if started.elapsed() > a.timeout {
+            stop_workers(workers).await;
+            bail!(
+                "node {victim} not empty within {:?} of the drain",
+                a.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(now) = client.list_shards().await else {
+            continue;
+        };
+        let left = now
+            .values()
+            .filter(|s| s.replicas.contains(&victim) || s.learners.contains(&victim))
+            .count();
+        if left == 0 {
+            break started.elapsed().as_secs_f64();
+        }
+    };
+    stop_workers(workers).await;
+
+    let migrations: Vec<_> = client
+        .list_migrations()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.from == victim && m.started_ms >= started_ms.saturating_sub(1_000))
+        .collect();
+    let mut rates: Vec<f64> = migrations
+        .iter()
+        .filter(|m| m.state == MigrationState::Committed && m.rate_bytes_per_s > 0)
+        .map(|m| m.rate_bytes_per_s as f64 / 1e6)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+
+    eprintln!("raw QUIC copy of {bytes_moved} bytes for comparison");
+    let others: Vec<u64> = local::storage::storage_nodes(dir)?
+        .into_iter()
+        .filter(|id| *id != victim.0)
+        .take(2)
+        .collect();
+    let [rx, tx] = others[..] else {
+        bail!("a raw copy needs two storage certificates besides the drained node's");
+    };
+    let tls = |id: u64| augur_transport::TlsFiles {
+        ca: dir.join("certs/ca.pem"),
+        cert: dir.join(format!("certs/storage-{id}.pem")),
+        key: dir.join(format!("certs/storage-{id}.key")),
+    };
+    let (rx_tls, tx_tls, streams) = (tls(rx), tls(tx), a.raw_streams);
+    let raw = tokio::task::spawn_blocking(move || {
+        raw_copy(&rx_tls, &tx_tls, bytes_moved, streams, 1 << 20)
+    })
+    .await??;
+
+    let move_mb_s = bytes_moved as f64 / 1e6 / drain_s.max(1e-3);
+    let (p99_baseline_ms, p99_during_ms) = (p99_ms(&baseline), p99_ms(&during));
+    Ok(MigrateReport {
+        drained: victim.0,
+        shards_held: held.len(),
+        bytes_moved,
+        drain_s,
+        move_mb_s,
+        raw_quinn_mb_s: raw.mb_per_sec,
+        ratio_to_raw: move_mb_s / raw.mb_per_sec.max(1e-9),
+        migration_copy_mb_s_p50: rates.get(rates.len() / 2).copied(),
+        migrations_committed: migrations
+            .iter()
+            .filter(|m| m.state == MigrationState::Committed)
+            .count(),
+        migrations_aborted: migrations
+            .iter()
+            .filter(|m| m.state == MigrationState::Aborted)
+            .count(),
+        p99_baseline_ms,
+        p99_during_ms,
+        p99_ratio: p99_during_ms / p99_baseline_ms.max(1e-9),
+        failed_requests: failed.load(Ordering::Relaxed),
+        raw,
+    })
+}

@@ -1,0 +1,311 @@
+//! Emptying Draining nodes: pure planning over the records, and the leader's hand-offs.
+//!
+//! A node whose record is `Draining` (set by the risk policy or an operator) must end up
+//! holding no replica, without a failed client request and without any shard dropping below
+//! its replica count:
+//!
+//! 1. **Primaries first.** A shard whose primary is on a Draining node is handed off: the
+//!    primary is asked to stop taking requests and let every write in flight commit
+//!    (`DataRequest::HandOff`), then one transaction makes the best live secondary primary
+//!    (epoch + 1), keeping the old primary as a secondary. Clients meanwhile get
+//!    `Unavailable`, then a redirect, and retry: nothing fails. Every secondary of the
+//!    configuration prepared every committed write (a primary commits only what all of them
+//!    prepared), so any of them may take over; an Up one is preferred, then the highest
+//!    prepared, as the repair does for a dead primary. If the write fails (the shard changed
+//!    meanwhile), the old primary serves again after `handoff_timeout_ms`.
+//! 2. **One move per replica.** Each secondary replica on a Draining node gets a
+//!    [`MigrationKind::Drain`] migration (from = the draining node), recorded before anything
+//!    starts. Its commit replaces the source with the verified learner in one write (see
+//!    [`super::steps`]), so moves per drain = replicas on the node, and no other replica
+//!    moves.
+//!
+//! Nodes drained by the risk policy wait while the storm guard is frozen
+//! ([`Cluster::to_drain`]); an operator's drain goes on.
+//!
+//! The order is by risk × data at risk (the node's latest risk score times the shard's
+//! size), then by risk alone (sizes are unknown until a shard's first verified copy), then by
+//! shard id. Destinations are [`placement::pick`] (weighted rendezvous hashing by capacity,
+//! rack spread, bounded-load cap) over nodes that accept replicas (Up, not cordoned) with room for the shard after the moves
+//! already planned to them, excluding the shard's other members and, where possible, the
+//! nodes earlier attempts failed on.
+//!
+//! **Copy source.** The learner chooses where it copies from (`storage::copy`): a secondary
+//! whose node is Up before the primary, never a node that is not Up (Draining, Suspect) when
+//! another replica exists. Since primaries are handed off first, the draining node is never
+//! the primary when its move starts, so the copy comes from a healthy replica whenever the
+//! shard has one.
+//!
+//! **Limits.** Shared with re-replication: `max_moves` in flight cluster-wide,
+//! `max_moves_in_per_node` per destination, `max_moves_out_per_node` per draining node, and
+//! the retry back-off after an abort. Bytes are throttled where they flow: every storage node
+//! shares `copy.bytes_per_sec` (default 100 MiB/s, both directions) among at most
+//! `copy.max_concurrent` copies, so one destination receives at most
+//! `min(max_moves_in_per_node, copy.max_concurrent)` copies sharing that rate, and client
+//! traffic is never queued behind them.
+
+use super::plan::{backing_off, failed_attempts, PlanContext};
+use crate::control::cluster::{accepts_replicas, Cluster, Reports};
+use crate::control::placement::{self, Candidate, LOAD_FACTOR};
+use crate::control::repair::reconfigure_txn;
+use crate::control::store::{MetaStore, StorageCalls};
+use crate::control::Control;
+use augur_proto::model::ShardState;
+use augur_proto::wire::ApiError;
+use augur_proto::{
+    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard, ShardId,
+};
+use std::collections::HashMap;
+
+/// The shards whose primary is on a node to empty now ([`Cluster::to_drain`]: Draining, and
+/// not an automated drain held by the storm guard), in shard order.
+pub fn primaries_to_hand_off(cluster: &Cluster) -> Vec<&Shard> {
+    cluster
+        .shards
+        .values()
+        .filter(|s| s.replicas.first().is_some_and(|p| cluster.to_drain(*p)))
+        .collect()
+}
+
+/// The secondary that takes over `shard`'s primary role: live, not being drained itself
+/// (two draining nodes would hand the role back and forth) and reporting the shard's current
+/// epoch; an Up node before any other, then the highest prepared sequence, then the lowest
+/// id. `None` when no secondary qualifies: the shard keeps its primary until a drain move
+/// has replaced a draining secondary with a node that can take over.
+pub fn hand_off_target(shard: &Shard, cluster: &Cluster, reports: &Reports) -> Option<NodeId> {
+    shard
+        .replicas
+        .iter()
+        .skip(1)
+        .filter(|n| cluster.live(**n) && !cluster.to_drain(**n))
+        .filter_map(|n| {
+            let status = reports.current(cluster, *n, shard)?;
+            let up = cluster.state(*n) == Some(NodeState::Up);
+            Some(((up, status.prepared, std::cmp::Reverse(*n)), *n))
+        })
+        .max()
+        .map(|(_, n)| n)
+}
+
+/// `shard` with `target` as primary at the next epoch; the other replicas, the old primary
+/// included, stay as secondaries in their order.
+pub fn handed_off(shard: &Shard, target: NodeId) -> Shard {
+    let mut next = shard.clone();
+    next.replicas = std::iter::once(target)
+        .chain(shard.replicas.iter().copied().filter(|n| *n != target))
+        .collect();
+    next.epoch = shard.epoch + 1;
+    next
+}
+
+/// The key a move is ordered by, most urgent first: risk × data at risk, then risk.
+fn urgency(cluster: &Cluster, node: NodeId, shard: &Shard) -> (f64, f64) {
+    let risk = cluster.nodes.get(&node).map_or(0.0, |n| n.risk.score);
+    (risk * shard.size_bytes as f64, risk)
+}
+
+/// The drain moves to record now, after the re-replication moves `already` planned in this
+/// pass (they count against the same limits). Each comes back `Planned` with a fresh id,
+/// ready for [`super::plan::create_txn`].
+pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
+    let cluster = ctx.cluster;
+    let s = ctx.settings;
+    let Some(layout) = cluster.layout else {
+        return vec![];
+    };
+    let draining: Vec<NodeId> = cluster.draining().map(|n| n.id).collect();
+    if draining.is_empty() {
+        return vec![];
+    }
+    let in_flight: Vec<&Migration> = cluster.active_migrations().chain(already).collect();
+    let mut total = in_flight.len();
+    let mut moves_in: HashMap<NodeId, usize> = HashMap::new();
+    let mut moves_out: HashMap<NodeId, usize> = HashMap::new();
+    let mut incoming: HashMap<NodeId, u64> = HashMap::new();
+    for m in &in_flight {
+        *moves_in.entry(m.to).or_default() += 1;
+        *incoming.entry(m.to).or_default() += m.bytes_total;
+        let source = match m.kind {
+            MigrationKind::Drain => Some(m.from),
+            MigrationKind::Restore => cluster
+                .shards
+                .get(&m.shard)
+                .and_then(|sh| sh.replicas.first().copied()),
+        };
+        if let Some(n) = source {
+            *moves_out.entry(n).or_default() += 1;
+        }
+    }
+    let moving: Vec<ShardId> = in_flight.iter().map(|m| m.shard).collect();
+    let mut load: HashMap<NodeId, usize> = HashMap::new();
+    for sh in cluster.shards.values() {
+        for n in sh.replicas.iter().chain(&sh.learners) {
+            *load.entry(*n).or_default() += 1;
+        }
+    }
+    let eligible: Vec<&augur_proto::Node> = cluster
+        .nodes
+        .values()
+        .filter(|n| accepts_replicas(n) && !n.addrs.is_empty())
+        .collect();
+    let cap = placement::load_cap(
+        cluster.shards.len(),
+        layout.rf as usize,
+        eligible.len(),
+        LOAD_FACTOR,
+    );
+    // Secondary replicas on draining nodes; primaries wait for their hand-off.
+    let mut wanted: Vec<(NodeId, &Shard)> = Vec::new();
+    for sh in cluster.shards.values() {
+        for n in sh.replicas.iter().skip(1) {
+            if draining.contains(n) {
+                wanted.push((*n, sh));
+            }
+        }
+    }
+    wanted.sort_by(|(na, a), (nb, b)| {
+        let (ua, ub) = (urgency(cluster, *na, a), urgency(cluster, *nb, b));
+        ub.0.total_cmp(&ua.0)
+            .then(ub.1.total_cmp(&ua.1))
+            .then(a.id.cmp(&b.id))
+    });
+    let mut next_id = cluster
+        .migrations
+        .iter()
+        .chain(already)
+        .map(|m| m.id.0)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut planned: Vec<Migration> = Vec::new();
+    for (from, shard) in wanted {
+        if total >= s.max_moves {
+            break;
+        }
+        if shard.state != ShardState::Stable
+            || moving.contains(&shard.id)
+            || planned.iter().any(|m| m.shard == shard.id)
+            || moves_out.get(&from).copied().unwrap_or(0) >= s.max_moves_out_per_node
+            || backing_off(ctx, shard.id)
+        {
+            continue;
+        }
+        let candidates: Vec<Candidate> = eligible
+            .iter()
+            .filter(|n| moves_in.get(&n.id).copied().unwrap_or(0) < s.max_moves_in_per_node)
+            .filter(|n| {
+                let after = n
+                    .used_bytes
+                    .saturating_add(incoming.get(&n.id).copied().unwrap_or(0))
+                    .saturating_add(shard.size_bytes);
+                n.capacity_bytes == 0 || after <= n.capacity_bytes
+            })
+            .map(|n| Candidate {
+                id: n.id,
+                weight: n.capacity_bytes.max(1) as f64,
+                rack: n.rack.clone(),
+            })
+            .collect();
+        // The members that stay decide the racks to avoid; the source leaves.
+        let staying: Vec<NodeId> = shard
+            .replicas
+            .iter()
+            .chain(&shard.learners)
+            .copied()
+            .filter(|n| *n != from)
+            .collect();
+        let (attempts, tried) = failed_attempts(cluster, shard.id);
+        let mut avoid = staying.clone();
+        avoid.extend(&tried);
+        let to = placement::pick(shard.id, &candidates, &avoid, 1, &load, cap)
+            .first()
+            .copied()
+            .or_else(|| {
+                placement::pick(shard.id, &candidates, &staying, 1, &load, cap)
+                    .first()
+                    .copied()
+            });
+        let Some(to) = to.filter(|t| *t != from) else {
+            continue;
+        };
+        let risk = cluster.nodes.get(&from).map_or(0.0, |n| n.risk.score);
+        planned.push(Migration {
+            id: MigrationId(next_id),
+            shard: shard.id,
+            from,
+            to,
+            state: MigrationState::Planned,
+            reason: format!("drain node {from} (risk {risk:.3}): replace its replica"),
+            priority: 0,
+            deadline_ms: ctx.now_ms.saturating_add(s.move_timeout_ms),
+            bytes_copied: 0,
+            bytes_total: shard.size_bytes,
+            attempts: attempts + 1,
+            kind: MigrationKind::Drain,
+            started_ms: 0,
+            rate_bytes_per_s: 0,
+            version: 0,
+        });
+        next_id += 1;
+        total += 1;
+        *moves_in.entry(to).or_default() += 1;
+        *moves_out.entry(from).or_default() += 1;
+        *incoming.entry(to).or_default() += shard.size_bytes;
+        *load.entry(to).or_default() += 1;
+    }
+    planned
+}
+
+impl Control {
+    /// Hands off up to `max_handoffs_per_pass` primaries on Draining nodes (see the module
+    /// documentation); the number of shards whose primary moved.
+    pub(crate) async fn hand_off_primaries(
+        &self,
+        cluster: &Cluster,
+        reports: &Reports,
+        meta: &dyn MetaStore,
+        storage: &dyn StorageCalls,
+    ) -> Result<usize, ApiError> {
+        let mut moved = 0;
+        let shards = primaries_to_hand_off(cluster);
+        for shard in shards.into_iter().take(self.settings.max_handoffs_per_pass) {
+            let old = shard.replicas[0];
+            let Some(target) = hand_off_target(shard, cluster, reports) else {
+                tracing::debug!(shard = %shard.id, primary = %old, "no live secondary at the current epoch to hand the primary role to");
+                continue;
+            };
+            let Some(addr) = cluster.nodes.get(&old).and_then(|n| n.addrs.first()) else {
+                continue;
+            };
+            let seq = match storage
+                .hand_off(
+                    addr,
+                    shard.id,
+                    shard.epoch,
+                    self.settings.handoff_timeout_ms,
+                )
+                .await
+            {
+                Ok(seq) => seq,
+                Err(e) => {
+                    tracing::info!(shard = %shard.id, primary = %old, error = %e, "hand-off refused; retried next pass");
+                    continue;
+                }
+            };
+            let next = handed_off(shard, target);
+            let epoch = next.epoch;
+            let txn = reconfigure_txn(shard, next, &[target], cluster);
+            if meta.propose(txn).await?.succeeded {
+                moved += 1;
+                self.metrics.hand_offs.inc();
+                tracing::info!(shard = %shard.id, from = %old, to = %target, epoch, seq, "primary handed off from a draining node");
+            } else {
+                tracing::info!(shard = %shard.id, primary = %old, "records changed under a hand-off; the primary serves again after its timeout");
+            }
+        }
+        Ok(moved)
+    }
+}
+
+#[cfg(test)]
+#[path = "drain_tests.rs"]
+mod tests;
