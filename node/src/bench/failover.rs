@@ -22,7 +22,7 @@
 //!   from the kill).
 
 use super::data::{data_clients, key, kind_of, preload};
-use super::{BenchCluster, ClusterPlan};
+use super::{most_leading, BenchCluster, ClusterPlan, Victim};
 use crate::local::{self, Proc};
 use anyhow::{bail, Context};
 use augur_client::{admin_http, DataClient};
@@ -402,24 +402,12 @@ async fn measure(a: &FailoverBenchArgs, dir: &Path) -> anyhow::Result<FailoverRe
         .await?
         .context("the cluster has no data plane")?;
     let rf = layout.rf as usize;
-    let before = client.list_shards().await?;
-    let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for s in before.values() {
-        if let Some(p) = s.replicas.first() {
-            *led.entry(*p).or_default() += 1;
-        }
-    }
-    let victim = led
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(id, _)| *id)
-        .context("no shard has a primary")?;
-    let held: Vec<ShardId> = before
-        .values()
-        .filter(|s| s.replicas.contains(&victim))
-        .map(|s| s.id)
-        .collect();
-    let shards_led = led.get(&victim).copied().unwrap_or(0);
+    let Victim {
+        id: victim,
+        held,
+        led,
+    } = most_leading(&client.list_shards().await?)?;
+    let shards_led = led.len();
 
     let clients = data_clients(dir, 4).await?;
     eprintln!("preloading {} keys of {} bytes", a.keys, a.value_size);

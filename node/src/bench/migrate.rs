@@ -18,7 +18,7 @@
 //! machinery rather than the throttle or the policy.
 
 use super::data::{data_clients, key, preload};
-use super::rawcopy::{raw_copy, RawCopy};
+use super::rawcopy::{raw_copy_between_others, RawCopy};
 use super::{new_hist, BenchCluster, ClusterPlan};
 use crate::local;
 use anyhow::{bail, Context};
@@ -337,24 +337,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     rates.sort_by(f64::total_cmp);
 
     eprintln!("raw QUIC copy of {bytes_moved} bytes for comparison");
-    let others: Vec<u64> = local::storage::storage_nodes(dir)?
-        .into_iter()
-        .filter(|id| *id != victim.0)
-        .take(2)
-        .collect();
-    let [rx, tx] = others[..] else {
-        bail!("a raw copy needs two storage certificates besides the drained node's");
-    };
-    let tls = |id: u64| augur_transport::TlsFiles {
-        ca: dir.join("certs/ca.pem"),
-        cert: dir.join(format!("certs/storage-{id}.pem")),
-        key: dir.join(format!("certs/storage-{id}.key")),
-    };
-    let (rx_tls, tx_tls, streams) = (tls(rx), tls(tx), a.raw_streams);
-    let raw = tokio::task::spawn_blocking(move || {
-        raw_copy(&rx_tls, &tx_tls, bytes_moved, streams, 1 << 20)
-    })
-    .await??;
+    let raw = raw_copy_between_others(dir, victim.0, bytes_moved, a.raw_streams).await?;
 
     let move_mb_s = bytes_moved as f64 / 1e6 / drain_s.max(1e-3);
     let (p99_baseline_ms, p99_during_ms) = (p99_ms(&baseline), p99_ms(&during));

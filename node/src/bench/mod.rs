@@ -85,6 +85,42 @@ pub(crate) fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// The storage node a benchmark kills: the one leading the most shards, with the shards it
+/// holds and the ones it leads.
+pub(crate) struct Victim {
+    /// The node.
+    pub id: augur_proto::NodeId,
+    /// Shards it holds a replica of.
+    pub held: Vec<augur_proto::ShardId>,
+    /// Shards it is primary of.
+    pub led: Vec<augur_proto::ShardId>,
+}
+
+/// Picks the [`Victim`] in a shard map.
+pub(crate) fn most_leading(
+    shards: &std::collections::BTreeMap<augur_proto::ShardId, augur_proto::Shard>,
+) -> anyhow::Result<Victim> {
+    let mut led: std::collections::BTreeMap<augur_proto::NodeId, usize> = Default::default();
+    for s in shards.values() {
+        if let Some(p) = s.replicas.first() {
+            *led.entry(*p).or_default() += 1;
+        }
+    }
+    let id = led
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(id, _)| *id)
+        .context("no shard has a primary")?;
+    let of = |f: &dyn Fn(&augur_proto::Shard) -> bool| {
+        shards.values().filter(|s| f(s)).map(|s| s.id).collect()
+    };
+    Ok(Victim {
+        id,
+        held: of(&|s| s.replicas.contains(&id)),
+        led: of(&|s| s.replicas.first() == Some(&id)),
+    })
+}
+
 /// The cluster a benchmark runs against: one given with `--cluster`, or one it started in a
 /// directory of its own and stops (and deletes) when done, so a run without `--cluster` leaves
 /// nothing behind.

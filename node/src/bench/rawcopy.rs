@@ -168,3 +168,28 @@ async fn send(
     endpoint.wait_idle().await;
     Ok((seconds, acknowledged))
 }
+
+/// A raw copy of `bytes` between two storage nodes of the local cluster in `dir` other than
+/// node `excluded` (the one a benchmark killed or drained), with their certificates.
+pub(crate) async fn raw_copy_between_others(
+    dir: &std::path::Path,
+    excluded: u64,
+    bytes: u64,
+    streams: usize,
+) -> anyhow::Result<RawCopy> {
+    let others: Vec<u64> = crate::local::storage::storage_nodes(dir)?
+        .into_iter()
+        .filter(|id| *id != excluded)
+        .take(2)
+        .collect();
+    let [rx, tx] = others[..] else {
+        bail!("a raw copy needs two storage certificates besides node {excluded}'s");
+    };
+    let tls = |id: u64| TlsFiles {
+        ca: dir.join("certs/ca.pem"),
+        cert: dir.join(format!("certs/storage-{id}.pem")),
+        key: dir.join(format!("certs/storage-{id}.key")),
+    };
+    let (rx_tls, tx_tls) = (tls(rx), tls(tx));
+    tokio::task::spawn_blocking(move || raw_copy(&rx_tls, &tx_tls, bytes, streams, 1 << 20)).await?
+}

@@ -19,14 +19,14 @@
 //! figure measures the copy machinery rather than the throttle.
 
 use super::data::{data_clients, key, preload};
-use super::rawcopy::{raw_copy, RawCopy};
-use super::{BenchCluster, ClusterPlan};
+use super::rawcopy::{raw_copy_between_others, RawCopy};
+use super::{most_leading, BenchCluster, ClusterPlan, Victim};
 use crate::control::settings::ControlSettings;
 use crate::local::{self, Proc};
 use anyhow::{bail, Context};
 use augur_client::DataClient;
 use augur_proto::data::shard_of;
-use augur_proto::{NodeId, NodeState, ShardId};
+use augur_proto::{NodeState, ShardId};
 use clap::Args;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -228,28 +228,11 @@ async fn measure(a: &RecoverBenchArgs, dir: &Path) -> anyhow::Result<RecoverRepo
         .data_layout()
         .await?
         .context("the cluster has no data plane")?;
-    let before = client.list_shards().await?;
-    let mut led: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for s in before.values() {
-        if let Some(p) = s.replicas.first() {
-            *led.entry(*p).or_default() += 1;
-        }
-    }
-    let victim = led
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(id, _)| *id)
-        .context("no shard has a primary")?;
-    let held: Vec<ShardId> = before
-        .values()
-        .filter(|s| s.replicas.contains(&victim))
-        .map(|s| s.id)
-        .collect();
-    let led_by_victim: Vec<ShardId> = before
-        .values()
-        .filter(|s| s.replicas.first() == Some(&victim))
-        .map(|s| s.id)
-        .collect();
+    let Victim {
+        id: victim,
+        held,
+        led: led_by_victim,
+    } = most_leading(&client.list_shards().await?)?;
     if held.is_empty() {
         bail!("node {victim} holds no replica");
     }
@@ -352,24 +335,7 @@ async fn measure(a: &RecoverBenchArgs, dir: &Path) -> anyhow::Result<RecoverRepo
     let copy_mb_per_sec = bytes_held as f64 / 1e6 / copy_phase.max(1e-3);
 
     eprintln!("raw QUIC copy of {bytes_held} bytes for comparison");
-    let survivors: Vec<u64> = local::storage::storage_nodes(dir)?
-        .into_iter()
-        .filter(|id| *id != victim.0)
-        .take(2)
-        .collect();
-    let [rx, tx] = survivors[..] else {
-        bail!("a raw copy needs two storage certificates besides the killed node's");
-    };
-    let tls = |id: u64| augur_transport::TlsFiles {
-        ca: dir.join("certs/ca.pem"),
-        cert: dir.join(format!("certs/storage-{id}.pem")),
-        key: dir.join(format!("certs/storage-{id}.key")),
-    };
-    let (rx_tls, tx_tls, streams) = (tls(rx), tls(tx), a.raw_streams);
-    let raw = tokio::task::spawn_blocking(move || {
-        raw_copy(&rx_tls, &tx_tls, bytes_held, streams, 1 << 20)
-    })
-    .await??;
+    let raw = raw_copy_between_others(dir, victim.0, bytes_held, a.raw_streams).await?;
 
     let settings = ControlSettings::default();
     Ok(RecoverReport {

@@ -43,18 +43,17 @@
 //! `min(max_moves_in_per_node, copy.max_concurrent)` copies sharing that rate, and client
 //! traffic is never queued behind them.
 
-use super::plan::{backing_off, failed_attempts, PlanContext};
-use crate::control::cluster::{accepts_replicas, Cluster, Reports};
-use crate::control::placement::{self, Candidate, LOAD_FACTOR};
+use super::plan::{backing_off, failed_attempts, Occupancy, PlanContext};
+use crate::control::cluster::{Cluster, Reports};
+use crate::control::placement::{self, Candidate};
 use crate::control::repair::reconfigure_txn;
 use crate::control::store::{MetaStore, StorageCalls};
 use crate::control::Control;
 use augur_proto::model::ShardState;
 use augur_proto::wire::ApiError;
 use augur_proto::{
-    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard, ShardId,
+    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard,
 };
-use std::collections::HashMap;
 
 /// The shards whose primary is on a node to empty now ([`Cluster::to_drain`]: Draining, and
 /// not an automated drain held by the storm guard), in shard order.
@@ -116,42 +115,19 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
     if draining.is_empty() {
         return vec![];
     }
-    let in_flight: Vec<&Migration> = cluster.active_migrations().chain(already).collect();
-    let mut total = in_flight.len();
-    let mut moves_in: HashMap<NodeId, usize> = HashMap::new();
-    let mut moves_out: HashMap<NodeId, usize> = HashMap::new();
-    let mut incoming: HashMap<NodeId, u64> = HashMap::new();
-    for m in &in_flight {
-        *moves_in.entry(m.to).or_default() += 1;
-        *incoming.entry(m.to).or_default() += m.bytes_total;
-        let source = match m.kind {
-            MigrationKind::Drain => Some(m.from),
-            MigrationKind::Restore => cluster
-                .shards
-                .get(&m.shard)
-                .and_then(|sh| sh.replicas.first().copied()),
-        };
-        if let Some(n) = source {
-            *moves_out.entry(n).or_default() += 1;
-        }
-    }
-    let moving: Vec<ShardId> = in_flight.iter().map(|m| m.shard).collect();
-    let mut load: HashMap<NodeId, usize> = HashMap::new();
-    for sh in cluster.shards.values() {
-        for n in sh.replicas.iter().chain(&sh.learners) {
-            *load.entry(*n).or_default() += 1;
-        }
-    }
-    let eligible: Vec<&augur_proto::Node> = cluster
-        .nodes
-        .values()
-        .filter(|n| accepts_replicas(n) && !n.addrs.is_empty())
-        .collect();
-    let cap = placement::load_cap(
-        cluster.shards.len(),
+    let Occupancy {
+        mut total,
+        mut moves_in,
+        mut moves_out,
+        mut incoming,
+        moving,
+        mut load,
+        eligible,
+        cap,
+    } = Occupancy::of(
+        cluster,
         layout.rf as usize,
-        eligible.len(),
-        LOAD_FACTOR,
+        cluster.active_migrations().chain(already),
     );
     // Secondary replicas on draining nodes; primaries wait for their hand-off.
     let mut wanted: Vec<(NodeId, &Shard)> = Vec::new();

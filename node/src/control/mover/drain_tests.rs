@@ -9,7 +9,7 @@ use crate::control::mover::MoverMemory;
 use crate::control::settings::ControlSettings;
 use crate::control::store::fake::{MemStore, Scripted};
 use augur_proto::data::{NodeReport, ReplicaRole, ReplicaStatus};
-use augur_proto::{Record, ShardState, StateOrigin};
+use augur_proto::{Record, ShardId, ShardState, StateOrigin};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -30,6 +30,75 @@ use augur_proto::{
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// What the moves in flight already claim, and where replicas sit: every new move, of
+/// either kind, is checked against the same limits.
+pub(crate) struct Occupancy<'a> {
+    /// Moves in flight.
+    pub total: usize,
+    /// Moves into each node.
+    pub moves_in: HashMap<NodeId, usize>,
+    /// Moves copying out of each node (a drain move's source, a restore's primary).
+    pub moves_out: HashMap<NodeId, usize>,
+    /// Bytes on their way into each node.
+    pub incoming: HashMap<NodeId, u64>,
+    /// Shards with a move in flight.
+    pub moving: Vec<ShardId>,
+    /// Replicas and learners per node.
+    pub load: HashMap<NodeId, usize>,
+    /// Nodes that may receive a replica.
+    pub eligible: Vec<&'a augur_proto::Node>,
+    /// The bounded-load cap over the eligible nodes.
+    pub cap: usize,
+}
+
+impl<'a> Occupancy<'a> {
+    /// The occupancy of `cluster` with the moves `in_flight`.
+    pub fn of<'m>(
+        cluster: &'a Cluster,
+        rf: usize,
+        in_flight: impl Iterator<Item = &'m Migration>,
+    ) -> Occupancy<'a> {
+        let mut o = Occupancy {
+            total: 0,
+            moves_in: HashMap::new(),
+            moves_out: HashMap::new(),
+            incoming: HashMap::new(),
+            moving: Vec::new(),
+            load: HashMap::new(),
+            eligible: Vec::new(),
+            cap: 0,
+        };
+        for m in in_flight {
+            o.total += 1;
+            o.moving.push(m.shard);
+            *o.moves_in.entry(m.to).or_default() += 1;
+            *o.incoming.entry(m.to).or_default() += m.bytes_total;
+            let source = match m.kind {
+                MigrationKind::Drain => Some(m.from),
+                MigrationKind::Restore => cluster
+                    .shards
+                    .get(&m.shard)
+                    .and_then(|sh| sh.replicas.first().copied()),
+            };
+            if let Some(n) = source {
+                *o.moves_out.entry(n).or_default() += 1;
+            }
+        }
+        for sh in cluster.shards.values() {
+            for n in sh.replicas.iter().chain(&sh.learners) {
+                *o.load.entry(*n).or_default() += 1;
+            }
+        }
+        o.eligible = cluster
+            .nodes
+            .values()
+            .filter(|n| crate::control::cluster::accepts_replicas(n) && !n.addrs.is_empty())
+            .collect();
+        o.cap = placement::load_cap(cluster.shards.len(), rf, o.eligible.len(), LOAD_FACTOR);
+        o
+    }
+}
+
 /// What planning reads besides the records.
 pub struct PlanContext<'a> {
     /// The records.
@@ -154,44 +223,16 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
     let Some(layout) = cluster.layout else {
         return vec![];
     };
-    let primary_of = |shard: ShardId| {
-        cluster
-            .shards
-            .get(&shard)
-            .and_then(|s| s.replicas.first().copied())
-    };
-    let mut moves_in: HashMap<NodeId, usize> = HashMap::new();
-    let mut moves_out: HashMap<NodeId, usize> = HashMap::new();
-    let mut total = 0;
-    for m in cluster.active_migrations() {
-        total += 1;
-        *moves_in.entry(m.to).or_default() += 1;
-        let source = match m.kind {
-            MigrationKind::Drain => Some(m.from),
-            MigrationKind::Restore => primary_of(m.shard),
-        };
-        if let Some(p) = source {
-            *moves_out.entry(p).or_default() += 1;
-        }
-    }
-    let moving: Vec<ShardId> = cluster.active_migrations().map(|m| m.shard).collect();
-    let mut load: HashMap<NodeId, usize> = HashMap::new();
-    for sh in cluster.shards.values() {
-        for n in sh.replicas.iter().chain(&sh.learners) {
-            *load.entry(*n).or_default() += 1;
-        }
-    }
-    let eligible: Vec<&augur_proto::Node> = cluster
-        .nodes
-        .values()
-        .filter(|n| crate::control::cluster::accepts_replicas(n) && !n.addrs.is_empty())
-        .collect();
-    let cap = placement::load_cap(
-        cluster.shards.len(),
-        layout.rf as usize,
-        eligible.len(),
-        LOAD_FACTOR,
-    );
+    let Occupancy {
+        mut total,
+        mut moves_in,
+        mut moves_out,
+        incoming: _,
+        moving,
+        mut load,
+        eligible,
+        cap,
+    } = Occupancy::of(cluster, layout.rf as usize, cluster.active_migrations());
     let mut next_id = cluster.migrations.iter().map(|m| m.id.0).max().unwrap_or(0) + 1;
     let mut planned = Vec::new();
     for shard in under_replicated(cluster) {
