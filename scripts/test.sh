@@ -18,3 +18,8 @@ cargo build --release --workspace --bins
 export AUGUR_BIN="$AUGUR_PROFILE_DIR/augur"
 # Multi-process tests start real clusters; two at a time keeps a 2-core machine honest.
 cargo test --release --workspace -- --test-threads=2
+# `--soak`: also the tests too long for CI (marked #[ignore], each says why; the other
+# ignored tests are helper processes other tests start).
+if [[ "${1:-}" == "--soak" ]]; then
+    cargo test --release --workspace --test migration_faults -- --ignored --test-threads=2
+fi

@@ -366,6 +366,60 @@ pub struct DataPlaneInfo {
     pub mismatches: Vec<String>,
     /// Time from the final heal until every shard was back at its replication factor, ms.
     pub replicated_after_ms: Option<u64>,
+    /// Each `migrate` fault's drain and the moves it caused (empty without `--nemesis
+    /// migrate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrate: Vec<MigrateFault>,
+    /// Migrations still neither Committed nor Aborted when the check after the final heal
+    /// gave up: a stuck move.
+    #[serde(default)]
+    pub unfinished_migrations: Vec<String>,
+    /// Storage nodes still Draining when that check gave up: a drain nobody ended.
+    #[serde(default)]
+    pub draining_nodes: Vec<String>,
+    /// Time from the final heal until every migration was terminal and no node Draining, ms.
+    #[serde(default)]
+    pub moves_settled_after_ms: Option<u64>,
+}
+
+/// One `migrate` fault: a storage node drained through the operator command while the other
+/// faults ran, then undrained. The counts are of the drain's own moves (`Drain` migrations
+/// off that node planned after the drain began), as `list_migrations` showed them, sampled
+/// through the fault and until the undrain's cancellations had landed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateFault {
+    /// The fault's start, ms from the start of the run (as in `faults`).
+    pub start_ms: u64,
+    /// The storage node drained.
+    pub node: u64,
+    /// True: the drain was left to empty the node before the undrain; false: undrained at
+    /// the heal, cancelling what was unfinished.
+    pub finish: bool,
+    /// Shards whose primary the node was when drained (each must be handed off first).
+    pub primaries_at_drain: usize,
+    /// Shards the node held a replica of when drained.
+    pub replicas_at_drain: usize,
+    /// Of the shards it led when drained, those seen led by another node during the fault
+    /// (a hand-off, or a failover when the node was also killed or cut off).
+    pub primaries_moved: usize,
+    /// Moves recorded (Planned) for the drain.
+    pub moves_planned: usize,
+    /// Moves that started copying (a learner added).
+    pub moves_started: usize,
+    /// Moves committed: the node's replica replaced by a verified copy.
+    pub moves_committed: usize,
+    /// Moves aborted (the undrain's cancellations, deadlines, a destination lost...).
+    pub moves_aborted: usize,
+    /// Moves neither committed nor aborted when this record was closed.
+    pub moves_unfinished: usize,
+    /// Whether the node held no replica and no learner at some point before the undrain.
+    pub emptied: bool,
+    /// When it was first seen empty, ms after the drain.
+    pub emptied_after_ms: Option<u64>,
+    /// Replicas it held when undrained.
+    pub replicas_at_undrain: usize,
+    /// What the undrain found or did.
+    pub undrain: String,
 }
 
 impl RunResults {

@@ -59,8 +59,9 @@ pub(crate) struct RunArgs {
     /// Length of the workload and fault period (e.g. 60s, 2m).
     #[arg(long, default_value = "60s", value_parser = augur_jepsen::harness::parse_duration)]
     time: Duration,
-    /// Fault families, comma-separated: partition, kill, pause, clock, member, disk-loss.
-    /// Empty (`--nemesis ''`) runs without faults.
+    /// Fault families, comma-separated: partition, kill, pause, clock, member, disk-loss;
+    /// migrate (data workload only: drains storage nodes meanwhile). Empty (`--nemesis ''`)
+    /// runs without faults.
     #[arg(long, default_value = "partition,kill,pause")]
     nemesis: String,
     /// Seed of the fault schedule and the clients' choices.
@@ -118,9 +119,10 @@ nodes/n<i>/{config.toml,data,augur.log} (--workload meta) or cluster/ (--workloa
 `augur local` directory with meta-N/ and storage-N/).
 
 --workload data: registers on keys through the data API, reads at the primaries, faults
-(partition, kill, pause, disk-loss) on storage nodes and metadata members at once; after heal
-every shard must be back at --rf with equal checksums on its replicas, and no acknowledged
-write may be lost (exit 1 if one is).
+(partition, kill, pause, disk-loss) on storage nodes and metadata members at once, and with
+migrate a storage node drained meanwhile; after heal every shard must be back at --rf with
+equal checksums on its replicas, every migration Committed or Aborted, no node Draining, and no
+acknowledged write may be lost (exit 1 if one is).
 
 Exit codes (worst wins: 1 > 6 > 5 > 4 > 2 > 0):
   0  linearizable, nodes converged, cluster served again after heal
@@ -265,6 +267,34 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             );
             for line in d.lost_writes.iter().chain(&d.mismatches).take(10) {
                 println!("    {line}");
+            }
+            for m in &d.migrate {
+                println!(
+                    "  migrate storage-{} at {} ms ({}): led {}, held {}; moves {} planned, {} \
+                     committed, {} aborted, {} unfinished; emptied {}",
+                    m.node,
+                    m.start_ms,
+                    if m.finish {
+                        "left to finish"
+                    } else {
+                        "undrained at heal"
+                    },
+                    m.primaries_at_drain,
+                    m.replicas_at_drain,
+                    m.moves_planned,
+                    m.moves_committed,
+                    m.moves_aborted,
+                    m.moves_unfinished,
+                    m.emptied
+                );
+            }
+            for line in d
+                .unfinished_migrations
+                .iter()
+                .chain(&d.draining_nodes)
+                .take(10)
+            {
+                println!("    not at rest: {line}");
             }
         }
     }

@@ -128,7 +128,22 @@ fn run_refuses_bad_flags_clearly_and_creates_nothing() {
         ),
         (
             &["--workload", "data", "--nemesis", "kill,clock"],
-            "partition, kill, pause and disk-loss, not clock",
+            "partition, kill, pause, disk-loss and migrate, not clock",
+        ),
+        (
+            &["--nemesis", "kill,migrate"],
+            "migrate drains storage nodes: it needs --workload data",
+        ),
+        (
+            &[
+                "--workload",
+                "data",
+                "--storage",
+                "3",
+                "--nemesis",
+                "migrate",
+            ],
+            "migrate needs more storage nodes than --rf",
         ),
         (&["--workload", "data", "--rf", "6"], "--rf must be 1 to 5"),
         (

@@ -11,8 +11,12 @@
 //! - The test build's storage primaries, told by `AUGUR_UNSAFE_SKIP_LEASE_CHECK=1` to serve reads
 //!   without a lease, must be caught as non-linearizable (stale reads) under pauses and
 //!   partitions.
+//! - A data-plane run with `migrate` (storage nodes drained while others are killed and cut
+//!   off) must pass too, with moves committed, every migration terminal and no node left
+//!   Draining after the heal. It runs without root as well: partitions are then recorded as
+//!   not injected.
 //!
-//! Both need root, `ip` and `nft` (the namespace and partitions) and an `augur` binary: the
+//! The others need root, `ip` and `nft` (the namespace and partitions) and an `augur` binary: the
 //! normal run takes `AUGUR_BIN` (default: the `augur` built beside `augur-jepsen`), the teeth test
 //! `AUGUR_UNSAFE_BIN`. Without them the tests print `SKIPPED ...` and why, and check nothing.
 //! The runs are serialised: each one already loads the 2-core machine on its own.
@@ -26,6 +30,10 @@ use augur_jepsen::nemesis::schedule::NemesisKind;
 use augur_jepsen::results::RunResults;
 
 static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The migrate run's seed: its first drain is left to finish, so moves commit whatever the
+/// timing of the machine.
+const MIGRATE_SEED: &str = "1";
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_augur-jepsen"))
@@ -406,4 +414,107 @@ fn storage_reads_without_a_lease_are_caught_as_not_linearizable() {
         println!("seed {seed}: no anomaly (exit {code:?}); trying another seed");
     }
     panic!("storage reads served without a lease were never caught in 3 runs");
+}
+
+#[test]
+fn data_run_with_drains_moves_shards_under_faults_and_stays_correct() {
+    let augur = match augur_binary(
+        "AUGUR_BIN",
+        Some(Path::new(env!("CARGO_BIN_EXE_augur-jepsen")).with_file_name("augur")),
+    ) {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED migrate run: no augur binary: {why}");
+            return;
+        }
+    };
+    // Without root or nft the run goes on without partitions and must say so.
+    let no_partitions = missing_machine();
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let (code, r) = run(
+        &augur,
+        &out,
+        &[
+            "--workload",
+            "data",
+            "--meta",
+            "3",
+            "--storage",
+            "5",
+            "--shards",
+            "8",
+            "--time",
+            "40s",
+            "--nemesis",
+            "migrate,kill,partition",
+            "--seed",
+            MIGRATE_SEED,
+        ],
+    );
+    let run = r.run.as_ref().expect("cluster run info");
+    let data = data_info(&r);
+    assert_eq!(
+        code,
+        Some(0),
+        "run failed ({}); see {}",
+        run.exit_reason,
+        out.display()
+    );
+    assert!(r.anomalies.is_empty(), "{:?}", r.anomalies);
+    assert!(data.lost_writes.is_empty(), "{:?}", data.lost_writes);
+    assert!(
+        run.convergence.converged,
+        "not converged: {:?} {:?}",
+        run.convergence, data
+    );
+    assert!(
+        data.unfinished_migrations.is_empty() && data.draining_nodes.is_empty(),
+        "moves not at rest: {:?} {:?}",
+        data.unfinished_migrations,
+        data.draining_nodes
+    );
+    assert!(data.moves_settled_after_ms.is_some());
+    let drains: Vec<_> = r.faults.iter().filter(|f| f.kind == "migrate").collect();
+    assert!(
+        drains.iter().any(|f| f.injected),
+        "no drain injected: {:?}",
+        r.faults
+    );
+    for f in r.faults.iter().filter(|f| !f.injected) {
+        let unavailable = f.kind == "partition" && no_partitions.is_some();
+        assert!(
+            unavailable || f.note.as_deref().is_some_and(|n| n.contains("refused")),
+            "a fault was not injected on a machine that can: {f:?}"
+        );
+    }
+    if let Some(why) = &no_partitions {
+        println!("partitions not injected here ({why}): the run must record that");
+        assert!(run.unavailable.contains_key("partition"), "{run:?}");
+    }
+    assert_eq!(
+        data.migrate.len(),
+        drains.iter().filter(|f| f.injected).count(),
+        "one record per drain: {:?}",
+        data.migrate
+    );
+    let moved: Vec<_> = data
+        .migrate
+        .iter()
+        .filter(|m| m.moves_committed > 0)
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "no drain committed a move: {:?}",
+        data.migrate
+    );
+    for m in &data.migrate {
+        assert!(
+            m.moves_committed + m.moves_aborted + m.moves_unfinished == m.moves_planned,
+            "{m:?}"
+        );
+        println!("{m:?}");
+    }
+    assert!(r.keys_checked > 0 && run.convergence.missing_reads.is_empty());
 }

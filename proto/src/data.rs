@@ -105,23 +105,28 @@ pub enum WriteOp {
     /// Sets the value.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Removes the key (applied, with a new version, even if it was absent).
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Sets (or, with `value: None`, deletes) the key if its version is `expected`
     /// (`None`: only if it is absent).
     Cas {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The version it must be at.
         expected: Option<u64>,
         /// The new value; `None` deletes.
+        #[serde(with = "serde_bytes")]
         value: Option<Vec<u8>>,
     },
 }
@@ -166,6 +171,7 @@ pub enum WriteOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
     /// The value.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The sequence number of the write that set it.
     pub version: u64,
@@ -254,13 +260,16 @@ pub enum Effect {
     /// Sets a key.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Removes a key.
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Changes nothing (a compare-and-set that failed still takes a sequence number, so its
@@ -416,6 +425,7 @@ pub enum DataRequest {
         /// The epoch the client believes in.
         epoch: u64,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Writes one key through the shard's primary.
@@ -436,6 +446,7 @@ pub enum DataRequest {
         /// The epoch the client believes in.
         epoch: u64,
         /// Only keys that start with it (empty: all).
+        #[serde(with = "serde_bytes")]
         prefix: Vec<u8>,
         /// Resume after this key.
         start_after: Option<Vec<u8>>,
@@ -530,6 +541,55 @@ pub struct NodeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_strings_keep_the_encoding_of_a_sequence_of_bytes() {
+        // `serde_bytes` only changes how values are decoded (one copy instead of one call per
+        // byte): the bytes on the wire and on disk are those a plain `Vec<u8>` gives, so data
+        // written before it reads the same.
+        #[derive(Serialize)]
+        struct Plain {
+            value: Vec<u8>,
+            version: u64,
+        }
+        #[derive(Serialize)]
+        enum PlainOp {
+            #[allow(dead_code)]
+            Put { key: Vec<u8>, value: Vec<u8> },
+            #[allow(dead_code)]
+            Delete { key: Vec<u8> },
+            Cas {
+                key: Vec<u8>,
+                expected: Option<u64>,
+                value: Option<Vec<u8>>,
+            },
+        }
+        let value: Vec<u8> = (0..=255).chain(0..300u32).map(|b| b as u8).collect();
+        let v = Versioned {
+            value: value.clone(),
+            version: 7,
+        };
+        let bytes = postcard::to_allocvec(&v).unwrap();
+        let plain = Plain {
+            value: value.clone(),
+            version: 7,
+        };
+        assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
+        assert_eq!(postcard::from_bytes::<Versioned>(&bytes).unwrap(), v);
+        let op = WriteOp::Cas {
+            key: b"k".to_vec(),
+            expected: Some(3),
+            value: Some(value.clone()),
+        };
+        let plain_op = PlainOp::Cas {
+            key: b"k".to_vec(),
+            expected: Some(3),
+            value: Some(value),
+        };
+        let bytes = postcard::to_allocvec(&op).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&plain_op).unwrap());
+        assert_eq!(postcard::from_bytes::<WriteOp>(&bytes).unwrap(), op);
+    }
 
     #[test]
     fn keys_spread_over_shards_and_the_hash_is_fixed() {

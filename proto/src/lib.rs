@@ -16,8 +16,9 @@ pub mod wire;
 pub use frame::{FrameError, MAX_FRAME_DEFAULT};
 pub use ids::{ClusterId, IdError, MemberId, MigrationId, NodeId, ShardId};
 pub use model::{
-    Migration, MigrationKind, MigrationState, Node, NodeState, Record, Risk, Setting, Shard,
-    ShardState, StateCause, StateOrigin, StormGuard, STORM_GUARD_SETTING,
+    CapacityAlarm, CapacityHookCall, Migration, MigrationKind, MigrationState, Node, NodeState,
+    Record, Risk, Setting, Shard, ShardState, StateCause, StateOrigin, StormGuard,
+    CAPACITY_SETTING, STORM_GUARD_SETTING,
 };
 pub use txn::{Compare, CompareTarget, Key, Op, Table, Txn, TxnError, TxnResult};
 pub use wire::{ApiError, Consistency, Request, Response};

@@ -180,6 +180,46 @@ pub struct StormGuard {
     pub since_ms: u64,
 }
 
+/// Name of the setting holding the capacity planner's alarm and its last call of the
+/// auto-scaling hook (JSON [`CapacityAlarm`]), written by the metadata leader.
+pub const CAPACITY_SETTING: &str = "control.capacity";
+
+/// The capacity planner's alarm, as persisted: written when the alarm is raised or cleared,
+/// when the number of nodes it asks for changes, and before each call of the hook, so
+/// `augurctl status` shows it and a new leader honours the last call's cooldown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct CapacityAlarm {
+    /// Headroom after draining the at-risk nodes is below the minimum (or fewer nodes accept
+    /// replicas than the replication factor).
+    pub alarm: bool,
+    /// Why, for people, while raised.
+    pub reason: Option<String>,
+    /// Headroom fraction when written.
+    pub headroom: f64,
+    /// Storage nodes the planner asks for.
+    pub nodes_wanted: u32,
+    /// Capacity missing for the headroom to reach its minimum, bytes.
+    pub bytes_short: u64,
+    /// Wall-clock milliseconds (of the leader that wrote it) of the last change.
+    pub since_ms: u64,
+    /// The last call of the hook, if any.
+    pub last_call: Option<CapacityHookCall>,
+}
+
+/// One call of the auto-scaling hook, recorded before it is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct CapacityHookCall {
+    /// Wall-clock milliseconds (of the calling leader).
+    pub at_ms: u64,
+    /// Nodes asked for.
+    pub nodes_wanted: u32,
+    /// Storage nodes accepting replicas (Up, not cordoned) then: the nodes asked for have
+    /// come once this many plus `nodes_wanted` accept replicas.
+    pub nodes_accepting: u64,
+}
+
 /// Progress of one shard move; see DESIGN.md "Moving a shard".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MigrationState {
@@ -221,7 +261,8 @@ pub struct Migration {
     pub to: NodeId,
     /// Progress.
     pub state: MigrationState,
-    /// Why the move was planned (e.g. the risk report that triggered it).
+    /// Why the move was planned (e.g. the risk report that triggered it) and, once aborted,
+    /// why it was given up.
     pub reason: String,
     /// Higher runs first.
     pub priority: u32,
@@ -253,6 +294,7 @@ pub struct Setting {
     /// The setting's name.
     pub name: String,
     /// The value, at most [`limits::MAX_SETTING_VALUE`] bytes.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Log index of the last change (assigned by the store).
     pub version: u64,

@@ -183,6 +183,7 @@ pub enum Request {
         /// Sender and addressee.
         envelope: RaftEnvelope,
         /// The Raft library's message, postcard-encoded.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// A heartbeat that also carries the node's health: its latest risk and a summary of its
@@ -488,7 +489,7 @@ pub enum Response {
     /// An admin request succeeded.
     Done,
     /// A Raft response, postcard-encoded.
-    Raft(Vec<u8>),
+    Raft(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request failed.
     Error(ApiError),
 }

@@ -6,6 +6,7 @@
 
 pub mod launch;
 pub mod lazyfs;
+pub mod moves;
 pub mod storage;
 
 pub use launch::Launcher;

@@ -100,3 +100,86 @@ pub async fn probe(transport: &Transport, node: &Node) -> anyhow::Result<NodeRep
         other => bail!("probe of node {} answered {other:?}", node.id),
     }
 }
+
+/// A raw transport to the storage nodes of `c`, with the cluster file's operator
+/// certificate (which may probe and ask for checkpoints).
+pub fn storage_transport(c: &LocalCluster) -> anyhow::Result<Transport> {
+    let files = c.cluster_file()?;
+    Ok(Transport::client(&files.tls, Duration::from_secs(2))?
+        .for_servers(augur_transport::STORAGE_SERVER_NAME))
+}
+
+/// Every replica's `(node, crc64, keys)` of `shard` at one fresh checkpoint: the primary is
+/// asked to write one, then every replica is probed until it reports that checkpoint. Equal
+/// entries mean equal content at that sequence.
+pub async fn replica_checksums(
+    c: &LocalCluster,
+    client: &Client,
+    shard: ShardId,
+) -> anyhow::Result<Vec<(u64, u64, u64)>> {
+    let raw = storage_transport(c)?;
+    let s = shards(client).await?[&shard].clone();
+    let registry = nodes(client).await?;
+    let primary = &registry[s.replicas.first().context("shard without replicas")?];
+    let seq = match raw
+        .call_as::<_, DataResponse>(
+            primary.addrs.first().context("node without address")?,
+            &DataRequest::Checkpoint {
+                shard,
+                epoch: s.epoch,
+            },
+            Duration::from_secs(30),
+        )
+        .await?
+    {
+        DataResponse::Checkpointed { seq } => seq,
+        other => bail!("checkpoint of shard {shard}: {other:?}"),
+    };
+    crate::poll(
+        Duration::from_secs(30),
+        "every replica's checksum",
+        || async {
+            let mut crcs = Vec::new();
+            for n in &s.replicas {
+                let report = probe(&raw, &registry[n]).await?;
+                let cp = report
+                    .replicas
+                    .iter()
+                    .find(|r| r.shard == shard)
+                    .and_then(|r| r.checkpoint)
+                    .filter(|cp| cp.seq == seq);
+                match cp {
+                    Some(cp) => crcs.push((n.0, cp.crc64, cp.keys)),
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(crcs))
+        },
+    )
+    .await
+}
+
+/// The sum over every registered storage node's `/metrics` of the series named `name`
+/// (all label sets).
+pub async fn storage_metric_sum(client: &Client, name: &str) -> anyhow::Result<f64> {
+    let mut sum = 0.0;
+    for n in nodes(client).await?.values() {
+        let Ok(addr) = n.admin.parse() else {
+            continue;
+        };
+        let Ok(r) = augur_client::admin_http::get(addr, "/metrics", Duration::from_secs(5)).await
+        else {
+            continue;
+        };
+        sum += r
+            .body
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(sum)
+}

@@ -3,153 +3,14 @@
 //! node ends up empty, with no failed or `Indeterminate` client request, nothing
 //! acknowledged lost, and every shard at its replication factor at every sample.
 
-use augur_client::{Client, DataClient, Error};
-use augur_proto::{
-    Consistency, Migration, MigrationKind, MigrationState, NodeId, NodeState, Record, Table,
-};
+use augur_client::DataClient;
+use augur_proto::{Migration, MigrationState, NodeId};
+use augur_tests::moves::{augurctl, drain, drain_moves, emptied, Workload};
 use augur_tests::storage::{busiest_primary, nodes, shards};
-use augur_tests::{augur, augur_bin, poll, LocalCluster};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use augur_tests::{poll, LocalCluster};
 use std::time::Duration;
 
 const RF: usize = 3;
-
-/// What clients were told.
-#[derive(Default)]
-struct Ledger {
-    /// The latest acknowledged write per key: (value, version).
-    acked: HashMap<String, (String, u64)>,
-    writes_ok: u64,
-    reads_ok: u64,
-    /// Requests that returned an error (a drain must cause none).
-    failed: Vec<String>,
-    /// Writes whose outcome was unknown.
-    indeterminate: u64,
-    /// Reads older than a write acknowledged before they began.
-    stale: Vec<String>,
-}
-
-async fn writer(data: DataClient, w: usize, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
-    let mut n = 0u64;
-    while !stop.load(Ordering::Acquire) {
-        n += 1;
-        let key = format!("drain-{w}-{}", n % 32);
-        let value = format!("{w}-{n}-{}", "x".repeat(200));
-        let r = data.put(key.clone(), value.clone().into_bytes()).await;
-        let mut l = ledger.lock().unwrap();
-        match r {
-            Ok(version) => {
-                l.writes_ok += 1;
-                let e = l.acked.entry(key).or_insert((value.clone(), version));
-                if version >= e.1 {
-                    *e = (value, version);
-                }
-            }
-            Err(Error::Indeterminate(e)) => {
-                l.indeterminate += 1;
-                l.failed.push(format!("write {key}: indeterminate: {e}"));
-            }
-            Err(e) => l.failed.push(format!("write {key}: {e}")),
-        }
-    }
-}
-
-async fn reader(data: DataClient, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
-    let mut n = 0u64;
-    while !stop.load(Ordering::Acquire) {
-        n += 1;
-        let key = format!("drain-{}-{}", n % 3, n % 32);
-        let floor = ledger.lock().unwrap().acked.get(&key).map(|a| a.1);
-        let r = data.get(key.as_bytes()).await;
-        let mut l = ledger.lock().unwrap();
-        match r {
-            Ok(got) => {
-                l.reads_ok += 1;
-                let version = got.map(|v| v.version);
-                if let Some(floor) = floor {
-                    if version.is_none_or(|v| v < floor) {
-                        l.stale
-                            .push(format!("{key}: read {version:?} after {floor} was acked"));
-                    }
-                }
-            }
-            Err(e) => l.failed.push(format!("read {key}: {e}")),
-        }
-    }
-}
-
-/// Samples the shard map until stopped: every shard whose replica count differs from `RF`,
-/// and how many samples were taken.
-async fn sampler(client: Client, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
-    let mut bad = Vec::new();
-    let mut samples = 0;
-    while !stop.load(Ordering::Acquire) {
-        if let Ok(all) = shards(&client).await {
-            samples += 1;
-            for s in all.values() {
-                if s.replicas.len() != RF {
-                    bad.push(format!("{s:?}"));
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    (bad, samples)
-}
-
-/// Runs `augurctl --cluster FILE ARGS` against `c`, failing with its output if it fails.
-fn augurctl(c: &LocalCluster, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(augur_bin().with_file_name("augurctl"))
-        .arg("--cluster")
-        .arg(c.dir().join("cluster.toml"))
-        .args(args)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "augurctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Drains `node` as an operator does (`augurctl node drain`), and checks its record says so.
-async fn drain(c: &LocalCluster, client: &Client, node: NodeId) -> anyhow::Result<()> {
-    let id = node.0.to_string();
-    augurctl(c, &["node", "drain", &id, "--reason", "drain test"])?;
-    let n = nodes(client).await?[&node].clone();
-    assert_eq!(n.state, NodeState::Draining, "{n:?}");
-    Ok(())
-}
-
-/// The drain moves off `node` recorded so far.
-async fn drain_moves(client: &Client, node: NodeId) -> anyhow::Result<Vec<Migration>> {
-    let (records, _) = client
-        .list(Table::Migrations, Consistency::Linearizable)
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Migration(m) if m.kind == MigrationKind::Drain && m.from == node => Some(m),
-            _ => None,
-        })
-        .collect())
-}
-
-/// Polls until no shard lists `node` as a replica or learner.
-async fn emptied(client: &Client, node: NodeId, timeout: Duration) -> anyhow::Result<()> {
-    poll(timeout, "the drained node emptied", || async {
-        let all = shards(client).await?;
-        let left = all
-            .values()
-            .filter(|s| s.replicas.contains(&node) || s.learners.contains(&node))
-            .count();
-        Ok((left == 0).then_some(()))
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
@@ -157,27 +18,9 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
     let c = LocalCluster::start_with(3, &["--storage", "4", "--shards", "8", "--rf", "3"]).await?;
     let client = c.new_client()?;
     let data = DataClient::new(c.new_client()?).await?;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for w in 0..3 {
-        tasks.push(tokio::spawn(writer(
-            data.clone(),
-            w,
-            ledger.clone(),
-            stop.clone(),
-        )));
-    }
-    for _ in 0..2 {
-        tasks.push(tokio::spawn(reader(
-            data.clone(),
-            ledger.clone(),
-            stop.clone(),
-        )));
-    }
-    let sampling = tokio::spawn(sampler(c.new_client()?, stop.clone()));
+    let load = Workload::start(&data, c.new_client()?, "drain", 3, 2, RF);
     poll(Duration::from_secs(60), "writes under way", || async {
-        Ok((ledger.lock().unwrap().writes_ok > 200).then_some(()))
+        Ok((load.writes_ok() > 200).then_some(()))
     })
     .await?;
 
@@ -209,36 +52,10 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
     drain(&c, &client, victim).await?;
     emptied(&client, victim, Duration::from_secs(240)).await?;
     // Keep the workload going a little after the last move.
-    let after = ledger.lock().unwrap().writes_ok;
-    poll(
-        Duration::from_secs(30),
-        "writes after the drain",
-        || async { Ok((ledger.lock().unwrap().writes_ok > after + 50).then_some(())) },
-    )
-    .await?;
-    stop.store(true, Ordering::Release);
-    for t in tasks {
-        t.await?;
-    }
-    let (bad, samples) = sampling.await?;
-
-    let l = std::mem::take(&mut *ledger.lock().unwrap());
-    assert!(
-        l.failed.is_empty(),
-        "{} failed requests (of {} writes, {} reads): {:?}",
-        l.failed.len(),
-        l.writes_ok,
-        l.reads_ok,
-        &l.failed[..l.failed.len().min(10)]
-    );
-    assert_eq!(l.indeterminate, 0);
-    assert!(l.stale.is_empty(), "{:?}", l.stale);
-    assert!(samples > 10, "only {samples} samples of the shard map");
-    assert!(
-        bad.is_empty(),
-        "shards not at rf {RF}: {:?}",
-        &bad[..bad.len().min(5)]
-    );
+    load.more_writes(50, Duration::from_secs(30)).await?;
+    let done = load.finish().await?;
+    done.assert_clean(10);
+    let (l, samples) = (&done.ledger, done.samples);
 
     // One committed move per replica the node held, each replacing it.
     let moves = drain_moves(&client, victim).await?;
@@ -252,18 +69,7 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
         .all(|m| matches!(m.state, MigrationState::Committed | MigrationState::Aborted)));
 
     // Every acknowledged write reads back.
-    for (key, (value, version)) in &l.acked {
-        let got = poll(Duration::from_secs(30), "a final read", || async {
-            Ok(data.get(key.as_bytes()).await.ok())
-        })
-        .await?
-        .unwrap_or_else(|| panic!("{key}: acknowledged at version {version}, now absent"));
-        assert!(
-            got.version >= *version,
-            "{key}: acknowledged {value:?} at {version}, read version {}",
-            got.version
-        );
-    }
+    done.assert_acked_readable(&data).await?;
 
     // `augurctl migrations` shows the moves.
     let out = augurctl(&c, &["--json", "migrations", "--all"])?;
@@ -291,15 +97,7 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_destination_killed_mid_copy_is_replaced_by_another() -> anyhow::Result<()> {
     let c = LocalCluster::start_with(3, &["--storage", "5", "--shards", "4", "--rf", "3"]).await?;
-    let d = c.dir().to_string_lossy().into_owned();
-    augur(&["local", "down", "--dir", &d])?;
-    for id in 1..=5 {
-        let path = c.dir().join(format!("storage-{id}")).join("config.toml");
-        let mut config = std::fs::read_to_string(&path)?;
-        config.push_str("\n[copy]\nbytes_per_sec = 65536\n");
-        std::fs::write(&path, config)?;
-    }
-    augur(&["local", "up", "--dir", &d, "--timeout", "120"])?;
+    c.restart_with_copy(65_536, None)?;
     let client = c.new_client()?;
     let data = DataClient::new(c.new_client()?).await?;
     let mut written = Vec::new();

@@ -3,10 +3,9 @@
 //! factor with every replica's checksum equal. Needs the test build (`AUGUR_UNSAFE_BIN`, with
 //! `unsafe-test-hooks`), whose storage nodes corrupt the first chunks they serve when told to.
 
-use augur_client::{DataClient, Transport};
-use augur_proto::data::{DataRequest, DataResponse};
-use augur_proto::{NodeId, ShardId};
-use augur_tests::storage::{nodes, probe, shards};
+use augur_client::DataClient;
+use augur_proto::NodeId;
+use augur_tests::storage::{nodes, replica_checksums, shards, storage_metric_sum};
 use augur_tests::{poll, Launcher, LocalCluster};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -82,69 +81,18 @@ async fn corrupted_chunks_are_retried_and_replicas_end_equal() -> anyhow::Result
     )
     .await?;
     // The corrupted chunks were caught by the learner, which retried them.
-    let mut failures = 0.0;
-    for n in nodes(&client).await?.values().filter(|n| n.id != victim) {
-        let r = augur_client::admin_http::get(n.admin.parse()?, "/metrics", Duration::from_secs(5))
-            .await?;
-        failures += r
-            .body
-            .lines()
-            .filter(|l| l.starts_with("augur_storage_copy_crc_failures_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-    }
+    let failures = storage_metric_sum(&client, "augur_storage_copy_crc_failures_total").await?;
     assert!(failures >= 1.0, "no corrupted chunk was detected");
     // Every value is intact, and every replica of every shard has the same content.
     for (key, value) in &written {
         let got = data.get(key.as_bytes()).await?.expect("written");
         assert_eq!(&got.value, value, "{key}");
     }
-    let files = c.cluster_file()?;
-    let raw = Transport::client(&files.tls, Duration::from_secs(2))?
-        .for_servers(augur_transport::STORAGE_SERVER_NAME);
-    let records = shards(&client).await?;
-    let registry = nodes(&client).await?;
-    for (id, s) in &records {
-        let primary = &registry[&s.replicas[0]];
-        let seq = match raw
-            .call_as::<_, DataResponse>(
-                &primary.addrs[0],
-                &DataRequest::Checkpoint {
-                    shard: *id,
-                    epoch: s.epoch,
-                },
-                Duration::from_secs(30),
-            )
-            .await?
-        {
-            DataResponse::Checkpointed { seq } => seq,
-            other => panic!("checkpoint of shard {id}: {other:?}"),
-        };
-        let crcs = poll(
-            Duration::from_secs(30),
-            "every replica's checksum",
-            || async {
-                let mut crcs = Vec::new();
-                for n in &s.replicas {
-                    let report = probe(&raw, &registry[n]).await?;
-                    let c = report
-                        .replicas
-                        .iter()
-                        .find(|r| r.shard == ShardId(id.0))
-                        .and_then(|r| r.checkpoint)
-                        .filter(|c| c.seq == seq);
-                    match c {
-                        Some(c) => crcs.push((n.0, c.crc64, c.keys)),
-                        None => return Ok(None),
-                    }
-                }
-                Ok(Some(crcs))
-            },
-        )
-        .await?;
+    for id in shards(&client).await?.keys() {
+        let crcs = replica_checksums(&c, &client, *id).await?;
         assert!(
             crcs.iter().all(|c| (c.1, c.2) == (crcs[0].1, crcs[0].2)),
-            "shard {id}: replicas differ at checkpoint {seq}: {crcs:?}"
+            "shard {id}: replicas differ: {crcs:?}"
         );
     }
     Ok(())

@@ -20,7 +20,8 @@ pub struct DataRunConfig {
     pub rf: u32,
     /// Length of the workload and fault period.
     pub time: Duration,
-    /// Fault families (partition, kill, pause, disk-loss), on storage nodes and members.
+    /// Fault families (partition, kill, pause, disk-loss on storage nodes and members;
+    /// migrate: drains of storage nodes).
     pub nemeses: Vec<NemesisKind>,
     /// Seed of the fault schedule and the workload's choices.
     pub seed: u64,
@@ -83,9 +84,16 @@ impl DataRunConfig {
                 self.rf
             ));
         }
+        if self.nemeses.contains(&NemesisKind::Migrate) && self.storage <= u64::from(self.rf) {
+            return bad(format!(
+                "migrate needs more storage nodes than --rf ({}): the moves off a drained node \
+                 need somewhere to go",
+                self.rf
+            ));
+        }
         if let Some(k) = self.nemeses.iter().find(|k| !SUPPORTED.contains(k)) {
             return bad(format!(
-                "--workload data injects partition, kill, pause and disk-loss, not {}",
+                "--workload data injects partition, kill, pause, disk-loss and migrate, not {}",
                 k.name()
             ));
         }
@@ -182,6 +190,10 @@ mod tests {
             ("rf", |c| c.rf = 6),
             ("rf", |c| c.storage = 2),
             ("disk-loss", |c| c.storage = 3),
+            ("migrate", |c| {
+                c.storage = 3;
+                c.nemeses = parse_kinds("kill,migrate").unwrap()
+            }),
             ("clock", |c| c.nemeses = parse_kinds("clock").unwrap()),
             ("member", |c| c.nemeses = parse_kinds("member").unwrap()),
             ("shards", |c| c.shards = 0),

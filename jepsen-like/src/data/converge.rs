@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use augur_client::{Client, Transport};
 use augur_proto::data::{DataRequest, DataResponse, NodeReport};
-use augur_proto::{Node, NodeId, NodeState, Shard, ShardId};
+use augur_proto::{MigrationState, Node, NodeId, NodeState, Shard, ShardId};
 
 use crate::results::NodeDigest;
 
@@ -36,7 +36,9 @@ pub async fn nodes(client: &Client) -> Result<BTreeMap<NodeId, Node>, augur_clie
 }
 
 /// Why a shard is not (yet) fully replicated, or `None` when it is: `rf` replicas on Up
-/// nodes and no learner.
+/// nodes and no learner. A Draining node counts as Up: it holds and serves a full replica
+/// until a verified copy replaces it (the final check separately requires that no node is
+/// left Draining, [`settle_moves`]).
 pub fn under_replicated(s: &Shard, rf: u32, nodes: &BTreeMap<NodeId, Node>) -> Option<String> {
     if s.replicas.len() != rf as usize {
         return Some(format!(
@@ -56,7 +58,11 @@ pub fn under_replicated(s: &Shard, rf: u32, nodes: &BTreeMap<NodeId, Node>) -> O
     let down: Vec<u64> = s
         .replicas
         .iter()
-        .filter(|n| nodes.get(n).is_none_or(|n| n.state != NodeState::Up))
+        .filter(|n| {
+            nodes
+                .get(n)
+                .is_none_or(|n| !matches!(n.state, NodeState::Up | NodeState::Draining))
+        })
         .map(|n| n.0)
         .collect();
     if !down.is_empty() {
@@ -67,6 +73,73 @@ pub fn under_replicated(s: &Shard, rf: u32, nodes: &BTreeMap<NodeId, Node>) -> O
 
 fn ids(v: &[NodeId]) -> Vec<u64> {
     v.iter().map(|n| n.0).collect()
+}
+
+/// Whether the moves came to rest after the final heal.
+#[derive(Debug, Clone, Default)]
+pub struct MoveSettlement {
+    /// Migrations neither Committed nor Aborted at the deadline, described.
+    pub unfinished: Vec<String>,
+    /// Storage nodes still Draining at the deadline, described.
+    pub draining: Vec<String>,
+    /// Time from the heal until both lists were empty, ms.
+    pub settled_after_ms: Option<u64>,
+    /// Why the records could not be read at the deadline, if they could not.
+    pub error: Option<String>,
+}
+
+impl MoveSettlement {
+    /// Every migration terminal and no node Draining.
+    pub fn settled(&self) -> bool {
+        self.settled_after_ms.is_some()
+    }
+}
+
+/// Waits (until `deadline`) for every migration to be terminal (Committed or Aborted) and no
+/// storage node to be Draining: a move that never ends holds its shard `Moving` and blocks
+/// every later move of it, and a node left Draining would be emptied for good. `since` is
+/// when the cluster was healed.
+pub async fn settle_moves(client: &Client, since: Instant, deadline: Instant) -> MoveSettlement {
+    let mut out = MoveSettlement::default();
+    loop {
+        match (client.list_migrations().await, nodes(client).await) {
+            (Ok(migrations), Ok(registry)) => {
+                out.error = None;
+                out.unfinished = migrations
+                    .iter()
+                    .filter(|m| {
+                        !matches!(m.state, MigrationState::Committed | MigrationState::Aborted)
+                    })
+                    .map(|m| {
+                        format!(
+                            "migration {} ({:?}) of shard {} from node {} to node {}: {:?}, \
+                             attempt {}",
+                            m.id, m.kind, m.shard, m.from, m.to, m.state, m.attempts
+                        )
+                    })
+                    .collect();
+                out.draining = registry
+                    .values()
+                    .filter(|n| n.state == NodeState::Draining)
+                    .map(|n| {
+                        format!(
+                            "storage-{} Draining ({:?}: {})",
+                            n.id, n.cause.origin, n.cause.reason
+                        )
+                    })
+                    .collect();
+                if out.unfinished.is_empty() && out.draining.is_empty() {
+                    out.settled_after_ms = Some(since.elapsed().as_millis() as u64);
+                    return out;
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => out.error = Some(format!("metadata: {e}")),
+        }
+        if Instant::now() >= deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// What the convergence check found.
@@ -321,6 +394,13 @@ mod tests {
             crc64: 0,
         };
         assert_eq!(under_replicated(&s, 3, &nodes), None);
+        let mut draining = nodes.clone();
+        draining.insert(NodeId(2), node(2, NodeState::Draining).1);
+        assert_eq!(
+            under_replicated(&s, 3, &draining),
+            None,
+            "a draining replica serves"
+        );
         s.learners.push(NodeId(3));
         assert!(under_replicated(&s, 3, &nodes)
             .unwrap()

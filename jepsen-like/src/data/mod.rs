@@ -10,16 +10,18 @@
 //!    --rf R` ([`cluster`]), which returns once every shard is served;
 //! 3. runs the workload ([`workload`]: registers on keys through the data API, reads at the
 //!    primaries) while two fault streams ([`schedule`], [`nemesis`]) disturb the storage nodes
-//!    and the metadata members;
+//!    and the metadata members, and with `migrate` a third drains storage nodes meanwhile;
 //! 4. heals everything (the last fault of each stream is still in effect then), waits until
-//!    every shard is served and a write commits (`recovery_ms`), reads every key once more,
-//!    and waits until every shard is back at its replication factor with equal checksums on
-//!    all replicas at one checkpoint ([`converge`]);
+//!    every shard is served and a write commits (`recovery_ms`), until every migration is
+//!    Committed or Aborted and no node Draining, reads every key once more, and waits until
+//!    every shard is back at its replication factor with equal checksums on all replicas at
+//!    one checkpoint ([`converge`]);
 //! 5. checks the history (a versioned register per key), looks for acknowledged writes the
 //!    final reads do not show, and writes `history.jsonl`, `results.json` and `report.html`.
 //!
 //! Exit codes are the metadata run's ([`RunExit`]): 1 not linearizable or an acknowledged
-//! write lost, 5 replicas differ or shards stayed under-replicated, 4 no progress after heal,
+//! write lost, 5 replicas differ, shards stayed under-replicated, a migration never ended or a
+//! node stayed Draining, 4 no progress after heal,
 //! 2 some key undecided, 3 the run could not be carried out.
 
 pub mod cluster;
@@ -306,7 +308,9 @@ async fn run_cluster(
     ));
     let stream_stop = Arc::new(AtomicBool::new(false));
     let mut streams = Vec::new();
-    for side in [Side::Storage, Side::Meta] {
+    // The migrate stream last: the final heal undoes held faults in this order, and a drain
+    // left to finish should find killed nodes restarted and partitions lifted.
+    for side in [Side::Storage, Side::Meta, Side::Migrate] {
         let mine: Vec<(usize, schedule::Planned)> = plan
             .iter()
             .copied()
@@ -358,7 +362,13 @@ async fn run_cluster(
         Err(e) => tracing::error!(error = %e, "cluster did not recover"),
     }
 
-    // Read every key once more, then compare every shard's replicas.
+    // Every move at rest and no node left Draining, then every key read once more, then
+    // every shard's replicas compared.
+    let moves =
+        converge::settle_moves(&admin, heal_start, Instant::now() + cfg.recovery_timeout).await;
+    if !moves.settled() {
+        tracing::error!(unfinished = ?moves.unfinished, draining = ?moves.draining, error = ?moves.error, "moves did not come to rest after heal");
+    }
     let keys = shared.keys.used();
     let finals = workload::final_reads(
         &admin_data,
@@ -380,6 +390,7 @@ async fn run_cluster(
     let _ = monitor.await;
     recorder.flush()?;
     drop(shared);
+    let migrate = nem.migrate_faults();
     drop(nem);
 
     let events = crate::load_history(&out.join("history.jsonl"), crate::InputFormat::Jsonl)?;
@@ -396,13 +407,24 @@ async fn run_cluster(
         .filter(|f| f.read.is_none())
         .map(|f| f.key.clone())
         .collect();
+    let moves_detail = (!moves.settled()).then(|| {
+        let first = moves.unfinished.first().or(moves.draining.first());
+        format!(
+            "moves not at rest after heal: {} migration(s) unfinished, {} node(s) Draining{}",
+            moves.unfinished.len(),
+            moves.draining.len(),
+            first
+                .or(moves.error.as_ref())
+                .map_or(String::new(), |f| format!(": {f}"))
+        )
+    });
     let convergence = Convergence {
-        converged: shards.converged,
+        converged: shards.converged && moves.settled(),
         nodes: shards.replicas.clone(),
         keys_read: finals.len() - missing_reads.len(),
         missing_reads,
         disagreements: shards.mismatches.clone(),
-        detail: shards.detail.clone(),
+        detail: shards.detail.clone().or(moves_detail),
     };
     let mut exit = RunExit::judge(&Findings {
         verdict: check.verdict,
@@ -450,12 +472,19 @@ async fn run_cluster(
             under_replicated: shards.under_replicated,
             mismatches: shards.mismatches,
             replicated_after_ms: shards.replicated_after_ms,
+            migrate,
+            unfinished_migrations: moves.unfinished,
+            draining_nodes: moves.draining,
+            moves_settled_after_ms: moves.settled_after_ms,
         }),
         exit_code: exit.code(),
         exit_reason: if exit == RunExit::Anomaly
             && check.verdict != crate::checker::Verdict::NotLinearizable
         {
             "an acknowledged write was lost".into()
+        } else if exit == RunExit::Diverged && shards.converged {
+            "moves did not come to rest after heal (a migration unfinished or a node Draining)"
+                .into()
         } else {
             exit.reason().to_string()
         },

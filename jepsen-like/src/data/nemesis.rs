@@ -10,6 +10,7 @@
 //! | pause | SIGSTOP, SIGCONT at heal (at least the grace period) | same |
 //! | disk-loss | SIGKILL, data dir deleted, started at once; it registers again as a new incarnation once the control plane has moved its replicas away; the heal records whether it has | SIGKILL, data dir deleted, started at once (it waits to be added); at heal the operator path `augur local readd` |
 //! | partition | the primary of a shard in use from its secondaries and / or the metadata members | a member, or the leader, from everyone |
+//! | migrate | drained through the operator command, undrained at heal (at once, or once emptied) ([`migrate`]) | — |
 //!
 //! A member's disk loss always hits the last member: re-adding a member while the leader is
 //! itself a re-added member does not work yet (jepsen-like README, "Disk loss"), and one
@@ -26,6 +27,7 @@ use augur_proto::data::DataCluster;
 use augur_proto::{NodeId, NodeState};
 use nix::sys::signal::Signal;
 
+mod migrate;
 mod partition;
 
 use super::cluster::{LocalCluster, Proc};
@@ -51,6 +53,8 @@ pub enum Undo {
     Reborn(Proc, Option<u64>),
     /// Add the wiped member back (the operator path).
     Readd(u64),
+    /// Undrain the drained storage node (after its drain emptied it, when so scheduled).
+    Undrain(u64),
 }
 
 /// One stream's faults and the one still in effect when the workload ended.
@@ -66,12 +70,15 @@ pub struct StreamOutcome {
 pub struct DataNemesis {
     cluster: Arc<LocalCluster>,
     firewall: Result<PortFirewall, String>,
-    partitions: Mutex<BTreeMap<usize, PortPartition>>,
+    /// The partitions in effect, by fault number, with the process each cuts off.
+    partitions: Mutex<BTreeMap<usize, (Proc, PortPartition)>>,
     client: Client,
     shared: Arc<Shared>,
     layout: DataCluster,
     t0: Instant,
     lost_member: Mutex<Option<u64>>,
+    drained: Mutex<Option<migrate::Drained>>,
+    migrate_log: Mutex<Vec<crate::results::MigrateFault>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,6 +144,8 @@ impl DataNemesis {
             layout,
             t0,
             lost_member: Mutex::new(None),
+            drained: Mutex::new(None),
+            migrate_log: Mutex::new(Vec::new()),
         }
     }
 
@@ -195,8 +204,12 @@ impl DataNemesis {
         p: &Planned,
         steps: &mut Vec<FaultStep>,
     ) -> Result<(String, Undo), NemesisError> {
-        if let DataFault::Partition { shape } = p.fault {
-            return self.partition(index, p.side, shape, p.pick).await;
+        match p.fault {
+            DataFault::Partition { shape } => {
+                return self.partition(index, p.side, shape, p.pick).await
+            }
+            DataFault::Migrate { finish } => return self.drain(p.pick, finish, steps).await,
+            _ => {}
         }
         let (proc, why) = match p.side {
             Side::Storage => {
@@ -215,6 +228,12 @@ impl DataNemesis {
                     "a follower"
                 };
                 (Proc::Meta(id), why.into())
+            }
+            Side::Migrate => {
+                return Err(NemesisError::Invalid(format!(
+                    "a {} fault is not the migrate stream's",
+                    p.fault.kind_name()
+                )))
             }
         };
         let name = proc.name();
@@ -254,7 +273,9 @@ impl DataNemesis {
                 };
                 Ok((format!("disk loss on {name} ({why})"), undo))
             }
-            DataFault::Partition { .. } => Err(NemesisError::Invalid("unreachable".into())),
+            DataFault::Partition { .. } | DataFault::Migrate { .. } => {
+                Err(NemesisError::Invalid("dispatched above".into()))
+            }
         }
     }
 
@@ -369,6 +390,7 @@ impl DataNemesis {
                 }
                 result.map(|_| ())
             }
+            Undo::Undrain(id) => self.undrain(*id, steps, stop).await,
         }
     }
 
@@ -380,7 +402,8 @@ impl DataNemesis {
         stop: Arc<AtomicBool>,
     ) -> StreamOutcome {
         let mut out = StreamOutcome::default();
-        for (index, p) in plan {
+        let count = plan.len();
+        for (i, (index, p)) in plan.into_iter().enumerate() {
             if !sleep_until(self.t0 + p.start, &stop).await {
                 break;
             }
@@ -403,7 +426,12 @@ impl DataNemesis {
                 Err(e) => {
                     tracing::warn!(fault = ?p.fault, side = ?p.side, error = %e, "fault not injected");
                     (
-                        format!("{} on a {:?} node", p.fault.kind_name(), p.side).to_lowercase(),
+                        match p.side {
+                            Side::Migrate => "drain of a storage node".to_string(),
+                            side => {
+                                format!("{} on a {side:?} node", p.fault.kind_name()).to_lowercase()
+                            }
+                        },
                         None,
                         Some(e.to_string()),
                     )
@@ -425,7 +453,10 @@ impl DataNemesis {
                 out.records[at].end_ms = Some(start_ms);
                 continue;
             };
-            if !sleep_until(end_at, &stop).await {
+            // The last fault is held until the workload ends (its planned end): the final
+            // heal undoes it after the other streams' faults, which a drain left to finish
+            // needs (a node it moves to may be the one killed or cut off).
+            if i + 1 == count || !sleep_until(end_at, &stop).await {
                 out.held = Some((at, undo));
                 break;
             }
@@ -492,6 +523,13 @@ impl DataNemesis {
                 let mut steps = Vec::new();
                 if let Err(e) = self.heal(&Undo::Readd(id), &mut steps, None).await {
                     errors.push(format!("adding meta-{id} back: {e}"));
+                }
+            }
+            // A drain whose outcome was unknown, or whose undrain failed: never left behind.
+            if let Some(id) = self.owed_undrain() {
+                let mut steps = Vec::new();
+                if let Err(e) = self.heal(&Undo::Undrain(id), &mut steps, None).await {
+                    errors.push(format!("undraining storage-{id}: {e}"));
                 }
             }
             if errors.is_empty() || Instant::now() >= deadline {

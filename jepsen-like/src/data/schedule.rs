@@ -8,6 +8,14 @@
 //! built to survive. Families are dealt from a shuffled deck per stream, so each comes up once
 //! per round.
 //!
+//! `migrate` is a third stream of its own ([`Side::Migrate`]): a drain is not a failure but
+//! the control plane's reaction to a predicted one, and what matters is that its moves run
+//! *while* storage nodes are killed, paused and cut off, which a fault of the storage stream
+//! never would. Its own stream also leaves the other two streams exactly as they were drawn
+//! without it, so older seeds replay. Its faults alternate between the two ways a drain
+//! ends: undrained mid-way (unfinished moves cancelled) or left to empty the node first; the
+//! seed chooses which comes first.
+//!
 //! Which node a storage fault hits is decided when it is injected (the primary of a shard a
 //! key in use lives on, most of the time), since primaries move during a run; the schedule
 //! carries a random `pick` for that choice. A storage pause lasts at least `min_pause`
@@ -25,14 +33,17 @@ use serde::{Deserialize, Serialize};
 use crate::nemesis::schedule::NemesisKind;
 use crate::nemesis::NemesisError;
 
-/// The part of the cluster a fault hits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The part of the cluster a fault hits: one fault stream each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// A storage node.
     Storage,
     /// A metadata member.
     Meta,
+    /// A storage node drained through the control plane (the `migrate` stream, which runs
+    /// beside the storage stream's faults).
+    Migrate,
 }
 
 /// The shapes of a partition. Processes share 127.0.0.1; partitions are drawn between their
@@ -85,6 +96,13 @@ pub enum DataFault {
         /// Its shape.
         shape: PartitionShape,
     },
+    /// `augurctl node drain` on a storage node; at heal `undrain`, which cancels the moves
+    /// still unfinished, or, with `finish`, only once the drain has emptied the node (so it
+    /// takes replicas again later).
+    Migrate {
+        /// Let the drain finish before undraining.
+        finish: bool,
+    },
 }
 
 impl DataFault {
@@ -95,6 +113,7 @@ impl DataFault {
             DataFault::Pause => "pause",
             DataFault::DiskLoss => "disk-loss",
             DataFault::Partition { .. } => "partition",
+            DataFault::Migrate { .. } => "migrate",
         }
     }
 }
@@ -125,7 +144,7 @@ pub struct DataScheduleConfig {
     pub min_period: Duration,
     /// Longest quiet or fault period.
     pub max_period: Duration,
-    /// Families to draw from (partition, kill, pause, disk-loss).
+    /// Families to draw from (partition, kill, pause, disk-loss, migrate).
     pub kinds: Vec<NemesisKind>,
     /// Shortest storage pause.
     pub min_pause: Duration,
@@ -134,11 +153,12 @@ pub struct DataScheduleConfig {
 }
 
 /// The families the data workload can inject.
-pub const SUPPORTED: [NemesisKind; 4] = [
+pub const SUPPORTED: [NemesisKind; 5] = [
     NemesisKind::Partition,
     NemesisKind::Kill,
     NemesisKind::Pause,
     NemesisKind::DiskLoss,
+    NemesisKind::Migrate,
 ];
 
 /// Draws both streams' faults, in start order.
@@ -150,24 +170,41 @@ pub fn schedule(cfg: &DataScheduleConfig) -> Result<Vec<Planned>, NemesisError> 
     }
     if let Some(k) = cfg.kinds.iter().find(|k| !SUPPORTED.contains(k)) {
         return Err(NemesisError::Invalid(format!(
-            "the data workload does not inject {} faults (partition, kill, pause, disk-loss)",
+            "the data workload does not inject {} faults (partition, kill, pause, disk-loss, \
+             migrate)",
             k.name()
         )));
     }
-    let mut out = stream(cfg, Side::Storage, 0x5709_a9e5);
+    let faults: Vec<NemesisKind> = cfg
+        .kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != NemesisKind::Migrate)
+        .collect();
+    let mut out = stream(cfg, Side::Storage, 0x5709_a9e5, &faults);
     if cfg.meta_faults {
-        out.extend(stream(cfg, Side::Meta, 0x3e7a_0001));
+        out.extend(stream(cfg, Side::Meta, 0x3e7a_0001, &faults));
     }
-    out.sort_by_key(|p| (p.start, p.side == Side::Meta));
+    if cfg.kinds.contains(&NemesisKind::Migrate) {
+        out.extend(stream(
+            cfg,
+            Side::Migrate,
+            0xd7a1_0005,
+            &[NemesisKind::Migrate],
+        ));
+    }
+    out.sort_by_key(|p| (p.start, p.side));
     Ok(out)
 }
 
-fn stream(cfg: &DataScheduleConfig, side: Side, salt: u64) -> Vec<Planned> {
+fn stream(cfg: &DataScheduleConfig, side: Side, salt: u64, kinds: &[NemesisKind]) -> Vec<Planned> {
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ salt);
     let mut out: Vec<Planned> = Vec::new();
-    if cfg.kinds.is_empty() {
+    if kinds.is_empty() {
         return out;
     }
+    // Drawn only in the migrate stream, so the other streams' draws stay as they were.
+    let mut finish = side == Side::Migrate && rng.gen_bool(0.5);
     let lo = cfg.min_period.as_millis() as u64;
     let hi = cfg.max_period.as_millis() as u64;
     let period = |rng: &mut ChaCha8Rng| Duration::from_millis(rng.gen_range(lo..=hi));
@@ -179,7 +216,7 @@ fn stream(cfg: &DataScheduleConfig, side: Side, salt: u64) -> Vec<Planned> {
     let mut deck: Vec<NemesisKind> = Vec::new();
     loop {
         if deck.is_empty() {
-            deck = cfg.kinds.clone();
+            deck = kinds.to_vec();
             deck.shuffle(&mut rng);
         }
         let kind = deck.pop().unwrap_or(NemesisKind::Kill);
@@ -193,9 +230,15 @@ fn stream(cfg: &DataScheduleConfig, side: Side, salt: u64) -> Vec<Planned> {
                 DataFault::Pause
             }
             NemesisKind::DiskLoss => DataFault::DiskLoss,
+            NemesisKind::Migrate => {
+                let f = DataFault::Migrate { finish };
+                finish = !finish;
+                f
+            }
             _ => {
                 let shapes: &[PartitionShape] = match side {
-                    Side::Storage => &PartitionShape::STORAGE,
+                    // The migrate stream draws only drains.
+                    Side::Storage | Side::Migrate => &PartitionShape::STORAGE,
                     Side::Meta => &PartitionShape::META,
                 };
                 DataFault::Partition {
@@ -267,6 +310,60 @@ mod tests {
             }
         }
         assert_ne!(schedule(&cfg(1)).unwrap(), schedule(&cfg(2)).unwrap());
+    }
+
+    #[test]
+    fn migrate_runs_in_its_own_stream_alternating_how_drains_end() {
+        let mut drains = 0;
+        let mut firsts = [0; 2];
+        for seed in 0..200 {
+            let without = cfg(seed);
+            let mut with = cfg(seed);
+            with.kinds.push(NemesisKind::Migrate);
+            let s = schedule(&with).unwrap();
+            // The storage and member streams are those drawn without migrate: seeds replay.
+            let others: Vec<Planned> = s
+                .iter()
+                .copied()
+                .filter(|p| p.side != Side::Migrate)
+                .collect();
+            assert_eq!(others, schedule(&without).unwrap(), "seed {seed}");
+            let mine: Vec<&Planned> = s.iter().filter(|p| p.side == Side::Migrate).collect();
+            assert!(!mine.is_empty(), "seed {seed}: no migrate fault");
+            assert_eq!(mine.last().unwrap().end, with.duration, "last drain held");
+            let finishes: Vec<bool> = mine
+                .iter()
+                .map(|p| match p.fault {
+                    DataFault::Migrate { finish } => finish,
+                    other => panic!("seed {seed}: {other:?} in the migrate stream"),
+                })
+                .collect();
+            firsts[usize::from(finishes[0])] += 1;
+            for w in finishes.windows(2) {
+                assert_ne!(
+                    w[0], w[1],
+                    "seed {seed}: drains must alternate: {finishes:?}"
+                );
+            }
+            for w in mine.windows(2) {
+                assert!(
+                    w[0].end < w[1].start,
+                    "seed {seed}: one drain at a time {w:?}"
+                );
+            }
+            drains += mine.len();
+        }
+        assert!(drains >= 200 * 4, "too few drains: {drains}");
+        assert!(
+            firsts[0] > 50 && firsts[1] > 50,
+            "the seed picks the first: {firsts:?}"
+        );
+        let mut alone = cfg(7);
+        alone.kinds = parse_kinds("migrate").unwrap();
+        assert!(schedule(&alone)
+            .unwrap()
+            .iter()
+            .all(|p| p.side == Side::Migrate && p.fault.kind_name() == "migrate"));
     }
 
     #[test]

@@ -157,6 +157,9 @@ impl RunConfig {
         if self.max_skew_ms <= 0 {
             return bad("--max-skew must be positive".into());
         }
+        if self.nemeses.contains(&NemesisKind::Migrate) {
+            return bad("--nemesis migrate drains storage nodes: it needs --workload data".into());
+        }
         if !self.augur_bin.is_file() {
             return bad(format!(
                 "augur binary {} does not exist (set --augur-bin or AUGUR_BIN)",

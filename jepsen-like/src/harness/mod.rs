@@ -510,8 +510,10 @@ pub fn missing_for(kind: NemesisKind) -> Option<String> {
             }
         }
         NemesisKind::Clock => Faketime::locate().err().map(|e| e.to_string()),
-        NemesisKind::Kill | NemesisKind::Pause | NemesisKind::Member | NemesisKind::DiskLoss => {
-            None
-        }
+        NemesisKind::Kill
+        | NemesisKind::Pause
+        | NemesisKind::Member
+        | NemesisKind::DiskLoss
+        | NemesisKind::Migrate => None,
     }
 }

@@ -45,6 +45,9 @@ pub enum NemesisKind {
     /// promote).
     #[serde(rename = "disk-loss")]
     DiskLoss,
+    /// Drain a storage node through the operator command while the other faults run, undrain
+    /// it at heal: data-plane runs only (`--workload data`), where shard moves exist.
+    Migrate,
 }
 
 impl NemesisKind {
@@ -64,6 +67,7 @@ impl NemesisKind {
             NemesisKind::Clock => "clock",
             NemesisKind::Member => "member",
             NemesisKind::DiskLoss => "disk-loss",
+            NemesisKind::Migrate => "migrate",
         }
     }
 }
@@ -78,10 +82,11 @@ impl FromStr for NemesisKind {
             "clock" => NemesisKind::Clock,
             "member" => NemesisKind::Member,
             "disk-loss" => NemesisKind::DiskLoss,
+            "migrate" => NemesisKind::Migrate,
             other => {
                 return Err(NemesisError::Invalid(format!(
-                    "unknown nemesis {other:?} (expected partition, kill, pause, clock, member \
-                     or disk-loss)"
+                    "unknown nemesis {other:?} (expected partition, kill, pause, clock, member, \
+                     disk-loss or migrate)"
                 )))
             }
         })
@@ -244,6 +249,11 @@ pub fn schedule(cfg: &ScheduleConfig) -> Result<Vec<ScheduledFault>, NemesisErro
             "need 0 < min_period <= max_period".into(),
         ));
     }
+    if cfg.kinds.contains(&NemesisKind::Migrate) {
+        return Err(NemesisError::Invalid(
+            "migrate drains storage nodes: it needs --workload data".into(),
+        ));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut out: Vec<ScheduledFault> = Vec::new();
     if cfg.kinds.is_empty() {
@@ -304,6 +314,8 @@ pub fn schedule(cfg: &ScheduleConfig) -> Result<Vec<ScheduledFault>, NemesisErro
             },
             NemesisKind::Member => Fault::Member { node },
             NemesisKind::DiskLoss => Fault::DiskLoss { node },
+            // Refused above: only data-plane runs drain storage nodes.
+            NemesisKind::Migrate => break,
         };
         out.push(ScheduledFault {
             start: t,
@@ -388,13 +400,19 @@ mod tests {
             Err(NemesisError::Invalid(_))
         ));
         assert!(parse_kinds("diskloss").is_err());
-        for k in parse_kinds("partition,kill,pause,clock,member,disk-loss").unwrap() {
+        for k in parse_kinds("partition,kill,pause,clock,member,disk-loss,migrate").unwrap() {
             // The command-line name is the serialised name, which `results.json` records.
             assert_eq!(serde_json::to_value(k).unwrap(), k.name());
         }
         let mut bad = cfg(1);
         bad.min_period = Duration::ZERO;
         assert!(schedule(&bad).is_err());
+        let mut data_only = cfg(1);
+        data_only.kinds = parse_kinds("kill,migrate").unwrap();
+        assert!(matches!(
+            schedule(&data_only),
+            Err(NemesisError::Invalid(_))
+        ));
     }
 
     fn all_kinds(seed: u64, nodes: usize, secs: u64) -> ScheduleConfig {

@@ -2,10 +2,16 @@
 //! client workload; the run reports the rate the moves achieved against a raw QUIC copy of the
 //! same bytes in the same run, and the clients' p99 during the drain against before it.
 //!
-//! - **Move rate** (`move_mb_s`): the bytes of the drained node's shards over the wall time
-//!   from the drain command to the node holding no replica: hand-offs, learner copies with
-//!   CRC-64 per chunk, catch-up, the whole-shard checksum comparison and the commits, all of
-//!   it. The per-migration copy rates the migrator records are reported beside it.
+//! Two drains: first the node holding the most replicas under the client workload (client
+//! p99 during it, and its move rate as `under_load`: copies run at the busy budget there,
+//! yielding to clients); then, with the workload stopped and that node undrained, the node
+//! now holding the most, for the move machinery alone.
+//!
+//! - **Move rate** (`move_mb_s`, of the second drain): the bytes its committed moves verified
+//!   over the wall time from the drain command to the node holding no replica: hand-offs,
+//!   learner copies with CRC-64 per chunk, catch-up, the whole-shard checksum comparison and
+//!   the commits, all of it. The per-migration copy rates the migrator records are reported
+//!   beside it.
 //! - **Raw copy** (`raw_quinn_mb_s`): the same number of bytes through a bare QUIC connection
 //!   between two storage certificates ([`super::rawcopy`]).
 //! - **Client latency**: puts and gets (even odds) of 1 KiB on keys of their own, by closed-loop
@@ -101,6 +107,10 @@ pub struct MigrateReport {
     pub migrations_committed: usize,
     /// Migrations aborted (and retried) during the drain.
     pub migrations_aborted: usize,
+    /// The first drain, under the client workload (copies at the busy budget).
+    pub under_load: DrainRun,
+    /// Its move rate over `raw_quinn_mb_s`.
+    pub under_load_ratio_to_raw: f64,
     /// Client p99 before the drain, ms.
     pub p99_baseline_ms: f64,
     /// Client p99 during the drain, ms.
@@ -111,6 +121,27 @@ pub struct MigrateReport {
     pub failed_requests: u64,
     /// The raw copy's details.
     pub raw: RawCopy,
+}
+
+/// One drain: a node emptied, and what its moves achieved.
+#[derive(Debug, Serialize)]
+pub struct DrainRun {
+    /// The node drained.
+    pub node: u64,
+    /// Replicas it held.
+    pub shards: usize,
+    /// Bytes its committed moves verified.
+    pub bytes: u64,
+    /// From the drain command to the node holding no replica, s.
+    pub drain_s: f64,
+    /// `bytes` over `drain_s`, MB/s.
+    pub move_mb_s: f64,
+    /// Median of the copy rates its committed migrations recorded, MB/s.
+    pub copy_mb_s_p50: Option<f64>,
+    /// Migrations committed.
+    pub committed: usize,
+    /// Migrations aborted (and retried).
+    pub aborted: usize,
 }
 
 /// Runs `augur bench migrate`.
@@ -167,8 +198,13 @@ fn print_report(r: &MigrateReport) {
             r.migrations_committed, r.migrations_aborted
         );
     }
+    let l = &r.under_load;
     println!(
-        "client p99: {:.1} ms before, {:.1} ms during the drain ({:.2}x); {} requests failed",
+        "under the client workload: node {} ({} shards) drained in {:.1} s, {:.0} MB/s (ratio {:.2})",
+        l.node, l.shards, l.drain_s, l.move_mb_s, r.under_load_ratio_to_raw
+    );
+    println!(
+        "client p99: {:.1} ms before, {:.1} ms during that drain ({:.2}x); {} requests failed",
         r.p99_baseline_ms, r.p99_during_ms, r.p99_ratio, r.failed_requests
     );
 }
@@ -233,17 +269,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         .await?
         .context("the cluster has no data plane")?;
     let before = client.list_shards().await?;
-    let mut held_by: BTreeMap<NodeId, Vec<ShardId>> = BTreeMap::new();
-    for s in before.values() {
-        for r in &s.replicas {
-            held_by.entry(*r).or_default().push(s.id);
-        }
-    }
-    let (victim, held) = held_by
-        .iter()
-        .max_by_key(|(_, v)| v.len())
-        .map(|(id, v)| (*id, v.clone()))
-        .context("no shard has a replica")?;
+    let (victim, held) = most_replicas(&before, None).context("no shard has a replica")?;
 
     let per_key = (a.value_size + key(0).len()) as f64;
     let total_keys = (a.gib * f64::from(1u32 << 30) / per_key * f64::from(layout.shards)
@@ -255,10 +281,6 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         a.value_size, a.gib
     );
     preload(&clients, 32, total_keys, a.value_size).await?;
-    let bytes_moved: u64 = (1..=total_keys)
-        .filter(|i| held.contains(&augur_proto::data::shard_of(&key(*i), layout.shards)))
-        .map(|_| per_key as u64)
-        .sum();
 
     let baseline = Arc::new(Phase {
         hist: Mutex::new(new_hist()?),
@@ -290,78 +312,121 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     if let Ok(mut p) = phase.lock() {
         *p = during.clone();
     }
-    eprintln!("draining storage node {victim}");
-    let started = Instant::now();
-    let started_ms = crate::control::registry::now_ms();
-    if let Err(e) = client
-        .node_command(victim, NodeCommand::Drain, Some("bench migrate"))
-        .await
-    {
-        stop_workers(workers).await;
-        bail!("draining node {victim}: {e}");
-    }
-    let drain_s = loop {
-        if started.elapsed() > a.timeout {
-            stop_workers(workers).await;
-            bail!(
-                "node {victim} not empty within {:?} of the drain",
-                a.timeout
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(now) = client.list_shards().await else {
-            continue;
-        };
-        let left = now
-            .values()
-            .filter(|s| s.replicas.contains(&victim) || s.learners.contains(&victim))
-            .count();
-        if left == 0 {
-            break started.elapsed().as_secs_f64();
-        }
-    };
+    eprintln!("draining storage node {victim} under the client workload");
+    let loaded = drain(&client, victim, held.len(), a.timeout).await;
     stop_workers(workers).await;
+    let loaded = loaded?;
 
-    let migrations: Vec<_> = client
-        .list_migrations()
+    // The machinery alone: the drained node takes replicas again, and the node now holding
+    // the most is drained with no client traffic, so copies run at the full budget.
+    client
+        .node_command(victim, NodeCommand::Undrain, Some("bench migrate"))
         .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.from == victim && m.started_ms >= started_ms.saturating_sub(1_000))
-        .collect();
-    let mut rates: Vec<f64> = migrations
-        .iter()
-        .filter(|m| m.state == MigrationState::Committed && m.rate_bytes_per_s > 0)
-        .map(|m| m.rate_bytes_per_s as f64 / 1e6)
-        .collect();
-    rates.sort_by(f64::total_cmp);
+        .with_context(|| format!("undraining node {victim}"))?;
+    let now = client.list_shards().await?;
+    let (second, second_held) =
+        most_replicas(&now, Some(victim)).context("no other node holds a replica")?;
+    eprintln!("draining storage node {second} with no client traffic");
+    let idle = drain(&client, second, second_held.len(), a.timeout).await?;
 
-    eprintln!("raw QUIC copy of {bytes_moved} bytes for comparison");
-    let raw = raw_copy_between_others(dir, victim.0, bytes_moved, a.raw_streams).await?;
-
-    let move_mb_s = bytes_moved as f64 / 1e6 / drain_s.max(1e-3);
+    eprintln!("raw QUIC copy of {} bytes for comparison", idle.bytes);
+    let raw = raw_copy_between_others(dir, second.0, idle.bytes, a.raw_streams).await?;
+    let ratio = |r: &DrainRun| r.move_mb_s / raw.mb_per_sec.max(1e-9);
     let (p99_baseline_ms, p99_during_ms) = (p99_ms(&baseline), p99_ms(&during));
     Ok(MigrateReport {
-        drained: victim.0,
-        shards_held: held.len(),
-        bytes_moved,
-        drain_s,
-        move_mb_s,
+        drained: idle.node,
+        shards_held: idle.shards,
+        bytes_moved: idle.bytes,
+        drain_s: idle.drain_s,
+        move_mb_s: idle.move_mb_s,
         raw_quinn_mb_s: raw.mb_per_sec,
-        ratio_to_raw: move_mb_s / raw.mb_per_sec.max(1e-9),
-        migration_copy_mb_s_p50: rates.get(rates.len() / 2).copied(),
-        migrations_committed: migrations
-            .iter()
-            .filter(|m| m.state == MigrationState::Committed)
-            .count(),
-        migrations_aborted: migrations
-            .iter()
-            .filter(|m| m.state == MigrationState::Aborted)
-            .count(),
+        ratio_to_raw: ratio(&idle),
+        migration_copy_mb_s_p50: idle.copy_mb_s_p50,
+        migrations_committed: idle.committed,
+        migrations_aborted: idle.aborted,
+        under_load_ratio_to_raw: ratio(&loaded),
+        under_load: loaded,
         p99_baseline_ms,
         p99_during_ms,
         p99_ratio: p99_during_ms / p99_baseline_ms.max(1e-9),
         failed_requests: failed.load(Ordering::Relaxed),
         raw,
+    })
+}
+
+/// The node holding the most replicas (other than `except`), and its shards.
+fn most_replicas(
+    shards: &BTreeMap<ShardId, augur_proto::Shard>,
+    except: Option<NodeId>,
+) -> Option<(NodeId, Vec<ShardId>)> {
+    let mut held_by: BTreeMap<NodeId, Vec<ShardId>> = BTreeMap::new();
+    for s in shards.values() {
+        for r in s.replicas.iter().filter(|r| Some(**r) != except) {
+            held_by.entry(*r).or_default().push(s.id);
+        }
+    }
+    held_by.into_iter().max_by_key(|(_, v)| v.len())
+}
+
+/// Drains `node` and waits until it holds no replica; the bytes are those its committed
+/// moves verified.
+async fn drain(
+    client: &augur_client::Client,
+    node: NodeId,
+    shards: usize,
+    timeout: Duration,
+) -> anyhow::Result<DrainRun> {
+    let started = Instant::now();
+    let started_ms = crate::control::registry::now_ms();
+    client
+        .node_command(node, NodeCommand::Drain, Some("bench migrate"))
+        .await
+        .with_context(|| format!("draining node {node}"))?;
+    let drain_s = loop {
+        if started.elapsed() > timeout {
+            bail!("node {node} not empty within {timeout:?} of the drain");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(now) = client.list_shards().await else {
+            continue;
+        };
+        let left = now
+            .values()
+            .filter(|s| s.replicas.contains(&node) || s.learners.contains(&node))
+            .count();
+        if left == 0 {
+            break started.elapsed().as_secs_f64();
+        }
+    };
+    let migrations: Vec<_> = client
+        .list_migrations()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.from == node && m.started_ms >= started_ms.saturating_sub(1_000))
+        .collect();
+    let committed: Vec<_> = migrations
+        .iter()
+        .filter(|m| m.state == MigrationState::Committed)
+        .collect();
+    let mut rates: Vec<f64> = committed
+        .iter()
+        .filter(|m| m.rate_bytes_per_s > 0)
+        .map(|m| m.rate_bytes_per_s as f64 / 1e6)
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let bytes: u64 = committed.iter().map(|m| m.bytes_total).sum();
+    Ok(DrainRun {
+        node: node.0,
+        shards,
+        bytes,
+        drain_s,
+        move_mb_s: bytes as f64 / 1e6 / drain_s.max(1e-3),
+        copy_mb_s_p50: rates.get(rates.len() / 2).copied(),
+        committed: committed.len(),
+        aborted: migrations
+            .iter()
+            .filter(|m| m.state == MigrationState::Aborted)
+            .count(),
     })
 }

@@ -4,6 +4,7 @@
 //! - [`registry`]: storage nodes registering and heartbeating, and creating the data plane;
 //! - [`liveness`]: Up -> Suspect -> Down from heartbeat silence;
 //! - [`risk`]: the risk policy: Suspect and Draining from predicted risk, the storm guard;
+//! - [`capacity`]: capacity needed ahead (growth, predicted failures), alarm, scaling hook;
 //! - [`repair`]: dead primaries replaced, dead replicas removed;
 //! - [`failure`]: a primary's `ReportReplica`, an operator's `ForcePrimary`;
 //! - [`mover`]: re-replication through recorded, resumable migrations;
@@ -19,6 +20,7 @@
 //!
 //! Every member runs the loops ([`spawn`]); they act only while the member leads.
 
+pub mod capacity;
 pub mod cluster;
 pub mod failure;
 pub mod liveness;
@@ -96,7 +98,11 @@ pub struct Control {
     samples: Mutex<HashMap<NodeId, std::collections::VecDeque<augur_predictor::HealthSample>>>,
     /// The risk policy's state, while leader.
     risk: Mutex<risk::RiskMemory>,
+    /// The capacity planner's state, while leader.
+    capacity: Mutex<capacity::CapacityMemory>,
     pub(crate) metrics: ControlMetrics,
+    /// Runs the mover's next pass now: a heartbeat reported what a move waits for.
+    mover_wake: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,8 +123,15 @@ impl Control {
             view: Mutex::new(ControlView::default()),
             samples: Mutex::new(HashMap::new()),
             risk: Mutex::new(risk::RiskMemory::default()),
+            capacity: Mutex::new(capacity::CapacityMemory::default()),
             metrics,
+            mover_wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks for a mover pass now rather than at its next tick.
+    pub(crate) fn wake_mover(&self) {
+        self.mover_wake.notify_one();
     }
 
     #[cfg(test)]
@@ -154,6 +167,7 @@ impl Control {
         drop((seen, samples));
         if v.leading {
             v.risk = self.risk_status();
+            v.capacity = self.capacity_status();
         }
         v
     }
@@ -204,6 +218,7 @@ impl Control {
         *lock(&self.memory) = MoverMemory::default();
         lock(&self.stuck).clear();
         *lock(&self.risk) = risk::RiskMemory::default();
+        *lock(&self.capacity) = capacity::CapacityMemory::default();
         *lock(&self.view) = ControlView::default();
         self.metrics.reset(next.is_some());
         match next {
@@ -384,26 +399,68 @@ pub(crate) fn spawn(node: MetaNode) {
         },
     );
 
+    every(
+        node.clone(),
+        s.capacity_interval_ms,
+        move |n, _| async move {
+            if let Some((hook, request)) = n
+                .control
+                .capacity_tick(&n, Instant::now(), registry::now_ms())
+                .await?
+            {
+                tokio::spawn(n.control.clone().call_hook(hook, request));
+            }
+            Ok(())
+        },
+    );
+
     let probes = storage.clone();
     every(node.clone(), s.probe_interval_ms, move |n, _| {
         let storage = probes.clone();
         async move { n.control.probe_tick(&n, storage.as_ref()).await }
     });
 
-    every(node, s.mover_interval_ms, move |n, since| {
-        let storage = storage.clone();
-        async move {
-            n.control
+    tokio::spawn(mover_loop(node, storage));
+}
+
+/// The mover's passes while this member leads: every `mover_interval_ms`, and sooner when a
+/// pass made progress (the next step of a move is often ready at once), when one waits on
+/// something that takes milliseconds (a checkpoint being applied), or when a heartbeat
+/// reported a finished copy. So a move costs its copy plus a few round trips, not a tick per
+/// step.
+async fn mover_loop(node: MetaNode, storage: Arc<dyn StorageCalls>) {
+    let interval = Duration::from_millis(node.control.settings.mover_interval_ms);
+    let mut shutdown = node.shutdown_signal();
+    let mut next = tokio::time::Instant::now() + interval;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = node.control.mover_wake.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+        if node.is_shutting_down() || *shutdown.borrow() {
+            return;
+        }
+        let mut pace = mover::Pace::Idle;
+        if let (Some(since), true) = (node.control.leading_since(), node.is_leader()) {
+            let pass = node
+                .control
                 .mover_tick(
-                    &n,
+                    &node,
                     storage.as_ref(),
                     since,
                     Instant::now(),
                     registry::now_ms(),
                 )
-                .await
+                .await;
+            match pass {
+                Ok(p) => pace = p,
+                Err(ApiError::NotLeader { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, "mover pass failed; retrying next tick"),
+            }
         }
-    });
+        next = tokio::time::Instant::now() + pace.delay().unwrap_or(interval).min(interval);
+    }
 }
 
 /// Runs `f` every `interval_ms` while `node` leads, until it shuts down.

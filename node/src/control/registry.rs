@@ -10,7 +10,7 @@
 use super::placement::{self, Candidate};
 use super::Seen;
 use crate::meta::MetaNode;
-use augur_proto::data::{DataCluster, NodeReport, DATA_CLUSTER_SETTING};
+use augur_proto::data::{DataCluster, NodeReport, ReplicaRole, DATA_CLUSTER_SETTING};
 use augur_proto::wire::{
     ApiError, NodeHealth, RiskState, MAX_HEALTH_BATCH, MAX_HEALTH_SAMPLE_BYTES,
 };
@@ -231,6 +231,9 @@ impl MetaNode {
             };
             let interval = Duration::from_millis(self.control.settings.usage_interval_ms);
             let prev = seen.get(&report.node).and_then(|s| s.usage_written);
+            if newly_copied(seen.get(&report.node).map(|s| &s.report), &report) {
+                self.control.wake_mover();
+            }
             let health = health.or_else(|| seen.get(&report.node).and_then(|s| s.health.clone()));
             let risk = health.as_ref().and_then(|h| record_risk(&h.risk));
             let risk_changed = risk.as_ref().is_some_and(|r| risk_moved(&record.risk, r));
@@ -409,6 +412,21 @@ impl MetaNode {
 }
 
 /// The cause recorded when a registration sets a node's state.
+/// Whether `now` reports a learner's copy finished that `before` did not: the mover's next
+/// step is ready.
+fn newly_copied(before: Option<&NodeReport>, now: &NodeReport) -> bool {
+    let was_copied = |shard| {
+        before.is_some_and(|b| {
+            b.replicas
+                .iter()
+                .any(|r| r.shard == shard && r.role == ReplicaRole::Learner && r.copied)
+        })
+    };
+    now.replicas
+        .iter()
+        .any(|r| r.role == ReplicaRole::Learner && r.copied && !was_copied(r.shard))
+}
+
 fn registered(reason: &str) -> augur_proto::StateCause {
     augur_proto::StateCause {
         origin: augur_proto::StateOrigin::Registered,
@@ -484,6 +502,42 @@ pub(crate) fn parse_samples(
 #[cfg(test)]
 mod health_tests {
     use super::*;
+
+    #[test]
+    fn only_a_copy_newly_finished_wakes_the_mover() {
+        use augur_proto::data::ReplicaStatus;
+        use augur_proto::ShardId;
+        let status = |shard: u64, role, copied| ReplicaStatus {
+            shard: ShardId(shard),
+            epoch: 1,
+            role,
+            prepared: 0,
+            committed: 0,
+            applied: 0,
+            serving: false,
+            copied,
+            checkpoint: None,
+        };
+        let report = |replicas| NodeReport {
+            node: NodeId(4),
+            incarnation: 1,
+            node_epoch: 1,
+            used_bytes: 0,
+            capacity_bytes: 1,
+            replicas,
+        };
+        let copying = report(vec![status(1, ReplicaRole::Learner, false)]);
+        let copied = report(vec![status(1, ReplicaRole::Learner, true)]);
+        assert!(!newly_copied(None, &copying));
+        assert!(newly_copied(None, &copied));
+        assert!(newly_copied(Some(&copying), &copied));
+        assert!(
+            !newly_copied(Some(&copied), &copied),
+            "told once, not every beat"
+        );
+        let secondary = report(vec![status(1, ReplicaRole::Secondary, true)]);
+        assert!(!newly_copied(Some(&copying), &secondary));
+    }
 
     #[test]
     fn sample_batches_are_checked_whole() {

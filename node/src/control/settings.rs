@@ -28,6 +28,14 @@
 //! risk_interval_ms = 5000                # how often the risk policy runs a round
 //! storm_rack_min_nodes = 2               # a whole rack flagged trips the storm guard (racks this big)
 //! failure_window_ms = 2592000000         # Down nodes this recent count towards the observed failure rate
+//! capacity_interval_ms = 60000           # how often the capacity planner runs a round
+//! capacity_horizon_days = 30             # how far ahead it projects used bytes and failures
+//! capacity_min_headroom = 0.2            # alarm (and the hook) below this headroom after drains
+//! capacity_history = 1440                # used-bytes samples kept for the growth slope (a day at 60 s)
+//! capacity_min_history_ms = 3600000      # growth counts once the samples span this long
+//! capacity_hook = ""                     # executable path or http:// URL asked for nodes ("": none)
+//! capacity_hook_timeout_ms = 120000      # a hook call taking longer is killed / abandoned
+//! capacity_hook_cooldown_ms = 1800000    # wait before asking again while the nodes asked for are missing
 //!
 //! [control.policy]                       # the risk policy (predictor `PolicyConfig`), defaults shown
 //! enter = 0.5                            # risk counting towards the at-risk state ...
@@ -133,6 +141,34 @@ pub struct ControlSettings {
     /// predictor's generic 0.7 left the simulated fail-slow node (calibrated risk 0.65-0.7)
     /// Suspect until it died, which is the failure this system exists to prevent.
     pub policy: augur_predictor::policy::PolicyConfig,
+    /// How often the capacity planner (`control::capacity`) estimates the capacity needed
+    /// `capacity_horizon_days` ahead. Its inputs change slowly (usage, risk); a round costs
+    /// one read of the node table.
+    pub capacity_interval_ms: u64,
+    /// How far ahead the planner projects used-bytes growth and predicted failures, in days:
+    /// about the time it takes to buy and rack new nodes.
+    pub capacity_horizon_days: u64,
+    /// The headroom (fraction of the capacity left after draining the at-risk nodes that
+    /// the projected data would not fill) below which the planner raises its alarm and asks
+    /// the hook for nodes. In `0..1`.
+    pub capacity_min_headroom: f64,
+    /// Used-bytes samples (one per round) the planner keeps for its growth slope, cluster-
+    /// wide and per node: the slope's window.
+    pub capacity_history: usize,
+    /// The samples must span at least this long before growth is extrapolated: a slope over
+    /// minutes multiplied by a 30-day horizon would turn one burst of writes into an alarm.
+    /// Until then growth counts as zero (and the view says it is unknown).
+    pub capacity_min_history_ms: u64,
+    /// What the planner calls to ask for nodes: an absolute path to an executable (run with
+    /// the JSON request on stdin and in `AUGUR_CAPACITY_REQUEST`) or an `http://` URL (the
+    /// request POSTed as JSON). Empty: no hook (the alarm is still raised).
+    pub capacity_hook: String,
+    /// Deadline of one hook call: an executable still running is killed (its process
+    /// group), an HTTP call is abandoned; either counts as a failure.
+    pub capacity_hook_timeout_ms: u64,
+    /// After a call, the hook is called again only once the nodes it asked for have
+    /// registered, or this long has passed (a failed call, or nodes that never came).
+    pub capacity_hook_cooldown_ms: u64,
 }
 
 impl Default for ControlSettings {
@@ -168,6 +204,14 @@ impl Default for ControlSettings {
                 drain: 0.5,
                 ..Default::default()
             },
+            capacity_interval_ms: 60_000,
+            capacity_horizon_days: 30,
+            capacity_min_headroom: 0.2,
+            capacity_history: 1_440,
+            capacity_min_history_ms: 3_600_000,
+            capacity_hook: String::new(),
+            capacity_hook_timeout_ms: 120_000,
+            capacity_hook_cooldown_ms: 1_800_000,
         }
     }
 }
@@ -271,6 +315,41 @@ impl ControlSettings {
                 "must be at least move_backoff_ms",
             ));
         }
+        self.validate_capacity()
+    }
+
+    /// The capacity planner's settings: positive intervals, a headroom fraction in `0..1`,
+    /// and a hook that can be called (see [`crate::control::capacity::hook::Hook::parse`]).
+    fn validate_capacity(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("control.capacity_interval_ms", self.capacity_interval_ms),
+            ("control.capacity_horizon_days", self.capacity_horizon_days),
+            ("control.capacity_history", self.capacity_history as u64),
+            (
+                "control.capacity_hook_timeout_ms",
+                self.capacity_hook_timeout_ms,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(invalid(name, "must be at least 1"));
+            }
+        }
+        if self.capacity_horizon_days > 36_500 {
+            return Err(invalid(
+                "control.capacity_horizon_days",
+                "must be at most 36500 (a century)",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.capacity_min_headroom) {
+            return Err(invalid(
+                "control.capacity_min_headroom",
+                "must be a fraction in 0..1",
+            ));
+        }
+        if let Err(e) = crate::control::capacity::hook::Hook::parse(&self.capacity_hook) {
+            return Err(invalid("control.capacity_hook", e));
+        }
         Ok(())
     }
 }
@@ -318,6 +397,50 @@ mod tests {
         assert_eq!(s.max_moves, 3);
         assert_eq!(s.grace_ms, 8_000);
         assert!(toml::from_str::<ControlSettings>("max_movez = 3").is_err());
+    }
+
+    #[test]
+    fn capacity_settings_are_checked_at_load() {
+        let s: ControlSettings = toml::from_str(
+            "capacity_interval_ms = 1000\ncapacity_min_headroom = 0.3\n\
+             capacity_hook = \"http://127.0.0.1:9/scale\"",
+        )
+        .unwrap();
+        assert!(s.validate().is_ok());
+        assert_eq!(s.capacity_horizon_days, 30, "the rest keeps its defaults");
+        let bad = |f: fn(&mut ControlSettings)| {
+            let mut s = ControlSettings::default();
+            f(&mut s);
+            refused(&s)
+        };
+        assert_eq!(
+            bad(|s| s.capacity_min_headroom = 1.0),
+            "control.capacity_min_headroom"
+        );
+        assert_eq!(
+            bad(|s| s.capacity_min_headroom = f64::NAN),
+            "control.capacity_min_headroom"
+        );
+        assert_eq!(
+            bad(|s| s.capacity_interval_ms = 0),
+            "control.capacity_interval_ms"
+        );
+        assert_eq!(
+            bad(|s| s.capacity_horizon_days = 0),
+            "control.capacity_horizon_days"
+        );
+        assert_eq!(
+            bad(|s| s.capacity_hook = "https://scaler.example/up".into()),
+            "control.capacity_hook"
+        );
+        assert_eq!(
+            bad(|s| s.capacity_hook = "relative/hook.sh".into()),
+            "control.capacity_hook"
+        );
+        assert_eq!(
+            bad(|s| s.capacity_hook = "/nonexistent/augur-hook".into()),
+            "control.capacity_hook"
+        );
     }
 
     #[test]

@@ -83,6 +83,20 @@ pub struct ControlMetrics {
     pub risk_decisions: Family<DecisionLabel, Counter>,
     /// Storage nodes an operator cordoned.
     pub cordoned: Gauge,
+    /// Capacity planner: used bytes projected at its horizon.
+    pub capacity_projected_used: Gauge,
+    /// Capacity planner: capacity of the nodes accepting replicas, less expected failures.
+    pub capacity_after_drains: Gauge,
+    /// Capacity planner: headroom fraction after draining the at-risk nodes.
+    pub capacity_headroom: Gauge<f64, AtomicU64>,
+    /// Capacity planner: 1 while its alarm is raised.
+    pub capacity_alarm: Gauge,
+    /// Capacity planner: storage nodes it asks for.
+    pub capacity_nodes_wanted: Gauge,
+    /// Calls of the capacity hook.
+    pub capacity_hook_calls: Counter,
+    /// Calls of the capacity hook that failed (exit status, timeout, HTTP error).
+    pub capacity_hook_failures: Counter,
 }
 
 const NODE_STATES: [NodeState; 5] = [
@@ -211,6 +225,50 @@ impl ControlMetrics {
             "Primaries handed off from draining nodes",
             self.hand_offs.clone(),
         );
+        r.register(
+            "capacity_projected_used_bytes",
+            "Used bytes the capacity planner projects at its horizon",
+            self.capacity_projected_used.clone(),
+        );
+        r.register(
+            "capacity_after_drains_bytes",
+            "Capacity of the nodes accepting replicas after draining the at-risk ones, less expected failures",
+            self.capacity_after_drains.clone(),
+        );
+        r.register(
+            "capacity_headroom",
+            "Headroom fraction after drains at the capacity planner's horizon",
+            self.capacity_headroom.clone(),
+        );
+        r.register(
+            "capacity_alarm",
+            "1 while the capacity planner's alarm is raised",
+            self.capacity_alarm.clone(),
+        );
+        r.register(
+            "capacity_nodes_wanted",
+            "Storage nodes the capacity planner asks for",
+            self.capacity_nodes_wanted.clone(),
+        );
+        r.register(
+            "capacity_hook_calls",
+            "Calls of the capacity hook",
+            self.capacity_hook_calls.clone(),
+        );
+        r.register(
+            "capacity_hook_failures",
+            "Calls of the capacity hook that failed",
+            self.capacity_hook_failures.clone(),
+        );
+    }
+
+    /// Zeroes the capacity planner's gauges (no estimate).
+    pub fn reset_capacity(&self) {
+        self.capacity_projected_used.set(0);
+        self.capacity_after_drains.set(0);
+        self.capacity_headroom.set(0.0);
+        self.capacity_alarm.set(0);
+        self.capacity_nodes_wanted.set(0);
     }
 
     /// Zeroes the gauges when leadership begins or ends.
@@ -237,6 +295,7 @@ impl ControlMetrics {
         self.node_risk.clear();
         self.storm_frozen.set(0);
         self.cordoned.set(0);
+        self.reset_capacity();
         for v in super::risk::decide::VERDICTS {
             // Counters keep counting across leaderships; this only makes every series exist.
             let _ = self
@@ -317,6 +376,8 @@ pub struct ControlView {
     pub storm: augur_proto::StormGuard,
     /// Copy rate of the moves in flight together, bytes per second (as last recorded).
     pub move_rate_bytes_per_s: u64,
+    /// The capacity planner: its last estimate, alarm and hook calls.
+    pub capacity: super::capacity::CapacityStatus,
 }
 
 /// Computes the view from the records and reports (pure).

@@ -61,6 +61,10 @@ pub enum LocalCmd {
         /// `linux` (sample this host) or `off`.
         #[arg(long, default_value = "simulated")]
         health_source: crate::storage::health::config::HealthSource,
+        /// `capacity_bytes` of new storage nodes (default: 0, their filesystem's size); tests
+        /// give a small one to drive the capacity planner.
+        #[arg(long, default_value_t = 0)]
+        storage_capacity: u64,
     },
     /// Create a new member that will join as a learner (then start it and add it).
     Add {
@@ -183,6 +187,7 @@ pub async fn run(cmd: LocalCmd) -> anyhow::Result<()> {
             predict,
             control,
             health_source,
+            storage_capacity,
         } => {
             let control = control
                 .iter()
@@ -209,7 +214,11 @@ pub async fn run(cmd: LocalCmd) -> anyhow::Result<()> {
                 rf,
                 copy_bytes_per_sec: None,
             };
-            storage::up_with_health(&dir, plan, health_source, timeout).await?;
+            let new_nodes = storage::NewNodes {
+                health: health_source,
+                capacity_bytes: storage_capacity,
+            };
+            storage::up_with(&dir, plan, new_nodes, timeout).await?;
             println!(
                 "cluster is up; cluster file: {}",
                 dir.join(CLUSTER_FILE).display()

@@ -73,6 +73,8 @@ struct LocalStorageFile {
     meta_endpoints: Vec<String>,
     rack: String,
     zone: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    capacity_bytes: u64,
     tls: augur_client::TlsFiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     copy: Option<LocalCopy>,
@@ -119,13 +121,27 @@ struct LocalCopy {
     bytes_per_sec: u64,
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// How `augur local up` configures the storage nodes it creates (nodes already in DIR keep
+/// their configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct NewNodes {
+    /// Their health agents' source.
+    pub health: HealthSource,
+    /// Their `capacity_bytes` (0: their filesystem's size).
+    pub capacity_bytes: u64,
+}
+
 /// Writes the certificate and configuration of storage node `id`.
 fn write_storage(
     dir: &Path,
     id: u64,
     meta_endpoints: &[String],
     copy_bytes_per_sec: Option<u64>,
-    health: HealthSource,
+    new: NewNodes,
 ) -> anyhow::Result<()> {
     let certs_dir = dir.join("certs");
     let name = format!("storage-{id}");
@@ -148,13 +164,14 @@ fn write_storage(
         meta_endpoints: meta_endpoints.to_vec(),
         rack: format!("r{}", (id - 1) % RACKS + 1),
         zone: "z1".into(),
+        capacity_bytes: new.capacity_bytes,
         tls: augur_client::TlsFiles {
             ca: "../certs/ca.pem".into(),
             cert: format!("../certs/{name}.pem").into(),
             key: format!("../certs/{name}.key").into(),
         },
         copy: copy_bytes_per_sec.map(|bytes_per_sec| LocalCopy { bytes_per_sec }),
-        health: LocalHealth::new(health),
+        health: LocalHealth::new(new.health),
     };
     let path = sdir.join("config.toml");
     let text = format!(
@@ -175,11 +192,11 @@ fn create(
     from: u64,
     to: u64,
     copy_bytes_per_sec: Option<u64>,
-    health: HealthSource,
+    new: NewNodes,
 ) -> anyhow::Result<()> {
     let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
     for id in from..=to {
-        write_storage(dir, id, &file.endpoints, copy_bytes_per_sec, health)
+        write_storage(dir, id, &file.endpoints, copy_bytes_per_sec, new)
             .with_context(|| format!("creating storage node {id}"))?;
     }
     Ok(())
@@ -199,8 +216,22 @@ fn report_logs(dir: &Path, ids: &[u64]) {
     }
 }
 
-/// Waits until every node in `ids` has a record in state Up. A node whose process has
-/// exited fails the wait at once: nothing will register it.
+/// Whether `n`'s record shows it registered and heartbeating: Up, or Suspect or Draining by
+/// a decision of the risk policy or an operator (a persisted state its heartbeats do not
+/// change: waiting for Up would wait out the timeout on a cluster with a drained node).
+fn registered(n: &Node) -> bool {
+    use augur_proto::StateOrigin;
+    match n.state {
+        NodeState::Up => true,
+        NodeState::Suspect | NodeState::Draining => {
+            matches!(n.cause.origin, StateOrigin::Policy | StateOrigin::Operator)
+        }
+        NodeState::Down | NodeState::Removed => false,
+    }
+}
+
+/// Waits until every node in `ids` is registered (see [`registered`]). A node whose process
+/// has exited fails the wait at once: nothing will register it.
 pub async fn wait_registered(
     dir: &Path,
     client: &Client,
@@ -232,7 +263,7 @@ pub async fn wait_registered(
         let pending: Vec<String> = ids
             .iter()
             .filter_map(|id| match nodes.iter().find(|n| n.id.0 == *id) {
-                Some(n) if n.state == NodeState::Up => None,
+                Some(n) if registered(n) => None,
                 Some(n) => Some(format!("storage-{id}: {:?}", n.state)),
                 None => Some(format!("storage-{id}: not registered")),
             })
@@ -310,10 +341,24 @@ pub async fn up_with_health(
     health: HealthSource,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    let new = NewNodes {
+        health,
+        capacity_bytes: 0,
+    };
+    up_with(dir, plan, new, timeout).await
+}
+
+/// [`up`], with new storage nodes configured as `new` says.
+pub async fn up_with(
+    dir: &Path,
+    plan: DataPlan,
+    new: NewNodes,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let existing = storage_nodes(dir)?;
     let have = existing.last().copied().unwrap_or(0);
     if plan.storage > have {
-        create(dir, have + 1, plan.storage, plan.copy_bytes_per_sec, health)?;
+        create(dir, have + 1, plan.storage, plan.copy_bytes_per_sec, new)?;
     }
     let ids = storage_nodes(dir)?;
     if ids.is_empty() {
@@ -421,9 +466,26 @@ mod tests {
         .save(&d.join(CLUSTER_FILE))
         .unwrap();
 
-        create(d, 1, 4, None, HealthSource::Simulated).unwrap();
+        let new = NewNodes {
+            health: HealthSource::Simulated,
+            capacity_bytes: 0,
+        };
+        create(d, 1, 4, None, new).unwrap();
+        create(
+            d,
+            5,
+            5,
+            None,
+            NewNodes {
+                capacity_bytes: 1 << 30,
+                ..new
+            },
+        )
+        .unwrap();
+        let five = StorageFile::load(&storage_dir(d, 5).join("config.toml")).unwrap();
+        assert_eq!(five.capacity_bytes, 1 << 30);
 
-        assert_eq!(storage_nodes(d).unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(storage_nodes(d).unwrap(), vec![1, 2, 3, 4, 5]);
         let mut listens = std::collections::HashSet::new();
         for id in 1..=4u64 {
             let cfg = StorageFile::load(&storage_dir(d, id).join("config.toml"))

@@ -59,6 +59,7 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
     let m = &ctx.metrics;
     m.stored_bytes.set(report.used_bytes as i64);
     m.lease_valid.set(ctx.lease_valid() as i64);
+    m.copy_rate_limit.set(ctx.throttle.rate() as i64);
     m.commit_lag.clear();
     m.replication_lag.clear();
     for r in &report.replicas {

@@ -27,6 +27,8 @@
 //! max_concurrent = 2                         # shard copies in and out at once
 //! bytes_per_sec = 104857600                  # copy budget per node (both directions)
 //! chunk_bytes = 1048576
+//! busy_bytes_per_sec = 52428800              # copy budget while clients are served (yield)
+//! busy_window_ms = 250                       # a client request this recent means busy
 //!
 //! [limits]
 //! max_frame_bytes = 16777216
@@ -100,6 +102,12 @@ pub struct CopySettings {
     pub bytes_per_sec: u64,
     /// Bytes per chunk.
     pub chunk_bytes: usize,
+    /// The budget while client requests are being served (one arrived within
+    /// `busy_window_ms`), capped at `bytes_per_sec`: copies yield to clients, and run at
+    /// `bytes_per_sec` when idle.
+    pub busy_bytes_per_sec: u64,
+    /// How recent a client request keeps the busy budget in force.
+    pub busy_window_ms: u64,
 }
 
 impl Default for CopySettings {
@@ -108,6 +116,8 @@ impl Default for CopySettings {
             max_concurrent: 2,
             bytes_per_sec: 100 << 20,
             chunk_bytes: 1 << 20,
+            busy_bytes_per_sec: 50 << 20,
+            busy_window_ms: 250,
         }
     }
 }
@@ -286,6 +296,9 @@ impl StorageFile {
                 "max_concurrent and bytes_per_sec must be at least 1",
             ));
         }
+        if c.busy_bytes_per_sec == 0 {
+            return Err(invalid("copy.busy_bytes_per_sec", "must be at least 1"));
+        }
         if c.chunk_bytes == 0 || c.chunk_bytes > budget {
             return Err(invalid(
                 "copy.chunk_bytes",
@@ -347,6 +360,15 @@ mod tests {
             f.validate(),
             Err(ConfigError::Invalid {
                 setting: "copy.chunk_bytes",
+                ..
+            })
+        ));
+        let mut f = base();
+        f.copy.busy_bytes_per_sec = 0;
+        assert!(matches!(
+            f.validate(),
+            Err(ConfigError::Invalid {
+                setting: "copy.busy_bytes_per_sec",
                 ..
             })
         ));

@@ -13,6 +13,7 @@
 //! Copies share a per-node byte budget (`copy.bytes_per_sec`, both directions) and a limit on
 //! concurrent copies (`copy.max_concurrent`), so they yield to client traffic.
 
+use super::engine::Item;
 use super::replica::{Msg, View};
 use super::NodeCtx;
 use augur_proto::data::{
@@ -20,41 +21,77 @@ use augur_proto::data::{
 };
 use augur_proto::frame::write_frame;
 use augur_proto::{NodeState, Shard};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex, Semaphore};
 
-/// A token bucket shared by every copy of the node.
+/// A token bucket shared by every copy of the node, whose rate yields to client traffic: the
+/// full `bytes_per_sec` while no client request arrived within the busy window, the lower busy
+/// rate while one did. The node's client path notes each request ([`Throttle::note_client`]).
 pub struct Throttle {
-    rate: f64,
+    idle_rate: f64,
+    busy_rate: f64,
+    window: Duration,
+    epoch: Instant,
+    /// When the last client request arrived, in ms since `epoch` (+1; 0: never).
+    last_client: AtomicU64,
     state: Mutex<(f64, Instant)>,
     /// Copies in and out at once.
     pub slots: Semaphore,
 }
 
 impl Throttle {
-    /// `bytes_per_sec` for all copies together, at most `concurrent` of them at once.
-    pub fn new(bytes_per_sec: u64, concurrent: usize) -> Throttle {
+    /// `bytes_per_sec` for all copies together when no client is served, `busy_bytes_per_sec`
+    /// (at most `bytes_per_sec`) while one was within `busy_window`; at most `concurrent`
+    /// copies at once.
+    pub fn new(
+        bytes_per_sec: u64,
+        busy_bytes_per_sec: u64,
+        busy_window: Duration,
+        concurrent: usize,
+    ) -> Throttle {
+        let idle = bytes_per_sec.max(1) as f64;
         Throttle {
-            rate: bytes_per_sec.max(1) as f64,
-            state: Mutex::new((bytes_per_sec as f64, Instant::now())),
+            idle_rate: idle,
+            busy_rate: (busy_bytes_per_sec.max(1) as f64).min(idle),
+            window: busy_window,
+            epoch: Instant::now(),
+            last_client: AtomicU64::new(0),
+            state: Mutex::new((idle, Instant::now())),
             slots: Semaphore::new(concurrent.max(1)),
         }
     }
 
-    /// Waits until `bytes` may be sent.
+    /// Notes a client request: copies slow to the busy rate for the busy window.
+    pub fn note_client(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last_client.store(ms, Ordering::Relaxed);
+    }
+
+    /// The rate in force now, in bytes per second.
+    pub fn rate(&self) -> u64 {
+        let last = self.last_client.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let busy = last > 0 && now.saturating_sub(last) <= self.window.as_millis() as u64;
+        (if busy { self.busy_rate } else { self.idle_rate }) as u64
+    }
+
+    /// Waits until `bytes` may be sent at the rate in force.
     pub async fn take(&self, bytes: usize) {
+        let rate = self.rate() as f64;
         let wait = {
             let mut s = self.state.lock().await;
             let now = Instant::now();
-            let refill = now.duration_since(s.1).as_secs_f64() * self.rate;
-            s.0 = (s.0 + refill).min(self.rate);
+            let refill = now.duration_since(s.1).as_secs_f64() * rate;
+            // At most a quarter second of burst, so a busy spell takes effect at once.
+            s.0 = (s.0 + refill).min(rate / 4.0);
             s.1 = now;
             s.0 -= bytes as f64;
             if s.0 >= 0.0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64(-s.0 / self.rate)
+                Duration::from_secs_f64(-s.0 / rate)
             }
         };
         if !wait.is_zero() {
@@ -108,28 +145,35 @@ pub async fn serve(
             .acquire()
             .await
             .map_err(|_| refuse(DataError::Unavailable("shutting down".into())))?;
-        let engine = ctx.engine.clone();
-        let snap = engine.snapshot();
-        let at_seq = engine
-            .snapshot_replica_state(&snap, fence.shard)
-            .map_err(|e| refuse(DataError::Internal(e.to_string())))?
-            .map(|s| s.applied)
-            .unwrap_or(0);
         let chunk_bytes = ctx.cfg.copy.chunk_bytes;
-        let mut after = resume_after;
         ctx.metrics.copies_out(1);
         let _guard = CopyGuard(&ctx.metrics, false);
+        // A blocking thread reads the snapshot ahead, at most two chunks, while this task
+        // sends: reading, checksumming and sending overlap.
+        let (tx, mut rx) = mpsc::channel::<Result<(u64, Vec<Item>, bool), String>>(2);
+        let engine = ctx.engine.clone();
+        let shard = fence.shard;
+        tokio::task::spawn_blocking(move || {
+            let read = engine.scan_snapshot(
+                shard,
+                resume_after.as_deref(),
+                chunk_bytes,
+                |at_seq, items, done| tx.blocking_send(Ok((at_seq, items, done))).is_ok(),
+            );
+            if let Err(e) = read {
+                let _ = tx.blocking_send(Err(e.to_string()));
+            }
+        });
         loop {
-            let (items, more) = tokio::task::block_in_place(|| {
-                engine.snapshot_items(&snap, fence.shard, after.as_deref(), chunk_bytes)
-            })
-            .map_err(|e| refuse(DataError::Internal(e.to_string())))?;
+            let (at_seq, mut items, done) = rx
+                .recv()
+                .await
+                .ok_or_else(|| refuse(DataError::Internal("the snapshot reader stopped".into())))?
+                .map_err(|e| refuse(DataError::Internal(e)))?;
             let bytes: usize = items.iter().map(|(k, v)| k.len() + v.value.len()).sum();
             ctx.throttle.take(bytes).await;
             let mut digest = crc64fast::Digest::new();
             crc_items(&mut digest, items.iter().map(|(k, v)| (k.as_slice(), v)));
-            after = items.last().map(|(k, _)| k.clone()).or(after);
-            let mut items = items;
             if crate::test_hooks::corrupt_copy_chunk() {
                 // A flipped bit after the checksum was taken, as a bad NIC or disk would.
                 if let Some((_, v)) = items.first_mut() {
@@ -140,13 +184,13 @@ pub async fn serve(
                 items,
                 crc64: digest.sum64(),
                 at_seq,
-                done: !more,
+                done,
             });
             write_frame(&mut send, &chunk, max_frame)
                 .await
                 .map_err(|e| refuse(DataError::Unavailable(e.to_string())))?;
             ctx.metrics.copied_bytes(bytes as u64);
-            if !more {
+            if done {
                 return Ok(());
             }
         }
@@ -283,52 +327,132 @@ async fn fetch_from(
         .open_as(&addr, &req)
         .await
         .map_err(|e| e.to_string())?;
-    loop {
-        // A chunk, or the source's refusal (a `DataResponse::Error`).
-        let frame = tokio::time::timeout(Duration::from_secs(60), recv.next_as::<CopyFrame>())
-            .await
-            .map_err(|_| "no chunk within 60 s".to_string())?
-            .map_err(|e| e.to_string())?
-            .ok_or("the source ended the copy early")?;
-        let chunk = match frame {
-            CopyFrame::Chunk(c) => c,
-            CopyFrame::Refused(e) => return Err(format!("the source refused: {e}")),
-        };
-        let mut digest = crc64fast::Digest::new();
-        crc_items(
-            &mut digest,
-            chunk.items.iter().map(|(k, v)| (k.as_slice(), v)),
-        );
-        if digest.sum64() != chunk.crc64 {
-            ctx.metrics.copy_crc_failures(1);
-            return Err("a chunk failed its CRC-64 check".into());
-        }
-        if chunk.at_seq < at_least {
-            return Err(format!("the source read at {} < {at_least}", chunk.at_seq));
-        }
-        if let (Some(first), Some(prev)) = (chunk.items.first(), after.as_ref()) {
-            if first.0 <= *prev {
-                return Err("a chunk out of key order".into());
+    // One chunk is written on a blocking thread while the next is received and checked. The
+    // resume point (`after`, `bytes`, `at_seq`) moves only once a write has succeeded, and a
+    // write in flight is always awaited before returning: a resumed copy reads a newer
+    // snapshot, and an older chunk landing after it would put older values back.
+    let mut pending: Option<Pending> = None;
+    let mut last_received = after.clone();
+    let received: Result<(), String> = async {
+        loop {
+            // A chunk, or the source's refusal (a `DataResponse::Error`).
+            let frame = tokio::time::timeout(Duration::from_secs(60), recv.next_as::<CopyFrame>())
+                .await
+                .map_err(|_| "no chunk within 60 s".to_string())?
+                .map_err(|e| e.to_string())?
+                .ok_or("the source ended the copy early")?;
+            let chunk = match frame {
+                CopyFrame::Chunk(c) => c,
+                CopyFrame::Refused(e) => return Err(format!("the source refused: {e}")),
+            };
+            let mut digest = crc64fast::Digest::new();
+            crc_items(
+                &mut digest,
+                chunk.items.iter().map(|(k, v)| (k.as_slice(), v)),
+            );
+            if digest.sum64() != chunk.crc64 {
+                ctx.metrics.copy_crc_failures(1);
+                return Err("a chunk failed its CRC-64 check".into());
+            }
+            if chunk.at_seq < at_least {
+                return Err(format!("the source read at {} < {at_least}", chunk.at_seq));
+            }
+            if let (Some(first), Some(prev)) = (chunk.items.first(), last_received.as_ref()) {
+                if first.0 <= *prev {
+                    return Err("a chunk out of key order".into());
+                }
+            }
+            let n: u64 = chunk
+                .items
+                .iter()
+                .map(|(k, v)| (k.len() + v.value.len()) as u64)
+                .sum();
+            ctx.throttle.take(n as usize).await;
+            if let Some(p) = pending.take() {
+                p.finish(ctx, after, at_seq, bytes).await?;
+            }
+            if let Some((k, _)) = chunk.items.last() {
+                last_received = Some(k.clone());
+            }
+            let done = chunk.done;
+            pending = Some(Pending::start(ctx, config.id, chunk, n));
+            if done {
+                return Ok(());
             }
         }
-        let n: u64 = chunk
-            .items
-            .iter()
-            .map(|(k, v)| (k.len() + v.value.len()) as u64)
-            .sum();
-        ctx.throttle.take(n as usize).await;
+    }
+    .await;
+    let written = match pending.take() {
+        Some(p) => p.finish(ctx, after, at_seq, bytes).await,
+        None => Ok(()),
+    };
+    received.and(written)
+}
+
+/// A chunk being written by a blocking thread.
+struct Pending {
+    write: tokio::task::JoinHandle<Result<(), String>>,
+    bytes: u64,
+    last: Option<Vec<u8>>,
+    at_seq: u64,
+}
+
+impl Pending {
+    fn start(ctx: &NodeCtx, shard: augur_proto::ShardId, chunk: CopyChunk, bytes: u64) -> Pending {
         let engine = ctx.engine.clone();
-        let shard = config.id;
-        tokio::task::block_in_place(|| engine.put_items(shard, &chunk.items))
-            .map_err(|e| e.to_string())?;
-        *bytes += n;
-        ctx.metrics.copied_bytes(n);
-        if let Some((k, _)) = chunk.items.last() {
-            *after = Some(k.clone());
+        let last = chunk.items.last().map(|(k, _)| k.clone());
+        let at_seq = chunk.at_seq;
+        let write = tokio::task::spawn_blocking(move || {
+            engine
+                .put_items(shard, &chunk.items)
+                .map_err(|e| e.to_string())
+        });
+        Pending {
+            write,
+            bytes,
+            last,
+            at_seq,
         }
-        *at_seq = Some(at_seq.map_or(chunk.at_seq, |s| s.min(chunk.at_seq)));
-        if chunk.done {
-            return Ok(());
+    }
+
+    /// Waits for the write; once it succeeded, the copy resumes after it.
+    async fn finish(
+        self,
+        ctx: &NodeCtx,
+        after: &mut Option<Vec<u8>>,
+        at_seq: &mut Option<u64>,
+        bytes: &mut u64,
+    ) -> Result<(), String> {
+        self.write.await.map_err(|e| e.to_string())??;
+        *bytes += self.bytes;
+        ctx.metrics.copied_bytes(self.bytes);
+        if let Some(k) = self.last {
+            *after = Some(k);
         }
+        *at_seq = Some(at_seq.map_or(self.at_seq, |s| s.min(self.at_seq)));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_copy_budget_yields_while_clients_are_served() {
+        let t = Throttle::new(100 << 20, 10 << 20, Duration::from_millis(50), 1);
+        assert_eq!(t.rate(), 100 << 20, "idle: the full budget");
+        t.note_client();
+        assert_eq!(t.rate(), 10 << 20, "a client request: the busy budget");
+        // Back to the full budget once the window has passed with no client.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.rate() != 100 << 20 {
+            assert!(Instant::now() < deadline, "the busy budget never ended");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A busy budget above the full one is capped by it.
+        let t = Throttle::new(1 << 20, 8 << 20, Duration::from_secs(60), 1);
+        t.note_client();
+        assert_eq!(t.rate(), 1 << 20);
     }
 }

@@ -553,15 +553,23 @@ impl Engine {
         }
     }
 
-    /// Items of `shard` after `after`, from `snap`, at most `max_bytes` (at least one); and
-    /// whether more follow.
-    pub fn snapshot_items(
+    /// Reads `shard` after `after` from one new snapshot with one iterator, in chunks of at
+    /// most `max_bytes` (at least one item; an empty shard gives one empty chunk), each handed
+    /// to `emit` with the snapshot's applied sequence and whether it is the last; stops early
+    /// when `emit` returns false. A copy's source runs this on a blocking thread, so reading
+    /// the next chunk overlaps sending the last one.
+    pub fn scan_snapshot(
         &self,
-        snap: &rocksdb::Snapshot<'_>,
         shard: ShardId,
         after: Option<&[u8]>,
         max_bytes: usize,
-    ) -> Result<(Vec<Item>, bool), EngineError> {
+        mut emit: impl FnMut(u64, Vec<Item>, bool) -> bool,
+    ) -> Result<(), EngineError> {
+        let snap = self.db.snapshot();
+        let at_seq = self
+            .snapshot_replica_state(&snap, shard)?
+            .map(|s| s.applied)
+            .unwrap_or(0);
         let lower = data_key(shard, &[]);
         let start = match after {
             Some(k) => data_key(shard, k),
@@ -576,18 +584,22 @@ impl Engine {
         for item in iter {
             let (k, v) = item?;
             if !k.starts_with(&lower) {
-                return Ok((items, false));
+                break;
             }
             if after.is_some() && *k == *start {
                 continue;
             }
             if !items.is_empty() && bytes + k.len() + v.len() > max_bytes {
-                return Ok((items, true));
+                if !emit(at_seq, std::mem::take(&mut items), false) {
+                    return Ok(());
+                }
+                bytes = 0;
             }
             bytes += k.len() + v.len();
             items.push((k[8..].to_vec(), decode("value", &v)?));
         }
-        Ok((items, false))
+        emit(at_seq, items, true);
+        Ok(())
     }
 
     /// The checksum of a shard's content in `snap` (see `augur_proto::data::crc_items`).
@@ -799,6 +811,34 @@ mod tests {
         let (rest, more) = e.scan(s, b"k", Some(&items[1].0), 10, usize::MAX).unwrap();
         assert_eq!((rest.len(), more), (2, false));
         assert!(e.get(other, b"k1").unwrap().is_none(), "shards do not mix");
+        // A copy's scan: one snapshot in chunks (at least one item each, however small the
+        // budget), resumable after a key, the last chunk marked.
+        let mut chunks = Vec::new();
+        e.scan_snapshot(s, None, 1, |_, items, done| {
+            chunks.push((items.len(), done));
+            true
+        })
+        .unwrap();
+        assert_eq!(chunks, vec![(1, false), (1, false), (1, false), (1, true)]);
+        let mut rest = Vec::new();
+        e.scan_snapshot(s, Some(&items[1].0), usize::MAX, |_, items, done| {
+            rest.extend(items.into_iter().map(|(k, _)| (k, done)));
+            true
+        })
+        .unwrap();
+        assert_eq!(rest.len(), 2);
+        assert!(rest.iter().all(|(k, done)| *k > items[1].0 && *done));
+        let mut empty = Vec::new();
+        e.scan_snapshot(ShardId(77), None, 1, |_, items, done| {
+            empty.push((items.len(), done));
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            empty,
+            vec![(0, true)],
+            "an empty shard is one empty last chunk"
+        );
         // Checksums agree for equal content regardless of the log.
         let snap = e.snapshot();
         let c1 = e.checksum(&snap, s, 4).unwrap();

@@ -122,15 +122,22 @@ pub async fn register(ctx: &NodeCtx) -> Result<(), augur_client::Error> {
     }
 }
 
-/// Heartbeats until the node stops.
+/// Heartbeats until the node stops: every interval, and at once when something the leader
+/// waits for happened (`NodeCtx::report_now`).
 pub async fn heartbeats(weak: Weak<NodeCtx>) {
+    let Some(report_now) = weak.upgrade().map(|c| c.report_now.clone()) else {
+        return;
+    };
     loop {
         let Some(ctx) = weak.upgrade() else { return };
         let interval = Duration::from_millis(ctx.lease.interval_ms.load(Ordering::Acquire).max(1));
         let next = Instant::now() + interval;
         beat(&ctx).await;
         drop(ctx);
-        tokio::time::sleep_until(next.into()).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = report_now.notified() => {}
+        }
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Metrics {
     copies: Family<KindLabel, Gauge>,
     copied_bytes: Counter,
     copy_crc_failures: Counter,
+    /// The copy budget in force: `copy.bytes_per_sec`, or `copy.busy_bytes_per_sec` while
+    /// clients are being served.
+    pub copy_rate_limit: Gauge,
     /// Bytes stored (data and logs).
     pub stored_bytes: Gauge,
     /// Committed minus applied, per shard.
@@ -65,6 +68,7 @@ impl Metrics {
             copies: Family::default(),
             copied_bytes: Counter::default(),
             copy_crc_failures: Counter::default(),
+            copy_rate_limit: Gauge::default(),
             stored_bytes: Gauge::default(),
             commit_lag: Family::default(),
             replication_lag: Family::default(),
@@ -94,6 +98,11 @@ impl Metrics {
             "copy_crc_failures",
             "Copy chunks that failed their CRC-64 check",
             m.copy_crc_failures.clone(),
+        );
+        registry.register(
+            "copy_rate_limit_bytes_per_second",
+            "The copy budget in force (lower while client requests are being served)",
+            m.copy_rate_limit.clone(),
         );
         registry.register(
             "stored_bytes",

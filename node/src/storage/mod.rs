@@ -67,6 +67,9 @@ pub struct NodeCtx {
     pub metrics: metrics::Metrics,
     /// The health agent and predictor.
     pub health: Arc<health::Health>,
+    /// Asks the heartbeat loop to report at once instead of at its next beat: a learner that
+    /// finished its copy tells the leader now, so a move waits on no heartbeat interval.
+    pub report_now: Arc<tokio::sync::Notify>,
     replicas: Mutex<HashMap<ShardId, Handle>>,
     capacity: u64,
 }
@@ -197,7 +200,12 @@ impl StorageNode {
             node: NodeId::new(cfg.id)?,
             incarnation: identity.incarnation,
             admin_addr: cfg.admin_listen.to_string(),
-            throttle: copy::Throttle::new(cfg.copy.bytes_per_sec, cfg.copy.max_concurrent),
+            throttle: copy::Throttle::new(
+                cfg.copy.bytes_per_sec,
+                cfg.copy.busy_bytes_per_sec,
+                Duration::from_millis(cfg.copy.busy_window_ms),
+                cfg.copy.max_concurrent,
+            ),
             cfg,
             engine,
             lease: Lease::default(),
@@ -207,6 +215,7 @@ impl StorageNode {
             directory_ready: tokio::sync::Notify::new(),
             metrics: metrics::Metrics::new(),
             health,
+            report_now: Arc::new(tokio::sync::Notify::new()),
             replicas: Mutex::new(HashMap::new()),
             capacity,
         });

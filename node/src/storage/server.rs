@@ -111,6 +111,13 @@ async fn serve_stream(
         return;
     }
     let started = Instant::now();
+    if matches!(
+        req,
+        DataRequest::Get { .. } | DataRequest::Write { .. } | DataRequest::Scan { .. }
+    ) {
+        // Shard copies yield to clients while they are being served.
+        ctx.throttle.note_client();
+    }
     let (kind, resp) = match req {
         DataRequest::Get { shard, epoch, key } => ("get", get(&ctx, shard, epoch, key).await),
         DataRequest::Write {

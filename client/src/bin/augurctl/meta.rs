@@ -157,6 +157,31 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<i32> {
             );
         }
     }
+    // The capacity planner's alarm, as the leader last recorded it.
+    let key = augur_proto::Key::Setting(augur_proto::CAPACITY_SETTING.into());
+    if let Ok(Some(augur_proto::Record::Setting(s))) = c.get(&key).await {
+        if let Ok(cap) = serde_json::from_slice::<augur_proto::CapacityAlarm>(&s.value) {
+            if cap.alarm {
+                println!(
+                    "ALARM: {} (nodes wanted: {})",
+                    cap.reason
+                        .as_deref()
+                        .unwrap_or("capacity: headroom below the minimum"),
+                    cap.nodes_wanted
+                );
+            }
+            if let Some(call) = cap.last_call {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                println!(
+                    "capacity hook last called {}s ago, asking for {} node(s)",
+                    now_ms.saturating_sub(call.at_ms) / 1000,
+                    call.nodes_wanted
+                );
+            }
+        }
+    }
     Ok(0)
 }
 

@@ -35,7 +35,7 @@ impl DataNemesis {
             })?;
         let all = lock(&self.partitions);
         let mut union = PortPartition::default();
-        for p in all.values() {
+        for (_, p) in all.values() {
             union.merge(p);
         }
         if union.blocked.is_empty() {
@@ -78,6 +78,11 @@ impl DataNemesis {
                 Proc::Meta(1 + pick % counts.meta.max(1)),
                 "chosen at random".to_string(),
             ),
+            (Side::Migrate, _) => {
+                return Err(NemesisError::Invalid(
+                    "a partition is not the migrate stream's".into(),
+                ))
+            }
         };
         let peers = storage.iter().copied().filter(|p| *p != victim);
         let others: Vec<Proc> = match (side, shape) {
@@ -91,7 +96,7 @@ impl DataNemesis {
             (Side::Storage, PartitionShape::PrimaryFromMeta) => members.clone(),
             (Side::Storage, PartitionShape::PrimaryFromSecondaries) => peers.collect(),
             // From its secondaries and the metadata leader.
-            (Side::Storage, _) => peers.chain(leader.map(Proc::Meta)).collect(),
+            _ => peers.chain(leader.map(Proc::Meta)).collect(),
         };
         let mine = self.cluster.ports(victim)?;
         let (theirs, missing) = self.ports_of(&others);
@@ -114,7 +119,7 @@ impl DataNemesis {
         if !missing.is_empty() {
             description.push_str(&format!(" ({} not running)", missing.join(", ")));
         }
-        lock(&self.partitions).insert(index, p);
+        lock(&self.partitions).insert(index, (victim, p));
         if let Err(e) = self.apply_partitions() {
             lock(&self.partitions).remove(&index);
             return Err(e);

@@ -21,6 +21,7 @@ use super::cluster::{Cluster, Reports};
 use super::store::{MetaStore, StorageCalls};
 use super::Control;
 use augur_proto::data::Checkpoint;
+use augur_proto::model::limits::MAX_STRING;
 use augur_proto::model::ShardState;
 use augur_proto::wire::ApiError;
 use augur_proto::{
@@ -31,6 +32,39 @@ use futures::future::join_all;
 use std::collections::HashMap;
 use std::time::Instant;
 use steps::{next_step, AbortReason, Step};
+
+/// How soon the mover's next pass should run; a pass reports the most urgent of its moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pace {
+    /// Nothing is ready before the next tick (or a heartbeat's wake-up).
+    Idle,
+    /// A move waits on something that takes milliseconds: a checkpoint being applied, a
+    /// learner taking the configuration it was just given.
+    Soon,
+    /// A step was taken: the next one is often ready at once.
+    Now,
+}
+
+impl Pace {
+    /// The pause before the next pass, `None` for the regular interval. `Now` still pauses
+    /// briefly, so the records written settle and a pass that keeps finding work cannot spin.
+    pub fn delay(self) -> Option<std::time::Duration> {
+        match self {
+            Pace::Idle => None,
+            Pace::Soon => Some(std::time::Duration::from_millis(100)),
+            Pace::Now => Some(std::time::Duration::from_millis(20)),
+        }
+    }
+
+    fn of_wait(why: &str) -> Pace {
+        match why {
+            steps::WAIT_CHECKPOINT_REPORT
+            | steps::WAIT_CHECKPOINT_APPLIED
+            | steps::WAIT_LEARNER_EPOCH => Pace::Soon,
+            _ => Pace::Idle,
+        }
+    }
+}
 
 /// A checkpoint this leader asked a primary for, to verify a learner against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,10 +190,13 @@ pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint, now_ms: u64) ->
 }
 
 /// Abort: the learner leaves the shard (epoch + 1) if it is still there, the shard is stable
-/// again if `m` held it, and `m` is `Aborted`. The old replica set stays as it was.
-pub fn abort_txn(m: &Migration, shard: Option<&Shard>) -> Txn {
+/// again if `m` held it, and `m` is `Aborted`. The old replica set stays as it was. The
+/// record's reason gains why (`...; aborted: source 2 is no longer draining`): the leader's
+/// log is gone with the leader, and operators and a new leader read the records.
+pub fn abort_txn(m: &Migration, shard: Option<&Shard>, why: &AbortReason) -> Txn {
     let mut next = m.clone();
     next.state = MigrationState::Aborted;
+    next.reason = aborted_reason(&m.reason, why);
     if let Some(shard) = shard {
         let learning = shard.learners.contains(&m.to);
         let held = shard.state == ShardState::Moving(m.id);
@@ -181,10 +218,30 @@ pub fn abort_txn(m: &Migration, shard: Option<&Shard>) -> Txn {
     }
 }
 
+/// `planned` (why the move was planned) with why it was aborted, within the record's
+/// string bound: the end of the planned reason gives way, never the abort's.
+fn aborted_reason(planned: &str, why: &AbortReason) -> String {
+    let suffix = format!("; aborted: {why}");
+    let room = MAX_STRING.saturating_sub(suffix.len());
+    let mut cut = planned.len().min(room);
+    while !planned.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut reason = format!("{}{suffix}", &planned[..cut]);
+    if reason.len() > MAX_STRING {
+        let mut end = MAX_STRING;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
 impl Control {
     /// One mover pass as leader: hands off the primaries of draining nodes, advances every
     /// migration in flight by one step, then plans new moves (re-replication first, then
-    /// drains) within the limits.
+    /// drains) within the limits. Says how soon the next pass is worth running.
     pub(crate) async fn mover_tick(
         &self,
         meta: &dyn MetaStore,
@@ -192,7 +249,8 @@ impl Control {
         leader_since: Instant,
         now: Instant,
         now_ms: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Pace, ApiError> {
+        let mut pace = Pace::Idle;
         let mut cluster = meta.cluster().await?;
         // Primaries leave draining nodes before anything else moves (see [`drain`]).
         if self
@@ -200,6 +258,7 @@ impl Control {
             .await?
             > 0
         {
+            pace = Pace::Now;
             cluster = meta.cluster().await?;
         }
         self.with_memory(|mem| mem.note_under_replicated(&cluster, now));
@@ -214,7 +273,7 @@ impl Control {
         )
         .await;
         for r in results {
-            r?;
+            pace = pace.max(r?);
         }
         for shard in plan::orphaned(&cluster) {
             let mut s = shard.clone();
@@ -249,10 +308,11 @@ impl Control {
                 self.settings.migration_history_per_shard,
             );
             if meta.propose(txn).await?.succeeded {
+                pace = Pace::Now;
                 tracing::info!(migration = %m.id, shard = %m.shard, from = %m.from, to = %m.to, attempt = m.attempts, reason = %m.reason, "move planned");
             }
         }
-        Ok(())
+        Ok(pace)
     }
 
     /// Probes the primary and learner of every move being verified, so the comparison works
@@ -287,14 +347,14 @@ impl Control {
         storage: &dyn StorageCalls,
         now: Instant,
         now_ms: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Pace, ApiError> {
         let requested = self.with_memory(|mem| mem.checkpoints.get(&m.id).copied());
         let step = next_step(m, cluster, reports, requested.as_ref(), now_ms);
         let shard = cluster.shards.get(&m.shard);
         let txn = match (&step, shard) {
             (Step::Wait(why), _) => {
                 tracing::trace!(migration = %m.id, shard = %m.shard, why, "move waits");
-                return Ok(());
+                return Ok(Pace::of_wait(why));
             }
             (Step::Checkpoint { primary, epoch }, Some(_)) => {
                 return self
@@ -304,12 +364,12 @@ impl Control {
             (Step::Start, Some(s)) => start_txn(m, s, now_ms),
             (Step::Copied, Some(_)) => copied_txn(m, now_ms),
             (Step::Commit(cp), Some(s)) => commit_txn(m, s, cp, now_ms),
-            (Step::Abort(_), s) => abort_txn(m, s),
-            (_, None) => abort_txn(m, None),
+            (Step::Abort(why), s) => abort_txn(m, s, why),
+            (_, None) => abort_txn(m, None, &AbortReason::ShardGone),
         };
         if !meta.propose(txn).await?.succeeded {
             tracing::debug!(migration = %m.id, shard = %m.shard, "records changed under a move step; next pass decides again");
-            return Ok(());
+            return Ok(Pace::Soon);
         }
         match step {
             Step::Start => {
@@ -331,7 +391,7 @@ impl Control {
             Step::Abort(reason) => self.aborted(m, &reason, now),
             _ => {}
         }
-        Ok(())
+        Ok(Pace::Now)
     }
 
     fn aborted(&self, m: &Migration, reason: &AbortReason, now: Instant) {
@@ -351,9 +411,9 @@ impl Control {
         storage: &dyn StorageCalls,
         primary: NodeId,
         epoch: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Pace, ApiError> {
         let Some(addr) = cluster.nodes.get(&primary).and_then(|n| n.addrs.first()) else {
-            return Ok(());
+            return Ok(Pace::Idle);
         };
         match storage.checkpoint(addr, m.shard, epoch).await {
             Ok(seq) => {
@@ -368,13 +428,14 @@ impl Control {
                     );
                 });
                 tracing::info!(migration = %m.id, shard = %m.shard, %primary, epoch, seq, "checkpoint written for verification");
+                Ok(Pace::Soon)
             }
-            // Retried next pass, until the move's deadline.
+            // Retried next tick, until the move's deadline.
             Err(e) => {
-                tracing::info!(migration = %m.id, shard = %m.shard, %primary, error = %e, "checkpoint not written")
+                tracing::info!(migration = %m.id, shard = %m.shard, %primary, error = %e, "checkpoint not written");
+                Ok(Pace::Idle)
             }
         }
-        Ok(())
     }
 }
 

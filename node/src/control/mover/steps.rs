@@ -34,6 +34,13 @@ use augur_proto::data::{Checkpoint, ReplicaRole};
 use augur_proto::model::ShardState;
 use augur_proto::{Migration, MigrationKind, MigrationState, NodeId, NodeState};
 
+/// Waiting for the primary's and the learner's reports of the requested checkpoint.
+pub const WAIT_CHECKPOINT_REPORT: &str = "checkpoint not reported yet";
+/// Waiting for one side to apply the requested checkpoint.
+pub const WAIT_CHECKPOINT_APPLIED: &str = "checkpoint not applied yet";
+/// Waiting for the learner to act under the shard's current epoch.
+pub const WAIT_LEARNER_EPOCH: &str = "learner has not acknowledged the current epoch";
+
 /// Why a move was given up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbortReason {
@@ -181,7 +188,7 @@ pub fn next_step(
             .and_then(|r| r.checkpoint)
     };
     let (Some(p), Some(l)) = (at(primary), at(m.to)) else {
-        return Step::Wait("checkpoint not reported yet");
+        return Step::Wait(WAIT_CHECKPOINT_REPORT);
     };
     if p.seq > req.seq || l.seq > req.seq {
         // A later checkpoint replaced the one asked for in the reports: ask again, so both
@@ -189,7 +196,7 @@ pub fn next_step(
         return ask;
     }
     if p.seq < req.seq || l.seq < req.seq {
-        return Step::Wait("checkpoint not applied yet");
+        return Step::Wait(WAIT_CHECKPOINT_APPLIED);
     }
     if (p.crc64, p.bytes, p.keys) != (l.crc64, l.bytes, l.keys) {
         return Step::Abort(ChecksumMismatch {
@@ -205,7 +212,7 @@ pub fn next_step(
             }
             Step::Commit(p)
         }
-        _ => Step::Wait("learner has not acknowledged the current epoch"),
+        _ => Step::Wait(WAIT_LEARNER_EPOCH),
     }
 }
 

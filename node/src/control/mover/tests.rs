@@ -61,11 +61,11 @@ fn script_checkpoints(storage: &Scripted, learner: u64, epoch: u64, seq: u64, cr
     r.insert(addr(learner), node_report(learner, vec![l]));
 }
 
-async fn tick(control: &Control, store: &MemStore, storage: &Scripted, now: Instant) {
+async fn tick(control: &Control, store: &MemStore, storage: &Scripted, now: Instant) -> Pace {
     control
         .mover_tick(store, storage, now - Duration::from_secs(3600), now, NOW_MS)
         .await
-        .unwrap();
+        .unwrap()
 }
 
 fn only_migration(store: &MemStore) -> Migration {
@@ -81,8 +81,8 @@ async fn a_lost_replica_is_recreated_step_by_step_and_survives_a_leader_change()
     let control = Control::for_tests(settings());
     let now = Instant::now();
 
-    // Plan: recorded before anything starts.
-    tick(&control, &store, &storage, now).await;
+    // Plan: recorded before anything starts; the next pass need not wait for a tick.
+    assert_eq!(tick(&control, &store, &storage, now).await, Pace::Now);
     let m = only_migration(&store);
     assert_eq!(
         (m.state, m.to, m.attempts),
@@ -91,17 +91,18 @@ async fn a_lost_replica_is_recreated_step_by_step_and_survives_a_leader_change()
     assert_eq!(store.read().shards[&ShardId(1)].learners, vec![]);
 
     // (a) The destination joins as a learner.
-    tick(&control, &store, &storage, now).await;
+    assert_eq!(tick(&control, &store, &storage, now).await, Pace::Now);
     let s = store.read().shards[&ShardId(1)].clone();
     assert_eq!((s.learners.clone(), s.epoch), (vec![NodeId(4)], 4));
     assert_eq!(s.state, ShardState::Moving(m.id));
     assert_eq!(only_migration(&store).state, MigrationState::Copying);
 
-    // (b) Nothing until the learner reports its copy complete.
-    tick(&control, &store, &storage, now).await;
+    // (b) Nothing until the learner reports its copy complete: the pass idles until the
+    // tick (or a heartbeat with the news wakes it).
+    assert_eq!(tick(&control, &store, &storage, now).await, Pace::Idle);
     assert_eq!(only_migration(&store).state, MigrationState::Copying);
     learner_copied(&control, 4, 4);
-    tick(&control, &store, &storage, now).await;
+    assert_eq!(tick(&control, &store, &storage, now).await, Pace::Now);
     assert_eq!(only_migration(&store).state, MigrationState::CatchingUp);
 
     // The leader changes: the new one knows only the records.
@@ -114,8 +115,8 @@ async fn a_lost_replica_is_recreated_step_by_step_and_survives_a_leader_change()
         storage.checkpoints.lock().unwrap().clone(),
         vec![(addr(1), ShardId(1), 4)]
     );
-    // ...and compared once both sides report it.
-    tick(&control, &store, &storage, now).await;
+    // ...and compared once both sides report it, soon (a checkpoint applies in ms).
+    assert_eq!(tick(&control, &store, &storage, now).await, Pace::Soon);
     assert_eq!(only_migration(&store).state, MigrationState::CatchingUp);
     script_checkpoints(&storage, 4, 4, 1, (0xfeed, 0xfeed));
 
@@ -156,7 +157,19 @@ async fn a_checksum_mismatch_aborts_cleanly_and_retries_elsewhere_after_backoff(
     assert_eq!(s.replicas, vec![NodeId(1), NodeId(2)]);
     assert!(s.learners.is_empty());
     assert_eq!((s.epoch, s.state), (5, ShardState::Stable));
-    assert_eq!(only_migration(&store).state, MigrationState::Aborted);
+    let aborted = only_migration(&store);
+    assert_eq!(aborted.state, MigrationState::Aborted);
+    // The record says why, after why it was planned.
+    assert!(
+        aborted
+            .reason
+            .starts_with(&format!("{}; aborted: checksum mismatch", first.reason))
+            && aborted
+                .reason
+                .ends_with("primary 000000000000aaaa, learner 000000000000bbbb"),
+        "{}",
+        aborted.reason
+    );
     assert_eq!(control.metrics.moves_aborted.get(), 1);
 
     // Within the backoff nothing is planned; after it, another destination.

@@ -281,5 +281,7 @@ impl Replica {
         }
         tracing::info!(shard = %self.shard, at_seq, "learner: copy complete");
         self.follower_apply();
+        // The leader's move waits for this report; it need not wait for the next beat.
+        self.ctx.report_now.notify_one();
     }
 }
