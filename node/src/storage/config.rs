@@ -27,7 +27,7 @@
 //! max_concurrent = 2                         # shard copies in and out at once
 //! bytes_per_sec = 104857600                  # copy budget per node (both directions)
 //! chunk_bytes = 1048576
-//! busy_bytes_per_sec = 52428800              # copy budget while clients are served (yield)
+//! busy_bytes_per_sec = 16777216              # copy budget while clients are served (yield)
 //! busy_window_ms = 250                       # a client request this recent means busy
 //!
 //! [limits]
@@ -116,7 +116,7 @@ impl Default for CopySettings {
             max_concurrent: 2,
             bytes_per_sec: 100 << 20,
             chunk_bytes: 1 << 20,
-            busy_bytes_per_sec: 50 << 20,
+            busy_bytes_per_sec: 16 << 20,
             busy_window_ms: 250,
         }
     }

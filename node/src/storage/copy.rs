@@ -69,7 +69,7 @@ impl Throttle {
         self.last_client.store(ms, Ordering::Relaxed);
     }
 
-    /// The rate in force now, in bytes per second.
+    /// The rate in force now for a copy that yields, in bytes per second.
     pub fn rate(&self) -> u64 {
         let last = self.last_client.load(Ordering::Relaxed);
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
@@ -77,9 +77,15 @@ impl Throttle {
         (if busy { self.busy_rate } else { self.idle_rate }) as u64
     }
 
-    /// Waits until `bytes` may be sent at the rate in force.
-    pub async fn take(&self, bytes: usize) {
-        let rate = self.rate() as f64;
+    /// Waits until `bytes` may be sent at the rate in force. An `urgent` copy (its shard has
+    /// fewer replicas than the replication factor: every second counts against a second
+    /// failure) never yields to clients; a move of a healthy shard does.
+    pub async fn take(&self, bytes: usize, urgent: bool) {
+        let rate = if urgent {
+            self.idle_rate
+        } else {
+            self.rate() as f64
+        };
         let wait = {
             let mut s = self.state.lock().await;
             let now = Instant::now();
@@ -116,6 +122,7 @@ pub async fn serve(
             .ok_or_else(|| refuse(DataError::UnknownShard(fence.shard)))?;
         let view: View = handle.view();
         let config = ctx.directory.shard(fence.shard);
+        let urgent = config.as_deref().is_some_and(|c| under_replicated(&ctx, c));
         let learner_ok = config
             .as_ref()
             .is_some_and(|c| c.epoch == view.epoch && c.learners.contains(&fence.from));
@@ -171,7 +178,7 @@ pub async fn serve(
                 .ok_or_else(|| refuse(DataError::Internal("the snapshot reader stopped".into())))?
                 .map_err(|e| refuse(DataError::Internal(e)))?;
             let bytes: usize = items.iter().map(|(k, v)| k.len() + v.value.len()).sum();
-            ctx.throttle.take(bytes).await;
+            ctx.throttle.take(bytes, urgent).await;
             let mut digest = crc64fast::Digest::new();
             crc_items(&mut digest, items.iter().map(|(k, v)| (k.as_slice(), v)));
             if crate::test_hooks::corrupt_copy_chunk() {
@@ -278,6 +285,14 @@ pub fn start_fetch(
     });
 }
 
+/// Whether `config` has fewer replicas than the data plane's replication factor: its copy is
+/// a repair and does not yield to clients.
+fn under_replicated(ctx: &NodeCtx, config: &Shard) -> bool {
+    ctx.directory
+        .layout()
+        .is_some_and(|l| config.replicas.len() < l.rf as usize)
+}
+
 /// A source for the copy: a secondary that is Up before the primary, never a node the
 /// registry marks as failing when another exists; rotates with `attempt`.
 fn pick_source(ctx: &NodeCtx, config: &Shard, attempt: u32) -> Option<augur_proto::NodeId> {
@@ -308,6 +323,7 @@ async fn fetch_from(
     at_seq: &mut Option<u64>,
     bytes: &mut u64,
 ) -> Result<(), String> {
+    let urgent = under_replicated(ctx, config);
     let addr = ctx
         .node_addr(source)
         .ok_or_else(|| format!("no address for node {source}"))?;
@@ -367,7 +383,7 @@ async fn fetch_from(
                 .iter()
                 .map(|(k, v)| (k.len() + v.value.len()) as u64)
                 .sum();
-            ctx.throttle.take(n as usize).await;
+            ctx.throttle.take(n as usize, urgent).await;
             if let Some(p) = pending.take() {
                 p.finish(ctx, after, at_seq, bytes).await?;
             }
@@ -454,5 +470,12 @@ mod tests {
         let t = Throttle::new(1 << 20, 8 << 20, Duration::from_secs(60), 1);
         t.note_client();
         assert_eq!(t.rate(), 1 << 20);
+        // An urgent copy (a repair) takes the full budget even while clients are served: a
+        // whole second's worth goes at once, where a yielding copy would wait for it.
+        let t = Throttle::new(1 << 20, 1 << 10, Duration::from_secs(60), 1);
+        t.note_client();
+        let started = Instant::now();
+        t.take(1 << 18, true).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
