@@ -18,7 +18,7 @@
 //! Without `--cluster` the run starts its own local cluster (3 members, `--storage` nodes,
 //! `--shards`, `--rf`) and removes it afterwards.
 
-use super::{new_hist, storage_disk, storage_rss, BenchCluster, ClusterPlan};
+use super::{new_hist, report, storage_disk, storage_rss, BenchCluster, ClusterPlan};
 use anyhow::{bail, Context};
 use augur_client::{Client, ClientConfig, DataClient, DataConfig};
 use clap::{Args, ValueEnum};
@@ -263,13 +263,7 @@ pub async fn run_data(a: DataBenchArgs) -> anyhow::Result<()> {
     let cluster = BenchCluster::open(a.cluster.as_deref(), plan, a.keep_cluster).await?;
     let result = measure(&a, &cluster).await;
     cluster.close().await;
-    let report = result?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(())
+    report(result, a.json, print_table)
 }
 
 fn print_table(r: &DataReport) {

@@ -22,7 +22,7 @@
 //!   from the kill).
 
 use super::data::{data_clients, key, kind_of, preload};
-use super::{most_leading, BenchCluster, ClusterPlan, Victim};
+use super::{most_leading, report, BenchCluster, ClusterPlan, Victim};
 use crate::local::{self, Proc};
 use anyhow::{bail, Context};
 use augur_client::{admin_http, DataClient};
@@ -157,13 +157,7 @@ pub async fn run_failover(a: FailoverBenchArgs) -> anyhow::Result<()> {
     let cluster = BenchCluster::open(a.cluster.as_deref(), plan, a.keep_cluster).await?;
     let result = measure(&a, &cluster.dir).await;
     cluster.close().await;
-    let r = result?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        print_report(&r);
-    }
-    Ok(())
+    report(result, a.json, print_report)
 }
 
 fn print_report(r: &FailoverReport) {

@@ -25,7 +25,7 @@
 
 use super::data::{data_clients, key, preload};
 use super::rawcopy::{raw_copy_between_others, RawCopy};
-use super::{new_hist, BenchCluster, ClusterPlan};
+use super::{check_load, new_hist, report, BenchCluster, ClusterPlan};
 use crate::local;
 use anyhow::{bail, Context};
 use augur_client::{DataClient, NodeCommand};
@@ -146,15 +146,7 @@ pub struct DrainRun {
 
 /// Runs `augur bench migrate`.
 pub async fn run_migrate(a: MigrateBenchArgs) -> anyhow::Result<()> {
-    if !(a.gib > 0.0 && a.gib <= 64.0) {
-        bail!("--gib must be in (0, 64]");
-    }
-    if a.value_size == 0 || a.value_size > augur_proto::data::MAX_VALUE {
-        bail!("--value-size must be 1..={}", augur_proto::data::MAX_VALUE);
-    }
-    if a.clients == 0 || a.raw_streams == 0 {
-        bail!("--clients and --raw-streams must be positive");
-    }
+    check_load(a.gib, a.value_size, a.clients, a.raw_streams)?;
     if a.cluster.is_none() && u64::from(a.rf) >= a.storage {
         bail!("--storage must exceed --rf, or the drained node's replicas have nowhere to go");
     }
@@ -171,13 +163,7 @@ pub async fn run_migrate(a: MigrateBenchArgs) -> anyhow::Result<()> {
     let cluster = BenchCluster::open(a.cluster.as_deref(), plan, a.keep_cluster).await?;
     let result = measure(&a, &cluster.dir).await;
     cluster.close().await;
-    let r = result?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        print_report(&r);
-    }
-    Ok(())
+    report(result, a.json, print_report)
 }
 
 fn print_report(r: &MigrateReport) {

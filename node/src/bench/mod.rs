@@ -34,6 +34,41 @@ pub(crate) fn new_hist() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?)
 }
 
+/// Ends a bench run: its error, or its report as pretty JSON with `--json`, else as the
+/// bench's own text.
+pub(crate) fn report<R: serde::Serialize>(
+    result: anyhow::Result<R>,
+    json: bool,
+    text: fn(&R),
+) -> anyhow::Result<()> {
+    let r = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        text(&r);
+    }
+    Ok(())
+}
+
+/// The checks `bench migrate` and `bench recover` share on the data they load and copy.
+pub(crate) fn check_load(
+    gib: f64,
+    value_size: usize,
+    clients: usize,
+    raw_streams: usize,
+) -> anyhow::Result<()> {
+    if !(gib > 0.0 && gib <= 64.0) {
+        anyhow::bail!("--gib must be in (0, 64]");
+    }
+    if value_size == 0 || value_size > augur_proto::data::MAX_VALUE {
+        anyhow::bail!("--value-size must be 1..={}", augur_proto::data::MAX_VALUE);
+    }
+    if clients == 0 || raw_streams == 0 {
+        anyhow::bail!("--clients and --raw-streams must be positive");
+    }
+    Ok(())
+}
+
 /// The resident memory of a process, MiB, from /proc.
 pub(crate) fn rss_mib(pid: i32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
