@@ -58,6 +58,18 @@ pub struct HttpResponse {
     pub body: String,
 }
 
+/// The sum of every sample of the series `name` (all its label sets) in a Prometheus text
+/// exposition, e.g. a node's `/metrics`; 0 when there is none.
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// GETs `path` from `addr` within `timeout`.
 pub async fn get(
     addr: SocketAddr,
@@ -188,6 +200,14 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metric_sum_adds_every_label_set_of_one_series() {
+        let body = "# HELP x_bytes b\nx_bytes 3\nx_bytes_total 100\nx{shard=\"1\"} 2\nx{shard=\"2\"} 5.5\ny 9\n";
+        assert_eq!(metric_sum(body, "x"), 7.5);
+        assert_eq!(metric_sum(body, "x_bytes"), 3.0);
+        assert_eq!(metric_sum(body, "z"), 0.0);
+    }
+
     use super::*;
 
     #[test]

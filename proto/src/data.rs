@@ -357,12 +357,17 @@ pub fn crc_items<'a>(
     items: impl IntoIterator<Item = (&'a [u8], &'a Versioned)>,
 ) {
     for (key, v) in items {
-        digest.write(&(key.len() as u32).to_be_bytes());
-        digest.write(key);
-        digest.write(&v.version.to_be_bytes());
-        digest.write(&(v.value.len() as u32).to_be_bytes());
-        digest.write(&v.value);
+        crc_item(digest, key, v.version, &v.value);
     }
+}
+
+/// Feeds one item into a CRC-64 exactly as [`crc_items`] does, from borrowed parts.
+pub fn crc_item(digest: &mut crc64fast::Digest, key: &[u8], version: u64, value: &[u8]) {
+    digest.write(&(key.len() as u32).to_be_bytes());
+    digest.write(key);
+    digest.write(&version.to_be_bytes());
+    digest.write(&(value.len() as u32).to_be_bytes());
+    digest.write(value);
 }
 
 /// A replica's role, as the node holding it sees it.

@@ -171,15 +171,7 @@ pub async fn storage_metric_sum(client: &Client, name: &str) -> anyhow::Result<f
         else {
             continue;
         };
-        sum += r
-            .body
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with([' ', '{']))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
+        sum += augur_client::admin_http::metric_sum(&r.body, name);
     }
     Ok(sum)
 }

@@ -21,11 +21,17 @@
 //!
 //! Without `--cluster` the run starts its own cluster with prediction off (only the operator
 //! drains) and the copy throttle lifted (`--copy-mb-per-sec`), so the figure measures the move
-//! machinery rather than the throttle or the policy.
+//! machinery rather than the throttle or the policy. Before the baseline and before the
+//! unloaded drain it waits for the storage nodes' compactions to finish
+//! (`compaction_wait_s`): the raw copy runs on a quiet machine, and so do the moves it is
+//! compared with.
 
 use super::data::{data_clients, key, preload};
 use super::rawcopy::{raw_copy_between_others, RawCopy};
-use super::{check_load, new_hist, report, BenchCluster, ClusterPlan};
+use super::{check_load, new_hist, report, settle_compactions, BenchCluster, ClusterPlan};
+
+/// The longest a run waits for compactions to finish before measuring anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 use crate::local;
 use anyhow::{bail, Context};
 use augur_client::{DataClient, NodeCommand};
@@ -119,6 +125,9 @@ pub struct MigrateReport {
     pub p99_ratio: f64,
     /// Client requests that failed during the run.
     pub failed_requests: u64,
+    /// Seconds waited, before the baseline and before the unloaded drain, for the storage
+    /// nodes' compactions to finish ([`settle_compactions`]).
+    pub compaction_wait_s: f64,
     /// The raw copy's details.
     pub raw: RawCopy,
 }
@@ -267,6 +276,8 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         a.value_size, a.gib
     );
     preload(&clients, 32, total_keys, a.value_size).await?;
+    // Neither the baseline nor a drain pays for the preload's compactions.
+    let mut compaction_wait_s = settle_compactions(&client, SETTLE_LIMIT).await?;
 
     let baseline = Arc::new(Phase {
         hist: Mutex::new(new_hist()?),
@@ -312,6 +323,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     let now = client.list_shards().await?;
     let (second, second_held) =
         most_replicas(&now, Some(victim)).context("no other node holds a replica")?;
+    compaction_wait_s += settle_compactions(&client, SETTLE_LIMIT).await?;
     eprintln!("draining storage node {second} with no client traffic");
     let idle = drain(&client, second, second_held.len(), a.timeout).await?;
 
@@ -336,6 +348,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         p99_during_ms,
         p99_ratio: p99_during_ms / p99_baseline_ms.max(1e-9),
         failed_requests: failed.load(Ordering::Relaxed),
+        compaction_wait_s,
         raw,
     })
 }

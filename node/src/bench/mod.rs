@@ -120,6 +120,43 @@ pub(crate) fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// Waits (at most `limit`) until no storage node owes RocksDB background work (pending
+/// compaction bytes, compactions or flushes running), so a measurement does not pay for the
+/// write debt of the load before it; returns the seconds waited. A node that does not answer
+/// counts as busy until the limit.
+pub(crate) async fn settle_compactions(
+    client: &augur_client::Client,
+    limit: Duration,
+) -> anyhow::Result<f64> {
+    use augur_client::admin_http::{get, metric_sum};
+    let started = std::time::Instant::now();
+    let nodes = client.list_nodes().await?;
+    loop {
+        let mut busy = 0.0;
+        for n in &nodes {
+            let Ok(addr) = n.admin.parse() else {
+                continue;
+            };
+            busy += match get(addr, "/metrics", Duration::from_secs(5)).await {
+                Ok(r) => {
+                    metric_sum(&r.body, "augur_storage_compaction_pending_bytes")
+                        + metric_sum(&r.body, "augur_storage_compactions_running")
+                }
+                Err(_) => 1.0,
+            };
+        }
+        let waited = started.elapsed();
+        if busy == 0.0 {
+            return Ok(waited.as_secs_f64());
+        }
+        if waited >= limit {
+            eprintln!("compactions still running after {limit:?}; measuring anyway");
+            return Ok(waited.as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The storage node a benchmark kills: the one leading the most shards, with the shards it
 /// holds and the ones it leads.
 pub(crate) struct Victim {

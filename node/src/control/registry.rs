@@ -231,7 +231,7 @@ impl MetaNode {
             };
             let interval = Duration::from_millis(self.control.settings.usage_interval_ms);
             let prev = seen.get(&report.node).and_then(|s| s.usage_written);
-            if newly_copied(seen.get(&report.node).map(|s| &s.report), &report) {
+            if mover_news(seen.get(&report.node).map(|s| &s.report), &report) {
                 self.control.wake_mover();
             }
             let health = health.or_else(|| seen.get(&report.node).and_then(|s| s.health.clone()));
@@ -412,19 +412,20 @@ impl MetaNode {
 }
 
 /// The cause recorded when a registration sets a node's state.
-/// Whether `now` reports a learner's copy finished that `before` did not: the mover's next
-/// step is ready.
-fn newly_copied(before: Option<&NodeReport>, now: &NodeReport) -> bool {
-    let was_copied = |shard| {
-        before.is_some_and(|b| {
-            b.replicas
-                .iter()
-                .any(|r| r.shard == shard && r.role == ReplicaRole::Learner && r.copied)
-        })
-    };
-    now.replicas
-        .iter()
-        .any(|r| r.role == ReplicaRole::Learner && r.copied && !was_copied(r.shard))
+/// Whether `now` reports something a move waits for that `before` did not: a learner's
+/// finished copy, or a newer checkpoint checksum (a verification's figure). The mover's next
+/// step is then ready.
+fn mover_news(before: Option<&NodeReport>, now: &NodeReport) -> bool {
+    let earlier = |shard| before.and_then(|b| b.replicas.iter().find(|r| r.shard == shard));
+    now.replicas.iter().any(|r| {
+        let prev = earlier(r.shard);
+        let copied = r.role == ReplicaRole::Learner
+            && r.copied
+            && !prev.is_some_and(|p| p.role == ReplicaRole::Learner && p.copied);
+        let checkpoint =
+            r.checkpoint.map(|c| c.seq) > prev.and_then(|p| p.checkpoint.map(|c| c.seq));
+        copied || checkpoint
+    })
 }
 
 fn registered(reason: &str) -> augur_proto::StateCause {
@@ -504,7 +505,7 @@ mod health_tests {
     use super::*;
 
     #[test]
-    fn only_a_copy_newly_finished_wakes_the_mover() {
+    fn only_news_a_move_waits_for_wakes_the_mover() {
         use augur_proto::data::ReplicaStatus;
         use augur_proto::ShardId;
         let status = |shard: u64, role, copied| ReplicaStatus {
@@ -528,15 +529,29 @@ mod health_tests {
         };
         let copying = report(vec![status(1, ReplicaRole::Learner, false)]);
         let copied = report(vec![status(1, ReplicaRole::Learner, true)]);
-        assert!(!newly_copied(None, &copying));
-        assert!(newly_copied(None, &copied));
-        assert!(newly_copied(Some(&copying), &copied));
+        assert!(!mover_news(None, &copying));
+        assert!(mover_news(None, &copied));
+        assert!(mover_news(Some(&copying), &copied));
         assert!(
-            !newly_copied(Some(&copied), &copied),
+            !mover_news(Some(&copied), &copied),
             "told once, not every beat"
         );
         let secondary = report(vec![status(1, ReplicaRole::Secondary, true)]);
-        assert!(!newly_copied(Some(&copying), &secondary));
+        assert!(!mover_news(Some(&copying), &secondary));
+        // A checksum at a newer checkpoint is news once.
+        let checked = |seq| {
+            let mut s = status(1, ReplicaRole::Secondary, true);
+            s.checkpoint = Some(augur_proto::data::Checkpoint {
+                seq,
+                crc64: 7,
+                bytes: 1,
+                keys: 1,
+            });
+            report(vec![s])
+        };
+        assert!(mover_news(Some(&secondary), &checked(9)));
+        assert!(!mover_news(Some(&checked(9)), &checked(9)));
+        assert!(mover_news(Some(&checked(9)), &checked(12)));
     }
 
     #[test]

@@ -60,6 +60,9 @@ async fn metrics(State(ctx): State<Arc<NodeCtx>>) -> Response {
     m.stored_bytes.set(report.used_bytes as i64);
     m.lease_valid.set(ctx.lease_valid() as i64);
     m.copy_rate_limit.set(ctx.throttle.rate() as i64);
+    let debt = ctx.engine.compaction_debt();
+    m.compaction_pending_bytes.set(debt.pending_bytes as i64);
+    m.compactions_running.set(debt.running as i64);
     m.commit_lag.clear();
     m.replication_lag.clear();
     for r in &report.replicas {

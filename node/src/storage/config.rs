@@ -24,7 +24,7 @@
 //! log_retention = 100000                     # applied entries kept per shard for catch-up
 //!
 //! [copy]
-//! max_concurrent = 2                         # shard copies in and out at once
+//! max_concurrent = 4                         # shard copies in and out at once
 //! bytes_per_sec = 104857600                  # copy budget per node (both directions)
 //! chunk_bytes = 1048576
 //! busy_bytes_per_sec = 16777216              # copy budget while clients are served (yield)
@@ -96,7 +96,9 @@ impl Default for ReplicationSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CopySettings {
-    /// Copies in and out at once.
+    /// Copies in and out at once: by default room for the planner's two moves in
+    /// (`max_moves_in_per_node`) and two out (`max_moves_out_per_node`), so an incoming copy
+    /// never waits behind outgoing ones.
     pub max_concurrent: usize,
     /// Bytes per second for copies, both directions together.
     pub bytes_per_sec: u64,
@@ -113,7 +115,7 @@ pub struct CopySettings {
 impl Default for CopySettings {
     fn default() -> Self {
         CopySettings {
-            max_concurrent: 2,
+            max_concurrent: 4,
             bytes_per_sec: 100 << 20,
             chunk_bytes: 1 << 20,
             busy_bytes_per_sec: 16 << 20,

@@ -13,7 +13,7 @@
 //! Copies share a per-node byte budget (`copy.bytes_per_sec`, both directions) and a limit on
 //! concurrent copies (`copy.max_concurrent`), so they yield to client traffic.
 
-use super::engine::Item;
+use super::engine::{Item, LoadChunk};
 use super::replica::{Msg, View};
 use super::NodeCtx;
 use augur_proto::data::{
@@ -105,6 +105,10 @@ impl Throttle {
         }
     }
 }
+
+/// How large an SST file of copied data grows before it is ingested: the memtable's size,
+/// so a typical shard goes in as one file, and an interrupted copy keeps what it ingested.
+const INGEST_FILE_BYTES: u64 = 64 << 20;
 
 /// Serves a copy of `fence.shard` to the learner `fence.from`, on an open stream.
 pub async fn serve(
@@ -343,12 +347,23 @@ async fn fetch_from(
         .open_as(&addr, &req)
         .await
         .map_err(|e| e.to_string())?;
-    // One chunk is written on a blocking thread while the next is received and checked. The
-    // resume point (`after`, `bytes`, `at_seq`) moves only once a write has succeeded, and a
-    // write in flight is always awaited before returning: a resumed copy reads a newer
-    // snapshot, and an older chunk landing after it would put older values back.
-    let mut pending: Option<Pending> = None;
+    // A blocking thread writes verified chunks into SST files and ingests them while this
+    // task receives and checks the next ones. The resume point (`after`, `bytes`, `at_seq`)
+    // moves only to what was ingested, and the loader is always awaited before returning: a
+    // resumed copy reads a newer snapshot, and an older chunk landing after it would put
+    // older values back.
+    let (tx, mut rx) = mpsc::channel::<LoadChunk>(2);
+    let engine = ctx.engine.clone();
+    let shard = config.id;
+    let load = tokio::task::spawn_blocking(move || {
+        engine.bulk_load(
+            shard,
+            INGEST_FILE_BYTES,
+            std::iter::from_fn(|| rx.blocking_recv()),
+        )
+    });
     let mut last_received = after.clone();
+    let mut stream_at_seq = None;
     let received: Result<(), String> = async {
         loop {
             // A chunk, or the source's refusal (a `DataResponse::Error`).
@@ -384,70 +399,44 @@ async fn fetch_from(
                 .map(|(k, v)| (k.len() + v.value.len()) as u64)
                 .sum();
             ctx.throttle.take(n as usize, urgent).await;
-            if let Some(p) = pending.take() {
-                p.finish(ctx, after, at_seq, bytes).await?;
-            }
+            ctx.metrics.copied_bytes(n);
             if let Some((k, _)) = chunk.items.last() {
                 last_received = Some(k.clone());
             }
+            stream_at_seq = Some(chunk.at_seq);
             let done = chunk.done;
-            pending = Some(Pending::start(ctx, config.id, chunk, n));
+            let load = LoadChunk {
+                items: chunk.items,
+                at_seq: chunk.at_seq,
+                bytes: n,
+            };
+            if tx.send(load).await.is_err() {
+                // The loader stopped early; its own error says why.
+                return Err("the bulk load stopped".into());
+            }
             if done {
                 return Ok(());
             }
         }
     }
     .await;
-    let written = match pending.take() {
-        Some(p) => p.finish(ctx, after, at_seq, bytes).await,
-        None => Ok(()),
+    drop(tx);
+    let (loaded, load_result) = load.await.map_err(|e| e.to_string())?;
+    *bytes += loaded.bytes;
+    if loaded.last.is_some() {
+        *after = loaded.last;
+    }
+    // Every chunk of a finished stream was ingested, the empty ones included.
+    let read_at = if received.is_ok() {
+        loaded.at_seq.into_iter().chain(stream_at_seq).min()
+    } else {
+        loaded.at_seq
     };
-    received.and(written)
-}
-
-/// A chunk being written by a blocking thread.
-struct Pending {
-    write: tokio::task::JoinHandle<Result<(), String>>,
-    bytes: u64,
-    last: Option<Vec<u8>>,
-    at_seq: u64,
-}
-
-impl Pending {
-    fn start(ctx: &NodeCtx, shard: augur_proto::ShardId, chunk: CopyChunk, bytes: u64) -> Pending {
-        let engine = ctx.engine.clone();
-        let last = chunk.items.last().map(|(k, _)| k.clone());
-        let at_seq = chunk.at_seq;
-        let write = tokio::task::spawn_blocking(move || {
-            engine
-                .put_items(shard, &chunk.items)
-                .map_err(|e| e.to_string())
-        });
-        Pending {
-            write,
-            bytes,
-            last,
-            at_seq,
-        }
+    if let Some(s) = read_at {
+        *at_seq = Some(at_seq.map_or(s, |a| a.min(s)));
     }
-
-    /// Waits for the write; once it succeeded, the copy resumes after it.
-    async fn finish(
-        self,
-        ctx: &NodeCtx,
-        after: &mut Option<Vec<u8>>,
-        at_seq: &mut Option<u64>,
-        bytes: &mut u64,
-    ) -> Result<(), String> {
-        self.write.await.map_err(|e| e.to_string())??;
-        *bytes += self.bytes;
-        ctx.metrics.copied_bytes(self.bytes);
-        if let Some(k) = self.last {
-            *after = Some(k);
-        }
-        *at_seq = Some(at_seq.map_or(self.at_seq, |s| s.min(self.at_seq)));
-        Ok(())
-    }
+    load_result.map_err(|e| format!("bulk load: {e}"))?;
+    received
 }
 
 #[cfg(test)]

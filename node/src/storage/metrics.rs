@@ -44,6 +44,10 @@ pub struct Metrics {
     pub replication_lag: Family<ShardLabel, Gauge>,
     /// 1 while the node's lease holds.
     pub lease_valid: Gauge,
+    /// RocksDB's estimate of the bytes compactions still have to rewrite.
+    pub compaction_pending_bytes: Gauge,
+    /// Compactions and flushes running now.
+    pub compactions_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,8 @@ impl Metrics {
             commit_lag: Family::default(),
             replication_lag: Family::default(),
             lease_valid: Gauge::default(),
+            compaction_pending_bytes: Gauge::default(),
+            compactions_running: Gauge::default(),
         };
         registry.register(
             "request_seconds",
@@ -123,6 +129,16 @@ impl Metrics {
             "lease_valid",
             "1 while the node's lease holds",
             m.lease_valid.clone(),
+        );
+        registry.register(
+            "compaction_pending_bytes",
+            "RocksDB's estimate of the bytes compactions still have to rewrite (write debt)",
+            m.compaction_pending_bytes.clone(),
+        );
+        registry.register(
+            "compactions_running",
+            "RocksDB compactions and flushes running now",
+            m.compactions_running.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -36,14 +36,15 @@
 //! shard has one.
 //!
 //! **Limits.** Shared with re-replication: `max_moves` in flight cluster-wide,
-//! `max_moves_in_per_node` per destination, `max_moves_out_per_node` per draining node, and
+//! `max_moves_in_per_node` per destination, `max_moves_out_per_node` per copy source (the
+//! healthy replica the learner copies from, [`super::plan::copy_source`]), and
 //! the retry back-off after an abort. Bytes are throttled where they flow: every storage node
 //! shares `copy.bytes_per_sec` (default 100 MiB/s, both directions) among at most
 //! `copy.max_concurrent` copies, so one destination receives at most
 //! `min(max_moves_in_per_node, copy.max_concurrent)` copies sharing that rate, and client
 //! traffic is never queued behind them.
 
-use super::plan::{backing_off, failed_attempts, Occupancy, PlanContext};
+use super::plan::{backing_off, copy_source, failed_attempts, Occupancy, PlanContext};
 use crate::control::cluster::{Cluster, Reports};
 use crate::control::placement::{self, Candidate};
 use crate::control::repair::reconfigure_txn;
@@ -160,7 +161,6 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         if shard.state != ShardState::Stable
             || moving.contains(&shard.id)
             || planned.iter().any(|m| m.shard == shard.id)
-            || moves_out.get(&from).copied().unwrap_or(0) >= s.max_moves_out_per_node
             || backing_off(ctx, shard.id)
         {
             continue;
@@ -203,6 +203,10 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         let Some(to) = to.filter(|t| *t != from) else {
             continue;
         };
+        let source = copy_source(cluster, shard, to).unwrap_or(from);
+        if moves_out.get(&source).copied().unwrap_or(0) >= s.max_moves_out_per_node {
+            continue;
+        }
         let risk = cluster.nodes.get(&from).map_or(0.0, |n| n.risk.score);
         planned.push(Migration {
             id: MigrationId(next_id),
@@ -224,7 +228,7 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         next_id += 1;
         total += 1;
         *moves_in.entry(to).or_default() += 1;
-        *moves_out.entry(from).or_default() += 1;
+        *moves_out.entry(source).or_default() += 1;
         *incoming.entry(to).or_default() += shard.size_bytes;
         *load.entry(to).or_default() += 1;
     }

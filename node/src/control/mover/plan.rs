@@ -37,7 +37,8 @@ pub(crate) struct Occupancy<'a> {
     pub total: usize,
     /// Moves into each node.
     pub moves_in: HashMap<NodeId, usize>,
-    /// Moves copying out of each node (a drain move's source, a restore's primary).
+    /// Moves copying out of each node: the replica each move's learner copies from
+    /// ([`copy_source`]).
     pub moves_out: HashMap<NodeId, usize>,
     /// Bytes on their way into each node.
     pub incoming: HashMap<NodeId, u64>,
@@ -73,13 +74,14 @@ impl<'a> Occupancy<'a> {
             o.moving.push(m.shard);
             *o.moves_in.entry(m.to).or_default() += 1;
             *o.incoming.entry(m.to).or_default() += m.bytes_total;
-            let source = match m.kind {
-                MigrationKind::Drain => Some(m.from),
-                MigrationKind::Restore => cluster
-                    .shards
-                    .get(&m.shard)
-                    .and_then(|sh| sh.replicas.first().copied()),
-            };
+            let source = cluster
+                .shards
+                .get(&m.shard)
+                .and_then(|sh| copy_source(cluster, sh, m.to))
+                .or(match m.kind {
+                    MigrationKind::Drain => Some(m.from),
+                    MigrationKind::Restore => None,
+                });
             if let Some(n) = source {
                 *o.moves_out.entry(n).or_default() += 1;
             }
@@ -215,6 +217,28 @@ pub fn orphaned(cluster: &Cluster) -> Vec<&Shard> {
         .collect()
 }
 
+/// The replica a new learner `to` of `shard` copies from, as the learner itself picks it
+/// (`storage::copy::pick_source`, first attempt): a secondary before the primary, an Up node
+/// before any other. A draining node is therefore the source only when no healthy replica
+/// is left, and the per-node limit on moves out (`max_moves_out_per_node`) falls on the
+/// nodes whose disks and links the copies actually load.
+pub(crate) fn copy_source(cluster: &Cluster, shard: &Shard, to: NodeId) -> Option<NodeId> {
+    let order = shard
+        .replicas
+        .iter()
+        .skip(1)
+        .chain(shard.replicas.first())
+        .copied()
+        .filter(|n| *n != to);
+    let up = |n: &NodeId| {
+        cluster
+            .nodes
+            .get(n)
+            .is_some_and(|r| r.state == augur_proto::NodeState::Up)
+    };
+    order.clone().find(up).or_else(|| order.clone().next())
+}
+
 /// The moves to start now. Each comes back `Planned`, with a fresh id, ready for
 /// [`create_txn`].
 pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
@@ -245,7 +269,6 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
         if !cluster.live(primary)
             || shard.state != ShardState::Stable
             || moving.contains(&shard.id)
-            || moves_out.get(&primary).copied().unwrap_or(0) >= s.max_moves_out_per_node
             || backing_off(ctx, shard.id)
             || !due(ctx, shard.id)
         {
@@ -286,6 +309,10 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
         let Some(to) = to else {
             continue;
         };
+        let source = copy_source(cluster, shard, to).unwrap_or(primary);
+        if moves_out.get(&source).copied().unwrap_or(0) >= s.max_moves_out_per_node {
+            continue;
+        }
         let (from, why) = match lost {
             Some(n) if n != to => (
                 n,
@@ -319,7 +346,7 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
         next_id += 1;
         total += 1;
         *moves_in.entry(to).or_default() += 1;
-        *moves_out.entry(primary).or_default() += 1;
+        *moves_out.entry(source).or_default() += 1;
         *load.entry(to).or_default() += 1;
     }
     planned

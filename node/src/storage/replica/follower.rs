@@ -215,6 +215,8 @@ impl Replica {
                     Ok(c) => {
                         tracing::info!(shard = %self.shard, seq, crc64 = format_args!("{:016x}", c.crc64), keys = c.keys, bytes = c.bytes, "checkpoint");
                         self.checkpoint = Some(c);
+                        // A move's verification waits for this figure: report it now.
+                        self.ctx.report_now.notify_one();
                     }
                     Err(e) => {
                         tracing::error!(shard = %self.shard, error = %e, "checkpoint checksum failed")

@@ -368,7 +368,11 @@ impl Replica {
             Msg::PeerAck { peer, epoch, seq } => self.on_peer_ack(peer, epoch, seq),
             Msg::PeerLost { peer, why } => self.report_peer(peer, &why),
             Msg::CopyDone { at_seq } => self.on_copy_done(at_seq),
-            Msg::Checksummed(c) => self.checkpoint = Some(c),
+            Msg::Checksummed(c) => {
+                self.checkpoint = Some(c);
+                // A move's verification waits for this figure: report it now.
+                self.ctx.report_now.notify_one();
+            }
             Msg::Checkpoint { epoch, reply } => self.on_checkpoint(epoch, reply),
             Msg::HandOff {
                 epoch,

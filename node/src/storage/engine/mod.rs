@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
+mod bulk;
+pub use bulk::{LoadChunk, Loaded};
+
 const CF_DATA: &str = "data";
 const CF_LOG: &str = "log";
 const CF_REPLICA: &str = "replica";
@@ -121,6 +124,32 @@ pub struct Remembered {
     pub at_ms: u64,
 }
 
+/// What [`Engine::compaction_debt`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionDebt {
+    /// RocksDB's estimate of the bytes compactions still have to rewrite.
+    pub pending_bytes: u64,
+    /// Compactions and flushes running now.
+    pub running: u64,
+}
+
+/// A stored [`Versioned`] read in place, for passes that only look at it.
+#[derive(Deserialize)]
+struct VersionedRef<'a> {
+    #[serde(borrow)]
+    value: &'a [u8],
+    version: u64,
+}
+
+/// Read options for a pass over a whole shard (a copy's source, a checksum): large
+/// sequential reads, and blocks that do not push clients' hot blocks out of the cache.
+fn bulk_read() -> rocksdb::ReadOptions {
+    let mut o = rocksdb::ReadOptions::default();
+    o.set_readahead_size(2 << 20);
+    o.fill_cache(false);
+    o
+}
+
 fn shard_prefix(shard: ShardId) -> [u8; 8] {
     shard.0.to_be_bytes()
 }
@@ -181,6 +210,10 @@ impl Drop for Syncer {
 pub struct Engine {
     db: Arc<DB>,
     syncer: Arc<Syncer>,
+    /// The data column family's options: bulk-loaded files are written with them.
+    data_opts: Arc<Options>,
+    /// Where bulk-loaded files are written before RocksDB takes them in.
+    ingest_dir: Arc<std::path::PathBuf>,
 }
 
 /// One item of a scan or a copy.
@@ -195,23 +228,44 @@ impl Engine {
         block_cache_bytes: usize,
     ) -> Result<(Engine, StorageIdentity), EngineError> {
         std::fs::create_dir_all(dir)?;
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
         let cache = rocksdb::Cache::new_lru_cache(block_cache_bytes);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        opts.set_block_based_table_factory(&table);
-        opts.set_write_buffer_size(64 << 20);
-        opts.set_max_write_buffer_number(4);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.set_keep_log_file_num(4);
+        let tune = |mut opts: Options| {
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            opts.set_block_based_table_factory(&table);
+            opts.set_write_buffer_size(64 << 20);
+            opts.set_max_write_buffer_number(4);
+            opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            opts.set_keep_log_file_num(4);
+            // One WAL serves every column family, and a WAL file lives until each family
+            // with data in it has flushed. The small families (replica state, request ids)
+            // rarely fill a memtable, so without a bound RocksDB keeps up to four times all
+            // the write buffers (gigabytes) of WAL; past this size it flushes the families
+            // that pin the oldest file.
+            opts.set_max_total_wal_size(512 << 20);
+            opts
+        };
+        let opts = tune(Options::default());
+        // Shard data is cut into files at shard boundaries (its keys start with the 8-byte
+        // shard id), so no file spans two shards: a copied shard's files then overlap nothing
+        // on the learner and go straight to the bottom level, and a deleted shard's files
+        // drop whole. Only this family: the others hold a few small keys per shard.
+        let data_opts = tune(Options::default().get_options_from_string(
+            "sst_partitioner_factory={id=SstPartitionerFixedPrefixFactory;length=8}",
+        )?);
         let cfs = [CF_DATA, CF_LOG, CF_REPLICA, CF_REQUESTS, CF_META]
             .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
+            .map(|n| {
+                let o = if n == CF_DATA { &data_opts } else { &opts };
+                ColumnFamilyDescriptor::new(n, o.clone())
+            });
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("rocksdb"), cfs)?);
         let identity = load_identity(&db, node)?;
+        let ingest_dir = dir.join("ingest");
+        bulk::clear_leftovers(&ingest_dir)?;
         let (tx, rx) = mpsc::channel::<SyncDone>();
         let sync_db = db.clone();
         let thread = std::thread::Builder::new()
@@ -224,6 +278,8 @@ impl Engine {
                     tx: Some(tx),
                     thread: Some(thread),
                 }),
+                data_opts: Arc::new(data_opts),
+                ingest_dir: Arc::new(ingest_dir),
             },
             identity,
         ))
@@ -575,8 +631,9 @@ impl Engine {
             Some(k) => data_key(shard, k),
             None => lower.clone(),
         };
-        let iter = snap.iterator_cf(
+        let iter = snap.iterator_cf_opt(
             self.cf(CF_DATA)?,
+            bulk_read(),
             IteratorMode::From(&start, Direction::Forward),
         );
         let mut items = Vec::new();
@@ -612,16 +669,19 @@ impl Engine {
         let lower = data_key(shard, &[]);
         let mut digest = crc64fast::Digest::new();
         let (mut bytes, mut keys) = (0u64, 0u64);
-        for item in snap.iterator_cf(
+        for item in snap.iterator_cf_opt(
             self.cf(CF_DATA)?,
+            bulk_read(),
             IteratorMode::From(&lower, Direction::Forward),
         ) {
             let (k, v) = item?;
             if !k.starts_with(&lower) {
                 break;
             }
-            let value: Versioned = decode("value", &v)?;
-            augur_proto::data::crc_items(&mut digest, [(&k[8..], &value)]);
+            // Borrowed from the iterator's buffer: a whole-shard pass copies no value.
+            let value: VersionedRef<'_> =
+                postcard::from_bytes(&v).map_err(|e| corrupt("value", e))?;
+            augur_proto::data::crc_item(&mut digest, &k[8..], value.version, value.value);
             bytes += (k.len() - 8 + value.value.len()) as u64;
             keys += 1;
         }
@@ -631,18 +691,6 @@ impl Engine {
             bytes,
             keys,
         })
-    }
-
-    /// Writes copied items into a shard's data (unsynced; a copy is complete only once the
-    /// learner syncs and records it).
-    pub fn put_items(&self, shard: ShardId, items: &[Item]) -> Result<(), EngineError> {
-        let data = self.cf(CF_DATA)?;
-        let mut batch = WriteBatch::default();
-        for (k, v) in items {
-            batch.put_cf(data, data_key(shard, k), encode(v)?);
-        }
-        self.db.write(batch)?;
-        Ok(())
     }
 
     /// Removes everything a node holds for a shard: data, log, request ids, replica state.
@@ -657,7 +705,40 @@ impl Engine {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts)?;
+        // The tombstones hide the shard at once. Dropping the data files the range covers
+        // whole (they are cut per shard) frees the disk now, not when compaction reaches
+        // them, and spares that compaction rewriting the live shards beside them.
+        self.db
+            .delete_file_in_range_cf(self.cf(CF_DATA)?, p, next)?;
         Ok(())
+    }
+
+    /// The background work RocksDB still owes: what a benchmark waits out before it measures,
+    /// and what an operator sees when writes slow down for no visible reason.
+    pub fn compaction_debt(&self) -> CompactionDebt {
+        let int = |cf: Option<&rocksdb::ColumnFamily>, name: &str| -> u64 {
+            match cf {
+                Some(cf) => self.db.property_int_value_cf(cf, name),
+                None => self.db.property_int_value(name),
+            }
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+        };
+        let pending_bytes = [CF_DATA, CF_LOG, CF_REQUESTS]
+            .into_iter()
+            .map(|n| {
+                int(
+                    self.db.cf_handle(n),
+                    "rocksdb.estimate-pending-compaction-bytes",
+                )
+            })
+            .sum();
+        CompactionDebt {
+            pending_bytes,
+            running: int(None, "rocksdb.num-running-compactions")
+                + int(None, "rocksdb.num-running-flushes"),
+        }
     }
 
     /// Approximate bytes of shard data and logs on disk.
@@ -750,111 +831,4 @@ fn load_identity(db: &DB, node: u64) -> Result<StorageIdentity, EngineError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use augur_proto::data::Effect;
-
-    fn entry(seq: u64, epoch: u64, key: &str, value: &str) -> LogEntry {
-        LogEntry {
-            seq,
-            epoch,
-            request: Some(RequestId { client: 7, seq }),
-            effect: Effect::Put {
-                key: key.as_bytes().to_vec(),
-                value: value.as_bytes().to_vec(),
-            },
-            outcome: WriteOutcome::Applied { version: seq },
-            at_ms: 1000 + seq,
-        }
-    }
-
-    #[tokio::test]
-    async fn log_apply_scan_and_identity() {
-        let dir = tempfile::tempdir().unwrap();
-        let (e, id) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
-        let s = ShardId(3);
-        let other = ShardId(4);
-        let es: Vec<LogEntry> = (1..=5)
-            .map(|i| entry(i, 1, &format!("k{i}"), "v"))
-            .collect();
-        e.append(s, &es, false).unwrap();
-        e.append(other, &[entry(1, 1, "x", "y")], false).unwrap();
-        e.synced().await.unwrap();
-        assert_eq!(e.last_entry(s).unwrap().map(|x| x.seq), Some(5));
-        assert_eq!(e.entries(s, 2, 4, usize::MAX).unwrap().len(), 3);
-        assert_eq!(
-            e.entries(s, 2, 9, 1).unwrap().len(),
-            1,
-            "at least one entry"
-        );
-        // A disagreeing tail is replaced in one write.
-        e.append(s, &[entry(4, 2, "k4", "w")], true).unwrap();
-        assert_eq!(
-            e.last_entry(s).unwrap().map(|x| (x.seq, x.epoch)),
-            Some((4, 2))
-        );
-        let mut st = ReplicaState::empty(2, ReplicaRole::Secondary);
-        st.applied = 4;
-        let applied = e.entries(s, 1, 4, usize::MAX).unwrap();
-        e.apply(s, &applied, &st).unwrap();
-        assert_eq!(
-            e.get(s, b"k4").unwrap().map(|v| v.value),
-            Some(b"w".to_vec())
-        );
-        assert_eq!(e.replica_state(s).unwrap().map(|r| r.applied), Some(4));
-        assert!(e
-            .remembered(s, &RequestId { client: 7, seq: 2 })
-            .unwrap()
-            .is_some());
-        let (items, more) = e.scan(s, b"k", None, 2, usize::MAX).unwrap();
-        assert_eq!((items.len(), more), (2, true));
-        let (rest, more) = e.scan(s, b"k", Some(&items[1].0), 10, usize::MAX).unwrap();
-        assert_eq!((rest.len(), more), (2, false));
-        assert!(e.get(other, b"k1").unwrap().is_none(), "shards do not mix");
-        // A copy's scan: one snapshot in chunks (at least one item each, however small the
-        // budget), resumable after a key, the last chunk marked.
-        let mut chunks = Vec::new();
-        e.scan_snapshot(s, None, 1, |_, items, done| {
-            chunks.push((items.len(), done));
-            true
-        })
-        .unwrap();
-        assert_eq!(chunks, vec![(1, false), (1, false), (1, false), (1, true)]);
-        let mut rest = Vec::new();
-        e.scan_snapshot(s, Some(&items[1].0), usize::MAX, |_, items, done| {
-            rest.extend(items.into_iter().map(|(k, _)| (k, done)));
-            true
-        })
-        .unwrap();
-        assert_eq!(rest.len(), 2);
-        assert!(rest.iter().all(|(k, done)| *k > items[1].0 && *done));
-        let mut empty = Vec::new();
-        e.scan_snapshot(ShardId(77), None, 1, |_, items, done| {
-            empty.push((items.len(), done));
-            true
-        })
-        .unwrap();
-        assert_eq!(
-            empty,
-            vec![(0, true)],
-            "an empty shard is one empty last chunk"
-        );
-        // Checksums agree for equal content regardless of the log.
-        let snap = e.snapshot();
-        let c1 = e.checksum(&snap, s, 4).unwrap();
-        assert_eq!((c1.keys, c1.bytes), (4, 12));
-        drop(snap);
-        assert_eq!(e.prune_requests(1003).unwrap(), 2);
-        e.delete_shard(s).unwrap();
-        assert!(e.replica_state(s).unwrap().is_none());
-        assert!(e.last_entry(s).unwrap().is_none());
-        assert_eq!(e.last_entry(other).unwrap().map(|x| x.seq), Some(1));
-        drop(e);
-        let (_, again) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
-        assert_eq!(again, id);
-        assert!(matches!(
-            Engine::open(dir.path(), 5, 8 << 20),
-            Err(EngineError::Identity(_))
-        ));
-    }
-}
+mod tests;

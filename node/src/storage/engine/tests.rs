@@ -1,0 +1,205 @@
+use super::*;
+use augur_proto::data::Effect;
+
+fn entry(seq: u64, epoch: u64, key: &str, value: &str) -> LogEntry {
+    LogEntry {
+        seq,
+        epoch,
+        request: Some(RequestId { client: 7, seq }),
+        effect: Effect::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        },
+        outcome: WriteOutcome::Applied { version: seq },
+        at_ms: 1000 + seq,
+    }
+}
+
+#[tokio::test]
+async fn log_apply_scan_and_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, id) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
+    let s = ShardId(3);
+    let other = ShardId(4);
+    let es: Vec<LogEntry> = (1..=5)
+        .map(|i| entry(i, 1, &format!("k{i}"), "v"))
+        .collect();
+    e.append(s, &es, false).unwrap();
+    e.append(other, &[entry(1, 1, "x", "y")], false).unwrap();
+    e.synced().await.unwrap();
+    assert_eq!(e.last_entry(s).unwrap().map(|x| x.seq), Some(5));
+    assert_eq!(e.entries(s, 2, 4, usize::MAX).unwrap().len(), 3);
+    assert_eq!(
+        e.entries(s, 2, 9, 1).unwrap().len(),
+        1,
+        "at least one entry"
+    );
+    // A disagreeing tail is replaced in one write.
+    e.append(s, &[entry(4, 2, "k4", "w")], true).unwrap();
+    assert_eq!(
+        e.last_entry(s).unwrap().map(|x| (x.seq, x.epoch)),
+        Some((4, 2))
+    );
+    let mut st = ReplicaState::empty(2, ReplicaRole::Secondary);
+    st.applied = 4;
+    let applied = e.entries(s, 1, 4, usize::MAX).unwrap();
+    e.apply(s, &applied, &st).unwrap();
+    assert_eq!(
+        e.get(s, b"k4").unwrap().map(|v| v.value),
+        Some(b"w".to_vec())
+    );
+    assert_eq!(e.replica_state(s).unwrap().map(|r| r.applied), Some(4));
+    assert!(e
+        .remembered(s, &RequestId { client: 7, seq: 2 })
+        .unwrap()
+        .is_some());
+    let (items, more) = e.scan(s, b"k", None, 2, usize::MAX).unwrap();
+    assert_eq!((items.len(), more), (2, true));
+    let (rest, more) = e.scan(s, b"k", Some(&items[1].0), 10, usize::MAX).unwrap();
+    assert_eq!((rest.len(), more), (2, false));
+    assert!(e.get(other, b"k1").unwrap().is_none(), "shards do not mix");
+    // A copy's scan: one snapshot in chunks (at least one item each, however small the
+    // budget), resumable after a key, the last chunk marked.
+    let mut chunks = Vec::new();
+    e.scan_snapshot(s, None, 1, |_, items, done| {
+        chunks.push((items.len(), done));
+        true
+    })
+    .unwrap();
+    assert_eq!(chunks, vec![(1, false), (1, false), (1, false), (1, true)]);
+    let mut rest = Vec::new();
+    e.scan_snapshot(s, Some(&items[1].0), usize::MAX, |_, items, done| {
+        rest.extend(items.into_iter().map(|(k, _)| (k, done)));
+        true
+    })
+    .unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|(k, done)| *k > items[1].0 && *done));
+    let mut empty = Vec::new();
+    e.scan_snapshot(ShardId(77), None, 1, |_, items, done| {
+        empty.push((items.len(), done));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        empty,
+        vec![(0, true)],
+        "an empty shard is one empty last chunk"
+    );
+    // Checksums agree for equal content regardless of the log.
+    let snap = e.snapshot();
+    let c1 = e.checksum(&snap, s, 4).unwrap();
+    assert_eq!((c1.keys, c1.bytes), (4, 12));
+    drop(snap);
+    assert_eq!(e.prune_requests(1003).unwrap(), 2);
+    e.delete_shard(s).unwrap();
+    assert!(e.replica_state(s).unwrap().is_none());
+    assert!(e.last_entry(s).unwrap().is_none());
+    assert_eq!(e.last_entry(other).unwrap().map(|x| x.seq), Some(1));
+    drop(e);
+    let (_, again) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
+    assert_eq!(again, id);
+    assert!(matches!(
+        Engine::open(dir.path(), 5, 8 << 20),
+        Err(EngineError::Identity(_))
+    ));
+}
+
+fn versioned(version: u64, len: usize) -> Versioned {
+    Versioned {
+        value: vec![version as u8; len],
+        version,
+    }
+}
+
+fn load_chunk(keys: std::ops::Range<u32>, at_seq: u64) -> LoadChunk {
+    let items: Vec<Item> = keys
+        .map(|i| {
+            (
+                format!("k{i:05}").into_bytes(),
+                versioned(u64::from(i), 100),
+            )
+        })
+        .collect();
+    let bytes = items
+        .iter()
+        .map(|(k, v)| (k.len() + v.value.len()) as u64)
+        .sum();
+    LoadChunk {
+        items,
+        at_seq,
+        bytes,
+    }
+}
+
+#[test]
+fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20).unwrap();
+    // Data files are cut at shard boundaries, so a copied shard overlaps no file.
+    let options = std::fs::read_dir(dir.path().join("rocksdb"))
+        .unwrap()
+        .filter_map(|f| f.ok())
+        .filter(|f| f.file_name().to_string_lossy().starts_with("OPTIONS-"))
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .collect::<String>();
+    assert!(
+        options.contains("SstPartitionerFixedPrefixFactory"),
+        "{options}"
+    );
+    let s = ShardId(9);
+    // Newer than anything already there: an old value of a copied key is replaced.
+    e.apply(
+        s,
+        &[entry(1, 1, "k00003", "old")],
+        &ReplicaState::empty(1, ReplicaRole::Learner),
+    )
+    .unwrap();
+    // Files of 4 KiB of items: a file fills in each chunk of 30 items of 106 bytes.
+    let chunks = vec![
+        load_chunk(0..30, 12),
+        load_chunk(30..30, 12),
+        load_chunk(30..60, 11),
+        load_chunk(60..90, 12),
+    ];
+    let (loaded, result) = e.bulk_load(s, 4 << 10, chunks);
+    result.unwrap();
+    assert_eq!(loaded.last.as_deref(), Some(&b"k00089"[..]));
+    assert_eq!(loaded.at_seq, Some(11), "the oldest snapshot used");
+    assert!(loaded.files >= 2, "several files: {loaded:?}");
+    assert_eq!(loaded.bytes, 90 * 106);
+    let (items, more) = e.scan(s, b"", None, 1000, usize::MAX).unwrap();
+    assert!(!more);
+    assert_eq!(items.len(), 90);
+    assert!(items.iter().enumerate().all(|(i, (k, v))| {
+        *k == format!("k{i:05}").into_bytes() && v.version == i as u64 && v.value.len() == 100
+    }));
+    assert_eq!(e.get(s, b"k00003").unwrap().map(|v| v.version), Some(3));
+    // The whole-shard checksum (values read in place) is the chunks' CRC over the content.
+    let mut digest = crc64fast::Digest::new();
+    augur_proto::data::crc_items(&mut digest, items.iter().map(|(k, v)| (k.as_slice(), v)));
+    let snap = e.snapshot();
+    let sum = e.checksum(&snap, s, 12).unwrap();
+    assert_eq!(
+        (sum.crc64, sum.keys, sum.bytes),
+        (digest.sum64(), 90, 90 * 106)
+    );
+    drop(snap);
+    // Keys out of order: the file being written is dropped, the ones ingested before stay.
+    let t = ShardId(10);
+    let mut bad = load_chunk(50..60, 5);
+    bad.items.swap(2, 7);
+    let (loaded, result) = e.bulk_load(t, 1, vec![load_chunk(0..10, 5), bad]);
+    assert!(result.is_err(), "out of order must be refused");
+    assert_eq!(loaded.last.as_deref(), Some(&b"k00009"[..]));
+    let (items, _) = e.scan(t, b"", None, 1000, usize::MAX).unwrap();
+    assert_eq!(items.len(), 10, "only the ingested chunk");
+    // Nothing is left behind in the staging directory, and a reopen clears leftovers.
+    let staging = dir.path().join("ingest");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    std::fs::write(staging.join("shard-1-99.sst"), b"half a file").unwrap();
+    drop(e);
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20).unwrap();
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 90);
+}
