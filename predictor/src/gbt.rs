@@ -60,6 +60,13 @@ impl Default for GbtConfig {
 #[error("gradient boosting: {0}")]
 pub struct GbtError(String);
 
+impl GbtError {
+    /// An error of the caller's fitting machinery rather than forust's.
+    pub fn other(what: &str) -> GbtError {
+        GbtError(what.to_string())
+    }
+}
+
 /// A fitted boosted classifier over a fixed number of features.
 #[derive(Serialize, Deserialize)]
 pub struct Gbt {

@@ -13,6 +13,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::{Deserialize, Serialize};
 
+use crate::features::batch::BatchFeatures;
 use crate::features::{feature_names, Normaliser, WindowFeatures, WindowSpec};
 use crate::gbt::{Gbt, Platt};
 use crate::lstm::{to_steps, LstmAutoencoder};
@@ -449,14 +450,12 @@ pub fn feature_rows(
     let kept: Vec<i64> = times.iter().copied().filter(|&t| wf.scorable(t)).collect();
     let n_feat = feature_names().len() + 1;
     let mut rows = Vec::with_capacity(kept.len() * n_feat);
+    let mut batch = BatchFeatures::new(series, *window, normaliser, &kept);
     for chunk in kept.chunks(256) {
-        let seqs: Vec<_> = chunk
-            .iter()
-            .map(|&t| normaliser.sequence(series, t, window))
-            .collect();
+        let seqs: Vec<_> = chunk.iter().map(|&t| batch.sequence(t)).collect();
         let anomalies = lstm.errors(&to_steps(&seqs));
         for (&t, a) in chunk.iter().zip(anomalies) {
-            wf.extract(t, &mut rows);
+            batch.extract(t, &mut rows);
             rows.push(a);
         }
     }

@@ -3,7 +3,9 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{alert_stats, quantile, AlertStats, NodeScores};
+#[cfg(doc)]
+use super::metrics::alert_stats;
+use super::metrics::{node_eval, quantile, AlertStats, NodeEval, NodeScores, HOUR_MS};
 
 /// Times at which a node raises alerts under the k-of-n rule.
 pub fn alert_times(
@@ -46,21 +48,15 @@ pub fn alert_times(
 }
 
 /// Candidate thresholds for `nodes`: score quantiles spaced geometrically in rank (each
-/// `rank_step` times the previous rank), because the useful thresholds live in the far tail;
-/// each with its alert statistics.
-fn threshold_candidates(
-    nodes: &[NodeScores],
-    k: usize,
-    n: usize,
-    horizon_ms: i64,
-    rank_step: f64,
-) -> Vec<(f64, AlertStats)> {
+/// `rank_step` times the previous rank), because the useful thresholds live in the far tail.
+/// They do not depend on the rule, so a search over rules sorts the scores once.
+fn candidate_thresholds(nodes: &[NodeScores], rank_step: f64) -> Vec<f64> {
     let mut all: Vec<f64> = nodes
         .iter()
         .flat_map(|s| s.scores.iter().copied())
         .filter(|v| v.is_finite())
         .collect();
-    all.sort_by(|a, b| b.total_cmp(a));
+    all.par_sort_unstable_by(|a, b| b.total_cmp(a));
     let mut candidates = Vec::new();
     let mut rank = 1.0f64;
     // Thresholds below the top fifth of all rounds alert on most nodes: never useful, and
@@ -72,9 +68,103 @@ fn threshold_candidates(
     }
     candidates.dedup();
     candidates
+}
+
+/// Each candidate threshold with its alert statistics under the k-of-n rule: what
+/// [`alert_stats`] gives at each, computed from the rule's per-round k-th highest score of
+/// the last n rounds ([`KthSeries`]) so that one pass per node and threshold is a
+/// comparison per round.
+fn threshold_candidates(
+    nodes: &[NodeScores],
+    thresholds: &[f64],
+    k: usize,
+    n: usize,
+    horizon_ms: i64,
+) -> Vec<(f64, AlertStats)> {
+    let series: Vec<KthSeries> = nodes
         .par_iter()
-        .map(|&t| (t, alert_stats(nodes, t, k, n, horizon_ms)))
+        .filter_map(|s| KthSeries::new(s, k, n))
+        .collect();
+    thresholds
+        .par_iter()
+        .map(|&t| {
+            let per_node = series.iter().map(|ks| ks.eval(t, horizon_ms)).collect();
+            (t, AlertStats::from_nodes(per_node))
+        })
         .collect()
+}
+
+/// One node's scores under one k-of-n rule, for many thresholds: at each round the k-th
+/// highest score among the last n rounds (NaN counting as lowest). At least k of those
+/// rounds reach a threshold exactly when this value does, so [`alert_times`] at any
+/// threshold follows from it.
+struct KthSeries<'a> {
+    s: &'a NodeScores,
+    kth: Vec<f64>,
+    /// The highest `kth`: thresholds above it raise nothing on this node.
+    max_kth: f64,
+    /// The node's outcome without alerts ([`node_eval`] at an unreachable threshold).
+    quiet: NodeEval,
+}
+
+impl<'a> KthSeries<'a> {
+    /// `None` for a node without rounds (which [`alert_stats`] leaves out).
+    fn new(s: &'a NodeScores, k: usize, n: usize) -> Option<KthSeries<'a>> {
+        let mut quiet = node_eval(s, f64::INFINITY, k, n, 0)?;
+        (quiet.true_alerts, quiet.false_alerts, quiet.lead_h) = (0, 0, None);
+        let lowest = |v: f64| if v.is_nan() { f64::NEG_INFINITY } else { v };
+        let mut window = Vec::with_capacity(n);
+        let kth: Vec<f64> = (0..s.scores.len())
+            .map(|j| {
+                let from = (j + 1).saturating_sub(n);
+                if j + 1 - from < k || k == 0 {
+                    return f64::NEG_INFINITY;
+                }
+                window.clear();
+                window.extend(s.scores[from..=j].iter().map(|&v| lowest(v)));
+                *window
+                    .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a))
+                    .1
+            })
+            .collect();
+        let max_kth = kth.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(KthSeries {
+            s,
+            kth,
+            max_kth,
+            quiet,
+        })
+    }
+
+    /// [`node_eval`] at `threshold`.
+    fn eval(&self, threshold: f64, horizon_ms: i64) -> NodeEval {
+        let mut ne = self.quiet.clone();
+        if self.max_kth < threshold {
+            return ne;
+        }
+        let mut active_since: Option<i64> = None;
+        for (&t, &m) in self.s.times.iter().zip(&self.kth) {
+            // `kth` is never NaN (NaN scores count as lowest).
+            if m < threshold {
+                active_since = None;
+                continue;
+            }
+            if active_since.is_some_and(|since| t - since < horizon_ms) {
+                continue;
+            }
+            active_since = Some(t);
+            match self.s.failed_at {
+                Some(f) if f > t && f - t <= horizon_ms => {
+                    if ne.true_alerts == 0 {
+                        ne.lead_h = Some((f - t) as f64 / HOUR_MS);
+                    }
+                    ne.true_alerts += 1;
+                }
+                _ => ne.false_alerts += 1,
+            }
+        }
+        ne
+    }
 }
 
 /// The targets, which [`tune_alert_rule`] chooses an alert rule for.
@@ -164,14 +254,15 @@ pub fn tune_alert_rule(
     horizon_ms: i64,
     cfg: &TuneConfig,
 ) -> Option<(RuleOption, Vec<RuleOption>)> {
+    // A finer grid than training's: the validation trace is the place to pin the
+    // threshold down, and a 12% step in rank moved recall by several failures.
+    let thresholds = candidate_thresholds(nodes, 1.02);
     let options: Vec<RuleOption> = cfg
         .rules
         .iter()
         .filter(|(k, n)| *k >= 1 && k <= n)
         .filter_map(|&(k, n)| {
-            // A finer grid than training's: the validation trace is the place to pin the
-            // threshold down, and a 12% step in rank moved recall by several failures.
-            threshold_candidates(nodes, k, n, horizon_ms, 1.02)
+            threshold_candidates(nodes, &thresholds, k, n, horizon_ms)
                 .into_iter()
                 .map(|(threshold, stats)| RuleOption {
                     k,
@@ -225,12 +316,13 @@ pub fn choose_operating_point(
     goal: &OperatingGoal,
     rank_step: f64,
 ) -> Option<RuleOption> {
+    let thresholds = candidate_thresholds(nodes, rank_step);
     let options: Vec<RuleOption> = goal
         .rules
         .iter()
         .filter(|(k, n)| *k >= 1 && k <= n)
         .flat_map(|&(k, n)| {
-            threshold_candidates(nodes, k, n, horizon_ms, rank_step)
+            threshold_candidates(nodes, &thresholds, k, n, horizon_ms)
                 .into_iter()
                 .filter(|(_, st)| {
                     st.detected > 0 && st.false_alarms_per_1000() <= goal.max_false_alarms
@@ -255,4 +347,51 @@ pub fn choose_operating_point(
         .max_by(by_f1)
         .or_else(|| options.iter().max_by(by_f1))
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::metrics::alert_stats;
+    use rand::{Rng, SeedableRng};
+
+    /// The threshold search's statistics (from each rule's k-th highest score of the last n
+    /// rounds) are exactly those of walking every round with [`alert_times`], for every
+    /// candidate threshold and rule, with missing scores, ties and failing nodes.
+    #[test]
+    fn threshold_search_equals_walking_the_rule() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let step = 300_000i64;
+        let nodes: Vec<NodeScores> = (0..40)
+            .map(|i| {
+                let len = rng.gen_range(0..400usize);
+                let fails = i % 3 == 0 && len > 0;
+                NodeScores {
+                    node: format!("n{i}"),
+                    times: (0..len as i64).map(|j| j * step).collect(),
+                    scores: (0..len)
+                        .map(|j| match rng.gen_range(0..20) {
+                            0 => f64::NAN,
+                            1 => 0.5,
+                            _ if fails && j + 30 > len => rng.gen_range(0.3..1.0),
+                            _ => rng.gen_range(0.0..0.6f64).powi(3),
+                        })
+                        .collect(),
+                    failed_at: fails.then_some(len as i64 * step + step),
+                    precursor: fails.then_some(i % 2 == 0),
+                }
+            })
+            .collect();
+        let horizon = 2 * 3_600_000;
+        let thresholds = candidate_thresholds(&nodes, 1.05);
+        assert!(thresholds.len() > 50 && thresholds.contains(&0.5));
+        for (k, n) in [(1, 1), (2, 3), (3, 6), (4, 12), (12, 12)] {
+            let fast = threshold_candidates(&nodes, &thresholds, k, n, horizon);
+            assert_eq!(fast.len(), thresholds.len());
+            for (t, st) in fast {
+                let walked = alert_stats(&nodes, t, k, n, horizon);
+                assert_eq!(format!("{st:?}"), format!("{walked:?}"), "{k}/{n} at {t}");
+            }
+        }
+    }
 }

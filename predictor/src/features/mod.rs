@@ -6,6 +6,7 @@
 //! once, with its monotone direction ([`feature_defs`]); the channels it reads are declared
 //! in [`channels`], the load effects it removes are learned per node ([`channels::LoadModel`]).
 
+pub(crate) mod batch;
 pub mod channels;
 mod normaliser;
 mod trajectory;
@@ -227,13 +228,35 @@ impl<'a> WindowFeatures<'a> {
 
     /// Appends the window features at time `t` to `out` (see [`feature_defs`]). The series
     /// must be resampled ([`NodeSeries::resample`]): counts are read as per-minute rates.
+    ///
+    /// This is the straightforward definition, one time at a time; [`batch::BatchFeatures`]
+    /// computes the same values for many times of one node (what training and evaluation
+    /// need), and is tested against this.
     pub fn extract(&self, t: i64, out: &mut Vec<f64>) {
         let s = self.series;
-        let base = s.range(t - self.spec.baseline_ms, t);
-        let long = s.range(t - self.spec.long_ms, t);
-        let mid = s.range(t - self.spec.mid_ms, t);
-        let short = s.range(t - self.spec.short_ms, t);
-        let load = LoadModel::fit(s, base.start..long.start, base.clone());
+        let w = Spans::at(s, &self.spec, t);
+        let load = LoadModel::fit(s, w.base.start..w.long.start, w.base.clone());
+        self.levels(t, &w, |ch, i| ch.value(&s.values[i], &load), out);
+        self.rates(&w, out);
+        self.trajectory(t, w.base.clone(), &load, out);
+    }
+
+    /// The level-channel features ([`LEVEL_STATS`], [`ABSOLUTE_STATS`]) of every [`Level`]
+    /// channel, reading sample `i`'s value of a channel from `value(channel, i)`.
+    fn levels(
+        &self,
+        t: i64,
+        spans: &Spans,
+        value: impl Fn(Level, usize) -> f64,
+        out: &mut Vec<f64>,
+    ) {
+        let s = self.series;
+        let Spans {
+            base,
+            long,
+            mid,
+            short,
+        } = spans;
         let t_hours = |i: usize| (s.ts[i] - t) as f64 / HOUR_MS as f64;
         // Spans longer than the middle one are read with a stride so that a 5-second agent
         // costs about what a 1-minute trace does: a baseline mean does not need every sample.
@@ -259,7 +282,7 @@ impl<'a> WindowFeatures<'a> {
                     1
                 };
                 let w = stride.min(base.end - i) as f64;
-                let v = ch.value(&s.values[i], &load);
+                let v = value(ch, i);
                 i += stride;
                 if v.is_nan() {
                     continue;
@@ -313,7 +336,17 @@ impl<'a> WindowFeatures<'a> {
                 out.extend_from_slice(&[m_short.mean(), m_mid.max()]);
             }
         }
+    }
 
+    /// Throughput, count-channel and power-supply features (none depends on the load fit).
+    fn rates(&self, spans: &Spans, out: &mut Vec<f64>) {
+        let s = self.series;
+        let Spans {
+            base,
+            long,
+            mid,
+            short,
+        } = spans;
         let tput = |r: &std::ops::Range<usize>| {
             let mut m = Moments::default();
             for i in r.clone() {
@@ -321,7 +354,7 @@ impl<'a> WindowFeatures<'a> {
             }
             m.mean()
         };
-        out.push((tput(&short) + 1.0) / (tput(&long) + 1.0));
+        out.push((tput(short) + 1.0) / (tput(long) + 1.0));
 
         for (_, col) in COUNT_CHANNELS {
             let rate = |r: &std::ops::Range<usize>| {
@@ -344,8 +377,7 @@ impl<'a> WindowFeatures<'a> {
                 .clone()
                 .map(|i| s.values[i][col] as f64)
                 .fold(f64::NAN, f64::max);
-            let (r_short, r_mid, r_long, r_base) =
-                (rate(&short), rate(&mid), rate(&long), rate(&base));
+            let (r_short, r_mid, r_long, r_base) = (rate(short), rate(mid), rate(long), rate(base));
             out.extend_from_slice(&[
                 r_short,
                 r_mid,
@@ -378,15 +410,33 @@ impl<'a> WindowFeatures<'a> {
                 f64::NAN
             }
         };
-        out.push(flaps(&mid));
-        out.push(flaps(&long));
+        out.push(flaps(mid));
+        out.push(flaps(long));
         let mut down = Moments::default();
         for i in mid.clone() {
             let v = s.values[i][metric::PSU];
             down.push(if v.is_nan() { f64::NAN } else { 1.0 - v as f64 });
         }
         out.push(down.mean());
-        self.trajectory(t, base, &load, out);
+    }
+}
+
+/// The index ranges of the spans ending at one scoring time.
+struct Spans {
+    base: std::ops::Range<usize>,
+    long: std::ops::Range<usize>,
+    mid: std::ops::Range<usize>,
+    short: std::ops::Range<usize>,
+}
+
+impl Spans {
+    fn at(s: &NodeSeries, spec: &WindowSpec, t: i64) -> Spans {
+        Spans {
+            base: s.range(t - spec.baseline_ms, t),
+            long: s.range(t - spec.long_ms, t),
+            mid: s.range(t - spec.mid_ms, t),
+            short: s.range(t - spec.short_ms, t),
+        }
     }
 }
 

@@ -73,6 +73,19 @@ impl Normaliser {
     /// like a sudden return to the mean. Dense steps are read with a stride (at most
     /// `SEQ_SAMPLES_PER_STEP` samples each).
     pub fn sequence(&self, series: &NodeSeries, t: i64, spec: &WindowSpec) -> Array2<f64> {
+        self.sequence_with(series, t, spec, |i, m| self.apply(m, series.values[i][m]))
+    }
+
+    /// [`Self::sequence`] with sample `i`'s normalised metric `m` read from `apply(i, m)`
+    /// (which must equal [`Self::apply`] of it): rounds 5 minutes apart share most of
+    /// their samples, so training normalises each sample once instead of once per round.
+    pub(crate) fn sequence_with(
+        &self,
+        series: &NodeSeries,
+        t: i64,
+        spec: &WindowSpec,
+        apply: impl Fn(usize, usize) -> f64,
+    ) -> Array2<f64> {
         let mut seq = Array2::<f64>::zeros((spec.seq_len, N_METRICS));
         let start = t - spec.seq_step_ms * spec.seq_len as i64;
         let mut prev: Option<usize> = None;
@@ -92,7 +105,7 @@ impl Normaliser {
             let n = r.clone().step_by(stride).count() as f64;
             for i in r.step_by(stride) {
                 for m in 0..N_METRICS {
-                    seq[[step, m]] += self.apply(m, series.values[i][m]) / n;
+                    seq[[step, m]] += apply(i, m) / n;
                 }
             }
             prev = Some(step);

@@ -176,3 +176,86 @@ fn sequence_fills_gaps_and_normalises() {
     assert!(seq.iter().all(|v| v.is_finite()));
     assert!(seq[[23, metric::READ_LAT]].abs() < 1e-9, "median maps to 0");
 }
+
+/// Whether two feature values agree: both missing, or equal to 1e-9 relative.
+fn agree(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+/// The batch path (training, evaluation, scoring) gives `extract`'s features and
+/// `Normaliser::sequence`'s autoencoder inputs on a generated trace with failures,
+/// precursors, lost samples and agent gaps, both with per-sample columns (many times) and
+/// without (a single time). Guards the shipped model: it was trained on `extract`'s values.
+#[test]
+fn batch_features_equal_the_reference_on_a_generated_trace() {
+    use crate::generate::{generate, GeneratorConfig};
+    use batch::BatchFeatures;
+    let dir = tempfile::tempdir().unwrap();
+    let gen = GeneratorConfig {
+        nodes: 4,
+        days: 4.0,
+        interval_ms: 60_000,
+        seed: 7,
+        failure_boost: 400.0,
+        gap_rate_per_day: 2.0,
+        nodes_per_file: 4,
+        ..Default::default()
+    };
+    let hidden = indicatif::ProgressBar::hidden();
+    generate(&gen, dir.path(), &hidden).unwrap();
+    let trace = crate::trace::Trace::read_dir(dir.path(), &hidden).unwrap();
+    let spec = WindowSpec::default();
+    let names = feature_names();
+    let mut compared = 0;
+    for node in &trace.nodes {
+        let s = node.resample(spec.resolution_ms);
+        let norm = Normaliser::fit(&s.values);
+        let wf = WindowFeatures { series: &s, spec };
+        let (first, last) = (s.ts[0], *s.ts.last().unwrap());
+        let times: Vec<i64> = (1..)
+            .map(|i| first + i * 10 * MINUTE_MS)
+            .take_while(|&t| t <= last)
+            .filter(|&t| wf.scorable(t))
+            .collect();
+        let mut many = BatchFeatures::new(&s, spec, &norm, &times);
+        for &t in &times {
+            let mut want = Vec::new();
+            wf.extract(t, &mut want);
+            let mut one = BatchFeatures::new(&s, spec, &norm, &[t]);
+            let (mut got, mut got_one) = (Vec::new(), Vec::new());
+            many.extract(t, &mut got);
+            one.extract(t, &mut got_one);
+            assert_eq!((got.len(), got_one.len()), (names.len(), names.len()));
+            for (i, name) in names.iter().enumerate() {
+                assert!(
+                    agree(want[i], got[i]) && agree(want[i], got_one[i]),
+                    "{} at {t}: {name} reference {} batch {} single {}",
+                    node.node,
+                    want[i],
+                    got[i],
+                    got_one[i]
+                );
+            }
+            let seq = norm.sequence(&s, t, &spec);
+            assert_eq!(seq, many.sequence(t), "autoencoder input at {t}");
+            assert_eq!(seq, one.sequence(t), "autoencoder input at {t}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 500, "{compared} windows compared");
+}
+
+/// The inlined exponential of the load normalisation matches the library's to a few ulp
+/// over the clamped range it serves, and keeps NaN.
+#[test]
+fn clamped_exponential_matches_the_library() {
+    let mut worst = 0.0f64;
+    for i in -300_000..=300_000 {
+        let x = i as f64 * 1e-5 + 1.234_567e-7;
+        let (a, b) = (channels::exp_clamped(x), x.exp());
+        worst = worst.max(((a - b) / b).abs());
+    }
+    assert!(worst < 1e-15, "worst relative error {worst:e}");
+    assert!(channels::exp_clamped(f64::NAN).is_nan());
+    assert_eq!(channels::exp_clamped(0.0), 1.0);
+}

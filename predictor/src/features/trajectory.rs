@@ -28,6 +28,19 @@ pub(crate) const TRAJ_STATS: [(&str, Monotone); 6] = [
     ("recover", Monotone::Rises),
 ];
 
+/// Trajectory channels.
+pub(super) const N_TRAJ: usize = Traj::ALL.len();
+
+/// Hours of the baseline span the hourly means cover.
+pub(super) fn n_hours(spec: &super::WindowSpec) -> usize {
+    (spec.baseline_ms / HOUR_MS).max(1) as usize
+}
+
+/// Samples of the baseline span `base` the hourly means read: every this many.
+pub(super) fn hour_stride(base: &std::ops::Range<usize>, n_hours: usize) -> usize {
+    (base.len() / (60 * n_hours)).max(1)
+}
+
 impl WindowFeatures<'_> {
     /// Appends the trajectory features at time `t` (every [`Traj`] channel, [`TRAJ_STATS`]
     /// each).
@@ -38,13 +51,13 @@ impl WindowFeatures<'_> {
         load: &LoadModel,
         out: &mut Vec<f64>,
     ) {
-        const N: usize = Traj::ALL.len();
+        const N: usize = N_TRAJ;
         let s = self.series;
-        let n_hours = (self.spec.baseline_ms / HOUR_MS).max(1) as usize;
+        let n_hours = n_hours(&self.spec);
         // Hourly means, hour 0 = the last hour. Each hour reads at most ~60 samples.
         let mut sums = vec![[0.0f64; N]; n_hours];
         let mut counts = vec![[0.0f64; N]; n_hours];
-        let hour_stride = (base.len() / (60 * n_hours)).max(1);
+        let hour_stride = hour_stride(&base, n_hours);
         let mut i = base.start;
         while i < base.end {
             let h = ((t - s.ts[i]).max(0) / HOUR_MS) as usize;
@@ -59,6 +72,21 @@ impl WindowFeatures<'_> {
             }
             i += hour_stride;
         }
+        self.trajectory_stats(t, &sums, &counts, |ch, i| ch.value(&s.values[i], load), out);
+    }
+
+    /// The [`TRAJ_STATS`] of every channel from its hourly sums and counts (hour 0 = the
+    /// last hour), reading the last half hour's samples through `value(channel, i)`.
+    pub(super) fn trajectory_stats(
+        &self,
+        t: i64,
+        sums: &[[f64; N_TRAJ]],
+        counts: &[[f64; N_TRAJ]],
+        value: impl Fn(Traj, usize) -> f64,
+        out: &mut Vec<f64>,
+    ) {
+        let s = self.series;
+        let n_hours = sums.len();
         let recent = s.range(t - 30 * MINUTE_MS, t);
         let mut hourly = Vec::with_capacity(n_hours);
         for (c, ch) in Traj::ALL.iter().enumerate() {
@@ -76,8 +104,9 @@ impl WindowFeatures<'_> {
                 out.extend_from_slice(&[f64::NAN; TRAJ_STATS.len()]);
                 continue;
             }
-            known.sort_by(f64::total_cmp);
-            let reference = known[(known.len() - 1) / 4];
+            // The lower quartile (nearest rank below): the element a full sort would put there.
+            let q = (known.len() - 1) / 4;
+            let reference = *known.select_nth_unstable_by(q, f64::total_cmp).1;
             let sev = |v: f64| match eps {
                 Some(e) => (v.max(0.0) + e) / (reference.max(0.0) + e),
                 None => v - reference,
@@ -103,7 +132,7 @@ impl WindowFeatures<'_> {
                 .fold(f64::NAN, f64::max);
             let mut last = Moments::default();
             for i in recent.clone() {
-                last.push(ch.value(&s.values[i], load));
+                last.push(value(*ch, i));
             }
             let recover =
                 ((excess(last.mean()) + floor) / (excess(peak).max(0.0) + floor)).clamp(-1.0, 2.0);

@@ -5,9 +5,9 @@ use crate::baselines::{
     static_score, OutOfFold, StaticThresholds, TreeBaseline, N_STATIC, STATIC_QUANTILES,
     STATIC_STATS,
 };
-use crate::eval::{
-    choose_operating_point, pr_curve, quantile, NodeScores, OperatingGoal, RuleOption,
-};
+#[cfg(doc)]
+use crate::eval::quantile;
+use crate::eval::{choose_operating_point, pr_curve, NodeScores, OperatingGoal, RuleOption};
 use crate::gbt::{GbtConfig, GbtError};
 use crate::model::AlertRule;
 
@@ -47,6 +47,11 @@ pub(super) fn rule(o: &RuleOption, cfg: &TrainConfig) -> AlertRule {
     }
 }
 
+/// [`quantile`] of an already sorted `v` (nearest rank), `None` when empty.
+fn sorted_quantile(v: &[f64], q: f64) -> Option<f64> {
+    (!v.is_empty()).then(|| v[((v.len() - 1) as f64 * q).round() as usize])
+}
+
 /// Healthy-round quantiles of each static statistic over the nodes `keep` accepts: one
 /// limit vector per entry of [`STATIC_QUANTILES`].
 fn static_limits(store: &Store, h: i64, keep: impl Fn(usize) -> bool) -> Vec<Vec<f64>> {
@@ -62,10 +67,14 @@ fn static_limits(store: &Store, h: i64, keep: impl Fn(usize) -> bool) -> Vec<Vec
                 }
             }
         }
+        // Sorted once for every quantile ([`quantile`] of each would sort a copy each time).
+        healthy.sort_unstable_by(f64::total_cmp);
         for (q, limits) in STATIC_QUANTILES.iter().zip(per_q.iter_mut()) {
             // A statistic that is always 0 when healthy (errors) gets a tiny limit: any
             // error then counts, as an operator's "errors > 0" alert would.
-            limits[c] = quantile(&healthy, *q).unwrap_or(f64::INFINITY).max(1e-9);
+            limits[c] = sorted_quantile(&healthy, *q)
+                .unwrap_or(f64::INFINITY)
+                .max(1e-9);
         }
     }
     per_q
@@ -117,7 +126,8 @@ pub(super) fn fit_static(
 }
 
 /// The single tree: fitted per fold on the model's tree rows (window features only, no
-/// constraints), tuned on its out-of-fold margins under `goal`, refitted on every row.
+/// constraints), tuned on its out-of-fold margins under `goal`, refitted on every row. Its
+/// fits run one at a time: training fits the final trees beside them.
 pub(super) fn fit_tree(
     store: &Store,
     rows: &TreeRows,
@@ -133,7 +143,16 @@ pub(super) fn fit_tree(
         ..Default::default()
     };
     let n_window = store.n_features - 1;
-    let folds = store.fit_folds(rows, cfg.cv_folds, n_window, &[], &tree_cfg)?;
+    let folds = store
+        .fit_folds(
+            rows,
+            cfg.cv_folds,
+            n_window,
+            &[],
+            std::slice::from_ref(&tree_cfg),
+            1,
+        )?
+        .swap_remove(0);
     let oof = store.oof_margins(&folds, n_window);
     let Some(option) = choose_operating_point(&oof, cfg.horizon_ms, goal, RANK_STEP) else {
         tracing::warn!(

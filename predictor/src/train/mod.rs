@@ -325,8 +325,16 @@ pub fn train(
     bar.set_length(candidates.len() as u64);
     let mut cv_pr_auc = Vec::new();
     let mut best: Option<(usize, f64, Vec<NodeScores>)> = None;
-    for (c, (name, gc)) in candidates.iter().enumerate() {
-        let folds = store.fit_folds(&rows, cfg.cv_folds, store.n_features, &monotone, gc)?;
+    let configs: Vec<GbtConfig> = candidates.iter().map(|(_, gc)| gc.clone()).collect();
+    let fits = store.fit_folds(
+        &rows,
+        cfg.cv_folds,
+        store.n_features,
+        &monotone,
+        &configs,
+        store::CONCURRENT_FITS,
+    )?;
+    for (c, ((name, _), folds)) in candidates.iter().zip(fits).enumerate() {
         let oof = store.oof_margins(&folds, store.n_features);
         let (ap, _) = pr_curve(&oof, h);
         tracing::info!(config = %name, pr_auc = ap, "out-of-fold PR-AUC");
@@ -341,60 +349,68 @@ pub fn train(
     };
     lap("cross-validation", &mut phase);
 
-    // Calibration on the out-of-fold margins of every round of every training node.
-    let mut m = Vec::new();
-    let mut labels = Vec::new();
-    for s in &oof {
-        for (&t, &v) in s.times.iter().zip(&s.scores) {
-            m.push(v);
-            labels.push(s.failed_at.is_some_and(|f| f > t && f - t <= h));
-        }
-    }
-    let calibration = Platt::fit(&m, &labels, &vec![1.0; m.len()]);
-    drop((m, labels));
-    for s in &mut oof {
-        s.scores
-            .iter_mut()
-            .for_each(|v| *v = calibration.probability(*v));
-    }
+    // The final trees depend only on the rows and the chosen depth: they are fitted on a
+    // thread of their own beside the calibration and the baselines (whose trees are then
+    // fitted one at a time, so that at most two fits hold a copy of the rows at once).
+    let final_cfg = &candidates[chosen].1;
+    let (tuned, final_fit) = std::thread::scope(|scope| {
+        let final_fit =
+            scope.spawn(|| store.fit(&rows, |_| true, store.n_features, &monotone, final_cfg));
+        let tuned = (|| -> Result<_, TrainError> {
+            // Calibration on the out-of-fold margins of every round of every training node.
+            let mut m = Vec::new();
+            let mut labels = Vec::new();
+            for s in &oof {
+                for (&t, &v) in s.times.iter().zip(&s.scores) {
+                    m.push(v);
+                    labels.push(s.failed_at.is_some_and(|f| f > t && f - t <= h));
+                }
+            }
+            let calibration = Platt::fit(&m, &labels, &vec![1.0; m.len()]);
+            drop((m, labels));
+            for s in &mut oof {
+                s.scores
+                    .iter_mut()
+                    .for_each(|v| *v = calibration.probability(*v));
+            }
 
-    // Operating points, every method the same way: static thresholds first (their
-    // out-of-fold false-alarm rate, when lower than the budget, becomes the model's and the
-    // tree's), then the model and the tree.
-    let mut goal = OperatingGoal {
-        rules: cfg.rules.clone(),
-        max_false_alarms: cfg.max_false_alarms,
-        min_precision: cfg.min_precision,
-    };
-    let static_fit = fit_static(&store, cfg, &goal, window.short_ms);
-    if let Some((_, s)) = &static_fit {
-        goal.max_false_alarms = goal.max_false_alarms.min(s.false_alarms_per_1000_node_days);
-    }
-    let chosen_point = choose_operating_point(&oof, h, &goal, RANK_STEP).or_else(|| {
-        tracing::warn!(
-            budget = goal.max_false_alarms,
-            "the model detects nothing out of fold at the static thresholds' false-alarm rate; using the configured budget"
-        );
-        goal.max_false_alarms = cfg.max_false_alarms;
-        choose_operating_point(&oof, h, &goal, RANK_STEP)
+            // Operating points, every method the same way: static thresholds first (their
+            // out-of-fold false-alarm rate, when lower than the budget, becomes the model's
+            // and the tree's), then the model and the tree.
+            let mut goal = OperatingGoal {
+                rules: cfg.rules.clone(),
+                max_false_alarms: cfg.max_false_alarms,
+                min_precision: cfg.min_precision,
+            };
+            let static_fit = fit_static(&store, cfg, &goal, window.short_ms);
+            if let Some((_, s)) = &static_fit {
+                goal.max_false_alarms =
+                    goal.max_false_alarms.min(s.false_alarms_per_1000_node_days);
+            }
+            let chosen_point = choose_operating_point(&oof, h, &goal, RANK_STEP).or_else(|| {
+                tracing::warn!(
+                    budget = goal.max_false_alarms,
+                    "the model detects nothing out of fold at the static thresholds' false-alarm rate; using the configured budget"
+                );
+                goal.max_false_alarms = cfg.max_false_alarms;
+                choose_operating_point(&oof, h, &goal, RANK_STEP)
+            });
+            let Some(point) = chosen_point else {
+                return Err(TrainError::Data(format!(
+                    "cross-validated, the model detects no failure within {:.2} false alarms per 1000 healthy node-days: the data cannot support a model at that rate",
+                    cfg.max_false_alarms
+                )));
+            };
+            let model_oof = out_of_fold("model", &point, &oof, cfg);
+            let tree_fit = fit_tree(&store, &rows, cfg, &goal)?;
+            Ok((calibration, goal, static_fit, point, model_oof, tree_fit))
+        })();
+        lap("calibration and operating points", &mut phase);
+        (tuned, final_fit.join())
     });
-    let Some(point) = chosen_point else {
-        return Err(TrainError::Data(format!(
-            "cross-validated, the model detects no failure within {:.2} false alarms per 1000 healthy node-days: the data cannot support a model at that rate",
-            cfg.max_false_alarms
-        )));
-    };
-    let model_oof = out_of_fold("model", &point, &oof, cfg);
-    let tree_fit = fit_tree(&store, &rows, cfg, &goal)?;
-    lap("calibration and operating points", &mut phase);
-
-    let gbt = store.fit(
-        &rows,
-        |_| true,
-        store.n_features,
-        &monotone,
-        &candidates[chosen].1,
-    )?;
+    let (calibration, goal, static_fit, point, model_oof, tree_fit) = tuned?;
+    let gbt = final_fit.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    // Only the part of the final fit that outlasted the calibration and the baselines.
     lap("final trees", &mut phase);
 
     let cal_rate = {
