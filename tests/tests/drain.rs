@@ -54,7 +54,9 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
     // Keep the workload going a little after the last move.
     load.more_writes(50, Duration::from_secs(30)).await?;
     let done = load.finish().await?;
-    done.assert_clean(10);
+    // The sampler must have seen the drain, not a set number of samples: a drain of this
+    // size now takes about a second.
+    done.assert_clean(3);
     let (l, samples) = (&done.ledger, done.samples);
 
     // One committed move per replica the node held, each replacing it.
