@@ -403,6 +403,13 @@ pub struct ReplicaStatus {
     pub serving: bool,
     /// For a learner: whether its copy is complete (it has the data up to its log).
     pub copied: bool,
+    /// For a learner copying: bytes of keys and values received and CRC-checked so far (0
+    /// otherwise). The leader records it in the move's `bytes_copied`, so an operator sees a
+    /// long copy advance instead of jumping to done.
+    pub copy_bytes: u64,
+    /// Approximate bytes of keys and values this replica holds (from the sizes of its data
+    /// files; what is still in memory is left out): a move's total before it is measured.
+    pub size_estimate: u64,
     /// The last checkpoint it applied: (sequence, CRC-64, bytes, keys).
     pub checkpoint: Option<Checkpoint>,
 }

@@ -95,11 +95,12 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
 
 /// A destination killed while it copies: the move aborts (the learner leaves the shard) and
 /// is retried on another node, and the drain completes with every value intact. Copies are
-/// throttled to 64 KiB/s per node so the kill lands mid-copy.
+/// throttled to 64 KiB/s per node, in 16 KiB chunks, so the kill lands mid-copy, after the
+/// copy's progress has shown in its migration record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_destination_killed_mid_copy_is_replaced_by_another() -> anyhow::Result<()> {
     let c = LocalCluster::start_with(3, &["--storage", "5", "--shards", "4", "--rf", "3"]).await?;
-    c.restart_with_copy(65_536, None)?;
+    c.restart_with_copy(65_536, Some(16 * 1024))?;
     let client = c.new_client()?;
     let data = DataClient::new(c.new_client()?).await?;
     let mut written = Vec::new();
@@ -114,12 +115,15 @@ async fn a_destination_killed_mid_copy_is_replaced_by_another() -> anyhow::Resul
     }
     let victim = busiest_primary(&client).await?;
     drain(&c, &client, victim).await?;
-    // The first move to reach its copy loses its destination.
+    // The first move seen part-way through its copy loses its destination. Its record shows
+    // the copy advancing (bytes received so far, a rate), not only its end.
     let (shard, killed) = poll(Duration::from_secs(120), "a drain move copying", || async {
         Ok(drain_moves(&client, victim)
             .await?
             .into_iter()
-            .find(|m| m.state == MigrationState::Copying)
+            .find(|m| {
+                m.state == MigrationState::Copying && m.bytes_copied > 0 && m.rate_bytes_per_s > 0
+            })
             .map(|m| (m.shard, m.to)))
     })
     .await?;

@@ -209,6 +209,8 @@ pub(crate) mod fixtures {
             applied: prepared,
             serving: role == ReplicaRole::Primary,
             copied: role != ReplicaRole::Learner,
+            copy_bytes: 0,
+            size_estimate: 0,
             checkpoint: None,
         }
     }

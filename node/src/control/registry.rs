@@ -517,6 +517,8 @@ mod health_tests {
             applied: 0,
             serving: false,
             copied,
+            copy_bytes: 0,
+            size_estimate: 0,
             checkpoint: None,
         };
         let report = |replicas| NodeReport {

@@ -226,11 +226,43 @@ impl Drop for CopyGuard<'_> {
     }
 }
 
-/// Starts the learner's side: copies the shard, then tells the replica task.
+/// One learner copy, shared by the copy task and the replica: how far it got (the replica
+/// reports it to the leader as the move's progress), and whether the replica gave it up.
+#[derive(Debug, Default)]
+pub struct CopyJob {
+    bytes: AtomicU64,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl CopyJob {
+    /// Bytes of keys and values received and checked so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// The learner started over (its shard data is being cleared): the copy stops at its
+    /// next step and its end is not reported.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the learner's side: copies the shard, then tells the replica task (naming `job`,
+/// so a copy given up meanwhile does not count).
+///
+/// The copy outlives epoch changes that keep this node a learner (a dead source or
+/// secondary removed, a new primary): each attempt fences itself with the shard record as
+/// the node knows it then, and picks its source among that record's replicas. Before, the
+/// copy stopped at the first epoch change without a word, and the move waited for a copy
+/// nobody was making until its deadline.
 pub fn start_fetch(
     ctx: Arc<NodeCtx>,
     config: Arc<Shard>,
-    epoch: u64,
+    job: Arc<CopyJob>,
     at_least: u64,
     tx: mpsc::Sender<Msg>,
 ) {
@@ -246,12 +278,23 @@ pub fn start_fetch(
         let mut at_seq: Option<u64> = None;
         let mut bytes = 0u64;
         let mut attempt = 0u32;
+        let mut config = config;
         loop {
-            // Still a learner at this epoch? Otherwise the copy is moot.
+            // Still wanted, and still a learner? Otherwise the copy is moot.
+            if job.cancelled() {
+                return;
+            }
             match ctx.replica(shard).map(|h| h.view()) {
-                Some(v) if v.role == ReplicaRole::Learner && v.epoch == epoch => {}
+                Some(v) if v.role == ReplicaRole::Learner => {}
                 _ => return,
             }
+            if let Some(now) = ctx.directory.shard(shard) {
+                if !now.learners.contains(&ctx.node) {
+                    return;
+                }
+                config = now;
+            }
+            let epoch = config.epoch;
             let Some(source) = pick_source(&ctx, &config, attempt) else {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 attempt += 1;
@@ -266,6 +309,7 @@ pub fn start_fetch(
                 &mut after,
                 &mut at_seq,
                 &mut bytes,
+                &job.bytes,
             )
             .await
             {
@@ -285,7 +329,7 @@ pub fn start_fetch(
         let at_seq = at_seq.unwrap_or(at_least);
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(%shard, bytes, at_seq, seconds = secs, mb_per_s = bytes as f64 / 1e6 / secs.max(1e-9), "copy finished");
-        let _ = tx.send(Msg::CopyDone { at_seq }).await;
+        let _ = tx.send(Msg::CopyDone { at_seq, job }).await;
     });
 }
 
@@ -326,6 +370,7 @@ async fn fetch_from(
     after: &mut Option<Vec<u8>>,
     at_seq: &mut Option<u64>,
     bytes: &mut u64,
+    progress: &AtomicU64,
 ) -> Result<(), String> {
     let urgent = under_replicated(ctx, config);
     let addr = ctx
@@ -364,6 +409,7 @@ async fn fetch_from(
     });
     let mut last_received = after.clone();
     let mut stream_at_seq = None;
+    let mut streamed = 0u64;
     let received: Result<(), String> = async {
         loop {
             // A chunk, or the source's refusal (a `DataResponse::Error`).
@@ -400,6 +446,8 @@ async fn fetch_from(
                 .sum();
             ctx.throttle.take(n as usize, urgent).await;
             ctx.metrics.copied_bytes(n);
+            streamed += n;
+            progress.store(*bytes + streamed, Ordering::Relaxed);
             if let Some((k, _)) = chunk.items.last() {
                 last_received = Some(k.clone());
             }
@@ -423,6 +471,8 @@ async fn fetch_from(
     drop(tx);
     let (loaded, load_result) = load.await.map_err(|e| e.to_string())?;
     *bytes += loaded.bytes;
+    // A resumed stream starts again after what was ingested.
+    progress.store(*bytes, Ordering::Relaxed);
     if loaded.last.is_some() {
         *after = loaded.last;
     }

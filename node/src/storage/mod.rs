@@ -147,6 +147,14 @@ impl NodeCtx {
             }
         }
         report.replicas.sort_by_key(|r| r.shard);
+        let shards: Vec<ShardId> = report.replicas.iter().map(|r| r.shard).collect();
+        for (r, size) in report
+            .replicas
+            .iter_mut()
+            .zip(self.engine.size_estimates(&shards))
+        {
+            r.size_estimate = size;
+        }
         report
     }
 }

@@ -54,9 +54,12 @@ fn active(m: &Migration) -> bool {
 }
 
 /// `[########------------]  40% 1.2 MiB/3.0 MiB`; a committed move is full, a move of
-/// unknown size (its shard never verified yet) shows its bytes only.
+/// unknown size (no estimate of its shard yet) shows its bytes only.
 fn progress(m: &Migration) -> String {
     let (done, total) = (m.bytes_copied, m.bytes_total);
+    if total == 0 && m.state != MigrationState::Committed {
+        return format!("[{}]   ? {}/?", "-".repeat(BAR), bytes(done));
+    }
     let fraction = match (m.state, total) {
         (MigrationState::Committed, _) => 1.0,
         (_, 0) => 0.0,
@@ -252,7 +255,12 @@ mod tests {
         assert_eq!(eta_ms(&x), Some(3000));
         // Unknown size or rate: no ETA, an empty bar; committed: full.
         assert_eq!(eta_ms(&m(1, MigrationState::Copying, 0, 0, 0)), None);
-        assert!(progress(&m(1, MigrationState::Planned, 0, 0, 0)).contains("  0%"));
+        assert!(progress(&m(1, MigrationState::Planned, 0, 5, 0)).contains("  0%"));
+        let unknown = progress(&m(1, MigrationState::Copying, 3 << 20, 0, 1 << 20));
+        assert!(
+            unknown.contains("   ? ") && unknown.ends_with("/?"),
+            "{unknown}"
+        );
         assert!(progress(&m(1, MigrationState::Committed, 5, 5, 9)).contains("100%"));
         assert_eq!(eta_ms(&m(1, MigrationState::Committed, 1, 5, 9)), None);
     }

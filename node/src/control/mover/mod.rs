@@ -89,6 +89,8 @@ pub struct MoverMemory {
     pub backoff_until: HashMap<ShardId, Instant>,
     /// Checkpoints asked for, by migration.
     pub checkpoints: HashMap<MigrationId, Requested>,
+    /// When this leader last recorded each copy's progress.
+    pub progress_at: HashMap<MigrationId, Instant>,
 }
 
 impl MoverMemory {
@@ -105,8 +107,25 @@ impl MoverMemory {
         }
         let active: Vec<MigrationId> = cluster.active_migrations().map(|m| m.id).collect();
         self.checkpoints.retain(|m, _| active.contains(m));
+        self.progress_at.retain(|m, _| active.contains(m));
+    }
+
+    /// Whether `m`'s copy progress may be recorded at `now` (and if so, notes that it is):
+    /// at most once per [`PROGRESS_EVERY`], so a copy costs a log entry a second, not one
+    /// per pass.
+    pub fn progress_due(&mut self, m: MigrationId, now: Instant) -> bool {
+        match self.progress_at.get(&m) {
+            Some(t) if now.saturating_duration_since(*t) < PROGRESS_EVERY => false,
+            _ => {
+                self.progress_at.insert(m, now);
+                true
+            }
+        }
     }
 }
+
+/// How often a copy's progress is written to its migration record.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn compare(key: Key, version: u64) -> Compare {
     Compare {
@@ -150,6 +169,25 @@ pub fn start_txn(m: &Migration, shard: &Shard, now_ms: u64) -> Txn {
     next.bytes_copied = 0;
     next.rate_bytes_per_s = 0;
     write((shard, s), (m, next))
+}
+
+/// Step (b) under way: the learner has `bytes` of the shard; the record's progress and rate
+/// follow. The total becomes the primary's current estimate of the shard's size (`total`, 0
+/// if it has none: the planned figure stays), and never less than what has arrived; a total
+/// nobody knows stays 0 (unknown) rather than pretending the copy is complete.
+pub fn progress_txn(m: &Migration, bytes: u64, total: u64, now_ms: u64) -> Txn {
+    let mut next = m.clone();
+    next.bytes_copied = bytes;
+    next.bytes_total = match (total, m.bytes_total) {
+        (0, 0) => 0,
+        (0, planned) => planned.max(bytes),
+        (estimate, _) => estimate.max(bytes),
+    };
+    next.rate_bytes_per_s = rate(m, bytes, now_ms);
+    Txn {
+        compares: vec![compare(Key::Migration(m.id), m.version)],
+        ops: vec![Op::Put(Record::Migration(next))],
+    }
 }
 
 /// Step (b) done: `m` is `CatchingUp` (verification). The learner holds the whole shard, so
@@ -361,6 +399,12 @@ impl Control {
                     .request_checkpoint(m, cluster, storage, *primary, *epoch)
                     .await;
             }
+            (Step::Progress { bytes, total }, Some(_)) => {
+                if !self.with_memory(|mem| mem.progress_due(m.id, now)) {
+                    return Ok(Pace::Idle);
+                }
+                progress_txn(m, *bytes, *total, now_ms)
+            }
             (Step::Start, Some(s)) => start_txn(m, s, now_ms),
             (Step::Copied, Some(_)) => copied_txn(m, now_ms),
             (Step::Commit(cp), Some(s)) => commit_txn(m, s, cp, now_ms),
@@ -389,6 +433,8 @@ impl Control {
                 tracing::info!(migration = %m.id, shard = %m.shard, to = %m.to, seq = cp.seq, crc64 = format_args!("{:016x}", cp.crc64), bytes = cp.bytes, "move committed: learner is a replica");
             }
             Step::Abort(reason) => self.aborted(m, &reason, now),
+            // Progress needs no quick follow-up: the copy's end comes with its own report.
+            Step::Progress { .. } => return Ok(Pace::Idle),
             _ => {}
         }
         Ok(Pace::Now)

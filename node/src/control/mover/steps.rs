@@ -4,7 +4,7 @@
 //! | state | step | recorded as |
 //! |---|---|---|
 //! | `Planned` | (a) add the destination to the shard's learners (epoch + 1, shard `Moving`) | `Copying` |
-//! | `Copying` | (b) wait until the learner reports its copy complete (`copied`) | `CatchingUp` |
+//! | `Copying` | (b) wait until the learner reports its copy complete (`copied`); meanwhile record the bytes it reports received, at most once a second | `CatchingUp` (meanwhile `bytes_copied`, `rate_bytes_per_s`) |
 //! | `CatchingUp` | (c) have the primary write a checkpoint; wait until primary and learner report it at that sequence; compare CRC-64, bytes and keys | (in memory: the sequence) |
 //! | `CatchingUp` | (d) one write: learner -> replica (epoch + 1), `size_bytes` / `crc64` from the checkpoint, shard `Stable` | `Committed` |
 //!
@@ -34,6 +34,8 @@ use augur_proto::data::{Checkpoint, ReplicaRole};
 use augur_proto::model::ShardState;
 use augur_proto::{Migration, MigrationKind, MigrationState, NodeId, NodeState};
 
+/// Waiting for the learner's copy (which the mover may record the progress of).
+pub const WAIT_COPYING: &str = "learner copying";
 /// Waiting for the primary's and the learner's reports of the requested checkpoint.
 pub const WAIT_CHECKPOINT_REPORT: &str = "checkpoint not reported yet";
 /// Waiting for one side to apply the requested checkpoint.
@@ -88,6 +90,13 @@ pub enum Step {
     Wait(&'static str),
     /// (a) Add the destination as a learner.
     Start,
+    /// (b) under way: the learner reports more bytes received than recorded.
+    Progress {
+        /// Bytes the learner has received and checked.
+        bytes: u64,
+        /// The primary's estimate of the shard's size (0: none).
+        total: u64,
+    },
     /// (b) done: record that the learner has its copy.
     Copied,
     /// (c) Ask the primary for a checkpoint at the shard's current epoch.
@@ -172,7 +181,20 @@ pub fn next_step(
     if m.state == MigrationState::Copying {
         return match learner {
             Some(r) if r.role == ReplicaRole::Learner && r.copied => Step::Copied,
-            _ => Step::Wait("learner copying"),
+            // Only a report under the shard's epoch: an older one may be of an earlier copy.
+            Some(r)
+                if r.role == ReplicaRole::Learner
+                    && r.epoch == shard.epoch
+                    && r.copy_bytes > m.bytes_copied =>
+            {
+                Step::Progress {
+                    bytes: r.copy_bytes,
+                    total: reports
+                        .replica(cluster, primary, shard.id)
+                        .map_or(0, |p| p.size_estimate),
+                }
+            }
+            _ => Step::Wait(WAIT_COPYING),
         };
     }
     let ask = Step::Checkpoint {
@@ -316,10 +338,40 @@ mod tests {
         let m = migration(MigrationState::Copying);
         let mut r = Reports::default();
         report(&mut r, 4, vec![status(1, 6, Learner, 3)]);
+        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Wait(WAIT_COPYING));
+        // Bytes received beyond what the record says: progress to record.
+        let mut part = status(1, 6, Learner, 3);
+        part.copy_bytes = 400;
+        report(&mut r, 4, vec![part.clone()]);
         assert_eq!(
             next_step(&m, &c, &r, None, 0),
-            Step::Wait("learner copying")
+            Step::Progress {
+                bytes: 400,
+                total: 0
+            }
         );
+        // With the primary's estimate of the shard's size as the total.
+        let mut p = status(1, 6, Primary, 3);
+        p.size_estimate = 1200;
+        report(&mut r, 1, vec![p]);
+        assert_eq!(
+            next_step(&m, &c, &r, None, 0),
+            Step::Progress {
+                bytes: 400,
+                total: 1200
+            }
+        );
+        let mut recorded = m.clone();
+        recorded.bytes_copied = 400;
+        assert_eq!(
+            next_step(&recorded, &c, &r, None, 0),
+            Step::Wait(WAIT_COPYING),
+            "nothing new"
+        );
+        // A report under an older epoch may be of an earlier copy: not progress.
+        part.epoch = 5;
+        report(&mut r, 4, vec![part]);
+        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Wait(WAIT_COPYING));
         let mut done = status(1, 6, Learner, 3);
         done.copied = true;
         report(&mut r, 4, vec![done]);

@@ -137,6 +137,66 @@ async fn a_lost_replica_is_recreated_step_by_step_and_survives_a_leader_change()
 }
 
 #[tokio::test]
+async fn a_copy_in_progress_is_recorded_at_most_once_a_second_with_its_rate() {
+    let mut c = cluster(&[1, 2, 3, 4], vec![shard(1, &[1, 2], 3)], 3);
+    c.shards.get_mut(&ShardId(1)).unwrap().size_bytes = 1000;
+    c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Down;
+    let store = MemStore::with(&c);
+    let storage = Scripted::default();
+    let control = Control::for_tests(settings());
+    let now = Instant::now();
+    tick(&control, &store, &storage, now).await; // planned
+    tick(&control, &store, &storage, now).await; // started
+    let m = only_migration(&store);
+    assert_eq!((m.state, m.bytes_total), (MigrationState::Copying, 1000));
+    let copying = |bytes: u64| {
+        let mut s = status(1, 4, ReplicaRole::Learner, 10);
+        s.copy_bytes = bytes;
+        control.record_probe(NodeId(4), Instant::now(), Ok(node_report(4, vec![s])));
+    };
+    // A pass `ms` after the copy started.
+    let at = |ms: u64| {
+        control.mover_tick(
+            &store,
+            &storage,
+            now - Duration::from_secs(3600),
+            now + Duration::from_millis(ms),
+            m.started_ms + ms,
+        )
+    };
+
+    copying(250);
+    assert_eq!(
+        at(500).await.unwrap(),
+        Pace::Idle,
+        "progress needs no quick pass"
+    );
+    let m1 = only_migration(&store);
+    assert_eq!((m1.bytes_copied, m1.rate_bytes_per_s), (250, 500));
+    // More bytes within the second: not written yet (a log entry a second at most).
+    copying(600);
+    at(900).await.unwrap();
+    assert_eq!(only_migration(&store).bytes_copied, 250);
+    at(1600).await.unwrap();
+    let m2 = only_migration(&store);
+    assert_eq!((m2.bytes_copied, m2.rate_bytes_per_s), (600, 375));
+    // A shard larger than planned: the total follows what arrives...
+    copying(1500);
+    at(2700).await.unwrap();
+    let m3 = only_migration(&store);
+    assert_eq!((m3.bytes_copied, m3.bytes_total), (1500, 1500));
+    assert_eq!(m3.state, MigrationState::Copying);
+    // ...and the primary's estimate of the shard's size, once it reports one.
+    let mut p = status(1, 4, ReplicaRole::Primary, 10);
+    p.size_estimate = 4000;
+    control.record_probe(NodeId(1), Instant::now(), Ok(node_report(1, vec![p])));
+    copying(1800);
+    at(3800).await.unwrap();
+    let m4 = only_migration(&store);
+    assert_eq!((m4.bytes_copied, m4.bytes_total), (1800, 4000));
+}
+
+#[tokio::test]
 async fn a_checksum_mismatch_aborts_cleanly_and_retries_elsewhere_after_backoff() {
     let store = setup(&[1, 2, 3, 4, 5]);
     let storage = Scripted::default();

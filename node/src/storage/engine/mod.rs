@@ -26,6 +26,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 mod bulk;
+mod size;
 pub use bulk::{LoadChunk, Loaded};
 
 const CF_DATA: &str = "data";

@@ -185,6 +185,15 @@ fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
         (digest.sum64(), 90, 90 * 106)
     );
     drop(snap);
+    // The size estimate of a shard in files: its raw bytes (the copy's count) within the
+    // per-item encoding overhead; nothing for a shard with no data.
+    let est = e.size_estimates(&[s, ShardId(77)]);
+    assert!(
+        (90 * 106..=90 * 106 * 3 / 2).contains(&est[0]),
+        "{est:?} for {} raw bytes",
+        90 * 106
+    );
+    assert_eq!(est[1], 0);
     // Keys out of order: the file being written is dropped, the ones ingested before stay.
     let t = ShardId(10);
     let mut bad = load_chunk(50..60, 5);

@@ -15,7 +15,10 @@
 
 use super::{Msg, Replica};
 use crate::storage::copy;
-use augur_proto::data::{DataError, Effect, Fence, ReplicaAck, ReplicaRole, ReplicateFrame};
+use augur_proto::data::{
+    Checkpoint, DataError, Effect, Fence, ReplicaAck, ReplicaRole, ReplicateFrame,
+};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 impl Replica {
@@ -205,29 +208,55 @@ impl Replica {
             }
             self.state = next;
             if last.1 {
-                let (engine, shard, seq) = (self.engine.clone(), self.shard, last.0);
-                // The snapshot must be taken before anything else is applied: here, now.
-                let sum = tokio::task::block_in_place(|| {
-                    let snap = engine.snapshot();
-                    engine.checksum(&snap, shard, seq)
-                });
-                match sum {
-                    Ok(c) => {
-                        tracing::info!(shard = %self.shard, seq, crc64 = format_args!("{:016x}", c.crc64), keys = c.keys, bytes = c.bytes, "checkpoint");
-                        self.checkpoint = Some(c);
-                        // A move's verification waits for this figure: report it now.
-                        self.ctx.report_now.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::error!(shard = %self.shard, error = %e, "checkpoint checksum failed")
-                    }
-                }
+                self.checksum_in_background(last.0);
             }
             if self.state.role == ReplicaRole::Primary {
                 self.resolve_applied();
             }
         }
         self.prune();
+    }
+
+    /// Checksums the shard as it is now, just after applying the checkpoint entry `seq`,
+    /// without holding this task for the whole-shard read: a blocking thread takes a RocksDB
+    /// snapshot, the task waits only until it exists (anything applied after would otherwise
+    /// leak into the figure), and the figure comes back as [`Msg::Checksummed`]. On a primary
+    /// the read took the shard's writes hostage for as long as it ran (100 ms for 35 MB);
+    /// now they go on while it runs.
+    fn checksum_in_background(&self, seq: u64) {
+        let (engine, shard, gen, me) = (
+            self.engine.clone(),
+            self.shard,
+            self.checksum_gen,
+            self.me.clone(),
+        );
+        let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        tokio::task::spawn_blocking(move || {
+            let snap = engine.snapshot();
+            let _ = taken_tx.send(());
+            match engine.checksum(&snap, shard, seq) {
+                Ok(checkpoint) => {
+                    // The task may have ended (the shard left this node): nothing to tell.
+                    let _ = me.blocking_send(Msg::Checksummed { gen, checkpoint });
+                }
+                Err(e) => tracing::error!(%shard, seq, error = %e, "checkpoint checksum failed"),
+            }
+        });
+        if tokio::task::block_in_place(|| taken_rx.recv()).is_err() {
+            tracing::error!(shard = %self.shard, seq, "the checksum thread ended before taking its snapshot");
+        }
+    }
+
+    /// A checksum computed off the task: kept unless a learner reset or a later checkpoint
+    /// came in between.
+    pub(crate) fn on_checksummed(&mut self, gen: u64, c: Checkpoint) {
+        if gen != self.checksum_gen || self.checkpoint.is_some_and(|old| old.seq >= c.seq) {
+            return;
+        }
+        tracing::info!(shard = %self.shard, seq = c.seq, crc64 = format_args!("{:016x}", c.crc64), keys = c.keys, bytes = c.bytes, "checkpoint");
+        self.checkpoint = Some(c);
+        // A move's verification waits for this figure: report it now.
+        self.ctx.report_now.notify_one();
     }
 
     /// Drops applied entries beyond the retention, keeping what a lagging peer may need.
@@ -255,16 +284,22 @@ impl Replica {
             return;
         };
         self.copying = true;
+        let job = Arc::new(copy::CopyJob::default());
+        self.copy_job = Some(job.clone());
         copy::start_fetch(
             self.ctx.clone(),
             config,
-            self.state.epoch,
+            job,
             self.state.floor.saturating_sub(1),
             tx.clone(),
         );
     }
 
-    pub(crate) fn on_copy_done(&mut self, at_seq: u64) {
+    pub(crate) fn on_copy_done(&mut self, at_seq: u64, job: &Arc<copy::CopyJob>) {
+        if !self.copy_job.as_ref().is_some_and(|j| Arc::ptr_eq(j, job)) {
+            // A copy this learner gave up when it started over: its data is gone with it.
+            return;
+        }
         self.copying = false;
         if self.state.role != ReplicaRole::Learner || self.state.copied {
             return;

@@ -19,6 +19,7 @@
 pub mod follower;
 pub mod primary;
 
+use super::copy::CopyJob;
 use super::engine::{Engine, EngineError, ReplicaState};
 use super::replicate::Sender;
 use super::NodeCtx;
@@ -103,9 +104,17 @@ pub enum Msg {
     CopyDone {
         /// The applied sequence the copy was read at.
         at_seq: u64,
+        /// Which copy: one the learner has since given up (a reset) does not count.
+        job: Arc<CopyJob>,
     },
-    /// A checksum of the shard computed at a checkpoint entry.
-    Checksummed(Checkpoint),
+    /// A checksum of the shard computed at a checkpoint entry, off the task (see
+    /// [`Replica::checksum_in_background`]).
+    Checksummed {
+        /// The replica's `checksum_gen` when it was asked: a learner reset since makes it void.
+        gen: u64,
+        /// The figure.
+        checkpoint: Checkpoint,
+    },
     /// Hand off the primary role: stop serving, let writes in flight commit, answer with the
     /// last applied sequence (primary).
     HandOff {
@@ -231,6 +240,13 @@ pub struct Replica {
     pub(crate) stray_since: Option<Instant>,
     /// Learner: a copy task is running.
     pub(crate) copying: bool,
+    /// Learner: the running (or finished) copy; a new one per copy, so a copy given up
+    /// cannot report into the next one.
+    pub(crate) copy_job: Option<Arc<CopyJob>>,
+    /// Bumped when a learner starts over: checksums asked before then are void.
+    pub(crate) checksum_gen: u64,
+    /// This task's own queue, for work finished off the task (checksums).
+    pub(crate) me: mpsc::Sender<Msg>,
     /// Learner: the primary's stream has set where its log starts.
     pub(crate) stream_started: bool,
     /// After a restart as primary: the control plane was asked to choose again.
@@ -288,6 +304,9 @@ impl Replica {
             checkpoint: None,
             stray_since: None,
             copying: false,
+            copy_job: None,
+            checksum_gen: 0,
+            me: tx.clone(),
             stream_started: false,
             asked_reelection: None,
             handing_off: None,
@@ -367,12 +386,8 @@ impl Replica {
             }
             Msg::PeerAck { peer, epoch, seq } => self.on_peer_ack(peer, epoch, seq),
             Msg::PeerLost { peer, why } => self.report_peer(peer, &why),
-            Msg::CopyDone { at_seq } => self.on_copy_done(at_seq),
-            Msg::Checksummed(c) => {
-                self.checkpoint = Some(c);
-                // A move's verification waits for this figure: report it now.
-                self.ctx.report_now.notify_one();
-            }
+            Msg::CopyDone { at_seq, job } => self.on_copy_done(at_seq, &job),
+            Msg::Checksummed { gen, checkpoint } => self.on_checksummed(gen, checkpoint),
             Msg::Checkpoint { epoch, reply } => self.on_checkpoint(epoch, reply),
             Msg::HandOff {
                 epoch,
@@ -406,6 +421,12 @@ impl Replica {
             applied: self.state.applied,
             serving: self.serving,
             copied: self.state.copied,
+            copy_bytes: match &self.copy_job {
+                Some(job) if !self.state.copied => job.bytes(),
+                _ => 0,
+            },
+            // Filled in for all replicas at once by the node's report.
+            size_estimate: 0,
             checkpoint: self.checkpoint,
         }
     }
@@ -553,6 +574,10 @@ impl Replica {
         self.committed = 0;
         self.matched = 0;
         self.copying = false;
+        if let Some(job) = self.copy_job.take() {
+            job.cancel();
+        }
+        self.checksum_gen += 1;
         self.stream_started = false;
         self.checkpoint = None;
     }
