@@ -10,7 +10,9 @@
 //! `UnknownShard`), the primary cannot serve right now (`Unavailable`), or the node cannot
 //! be reached, the client drops what may be stale (the shard record; the node record too
 //! when the node was unreachable), re-reads it, backs off briefly and tries again, all
-//! within the request deadline. `Behind` (the node has not learnt the client's newer epoch
+//! within the request deadline. The first answer naming a newer configuration is followed
+//! without the backoff: every epoch change (a move's commit, a hand-off) meets each
+//! client's next request to the shard, and the re-read record is usually right. `Behind` (the node has not learnt the client's newer epoch
 //! yet) is only waited out: the client's record is the right one. A storage node never elects itself: every change
 //! of primary is a metadata transaction, so the metadata record is always at least as new
 //! as any epoch a node can name, and re-reading it is how a redirect is followed.
@@ -114,13 +116,19 @@ enum Outcome {
     /// Answered.
     Done(DataResponse),
     /// Try again after backing off, first dropping what may be out of date.
-    Again { why: String, refresh: Refresh },
+    Again {
+        why: String,
+        refresh: Refresh,
+        /// The answer named a newer configuration: the re-read record is worth trying at
+        /// once, without the backoff (the first time; a repeat backs off).
+        at_once: bool,
+    },
     /// Give up with this error (unless an earlier attempt of a write may have applied).
     Fail(Error),
 }
 
 /// What an attempt's failure says may be out of date in the cache.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refresh {
     /// Nothing: the same route is right, just not ready.
     Nothing,
@@ -408,6 +416,8 @@ impl DataClient {
         // Whether an attempt of this write may have been applied: from then on, giving up
         // is an unknown outcome, never a refusal.
         let mut maybe_applied = false;
+        // Whether a newer configuration was already followed without backing off.
+        let mut followed = false;
         let give_up = |maybe_applied: bool, why: String| match kind {
             Kind::Write(id) if maybe_applied => {
                 Error::Indeterminate(format!("write {id} to shard {shard}: {why}"))
@@ -425,6 +435,7 @@ impl DataClient {
                 Err(Ok(why)) => Outcome::Again {
                     why,
                     refresh: Refresh::Nothing,
+                    at_once: false,
                 },
                 Ok(route) => {
                     let remaining = deadline.saturating_duration_since(now);
@@ -457,7 +468,18 @@ impl DataClient {
                 Outcome::Done(resp) => return Ok(resp),
                 Outcome::Fail(e) if maybe_applied => return Err(give_up(true, e.to_string())),
                 Outcome::Fail(e) => return Err(e),
-                Outcome::Again { why, .. } => last = why,
+                Outcome::Again { why, at_once, .. } => {
+                    last = why;
+                    // A move's commit or a hand-off bumps the epoch: every client's next
+                    // request to that shard is answered `StaleEpoch` or `Redirect` once.
+                    // Sleeping before following it made each such request pay the backoff
+                    // on top of the re-read, and during a drain those requests were the
+                    // clients' p99.
+                    if at_once && !followed {
+                        followed = true;
+                        continue;
+                    }
+                }
             }
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
@@ -469,14 +491,23 @@ impl DataClient {
 /// What one answer (or failure) means, and whether the request may have been applied.
 fn judge(route: &Route, answer: Result<DataResponse, TransportError>) -> (Outcome, bool) {
     let at = &route.addr;
-    let again = |why: String, refresh: Refresh| Outcome::Again { why, refresh };
+    let again = |why: String, refresh: Refresh| Outcome::Again {
+        why,
+        refresh,
+        at_once: false,
+    };
     match answer {
         Ok(DataResponse::Error(e)) => match e {
             // The client's record is older than what the node knows, or the node does not
             // hold the shard: re-read the record. Nothing was applied.
-            DataError::Redirect(_) | DataError::StaleEpoch { .. } | DataError::UnknownShard(_) => {
-                (again(format!("{at}: {e}"), Refresh::Shard), false)
-            }
+            DataError::Redirect(_) | DataError::StaleEpoch { .. } | DataError::UnknownShard(_) => (
+                Outcome::Again {
+                    why: format!("{at}: {e}"),
+                    refresh: Refresh::Shard,
+                    at_once: true,
+                },
+                false,
+            ),
             // The node has not learnt the client's (newer) epoch yet: the record is right.
             DataError::Behind { .. } => (again(format!("{at}: {e}"), Refresh::Nothing), false),
             // The primary cannot serve now; it may be on its way out, so look again.
@@ -518,5 +549,63 @@ fn unexpected(request: &'static str, response: DataResponse) -> Error {
     Error::Unexpected {
         request,
         response: format!("{response:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Route {
+        Route {
+            epoch: 3,
+            node: NodeId(1),
+            node_version: 7,
+            addr: "127.0.0.1:1".into(),
+        }
+    }
+
+    /// (refresh, at once, may have applied) for an error answer.
+    fn judged(e: DataError) -> Option<(Refresh, bool, bool)> {
+        match judge(&route(), Ok(DataResponse::Error(e))) {
+            (
+                Outcome::Again {
+                    refresh, at_once, ..
+                },
+                applied,
+            ) => Some((refresh, at_once, applied)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_newer_configuration_is_followed_at_once_and_anything_else_backs_off() {
+        let shard = ShardId(4);
+        let redirect = DataError::Redirect(augur_proto::data::Redirect {
+            shard,
+            epoch: 4,
+            primary: Some(NodeId(2)),
+        });
+        assert_eq!(judged(redirect), Some((Refresh::Shard, true, false)));
+        let stale = DataError::StaleEpoch { shard, epoch: 4 };
+        assert_eq!(judged(stale), Some((Refresh::Shard, true, false)));
+        assert_eq!(
+            judged(DataError::UnknownShard(shard)),
+            Some((Refresh::Shard, true, false))
+        );
+        // A hand-off in progress: the same answer would come back at once.
+        assert_eq!(
+            judged(DataError::Unavailable("handing off".into())),
+            Some((Refresh::Shard, false, false))
+        );
+        assert_eq!(
+            judged(DataError::Behind { shard, epoch: 2 }),
+            Some((Refresh::Nothing, false, false))
+        );
+        assert_eq!(
+            judged(DataError::Indeterminate("lost its lease".into())),
+            Some((Refresh::Shard, false, true))
+        );
+        assert!(judged(DataError::InvalidArgument("key too long".into())).is_none());
     }
 }
