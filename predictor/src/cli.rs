@@ -143,6 +143,11 @@ pub(crate) struct TrainArgs {
     /// negatives.
     #[arg(long)]
     pub keep_gap: bool,
+    /// Node models: take a failed node's failure time as the end of its reports when that
+    /// is earlier than the recorded time (failures logged late; see
+    /// `TrainConfig::failure_at_silence`).
+    #[arg(long)]
+    pub failure_at_silence: bool,
     /// Keep one in this many failure-free rounds as tree rows (default: 3 for node models,
     /// 25 for disk models, whose daily rounds number in the tens of millions).
     #[arg(long, value_parser = parse_positive)]

@@ -120,6 +120,7 @@ pub(crate) fn train_cmd(a: TrainArgs, progress: &Progress) -> Result<()> {
         lstm_windows: a.lstm_windows,
         cv_folds: a.folds,
         split,
+        failure_at_silence: a.failure_at_silence,
         ..Default::default()
     };
     cfg.gbt.iterations = a.trees;

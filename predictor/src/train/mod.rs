@@ -11,6 +11,7 @@
 mod baselines;
 mod store;
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
@@ -25,7 +26,7 @@ use crate::gbt::{GbtConfig, Platt};
 use crate::lstm::{LstmAutoencoder, LstmConfig};
 use crate::model::{Model, ModelInfo, ANOMALY_FEATURE, SCHEMA_VERSION};
 use crate::progress::Progress;
-use crate::sample::N_METRICS;
+use crate::sample::{FailureRecord, N_METRICS};
 use crate::split::NodeSplit;
 use crate::trace::{NodeSeries, Trace};
 use baselines::{fit_static, fit_tree, out_of_fold, rule, RANK_STEP};
@@ -95,6 +96,16 @@ pub struct TrainConfig {
     pub cv_folds: usize,
     /// Which nodes train (the rest are held out for `eval`).
     pub split: NodeSplit,
+    /// Take a failed node's failure time as the end of its reports (its last sample plus
+    /// one sampling interval) when that is earlier than the recorded time. Failure logs are
+    /// often written hours after the death (an operator's ticket rather than the
+    /// heartbeat), while a dead node stops reporting at once: judged from the recorded
+    /// time, the rounds right before the death fall outside the tree horizon and the most
+    /// telling rows are lost. It reads only what training may know (the samples and the
+    /// log); off by default, because an agent outage just before a death moves the time
+    /// earlier than it was.
+    #[serde(default)]
+    pub failure_at_silence: bool,
 }
 
 impl Default for TrainConfig {
@@ -119,6 +130,7 @@ impl Default for TrainConfig {
             max_interval_ms: 3_600_000,
             cv_folds: 4,
             split: NodeSplit::all(),
+            failure_at_silence: false,
         }
     }
 }
@@ -162,6 +174,23 @@ fn trace_interval(trace: &Trace, cfg: &TrainConfig) -> Result<i64, TrainError> {
     Ok(interval)
 }
 
+/// The failures as training sees them: recorded times, or with
+/// [`TrainConfig::failure_at_silence`] the end of the node's reports when that is earlier.
+fn training_failures(trace: &Trace, cfg: &TrainConfig) -> BTreeMap<String, FailureRecord> {
+    let mut failures = trace.failures.clone();
+    if !cfg.failure_at_silence {
+        return failures;
+    }
+    for s in &trace.nodes {
+        let (Some(f), Some(&last)) = (failures.get_mut(&s.node), s.ts.last()) else {
+            continue;
+        };
+        let silent_at = last + s.interval_ms().unwrap_or(0);
+        f.failed_at_ms = f.failed_at_ms.min(silent_at);
+    }
+    failures
+}
+
 /// Refuses data that cannot support a model, with the counts, before any expensive step.
 fn check_data(trace: &Trace, cfg: &TrainConfig, window: &WindowSpec) -> Result<usize, TrainError> {
     if cfg.cv_folds < 2 {
@@ -203,14 +232,14 @@ fn check_data(trace: &Trace, cfg: &TrainConfig, window: &WindowSpec) -> Result<u
 fn fit_autoencoder(
     nodes: &[std::borrow::Cow<NodeSeries>],
     trace: &Trace,
+    failures: &BTreeMap<String, FailureRecord>,
     cfg: &TrainConfig,
     window: &WindowSpec,
     progress: &Progress,
 ) -> Result<(Normaliser, LstmAutoencoder, f64), TrainError> {
     let h = cfg.horizon_ms;
     let healthy_at = |node: &str, t: i64| {
-        trace
-            .failures
+        failures
             .get(node)
             .is_none_or(|f| t < f.failed_at_ms - 2 * h)
     };
@@ -289,7 +318,9 @@ pub fn train(
         .filter(|s| cfg.split.is_train(&s.node))
         .map(|s| s.resample(window.resolution_ms))
         .collect();
-    let (normaliser, lstm, lstm_loss) = fit_autoencoder(&nodes, trace, cfg, &window, progress)?;
+    let failures = training_failures(trace, cfg);
+    let (normaliser, lstm, lstm_loss) =
+        fit_autoencoder(&nodes, trace, &failures, cfg, &window, progress)?;
     lap("autoencoder", &mut phase);
 
     let featuriser = Featuriser {
@@ -297,7 +328,7 @@ pub fn train(
         normaliser: &normaliser,
         lstm: &lstm,
     };
-    let store = Store::build(&nodes, &trace.failures, cfg, &featuriser, progress);
+    let store = Store::build(&nodes, &failures, cfg, &featuriser, progress);
     drop(nodes);
     let rows = store.tree_rows(cfg);
     let positives = rows.positives();

@@ -164,3 +164,58 @@ fn trains_saves_loads_and_scores() {
         Err(ModelError::NotEnoughData { .. })
     ));
 }
+
+/// Failures logged late (the harder trace): with `failure_at_silence` training dates each
+/// failure at the end of the node's reports, which is close to the true death and never
+/// after the log; without it the log's time stands.
+#[test]
+fn failure_at_silence_dates_late_logs_at_the_last_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let interval = 600_000;
+    let gen = GeneratorConfig {
+        nodes: 120,
+        days: 4.0,
+        interval_ms: interval,
+        seed: 9,
+        failure_boost: 300.0,
+        hard: true,
+        ..Default::default()
+    };
+    generate(&gen, dir.path(), &indicatif::ProgressBar::hidden()).unwrap();
+    let trace = Trace::read_dir(dir.path(), &indicatif::ProgressBar::hidden()).unwrap();
+    let recorded = training_failures(&trace, &TrainConfig::default());
+    assert_eq!(recorded, trace.failures);
+    let silent = training_failures(
+        &trace,
+        &TrainConfig {
+            failure_at_silence: true,
+            ..TrainConfig::default()
+        },
+    );
+    let mut errors: Vec<i64> = Vec::new();
+    let mut moved = 0;
+    for (node, f) in &silent {
+        let log = &trace.failures[node];
+        assert!(
+            f.failed_at_ms <= log.failed_at_ms,
+            "{node}: later than the log"
+        );
+        moved += usize::from(f.failed_at_ms < log.failed_at_ms);
+        let died = log.died_at_ms.expect("the harder trace records the death");
+        errors.push((f.failed_at_ms - died).abs());
+    }
+    assert!(errors.len() >= 10, "{} failures", errors.len());
+    // Most logs are late by more than an interval; the last report dates the death to
+    // within about one interval (jitter, a lost last sample or an outage can move it).
+    assert!(
+        moved * 3 > errors.len(),
+        "{moved} of {} moved",
+        errors.len()
+    );
+    errors.sort_unstable();
+    assert!(
+        errors[errors.len() / 2] <= interval,
+        "median error {} ms",
+        errors[errors.len() / 2]
+    );
+}
