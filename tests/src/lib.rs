@@ -233,6 +233,31 @@ impl Drop for LocalCluster {
     }
 }
 
+/// A directory to start clusters in ([`LocalCluster::start_in`]), removed as theirs are:
+/// kept when the test failed or `AUGUR_TEST_KEEP` is set. A plain `TempDir` here removed the
+/// cluster directory its `LocalCluster` had just kept, and with it the logs of the failure.
+pub struct ParentDir(tempfile::TempDir);
+
+impl ParentDir {
+    /// A new empty directory under the system's temporary directory.
+    pub fn new() -> anyhow::Result<ParentDir> {
+        Ok(ParentDir(tempfile::tempdir()?))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for ParentDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("AUGUR_TEST_KEEP").is_some() {
+            self.0.disable_cleanup(true);
+        }
+    }
+}
+
 /// Crash-stops every member and storage node in `dir`: tests must not leave processes behind.
 fn teardown(dir: &Path) {
     let d = dir.to_string_lossy().into_owned();

@@ -18,7 +18,7 @@ use augur_tests::moves::{
     augurctl, drain, drain_moves, emptied, finished, replicas_held, Workload,
 };
 use augur_tests::storage::{nodes, replica_checksums, shards, storage_metric_sum};
-use augur_tests::{poll, Launcher, LocalCluster};
+use augur_tests::{poll, Launcher, LocalCluster, ParentDir};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -96,7 +96,7 @@ async fn corrupted_chunks_in_drain_moves_are_fetched_again_and_the_moves_commit(
         bin: Some(bin.into()),
         env: vec![("AUGUR_UNSAFE_CORRUPT_COPY_CHUNKS".into(), "2".into())],
     };
-    let parent = tempfile::tempdir()?;
+    let parent = ParentDir::new()?;
     let c = LocalCluster::start_in(
         parent.path(),
         3,

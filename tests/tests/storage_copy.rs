@@ -6,7 +6,7 @@
 use augur_client::DataClient;
 use augur_proto::NodeId;
 use augur_tests::storage::{nodes, replica_checksums, shards, storage_metric_sum};
-use augur_tests::{poll, Launcher, LocalCluster};
+use augur_tests::{poll, Launcher, LocalCluster, ParentDir};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ async fn corrupted_chunks_are_retried_and_replicas_end_equal() -> anyhow::Result
         bin: Some(bin.into()),
         env: vec![("AUGUR_UNSAFE_CORRUPT_COPY_CHUNKS".into(), "3".into())],
     };
-    let parent = tempfile::tempdir()?;
+    let parent = ParentDir::new()?;
     let c = LocalCluster::start_in(parent.path(), 3, &[], &launcher).await?;
     let d = c.dir().to_string_lossy().into_owned();
     launcher.run(&["local", "down", "--dir", &d])?;
