@@ -130,5 +130,30 @@ async fn writes_replicate_to_every_replica_and_read_back_from_primaries() -> any
         },
     )
     .await?;
+
+    // `bench meta` writes shard records 1..=--keys: on a cluster with a data plane it refuses
+    // before writing anything, and the shard map is unchanged.
+    let before = c.client.list_shards().await?;
+    let dir = c.dir().display().to_string();
+    let refused = augur_tests::augur(&[
+        "bench",
+        "meta",
+        "--cluster",
+        &dir,
+        "--mode",
+        "cas",
+        "--keys",
+        "8",
+        "--clients",
+        "1",
+        "--duration",
+        "1s",
+    ])
+    .expect_err("bench meta must refuse a cluster with a data plane");
+    assert!(
+        refused.to_string().contains("has a data plane"),
+        "{refused}"
+    );
+    assert_eq!(c.client.list_shards().await?, before);
     Ok(())
 }

@@ -200,6 +200,26 @@ async fn preload(client: &Client, keys: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The benchmark's keys are shard records (ids 1..=keys, replicas on nodes 1..=5), so on a
+/// cluster with a data plane its preload and compare-and-sets would rewrite the real shard
+/// map under the storage nodes. It runs on metadata-only clusters.
+async fn refuse_data_plane(client: &Client) -> anyhow::Result<()> {
+    let key = Key::Setting(augur_proto::data::DATA_CLUSTER_SETTING.into());
+    if client
+        .get(&key)
+        .await
+        .context("reading the data-plane layout")?
+        .is_some()
+    {
+        bail!(
+            "this cluster has a data plane: `bench meta` writes shard records 1..=--keys and \
+             would overwrite its shard map; run it on a metadata-only cluster \
+             (`augur local up --meta 3`)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs `augur bench meta`.
 pub async fn run_meta(a: MetaBenchArgs) -> anyhow::Result<()> {
     if a.clients == 0 || a.conns == 0 || a.keys == 0 {
@@ -212,6 +232,7 @@ pub async fn run_meta(a: MetaBenchArgs) -> anyhow::Result<()> {
     let clients: Vec<Client> = (0..a.conns.min(a.clients))
         .map(|_| Client::new(cfg.clone()))
         .collect::<Result<_, _>>()?;
+    refuse_data_plane(&clients[0]).await?;
     let load_started = Instant::now();
     preload(&clients[0], a.keys).await?;
     let load_seconds = load_started.elapsed().as_secs_f64();

@@ -292,6 +292,8 @@ impl Control {
     }
 
     fn forget_stuck_except(&self, still: &[ShardId]) {
+        // A set, not `still.contains`: with many stuck shards the scan was quadratic.
+        let still: HashSet<ShardId> = still.iter().copied().collect();
         lock(&self.stuck).retain(|s| still.contains(s));
     }
 

@@ -52,22 +52,22 @@ impl MetaNode {
                     .map_err(|e| ApiError::WrongIdentity(e.to_string()))?;
             }
         }
-        let members = self.membership_nodes();
+        let (known, membership_index, no_members) = self.known_incarnation(env.from.0);
         // Only a membership at least as new as the sender's can judge who the sender is: a
         // learner replaying the log holds memberships older than its leader's, which may name
         // the leader under an incarnation it has since replaced.
-        let judged = self.membership_index() >= env.membership_index;
-        match members.get(&env.from.0) {
-            Some((node, _)) if node.incarnation != env.from_incarnation && judged => {
+        let judged = membership_index >= env.membership_index;
+        match known {
+            Some(incarnation) if incarnation != env.from_incarnation && judged => {
                 Err(ApiError::WrongIdentity(format!(
                     "member {} is incarnation {:016x} in this member's membership, the message \
                      comes from incarnation {:016x}",
-                    env.from, node.incarnation, env.from_incarnation
+                    env.from, incarnation, env.from_incarnation
                 )))
             }
             Some(_) => Ok(()),
             // Joining: nothing in the log yet to check the sender against.
-            None if members.is_empty() || !judged => Ok(()),
+            None if no_members || !judged => Ok(()),
             None => Err(ApiError::WrongIdentity(format!(
                 "member {} is not in this member's membership",
                 env.from
