@@ -234,3 +234,55 @@ async fn followers_serve_linearizable_reads() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Gets served by member `id` so far, from its `/metrics`.
+async fn gets_served(cluster: &LocalCluster, id: u64) -> anyhow::Result<u64> {
+    let (_, body) = cluster.http_get(id, "/metrics").await?;
+    Ok(body
+        .lines()
+        .find(|l| l.starts_with("augur_rpc_seconds_count{kind=\"get\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64)
+}
+
+/// A client that only reads sends its linearizable reads to the leader: it asks who leads
+/// instead of going round the members, whose every read would cost a read-index call to
+/// the leader on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_only_reads_finds_the_leader() -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(3).await?;
+    let leader = cluster.leader(Duration::from_secs(20)).await?;
+    let key = Key::Setting("read-only".into());
+    cluster
+        .client
+        .cas(
+            Record::Setting(Setting {
+                name: "read-only".into(),
+                value: b"x".to_vec(),
+                version: 0,
+            }),
+            None,
+        )
+        .await?;
+    let before: Vec<u64> = [
+        gets_served(&cluster, 1).await?,
+        gets_served(&cluster, 2).await?,
+        gets_served(&cluster, 3).await?,
+    ]
+    .into();
+    // A fresh client: no leader hint, and reads alone never name the leader.
+    let reader = cluster.new_client()?;
+    for _ in 0..30 {
+        assert!(reader.get(&key).await?.is_some());
+    }
+    for id in 1..=3u64 {
+        let served = gets_served(&cluster, id).await? - before[id as usize - 1];
+        if id == leader {
+            assert!(served >= 29, "the leader served {served} of 30 reads");
+        } else {
+            assert!(served <= 1, "follower {id} served {served} of 30 reads");
+        }
+    }
+    Ok(())
+}
