@@ -100,6 +100,25 @@ pub async fn refresh_shard(ctx: &Arc<NodeCtx>, id: ShardId) {
     }
 }
 
+/// Reads node `id`'s record from the metadata now, for a peer the directory does not know
+/// (yet) or knows under another incarnation: a replication stream to or from a node that
+/// registered while this one was listing waited for the watch, and a reconciling primary's
+/// peers were reported for removal when that took longer than the ack timeout.
+pub async fn refresh_node(ctx: &Arc<NodeCtx>, id: NodeId) {
+    match ctx
+        .meta
+        .get_with(&Key::Node(id), Consistency::Linearizable)
+        .await
+    {
+        Ok((Some(Record::Node(n)), _)) => {
+            tracing::debug!(node = %id, incarnation = n.incarnation, "refreshed a node record");
+            ctx.directory.learn_node(n);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(node = %id, error = %e, "cannot refresh the node record"),
+    }
+}
+
 async fn list_all(ctx: &Arc<NodeCtx>) -> Result<u64, augur_client::Error> {
     let mut first = None;
     for table in [Table::Settings, Table::Nodes, Table::Shards] {
@@ -119,7 +138,10 @@ async fn apply_record(ctx: &Arc<NodeCtx>, r: Record) {
                 ctx.on_shard(s).await;
             }
         }
-        Record::Node(n) => ctx.directory.learn_node(n),
+        Record::Node(n) => {
+            tracing::debug!(node = %n.id, version = n.version, "directory: node record");
+            ctx.directory.learn_node(n)
+        }
         Record::Setting(s) => ctx.directory.learn_setting(&s.name, &s.value),
         Record::Migration(_) => {}
     }
@@ -140,6 +162,10 @@ pub async fn follow(weak: Weak<NodeCtx>) {
                 continue;
             }
         };
+        tracing::debug!(
+            revision = rev,
+            "directory listed; watching from the next revision"
+        );
         ctx.directory_ready.notify_waiters();
         let mut watch = ctx
             .meta

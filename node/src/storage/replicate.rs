@@ -84,8 +84,10 @@ async fn run(
 ) {
     // The entry before the next one to send, as (seq, epoch).
     let mut base = last;
-    let mut backoff = Duration::from_millis(50);
+    let first_backoff = Duration::from_millis(50);
+    let mut backoff = first_backoff;
     loop {
+        let started_at = base;
         let end = match ctx.node_addr(peer) {
             Some(addr) => {
                 session(
@@ -100,7 +102,11 @@ async fn run(
                 )
                 .await
             }
-            None => End::Retry(format!("no address known for node {peer}")),
+            None => {
+                // Registered while this node listed, and the watch has not brought it yet.
+                super::directory::refresh_node(&ctx, peer).await;
+                End::Retry(format!("no address known for node {peer}"))
+            }
         };
         match end {
             End::Stop => return,
@@ -109,6 +115,11 @@ async fn run(
                 return;
             }
             End::Retry(why) => {
+                if base != started_at {
+                    // The session streamed entries: this is a new failure, not the next
+                    // attempt at an old one, so it waits the first pause again.
+                    backoff = first_backoff;
+                }
                 tracing::debug!(%shard, %peer, %why, "replication stream: reconnecting");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));

@@ -12,7 +12,7 @@
 //! stream's frames are handed to the task in order, and its acknowledgements written back in
 //! the same order as they come (QUIC keeps both in order).
 
-use super::directory::refresh_shard;
+use super::directory::{refresh_node, refresh_shard};
 use super::replica::{Handle, Msg};
 use super::{copy, NodeCtx};
 use augur_proto::data::{
@@ -380,11 +380,18 @@ async fn follow_stream(
     mut recv: quinn::RecvStream,
 ) {
     let max = ctx.peers.max_frame();
-    // The sender must be the incarnation the registry knows.
-    let sender_ok = ctx
-        .directory
-        .node(fence.from)
-        .is_some_and(|n| n.incarnation == fence.from_incarnation);
+    // The sender must be the incarnation the registry knows; a sender this node has not
+    // heard of yet (it registered while this node listed) is looked up before it is refused.
+    let known = |ctx: &NodeCtx| {
+        ctx.directory
+            .node(fence.from)
+            .is_some_and(|n| n.incarnation == fence.from_incarnation)
+    };
+    let mut sender_ok = known(ctx);
+    if !sender_ok && fence.to == ctx.node {
+        refresh_node(ctx, fence.from).await;
+        sender_ok = known(ctx);
+    }
     let refused = |e: DataError| ReplicaAck::Refused(e);
     if fence.to != ctx.node || !sender_ok {
         let _ = write_frame(
