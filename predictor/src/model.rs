@@ -14,7 +14,9 @@ use flate2::Compression;
 use serde::{Deserialize, Serialize};
 
 use crate::features::batch::BatchFeatures;
-use crate::features::{feature_names, Normaliser, WindowFeatures, WindowSpec};
+use crate::features::{
+    feature_names, ColumnMap, Normaliser, UnknownFeature, WindowFeatures, WindowSpec,
+};
 use crate::gbt::{Gbt, Platt};
 use crate::lstm::{to_steps, LstmAutoencoder};
 use crate::sample::{HealthSample, N_METRICS};
@@ -23,6 +25,10 @@ use crate::trace::{GridSeries, NodeSeries};
 /// The schema this build reads and writes. Bump on any change to the model's meaning.
 /// Version 3: latency is normalised by a load effect learned per node (it was a fixed
 /// queueing formula), and the file carries the baselines trained beside the model.
+///
+/// Adding features does not bump it: a model lists the features its trees read by name, and
+/// a build that computes more feeds each model only those ([`ColumnMap`]), so a newer build
+/// reads older schema-3 models with a subset of its features and scores them as before.
 pub const SCHEMA_VERSION: u32 = 3;
 
 /// Name of the anomaly-score feature appended to the window features.
@@ -65,6 +71,15 @@ pub enum ModelError {
         path: PathBuf,
         /// What does not fit.
         reason: String,
+    },
+    /// The model reads a feature this build does not compute (or names one twice).
+    #[error("{path}: {source}")]
+    Features {
+        /// The model file.
+        path: PathBuf,
+        /// Which feature.
+        #[source]
+        source: UnknownFeature,
     },
     /// The file holds another kind of model (a disk model where a node model was expected,
     /// or the reverse).
@@ -165,7 +180,9 @@ pub struct Model {
     pub horizon_ms: i64,
     /// Window geometry.
     pub window: WindowSpec,
-    /// Feature names, window features then [`ANOMALY_FEATURE`].
+    /// Names of the features the trees read, in their column order: window features, then
+    /// [`ANOMALY_FEATURE`]. A model trained by this build lists every feature it computes;
+    /// an older model a subset, and is fed only those.
     pub features: Vec<String>,
     /// LSTM input normalisation.
     pub normaliser: Normaliser,
@@ -182,6 +199,10 @@ pub struct Model {
     /// The baselines fitted and tuned beside the model, for `eval`.
     #[serde(default)]
     pub baselines: Option<crate::baselines::NodeBaselines>,
+    /// Where [`Self::features`] sit in the row this build computes, matched by name once at
+    /// load (not per score).
+    #[serde(skip, default = "ColumnMap::full")]
+    pub(crate) columns: ColumnMap,
 }
 
 /// One feature's push on a prediction (SHAP value, log-odds units).
@@ -219,7 +240,12 @@ impl Model {
             path: path.to_path_buf(),
             reason,
         };
-        let model: Model = serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
+        let mut model: Model = serde_json::from_value(value).map_err(|e| format(e.to_string()))?;
+        model.columns =
+            ColumnMap::resolve(&model.features).map_err(|source| ModelError::Features {
+                path: path.to_path_buf(),
+                source,
+            })?;
         model.check().map_err(|reason| ModelError::Inconsistent {
             path: path.to_path_buf(),
             reason,
@@ -232,15 +258,12 @@ impl Model {
         write_model_json(self, path)
     }
 
-    /// Verifies that the parts fit together, including every tree's split indices.
+    /// Verifies that the parts fit together, including every tree's split indices. Whether
+    /// this build computes every feature named is checked at load ([`ColumnMap::resolve`]).
     pub fn check(&self) -> Result<(), String> {
         self.gbt.validate()?;
-        let expected = feature_names().len() + 1;
-        if self.features.len() != expected {
-            return Err(format!(
-                "{} feature names, this build computes {expected}",
-                self.features.len()
-            ));
+        if self.features.last().map(String::as_str) != Some(ANOMALY_FEATURE) {
+            return Err(format!("the last feature is not `{ANOMALY_FEATURE}`"));
         }
         if self.gbt.n_features != self.features.len() {
             return Err(format!(
@@ -275,15 +298,17 @@ impl Model {
         }
         crate::baselines::check_rule(&self.alert)?;
         if let Some(b) = &self.baselines {
-            b.check(expected - 1)?;
+            b.check(self.features.len() - 1)?;
         }
         Ok(())
     }
 
-    /// Feature rows (window features + anomaly score) for `times` of one node, row-major.
-    /// Times without enough data are skipped; returns the times kept with their rows.
+    /// Feature rows (the model's [`Self::features`], in its order) for `times` of one node,
+    /// row-major. Times without enough data are skipped; returns the times kept with their
+    /// rows.
     pub fn feature_rows(&self, series: &NodeSeries, times: &[i64]) -> (Vec<i64>, Vec<f64>) {
-        feature_rows(series, times, &self.window, &self.normaliser, &self.lstm)
+        let (kept, rows) = feature_rows(series, times, &self.window, &self.normaliser, &self.lstm);
+        (kept, self.columns.select(rows))
     }
 
     /// Calibrated probabilities for many times of one node (evaluation, timelines).

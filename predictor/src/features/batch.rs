@@ -237,20 +237,16 @@ impl<'a> BatchFeatures<'a> {
             add_hour(&mut sc.sums[cur], &mut sc.counts[cur], &acc, &cnt);
         }
         let (read, write) = (sc.read.as_slice(), sc.write.as_slice());
-        wf.trajectory_stats(
-            t,
-            &sc.sums,
-            &sc.counts,
-            |ch, i| {
-                let buffered = match ch {
-                    Traj::ReadLatNorm => norm(read, i),
-                    Traj::WriteLatNorm => norm(write, i),
-                    _ => None,
-                };
-                buffered.unwrap_or_else(|| ch.value(&s.values[i], &load))
-            },
-            out,
-        );
+        let value = |ch: Traj, i: usize| {
+            let buffered = match ch {
+                Traj::ReadLatNorm => norm(read, i),
+                Traj::WriteLatNorm => norm(write, i),
+                _ => None,
+            };
+            buffered.unwrap_or_else(|| ch.value(&s.values[i], &load))
+        };
+        wf.trajectory_stats(t, &sc.sums, &sc.counts, value, out);
+        wf.episode_stats(t, &sc.sums, &sc.counts, value, out);
     }
 }
 

@@ -8,14 +8,18 @@
 
 pub(crate) mod batch;
 pub mod channels;
+mod episode;
 mod normaliser;
+pub mod select;
 mod trajectory;
 
 use serde::{Deserialize, Serialize};
 
 pub use channels::Monotone;
 use channels::{Level, LoadModel, Traj, COUNT_CHANNELS};
+use episode::{EPISODE_STATS, PSU_FLAP_TREND};
 pub use normaliser::Normaliser;
+pub use select::{ColumnMap, UnknownFeature};
 use trajectory::TRAJ_STATS;
 
 use crate::sample::metric;
@@ -156,6 +160,14 @@ pub fn feature_defs() -> Vec<FeatureDef> {
             add(format!("{}_{stat}", ch.name()), m);
         }
     }
+    // Appended after every feature older models name: a model lists the names it was
+    // trained on and is fed only those (see [`select::ColumnMap`]).
+    for ch in Traj::ALL {
+        for (stat, m) in EPISODE_STATS {
+            add(format!("{}_{stat}", ch.name()), m);
+        }
+    }
+    add(PSU_FLAP_TREND.0.into(), PSU_FLAP_TREND.1);
     defs
 }
 

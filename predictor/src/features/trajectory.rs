@@ -28,6 +28,18 @@ pub(crate) const TRAJ_STATS: [(&str, Monotone); 6] = [
     ("recover", Monotone::Rises),
 ];
 
+/// A channel's reference level from its hourly means: the lower quartile (nearest rank
+/// below) of the known ones, which a precursor younger than about two days does not move;
+/// `None` with fewer than 3 known hours.
+pub(super) fn reference(hourly: &[f64]) -> Option<f64> {
+    let mut known: Vec<f64> = hourly.iter().copied().filter(|v| !v.is_nan()).collect();
+    if known.len() < 3 {
+        return None;
+    }
+    let q = (known.len() - 1) / 4;
+    Some(*known.select_nth_unstable_by(q, f64::total_cmp).1)
+}
+
 /// Trajectory channels.
 pub(super) const N_TRAJ: usize = Traj::ALL.len();
 
@@ -43,7 +55,8 @@ pub(super) fn hour_stride(base: &std::ops::Range<usize>, n_hours: usize) -> usiz
 
 impl WindowFeatures<'_> {
     /// Appends the trajectory features at time `t` (every [`Traj`] channel, [`TRAJ_STATS`]
-    /// each).
+    /// each), then the episode features read from the same hourly means
+    /// ([`super::episode::EPISODE_STATS`]).
     pub(super) fn trajectory(
         &self,
         t: i64,
@@ -72,7 +85,9 @@ impl WindowFeatures<'_> {
             }
             i += hour_stride;
         }
-        self.trajectory_stats(t, &sums, &counts, |ch, i| ch.value(&s.values[i], load), out);
+        let value = |ch: Traj, i: usize| ch.value(&s.values[i], load);
+        self.trajectory_stats(t, &sums, &counts, value, out);
+        self.episode_stats(t, &sums, &counts, value, out);
     }
 
     /// The [`TRAJ_STATS`] of every channel from its hourly sums and counts (hour 0 = the

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::baselines::{NodeBaselines, OutOfFold};
 use crate::eval::{choose_operating_point, pr_curve, NodeScores, OperatingGoal};
-use crate::features::{feature_defs, Monotone, Normaliser, WindowSpec};
+use crate::features::{feature_defs, ColumnMap, Monotone, Normaliser, WindowSpec};
 use crate::gbt::{GbtConfig, Platt};
 use crate::lstm::{LstmAutoencoder, LstmConfig};
-use crate::model::{Model, ModelInfo, ANOMALY_FEATURE, SCHEMA_VERSION};
+use crate::model::{Model, ModelInfo, SCHEMA_VERSION};
 use crate::progress::Progress;
 use crate::sample::{FailureRecord, N_METRICS};
 use crate::split::NodeSplit;
@@ -455,8 +455,8 @@ pub fn train(
     let mut out_of_fold = vec![model_oof];
     out_of_fold.extend(static_fit.as_ref().map(|s| s.1.clone()));
     out_of_fold.extend(tree_fit.as_ref().map(|t| t.1.clone()));
-    let mut features: Vec<String> = feature_defs().into_iter().map(|d| d.name).collect();
-    features.push(ANOMALY_FEATURE.to_string());
+    // Every feature this build computes, in its order (older models list a subset).
+    let features = ColumnMap::build_names();
     let model = Model {
         schema_version: SCHEMA_VERSION,
         horizon_ms: h,
@@ -487,6 +487,7 @@ pub fn train(
             static_thresholds: static_fit.map(|s| s.0),
             decision_tree: tree_fit.map(|t| t.0),
         }),
+        columns: ColumnMap::full(),
     };
     let top_features = model
         .gbt
