@@ -17,6 +17,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -28,6 +29,28 @@ const KEY_PURGED: &[u8] = b"purged";
 pub struct LogStore {
     db: Arc<DB>,
     syncer: Arc<Syncer>,
+    /// Where the log ends and how large its entries are lately, to tell a read of what was
+    /// just written (in the memtable) from a catch-up read that may touch the disk.
+    tail: Arc<Tail>,
+}
+
+/// The last appended index and the mean entry size of the last append.
+#[derive(Default)]
+struct Tail {
+    last: AtomicU64,
+    entry_bytes: AtomicU64,
+}
+
+impl Tail {
+    /// Whether reading `span` entries from `start` is a read of what was just written, small
+    /// enough to stay on the async worker.
+    fn is_recent(&self, start: u64, span: u64) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        let each = self.entry_bytes.load(Ordering::Relaxed).max(1);
+        start.saturating_add(RECENT_ENTRIES) > last
+            && span <= RECENT_ENTRIES
+            && span.saturating_mul(each) <= INLINE_READ_BYTES
+    }
 }
 
 /// The syncer thread's handle. When the last clone of the store goes, the thread is told to
@@ -55,9 +78,16 @@ impl Drop for Syncer {
 /// the workers.
 const INLINE_WRITE_BYTES: usize = 64 * 1024;
 
-/// Reads of up to this many entries (the tail a leader in step sends) run on the async
-/// worker, for the same reason; a lagging follower's longer catch-up reads leave it.
-const INLINE_READ_ENTRIES: u64 = 16;
+/// Reads of entries among the last this many appended run on the async worker, for the same
+/// reason: a leader in step sends what it has just written, from the memtable. With 64
+/// clients a batch holds dozens of entries; a limit of 16 sent most batches through
+/// `block_in_place`, which hands the worker's queue to another thread each time and was a
+/// large part of the leader's extra CPU per compare-and-set against the build before.
+const RECENT_ENTRIES: u64 = 1024;
+
+/// ... as long as the read is at most about this many bytes (judged by the size of the
+/// entries last appended): a lagging follower's catch-up of large entries leaves the worker.
+const INLINE_READ_BYTES: u64 = 1 << 20;
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<Self, StoreError> {
@@ -72,13 +102,25 @@ impl LogStore {
         let thread = std::thread::Builder::new()
             .name("augur-wal-sync".into())
             .spawn(move || run_syncer(sync_db, rx))?;
-        Ok(LogStore {
+        let store = LogStore {
             db,
             syncer: Arc::new(Syncer {
                 tx: Some(tx),
                 thread: Some(thread),
             }),
-        })
+            tail: Arc::new(Tail::default()),
+        };
+        // After a restart the tail is the last entry on disk, judged by its own size.
+        let log = cf(&store.db, CF_LOG)?;
+        if let Some(item) = store.db.iterator_cf(log, rocksdb::IteratorMode::End).next() {
+            let (k, v) = item?;
+            store.tail.last.store(key_index(&k)?, Ordering::Relaxed);
+            store
+                .tail
+                .entry_bytes
+                .store(v.len() as u64, Ordering::Relaxed);
+        }
+        Ok(store)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -201,7 +243,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => e.saturating_sub(start),
             Bound::Unbounded => u64::MAX,
         };
-        if span <= INLINE_READ_ENTRIES {
+        if self.tail.is_recent(start, span) {
             // The entries a leader in step sends: just written, read from the memtable.
             return Ok(self.entries(start, end)?);
         }
@@ -263,8 +305,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let log = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
+        let mut last = None;
         for entry in entries {
+            last = Some(entry.log_id().index);
             batch.put_cf(log, index_key(entry.log_id().index), encode(&entry)?);
+        }
+        if let Some(last) = last {
+            let n = batch.len().max(1) as u64;
+            self.tail
+                .entry_bytes
+                .store(batch.size_in_bytes() as u64 / n, Ordering::Relaxed);
+            self.tail.last.store(last, Ordering::Relaxed);
         }
         if batch.size_in_bytes() <= INLINE_WRITE_BYTES {
             // Unsynced (the syncer thread syncs): a memtable insert and a buffered WAL write.
@@ -287,7 +338,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(log, index_key(from), index_key(u64::MAX));
         // Synced so a truncated entry cannot reappear after a crash alongside newer ones.
-        Ok(self.write_synced(batch).await?)
+        self.write_synced(batch).await?;
+        self.tail
+            .last
+            .store(from.saturating_sub(1), Ordering::Relaxed);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -299,5 +354,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(log_id.index + 1),
         );
         Ok(self.write_synced(batch).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail(last: u64, entry_bytes: u64) -> Tail {
+        let t = Tail::default();
+        t.last.store(last, Ordering::Relaxed);
+        t.entry_bytes.store(entry_bytes, Ordering::Relaxed);
+        t
+    }
+
+    #[test]
+    fn a_read_of_the_fresh_tail_stays_on_the_worker() {
+        // A leader in step with 64 clients sends batches of dozens of small entries.
+        let t = tail(100_000, 300);
+        assert!(t.is_recent(99_937, 64));
+        assert!(t.is_recent(100_000, 1));
+        // A follower far behind reads old entries, perhaps from disk.
+        assert!(!t.is_recent(50_000, 64));
+        assert!(!t.is_recent(0, 300));
+    }
+
+    #[test]
+    fn a_large_read_leaves_the_worker_even_at_the_tail() {
+        // 300 entries of 60 KB each: 18 MB to copy out of the memtable.
+        let t = tail(10_000, 60_000);
+        assert!(!t.is_recent(9_701, 300));
+        assert!(t.is_recent(9_999, 2));
+        // A span beyond the recent window never counts as recent.
+        assert!(!tail(10_000, 10).is_recent(9_000, 2_000));
     }
 }

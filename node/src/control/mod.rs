@@ -501,14 +501,18 @@ where
 }
 
 /// Follows this member's Raft role into [`Control::set_leadership`].
+///
+/// It watches openraft's server metrics, which change only with the role, vote, leader or
+/// membership: the full metrics change with every append and commit, and waking this task
+/// for each cost the leader CPU on every write.
 async fn watch_leadership(node: MetaNode) {
-    let mut rx = node.raft.metrics();
+    let mut rx = node.raft.server_metrics();
     let mut shutdown = node.shutdown_signal();
     loop {
         let term = {
             let m = rx.borrow_watched();
             (m.state == ServerState::Leader && m.current_leader == Some(node.id))
-                .then_some(m.current_term)
+                .then_some(m.vote.leader_id.term)
         };
         node.control.set_leadership(term, Instant::now());
         tokio::select! {

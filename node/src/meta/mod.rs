@@ -132,8 +132,11 @@ impl MetaNode {
             );
         }
         crate::control::spawn(node.clone());
-        // Keep the membership index for outgoing envelopes current.
-        let mut metrics_rx = node.raft.metrics();
+        // Keep the membership index for outgoing envelopes current. Server metrics change only
+        // with the role, vote, leader or membership; the full metrics change with every
+        // append, commit and acknowledgement, and a task woken for each cost CPU on every
+        // write.
+        let mut metrics_rx = node.raft.server_metrics();
         let index = membership_index.clone();
         tokio::spawn(async move {
             loop {
