@@ -237,6 +237,11 @@ async fn get(ctx: &Arc<NodeCtx>, shard: ShardId, epoch: u64, key: Vec<u8>) -> Da
     if let Err(e) = check_read(ctx, &h, epoch) {
         return DataResponse::Error(e);
     }
+    match ctx.engine.get_cached(shard, &key) {
+        Ok(Some(v)) => return DataResponse::Value(v),
+        Ok(None) => {} // not in memory: read the files off the async workers
+        Err(e) => return DataResponse::Error(DataError::Internal(e.to_string())),
+    }
     let engine = ctx.engine.clone();
     match tokio::task::spawn_blocking(move || engine.get(shard, &key)).await {
         Ok(Ok(v)) => DataResponse::Value(v),

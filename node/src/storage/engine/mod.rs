@@ -343,6 +343,28 @@ impl Engine {
         }
     }
 
+    /// [`Self::get`] from memory alone (memtables and the block cache), or `None` when the
+    /// answer needs a read from a file. The server answers with it on the async worker and
+    /// sends only the misses to the blocking pool: a hand-off to another thread per read costs
+    /// more than a lookup that cannot block.
+    pub fn get_cached(
+        &self,
+        shard: ShardId,
+        key: &[u8],
+    ) -> Result<Option<Option<Versioned>>, EngineError> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_read_tier(rocksdb::ReadTier::BlockCache);
+        match self
+            .db
+            .get_cf_opt(self.cf(CF_DATA)?, data_key(shard, key), &opts)
+        {
+            Ok(Some(b)) => Ok(Some(Some(decode("value", &b)?))),
+            Ok(None) => Ok(Some(None)),
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Up to `limit` items of `shard` whose keys start with `prefix`, after `start_after`, in
     /// key order, and about `max_bytes` of them (at least one); and whether more follow.
     pub fn scan(

@@ -58,6 +58,12 @@ async fn log_apply_scan_and_identity() {
     let (rest, more) = e.scan(s, b"k", Some(&items[1].0), 10, usize::MAX).unwrap();
     assert_eq!((rest.len(), more), (2, false));
     assert!(e.get(other, b"k1").unwrap().is_none(), "shards do not mix");
+    // What is in the memtable reads the same from memory alone.
+    assert_eq!(
+        e.get_cached(s, b"k4").unwrap().map(|v| v.map(|v| v.value)),
+        Some(Some(b"w".to_vec()))
+    );
+    assert_eq!(e.get_cached(other, b"k1").unwrap(), Some(None));
     // A copy's scan: one snapshot in chunks (at least one item each, however small the
     // budget), resumable after a key, the last chunk marked.
     let mut chunks = Vec::new();
