@@ -7,6 +7,11 @@
 #
 #   scripts/bench-meta-ab.sh A_AUGUR_BINARY B_AUGUR_BINARY [--runs 3] [--duration 30s]
 #                            [--clients 64] [--keys 10000] [--modes "cas read"]
+#                            [--data]
+#
+# `--data` compares the data plane instead: 3 metadata members + 3 storage nodes (64 shards,
+# RF 3) per build, `augur bench data` with 1 KiB values, modes "put get" and 100,000 keys
+# unless given (the first get run preloads the keys; later runs find them there).
 #
 # To compare against an older commit without disturbing the shared target directory, build it
 # in its own directory (README "Performance", "Metadata quorum"), e.g.
@@ -20,9 +25,10 @@ if [ $# -lt 2 ]; then
 fi
 a_bin=$1 b_bin=$2
 shift 2
-runs=3 duration=30s clients=64 keys=10000 modes="cas read"
+runs=3 duration=30s clients=64 keys="" modes="" data=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        --data) data=1; shift ;;
         --runs) runs=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --clients) clients=$2; shift 2 ;;
@@ -31,6 +37,15 @@ while [ $# -gt 0 ]; do
         *) echo "unknown flag $1" >&2; exit 2 ;;
     esac
 done
+if [ "$data" = 1 ]; then
+    keys=${keys:-100000} modes=${modes:-"put get"}
+    up=(--meta 3 --storage 3 --shards 64 --rf 3)
+    bench=(bench data --value-size 1024)
+else
+    keys=${keys:-10000} modes=${modes:-"cas read"}
+    up=(--meta 3)
+    bench=(bench meta)
+fi
 for b in "$a_bin" "$b_bin"; do
     [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }
 done
@@ -42,8 +57,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$a_bin" local up --dir "$work/a" --meta 3 >/dev/null
-"$b_bin" local up --dir "$work/b" --meta 3 >/dev/null
+"$a_bin" local up --dir "$work/a" "${up[@]}" >/dev/null
+"$b_bin" local up --dir "$work/b" "${up[@]}" >/dev/null
 
 results="$work/results.jsonl"
 for mode in $modes; do
@@ -51,7 +66,7 @@ for mode in $modes; do
         for side in a b; do
             bin=$a_bin
             [ "$side" = b ] && bin=$b_bin
-            "$bin" bench meta --cluster "$work/$side" --mode "$mode" --clients "$clients" \
+            "$bin" "${bench[@]}" --cluster "$work/$side" --mode "$mode" --clients "$clients" \
                 --keys "$keys" --duration "$duration" --json | tr -d '\n' \
                 | sed "s/^{/{\"build\":\"$side\",\"run\":$run,/" >>"$results"
             echo >>"$results"

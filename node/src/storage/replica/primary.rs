@@ -136,12 +136,17 @@ impl Replica {
             return;
         }
         let seq = self.last.0 + 1;
-        let current = match self.current_version(op.key()) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
+        // Only a compare-and-set needs the key's current version: a blind put or delete does
+        // not pay for a lookup (which may read a file) on the shard's task.
+        let current = match &op {
+            WriteOp::Cas { key, .. } => match self.current_version(key) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            },
+            WriteOp::Put { .. } | WriteOp::Delete { .. } => None,
         };
         let (effect, outcome) = match op {
             WriteOp::Put { key, value } => (
