@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 const KEY_VOTE: &[u8] = b"vote";
+
+/// A log entry's key and value as RocksDB holds them.
+type StoredEntry = (Box<[u8]>, Box<[u8]>);
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
@@ -42,6 +45,12 @@ struct Tail {
 }
 
 impl Tail {
+    /// Records where the log now ends and how large its entries are.
+    fn set(&self, last: u64, entry_bytes: u64) {
+        self.entry_bytes.store(entry_bytes, Ordering::Relaxed);
+        self.last.store(last, Ordering::Relaxed);
+    }
+
     /// Whether reading `span` entries from `start` is a read of what was just written, small
     /// enough to stay on the async worker.
     fn is_recent(&self, start: u64, span: u64) -> bool {
@@ -111,14 +120,8 @@ impl LogStore {
             tail: Arc::new(Tail::default()),
         };
         // After a restart the tail is the last entry on disk, judged by its own size.
-        let log = cf(&store.db, CF_LOG)?;
-        if let Some(item) = store.db.iterator_cf(log, rocksdb::IteratorMode::End).next() {
-            let (k, v) = item?;
-            store.tail.last.store(key_index(&k)?, Ordering::Relaxed);
-            store
-                .tail
-                .entry_bytes
-                .store(v.len() as u64, Ordering::Relaxed);
+        if let Some((k, v)) = store.last_stored()? {
+            store.tail.set(key_index(&k)?, v.len() as u64);
         }
         Ok(store)
     }
@@ -157,13 +160,18 @@ impl LogStore {
         Ok(out)
     }
 
-    fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
+    /// The last log entry's key and encoded bytes, as stored.
+    fn last_stored(&self) -> Result<Option<StoredEntry>, StoreError> {
         let log = cf(&self.db, CF_LOG)?;
         match self.db.iterator_cf(log, rocksdb::IteratorMode::End).next() {
-            Some(item) => {
-                let (_, v) = item?;
-                Ok(Some(decode::<Entry>("log entry", &v)?.log_id()))
-            }
+            Some(item) => Ok(Some(item?)),
+            None => Ok(None),
+        }
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
+        match self.last_stored()? {
+            Some((_, v)) => Ok(Some(decode::<Entry>("log entry", &v)?.log_id())),
             None => Ok(None),
         }
     }
@@ -307,15 +315,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut last = None;
         for entry in entries {
-            last = Some(entry.log_id().index);
-            batch.put_cf(log, index_key(entry.log_id().index), encode(&entry)?);
+            let index = entry.log_id().index;
+            batch.put_cf(log, index_key(index), encode(&entry)?);
+            last = Some(index);
         }
         if let Some(last) = last {
-            let n = batch.len().max(1) as u64;
-            self.tail
-                .entry_bytes
-                .store(batch.size_in_bytes() as u64 / n, Ordering::Relaxed);
-            self.tail.last.store(last, Ordering::Relaxed);
+            let each = batch.size_in_bytes() / batch.len().max(1);
+            self.tail.set(last, each as u64);
         }
         if batch.size_in_bytes() <= INLINE_WRITE_BYTES {
             // Unsynced (the syncer thread syncs): a memtable insert and a buffered WAL write.

@@ -82,21 +82,25 @@ impl Directory {
     }
 }
 
+/// Reads `key`'s record from the metadata now (linearizably), for a refresh that cannot wait
+/// for the watch; a failed read is logged and gives nothing.
+async fn read_now(ctx: &NodeCtx, key: Key) -> Option<Record> {
+    match ctx.meta.get_with(&key, Consistency::Linearizable).await {
+        Ok((record, _)) => record,
+        Err(e) => {
+            tracing::debug!(%key, error = %e, "cannot refresh the record");
+            None
+        }
+    }
+}
+
 /// Reads the shard record afresh (after a message named a newer epoch than the directory
 /// holds) and hands it on.
 pub async fn refresh_shard(ctx: &Arc<NodeCtx>, id: ShardId) {
-    match ctx
-        .meta
-        .get_with(&Key::Shard(id), Consistency::Linearizable)
-        .await
-    {
-        Ok((Some(Record::Shard(s)), _)) => {
-            if let Some(s) = ctx.directory.learn_shard(s) {
-                ctx.on_shard(s).await;
-            }
+    if let Some(Record::Shard(s)) = read_now(ctx, Key::Shard(id)).await {
+        if let Some(s) = ctx.directory.learn_shard(s) {
+            ctx.on_shard(s).await;
         }
-        Ok(_) => {}
-        Err(e) => tracing::debug!(shard = %id, error = %e, "cannot refresh the shard record"),
     }
 }
 
@@ -105,17 +109,9 @@ pub async fn refresh_shard(ctx: &Arc<NodeCtx>, id: ShardId) {
 /// registered while this one was listing waited for the watch, and a reconciling primary's
 /// peers were reported for removal when that took longer than the ack timeout.
 pub async fn refresh_node(ctx: &Arc<NodeCtx>, id: NodeId) {
-    match ctx
-        .meta
-        .get_with(&Key::Node(id), Consistency::Linearizable)
-        .await
-    {
-        Ok((Some(Record::Node(n)), _)) => {
-            tracing::debug!(node = %id, incarnation = n.incarnation, "refreshed a node record");
-            ctx.directory.learn_node(n);
-        }
-        Ok(_) => {}
-        Err(e) => tracing::debug!(node = %id, error = %e, "cannot refresh the node record"),
+    if let Some(Record::Node(n)) = read_now(ctx, Key::Node(id)).await {
+        tracing::debug!(node = %id, incarnation = n.incarnation, "refreshed a node record");
+        ctx.directory.learn_node(n);
     }
 }
 
