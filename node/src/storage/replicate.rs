@@ -1,21 +1,24 @@
 //! The primary's replication stream to one peer (secondary or learner) of one shard.
 //!
-//! The stream reads entries from the primary's log, not from memory, so a peer that fell
-//! behind, reconnected or restarted is caught up the same way as one that kept pace. A session
+//! The stream reads entries from the primary's log (the newest from its in-memory tail,
+//! [`LogTail`]), so a peer that fell behind, reconnected or restarted is caught up the same
+//! way as one that kept pace. A session
 //! first probes: an empty frame naming the entry before what it means to send next. `Mismatch`
 //! moves that point back until the peer's log agrees; from then on frames are sent ahead of
 //! their acknowledgements (up to a window) and the acknowledgements, which QUIC keeps in order,
-//! are handed to the replica's task. A frame also carries the primary's committed sequence, and
-//! an empty frame goes out when only the commit moved or the stream was idle for a while, so
-//! followers apply promptly and a silent peer shows.
+//! are handed to the replica's task. A frame also carries the primary's committed sequence. When
+//! only the commit moved, an empty frame tells it [`COMMIT_NOTICE`] later unless an entry took it
+//! first, and an idle stream sends one every [`KEEPALIVE`], so followers apply soon and a silent
+//! peer shows.
 //!
 //! A peer whose log disagrees below what the primary still holds can only be repaired by a
 //! copy: the stream reports it and stops, and the primary asks the control plane to replace
 //! the replica.
 
+use super::replica::tail::LogTail;
 use super::replica::Msg;
 use super::NodeCtx;
-use augur_proto::data::{DataRequest, Fence, ReplicaAck, ReplicateFrame};
+use augur_proto::data::{DataRequest, Fence, LogEntry, ReplicaAck, ReplicateFrame};
 use augur_proto::frame::write_frame;
 use augur_proto::{NodeId, ShardId};
 use std::collections::VecDeque;
@@ -27,6 +30,14 @@ use tokio::sync::{mpsc, watch};
 const WINDOW: usize = 16;
 /// An idle stream sends an empty frame this often.
 const KEEPALIVE: Duration = Duration::from_millis(500);
+/// How long a commit waits for a frame of entries to carry it before an empty frame does.
+///
+/// Under a write load each shard typically has one write in flight: told at once, every
+/// commit cost a second frame and acknowledgement per peer and per write, and a wake-up of
+/// each follower's task (a profile of a put run: about half of the replication streams'
+/// frames). A follower applies a little later instead; nothing waits on that but a
+/// checkpoint's checksum, and nothing reads from a follower.
+const COMMIT_NOTICE: Duration = Duration::from_millis(10);
 
 /// A running stream; stopped when dropped from the primary's map (see [`Sender::stop`]).
 pub struct Sender {
@@ -36,18 +47,17 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Starts streaming shard `shard` to `peer`, assuming at first that the peer holds what
+    /// Starts streaming `log`'s shard to `peer`, assuming at first that the peer holds what
     /// this primary holds up to `last` (the probe corrects it).
     pub fn start(
-        ctx: Arc<NodeCtx>,
-        shard: ShardId,
+        log: Log,
         epoch: u64,
         peer: NodeId,
         last: (u64, u64),
         progress: watch::Receiver<(u64, u64)>,
         tx: mpsc::Sender<Msg>,
     ) -> Sender {
-        let task = tokio::spawn(run(ctx, shard, epoch, peer, last, progress, tx));
+        let task = tokio::spawn(run(log, epoch, peer, last, progress, tx));
         Sender { epoch, task }
     }
 
@@ -74,8 +84,7 @@ enum End {
 }
 
 async fn run(
-    ctx: Arc<NodeCtx>,
-    shard: ShardId,
+    log: Log,
     epoch: u64,
     peer: NodeId,
     last: (u64, u64),
@@ -86,25 +95,14 @@ async fn run(
     let mut base = last;
     let first_backoff = Duration::from_millis(50);
     let mut backoff = first_backoff;
+    let (ctx, shard) = (&log.ctx, log.shard);
     loop {
         let started_at = base;
         let end = match ctx.node_addr(peer) {
-            Some(addr) => {
-                session(
-                    &ctx,
-                    shard,
-                    epoch,
-                    peer,
-                    &addr,
-                    &mut base,
-                    &mut progress,
-                    &tx,
-                )
-                .await
-            }
+            Some(addr) => session(&log, epoch, peer, &addr, &mut base, &mut progress, &tx).await,
             None => {
                 // Registered while this node listed, and the watch has not brought it yet.
-                super::directory::refresh_node(&ctx, peer).await;
+                super::directory::refresh_node(ctx, peer).await;
                 End::Retry(format!("no address known for node {peer}"))
             }
         };
@@ -128,24 +126,58 @@ async fn run(
     }
 }
 
-/// The epoch of the entry at `seq` in this primary's log (0 for the start of the log).
-fn epoch_at(ctx: &NodeCtx, shard: ShardId, seq: u64) -> Result<u64, End> {
-    if seq == 0 {
-        return Ok(0);
+/// The primary's log of one shard, as its streams read it.
+pub struct Log {
+    ctx: Arc<NodeCtx>,
+    shard: ShardId,
+    tail: Arc<LogTail>,
+}
+
+impl Log {
+    /// Shard `shard`'s log on this node, with its in-memory tail.
+    pub fn new(ctx: Arc<NodeCtx>, shard: ShardId, tail: Arc<LogTail>) -> Log {
+        Log { ctx, shard, tail }
     }
-    match ctx.engine.entry(shard, seq) {
-        Ok(Some(e)) => Ok(e.epoch),
-        Ok(None) => Err(End::Lost(format!(
-            "entry {seq} is no longer in the primary's log"
-        ))),
-        Err(e) => Err(End::Retry(e.to_string())),
+
+    /// The epoch of the entry at `seq` (0 for the start of the log).
+    fn epoch_at(&self, seq: u64) -> Result<u64, End> {
+        if seq == 0 {
+            return Ok(0);
+        }
+        if let Some(e) = self.tail.epoch_at(seq) {
+            return Ok(e);
+        }
+        match self.ctx.engine.entry(self.shard, seq) {
+            Ok(Some(e)) => Ok(e.epoch),
+            Ok(None) => Err(End::Lost(format!(
+                "entry {seq} is no longer in the primary's log"
+            ))),
+            Err(e) => Err(End::Retry(e.to_string())),
+        }
+    }
+
+    /// Entries from `from` up to `to` (about `max_bytes` of them); starting exactly at
+    /// `from`, or the stream cannot go on from the log.
+    fn entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<LogEntry>, End> {
+        let entries = match self.tail.entries(from, to, max_bytes) {
+            Some(e) => e,
+            None => self
+                .ctx
+                .engine
+                .entries(self.shard, from, to, max_bytes)
+                .map_err(|e| End::Retry(e.to_string()))?,
+        };
+        if entries.first().map(|e| e.seq) != Some(from) {
+            return Err(End::Lost(format!(
+                "entry {from} is no longer in the primary's log"
+            )));
+        }
+        Ok(entries)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn session(
-    ctx: &NodeCtx,
-    shard: ShardId,
+    log: &Log,
     epoch: u64,
     peer: NodeId,
     addr: &str,
@@ -153,6 +185,7 @@ async fn session(
     progress: &mut watch::Receiver<(u64, u64)>,
     tx: &mpsc::Sender<Msg>,
 ) -> End {
+    let (ctx, shard) = (&*log.ctx, log.shard);
     let fence = Fence {
         shard,
         epoch,
@@ -200,7 +233,7 @@ async fn session(
             }
             ReplicaAck::Mismatch { prepared } => {
                 let back = prepared.min(base.0.saturating_sub(1));
-                match epoch_at(ctx, shard, back) {
+                match log.epoch_at(back) {
                     Ok(e) => *base = (back, e),
                     Err(end) => return end,
                 }
@@ -214,20 +247,22 @@ async fn session(
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle = false;
+    // When an empty frame is due to tell a commit that no entry has carried.
+    let mut notice: Option<tokio::time::Instant> = None;
     loop {
         let (last, committed) = *progress.borrow_and_update();
-        while owed.len() < WINDOW && (base.0 < last || committed > told_committed || idle) {
+        if committed > told_committed && notice.is_none() {
+            notice = Some(tokio::time::Instant::now() + COMMIT_NOTICE);
+        }
+        let notice_due = notice.is_some_and(|t| t <= tokio::time::Instant::now());
+        let tell_commit = |told: u64| notice_due && committed > told;
+        while owed.len() < WINDOW && (base.0 < last || tell_commit(told_committed) || idle) {
             idle = false;
+            notice = None;
             let entries = if base.0 < last {
-                match ctx.engine.entries(shard, base.0 + 1, last, max_batch) {
-                    Ok(e) if e.first().map(|e| e.seq) == Some(base.0 + 1) => e,
-                    Ok(_) => {
-                        return End::Lost(format!(
-                            "entry {} is no longer in the primary's log",
-                            base.0 + 1
-                        ))
-                    }
-                    Err(e) => return End::Retry(e.to_string()),
+                match log.entries(base.0 + 1, last, max_batch) {
+                    Ok(e) => e,
+                    Err(end) => return end,
                 }
             } else {
                 Vec::new()
@@ -268,7 +303,7 @@ async fn session(
                         // The peer lost entries it had acknowledged (a wiped disk under the
                         // same incarnation cannot happen; a bug or corruption can): probe again.
                         let back = prepared.min(base.0);
-                        return match epoch_at(ctx, shard, back) {
+                        return match log.epoch_at(back) {
                             Ok(e) => {
                                 *base = (back, e);
                                 End::Retry(format!("the peer's log disagrees after {back}"))
@@ -281,6 +316,15 @@ async fn session(
             }
             changed = progress.changed() => if changed.is_err() { return End::Stop },
             _ = keepalive.tick() => idle = owed.is_empty(),
+            _ = sleep_until(notice), if owed.len() < WINDOW => {}
         }
+    }
+}
+
+/// Waits until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

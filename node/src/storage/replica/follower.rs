@@ -28,7 +28,18 @@ impl Replica {
             // Nothing before the log's start, or applied (and so committed and identical).
             return true;
         }
-        matches!(self.engine.entry(self.shard, seq), Ok(Some(e)) if e.epoch == epoch)
+        self.epoch_at(seq).is_ok_and(|e| e == Some(epoch))
+    }
+
+    /// The epoch of this log's entry `seq`, from memory when the tail holds it.
+    fn epoch_at(&self, seq: u64) -> Result<Option<u64>, String> {
+        if let Some(e) = self.tail.epoch_at(seq) {
+            return Ok(Some(e));
+        }
+        self.engine
+            .entry(self.shard, seq)
+            .map(|e| e.map(|e| e.epoch))
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn on_frame(
@@ -98,21 +109,22 @@ impl Replica {
         // Entries this log lacks, from the first that differs.
         let mut fresh = Vec::new();
         let mut truncate = false;
-        for e in frame.entries.iter() {
+        let end = frame.entries.last().map(|e| e.seq).unwrap_or(p_seq);
+        for e in frame.entries {
             if e.seq < self.state.floor {
                 continue;
             }
             if fresh.is_empty() && e.seq <= self.last.0 {
-                match self.engine.entry(self.shard, e.seq) {
-                    Ok(Some(mine)) if mine.epoch == e.epoch => continue,
+                match self.epoch_at(e.seq) {
+                    Ok(Some(mine)) if mine == e.epoch => continue,
                     Ok(_) => truncate = true,
                     Err(err) => {
-                        let _ = reply.send(refuse(DataError::Internal(err.to_string())));
+                        let _ = reply.send(refuse(DataError::Internal(err)));
                         return;
                     }
                 }
             }
-            fresh.push(e.clone());
+            fresh.push(e);
         }
         if let Some(first) = fresh.first() {
             if !truncate && first.seq != self.last.0 + 1 {
@@ -142,8 +154,8 @@ impl Replica {
             if let Some(last) = fresh.last() {
                 self.last = (last.seq, last.epoch);
             }
+            self.tail.appended(fresh);
         }
-        let end = frame.entries.last().map(|e| e.seq).unwrap_or(p_seq);
         self.matched = end;
         self.committed = self.committed.max(frame.committed.min(end));
         if end <= self.prepared {
@@ -180,7 +192,12 @@ impl Replica {
     pub(crate) fn apply_upto(&mut self, limit: u64) {
         while self.state.applied < limit {
             let from = self.state.applied + 1;
-            let mut entries = match self.engine.entries(self.shard, from, limit, 4 << 20) {
+            let from_log = || self.engine.entries(self.shard, from, limit, 4 << 20);
+            let entries = match self.tail.entries(from, limit, 4 << 20) {
+                Some(e) => Ok(e),
+                None => from_log(),
+            };
+            let mut entries = match entries {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(shard = %self.shard, error = %e, "cannot read the log to apply");

@@ -5,7 +5,8 @@
 //!
 //! - this module: the task, its messages, configuration changes and roles;
 //! - [`primary`]: ordering writes, commit, reconciliation of a new primary;
-//! - [`follower`]: a secondary's or learner's log, and applying committed entries.
+//! - [`follower`]: a secondary's or learner's log, and applying committed entries;
+//! - [`tail`]: the log's newest entries in memory, so streams and applies need not read them back.
 //!
 //! Reads do not go through the task: it publishes a [`View`] (role, epoch, whether it
 //! serves) that the server checks before reading committed data from the engine.
@@ -18,6 +19,7 @@
 
 pub mod follower;
 pub mod primary;
+pub mod tail;
 
 use super::copy::CopyJob;
 use super::engine::{Engine, EngineError, ReplicaState};
@@ -255,6 +257,8 @@ pub struct Replica {
     pub(crate) handing_off: Option<(Instant, Vec<HandOffWaiter>)>,
     /// Tells senders the log grew or the commit moved.
     pub(crate) progress: watch::Sender<(u64, u64)>,
+    /// The log's newest entries, shared with the senders.
+    pub(crate) tail: Arc<tail::LogTail>,
     view: watch::Sender<View>,
 }
 
@@ -311,6 +315,7 @@ impl Replica {
             asked_reelection: None,
             handing_off: None,
             progress,
+            tail: Arc::default(),
             view: view_tx,
         };
         let handle = Handle {
@@ -563,6 +568,7 @@ impl Replica {
 
     /// Empties the shard on this node so a learner copies it from scratch.
     fn reset_learner(&mut self) {
+        self.tail.clear();
         if let Err(e) = self.engine.delete_shard(self.shard) {
             tracing::error!(shard = %self.shard, error = %e, "cannot clear the shard for a new copy");
         }
@@ -588,6 +594,7 @@ impl Replica {
         match self.stray_since {
             Some(t) if t.elapsed() >= grace => match self.engine.delete_shard(self.shard) {
                 Ok(()) => {
+                    self.tail.clear();
                     tracing::info!(shard = %self.shard, "deleted the copy of a shard this node no longer holds");
                     self.ctx.forget(self.shard);
                     true

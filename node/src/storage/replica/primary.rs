@@ -13,7 +13,7 @@
 //! disagrees), so everything before it is committed too.
 
 use super::{Msg, Pending, Replica};
-use crate::storage::replicate::Sender;
+use crate::storage::replicate::{Log, Sender};
 use augur_proto::data::{
     DataError, Effect, LogEntry, Redirect, ReplicaRole, RequestId, WriteOp, WriteOutcome,
 };
@@ -214,6 +214,7 @@ impl Replica {
             }
             return;
         }
+        self.tail.appended([entry.clone()]);
         // A peer that had everything starts owing now: its ack timeout counts from here, not
         // from its last acknowledgement (which may be long ago on an idle shard).
         let now = Instant::now();
@@ -281,9 +282,9 @@ impl Replica {
                 continue;
             }
             self.acked.entry(peer).or_insert((0, Instant::now()));
+            let log = Log::new(self.ctx.clone(), self.shard, self.tail.clone());
             let s = Sender::start(
-                self.ctx.clone(),
-                self.shard,
+                log,
                 epoch,
                 peer,
                 self.last,
