@@ -19,8 +19,8 @@ use std::sync::Mutex;
 
 /// At most this many entries per shard.
 const MAX_ENTRIES: usize = 512;
-/// At most about this many bytes of keys and values per shard (64 shards: 32 MiB at most).
-const MAX_BYTES: usize = 512 << 10;
+/// At most about this many bytes of keys and values per shard (64 shards: 16 MiB at most).
+const MAX_BYTES: usize = 256 << 10;
 
 /// A shard's newest log entries (see the module documentation).
 #[derive(Default)]
