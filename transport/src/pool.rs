@@ -12,7 +12,7 @@
 
 use crate::error::TransportError;
 use crate::tls::{client_config, TlsFiles, META_SERVER_NAME};
-use augur_proto::frame::{read_frame, FrameError};
+use augur_proto::frame::{FrameError, FrameReader};
 use augur_proto::{Request, Response, MAX_FRAME_DEFAULT};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use std::collections::HashMap;
@@ -245,7 +245,7 @@ impl Transport {
                 conn: conn.clone(),
                 rx_mark,
                 addr: addr.to_string(),
-                max_frame: self.max_frame,
+                reader: FrameReader::new(self.max_frame),
             },
         ))
     }
@@ -342,7 +342,8 @@ pub struct FramedRecv {
     /// Datagrams received on it when the request was sent.
     rx_mark: u64,
     addr: String,
-    max_frame: usize,
+    /// Keeps a partly received frame across cancelled reads.
+    reader: FrameReader,
 }
 
 impl FramedRecv {
@@ -353,23 +354,22 @@ impl FramedRecv {
 
     /// The next frame as any message type, for protocols with their own frames (append
     /// streams, snapshot and shard copies). Each frame read restarts the silence check of
-    /// [`Transport::discard_if_silent`].
+    /// [`Transport::discard_if_silent`]. Cancel-safe: a read cut off in a `select!` loses no
+    /// bytes (see [`FrameReader`]).
     pub async fn next_as<T: serde::de::DeserializeOwned>(
         &mut self,
     ) -> Result<Option<T>, TransportError> {
         self.rx_mark = received(&self.conn);
-        read_frame(&mut self.recv, self.max_frame)
-            .await
-            .map_err(|e| match e {
-                FrameError::Io(io) => TransportError::Lost {
-                    addr: self.addr.clone(),
-                    detail: io.to_string(),
-                },
-                other => TransportError::Frame {
-                    addr: self.addr.clone(),
-                    source: other,
-                },
-            })
+        self.reader.next(&mut self.recv).await.map_err(|e| match e {
+            FrameError::Io(io) => TransportError::Lost {
+                addr: self.addr.clone(),
+                detail: io.to_string(),
+            },
+            other => TransportError::Frame {
+                addr: self.addr.clone(),
+                source: other,
+            },
+        })
     }
 
     /// The raw stream.

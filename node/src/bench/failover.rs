@@ -332,7 +332,7 @@ fn spawn_probes(
 
 /// Samples the shard map every 250 ms and adds up the time some shard had fewer than `rf`
 /// replicas on live nodes; `dead` is set once the victim is killed.
-fn spawn_rf_sampler(
+pub(crate) fn spawn_rf_sampler(
     dir: &Path,
     rf: usize,
     victim: NodeId,

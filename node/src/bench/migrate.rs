@@ -125,6 +125,10 @@ pub struct MigrateReport {
     pub p99_ratio: f64,
     /// Client requests that failed during the run.
     pub failed_requests: u64,
+    /// Seconds, from the end of the preload to the end of the second drain, during which
+    /// some shard had fewer than RF replicas (sampled every 250 ms): a move never takes one
+    /// away before its replacement is in, so anything above zero is a replica lost.
+    pub below_rf_s: f64,
     /// Seconds waited, before the baseline and before the unloaded drain, for the storage
     /// nodes' compactions to finish ([`settle_compactions`]).
     pub compaction_wait_s: f64,
@@ -202,6 +206,10 @@ fn print_report(r: &MigrateReport) {
         "client p99: {:.1} ms before, {:.1} ms during that drain ({:.2}x); {} requests failed",
         r.p99_baseline_ms, r.p99_during_ms, r.p99_ratio, r.failed_requests
     );
+    println!(
+        "time some shard had fewer than RF replicas: {:.2} s",
+        r.below_rf_s
+    );
 }
 
 /// Latencies of the current phase; the workload records into whichever is installed.
@@ -278,6 +286,18 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     preload(&clients, 32, total_keys, a.value_size).await?;
     // Neither the baseline nor a drain pays for the preload's compactions.
     let mut compaction_wait_s = settle_compactions(&client, SETTLE_LIMIT).await?;
+    let (sampling, below_ms) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let sampler = super::failover::spawn_rf_sampler(
+        dir,
+        layout.rf as usize,
+        victim,
+        Arc::new(AtomicBool::new(false)),
+        sampling.clone(),
+        below_ms.clone(),
+    )?;
 
     let baseline = Arc::new(Phase {
         hist: Mutex::new(new_hist()?),
@@ -325,7 +345,10 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         most_replicas(&now, Some(victim)).context("no other node holds a replica")?;
     compaction_wait_s += settle_compactions(&client, SETTLE_LIMIT).await?;
     eprintln!("draining storage node {second} with no client traffic");
-    let idle = drain(&client, second, second_held.len(), a.timeout).await?;
+    let idle = drain(&client, second, second_held.len(), a.timeout).await;
+    sampling.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    let idle = idle?;
 
     eprintln!("raw QUIC copy of {} bytes for comparison", idle.bytes);
     let raw = raw_copy_between_others(dir, second.0, idle.bytes, a.raw_streams).await?;
@@ -348,6 +371,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         p99_during_ms,
         p99_ratio: p99_during_ms / p99_baseline_ms.max(1e-9),
         failed_requests: failed.load(Ordering::Relaxed),
+        below_rf_s: below_ms.load(Ordering::Relaxed) as f64 / 1e3,
         compaction_wait_s,
         raw,
     })

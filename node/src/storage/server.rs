@@ -19,7 +19,7 @@ use augur_proto::data::{
     DataError, DataRequest, DataResponse, Fence, NodeReport, ReplicaAck, ReplicaRole,
     ReplicateFrame, MAX_SCAN_LIMIT,
 };
-use augur_proto::frame::{payload_budget, read_frame, write_frame, FrameError};
+use augur_proto::frame::{payload_budget, read_frame, write_frame, FrameError, FrameReader};
 use augur_proto::ShardId;
 use augur_transport::roles::RoleError;
 use augur_transport::{peer_role, Role};
@@ -432,9 +432,12 @@ async fn follow_stream(
     };
     let mut acks: FuturesOrdered<oneshot::Receiver<ReplicaAck>> = FuturesOrdered::new();
     let mut reading = true;
+    // Frames are read across the loop's turns: an acknowledgement going out must not cut
+    // a frame in half (see `FrameReader`).
+    let mut frames = FrameReader::new(max);
     loop {
         tokio::select! {
-            frame = read_frame::<_, ReplicateFrame>(&mut recv, max), if reading && acks.len() < 64 => {
+            frame = frames.next::<_, ReplicateFrame>(&mut recv), if reading && acks.len() < 64 => {
                 match frame {
                     Ok(Some(frame)) => {
                         let (tx, rx) = oneshot::channel();
