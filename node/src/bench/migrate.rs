@@ -286,7 +286,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     preload(&clients, 32, total_keys, a.value_size).await?;
     // Neither the baseline nor a drain pays for the preload's compactions.
     let mut compaction_wait_s = settle_compactions(&client, SETTLE_LIMIT).await?;
-    let (sampling, below_ms) = (
+    let (stop_sampler, below_ms) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
@@ -295,7 +295,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         layout.rf as usize,
         victim,
         Arc::new(AtomicBool::new(false)),
-        sampling.clone(),
+        stop_sampler.clone(),
         below_ms.clone(),
     )?;
 
@@ -346,7 +346,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     compaction_wait_s += settle_compactions(&client, SETTLE_LIMIT).await?;
     eprintln!("draining storage node {second} with no client traffic");
     let idle = drain(&client, second, second_held.len(), a.timeout).await;
-    sampling.store(true, Ordering::Relaxed);
+    stop_sampler.store(true, Ordering::Relaxed);
     let _ = sampler.await;
     let idle = idle?;
 

@@ -1,7 +1,7 @@
 //! The primary's replication stream to one peer (secondary or learner) of one shard.
 //!
-//! The stream reads entries from the primary's log (the newest from its in-memory tail,
-//! [`LogTail`]), so a peer that fell behind, reconnected or restarted is caught up the same
+//! The stream reads entries from the primary's log (the newest from memory, see
+//! [`ShardLog`]), so a peer that fell behind, reconnected or restarted is caught up the same
 //! way as one that kept pace. A session
 //! first probes: an empty frame naming the entry before what it means to send next. `Mismatch`
 //! moves that point back until the peer's log agrees; from then on frames are sent ahead of
@@ -15,12 +15,12 @@
 //! copy: the stream reports it and stops, and the primary asks the control plane to replace
 //! the replica.
 
-use super::replica::tail::LogTail;
+use super::replica::tail::ShardLog;
 use super::replica::Msg;
 use super::NodeCtx;
 use augur_proto::data::{DataRequest, Fence, LogEntry, ReplicaAck, ReplicateFrame};
 use augur_proto::frame::write_frame;
-use augur_proto::{NodeId, ShardId};
+use augur_proto::NodeId;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +95,7 @@ async fn run(
     let mut base = last;
     let first_backoff = Duration::from_millis(50);
     let mut backoff = first_backoff;
-    let (ctx, shard) = (&log.ctx, log.shard);
+    let (ctx, shard) = (&log.ctx, log.log.shard());
     loop {
         let started_at = base;
         let end = match ctx.node_addr(peer) {
@@ -129,14 +129,13 @@ async fn run(
 /// The primary's log of one shard, as its streams read it.
 pub struct Log {
     ctx: Arc<NodeCtx>,
-    shard: ShardId,
-    tail: Arc<LogTail>,
+    log: ShardLog,
 }
 
 impl Log {
-    /// Shard `shard`'s log on this node, with its in-memory tail.
-    pub fn new(ctx: Arc<NodeCtx>, shard: ShardId, tail: Arc<LogTail>) -> Log {
-        Log { ctx, shard, tail }
+    /// `log`'s shard on this node, streamed with what `ctx` gives.
+    pub fn new(ctx: Arc<NodeCtx>, log: ShardLog) -> Log {
+        Log { ctx, log }
     }
 
     /// The epoch of the entry at `seq` (0 for the start of the log).
@@ -144,11 +143,8 @@ impl Log {
         if seq == 0 {
             return Ok(0);
         }
-        if let Some(e) = self.tail.epoch_at(seq) {
-            return Ok(e);
-        }
-        match self.ctx.engine.entry(self.shard, seq) {
-            Ok(Some(e)) => Ok(e.epoch),
+        match self.log.epoch_at(seq) {
+            Ok(Some(e)) => Ok(e),
             Ok(None) => Err(End::Lost(format!(
                 "entry {seq} is no longer in the primary's log"
             ))),
@@ -159,14 +155,10 @@ impl Log {
     /// Entries from `from` up to `to` (about `max_bytes` of them); starting exactly at
     /// `from`, or the stream cannot go on from the log.
     fn entries(&self, from: u64, to: u64, max_bytes: usize) -> Result<Vec<LogEntry>, End> {
-        let entries = match self.tail.entries(from, to, max_bytes) {
-            Some(e) => e,
-            None => self
-                .ctx
-                .engine
-                .entries(self.shard, from, to, max_bytes)
-                .map_err(|e| End::Retry(e.to_string()))?,
-        };
+        let entries = self
+            .log
+            .entries(from, to, max_bytes)
+            .map_err(|e| End::Retry(e.to_string()))?;
         if entries.first().map(|e| e.seq) != Some(from) {
             return Err(End::Lost(format!(
                 "entry {from} is no longer in the primary's log"
@@ -185,7 +177,7 @@ async fn session(
     progress: &mut watch::Receiver<(u64, u64)>,
     tx: &mpsc::Sender<Msg>,
 ) -> End {
-    let (ctx, shard) = (&*log.ctx, log.shard);
+    let (ctx, shard) = (&*log.ctx, log.log.shard());
     let fence = Fence {
         shard,
         epoch,

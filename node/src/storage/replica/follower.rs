@@ -28,18 +28,7 @@ impl Replica {
             // Nothing before the log's start, or applied (and so committed and identical).
             return true;
         }
-        self.epoch_at(seq).is_ok_and(|e| e == Some(epoch))
-    }
-
-    /// The epoch of this log's entry `seq`, from memory when the tail holds it.
-    fn epoch_at(&self, seq: u64) -> Result<Option<u64>, String> {
-        if let Some(e) = self.tail.epoch_at(seq) {
-            return Ok(Some(e));
-        }
-        self.engine
-            .entry(self.shard, seq)
-            .map(|e| e.map(|e| e.epoch))
-            .map_err(|e| e.to_string())
+        matches!(self.log.epoch_at(seq), Ok(Some(e)) if e == epoch)
     }
 
     pub(crate) fn on_frame(
@@ -115,11 +104,11 @@ impl Replica {
                 continue;
             }
             if fresh.is_empty() && e.seq <= self.last.0 {
-                match self.epoch_at(e.seq) {
+                match self.log.epoch_at(e.seq) {
                     Ok(Some(mine)) if mine == e.epoch => continue,
                     Ok(_) => truncate = true,
                     Err(err) => {
-                        let _ = reply.send(refuse(DataError::Internal(err)));
+                        let _ = reply.send(refuse(DataError::Internal(err.to_string())));
                         return;
                     }
                 }
@@ -141,20 +130,20 @@ impl Replica {
                 ))));
                 return;
             }
-            if let Err(e) = self.engine.append(self.shard, &fresh, truncate) {
+            let (first_seq, last) = (first.seq, fresh.last().map(|e| (e.seq, e.epoch)));
+            if let Err(e) = self.log.append(fresh, truncate) {
                 let _ = reply.send(refuse(DataError::Internal(e.to_string())));
                 return;
             }
             if truncate {
                 // Syncs asked before cannot vouch for the rewritten entries.
                 self.sync_gen += 1;
-                self.prepared = self.prepared.min(first.seq - 1);
+                self.prepared = self.prepared.min(first_seq - 1);
                 self.awaiting_sync.clear();
             }
-            if let Some(last) = fresh.last() {
-                self.last = (last.seq, last.epoch);
+            if let Some(last) = last {
+                self.last = last;
             }
-            self.tail.appended(fresh);
         }
         self.matched = end;
         self.committed = self.committed.max(frame.committed.min(end));
@@ -192,12 +181,7 @@ impl Replica {
     pub(crate) fn apply_upto(&mut self, limit: u64) {
         while self.state.applied < limit {
             let from = self.state.applied + 1;
-            let from_log = || self.engine.entries(self.shard, from, limit, 4 << 20);
-            let entries = match self.tail.entries(from, limit, 4 << 20) {
-                Some(e) => Ok(e),
-                None => from_log(),
-            };
-            let mut entries = match entries {
+            let mut entries = match self.log.entries(from, limit, 4 << 20) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(shard = %self.shard, error = %e, "cannot read the log to apply");

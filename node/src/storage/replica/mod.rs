@@ -6,7 +6,7 @@
 //! - this module: the task, its messages, configuration changes and roles;
 //! - [`primary`]: ordering writes, commit, reconciliation of a new primary;
 //! - [`follower`]: a secondary's or learner's log, and applying committed entries;
-//! - [`tail`]: the log's newest entries in memory, so streams and applies need not read them back.
+//! - [`tail`]: the shard's log as the task writes and reads it, its newest entries in memory.
 //!
 //! Reads do not go through the task: it publishes a [`View`] (role, epoch, whether it
 //! serves) that the server checks before reading committed data from the engine.
@@ -257,8 +257,8 @@ pub struct Replica {
     pub(crate) handing_off: Option<(Instant, Vec<HandOffWaiter>)>,
     /// Tells senders the log grew or the commit moved.
     pub(crate) progress: watch::Sender<(u64, u64)>,
-    /// The log's newest entries, shared with the senders.
-    pub(crate) tail: Arc<tail::LogTail>,
+    /// The shard's log (its newest entries also in memory), shared with the senders.
+    pub(crate) log: tail::ShardLog,
     view: watch::Sender<View>,
 }
 
@@ -283,6 +283,7 @@ impl Replica {
         let (progress, _) = watch::channel((last.0, state.applied));
         let (tx, rx) = mpsc::channel(1024);
         let replica = Replica {
+            log: tail::ShardLog::new(engine.clone(), shard),
             shard,
             ctx,
             engine,
@@ -315,7 +316,6 @@ impl Replica {
             asked_reelection: None,
             handing_off: None,
             progress,
-            tail: Arc::default(),
             view: view_tx,
         };
         let handle = Handle {
@@ -568,7 +568,7 @@ impl Replica {
 
     /// Empties the shard on this node so a learner copies it from scratch.
     fn reset_learner(&mut self) {
-        self.tail.clear();
+        self.log.deleted();
         if let Err(e) = self.engine.delete_shard(self.shard) {
             tracing::error!(shard = %self.shard, error = %e, "cannot clear the shard for a new copy");
         }
@@ -594,7 +594,7 @@ impl Replica {
         match self.stray_since {
             Some(t) if t.elapsed() >= grace => match self.engine.delete_shard(self.shard) {
                 Ok(()) => {
-                    self.tail.clear();
+                    self.log.deleted();
                     tracing::info!(shard = %self.shard, "deleted the copy of a shard this node no longer holds");
                     self.ctx.forget(self.shard);
                     true

@@ -199,10 +199,7 @@ impl Replica {
         entry: LogEntry,
         waiter: Option<oneshot::Sender<Result<WriteOutcome, DataError>>>,
     ) {
-        if let Err(e) = self
-            .engine
-            .append(self.shard, std::slice::from_ref(&entry), false)
-        {
+        if let Err(e) = self.log.append(vec![entry.clone()], false) {
             tracing::error!(shard = %self.shard, error = %e, "cannot append to the log");
             if let Some(w) = waiter {
                 let _ = w.send(Err(DataError::Internal(e.to_string())));
@@ -214,7 +211,6 @@ impl Replica {
             }
             return;
         }
-        self.tail.appended([entry.clone()]);
         // A peer that had everything starts owing now: its ack timeout counts from here, not
         // from its last acknowledgement (which may be long ago on an idle shard).
         let now = Instant::now();
@@ -282,7 +278,7 @@ impl Replica {
                 continue;
             }
             self.acked.entry(peer).or_insert((0, Instant::now()));
-            let log = Log::new(self.ctx.clone(), self.shard, self.tail.clone());
+            let log = Log::new(self.ctx.clone(), self.log.clone());
             let s = Sender::start(
                 log,
                 epoch,

@@ -8,14 +8,77 @@
 //! those reads from memory; anything older (a peer that fell behind, a long apply after a
 //! restart) is still read from the log, which stays the only record that counts.
 //!
-//! The replica's task is the only writer and mirrors every change it makes to the log here
-//! (appends, truncations, a cleared shard); the primary's streams read it from their own
-//! tasks, hence the lock. The tail holds a contiguous run of the log's last entries, bounded
-//! in entries and bytes so that many shards cannot pin much memory.
+//! [`ShardLog`] is the only way the replica's task writes its log and everyone reads it: an
+//! append goes to RocksDB and then here, a read is answered here or falls back to RocksDB.
+//! The primary's streams read from their own tasks, hence the lock. The tail holds a
+//! contiguous run of the log's last entries, bounded in entries and bytes so that many shards
+//! cannot pin much memory.
 
+use crate::storage::engine::{Engine, EngineError};
 use augur_proto::data::{Effect, LogEntry};
+use augur_proto::ShardId;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// One shard's log on this node: RocksDB's, with its newest entries also in memory. Clones
+/// share the tail.
+#[derive(Clone)]
+pub struct ShardLog {
+    engine: Engine,
+    shard: ShardId,
+    tail: Arc<LogTail>,
+}
+
+impl ShardLog {
+    /// Shard `shard`'s log in `engine`, with an empty tail.
+    pub fn new(engine: Engine, shard: ShardId) -> ShardLog {
+        ShardLog {
+            engine,
+            shard,
+            tail: Arc::default(),
+        }
+    }
+
+    /// The shard.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Appends consecutive `entries` (unsynced; see [`Engine::append`]), after deleting the
+    /// log from the first one's sequence on if `truncate`.
+    pub fn append(&self, entries: Vec<LogEntry>, truncate: bool) -> Result<(), EngineError> {
+        self.engine.append(self.shard, &entries, truncate)?;
+        self.tail.appended(entries);
+        Ok(())
+    }
+
+    /// Forgets the tail: the shard's log was deleted with the rest of its data.
+    pub fn deleted(&self) {
+        self.tail.clear();
+    }
+
+    /// The epoch of entry `seq`, if the log holds it.
+    pub fn epoch_at(&self, seq: u64) -> Result<Option<u64>, EngineError> {
+        match self.tail.epoch_at(seq) {
+            Some(e) => Ok(Some(e)),
+            None => Ok(self.engine.entry(self.shard, seq)?.map(|e| e.epoch)),
+        }
+    }
+
+    /// Entries `from..=to`, stopping after about `max_bytes` (at least one entry) or at the
+    /// first gap; empty or starting later if the log no longer holds `from`.
+    pub fn entries(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<LogEntry>, EngineError> {
+        match self.tail.entries(from, to, max_bytes) {
+            Some(e) => Ok(e),
+            None => self.engine.entries(self.shard, from, to, max_bytes),
+        }
+    }
+}
 
 /// At most this many entries per shard.
 const MAX_ENTRIES: usize = 512;
@@ -24,7 +87,7 @@ const MAX_BYTES: usize = 256 << 10;
 
 /// A shard's newest log entries (see the module documentation).
 #[derive(Default)]
-pub struct LogTail {
+struct LogTail {
     inner: Mutex<Inner>,
 }
 
@@ -75,7 +138,7 @@ impl LogTail {
     /// Mirrors a successful append of consecutive `entries` to the log. An entry at or before
     /// the last one held replaces it and everything after (a follower's log truncated to the
     /// primary's).
-    pub fn appended(&self, entries: impl IntoIterator<Item = LogEntry>) {
+    fn appended(&self, entries: impl IntoIterator<Item = LogEntry>) {
         let mut t = self.lock();
         for e in entries {
             // Whatever the log held from this sequence on was replaced (a follower's
@@ -99,19 +162,19 @@ impl LogTail {
     }
 
     /// Mirrors the loss of the whole log (a shard deleted or reset).
-    pub fn clear(&self) {
+    fn clear(&self) {
         self.lock().clear();
     }
 
     /// The epoch of entry `seq`, if the tail holds it.
-    pub fn epoch_at(&self, seq: u64) -> Option<u64> {
+    fn epoch_at(&self, seq: u64) -> Option<u64> {
         let t = self.lock();
         t.index_of(seq).map(|i| t.entries[i].epoch)
     }
 
     /// Entries `from..=to`, stopping after about `max_bytes` (at least one entry), if the tail
     /// holds `from`; `None` sends the caller to the log.
-    pub fn entries(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<LogEntry>> {
+    fn entries(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<LogEntry>> {
         let t = self.lock();
         let start = t.index_of(from)?;
         let mut out = Vec::new();
