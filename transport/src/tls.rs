@@ -94,6 +94,13 @@ fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(32 << 20));
     t.send_window(32 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    // Ask the peer to acknowledge every ninth ack-eliciting packet rather than every second
+    // (the QUIC ack-frequency extension; both ends are ours). Requests and answers carry the
+    // pending acknowledgements anyway, so the pure ACK packets the default sends cost a
+    // datagram each way for little: ~1.3 of the ~3.3 datagrams a get took were those.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(quinn::VarInt::from_u32(8));
+    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 

@@ -18,8 +18,8 @@
 //! move_backoff_ms = 5000                 # wait after a shard's first aborted move
 //! move_backoff_max_ms = 300000           # the doubling wait never exceeds this
 //! max_moves = 8                          # moves in flight in the whole cluster
-//! max_moves_in_per_node = 2              # moves in flight into one node
-//! max_moves_out_per_node = 2             # moves in flight copying from one node
+//! max_moves_in_per_node = 4              # moves in flight into one node
+//! max_moves_out_per_node = 4             # moves in flight copying from one node
 //! migration_history_per_shard = 4        # finished migration records kept per shard
 //! handoff_timeout_ms = 5000              # a handed-off primary serves again after this
 //! max_handoffs_per_pass = 8              # primaries of draining nodes handed off per pass
@@ -190,8 +190,8 @@ impl Default for ControlSettings {
             move_backoff_ms: 5_000,
             move_backoff_max_ms: 300_000,
             max_moves: 8,
-            max_moves_in_per_node: 2,
-            max_moves_out_per_node: 2,
+            max_moves_in_per_node: 4,
+            max_moves_out_per_node: 4,
             migration_history_per_shard: 4,
             handoff_timeout_ms: 5_000,
             max_handoffs_per_pass: 8,

@@ -49,8 +49,14 @@ impl MetaNode {
         if self.is_shutting_down() {
             return Response::Error(ApiError::Unavailable("shutting down".into()));
         }
+        let wakes_mover = wakes_mover(&txn);
         match self.raft.client_write(Command::Txn(txn)).await {
-            Ok(r) => Response::Txn(r.data),
+            Ok(r) => {
+                if wakes_mover && r.data.succeeded {
+                    self.control.wake_mover();
+                }
+                Response::Txn(r.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Response::Error(
                 ApiError::Indeterminate("leadership changed while the write was in flight".into()),
             ),
@@ -165,5 +171,37 @@ impl MetaNode {
             },
             Err(e) => Response::Error(e),
         }
+    }
+}
+
+/// Whether a transaction, once applied, is work for the mover: a changed node record (an
+/// operator's drain or cordon, a registration, a state change). The mover then starts at
+/// once rather than at its next tick, which was up to a second of every drain.
+fn wakes_mover(txn: &Txn) -> bool {
+    txn.ops.iter().any(|op| matches!(op.key(), Key::Node(_)))
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::wakes_mover;
+    use augur_proto::{Key, NodeId, Op, Txn};
+
+    #[test]
+    fn node_records_wake_the_mover_and_other_writes_do_not() {
+        let txn = |ops| Txn {
+            compares: vec![],
+            ops,
+        };
+        assert!(wakes_mover(&txn(vec![Op::Delete(Key::Node(NodeId(3)))])));
+        assert!(wakes_mover(&txn(vec![
+            Op::Delete(Key::Setting("policy.drain".into())),
+            Op::Delete(Key::Node(NodeId(1))),
+        ])));
+        assert!(!wakes_mover(&txn(vec![Op::Delete(Key::Setting(
+            "policy.drain".into()
+        ))])));
+        assert!(!wakes_mover(&txn(vec![Op::Delete(Key::Shard(
+            augur_proto::ShardId(7)
+        ))])));
     }
 }

@@ -24,7 +24,7 @@
 //! log_retention = 100000                     # applied entries kept per shard for catch-up
 //!
 //! [copy]
-//! max_concurrent = 4                         # shard copies in and out at once
+//! max_concurrent = 8                         # shard copies in and out at once
 //! bytes_per_sec = 104857600                  # copy budget per node (both directions)
 //! chunk_bytes = 1048576
 //! busy_bytes_per_sec = 16777216              # copy budget while clients are served (yield)
@@ -118,7 +118,7 @@ pub struct CopySettings {
 impl Default for CopySettings {
     fn default() -> Self {
         CopySettings {
-            max_concurrent: 4,
+            max_concurrent: 8,
             bytes_per_sec: 100 << 20,
             chunk_bytes: 1 << 20,
             busy_bytes_per_sec: 16 << 20,

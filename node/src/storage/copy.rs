@@ -335,7 +335,7 @@ pub fn start_fetch(
 
 /// Whether `config` has fewer replicas than the data plane's replication factor: its copy is
 /// a repair and does not yield to clients.
-fn under_replicated(ctx: &NodeCtx, config: &Shard) -> bool {
+pub(crate) fn under_replicated(ctx: &NodeCtx, config: &Shard) -> bool {
     ctx.directory
         .layout()
         .is_some_and(|l| config.replicas.len() < l.rf as usize)

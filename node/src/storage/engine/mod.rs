@@ -178,6 +178,9 @@ fn insert_hint(cf: &str) -> Option<usize> {
     }
 }
 
+/// How many bytes a paced whole-shard pass reads between two calls of its pace.
+pub const PACE_BYTES: u64 = 1 << 20;
+
 fn shard_prefix(shard: ShardId) -> [u8; 8] {
     shard.0.to_be_bytes()
 }
@@ -734,9 +737,23 @@ impl Engine {
         shard: ShardId,
         seq: u64,
     ) -> Result<Checkpoint, EngineError> {
+        self.checksum_paced(snap, shard, seq, |_| {})
+    }
+
+    /// [`Engine::checksum`], calling `pace` with the bytes read after every
+    /// [`PACE_BYTES`] or so: the caller may wait there, so that a whole-shard pass shares
+    /// the node's copy budget instead of taking a core from its clients.
+    pub fn checksum_paced(
+        &self,
+        snap: &rocksdb::Snapshot<'_>,
+        shard: ShardId,
+        seq: u64,
+        mut pace: impl FnMut(u64),
+    ) -> Result<Checkpoint, EngineError> {
         let lower = data_key(shard, &[]);
         let mut digest = crc64fast::Digest::new();
         let (mut bytes, mut keys) = (0u64, 0u64);
+        let mut unpaced = 0u64;
         for item in snap.iterator_cf_opt(
             self.cf(CF_DATA)?,
             bulk_read(),
@@ -750,8 +767,17 @@ impl Engine {
             let value: VersionedRef<'_> =
                 postcard::from_bytes(&v).map_err(|e| corrupt("value", e))?;
             augur_proto::data::crc_item(&mut digest, &k[8..], value.version, value.value);
-            bytes += (k.len() - 8 + value.value.len()) as u64;
+            let n = (k.len() - 8 + value.value.len()) as u64;
+            bytes += n;
             keys += 1;
+            unpaced += n;
+            if unpaced >= PACE_BYTES {
+                pace(unpaced);
+                unpaced = 0;
+            }
+        }
+        if unpaced > 0 {
+            pace(unpaced);
         }
         Ok(Checkpoint {
             seq,

@@ -224,6 +224,11 @@ impl Replica {
     /// leak into the figure), and the figure comes back as [`Msg::Checksummed`]. On a primary
     /// the read took the shard's writes hostage for as long as it ran (100 ms for 35 MB);
     /// now they go on while it runs.
+    ///
+    /// The read shares the node's copy budget ([`copy::Throttle`]), as the copies it verifies
+    /// do: while clients are served it goes at the busy rate, unless the shard is short of
+    /// replicas. Every replica reads the whole shard for each move's checkpoint, so unpaced
+    /// these reads were more bytes than the copies themselves.
     fn checksum_in_background(&self, seq: u64) {
         let (engine, shard, gen, me) = (
             self.engine.clone(),
@@ -231,11 +236,18 @@ impl Replica {
             self.checksum_gen,
             self.me.clone(),
         );
+        let urgent = self
+            .config
+            .as_deref()
+            .is_some_and(|c| copy::under_replicated(&self.ctx, c));
+        let ctx = self.ctx.clone();
+        let rt = tokio::runtime::Handle::current();
         let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel::<()>(1);
         tokio::task::spawn_blocking(move || {
             let snap = engine.snapshot();
             let _ = taken_tx.send(());
-            match engine.checksum(&snap, shard, seq) {
+            let pace = |n: u64| rt.block_on(ctx.throttle.take(n as usize, urgent));
+            match engine.checksum_paced(&snap, shard, seq, pace) {
                 Ok(checkpoint) => {
                     // The task may have ended (the shard left this node): nothing to tell.
                     let _ = me.blocking_send(Msg::Checksummed { gen, checkpoint });
