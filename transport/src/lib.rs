@@ -9,6 +9,7 @@
 //! - [`tls`]: certificate files and the rustls / quinn configurations built from them;
 //! - [`roles`]: the role a certificate carries, and reading it off a connection;
 //! - [`pool`]: [`Transport`], pooled connections and framed calls;
+//! - [`socket`]: the UDP socket under each endpoint, with buffers sized for bulk copies;
 //! - [`error`]: [`TransportError`], by whether a request may have been delivered.
 //!
 //! The metadata server, storage nodes, the client library and the test tools all use this
@@ -17,11 +18,13 @@
 pub mod error;
 pub mod pool;
 pub mod roles;
+pub mod socket;
 pub mod tls;
 
 pub use error::TransportError;
 pub use pool::{FramedRecv, Transport};
 pub use roles::{peer_role, Role};
+pub use socket::{bind_endpoint, UdpBuffers, UDP_BUFFER_BYTES};
 pub use tls::{client_config, server_config, TlsFiles, META_SERVER_NAME, STORAGE_SERVER_NAME};
 
 /// The name metadata servers are verified against (kept for callers of the old name).

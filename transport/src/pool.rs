@@ -44,8 +44,7 @@ impl Transport {
     /// A client-only endpoint on an ephemeral port, talking to metadata members.
     pub fn client(files: &TlsFiles, connect_timeout: Duration) -> Result<Self, TransportError> {
         let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|e| TransportError::Endpoint(e.to_string()))?;
+        let (mut endpoint, _) = crate::socket::bind_endpoint(bind, None)?;
         endpoint.set_default_client_config(client_config(files, Duration::from_secs(10))?);
         Ok(Self::from_endpoint(endpoint, connect_timeout))
     }

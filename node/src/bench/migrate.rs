@@ -13,7 +13,9 @@
 //!   the commits, all of it. The per-migration copy rates the migrator records are reported
 //!   beside it.
 //! - **Raw copy** (`raw_quinn_mb_s`): the same number of bytes through a bare QUIC connection
-//!   between two storage certificates ([`super::rawcopy`]).
+//!   between two storage certificates ([`super::rawcopy`]); and again into synced files on
+//!   the nodes' filesystem (`raw_quinn_disk_mb_s`, `ratio_to_raw_disk`), since a move's
+//!   bytes must be durable before it commits and a disk slower than loopback caps it there.
 //! - **Client latency**: puts and gets (even odds) of 1 KiB on keys of their own, by closed-loop
 //!   clients; p99 over `--baseline` before the drain (`p99_baseline_ms`) and over the drain
 //!   (`p99_during_ms`). The targets: move rate at least 90% of the raw copy, p99 during
@@ -28,10 +30,9 @@
 
 use super::data::{data_clients, key, preload};
 use super::rawcopy::{raw_copy_between_others, RawCopy};
-use super::{check_load, new_hist, report, settle_compactions, BenchCluster, ClusterPlan};
-
-/// The longest a run waits for compactions to finish before measuring anyway.
-const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+use super::{
+    check_load, new_hist, report, settle_compactions, BenchCluster, ClusterPlan, SETTLE_LIMIT,
+};
 use crate::local;
 use anyhow::{bail, Context};
 use augur_client::{DataClient, NodeCommand};
@@ -107,6 +108,11 @@ pub struct MigrateReport {
     pub raw_quinn_mb_s: f64,
     /// `move_mb_s` / `raw_quinn_mb_s`.
     pub ratio_to_raw: f64,
+    /// The same bytes through a bare QUIC connection into synced files on the nodes'
+    /// filesystem, MB/s: the ceiling once the copy must be durable, as a move's must.
+    pub raw_quinn_disk_mb_s: f64,
+    /// `move_mb_s` / `raw_quinn_disk_mb_s`.
+    pub ratio_to_raw_disk: f64,
     /// Median of the copy rates the committed migrations recorded, MB/s.
     pub migration_copy_mb_s_p50: Option<f64>,
     /// Migrations committed for the drain.
@@ -134,6 +140,8 @@ pub struct MigrateReport {
     pub compaction_wait_s: f64,
     /// The raw copy's details.
     pub raw: RawCopy,
+    /// The durable raw copy's details.
+    pub raw_disk: RawCopy,
 }
 
 /// One drain: a node emptied, and what its moves achieved.
@@ -190,6 +198,10 @@ fn print_report(r: &MigrateReport) {
     println!(
         "move rate {:.0} MB/s; raw QUIC copy {:.0} MB/s over {} streams; ratio {:.2}",
         r.move_mb_s, r.raw_quinn_mb_s, r.raw.streams, r.ratio_to_raw
+    );
+    println!(
+        "raw QUIC copy into synced files {:.0} MB/s; ratio {:.2}",
+        r.raw_quinn_disk_mb_s, r.ratio_to_raw_disk
     );
     if let Some(c) = r.migration_copy_mb_s_p50 {
         println!(
@@ -351,7 +363,9 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     let idle = idle?;
 
     eprintln!("raw QUIC copy of {} bytes for comparison", idle.bytes);
-    let raw = raw_copy_between_others(dir, second.0, idle.bytes, a.raw_streams).await?;
+    let raw = raw_copy_between_others(dir, second.0, idle.bytes, a.raw_streams, false).await?;
+    eprintln!("the same bytes into synced files");
+    let raw_disk = raw_copy_between_others(dir, second.0, idle.bytes, a.raw_streams, true).await?;
     let ratio = |r: &DrainRun| r.move_mb_s / raw.mb_per_sec.max(1e-9);
     let (p99_baseline_ms, p99_during_ms) = (p99_ms(&baseline), p99_ms(&during));
     Ok(MigrateReport {
@@ -362,6 +376,8 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         move_mb_s: idle.move_mb_s,
         raw_quinn_mb_s: raw.mb_per_sec,
         ratio_to_raw: ratio(&idle),
+        raw_quinn_disk_mb_s: raw_disk.mb_per_sec,
+        ratio_to_raw_disk: idle.move_mb_s / raw_disk.mb_per_sec.max(1e-9),
         migration_copy_mb_s_p50: idle.copy_mb_s_p50,
         migrations_committed: idle.committed,
         migrations_aborted: idle.aborted,
@@ -374,6 +390,7 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         below_rf_s: below_ms.load(Ordering::Relaxed) as f64 / 1e3,
         compaction_wait_s,
         raw,
+        raw_disk,
     })
 }
 

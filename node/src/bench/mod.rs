@@ -120,6 +120,9 @@ pub(crate) fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// The longest a run waits for compactions to finish before measuring anyway.
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
 /// Waits (at most `limit`) until no storage node owes RocksDB background work (pending
 /// compaction bytes, compactions or flushes running), so a measurement does not pay for the
 /// write debt of the load before it; returns the seconds waited. A node that does not answer

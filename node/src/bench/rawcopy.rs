@@ -2,18 +2,27 @@
 //! against.
 //!
 //! Two endpoints on loopback, built by `augur-transport` from two storage nodes' certificates
-//! (so the same mutual TLS, the same stream and connection windows and the same idle
-//! timeout as the storage nodes use), each on a runtime and thread of its own as two
+//! (so the same mutual TLS, the same stream and connection windows, the same UDP buffers and
+//! the same idle timeout as the storage nodes use), each on a runtime and thread of its own as two
 //! processes would be. The sender opens `streams` bidirectional streams on one connection and
 //! writes its share of `bytes` in `chunk`-byte writes; the receiver reads each stream to its
 //! end and answers with the byte count it got. Nothing else happens to the bytes: no RocksDB,
 //! no CRC, no framing, no throttle. That is the point: the ratio of a real copy's rate to
 //! this one is what the copy machinery costs on top of the network.
+//!
+//! A copy that lands must also reach the disk: a learner's data is durable before the move
+//! commits. So the same copy runs a second time with a `sink` directory on the storage
+//! nodes' filesystem: the receiver writes each stream's bytes to a file of its own, as quinn
+//! hands them over (no copy in between), and syncs it before answering. On a machine whose
+//! disk is slower than its loopback, that is the ceiling a move can reach; the first figure
+//! shows how far apart the two ceilings are.
 
 use anyhow::{bail, Context};
 use augur_transport::{client_config, server_config, TlsFiles, STORAGE_SERVER_NAME};
 use serde::Serialize;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What the raw copy measured.
@@ -27,25 +36,38 @@ pub struct RawCopy {
     pub seconds: f64,
     /// MB/s (10^6 bytes).
     pub mb_per_sec: f64,
+    /// Whether the receiver wrote the bytes to files and synced them before answering.
+    pub durable: bool,
 }
 
 /// The storage nodes' idle timeout (see `storage::StorageNode::start`).
 const IDLE: Duration = Duration::from_secs(10);
 
 /// Copies `bytes` from an endpoint holding `sender` to one holding `receiver`, over
-/// `streams` streams in `chunk`-byte writes, and times it.
+/// `streams` streams in `chunk`-byte writes, and times it. With a `sink` directory the
+/// receiver writes each stream to a file there and syncs it before acknowledging; the files
+/// are removed afterwards.
 pub fn raw_copy(
     receiver: &TlsFiles,
     sender: &TlsFiles,
     bytes: u64,
     streams: usize,
     chunk: usize,
+    sink: Option<&Path>,
 ) -> anyhow::Result<RawCopy> {
     if streams == 0 || chunk == 0 {
         bail!("a raw copy needs at least one stream and a positive chunk size");
     }
     let server_cfg = server_config(receiver, IDLE).context("receiver TLS")?;
     let client_cfg = client_config(sender, IDLE).context("sender TLS")?;
+    let sink_dir = match sink {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Some(d.to_path_buf())
+        }
+        None => None,
+    };
+    let receiver_sink = sink_dir.clone();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
     let receiver_thread = std::thread::Builder::new()
         .name("raw-copy-receiver".into())
@@ -54,7 +76,7 @@ pub fn raw_copy(
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(receive(server_cfg, streams, addr_tx))
+            rt.block_on(receive(server_cfg, streams, addr_tx, receiver_sink))
         })?;
     let addr = addr_rx
         .recv()
@@ -67,6 +89,11 @@ pub fn raw_copy(
     let received = receiver_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?;
+    if let Some(d) = &sink_dir {
+        for i in 0..streams {
+            let _ = std::fs::remove_file(d.join(format!("stream-{i}")));
+        }
+    }
     let (seconds, acknowledged) = sent?;
     let received = received?;
     if received != bytes || acknowledged != bytes {
@@ -77,18 +104,21 @@ pub fn raw_copy(
         streams,
         seconds,
         mb_per_sec: bytes as f64 / 1e6 / seconds,
+        durable: sink_dir.is_some(),
     })
 }
 
 /// The receiving endpoint: accepts one connection and `streams` streams, reads each to its
-/// end and answers with its byte count; returns the total.
+/// end (into a synced file under `sink`, if given) and answers with its byte count; returns
+/// the total.
 async fn receive(
     cfg: quinn::ServerConfig,
     streams: usize,
     addr_tx: std::sync::mpsc::Sender<anyhow::Result<SocketAddr>>,
+    sink: Option<PathBuf>,
 ) -> anyhow::Result<u64> {
-    let endpoint = match quinn::Endpoint::server(cfg, "127.0.0.1:0".parse()?) {
-        Ok(e) => e,
+    let endpoint = match augur_transport::bind_endpoint("127.0.0.1:0".parse()?, Some(cfg)) {
+        Ok((e, _)) => e,
         Err(e) => {
             let _ = addr_tx.send(Err(anyhow::anyhow!("binding the receiver: {e}")));
             return Err(e.into());
@@ -102,14 +132,21 @@ async fn receive(
         .await
         .context("handshake")?;
     let mut tasks = Vec::new();
-    for _ in 0..streams {
+    for i in 0..streams {
         let (mut send, mut recv) = conn.accept_bi().await.context("accepting a stream")?;
+        let file = sink.as_ref().map(|d| d.join(format!("stream-{i}")));
         tasks.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 1 << 20];
-            let mut n = 0u64;
-            while let Some(got) = recv.read(&mut buf).await? {
-                n += got as u64;
-            }
+            let n = match file {
+                None => {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut n = 0u64;
+                    while let Some(got) = recv.read(&mut buf).await? {
+                        n += got as u64;
+                    }
+                    n
+                }
+                Some(path) => receive_to_file(&mut recv, path).await?,
+            };
             send.write_all(&n.to_be_bytes()).await?;
             send.finish()?;
             let _ = send.stopped().await;
@@ -125,6 +162,36 @@ async fn receive(
     Ok(total)
 }
 
+/// Reads `recv` to its end into a new file at `path` on a blocking thread, the chunks as
+/// quinn hands them over, and syncs it; returns the bytes written.
+async fn receive_to_file(recv: &mut quinn::RecvStream, path: PathBuf) -> anyhow::Result<u64> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<quinn::Chunk>(8);
+    let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut n = 0u64;
+        for chunk in rx {
+            f.write_all(&chunk.bytes)?;
+            n += chunk.bytes.len() as u64;
+        }
+        f.sync_all()?;
+        Ok(n)
+    });
+    let read: anyhow::Result<()> = async {
+        while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+            if tx.send(chunk).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let written = writer.await??;
+    read?;
+    Ok(written)
+}
+
 /// The sending endpoint: returns the seconds taken and the bytes the receiver acknowledged.
 async fn send(
     cfg: quinn::ClientConfig,
@@ -133,7 +200,7 @@ async fn send(
     streams: usize,
     chunk: usize,
 ) -> anyhow::Result<(f64, u64)> {
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let (mut endpoint, _) = augur_transport::bind_endpoint("127.0.0.1:0".parse()?, None)?;
     endpoint.set_default_client_config(cfg);
     let conn = endpoint
         .connect(addr, STORAGE_SERVER_NAME)?
@@ -170,12 +237,14 @@ async fn send(
 }
 
 /// A raw copy of `bytes` between two storage nodes of the local cluster in `dir` other than
-/// node `excluded` (the one a benchmark killed or drained), with their certificates.
+/// node `excluded` (the one a benchmark killed or drained), with their certificates; with
+/// `durable`, into synced files in the cluster's directory (the nodes' filesystem).
 pub(crate) async fn raw_copy_between_others(
     dir: &std::path::Path,
     excluded: u64,
     bytes: u64,
     streams: usize,
+    durable: bool,
 ) -> anyhow::Result<RawCopy> {
     let others: Vec<u64> = crate::local::storage::storage_nodes(dir)?
         .into_iter()
@@ -191,5 +260,9 @@ pub(crate) async fn raw_copy_between_others(
         key: dir.join(format!("certs/storage-{id}.key")),
     };
     let (rx_tls, tx_tls) = (tls(rx), tls(tx));
-    tokio::task::spawn_blocking(move || raw_copy(&rx_tls, &tx_tls, bytes, streams, 1 << 20)).await?
+    let sink = durable.then(|| dir.join("raw-copy"));
+    tokio::task::spawn_blocking(move || {
+        raw_copy(&rx_tls, &tx_tls, bytes, streams, 1 << 20, sink.as_deref())
+    })
+    .await?
 }

@@ -74,7 +74,7 @@ impl MetaNode {
         let identity = stores.identity.clone();
         let idle = Duration::from_millis(cfg.raft.peer_idle_timeout_ms);
         let server = server_config(&cfg.tls, idle).context("TLS server configuration")?;
-        let mut endpoint = quinn::Endpoint::server(server, cfg.listen)
+        let (mut endpoint, _) = augur_transport::bind_endpoint(cfg.listen, Some(server))
             .with_context(|| format!("binding QUIC endpoint on {}", cfg.listen))?;
         endpoint.set_default_client_config(
             client_config(&cfg.tls, idle).context("TLS client configuration")?,

@@ -182,9 +182,9 @@ impl StorageNode {
         let (engine, identity) = Engine::open(&cfg.data_dir, cfg.id, 64 << 20)
             .with_context(|| format!("opening {}", cfg.data_dir.display()))?;
         let idle = Duration::from_secs(10);
-        let mut endpoint = quinn::Endpoint::server(
-            server_config(&cfg.tls, idle).context("TLS server configuration")?,
+        let (mut endpoint, _) = augur_transport::bind_endpoint(
             cfg.listen,
+            Some(server_config(&cfg.tls, idle).context("TLS server configuration")?),
         )
         .with_context(|| format!("binding QUIC endpoint on {}", cfg.listen))?;
         endpoint.set_default_client_config(

@@ -218,3 +218,41 @@ fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 90);
 }
+
+#[test]
+fn a_new_learners_clear_leaves_its_copy_a_path_to_the_bottom_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20).unwrap();
+    let l0 = |e: &Engine| {
+        e.db.property_int_value_cf(e.cf(CF_DATA).unwrap(), "rocksdb.num-files-at-level0")
+            .unwrap()
+            .unwrap()
+    };
+    // Another shard's writes sit in the memtable, as clients' writes would.
+    let (s, other) = (ShardId(5), ShardId(6));
+    e.apply(
+        other,
+        &[entry(1, 1, "a", "1")],
+        &ReplicaState::empty(1, ReplicaRole::Primary),
+    )
+    .unwrap();
+    // A learner of a shard this node never held clears it, then bulk loads its copy: no
+    // tombstone in the memtable, so no flush and no file in level 0.
+    assert!(!e.holds_data(s).unwrap());
+    e.delete_shard(s).unwrap();
+    let (_, result) = e.bulk_load(s, 1 << 20, vec![load_chunk(0..50, 3)]);
+    result.unwrap();
+    assert_eq!(
+        l0(&e),
+        0,
+        "the copy went below level 0, the memtable stayed"
+    );
+    assert!(e.holds_data(s).unwrap());
+    assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 50);
+    // A shard with data is still cleared (and its neighbour kept).
+    e.delete_shard(s).unwrap();
+    assert!(!e.holds_data(s).unwrap());
+    assert!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.is_empty());
+    assert_eq!(e.get(other, b"a").unwrap().map(|v| v.version), Some(1));
+    assert!(e.holds_data(other).unwrap());
+}
