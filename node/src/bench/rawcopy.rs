@@ -3,8 +3,8 @@
 //!
 //! Two endpoints on loopback, built by `augur-transport` from two storage nodes' certificates
 //! (so the same mutual TLS, the same stream and connection windows, the same UDP buffers and
-//! the same idle timeout as the storage nodes use), each on a runtime and thread of its own as two
-//! processes would be. The sender opens `streams` bidirectional streams on one connection and
+//! the same idle timeout as the storage nodes use), each on a runtime and thread of its own
+//! as two processes would be. The sender opens `streams` bidirectional streams on one connection and
 //! writes its share of `bytes` in `chunk`-byte writes; the receiver reads each stream to its
 //! end and answers with the byte count it got. Nothing else happens to the bytes: no RocksDB,
 //! no CRC, no framing, no throttle. That is the point: the ratio of a real copy's rate to
