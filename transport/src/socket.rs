@@ -12,7 +12,6 @@
 use crate::TransportError;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 /// The receive and send buffer each endpoint asks the kernel for.
 pub const UDP_BUFFER_BYTES: usize = 8 << 20;
@@ -76,7 +75,7 @@ pub fn bind_endpoint(
         quinn::EndpointConfig::default(),
         server,
         socket.into(),
-        Arc::clone(&runtime),
+        runtime,
     )
     .map_err(|e| err("starting the QUIC endpoint", e))?;
     Ok((endpoint, buffers))

@@ -4,9 +4,9 @@
 //! Two endpoints on loopback, built by `augur-transport` from two storage nodes' certificates
 //! (so the same mutual TLS, the same stream and connection windows, the same UDP buffers and
 //! the same idle timeout as the storage nodes use), each on a runtime and thread of its own
-//! as two processes would be. The sender opens `streams` bidirectional streams on one connection and
-//! writes its share of `bytes` in `chunk`-byte writes; the receiver reads each stream to its
-//! end and answers with the byte count it got. Nothing else happens to the bytes: no RocksDB,
+//! as two processes would be. The sender opens `streams` bidirectional streams on one
+//! connection and writes its share of `bytes` in `chunk`-byte writes; the receiver reads each
+//! stream to its end and answers with the byte count it got. Nothing else happens to the bytes: no RocksDB,
 //! no CRC, no framing, no throttle. That is the point: the ratio of a real copy's rate to
 //! this one is what the copy machinery costs on top of the network.
 //!
@@ -60,14 +60,10 @@ pub fn raw_copy(
     }
     let server_cfg = server_config(receiver, IDLE).context("receiver TLS")?;
     let client_cfg = client_config(sender, IDLE).context("sender TLS")?;
-    let sink_dir = match sink {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            Some(d.to_path_buf())
-        }
-        None => None,
-    };
-    let receiver_sink = sink_dir.clone();
+    if let Some(d) = sink {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let receiver_sink = sink.map(Path::to_path_buf);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<anyhow::Result<SocketAddr>>();
     let receiver_thread = std::thread::Builder::new()
         .name("raw-copy-receiver".into())
@@ -89,7 +85,7 @@ pub fn raw_copy(
     let received = receiver_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?;
-    if let Some(d) = &sink_dir {
+    if let Some(d) = sink {
         for i in 0..streams {
             let _ = std::fs::remove_file(d.join(format!("stream-{i}")));
         }
@@ -104,7 +100,7 @@ pub fn raw_copy(
         streams,
         seconds,
         mb_per_sec: bytes as f64 / 1e6 / seconds,
-        durable: sink_dir.is_some(),
+        durable: sink.is_some(),
     })
 }
 

@@ -185,6 +185,11 @@ fn shard_prefix(shard: ShardId) -> [u8; 8] {
     shard.0.to_be_bytes()
 }
 
+/// The first key after every key of `shard` (the next shard's prefix).
+fn shard_end(shard: ShardId) -> [u8; 8] {
+    shard.0.wrapping_add(1).to_be_bytes()
+}
+
 fn data_key(shard: ShardId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
     k.extend_from_slice(&shard_prefix(shard));
@@ -804,7 +809,7 @@ impl Engine {
     /// destination's CPU and half its disk bandwidth, four copies at 20 MB/s each.
     pub fn delete_shard(&self, shard: ShardId) -> Result<(), EngineError> {
         let p = shard_prefix(shard);
-        let next = (shard.0.wrapping_add(1)).to_be_bytes();
+        let next = shard_end(shard);
         let has_data = self.holds_data(shard)?;
         let mut batch = WriteBatch::default();
         for cf in [CF_LOG, CF_REQUESTS] {
@@ -832,7 +837,7 @@ impl Engine {
     pub fn holds_data(&self, shard: ShardId) -> Result<bool, EngineError> {
         let p = shard_prefix(shard);
         let mut o = rocksdb::ReadOptions::default();
-        o.set_iterate_upper_bound((shard.0.wrapping_add(1)).to_be_bytes().to_vec());
+        o.set_iterate_upper_bound(shard_end(shard).to_vec());
         o.fill_cache(false);
         let mut it = self.db.raw_iterator_cf_opt(self.cf(CF_DATA)?, o);
         it.seek(p);

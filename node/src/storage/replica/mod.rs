@@ -568,8 +568,7 @@ impl Replica {
 
     /// Empties the shard on this node so a learner copies it from scratch.
     fn reset_learner(&mut self) {
-        self.log.deleted();
-        if let Err(e) = self.engine.delete_shard(self.shard) {
+        if let Err(e) = self.log.delete_shard() {
             tracing::error!(shard = %self.shard, error = %e, "cannot clear the shard for a new copy");
         }
         self.state.applied = 0;
@@ -592,9 +591,8 @@ impl Replica {
     fn gone(&mut self) -> bool {
         let grace = Duration::from_millis(self.ctx.cfg.replication.stray_grace_ms);
         match self.stray_since {
-            Some(t) if t.elapsed() >= grace => match self.engine.delete_shard(self.shard) {
+            Some(t) if t.elapsed() >= grace => match self.log.delete_shard() {
                 Ok(()) => {
-                    self.log.deleted();
                     tracing::info!(shard = %self.shard, "deleted the copy of a shard this node no longer holds");
                     self.ctx.forget(self.shard);
                     true

@@ -8,8 +8,9 @@
 //! those reads from memory; anything older (a peer that fell behind, a long apply after a
 //! restart) is still read from the log, which stays the only record that counts.
 //!
-//! [`ShardLog`] is the only way the replica's task writes its log and everyone reads it: an
-//! append goes to RocksDB and then here, a read is answered here or falls back to RocksDB.
+//! [`ShardLog`] is the only way the replica's task writes its log (or deletes its shard) and
+//! everyone reads it: an append goes to RocksDB and then here, a read is answered here or
+//! falls back to RocksDB.
 //! The primary's streams read from their own tasks, hence the lock. The tail holds a
 //! contiguous run of the log's last entries, bounded in entries and bytes so that many shards
 //! cannot pin much memory.
@@ -52,9 +53,12 @@ impl ShardLog {
         Ok(())
     }
 
-    /// Forgets the tail: the shard's log was deleted with the rest of its data.
-    pub fn deleted(&self) {
+    /// Deletes everything this node holds of the shard ([`Engine::delete_shard`]), the tail
+    /// with it. The tail is emptied even if the delete fails: it is only a copy of the log's
+    /// end, and readers then go to RocksDB for whatever is still there.
+    pub fn delete_shard(&self) -> Result<(), EngineError> {
         self.tail.clear();
+        self.engine.delete_shard(self.shard)
     }
 
     /// The epoch of entry `seq`, if the log holds it.
