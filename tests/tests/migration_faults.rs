@@ -125,7 +125,8 @@ async fn corrupted_chunks_in_drain_moves_are_fetched_again_and_the_moves_commit(
     emptied(&client, victim, Duration::from_secs(120)).await?;
     load.more_writes(30, Duration::from_secs(30)).await?;
     let done = load.finish().await?;
-    done.assert_clean(5);
+    // A sanity floor on the sampler, not a duration: faster moves mean fewer samples.
+    done.assert_clean(3);
     let moves = drain_moves(&client, victim).await?;
     one_commit_per_replica(&moves, held);
 

@@ -63,8 +63,9 @@ pub fn bind_endpoint(
         tracing::warn!(
             %addr,
             asked = UDP_BUFFER_BYTES,
-            recv = buffers.recv,
-            send = buffers.send,
+            // In the units asked for: the kernel's report counts its bookkeeping too.
+            recv = buffers.recv * UDP_BUFFER_BYTES / REPORTED_IF_GRANTED,
+            send = buffers.send * UDP_BUFFER_BYTES / REPORTED_IF_GRANTED,
             "the kernel granted smaller UDP buffers than asked for; raise net.core.rmem_max and \
              net.core.wmem_max for full copy speed under load"
         );

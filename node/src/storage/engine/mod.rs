@@ -10,8 +10,11 @@
 //!
 //! All shards share one database and so one write-ahead log. Log appends are written unsynced
 //! and handed to one syncer thread that fsyncs the WAL once for every append waiting
-//! (group commit), exactly as the metadata log store does; a replica acknowledges entries only
-//! once that sync covers them. Applying committed entries writes data, request ids and the
+//! (group commit), as the metadata log store does; a replica acknowledges entries only once
+//! that sync covers them. Under load the syncer waits a moment (`replication.sync_wait_us`)
+//! for more appends to share a sync, and unsynced writes stay in RocksDB's WAL buffer until
+//! the syncer flushes it (`manual_wal_flush`): nothing unsynced is promised to anyone, so a
+//! process crash may lose what a power cut may lose, no more. Applying committed entries writes data, request ids and the
 //! applied sequence in one batch; it need not be synced, because the entries are in the synced
 //! log and applying them again after a crash gives the same result. Replica state changes that
 //! must survive before the node acts on them (a new epoch or role) are synced writes.
@@ -23,7 +26,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 mod bulk;
 mod size;
@@ -229,6 +234,8 @@ type SyncDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Stops and joins the syncer when the last engine handle goes.
 struct Syncer {
     tx: Option<mpsc::Sender<SyncDone>>,
+    /// Microseconds a sync under load waits for more writes (see [`Engine::set_sync_wait`]).
+    wait_us: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -294,6 +301,11 @@ impl Engine {
         // Memtable inserts with hints (see `insert_hint`) need one writer at a time; on a
         // storage node's few cores the parallel inserts of a write group gained nothing.
         opts.set_allow_concurrent_memtable_write(false);
+        // Writes go to the WAL file only when the syncer flushes it (or a write asks for its
+        // own sync): the log's appends and the applies are not durable before that sync
+        // anyway, and each had cost a `write` call of its own (three or more per put on
+        // every replica).
+        opts.set_manual_wal_flush(true);
         // Shard data is cut into files at shard boundaries (its keys start with the 8-byte
         // shard id), so no file spans two shards: a copied shard's files then overlap nothing
         // on the learner and go straight to the bottom level, and a deleted shard's files
@@ -328,14 +340,17 @@ impl Engine {
         bulk::clear_leftovers(&ingest_dir)?;
         let (tx, rx) = mpsc::channel::<SyncDone>();
         let sync_db = db.clone();
+        let wait_us = Arc::new(AtomicU64::new(0));
+        let sync_wait = wait_us.clone();
         let thread = std::thread::Builder::new()
             .name("augur-data-sync".into())
-            .spawn(move || run_syncer(sync_db, rx))?;
+            .spawn(move || run_syncer(sync_db, rx, sync_wait))?;
         Ok((
             Engine {
                 db,
                 syncer: Arc::new(Syncer {
                     tx: Some(tx),
+                    wait_us,
                     thread: Some(thread),
                 }),
                 data_opts: Arc::new(data_opts),
@@ -574,6 +589,13 @@ impl Engine {
             .ok_or(EngineError::SyncerGone)?
             .send(Box::new(done))
             .map_err(|_| EngineError::SyncerGone)
+    }
+
+    /// Sets how long a WAL sync waits for more writes when the previous one answered more
+    /// than one caller (`replication.sync_wait_us`); zero, the default, syncs at once.
+    pub fn set_sync_wait(&self, wait: Duration) {
+        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+        self.syncer.wait_us.store(us, Ordering::Relaxed);
     }
 
     /// Waits until every write made before this call is durable.
@@ -898,12 +920,19 @@ impl Engine {
 }
 
 /// Syncs the WAL for every waiting callback at once, then calls them in arrival order.
-fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<SyncDone>) {
+fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<SyncDone>, wait_us: Arc<AtomicU64>) {
+    // How many callers the previous sync answered: more than one means a load.
+    let mut last_batch = 0usize;
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
+        let wait = wait_us.load(Ordering::Relaxed);
+        if wait > 0 && last_batch > 1 {
+            std::thread::sleep(Duration::from_micros(wait));
+        }
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
+        last_batch = waiting.len();
         let result = db.flush_wal(true).map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "WAL sync failed");

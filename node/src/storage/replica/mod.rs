@@ -455,7 +455,14 @@ impl Replica {
                 false
             }
         });
-        let _ = self.progress.send_replace((self.last.0, self.committed));
+        // Only a change wakes the streams: `send_replace` woke every one of them after each
+        // message the task handled (a sync notice, an acknowledgement that moved nothing).
+        let progress = (self.last.0, self.committed);
+        self.progress.send_if_modified(|old| {
+            let changed = *old != progress;
+            *old = progress;
+            changed
+        });
     }
 
     /// The role the shard record gives this node.
