@@ -59,7 +59,11 @@ pub fn bind_endpoint(
         recv: socket.recv_buffer_size().unwrap_or(0),
         send: socket.send_buffer_size().unwrap_or(0),
     };
-    if buffers.recv < REPORTED_IF_GRANTED || buffers.send < REPORTED_IF_GRANTED {
+    // Once per process: a benchmark's clients bind an endpoint each, and the kernel's cap is
+    // the same for all of them.
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let short = buffers.recv < REPORTED_IF_GRANTED || buffers.send < REPORTED_IF_GRANTED;
+    if short && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
             %addr,
             asked = UDP_BUFFER_BYTES,
