@@ -68,24 +68,45 @@ pub fn members(dir: &Path) -> anyhow::Result<Vec<u64>> {
 /// A free UDP port (QUIC) and a free TCP port (HTTP admin) on loopback, never one this
 /// process handed out before: the sockets that found them are closed before the members bind,
 /// so the kernel could offer a port again to the next member of the same cluster.
+///
+/// The ports come from below the kernel's ephemeral range (`ip_local_port_range`), which it
+/// never hands to a socket bound to port 0. A member that restarts must bind its port again,
+/// and any client socket opened meanwhile on the machine (the tests open many) could have been
+/// given that very port from the ephemeral range: a power-loss test lost a member to
+/// "Address already in use" that way.
 pub(crate) fn free_port_pair() -> anyhow::Result<(u16, u16)> {
+    use rand::Rng;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    // Hold every socket tried until a fresh pair is found, so none is offered twice here.
-    let mut held = Vec::new();
-    for _ in 0..64 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let (q, a) = (udp.local_addr()?.port(), tcp.local_addr()?.port());
+    let (low, high) = (10_000u16, ephemeral_start().max(10_100));
+    let mut rng = rand::thread_rng();
+    for _ in 0..256 {
+        let (q, a) = (rng.gen_range(low..high), rng.gen_range(low..high));
+        if q == a {
+            continue;
+        }
         let mut given = GIVEN
             .lock()
             .map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
-        if q != a && !given.contains(&q) && !given.contains(&a) {
+        if given.contains(&q) || given.contains(&a) {
+            continue;
+        }
+        // Taken by something else on this machine: try another pair.
+        let free = std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", a)).is_ok();
+        if free {
             given.extend([q, a]);
             return Ok((q, a));
         }
-        held.push((udp, tcp));
     }
-    anyhow::bail!("no fresh pair of loopback ports after 64 tries")
+    anyhow::bail!("no free pair of loopback ports below {high} after 256 tries")
+}
+
+/// The first port of the kernel's ephemeral range (32768 when it cannot be read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Member settings a new local cluster may override, e.g. to make snapshots frequent in tests.
