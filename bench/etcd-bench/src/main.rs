@@ -13,16 +13,16 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use hdrhistogram::Histogram;
-
-/// The same allocator as the `augur` binary (whose `bench data` client it is compared with),
-/// so neither client pays more than the other for its allocations on the shared cores.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rand::Rng;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The same allocator as the `augur` binary (whose `bench data` client it is compared with),
+/// so neither client pays more than the other for its allocations on the shared cores.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]

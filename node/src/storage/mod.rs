@@ -179,9 +179,9 @@ impl StorageNode {
     /// Opens the engine, registers with the metadata leader, starts every replica this node
     /// holds, and serves.
     pub async fn start(cfg: StorageConfig) -> anyhow::Result<StorageNode> {
-        let (engine, identity) = Engine::open(&cfg.data_dir, cfg.id, 64 << 20)
+        let sync_wait = Duration::from_micros(cfg.replication.sync_wait_us);
+        let (engine, identity) = Engine::open(&cfg.data_dir, cfg.id, 64 << 20, sync_wait)
             .with_context(|| format!("opening {}", cfg.data_dir.display()))?;
-        engine.set_sync_wait(Duration::from_micros(cfg.replication.sync_wait_us));
         let idle = Duration::from_secs(10);
         let (mut endpoint, _) = augur_transport::bind_endpoint(
             cfg.listen,

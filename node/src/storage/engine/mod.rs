@@ -14,9 +14,10 @@
 //! that sync covers them. Under load the syncer waits a moment (`replication.sync_wait_us`)
 //! for more appends to share a sync, and unsynced writes stay in RocksDB's WAL buffer until
 //! the syncer flushes it (`manual_wal_flush`): nothing unsynced is promised to anyone, so a
-//! process crash may lose what a power cut may lose, no more. Applying committed entries writes data, request ids and the
-//! applied sequence in one batch; it need not be synced, because the entries are in the synced
-//! log and applying them again after a crash gives the same result. Replica state changes that
+//! process crash may lose what a power cut may lose, no more. Applying committed entries
+//! writes data, request ids and the applied sequence in one batch; it need not be synced,
+//! because the entries are in the synced log and applying them again after a crash gives the
+//! same result. Replica state changes that
 //! must survive before the node acts on them (a new epoch or role) are synced writes.
 
 use augur_proto::data::{Checkpoint, LogEntry, ReplicaRole, RequestId, Versioned, WriteOutcome};
@@ -26,7 +27,6 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -234,8 +234,6 @@ type SyncDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Stops and joins the syncer when the last engine handle goes.
 struct Syncer {
     tx: Option<mpsc::Sender<SyncDone>>,
-    /// Microseconds a sync under load waits for more writes (see [`Engine::set_sync_wait`]).
-    wait_us: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -264,11 +262,13 @@ pub type Item = (Vec<u8>, Versioned);
 
 impl Engine {
     /// Opens (creating if needed) the database under `dir` for node `node`. A directory that
-    /// belongs to another node is refused.
+    /// belongs to another node is refused. Under load a WAL sync first waits `sync_wait` for
+    /// more writes to share it (`replication.sync_wait_us`; zero syncs at once).
     pub fn open(
         dir: &Path,
         node: u64,
         block_cache_bytes: usize,
+        sync_wait: Duration,
     ) -> Result<(Engine, StorageIdentity), EngineError> {
         std::fs::create_dir_all(dir)?;
         let cache = rocksdb::Cache::new_lru_cache(block_cache_bytes);
@@ -340,8 +340,6 @@ impl Engine {
         bulk::clear_leftovers(&ingest_dir)?;
         let (tx, rx) = mpsc::channel::<SyncDone>();
         let sync_db = db.clone();
-        let wait_us = Arc::new(AtomicU64::new(0));
-        let sync_wait = wait_us.clone();
         let thread = std::thread::Builder::new()
             .name("augur-data-sync".into())
             .spawn(move || run_syncer(sync_db, rx, sync_wait))?;
@@ -350,7 +348,6 @@ impl Engine {
                 db,
                 syncer: Arc::new(Syncer {
                     tx: Some(tx),
-                    wait_us,
                     thread: Some(thread),
                 }),
                 data_opts: Arc::new(data_opts),
@@ -589,13 +586,6 @@ impl Engine {
             .ok_or(EngineError::SyncerGone)?
             .send(Box::new(done))
             .map_err(|_| EngineError::SyncerGone)
-    }
-
-    /// Sets how long a WAL sync waits for more writes when the previous one answered more
-    /// than one caller (`replication.sync_wait_us`); zero, the default, syncs at once.
-    pub fn set_sync_wait(&self, wait: Duration) {
-        let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
-        self.syncer.wait_us.store(us, Ordering::Relaxed);
     }
 
     /// Waits until every write made before this call is durable.
@@ -920,14 +910,15 @@ impl Engine {
 }
 
 /// Syncs the WAL for every waiting callback at once, then calls them in arrival order.
-fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<SyncDone>, wait_us: Arc<AtomicU64>) {
+/// Under load (the previous sync answered more than one caller) it first waits `wait` for
+/// more callers to share the sync.
+fn run_syncer(db: Arc<DB>, rx: mpsc::Receiver<SyncDone>, wait: Duration) {
     // How many callers the previous sync answered: more than one means a load.
     let mut last_batch = 0usize;
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
-        let wait = wait_us.load(Ordering::Relaxed);
-        if wait > 0 && last_batch > 1 {
-            std::thread::sleep(Duration::from_micros(wait));
+        if !wait.is_zero() && last_batch > 1 {
+            std::thread::sleep(wait);
         }
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);

@@ -18,7 +18,7 @@ fn entry(seq: u64, epoch: u64, key: &str, value: &str) -> LogEntry {
 #[tokio::test]
 async fn log_apply_scan_and_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, id) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
+    let (e, id) = Engine::open(dir.path(), 4, 8 << 20, Duration::ZERO).unwrap();
     let s = ShardId(3);
     let other = ShardId(4);
     let es: Vec<LogEntry> = (1..=5)
@@ -103,10 +103,10 @@ async fn log_apply_scan_and_identity() {
     assert!(e.last_entry(s).unwrap().is_none());
     assert_eq!(e.last_entry(other).unwrap().map(|x| x.seq), Some(1));
     drop(e);
-    let (_, again) = Engine::open(dir.path(), 4, 8 << 20).unwrap();
+    let (_, again) = Engine::open(dir.path(), 4, 8 << 20, Duration::ZERO).unwrap();
     assert_eq!(again, id);
     assert!(matches!(
-        Engine::open(dir.path(), 5, 8 << 20),
+        Engine::open(dir.path(), 5, 8 << 20, Duration::ZERO),
         Err(EngineError::Identity(_))
     ));
 }
@@ -141,7 +141,7 @@ fn load_chunk(keys: std::ops::Range<u32>, at_seq: u64) -> LoadChunk {
 #[test]
 fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), 1, 8 << 20).unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
     // Data files are cut at shard boundaries, so a copied shard overlaps no file.
     let options = std::fs::read_dir(dir.path().join("rocksdb"))
         .unwrap()
@@ -214,7 +214,7 @@ fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     std::fs::write(staging.join("shard-1-99.sst"), b"half a file").unwrap();
     drop(e);
-    let (e, _) = Engine::open(dir.path(), 1, 8 << 20).unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 90);
 }
@@ -222,7 +222,7 @@ fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
 #[test]
 fn a_new_learners_clear_leaves_its_copy_a_path_to_the_bottom_level() {
     let dir = tempfile::tempdir().unwrap();
-    let (e, _) = Engine::open(dir.path(), 1, 8 << 20).unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
     let l0 = |e: &Engine| {
         e.db.property_int_value_cf(e.cf(CF_DATA).unwrap(), "rocksdb.num-files-at-level0")
             .unwrap()
