@@ -1,5 +1,6 @@
 use super::*;
 use augur_proto::data::Effect;
+use std::time::Duration;
 
 fn entry(seq: u64, epoch: u64, key: &str, value: &str) -> LogEntry {
     LogEntry {
