@@ -148,6 +148,11 @@ pub(crate) struct TrainArgs {
     /// `TrainConfig::failure_at_silence`).
     #[arg(long)]
     pub failure_at_silence: bool,
+    /// Node models: give the trees bin cuts in the tail of zero-inflated features (a PSU
+    /// that is up 97% of the time), half of the cuts above the most common value; see
+    /// `GbtConfig::tail_bins`. Off by default: the shipped model was trained without it.
+    #[arg(long)]
+    pub tail_bins: bool,
     /// Keep one in this many failure-free rounds as tree rows (default: 3 for node models,
     /// 25 for disk models, whose daily rounds number in the tens of millions).
     #[arg(long, value_parser = parse_positive)]

@@ -124,6 +124,7 @@ pub(crate) fn train_cmd(a: TrainArgs, progress: &Progress) -> Result<()> {
         ..Default::default()
     };
     cfg.gbt.iterations = a.trees;
+    cfg.gbt.tail_bins = a.tail_bins;
     cfg.lstm.epochs = a.lstm_epochs;
     let info = ModelInfo {
         trained_on: a.traces.display().to_string(),

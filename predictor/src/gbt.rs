@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::shap::TreeExplainer;
 
+mod bins;
+use bins::tail_grid;
+
 /// Hyper-parameters of the boosted model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GbtConfig {
@@ -25,6 +28,13 @@ pub struct GbtConfig {
     pub max_depth: usize,
     /// Histogram bins per feature.
     pub nbins: u16,
+    /// Put half of the bins in the tail of a feature beyond its most common value (see
+    /// [`bins::tail_grid`]). Off by default, so that the shipped models and their published
+    /// figures retrain exactly; `train --tail-bins` turns it on for a node model and its
+    /// single-tree baseline (predictor/README.md, "Third pass"). Off when a stored
+    /// configuration predates it.
+    #[serde(default)]
+    pub tail_bins: bool,
     /// Minimum hessian sum per leaf. Kept low: confident leaves have tiny hessians, and a
     /// high floor caps how far a blatant precursor can push the score.
     pub min_leaf_weight: f32,
@@ -46,6 +56,7 @@ impl Default for GbtConfig {
             learning_rate: 0.1,
             max_depth: 5,
             nbins: 128,
+            tail_bins: false,
             min_leaf_weight: 1.0,
             l2: 1.0,
             subsample: 0.8,
@@ -119,7 +130,7 @@ impl Gbt {
             )));
         }
         Self::fit_columns(
-            &column_major(rows, n, n_features),
+            column_major(rows, n, n_features),
             n_features,
             y,
             weights,
@@ -130,9 +141,10 @@ impl Gbt {
 
     /// Fits on column-major `data` (feature 0 of every row, then feature 1...), as forust
     /// reads it: callers that gather rows from a larger store write them straight into this
-    /// layout and skip a row-major copy of the whole training set.
+    /// layout and skip a row-major copy of the whole training set. Taken by value: with
+    /// [`GbtConfig::tail_bins`] the values are put on the bin grid in place.
     pub fn fit_columns(
-        data: &[f64],
+        mut data: Vec<f64>,
         n_features: usize,
         y: &[f64],
         weights: &[f64],
@@ -147,7 +159,12 @@ impl Gbt {
                 weights.len()
             )));
         }
-        let matrix = Matrix::new(data, n, n_features);
+        if cfg.tail_bins {
+            use rayon::prelude::*;
+            data.par_chunks_mut(n)
+                .for_each(|col| tail_grid(col, weights, usize::from(cfg.nbins)));
+        }
+        let matrix = Matrix::new(&data, n, n_features);
         let constraints: ConstraintMap = monotone
             .iter()
             .enumerate()

@@ -140,6 +140,8 @@ pub(super) fn fit_tree(
         max_depth: 6,
         subsample: 1.0,
         colsample: 1.0,
+        // Bin cuts as the model's own trees (`train --tail-bins`).
+        tail_bins: cfg.gbt.tail_bins,
         ..Default::default()
     };
     let n_window = store.n_features - 1;

@@ -194,7 +194,7 @@ impl Store {
         let y: Vec<f64> = idx.iter().map(|&i| rows.y[i]).collect();
         let w: Vec<f64> = idx.iter().map(|&i| rows.w[i]).collect();
         Gbt::fit_columns(
-            &data,
+            data,
             n_cols,
             &y,
             &w,
