@@ -20,6 +20,21 @@ pub mod limits {
     pub const MAX_FEATURES: usize = 16;
     /// Bytes in a setting's value.
     pub const MAX_SETTING_VALUE: usize = 64 * 1024;
+
+    /// `s` cut to [`MAX_STRING`] bytes at a character boundary, ending in "..." when cut:
+    /// reasons built from errors and model output can be any length, and a record or report
+    /// carrying one longer than the bound would be refused whole.
+    pub fn bounded(mut s: String) -> String {
+        if s.len() > MAX_STRING {
+            let mut cut = MAX_STRING - 3;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push_str("...");
+        }
+        s
+    }
 }
 
 /// Where a shard stands with respect to migration.

@@ -156,8 +156,6 @@ pub fn evaluate_disk(
         subsample: 1.0,
         colsample: 1.0,
         nbins: 64,
-        // As the disk model's trees (plain quantile bins).
-        tail_bins: false,
         ..Default::default()
     };
     let rows = super::cv::training_rows(&train, spec, &rows_cfg);

@@ -61,8 +61,6 @@ impl Default for DiskTrainConfig {
             learning_rate: 0.1,
             max_depth: depth,
             nbins: 64,
-            // The disk model's figures were measured with plain quantile bins.
-            tail_bins: false,
             colsample: 0.8,
             ..Default::default()
         };

@@ -6,7 +6,7 @@ use crate::control::cluster::{is_active, is_live, Cluster};
 use crate::control::settings::ControlSettings;
 use augur_predictor::model::Reason;
 use augur_predictor::policy::{Action, ClusterContext, NodeDecision, PolicyConfig, PolicyDecision};
-use augur_proto::model::limits::MAX_STRING;
+use augur_proto::model::limits::bounded;
 use augur_proto::wire::{HealthSummary, RiskReport};
 use augur_proto::{Node, NodeId, NodeState, Risk, StateCause, StateOrigin, StormGuard};
 use serde::Serialize;
@@ -279,19 +279,6 @@ pub fn storm_record(
         flagged,
         since_ms: now_ms,
     })
-}
-
-/// Cuts a reason to the record's string bound.
-fn bounded(mut s: String) -> String {
-    if s.len() > MAX_STRING {
-        let mut cut = MAX_STRING - 3;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
 }
 
 /// The node's top reasons, for a record's cause: `feature (+contribution)`, strongest first.

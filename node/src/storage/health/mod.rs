@@ -452,8 +452,8 @@ fn backfill(node: &str, seed: u64, span_ms: u64) -> Vec<HealthSample> {
 
 #[cfg(test)]
 mod tests {
-    use super::scoring::truncate;
     use super::*;
+    use augur_proto::model::limits::bounded;
     use augur_proto::wire::RiskReport;
 
     #[test]
@@ -522,7 +522,7 @@ mod tests {
             }
             other => panic!("expected no_model, got {other:?}"),
         }
-        assert!(truncate("é".repeat(2000)).len() <= augur_proto::model::limits::MAX_STRING);
+        assert!(bounded("é".repeat(2000)).len() <= augur_proto::model::limits::MAX_STRING);
     }
 
     #[tokio::test]

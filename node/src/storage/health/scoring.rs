@@ -4,6 +4,7 @@
 use super::{lock, now_ms, Health, ModelStatus, RiskPoint};
 use augur_predictor::{combine_risks, DiskModel, HistoryHandle, Model};
 use augur_predictor::{HealthSample, ModelRisk};
+use augur_proto::model::limits::bounded;
 use augur_proto::wire::{RiskReport, RiskState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -177,30 +178,16 @@ fn combine(
     };
     match (&node, node_risk) {
         (Err(e), _) if !matches!(disk_risk, Some(Ok(_)) | Some(Err(_))) => RiskState::NoModel {
-            reason: truncate(format!("node model: {e}; {disk_why}")),
+            reason: bounded(format!("node model: {e}; {disk_why}")),
         },
         (Err(e), _) => RiskState::Pending {
-            reason: truncate(format!("node model: {e}; {disk_why}")),
+            reason: bounded(format!("node model: {e}; {disk_why}")),
         },
         (Ok(_), Some(Err(e))) => RiskState::Pending {
-            reason: truncate(format!("node model: {e}; {disk_why}")),
+            reason: bounded(format!("node model: {e}; {disk_why}")),
         },
         (Ok(_), _) => RiskState::Pending {
-            reason: truncate(format!("node model: score not finite; {disk_why}")),
+            reason: bounded(format!("node model: score not finite; {disk_why}")),
         },
     }
-}
-
-/// Keeps a reason within the wire's string bound.
-pub(super) fn truncate(mut s: String) -> String {
-    let max = augur_proto::model::limits::MAX_STRING;
-    if s.len() > max {
-        let mut cut = max - 3;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
 }
