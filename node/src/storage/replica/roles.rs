@@ -1,0 +1,164 @@
+//! Configuration changes: what a new shard record makes of this replica (primary,
+//! secondary, learner or stray), and the transitions between them: stepping down, a learner
+//! starting over empty, a stray deleting its data once its grace period is over.
+//!
+//! Apart from the task loop in the parent module, whose documentation states the rules
+//! followed here, because these are the only paths that change the epoch and role: reading
+//! them together is how one checks that a node acts on an epoch only once it is durable.
+
+use super::{Msg, Replica};
+use augur_proto::data::{DataError, ReplicaRole};
+use augur_proto::Shard;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+impl Replica {
+    /// The role the shard record gives this node.
+    fn role_in(&self, shard: &Shard) -> ReplicaRole {
+        let me = self.ctx.node;
+        if shard.replicas.first() == Some(&me) {
+            ReplicaRole::Primary
+        } else if shard.replicas.contains(&me) {
+            ReplicaRole::Secondary
+        } else if shard.learners.contains(&me) {
+            ReplicaRole::Learner
+        } else {
+            ReplicaRole::Stray
+        }
+    }
+
+    /// Applies a new shard record: see the module documentation.
+    pub(super) fn on_config(&mut self, shard: Arc<Shard>, tx: &mpsc::Sender<Msg>) {
+        if self
+            .config
+            .as_ref()
+            .is_some_and(|c| c.version >= shard.version)
+            || shard.epoch < self.state.epoch
+        {
+            return;
+        }
+        let role = self.role_in(&shard);
+        let same_epoch = shard.epoch == self.state.epoch;
+        let was = self.state.role;
+        self.config = Some(shard.clone());
+        if same_epoch && role == was {
+            self.update_peers(tx);
+            return;
+        }
+        if same_epoch && role != was && was != ReplicaRole::Stray {
+            // Two records with one epoch and different roles cannot both be right: the
+            // control plane bumps the epoch on every change. Wait for the next one.
+            tracing::warn!(shard = %self.shard, epoch = shard.epoch, ?was, ?role, "same epoch, different role; waiting");
+            return;
+        }
+        tracing::info!(shard = %self.shard, epoch = shard.epoch, from = ?was, to = ?role, "configuration changed");
+        if was == ReplicaRole::Primary && role != ReplicaRole::Primary {
+            self.step_down("the primary was replaced");
+        }
+        // A new configuration ends a hand-off, whichever way it went.
+        if let Some((_, waiters)) = self.handing_off.take() {
+            for w in waiters {
+                let _ = w.send(Err(DataError::Unavailable(
+                    "the configuration changed".into(),
+                )));
+            }
+        }
+        if role == ReplicaRole::Learner && was != ReplicaRole::Learner {
+            // Whatever this node held of the shard before is not to be trusted: start empty.
+            self.reset_learner();
+        }
+        self.state.epoch = shard.epoch;
+        self.state.role = role;
+        if role != ReplicaRole::Learner && was == ReplicaRole::Stray && self.state.applied == 0 {
+            self.state.copied = true;
+        }
+        // Durable before acting on it.
+        if let Err(e) = self.engine.save_replica_state(self.shard, &self.state) {
+            tracing::error!(shard = %self.shard, error = %e, "cannot record the new epoch; not acting on it");
+            return;
+        }
+        self.matched = 0;
+        self.stray_since = (role == ReplicaRole::Stray).then(Instant::now);
+        match role {
+            ReplicaRole::Primary => {
+                if was == ReplicaRole::Primary && self.serving {
+                    // Still primary at a new epoch (a replica added or removed): the log is
+                    // this node's own, nothing to reconcile.
+                    self.reported.clear();
+                    self.update_peers(tx);
+                } else {
+                    self.become_primary(tx);
+                }
+            }
+            ReplicaRole::Stray => {
+                for (_, s) in self.senders.drain() {
+                    s.stop();
+                }
+            }
+            ReplicaRole::Secondary | ReplicaRole::Learner => {}
+        }
+    }
+
+    /// Gives up the primary role: stops streams and fails waiting writes as indeterminate
+    /// (their entries may still commit under the next primary).
+    pub(super) fn step_down(&mut self, why: &str) {
+        self.serving = false;
+        for (_, s) in self.senders.drain() {
+            s.stop();
+        }
+        for (_, p) in std::mem::take(&mut self.pending) {
+            for w in p.waiters {
+                let _ = w.send(Err(DataError::Indeterminate(format!(
+                    "{why} with the write in flight; resend it with the same request id"
+                ))));
+            }
+        }
+        for (_, w) in self.checkpoint_waiters.drain(..) {
+            let _ = w.send(Err(DataError::Unavailable(why.to_string())));
+        }
+        self.overlay.clear();
+        self.inflight.clear();
+        self.acked.clear();
+    }
+
+    /// Empties the shard on this node so a learner copies it from scratch.
+    pub(super) fn reset_learner(&mut self) {
+        if let Err(e) = self.log.delete_shard() {
+            tracing::error!(shard = %self.shard, error = %e, "cannot clear the shard for a new copy");
+        }
+        self.state.applied = 0;
+        self.state.floor = 1;
+        self.state.copied = false;
+        self.last = (0, 0);
+        self.prepared = 0;
+        self.committed = 0;
+        self.matched = 0;
+        self.copying = false;
+        if let Some(job) = self.copy_job.take() {
+            job.cancel();
+        }
+        self.checksum_gen += 1;
+        self.stream_started = false;
+        self.checkpoint = None;
+    }
+
+    /// Whether a stray's grace period is over and its data deleted.
+    pub(super) fn gone(&mut self) -> bool {
+        let grace = Duration::from_millis(self.ctx.cfg.replication.stray_grace_ms);
+        match self.stray_since {
+            Some(t) if t.elapsed() >= grace => match self.log.delete_shard() {
+                Ok(()) => {
+                    tracing::info!(shard = %self.shard, "deleted the copy of a shard this node no longer holds");
+                    self.ctx.forget(self.shard);
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(shard = %self.shard, error = %e, "cannot delete a stray shard");
+                    false
+                }
+            },
+            _ => false,
+        }
+    }
+}
