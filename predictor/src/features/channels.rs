@@ -285,7 +285,44 @@ impl LatencyLoad {
     /// [`Self::normalise_fast`] of many samples: `out[j]` for latency `lat[j]` at
     /// utilisation `util[j]` (already clamped to [0, 1]). Columns in, column out, no
     /// branch: the compiler vectorises the loop.
+    ///
+    /// Training spends a fifth of its feature time here (8,640 samples a round), so on
+    /// x86-64 the loop also runs in a copy compiled for AVX-512 or AVX2 (8 or 4 lanes instead
+    /// of SSE2's 2) when the CPU has them. The results are the same to the bit: each lane
+    /// does the same IEEE operations in the same order (Rust never fuses a multiply and an
+    /// add on its own), so a model trains identically on any x86-64 machine.
     pub(crate) fn normalise_many(&self, lat: &[f64], util: &[f64], out: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, the only feature the copy is compiled for.
+                return unsafe { self.normalise_many_avx512(lat, util, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, the only feature the copy is compiled for.
+                return unsafe { self.normalise_many_avx2(lat, util, out) };
+            }
+        }
+        self.normalise_many_portable(lat, util, out)
+    }
+
+    /// [`Self::normalise_many`] compiled for AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn normalise_many_avx512(&self, lat: &[f64], util: &[f64], out: &mut [f64]) {
+        self.normalise_many_portable(lat, util, out)
+    }
+
+    /// [`Self::normalise_many`] compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn normalise_many_avx2(&self, lat: &[f64], util: &[f64], out: &mut [f64]) {
+        self.normalise_many_portable(lat, util, out)
+    }
+
+    /// The loop itself, inlined into each compiled copy.
+    #[inline(always)]
+    fn normalise_many_portable(&self, lat: &[f64], util: &[f64], out: &mut [f64]) {
         let (u0, b, c) = (self.u0, self.b, self.c);
         // `effect`'s arithmetic, with its idle term computed once.
         let idle = {

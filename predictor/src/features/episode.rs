@@ -11,7 +11,7 @@
 //! (persistence); a plateau is flat and has held its level since it formed.
 
 use super::channels::{Monotone, Traj};
-use super::trajectory::N_TRAJ;
+use super::trajectory::{bucket_runs, RunSums, N_TRAJ};
 use super::{WindowFeatures, HOUR_MS};
 use crate::sample::metric;
 
@@ -50,6 +50,8 @@ pub(crate) const PSU_FLAP_TREND: (&str, Monotone) = ("psu_flaps_trend_24h", Mono
 
 /// Hours of history the episode statistics read (the `*_24h` ones).
 const DAY_HOURS: usize = 24;
+/// The span whose every sample the episode statistics read, ms.
+pub(super) const DAY_MS: i64 = DAY_HOURS as i64 * HOUR_MS;
 /// Hours of the recent span (the `*_6h` ones).
 const RECENT_HOURS: usize = 6;
 /// A block counts as on at this share of the day's highest block excess.
@@ -60,40 +62,41 @@ const PERSIST_SHARE: f64 = 0.7;
 impl WindowFeatures<'_> {
     /// Appends the episode features at `t`: [`EPISODE_STATS`] of every [`Traj`] channel,
     /// then [`PSU_FLAP_TREND`]. `sums` and `counts` are the trajectory channels' hourly sums
-    /// (hour 0 = the last hour, as [`Self::trajectory_stats`] reads them); the last day's
-    /// samples are read through `value(channel, i)` for the duty.
+    /// (hour 0 = the last hour, as [`Self::trajectory_stats`] reads them); the duty reads
+    /// the last day's samples in short blocks through `run_sums(run)`, every channel's sum
+    /// and count over a run of samples ([`super::trajectory::sum_run`] or a faster equal).
     pub(super) fn episode_stats(
         &self,
         t: i64,
         sums: &[[f64; N_TRAJ]],
         counts: &[[f64; N_TRAJ]],
-        value: impl Fn(Traj, usize) -> f64,
+        run_sums: impl Fn(std::ops::Range<usize>) -> RunSums,
         out: &mut Vec<f64>,
     ) {
         let s = self.series;
         // Blocks of the short span (10 minutes; longer on a coarse grid), so a block always
         // holds a few samples.
         let block_ms = self.spec.short_ms.max(self.spec.resolution_ms).max(1);
-        let day_ms = DAY_HOURS as i64 * HOUR_MS;
+        let day_ms = DAY_MS;
         let n_blocks = (day_ms / block_ms).max(1) as usize;
         let recent_blocks = ((RECENT_HOURS as i64 * HOUR_MS) / block_ms).max(1) as usize;
         let mut block_sum = vec![[0.0f64; N_TRAJ]; n_blocks];
         let mut block_n = vec![[0u32; N_TRAJ]; n_blocks];
+        let day = s.range(t - day_ms, t);
+        bucket_runs(s, day.clone(), t, block_ms, |b, run| {
+            if b < n_blocks {
+                let (sum, n) = run_sums(run);
+                for c in 0..N_TRAJ {
+                    block_sum[b][c] += sum[c];
+                    block_n[b][c] += n[c] as u32;
+                }
+            }
+        });
         let mut flaps = [0.0f64; DAY_HOURS];
         let mut psu_seen = [false; DAY_HOURS];
         let mut prev_psu = f32::NAN;
-        for i in s.range(t - day_ms, t) {
+        for i in day {
             let age = (t - s.ts[i]).max(0);
-            let b = (age / block_ms) as usize;
-            if b < n_blocks {
-                for (c, ch) in Traj::ALL.iter().enumerate() {
-                    let x = value(*ch, i);
-                    if !x.is_nan() {
-                        block_sum[b][c] += x;
-                        block_n[b][c] += 1;
-                    }
-                }
-            }
             let h = ((age / HOUR_MS) as usize).min(DAY_HOURS - 1);
             let psu = s.values[i][metric::PSU];
             if !psu.is_nan() {

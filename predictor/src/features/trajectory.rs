@@ -3,6 +3,7 @@
 
 use super::channels::{LoadModel, Monotone, Traj};
 use super::{Moments, WindowFeatures, HOUR_MS, MINUTE_MS};
+use crate::trace::NodeSeries;
 
 /// Statistics of a trajectory channel, against the channel's reference level (the lower
 /// quartile of its hourly means over the baseline span, which a precursor younger than about
@@ -42,6 +43,54 @@ pub(super) fn reference(hourly: &[f64]) -> Option<f64> {
 
 /// Trajectory channels.
 pub(super) const N_TRAJ: usize = Traj::ALL.len();
+
+/// Sums and counts of every trajectory channel over a run of samples (NaN skipped), each
+/// channel summed from zero in index order.
+pub(super) type RunSums = ([f64; N_TRAJ], [f64; N_TRAJ]);
+
+/// [`RunSums`] of samples `r`, reading sample `i` through `values(i)`.
+pub(super) fn sum_run(
+    r: std::ops::Range<usize>,
+    values: impl Fn(usize) -> [f64; N_TRAJ],
+) -> RunSums {
+    let (mut sum, mut n) = ([0.0f64; N_TRAJ], [0.0f64; N_TRAJ]);
+    for i in r {
+        for ((a, k), x) in sum.iter_mut().zip(n.iter_mut()).zip(values(i)) {
+            if !x.is_nan() {
+                *a += x;
+                *k += 1.0;
+            }
+        }
+    }
+    (sum, n)
+}
+
+/// Splits samples `r` of `s` into runs of one bucket each, bucket `(t - ts) / width` (0 =
+/// the latest), and calls `f(bucket, run)` for each, latest bucket last. Samples are in time
+/// order, so a bucket is one run, found by a binary search instead of a division per sample.
+pub(super) fn bucket_runs(
+    s: &NodeSeries,
+    r: std::ops::Range<usize>,
+    t: i64,
+    width: i64,
+    mut f: impl FnMut(usize, std::ops::Range<usize>),
+) {
+    let width = width.max(1);
+    let mut i = r.start;
+    while i < r.end {
+        let b = (t - s.ts[i]).max(0) / width;
+        // Bucket b holds the samples with t - (b + 1) * width < ts <= t - b * width (a
+        // sample past t counts as bucket 0 on its own).
+        let upper = t - b * width;
+        let end = if s.ts[i] > upper {
+            i + 1
+        } else {
+            i + 1 + s.ts[i + 1..r.end].partition_point(|&ts| ts <= upper)
+        };
+        f(b as usize, i..end);
+        i = end;
+    }
+}
 
 /// Hours of the baseline span the hourly means cover.
 pub(super) fn n_hours(spec: &super::WindowSpec) -> usize {
@@ -85,24 +134,31 @@ impl WindowFeatures<'_> {
             }
             i += hour_stride;
         }
-        let value = |ch: Traj, i: usize| ch.value(&s.values[i], load);
-        self.trajectory_stats(t, &sums, &counts, value, out);
-        self.episode_stats(t, &sums, &counts, value, out);
+        let values = |i: usize| Traj::ALL.map(|ch| ch.value(&s.values[i], load));
+        self.trajectory_stats(t, &sums, &counts, values, out);
+        self.episode_stats(t, &sums, &counts, |r| sum_run(r, values), out);
     }
 
     /// The [`TRAJ_STATS`] of every channel from its hourly sums and counts (hour 0 = the
-    /// last hour), reading the last half hour's samples through `value(channel, i)`.
+    /// last hour), reading the last half hour's samples through `values(i)` (every channel
+    /// of sample `i`, in [`Traj::ALL`] order).
     pub(super) fn trajectory_stats(
         &self,
         t: i64,
         sums: &[[f64; N_TRAJ]],
         counts: &[[f64; N_TRAJ]],
-        value: impl Fn(Traj, usize) -> f64,
+        values: impl Fn(usize) -> [f64; N_TRAJ],
         out: &mut Vec<f64>,
     ) {
         let s = self.series;
         let n_hours = sums.len();
-        let recent = s.range(t - 30 * MINUTE_MS, t);
+        // The last half hour's mean of every channel.
+        let mut last = [Moments::default(); N_TRAJ];
+        for i in s.range(t - 30 * MINUTE_MS, t) {
+            for (m, v) in last.iter_mut().zip(values(i)) {
+                m.push(v);
+            }
+        }
         let mut hourly = Vec::with_capacity(n_hours);
         for (c, ch) in Traj::ALL.iter().enumerate() {
             let (eps, floor) = (ch.eps(), ch.floor());
@@ -145,12 +201,8 @@ impl WindowFeatures<'_> {
                 .copied()
                 .filter(|v| !v.is_nan())
                 .fold(f64::NAN, f64::max);
-            let mut last = Moments::default();
-            for i in recent.clone() {
-                last.push(value(*ch, i));
-            }
-            let recover =
-                ((excess(last.mean()) + floor) / (excess(peak).max(0.0) + floor)).clamp(-1.0, 2.0);
+            let recover = ((excess(last[c].mean()) + floor) / (excess(peak).max(0.0) + floor))
+                .clamp(-1.0, 2.0);
             out.extend_from_slice(&[at(0), at(6), at(24), at(48), onset_h, recover]);
         }
     }
