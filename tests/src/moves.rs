@@ -7,9 +7,7 @@
 use crate::storage::{nodes, shards};
 use crate::{augur_bin, poll, LocalCluster};
 use augur_client::{Client, DataClient, Error};
-use augur_proto::{
-    Consistency, Migration, MigrationKind, MigrationState, NodeId, NodeState, Record, Table,
-};
+use augur_proto::{Migration, MigrationKind, MigrationState, NodeId, NodeState};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -292,16 +290,7 @@ pub async fn drain(c: &LocalCluster, client: &Client, node: NodeId) -> anyhow::R
 
 /// Every migration record.
 pub async fn migrations(client: &Client) -> anyhow::Result<Vec<Migration>> {
-    let (records, _) = client
-        .list(Table::Migrations, Consistency::Linearizable)
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Migration(m) => Some(m),
-            _ => None,
-        })
-        .collect())
+    Ok(client.list_migrations().await?)
 }
 
 /// The drain moves off `node` recorded so far.

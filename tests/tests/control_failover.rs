@@ -9,9 +9,7 @@
 use anyhow::{bail, Context};
 use augur_client::{Client, ClusterFile, DataClient, Transport};
 use augur_proto::data::{DataRequest, DataResponse, NodeReport};
-use augur_proto::{
-    Consistency, Migration, MigrationState, Node, NodeId, NodeState, Record, Shard, Table,
-};
+use augur_proto::{Migration, MigrationState, Node, NodeId, NodeState, Shard};
 use augur_tests::{augur, poll, LocalCluster};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,29 +38,16 @@ impl Drop for Down<'_> {
 }
 
 async fn shards(client: &Client) -> anyhow::Result<BTreeMap<u64, Shard>> {
-    let (records, _) = client
-        .list(Table::Shards, Consistency::Linearizable)
-        .await?;
-    Ok(records
+    Ok(client
+        .list_shards()
+        .await?
         .into_iter()
-        .filter_map(|r| match r {
-            Record::Shard(s) => Some((s.id.0, s)),
-            _ => None,
-        })
+        .map(|(id, s)| (id.0, s))
         .collect())
 }
 
 async fn migrations(client: &Client) -> anyhow::Result<Vec<Migration>> {
-    let (records, _) = client
-        .list(Table::Migrations, Consistency::Linearizable)
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Migration(m) => Some(m),
-            _ => None,
-        })
-        .collect())
+    Ok(client.list_migrations().await?)
 }
 
 async fn probe(transport: &Transport, node: &Node) -> anyhow::Result<NodeReport> {
