@@ -60,7 +60,8 @@ struct Scratch {
     /// Hourly sums and counts of the trajectory channels.
     sums: Vec<[f64; N_TRAJ]>,
     counts: Vec<[f64; N_TRAJ]>,
-    /// Every trajectory channel of the samples the hourly sums and the episode read, in
+    /// Every trajectory channel of the samples the hourly sums and the episode features read
+    /// (the whole baseline when the hourly sums read every sample, else the last day), in
     /// [`LANES`] lanes.
     vals: Vec<[f64; LANES]>,
 }
@@ -214,6 +215,8 @@ impl<'a> BatchFeatures<'a> {
         };
         let n_hours = n_hours(&wf.spec);
         let stride = hour_stride(&base, n_hours);
+        // A stride above 1 needs a grid finer than a minute, which resampling never gives
+        // (the sums then read one sample in `stride`, per sample as before).
         let lo = if stride == 1 {
             base.start
         } else {
@@ -296,11 +299,11 @@ fn sum_lanes(run: &[[f64; LANES]]) -> RunSums {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature the copy is compiled for.
+            // SAFETY: the CPU has AVX-512F, which the copy is compiled for.
             return unsafe { sum_lanes_avx512(run) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, the only feature the copy is compiled for.
+            // SAFETY: the CPU has AVX2, which the copy is compiled for.
             return unsafe { sum_lanes_avx2(run) };
         }
     }
@@ -417,11 +420,14 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         (0..n)
             .map(|_| {
-                std::array::from_fn(|_| match rng.gen_range(0..6) {
-                    0 => f64::NAN,
-                    1 => -0.0,
-                    2 => 0.0,
-                    3 => rng.gen_range(-1e12..1e12),
+                std::array::from_fn(|_| match rng.gen_range(0..40) {
+                    0..=5 => f64::NAN,
+                    6..=9 => -0.0,
+                    10..=13 => 0.0,
+                    14 => f64::INFINITY,
+                    15 => f64::NEG_INFINITY,
+                    16 => f64::MIN_POSITIVE / 8.0,
+                    17..=22 => rng.gen_range(-1e12..1e12),
                     _ => rng.gen_range(-1.0..1.0) * 10f64.powi(rng.gen_range(-8..4)),
                 })
             })
@@ -459,10 +465,13 @@ mod tests {
         }
     }
 
-    /// Runs found by binary search are the samples that share `(t - ts) / width`, over a
-    /// series with gaps, samples a millisecond apart and samples past `t`.
+    /// Runs found by binary search are maximal: they cover the range in order, each holds
+    /// the samples that share `(t - ts) / width`, and two neighbours never share a bucket
+    /// (a bucket split in two would add `(a + b) + c` where the sequential sum adds
+    /// `a + b + c`), but for the single-sample runs past `t`. Over a series with gaps,
+    /// samples a millisecond apart and samples past `t`; whole, partial and empty ranges.
     #[test]
-    fn bucket_runs_group_samples_as_the_division_does() {
+    fn bucket_runs_are_the_maximal_runs_of_one_bucket() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         let mut ts = Vec::new();
         let mut at = 0i64;
@@ -477,17 +486,28 @@ mod tests {
             ..Default::default()
         };
         let t = s.ts[2500];
-        for width in [60_000, HOUR_MS, 600_000] {
-            let mut seen = Vec::new();
-            bucket_runs(&s, 0..s.ts.len(), t, width, |b, run| {
-                for i in run {
-                    seen.push((i, b));
+        let bucket = |i: usize, width: i64| ((t - s.ts[i]).max(0) / width.max(1)) as usize;
+        for width in [0, 1, 60_000, 600_000, HOUR_MS] {
+            for r in [0..s.ts.len(), 137..2411, 2490..2520, 700..700] {
+                let mut runs = Vec::new();
+                bucket_runs(&s, r.clone(), t, width, |b, run| runs.push((b, run)));
+                let mut next = r.start;
+                for (k, (b, run)) in runs.iter().enumerate() {
+                    assert_eq!(run.start, next, "width {width} range {r:?}: gap or overlap");
+                    assert!(run.end > run.start, "width {width}: empty run");
+                    assert!(run.clone().all(|i| bucket(i, width) == *b), "width {width}");
+                    if let Some((b_prev, prev)) = k.checked_sub(1).map(|j| &runs[j]) {
+                        let past_t = s.ts[prev.start] > t || s.ts[run.start] > t;
+                        assert!(b_prev != b || past_t, "width {width}: bucket {b} split");
+                    }
+                    next = run.end;
                 }
-            });
-            let want: Vec<(usize, usize)> = (0..s.ts.len())
-                .map(|i| (i, ((t - s.ts[i]).max(0) / width) as usize))
-                .collect();
-            assert_eq!(seen, want, "width {width}");
+                assert_eq!(
+                    next,
+                    r.end.max(r.start),
+                    "width {width} range {r:?}: not covered"
+                );
+            }
         }
     }
 }

@@ -290,7 +290,7 @@ impl LatencyLoad {
     /// x86-64 the loop also runs in a copy compiled for AVX-512 or AVX2 (8 or 4 lanes instead
     /// of SSE2's 2) when the CPU has them. The results are the same to the bit: each lane
     /// does the same IEEE operations in the same order (Rust never fuses a multiply and an
-    /// add on its own), so a model trains identically on any x86-64 machine.
+    /// add on its own), so which copy runs changes no feature value.
     pub(crate) fn normalise_many(&self, lat: &[f64], util: &[f64], out: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -465,6 +465,90 @@ impl LoadModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every compiled copy of the batch normalisation gives `normalise_fast`'s bits, one
+    /// sample at a time, over latencies and utilisations with NaNs, zeros, subnormals, the
+    /// ends of the utilisation range and loads that hit the effect's clamp, at lengths that
+    /// leave a loop tail.
+    #[test]
+    fn batch_normalisation_equals_one_at_a_time_to_the_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let fits = [
+            LatencyLoad::default(),
+            LatencyLoad {
+                u0: 0.4,
+                b: 2.5,
+                c: 6.0,
+            },
+            LatencyLoad {
+                u0: 0.1,
+                b: 10.0,
+                c: 20.0,
+            },
+            LatencyLoad {
+                u0: 0.7,
+                b: -1.0,
+                c: -20.0,
+            },
+        ];
+        for n in [0, 1, 7, 8, 9, 31, 1000] {
+            let lat: Vec<f64> = (0..n)
+                .map(|_| match rng.gen_range(0..10) {
+                    0 => f64::NAN,
+                    1 => 0.0,
+                    2 => f64::MIN_POSITIVE / 4.0,
+                    3 => 1e30,
+                    _ => rng.gen_range(0.0..50.0),
+                })
+                .collect();
+            let util: Vec<f64> = (0..n)
+                .map(|_| match rng.gen_range(0..8) {
+                    0 => f64::NAN,
+                    1 => 0.0,
+                    2 => 1.0,
+                    _ => rng.gen_range(0.0..1.0),
+                })
+                .collect();
+            for fit in &fits {
+                let want: Vec<u64> = lat
+                    .iter()
+                    .zip(&util)
+                    .map(|(&l, &u)| {
+                        let mut row = [0.0f32; N_METRICS];
+                        row[metric::DISK_UTIL] = u as f32;
+                        fit.normalise_fast(l as f32, &row).to_bits()
+                    })
+                    .collect();
+                // The batch reads the same f32 samples widened (as `Columns` holds them),
+                // its utilisation already clamped.
+                let lat32: Vec<f64> = lat.iter().map(|&l| l as f32 as f64).collect();
+                let util32: Vec<f64> = util
+                    .iter()
+                    .map(|&u| (u as f32 as f64).clamp(0.0, 1.0))
+                    .collect();
+                let mut out = vec![0.0; n];
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                fit.normalise_many(&lat32, &util32, &mut out);
+                assert_eq!(bits(&out), want, "dispatched, n {n}, {fit:?}");
+                fit.normalise_many_portable(&lat32, &util32, &mut out);
+                assert_eq!(bits(&out), want, "portable, n {n}, {fit:?}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: the CPU has AVX2.
+                        unsafe { fit.normalise_many_avx2(&lat32, &util32, &mut out) };
+                        assert_eq!(bits(&out), want, "avx2, n {n}, {fit:?}");
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has AVX-512F.
+                        unsafe { fit.normalise_many_avx512(&lat32, &util32, &mut out) };
+                        assert_eq!(bits(&out), want, "avx512, n {n}, {fit:?}");
+                    }
+                }
+            }
+        }
+    }
 
     /// The fit recovers a queueing curve it was never told about, and removes it: the same
     /// device at 20% and 70% utilisation normalises to the same idle latency.

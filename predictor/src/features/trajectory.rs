@@ -66,8 +66,11 @@ pub(super) fn sum_run(
 }
 
 /// Splits samples `r` of `s` into runs of one bucket each, bucket `(t - ts) / width` (0 =
-/// the latest), and calls `f(bucket, run)` for each, latest bucket last. Samples are in time
-/// order, so a bucket is one run, found by a binary search instead of a division per sample.
+/// the latest; `width` at least 1), and calls `f(bucket, run)` for each, latest bucket last.
+/// Samples are in time order, so each bucket is one run, found by a binary search instead
+/// of a division per sample; callers add a run's sum to a bucket's zero, which is then the
+/// sequential sum to the bit. A sample past `t` (none is, in the spans features read) is a
+/// run of its own in bucket 0, so adding it still matches adding it alone.
 pub(super) fn bucket_runs(
     s: &NodeSeries,
     r: std::ops::Range<usize>,
