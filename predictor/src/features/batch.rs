@@ -241,40 +241,19 @@ impl<'a> BatchFeatures<'a> {
         sc.sums.resize(n_hours, [0.0; N_TRAJ]);
         sc.counts.clear();
         sc.counts.resize(n_hours, [0.0; N_TRAJ]);
-        if stride == 1 {
-            bucket_runs(s, base.clone(), t, HOUR_MS, |h, run| {
-                if h < n_hours {
-                    let (sum, n) = run_sums(run);
-                    add_hour(&mut sc.sums[h], &mut sc.counts[h], &sum, &n);
-                }
-            });
-        } else {
-            let mut cur = usize::MAX;
-            let (mut acc, mut cnt) = ([0.0f64; N_TRAJ], [0.0f64; N_TRAJ]);
-            let mut i = base.start;
-            while i < base.end {
-                let h = ((t - s.ts[i]).max(0) / HOUR_MS) as usize;
-                if h != cur {
-                    if cur < n_hours {
-                        add_hour(&mut sc.sums[cur], &mut sc.counts[cur], &acc, &cnt);
-                    }
-                    cur = h;
-                    (acc, cnt) = ([0.0; N_TRAJ], [0.0; N_TRAJ]);
-                }
-                if h < n_hours {
-                    for ((a, n), x) in acc.iter_mut().zip(cnt.iter_mut()).zip(values(i)) {
-                        if !x.is_nan() {
-                            *a += x;
-                            *n += 1.0;
-                        }
-                    }
-                }
-                i += stride;
+        bucket_runs(s, base.clone(), t, HOUR_MS, |h, run| {
+            if h < n_hours {
+                let (sum, n) = if stride == 1 {
+                    run_sums(run)
+                } else {
+                    sum_run(
+                        run.filter(|i| (i - base.start).is_multiple_of(stride)),
+                        values,
+                    )
+                };
+                add_hour(&mut sc.sums[h], &mut sc.counts[h], &sum, &n);
             }
-            if cur < n_hours {
-                add_hour(&mut sc.sums[cur], &mut sc.counts[cur], &acc, &cnt);
-            }
-        }
+        });
         wf.trajectory_stats(t, &sc.sums, &sc.counts, values, out);
         wf.episode_stats(t, &sc.sums, &sc.counts, run_sums, out);
     }
@@ -372,20 +351,9 @@ fn sum_lanes_avx2(run: &[[f64; LANES]]) -> RunSums {
     (std::array::from_fn(|c| s[c]), std::array::from_fn(|c| k[c]))
 }
 
-/// The loop without vector instructions (other CPUs).
+/// The same sums without vector instructions (other CPUs).
 fn sum_lanes_portable(run: &[[f64; LANES]]) -> RunSums {
-    let (mut sum, mut n) = ([0.0f64; LANES], [0.0f64; LANES]);
-    for v in run {
-        for c in 0..LANES {
-            let known = !v[c].is_nan();
-            sum[c] += if known { v[c] } else { 0.0 };
-            n[c] += if known { 1.0 } else { 0.0 };
-        }
-    }
-    (
-        std::array::from_fn(|c| sum[c]),
-        std::array::from_fn(|c| n[c]),
-    )
+    sum_run(0..run.len(), |i| std::array::from_fn(|c| run[i][c]))
 }
 
 /// One value per row.

@@ -192,7 +192,8 @@ fn agree(a: f64, b: f64) -> bool {
 /// batch the inlined one: equal to 1e-9 relative), and every feature between the two batch
 /// paths (the vectorised normalisation and run sums against one sample at a time). Also
 /// on a geometry whose baseline is shorter than the episode features' day, where those
-/// read samples outside the per-round rows.
+/// read samples outside the per-round rows, and on a grid finer than a minute, where the
+/// hourly sums read a strided subset.
 #[test]
 fn batch_features_equal_the_reference_on_a_generated_trace() {
     use crate::generate::{generate, GeneratorConfig};
@@ -216,8 +217,27 @@ fn batch_features_equal_the_reference_on_a_generated_trace() {
         baseline_ms: 12 * HOUR_MS,
         ..WindowSpec::default()
     };
+    // A 15-second grid over a 12-hour baseline: more than 60 samples an hour, so the hourly
+    // sums read one sample in `hour_stride` (no resampled trace does this today).
+    let fine_dir = tempfile::tempdir().unwrap();
+    let fine_gen = GeneratorConfig {
+        nodes: 1,
+        days: 1.5,
+        interval_ms: 15_000,
+        ..gen.clone()
+    };
+    generate(&fine_gen, fine_dir.path(), &hidden).unwrap();
+    let fine = crate::trace::Trace::read_dir(fine_dir.path(), &hidden).unwrap();
+    let strided = WindowSpec {
+        resolution_ms: 15_000,
+        ..short_baseline
+    };
     let mut compared = 0;
-    for spec in [WindowSpec::default(), short_baseline] {
+    for (spec, trace) in [
+        (WindowSpec::default(), &trace),
+        (short_baseline, &trace),
+        (strided, &fine),
+    ] {
         for node in &trace.nodes {
             let s = node.resample(spec.resolution_ms);
             let norm = Normaliser::fit(&s.values);

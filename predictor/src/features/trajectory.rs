@@ -48,9 +48,9 @@ pub(super) const N_TRAJ: usize = Traj::ALL.len();
 /// channel summed from zero in index order.
 pub(super) type RunSums = ([f64; N_TRAJ], [f64; N_TRAJ]);
 
-/// [`RunSums`] of samples `r`, reading sample `i` through `values(i)`.
+/// [`RunSums`] of samples `r` (in that order), reading sample `i` through `values(i)`.
 pub(super) fn sum_run(
-    r: std::ops::Range<usize>,
+    r: impl IntoIterator<Item = usize>,
     values: impl Fn(usize) -> [f64; N_TRAJ],
 ) -> RunSums {
     let (mut sum, mut n) = ([0.0f64; N_TRAJ], [0.0f64; N_TRAJ]);
