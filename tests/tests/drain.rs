@@ -155,3 +155,52 @@ async fn a_destination_killed_mid_copy_is_replaced_by_another() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// Leadership comes back after a drain is called off. With 3 storage nodes at RF 3 a drain
+/// has nowhere to move replicas, so it only hands the node's primaries off; the operator's
+/// undrain (a false alarm) leaves the node leading nothing, and the leader's balancing
+/// rounds (`control::mover::balance`) hand primaries back until no node leads two more
+/// shards than another, with clients running throughout and none of their requests failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn primaries_are_balanced_again_after_an_undrain() -> anyhow::Result<()> {
+    let c = LocalCluster::start_with(3, &["--storage", "3", "--shards", "9", "--rf", "3"]).await?;
+    let client = c.new_client()?;
+    let data = DataClient::new(c.new_client()?).await?;
+    let load = Workload::start(&data, c.new_client()?, "balance", 3, 2, RF);
+    poll(Duration::from_secs(60), "writes under way", || async {
+        Ok((load.writes_ok() > 100).then_some(()))
+    })
+    .await?;
+    let led = |all: &std::collections::BTreeMap<_, augur_proto::Shard>, n: NodeId| {
+        all.values()
+            .filter(|s| s.replicas.first() == Some(&n))
+            .count()
+    };
+    let victim = busiest_primary(&client).await?;
+    drain(&c, &client, victim).await?;
+    poll(
+        Duration::from_secs(60),
+        "the drained node's primaries handed off",
+        || async { Ok((led(&shards(&client).await?, victim) == 0).then_some(())) },
+    )
+    .await?;
+    augurctl(&c, &["node", "undrain", &victim.0.to_string()])?;
+    let ids: Vec<NodeId> = nodes(&client).await?.keys().copied().collect();
+    let spread = poll(Duration::from_secs(90), "primaries balanced", || async {
+        let all = shards(&client).await?;
+        let counts: Vec<usize> = ids.iter().map(|n| led(&all, *n)).collect();
+        let (lo, hi) = (counts.iter().min(), counts.iter().max());
+        Ok((hi.zip(lo).is_some_and(|(h, l)| h - l <= 1)).then_some(counts))
+    })
+    .await?;
+    assert!(spread.iter().all(|n| *n == 3), "{spread:?}");
+    load.more_writes(50, Duration::from_secs(30)).await?;
+    let done = load.finish().await?;
+    done.assert_clean(3);
+    done.assert_acked_readable(&data).await?;
+    println!(
+        "primaries per node after the undrain: {spread:?}; {} writes and {} reads, none failed",
+        done.ledger.writes_ok, done.ledger.reads_ok
+    );
+    Ok(())
+}

@@ -23,6 +23,8 @@
 //! migration_history_per_shard = 4        # finished migration records kept per shard
 //! handoff_timeout_ms = 5000              # a handed-off primary serves again after this
 //! max_handoffs_per_pass = 8              # primaries of draining nodes handed off per pass
+//! balance_interval_ms = 5000             # how often primaries are evened out over Up nodes (0: never)
+//! max_balance_handoffs = 4               # primaries handed off per balancing round
 //! health_samples_per_node = 720          # health samples the leader keeps per node (1 h at 5 s)
 //! predict = true                         # the risk policy may drain at-risk nodes (`augur meta --predict off`)
 //! risk_interval_ms = 5000                # how often the risk policy runs a round
@@ -116,6 +118,13 @@ pub struct ControlSettings {
     /// Primaries on Draining nodes handed off per mover pass: each pauses its shard's
     /// requests briefly (clients retry), so a drain does not pause many shards at once.
     pub max_handoffs_per_pass: usize,
+    /// How often, while nothing else moves, the leader hands primaries from nodes leading
+    /// the most shards to secondaries leading fewer (`control::mover::balance`); 0 never
+    /// does. Failovers and drains otherwise leave leadership, and so the client load, on
+    /// whichever nodes took it over.
+    pub balance_interval_ms: u64,
+    /// Primaries handed off per balancing round: each pauses its shard's requests briefly.
+    pub max_balance_handoffs: usize,
     /// Health samples the leader keeps in memory per storage node (the latest; older ones
     /// are dropped). 0 keeps none.
     pub health_samples_per_node: usize,
@@ -195,6 +204,8 @@ impl Default for ControlSettings {
             migration_history_per_shard: 4,
             handoff_timeout_ms: 5_000,
             max_handoffs_per_pass: 8,
+            balance_interval_ms: 5_000,
+            max_balance_handoffs: 4,
             health_samples_per_node: 720,
             predict: true,
             risk_interval_ms: 5_000,
@@ -287,6 +298,10 @@ impl ControlSettings {
             (
                 "control.max_handoffs_per_pass",
                 self.max_handoffs_per_pass as u64,
+            ),
+            (
+                "control.max_balance_handoffs",
+                self.max_balance_handoffs as u64,
             ),
         ];
         for (name, value) in positive {

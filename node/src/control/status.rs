@@ -74,6 +74,8 @@ pub struct ControlMetrics {
     pub move_rate: Gauge,
     /// Primaries handed off from draining nodes.
     pub hand_offs: Counter,
+    /// Primaries handed off to even out how many shards each Up node leads.
+    pub primaries_balanced: Counter,
     /// Each storage node's latest scored risk (`augur_node_risk{node="N"}`); a node with no
     /// score (no model, not enough history) has no series.
     pub node_risk: Family<NodeLabel, Gauge<f64, AtomicU64>>,
@@ -224,6 +226,11 @@ impl ControlMetrics {
             "hand_offs",
             "Primaries handed off from draining nodes",
             self.hand_offs.clone(),
+        );
+        r.register(
+            "primaries_balanced",
+            "Primaries handed off to even out how many shards each Up node leads",
+            self.primaries_balanced.clone(),
         );
         r.register(
             "capacity_projected_used_bytes",

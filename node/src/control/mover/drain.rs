@@ -10,9 +10,10 @@
 //!    (epoch + 1), keeping the old primary as a secondary. Clients meanwhile get
 //!    `Unavailable`, then a redirect, and retry: nothing fails. Every secondary of the
 //!    configuration prepared every committed write (a primary commits only what all of them
-//!    prepared), so any of them may take over; an Up one is preferred, then the highest
-//!    prepared, as the repair does for a dead primary. If the write fails (the shard changed
-//!    meanwhile), the old primary serves again after `handoff_timeout_ms`.
+//!    prepared), so any of them may take over; an Up one is preferred, then the one leading
+//!    the fewest shards, then the highest prepared. If the write fails (the shard changed
+//!    meanwhile), the old primary serves again after `handoff_timeout_ms`. Once the cluster
+//!    is quiet, [`super::balance`] evens out what hand-offs and promotions left uneven.
 //! 2. **One move per replica.** Each secondary replica on a Draining node gets a
 //!    [`MigrationKind::Drain`] migration (from = the draining node), recorded before anything
 //!    starts. Its commit replaces the source with the verified learner in one write (see
@@ -44,6 +45,7 @@
 //! `min(max_moves_in_per_node, copy.max_concurrent)` copies sharing that rate, and client
 //! traffic is never queued behind them.
 
+use super::balance::primaries_led;
 use super::plan::{backing_off, copy_source, failed_attempts, Occupancy, PlanContext};
 use crate::control::cluster::{Cluster, Reports};
 use crate::control::placement::{self, Candidate};
@@ -55,6 +57,7 @@ use augur_proto::wire::ApiError;
 use augur_proto::{
     Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard,
 };
+use std::collections::BTreeMap;
 
 /// The shards whose primary is on a node to empty now ([`Cluster::to_drain`]: Draining, and
 /// not an automated drain held by the storm guard), in shard order.
@@ -68,10 +71,17 @@ pub fn primaries_to_hand_off(cluster: &Cluster) -> Vec<&Shard> {
 
 /// The secondary that takes over `shard`'s primary role: live, not being drained itself
 /// (two draining nodes would hand the role back and forth) and reporting the shard's current
-/// epoch; an Up node before any other, then the highest prepared sequence, then the lowest
-/// id. `None` when no secondary qualifies: the shard keeps its primary until a drain move
-/// has replaced a draining secondary with a node that can take over.
-pub fn hand_off_target(shard: &Shard, cluster: &Cluster, reports: &Reports) -> Option<NodeId> {
+/// epoch; an Up node before any other, then the one leading the fewest shards (`led`, see
+/// [`super::balance::primaries_led`]: a drain spreads its primaries instead of piling them
+/// on the lowest id), then the highest prepared sequence, then the lowest id. `None` when no
+/// secondary qualifies: the shard keeps its primary until a drain move has replaced a
+/// draining secondary with a node that can take over.
+pub fn hand_off_target(
+    shard: &Shard,
+    cluster: &Cluster,
+    reports: &Reports,
+    led: &BTreeMap<NodeId, usize>,
+) -> Option<NodeId> {
     shard
         .replicas
         .iter()
@@ -80,7 +90,8 @@ pub fn hand_off_target(shard: &Shard, cluster: &Cluster, reports: &Reports) -> O
         .filter_map(|n| {
             let status = reports.current(cluster, *n, shard)?;
             let up = cluster.state(*n) == Some(NodeState::Up);
-            Some(((up, status.prepared, std::cmp::Reverse(*n)), *n))
+            let fewest = std::cmp::Reverse(led.get(n).copied().unwrap_or(0));
+            Some(((up, fewest, status.prepared, std::cmp::Reverse(*n)), *n))
         })
         .max()
         .map(|(_, n)| n)
@@ -246,46 +257,71 @@ impl Control {
         storage: &dyn StorageCalls,
     ) -> Result<usize, ApiError> {
         let mut moved = 0;
+        let mut led = primaries_led(cluster);
         let shards = primaries_to_hand_off(cluster);
         for shard in shards.into_iter().take(self.settings.max_handoffs_per_pass) {
             let old = shard.replicas[0];
-            let Some(target) = hand_off_target(shard, cluster, reports) else {
+            let Some(target) = hand_off_target(shard, cluster, reports, &led) else {
                 tracing::debug!(shard = %shard.id, primary = %old, "no live secondary at the current epoch to hand the primary role to");
                 continue;
             };
-            let Some(addr) = cluster.nodes.get(&old).and_then(|n| n.addrs.first()) else {
-                continue;
-            };
-            let seq = match storage
-                .hand_off(
-                    addr,
-                    shard.id,
-                    shard.epoch,
-                    self.settings.handoff_timeout_ms,
-                )
-                .await
+            if let Some((epoch, seq)) = self.hand_off(shard, target, cluster, meta, storage).await?
             {
-                Ok(seq) => seq,
-                Err(e) => {
-                    tracing::info!(shard = %shard.id, primary = %old, error = %e, "hand-off refused; retried next pass");
-                    continue;
-                }
-            };
-            let next = handed_off(shard, target);
-            let epoch = next.epoch;
-            let txn = reconfigure_txn(shard, next, &[target], cluster);
-            if meta.propose(txn).await?.succeeded {
                 moved += 1;
+                *led.entry(target).or_default() += 1;
                 self.metrics.hand_offs.inc();
                 tracing::info!(shard = %shard.id, from = %old, to = %target, epoch, seq, "primary handed off from a draining node");
-            } else {
-                tracing::info!(shard = %shard.id, primary = %old, "records changed under a hand-off; the primary serves again after its timeout");
             }
         }
         Ok(moved)
+    }
+
+    /// Hands `shard`'s primary role to its secondary `target`: the primary is asked to stop
+    /// taking requests and let every write in flight commit, then one write (comparing the
+    /// shard's and `target`'s records) makes `target` primary at epoch + 1. The new epoch and
+    /// the primary's last sequence, or `None` when the primary refused or the records
+    /// changed meanwhile (the old primary then serves again after `handoff_timeout_ms`).
+    pub(crate) async fn hand_off(
+        &self,
+        shard: &Shard,
+        target: NodeId,
+        cluster: &Cluster,
+        meta: &dyn MetaStore,
+        storage: &dyn StorageCalls,
+    ) -> Result<Option<(u64, u64)>, ApiError> {
+        let Some(&old) = shard.replicas.first() else {
+            return Ok(None);
+        };
+        let Some(addr) = cluster.nodes.get(&old).and_then(|n| n.addrs.first()) else {
+            return Ok(None);
+        };
+        let seq = match storage
+            .hand_off(
+                addr,
+                shard.id,
+                shard.epoch,
+                self.settings.handoff_timeout_ms,
+            )
+            .await
+        {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::info!(shard = %shard.id, primary = %old, error = %e, "hand-off refused; retried next pass");
+                return Ok(None);
+            }
+        };
+        let next = handed_off(shard, target);
+        let epoch = next.epoch;
+        let txn = reconfigure_txn(shard, next, &[target], cluster);
+        if meta.propose(txn).await?.succeeded {
+            Ok(Some((epoch, seq)))
+        } else {
+            tracing::info!(shard = %shard.id, primary = %old, "records changed under a hand-off; the primary serves again after its timeout");
+            Ok(None)
+        }
     }
 }
 
 #[cfg(test)]
 #[path = "drain_tests.rs"]
-mod tests;
+pub(super) mod tests;

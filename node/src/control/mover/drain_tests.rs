@@ -212,21 +212,30 @@ fn the_hand_off_target_is_a_live_up_secondary_at_the_current_epoch() {
     set_state(&mut c, 2, NodeState::Draining);
     let sh = c.shards[&ShardId(1)].clone();
     let mut r = Reports::default();
+    let none = BTreeMap::new();
     // No report at the current epoch: nobody.
     report(&mut r, 3, vec![status(1, 4, ReplicaRole::Secondary, 9)]);
-    assert_eq!(hand_off_target(&sh, &c, &r), None);
+    assert_eq!(hand_off_target(&sh, &c, &r, &none), None);
     report(&mut r, 3, vec![status(1, 5, ReplicaRole::Secondary, 9)]);
     report(&mut r, 4, vec![status(1, 5, ReplicaRole::Secondary, 9)]);
-    assert_eq!(hand_off_target(&sh, &c, &r), Some(NodeId(3)));
+    assert_eq!(hand_off_target(&sh, &c, &r, &none), Some(NodeId(3)));
+    // Among Up nodes, the one leading fewer shards, whatever its id or sequence.
+    let led = BTreeMap::from([(NodeId(3), 5), (NodeId(4), 2)]);
+    assert_eq!(hand_off_target(&sh, &c, &r, &led), Some(NodeId(4)));
+    report(&mut r, 4, vec![status(1, 5, ReplicaRole::Secondary, 8)]);
+    assert_eq!(hand_off_target(&sh, &c, &r, &led), Some(NodeId(4)));
+    report(&mut r, 4, vec![status(1, 5, ReplicaRole::Secondary, 9)]);
     // An Up node before a Suspect one.
     set_state(&mut c, 3, NodeState::Suspect);
-    assert_eq!(hand_off_target(&sh, &c, &r), Some(NodeId(4)));
+    assert_eq!(hand_off_target(&sh, &c, &r, &none), Some(NodeId(4)));
+    let led = BTreeMap::from([(NodeId(3), 0), (NodeId(4), 9)]);
+    assert_eq!(hand_off_target(&sh, &c, &r, &led), Some(NodeId(4)));
     // Never another draining node.
     let mut both = c.clone();
     set_state(&mut both, 4, NodeState::Draining);
-    assert_eq!(hand_off_target(&sh, &both, &r), Some(NodeId(3)));
+    assert_eq!(hand_off_target(&sh, &both, &r, &none), Some(NodeId(3)));
     set_state(&mut both, 3, NodeState::Draining);
-    assert_eq!(hand_off_target(&sh, &both, &r), None);
+    assert_eq!(hand_off_target(&sh, &both, &r, &none), None);
     let next = handed_off(&sh, NodeId(4));
     assert_eq!(next.replicas, vec![NodeId(4), NodeId(2), NodeId(3)]);
     assert_eq!(next.epoch, 6);
@@ -284,14 +293,14 @@ fn a_drain_move_never_commits_while_its_source_is_primary_and_stops_when_undrain
 
 // ---- end to end over the in-memory store ----
 
-fn addr(n: NodeId) -> String {
+pub(in crate::control::mover) fn addr(n: NodeId) -> String {
     format!("127.0.0.1:{}", 9000 + n.0)
 }
 
 /// Every node reports every shard it holds at the shard's epoch (learners with their copy
 /// complete), to the control plane and to the scripted probes; with `seqs`, each shard's
 /// replicas and learners report a matching checkpoint at its sequence.
-fn report_all(
+pub(in crate::control::mover) fn report_all(
     store: &MemStore,
     storage: &Scripted,
     control: &Control,
@@ -369,8 +378,8 @@ async fn a_draining_node_is_emptied_primaries_first_without_dropping_below_rf() 
     let control = Control::for_tests(ControlSettings::default());
     report_all(&store, &storage, &control, &BTreeMap::new());
 
-    // The primary on node 2 is handed off (asked at its epoch), node 1 takes over; then one
-    // move per replica of node 2 is recorded.
+    // The primary on node 2 is handed off (asked at its epoch); node 3 takes over (node 1
+    // already leads shard 2); then one move per replica of node 2 is recorded.
     tick(&control, &store, &storage).await;
     assert_eq!(
         storage.hand_offs.lock().unwrap().clone(),
@@ -379,7 +388,7 @@ async fn a_draining_node_is_emptied_primaries_first_without_dropping_below_rf() 
     let s1 = store.read().shards[&ShardId(1)].clone();
     assert_eq!(
         (s1.replicas.clone(), s1.epoch),
-        (vec![NodeId(1), NodeId(2), NodeId(3)], 4)
+        (vec![NodeId(3), NodeId(2), NodeId(1)], 4)
     );
     assert_eq!(control.metrics.hand_offs.get(), 1);
     let ms = store.read().migrations;

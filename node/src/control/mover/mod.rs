@@ -3,6 +3,8 @@
 //! - [`plan`]: which under-replicated shards get a new replica now, and where;
 //! - [`drain`]: emptying Draining nodes: primaries handed off first, then one move per
 //!   replica, each replacing the draining node's replica with a verified new one;
+//! - [`balance`]: once nothing else moves, primaries handed off to even out how many shards
+//!   each healthy node leads;
 //! - [`steps`]: the next step of one migration in flight;
 //! - this module: the leader's loop that records each plan as a `Migration` before anything
 //!   starts, then drives each migration one step per pass, every step one transaction that
@@ -13,6 +15,7 @@
 //! only thing kept in memory is the checkpoint sequence being verified: a new leader asks for
 //! a fresh checkpoint, which costs one log entry on the shard.
 
+pub mod balance;
 pub mod drain;
 pub mod plan;
 pub mod steps;
@@ -91,6 +94,8 @@ pub struct MoverMemory {
     pub checkpoints: HashMap<MigrationId, Requested>,
     /// When this leader last recorded each copy's progress.
     pub progress_at: HashMap<MigrationId, Instant>,
+    /// When this leader last ran a round of primary balancing ([`balance`]).
+    pub balanced_at: Option<Instant>,
 }
 
 impl MoverMemory {
@@ -279,7 +284,8 @@ fn aborted_reason(planned: &str, why: &AbortReason) -> String {
 impl Control {
     /// One mover pass as leader: hands off the primaries of draining nodes, advances every
     /// migration in flight by one step, then plans new moves (re-replication first, then
-    /// drains) within the limits. Says how soon the next pass is worth running.
+    /// drains) within the limits; a pass with nothing of that to do may balance primaries.
+    /// Says how soon the next pass is worth running.
     pub(crate) async fn mover_tick(
         &self,
         meta: &dyn MetaStore,
@@ -349,6 +355,11 @@ impl Control {
                 pace = Pace::Now;
                 tracing::info!(migration = %m.id, shard = %m.shard, from = %m.from, to = %m.to, attempt = m.attempts, reason = %m.reason, "move planned");
             }
+        }
+        // Leadership is evened out only when this pass found nothing else to do.
+        if pace == Pace::Idle {
+            self.balance_primaries(&cluster, meta, storage, leader_since, now)
+                .await?;
         }
         Ok(pace)
     }
