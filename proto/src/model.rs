@@ -261,6 +261,9 @@ pub enum MigrationKind {
     /// Drain: the destination replaces `from`, a replica on a node being emptied, in one
     /// write, so the shard keeps its replica count throughout.
     Drain,
+    /// Balance: as a drain move, the destination replaces `from`, a secondary on a node
+    /// holding more than its share of replicas, so a node added or emptied takes its share.
+    Balance,
 }
 
 /// One planned move of one shard from one node to another.

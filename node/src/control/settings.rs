@@ -25,6 +25,7 @@
 //! max_handoffs_per_pass = 8              # primaries of draining nodes handed off per pass
 //! balance_interval_ms = 5000             # how often primaries are evened out over Up nodes (0: never)
 //! max_balance_handoffs = 4               # primaries handed off per balancing round
+//! max_balance_moves = 2                  # replica moves in flight to even out replicas by capacity (0: never)
 //! health_samples_per_node = 720          # health samples the leader keeps per node (1 h at 5 s)
 //! predict = true                         # the risk policy may drain at-risk nodes (`augur meta --predict off`)
 //! risk_interval_ms = 5000                # how often the risk policy runs a round
@@ -125,6 +126,10 @@ pub struct ControlSettings {
     pub balance_interval_ms: u64,
     /// Primaries handed off per balancing round: each pauses its shard's requests briefly.
     pub max_balance_handoffs: usize,
+    /// Balancing moves in flight at once (`control::mover::balance`), which give a node
+    /// holding less than its capacity share of replicas (new, replaced, undrained) replicas
+    /// from the nodes holding the most, while nothing else moves; 0 never plans any.
+    pub max_balance_moves: usize,
     /// Health samples the leader keeps in memory per storage node (the latest; older ones
     /// are dropped). 0 keeps none.
     pub health_samples_per_node: usize,
@@ -206,6 +211,7 @@ impl Default for ControlSettings {
             max_handoffs_per_pass: 8,
             balance_interval_ms: 5_000,
             max_balance_handoffs: 4,
+            max_balance_moves: 2,
             health_samples_per_node: 720,
             predict: true,
             risk_interval_ms: 5_000,

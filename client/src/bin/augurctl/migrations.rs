@@ -46,6 +46,7 @@ fn kind_name(k: MigrationKind) -> &'static str {
     match k {
         MigrationKind::Restore => "restore",
         MigrationKind::Drain => "drain",
+        MigrationKind::Balance => "balance",
     }
 }
 

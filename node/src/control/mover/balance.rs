@@ -1,4 +1,7 @@
-//! Spreading primaries over the healthy nodes again after failovers, drains and restarts.
+//! Evening out, once failovers, drains, restarts and new nodes have made them uneven, how
+//! many shards each healthy node leads and how many replicas it holds.
+//!
+//! ## Primaries
 //!
 //! A primary serves every request of its shard, reads included, so the node leading the most
 //! shards takes the most client load. Initial placement spreads primaries evenly
@@ -12,9 +15,9 @@
 //!
 //! **When.** Only while the cluster is [`quiet`] (no move in flight, no learner, no shard
 //! below its replica count, no replica on a node being drained): re-replication and drains
-//! come first and would move primaries again anyway. Then at most once every `balance_interval_ms`
-//! (0 turns balancing off), counted from this member's leadership too, so a new leader hears
-//! every node's report before it judges.
+//! come first and would move primaries again anyway. Then at most once every
+//! `balance_interval_ms` (0 turns primary balancing off), counted from this member's
+//! leadership too, so a new leader hears every node's report before it judges.
 //!
 //! **Which.** Only Up, uncordoned nodes take part, as sources and as targets: a Suspect or
 //! Draining node is the risk policy's business, and a cordoned one is being emptied by hand.
@@ -25,13 +28,30 @@
 //! squared counts, so balancing never moves a primary back and forth, and it stops where no
 //! single hand-off helps: every pair of nodes sharing a shard within one primary of each
 //! other.
+//!
+//! ## Replicas
+//!
+//! A node that joins (a replacement the capacity hook asked for, a wiped disk back under a
+//! new incarnation) or that was drained and then undrained holds nothing, and nothing but
+//! failures and drains would ever give it data: its disk and its share of the client load
+//! stay idle while the others fill. [`plan_moves`] (PD's balance-region in spirit) plans
+//! [`MigrationKind::Balance`] moves, at most `max_balance_moves` in flight (0 turns replica
+//! balancing off), while nothing but balancing moves is under way ([`settled`]) and the storm
+//! guard is not frozen. Each replaces a secondary on the node holding the most replicas
+//! beyond its share (shares by capacity, over Up, uncordoned nodes) with a verified copy on
+//! the node furthest below its share, if the move narrows their distance by more than one
+//! replica (so, again, the sum of squares falls and nothing moves back), never lowers the
+//! shard's rack spread, fits the destination's capacity and respects the move limits. The
+//! steps and the commit are a drain move's ([`super::steps`]): the shard keeps its replica
+//! count throughout, and the source deletes its copy after `stray_grace_ms`.
 
+use super::plan::{backing_off, copy_source, failed_attempts, Occupancy, PlanContext};
 use crate::control::cluster::{accepts_replicas, Cluster, Reports};
 use crate::control::store::{MetaStore, StorageCalls};
 use crate::control::Control;
 use augur_proto::model::ShardState;
 use augur_proto::wire::ApiError;
-use augur_proto::{NodeId, Shard, ShardId};
+use augur_proto::{Migration, MigrationId, MigrationKind, MigrationState, NodeId, Shard, ShardId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -50,21 +70,33 @@ pub struct Rebalance {
     pub to: NodeId,
 }
 
-/// Whether nothing else is moving data or leadership: no migration in flight, no node being
-/// drained that still holds a replica (an emptied Draining node, say one waiting to be
-/// decommissioned, holds nothing up), and every shard stable, without learners, at its
-/// replica count.
+/// Whether nothing else is moving data or leadership: no migration in flight and the
+/// cluster [`settled`].
 pub fn quiet(cluster: &Cluster) -> bool {
+    cluster.active_migrations().next().is_none() && settled(cluster)
+}
+
+/// Whether only balancing moves are under way: every migration in flight is a
+/// [`MigrationKind::Balance`] move; every other shard is stable, without learners; every
+/// shard is at its replica count; and no node being drained still holds a replica (an
+/// emptied Draining node, say one waiting to be decommissioned, holds nothing up).
+pub fn settled(cluster: &Cluster) -> bool {
     let Some(layout) = cluster.layout else {
         return false;
     };
-    cluster.active_migrations().next().is_none()
-        && cluster.shards.values().all(|s| {
-            s.state == ShardState::Stable
-                && s.learners.is_empty()
-                && s.replicas.len() >= layout.rf as usize
-                && !s.replicas.iter().any(|n| cluster.to_drain(*n))
-        })
+    let mut balancing: HashSet<ShardId> = HashSet::new();
+    for m in cluster.active_migrations() {
+        if m.kind != MigrationKind::Balance {
+            return false;
+        }
+        balancing.insert(m.shard);
+    }
+    cluster.shards.values().all(|s| {
+        s.replicas.len() >= layout.rf as usize
+            && !s.replicas.iter().any(|n| cluster.to_drain(*n))
+            && (balancing.contains(&s.id)
+                || (s.state == ShardState::Stable && s.learners.is_empty()))
+    })
 }
 
 /// How many shards each node leads, for every registered node (0 for nodes leading none).
@@ -129,6 +161,174 @@ pub fn plan(cluster: &Cluster, reports: &Reports, limit: usize) -> Vec<Rebalance
 /// its primary committed and may take over without loss.
 fn holds_current(cluster: &Cluster, reports: &Reports, node: NodeId, shard: &Shard) -> bool {
     reports.current(cluster, node, shard).is_some()
+}
+
+/// The replicas each node taking part in balancing (Up, uncordoned, with an address) will
+/// hold once the balancing moves in flight commit.
+pub fn replicas_held(cluster: &Cluster) -> BTreeMap<NodeId, usize> {
+    let mut held: BTreeMap<NodeId, usize> = cluster
+        .nodes
+        .values()
+        .filter(|n| accepts_replicas(n) && !n.addrs.is_empty())
+        .map(|n| (n.id, 0))
+        .collect();
+    for s in cluster.shards.values() {
+        for n in &s.replicas {
+            if let Some(c) = held.get_mut(n) {
+                *c += 1;
+            }
+        }
+    }
+    for m in cluster.active_migrations() {
+        let Some(s) = cluster.shards.get(&m.shard) else {
+            continue;
+        };
+        if m.kind != MigrationKind::Balance {
+            continue;
+        }
+        if !s.replicas.contains(&m.to) {
+            if let Some(c) = held.get_mut(&m.to) {
+                *c += 1;
+            }
+        }
+        if s.replicas.contains(&m.from) {
+            if let Some(c) = held.get_mut(&m.from) {
+                *c = c.saturating_sub(1);
+            }
+        }
+    }
+    held
+}
+
+/// The balancing moves to record now (see the module documentation), `Planned` with fresh
+/// ids, ready for [`super::plan::create_txn`]. Pure: `ctx` says everything.
+pub fn plan_moves(ctx: &PlanContext<'_>) -> Vec<Migration> {
+    let (cluster, s) = (ctx.cluster, ctx.settings);
+    let Some(layout) = cluster.layout else {
+        return vec![];
+    };
+    if s.max_balance_moves == 0 || cluster.frozen() || !settled(cluster) {
+        return vec![];
+    }
+    let in_flight = cluster
+        .active_migrations()
+        .filter(|m| m.kind == MigrationKind::Balance)
+        .count();
+    let mut room = s.max_balance_moves.saturating_sub(in_flight);
+    let Occupancy {
+        mut total,
+        mut moves_in,
+        mut moves_out,
+        mut incoming,
+        moving,
+        ..
+    } = Occupancy::of(cluster, layout.rf as usize, cluster.active_migrations());
+    let mut held = replicas_held(cluster);
+    let weight = |n: &NodeId| cluster.nodes.get(n).map_or(1, |r| r.capacity_bytes.max(1)) as f64;
+    let all_weight: f64 = held.keys().map(weight).sum();
+    let mut next_id = cluster.migrations.iter().map(|m| m.id.0).max().unwrap_or(0) + 1;
+    let mut planned: Vec<Migration> = Vec::new();
+    while room > 0 && total < s.max_moves {
+        let all_held: usize = held.values().sum();
+        // How far above its capacity share each node is, in replicas.
+        let surplus = |n: &NodeId| held[n] as f64 - all_held as f64 * weight(n) / all_weight;
+        let mut order: Vec<NodeId> = held.keys().copied().collect();
+        order.sort_by(|a, b| surplus(b).total_cmp(&surplus(a)).then(a.cmp(b)));
+        let mut found: Option<(&Shard, NodeId, NodeId, NodeId)> = None;
+        'pairs: for from in &order {
+            for to in order.iter().rev() {
+                // Only a move that narrows the pair's distance by more than one replica.
+                if surplus(from) - surplus(to) <= 1.0 + 1e-9 {
+                    break;
+                }
+                if moves_in.get(to).copied().unwrap_or(0) >= s.max_moves_in_per_node {
+                    continue;
+                }
+                for sh in cluster.shards.values() {
+                    if !sh.replicas[1..].contains(from)
+                        || sh.replicas.contains(to)
+                        || sh.learners.contains(to)
+                        || sh.state != ShardState::Stable
+                        || moving.contains(&sh.id)
+                        || planned.iter().any(|m| m.shard == sh.id)
+                        || backing_off(ctx, sh.id)
+                        || !rack_spread_kept(cluster, sh, *from, *to)
+                    {
+                        continue;
+                    }
+                    let fits = cluster.nodes.get(to).is_some_and(|n| {
+                        let after = n
+                            .used_bytes
+                            .saturating_add(incoming.get(to).copied().unwrap_or(0))
+                            .saturating_add(sh.size_bytes);
+                        n.capacity_bytes == 0 || after <= n.capacity_bytes
+                    });
+                    let source = copy_source(cluster, sh, *to).unwrap_or(*from);
+                    if !fits
+                        || moves_out.get(&source).copied().unwrap_or(0) >= s.max_moves_out_per_node
+                    {
+                        continue;
+                    }
+                    found = Some((sh, *from, *to, source));
+                    break 'pairs;
+                }
+            }
+        }
+        let Some((sh, from, to, source)) = found else {
+            break;
+        };
+        let (attempts, _) = failed_attempts(cluster, sh.id);
+        planned.push(Migration {
+            id: MigrationId(next_id),
+            shard: sh.id,
+            from,
+            to,
+            state: MigrationState::Planned,
+            reason: format!(
+                "balance replicas: node {from} holds {}, node {to} holds {} (shares by capacity)",
+                held[&from], held[&to]
+            ),
+            priority: 0,
+            deadline_ms: ctx.now_ms.saturating_add(s.move_timeout_ms),
+            bytes_copied: 0,
+            bytes_total: sh.size_bytes,
+            attempts: attempts + 1,
+            kind: MigrationKind::Balance,
+            started_ms: 0,
+            rate_bytes_per_s: 0,
+            version: 0,
+        });
+        next_id += 1;
+        room -= 1;
+        total += 1;
+        *moves_in.entry(to).or_default() += 1;
+        *moves_out.entry(source).or_default() += 1;
+        *incoming.entry(to).or_default() += sh.size_bytes;
+        *held.get_mut(&from).expect("source counted") -= 1;
+        *held.get_mut(&to).expect("destination counted") += 1;
+    }
+    planned
+}
+
+/// Whether replacing `from` by `to` in `shard` keeps at least as many distinct racks among
+/// its members.
+fn rack_spread_kept(cluster: &Cluster, shard: &Shard, from: NodeId, to: NodeId) -> bool {
+    let rack = |n: &NodeId| cluster.nodes.get(n).map(|r| r.rack.as_str());
+    let staying: Vec<Option<&str>> = shard
+        .replicas
+        .iter()
+        .chain(&shard.learners)
+        .filter(|n| **n != from)
+        .map(rack)
+        .collect();
+    let distinct = |extra: Option<&str>| {
+        let mut all = staying.clone();
+        all.push(extra);
+        all.sort();
+        all.dedup();
+        all.len()
+    };
+    distinct(rack(&to)) >= distinct(rack(&from))
 }
 
 impl Control {

@@ -3,8 +3,8 @@
 //! - [`plan`]: which under-replicated shards get a new replica now, and where;
 //! - [`drain`]: emptying Draining nodes: primaries handed off first, then one move per
 //!   replica, each replacing the draining node's replica with a verified new one;
-//! - [`balance`]: once nothing else moves, primaries handed off to even out how many shards
-//!   each healthy node leads;
+//! - [`balance`]: once nothing else moves, replicas moved and primaries handed off to even
+//!   out how many replicas each healthy node holds and how many shards it leads;
 //! - [`steps`]: the next step of one migration in flight;
 //! - this module: the leader's loop that records each plan as a `Migration` before anything
 //!   starts, then drives each migration one step per pass, every step one transaction that
@@ -212,11 +212,11 @@ pub fn copied_txn(m: &Migration, now_ms: u64) -> Txn {
 /// the shard is stable again and `m` is `Committed`. A drain move's source leaves the
 /// replicas in the same write (replicas - from + to): the shard keeps its replica count, and
 /// the source, no longer in the configuration, stops serving the shard and deletes its copy
-/// after the storage nodes' `stray_grace_ms`.
+/// after the storage nodes' `stray_grace_ms`. A balancing move commits the same way.
 pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint, now_ms: u64) -> Txn {
     let mut s = shard.clone();
     s.learners.retain(|n| *n != m.to);
-    if m.kind == MigrationKind::Drain {
+    if matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance) {
         s.replicas.retain(|n| *n != m.from);
     }
     s.replicas.push(m.to);
@@ -284,7 +284,8 @@ fn aborted_reason(planned: &str, why: &AbortReason) -> String {
 impl Control {
     /// One mover pass as leader: hands off the primaries of draining nodes, advances every
     /// migration in flight by one step, then plans new moves (re-replication first, then
-    /// drains) within the limits; a pass with nothing of that to do may balance primaries.
+    /// drains, then replica balancing) within the limits; a pass with nothing of that to do
+    /// may balance primaries.
     /// Says how soon the next pass is worth running.
     pub(crate) async fn mover_tick(
         &self,
@@ -339,6 +340,9 @@ impl Control {
             let mut planned = plan::plan(&ctx);
             let drains = drain::plan(&ctx, &planned);
             planned.extend(drains);
+            if planned.is_empty() {
+                planned = balance::plan_moves(&ctx);
+            }
             planned
         });
         for m in planned {

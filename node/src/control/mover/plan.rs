@@ -79,7 +79,7 @@ impl<'a> Occupancy<'a> {
                 .get(&m.shard)
                 .and_then(|sh| copy_source(cluster, sh, m.to))
                 .or(match m.kind {
-                    MigrationKind::Drain => Some(m.from),
+                    MigrationKind::Drain | MigrationKind::Balance => Some(m.from),
                     MigrationKind::Restore => None,
                 });
             if let Some(n) = source {

@@ -18,6 +18,10 @@
 //! that dies mid-move does not abort it: the repair drops it from the shard, and the commit
 //! then simply adds the verified learner, which is what the shard needs anyway.
 //!
+//! A balancing move ([`MigrationKind::Balance`], see [`super::balance`]) commits as a drain
+//! move does. It starts only while `from` is a secondary, and is aborted if `from` has become
+//! the primary by the time it would commit (nothing hands a healthy node's role off for it).
+//!
 //! Every step re-checks what it relies on, and anything that makes the move unsafe or
 //! pointless aborts it: the deadline passed, the shard or its primary gone, the destination
 //! no longer live (or, before it starts, no longer eligible), the learner removed from the
@@ -71,6 +75,10 @@ pub enum AbortReason {
     /// A drain move's source is no longer a Draining node (undrained): the move is cancelled.
     #[error("source {0} is no longer draining")]
     SourceNotDraining(NodeId),
+    /// A balancing move's source became the shard's primary (a promotion): its commit would
+    /// remove the replica serving the clients.
+    #[error("source {0} became the primary")]
+    SourcePrimary(NodeId),
     /// The learner's checkpoint differs from the primary's.
     #[error("checksum mismatch at seq {seq}: primary {primary:016x}, learner {learner:016x}")]
     ChecksumMismatch {
@@ -142,6 +150,7 @@ pub fn next_step(
             let needed = match m.kind {
                 MigrationKind::Restore => shard.replicas.len() < rf,
                 MigrationKind::Drain => shard.replicas.contains(&m.from),
+                MigrationKind::Balance => shard.replicas[1..].contains(&m.from),
             };
             if !needed || shard.replicas.contains(&m.to) || shard.learners.contains(&m.to) {
                 return Step::Abort(NoLongerNeeded);
@@ -229,8 +238,15 @@ pub fn next_step(
     }
     match reports.current(cluster, m.to, shard) {
         Some(r) if r.role == ReplicaRole::Learner => {
-            if m.kind == MigrationKind::Drain && primary == m.from {
-                return Step::Wait("source is the primary: waiting for its hand-off");
+            if primary == m.from {
+                match m.kind {
+                    MigrationKind::Drain => {
+                        return Step::Wait("source is the primary: waiting for its hand-off")
+                    }
+                    // Nothing hands a healthy node's primary role off for a balancing move.
+                    MigrationKind::Balance => return Step::Abort(SourcePrimary(m.from)),
+                    MigrationKind::Restore => {}
+                }
             }
             Step::Commit(p)
         }
