@@ -4,8 +4,9 @@
 //!
 //! Two drains: first the node holding the most replicas under the client workload (client
 //! p99 during it, and its move rate as `under_load`: copies run at the busy budget there,
-//! yielding to clients); then, with the workload stopped and that node undrained, the node
-//! now holding the most, for the move machinery alone.
+//! yielding to clients); then, with the workload stopped, that node undrained and the
+//! balancing moves that give it replicas back finished (`balance_wait_s`), the node now
+//! holding the most, for the move machinery alone.
 //!
 //! - **Move rate** (`move_mb_s`, of the second drain): the bytes its committed moves verified
 //!   over the wall time from the drain command to the node holding no replica: hand-offs,
@@ -138,6 +139,9 @@ pub struct MigrateReport {
     /// Seconds waited, before the baseline and before the unloaded drain, for the storage
     /// nodes' compactions to finish ([`settle_compactions`]).
     pub compaction_wait_s: f64,
+    /// Seconds waited after the undrain for the balancing moves that give the undrained
+    /// node replicas back ([`settle_moves`]).
+    pub balance_wait_s: f64,
     /// The raw copy's details.
     pub raw: RawCopy,
     /// The durable raw copy's details.
@@ -219,8 +223,9 @@ fn print_report(r: &MigrateReport) {
         r.p99_baseline_ms, r.p99_during_ms, r.p99_ratio, r.failed_requests
     );
     println!(
-        "time some shard had fewer than RF replicas: {:.2} s",
-        r.below_rf_s
+        "time some shard had fewer than RF replicas: {:.2} s; waited {:.1} s for the \
+         undrained node's balancing moves",
+        r.below_rf_s, r.balance_wait_s
     );
 }
 
@@ -352,6 +357,9 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         .node_command(victim, NodeCommand::Undrain, Some("bench migrate"))
         .await
         .with_context(|| format!("undraining node {victim}"))?;
+    // The undrained node is empty: the leader's balancing gives it replicas back. The
+    // second drain starts from the cluster that leaves, as a drain in service would.
+    let balance_wait_s = settle_moves(&client, a.timeout).await?;
     let now = client.list_shards().await?;
     let (second, second_held) =
         most_replicas(&now, Some(victim)).context("no other node holds a replica")?;
@@ -389,10 +397,42 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         failed_requests: failed.load(Ordering::Relaxed),
         below_rf_s: below_ms.load(Ordering::Relaxed) as f64 / 1e3,
         compaction_wait_s,
+        balance_wait_s,
         raw,
         raw_disk,
     })
 }
+
+/// Waits until no migration has been in flight for [`MOVES_SETTLED`] (the mover plans
+/// within a pass of a node record changing, so a shorter quiet spell could come before the
+/// first move); the seconds waited.
+async fn settle_moves(client: &augur_client::Client, limit: Duration) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut quiet_since = Instant::now();
+    loop {
+        let moving = client
+            .list_migrations()
+            .await
+            .map(|ms| {
+                ms.iter().any(|m| {
+                    !matches!(m.state, MigrationState::Committed | MigrationState::Aborted)
+                })
+            })
+            .unwrap_or(true);
+        if moving {
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= MOVES_SETTLED {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > limit {
+            bail!("moves still in flight {limit:?} after the undrain");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How long no move may be in flight before the cluster counts as settled.
+const MOVES_SETTLED: Duration = Duration::from_secs(3);
 
 /// The node holding the most replicas (other than `except`), and its shards.
 fn most_replicas(
