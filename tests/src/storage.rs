@@ -111,52 +111,82 @@ pub fn storage_transport(c: &LocalCluster) -> anyhow::Result<Transport> {
 
 /// Every replica's `(node, crc64, keys)` of `shard` at one fresh checkpoint: the primary is
 /// asked to write one, then every replica is probed until it reports that checkpoint. Equal
-/// entries mean equal content at that sequence.
+/// entries mean equal content at that sequence. If the shard's configuration changes
+/// meanwhile (a balancing move or hand-off can follow any drain or repair), the replicas
+/// probed may no longer all take the checkpoint: the comparison starts again on the new
+/// configuration, within one overall deadline.
 pub async fn replica_checksums(
     c: &LocalCluster,
     client: &Client,
     shard: ShardId,
 ) -> anyhow::Result<Vec<(u64, u64, u64)>> {
     let raw = storage_transport(c)?;
-    let s = shards(client).await?[&shard].clone();
-    let registry = nodes(client).await?;
-    let primary = &registry[s.replicas.first().context("shard without replicas")?];
-    let seq = match raw
-        .call_as::<_, DataResponse>(
-            primary.addrs.first().context("node without address")?,
-            &DataRequest::Checkpoint {
-                shard,
-                epoch: s.epoch,
-            },
-            Duration::from_secs(30),
-        )
-        .await?
-    {
-        DataResponse::Checkpointed { seq } => seq,
-        other => bail!("checkpoint of shard {shard}: {other:?}"),
-    };
-    crate::poll(
-        Duration::from_secs(30),
-        "every replica's checksum",
-        || async {
-            let mut crcs = Vec::new();
-            for n in &s.replicas {
-                let report = probe(&raw, &registry[n]).await?;
-                let cp = report
-                    .replicas
-                    .iter()
-                    .find(|r| r.shard == shard)
-                    .and_then(|r| r.checkpoint)
-                    .filter(|cp| cp.seq == seq);
-                match cp {
-                    Some(cp) => crcs.push((n.0, cp.crc64, cp.keys)),
-                    None => return Ok(None),
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = shards(client).await?[&shard].clone();
+        let registry = nodes(client).await?;
+        let primary = &registry[s.replicas.first().context("shard without replicas")?];
+        let asked = raw
+            .call_as::<_, DataResponse>(
+                primary.addrs.first().context("node without address")?,
+                &DataRequest::Checkpoint {
+                    shard,
+                    epoch: s.epoch,
+                },
+                Duration::from_secs(30),
+            )
+            .await;
+        let seq = match asked {
+            Ok(DataResponse::Checkpointed { seq }) => Some(seq),
+            // Refused by a primary replaced meanwhile: start again on the new configuration.
+            other => {
+                if shards(client).await?[&shard].epoch == s.epoch {
+                    match other {
+                        Ok(answer) => bail!("checkpoint of shard {shard}: {answer:?}"),
+                        Err(e) => return Err(e.into()),
+                    }
                 }
+                None
             }
-            Ok(Some(crcs))
-        },
-    )
-    .await
+        };
+        if let Some(seq) = seq {
+            let seen = crate::poll(
+                Duration::from_secs(15),
+                "every replica's checksum",
+                || async {
+                    if shards(client).await?[&shard].epoch != s.epoch {
+                        return Ok(Some(None));
+                    }
+                    let mut crcs = Vec::new();
+                    for n in &s.replicas {
+                        let report = probe(&raw, &registry[n]).await?;
+                        let cp = report
+                            .replicas
+                            .iter()
+                            .find(|r| r.shard == shard)
+                            .and_then(|r| r.checkpoint)
+                            .filter(|cp| cp.seq == seq);
+                        match cp {
+                            Some(cp) => crcs.push((n.0, cp.crc64, cp.keys)),
+                            None => return Ok(None),
+                        }
+                    }
+                    Ok(Some(Some(crcs)))
+                },
+            )
+            .await;
+            match seen {
+                Ok(Some(crcs)) => return Ok(crcs),
+                // The configuration changed under the comparison: start again.
+                Ok(None) => {}
+                Err(e) if shards(client).await?[&shard].epoch == s.epoch => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("shard {shard}: its configuration kept changing under the checksum comparison");
+        }
+    }
 }
 
 /// The sum over every registered storage node's `/metrics` of the series named `name`

@@ -353,6 +353,10 @@ async fn a_false_alarm_is_undrained_below_leave_and_its_unfinished_moves_are_can
             "policy.k=1",
             "--control",
             "policy.n=1",
+            // The node keeps what it held when undrained: no balancing moves refill it
+            // while the cancellation is checked.
+            "--control",
+            "max_balance_moves=0",
         ],
     )
     .await?;

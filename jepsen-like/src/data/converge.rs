@@ -95,12 +95,17 @@ impl MoveSettlement {
     }
 }
 
+/// How long nothing may be in flight before the moves count as settled (the mover plans
+/// balancing moves within a pass or two of the last move's end).
+const SETTLED_FOR: Duration = Duration::from_secs(3);
+
 /// Waits (until `deadline`) for every migration to be terminal (Committed or Aborted) and no
-/// storage node to be Draining: a move that never ends holds its shard `Moving` and blocks
+/// storage node to be Draining, for [`SETTLED_FOR`] in a row: a move that never ends holds its shard `Moving` and blocks
 /// every later move of it, and a node left Draining would be emptied for good. `since` is
 /// when the cluster was healed.
 pub async fn settle_moves(client: &Client, since: Instant, deadline: Instant) -> MoveSettlement {
     let mut out = MoveSettlement::default();
+    let mut empty_since: Option<Duration> = None;
     loop {
         match (client.list_migrations().await, nodes(client).await) {
             (Ok(migrations), Ok(registry)) => {
@@ -129,8 +134,15 @@ pub async fn settle_moves(client: &Client, since: Instant, deadline: Instant) ->
                     })
                     .collect();
                 if out.unfinished.is_empty() && out.draining.is_empty() {
-                    out.settled_after_ms = Some(since.elapsed().as_millis() as u64);
-                    return out;
+                    // Balancing may plan moves a pass after the last one ends: settled is
+                    // nothing in flight for a while, counted from when it began.
+                    let at = *empty_since.get_or_insert_with(|| since.elapsed());
+                    if since.elapsed() >= at + SETTLED_FOR {
+                        out.settled_after_ms = Some(at.as_millis() as u64);
+                        return out;
+                    }
+                } else {
+                    empty_since = None;
                 }
             }
             (Err(e), _) | (_, Err(e)) => out.error = Some(format!("metadata: {e}")),

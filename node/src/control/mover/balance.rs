@@ -11,23 +11,28 @@
 //! speed of that one node. TiKV's balance-leader scheduler does the same job; here the tool
 //! is the drain's hand-off (the primary stops taking requests and lets every write in
 //! flight commit, then one write makes the chosen secondary primary at epoch + 1), so clients
-//! see a short `Unavailable` and a redirect, and nothing fails.
+//! see a short `Unavailable` and a redirect, and retry.
 //!
 //! **When.** Only while the cluster is [`quiet`] (no move in flight, no learner, no shard
-//! below its replica count, no replica on a node being drained): re-replication and drains
-//! come first and would move primaries again anyway. Then at most once every
-//! `balance_interval_ms` (0 turns primary balancing off), counted from this member's
-//! leadership too, so a new leader hears every node's report before it judges.
+//! below its replica count, no replica on a node being drained) and the storm guard is not
+//! frozen: re-replication and drains come first and would move primaries again anyway. Then
+//! at most once every `balance_interval_ms` (0 turns primary balancing off), counted from
+//! this member's leadership too, so a new leader hears every node's report before it judges.
+//! The round reads the records afresh.
 //!
 //! **Which.** Only Up, uncordoned nodes take part, as sources and as targets: a Suspect or
 //! Draining node is the risk policy's business, and a cordoned one is being emptied by hand.
-//! Each round plans at most `max_balance_handoffs` hand-offs, greedily: the shard whose
-//! primary leads the most shards goes to its secondary leading the fewest, provided that
-//! secondary reports the shard at its current epoch (so it holds every committed write) and
-//! leads at least two fewer. A hand-off across a gap of two or more lowers the sum of the
-//! squared counts, so balancing never moves a primary back and forth, and it stops where no
-//! single hand-off helps: every pair of nodes sharing a shard within one primary of each
-//! other.
+//! Only shards whose members are all Up: a late secondary would stall the hand-off. Each
+//! round plans at most `max_balance_handoffs` hand-offs, greedily: the shard whose primary
+//! leads the most shards goes to its secondary leading the fewest, provided that secondary
+//! reports the shard at its current epoch (so it holds every committed write) and leads at
+//! least two fewer. A hand-off across a gap of two or more lowers the sum of the squared
+//! counts, so balancing never moves a primary back and forth, and it stops where no single
+//! hand-off helps: every pair of nodes sharing a shard within one primary of each other.
+//!
+//! **Failures.** A hand-off whose metadata write fails leaves the old primary paused until
+//! `handoff_timeout_ms`, long enough for client requests with a short deadline to fail, so a
+//! shard whose balancing hand-off failed is left alone for [`HANDOFF_COOLING`].
 //!
 //! ## Replicas
 //!
@@ -37,21 +42,25 @@
 //! stay idle while the others fill. [`plan_moves`] (PD's balance-region in spirit) plans
 //! [`MigrationKind::Balance`] moves, at most `max_balance_moves` in flight (0 turns replica
 //! balancing off), while nothing but balancing moves is under way ([`settled`]) and the storm
-//! guard is not frozen. Each replaces a secondary on the node holding the most replicas
-//! beyond its share (shares by capacity, over Up, uncordoned nodes) with a verified copy on
-//! the node furthest below its share, if the move narrows their distance by more than one
-//! replica (so, again, the sum of squares falls and nothing moves back), never lowers the
-//! shard's rack spread, fits the destination's capacity and respects the move limits. The
-//! steps and the commit are a drain move's ([`super::steps`]): the shard keeps its replica
-//! count throughout, and the source deletes its copy after `stray_grace_ms`.
+//! guard is not frozen. Each replaces a secondary on a node above its share (shares by
+//! capacity, over Up, uncordoned nodes) with a verified copy on a node below it, the furthest
+//! pair first, if the move narrows their distance by more than one replica (so, for a fixed
+//! set of nodes, the sum of squares falls and balancing ends), never lowers the shard's rack
+//! spread, touches only shards whose members are all Up, fits the destination's capacity and
+//! respects the move limits. The steps and the commit are a drain move's
+//! ([`super::steps`]): the shard keeps its replica count throughout, and the source deletes
+//! its copy after `stray_grace_ms`. Aborts back off on their own clock
+//! (`MoverMemory::balance_backoff_until`), so optional work never delays a repair.
 
-use super::plan::{backing_off, copy_source, failed_attempts, Occupancy, PlanContext};
+use super::plan::{backing_off, backoff, copy_source, history, Occupancy, PlanContext};
 use crate::control::cluster::{accepts_replicas, Cluster, Reports};
 use crate::control::store::{MetaStore, StorageCalls};
 use crate::control::Control;
 use augur_proto::model::ShardState;
 use augur_proto::wire::ApiError;
-use augur_proto::{Migration, MigrationId, MigrationKind, MigrationState, NodeId, Shard, ShardId};
+use augur_proto::{
+    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard, ShardId,
+};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
@@ -110,9 +119,16 @@ pub fn primaries_led(cluster: &Cluster) -> BTreeMap<NodeId, usize> {
     led
 }
 
-/// The hand-offs of one balancing round, at most `limit` (see the module documentation).
-/// Pure: the caller checks [`quiet`] and the interval.
-pub fn plan(cluster: &Cluster, reports: &Reports, limit: usize) -> Vec<Rebalance> {
+/// The hand-offs of one balancing round, at most `limit` (see the module documentation),
+/// leaving out the shards in `cooling` (a hand-off of theirs failed lately) and shards with
+/// a member that is not Up (a late secondary would stall the hand-off). Pure: the caller
+/// checks [`quiet`] and the interval.
+pub fn plan(
+    cluster: &Cluster,
+    reports: &Reports,
+    limit: usize,
+    cooling: &HashSet<ShardId>,
+) -> Vec<Rebalance> {
     let mut led: BTreeMap<NodeId, usize> = primaries_led(cluster)
         .into_iter()
         .filter(|(n, _)| cluster.nodes.get(n).is_some_and(accepts_replicas))
@@ -129,7 +145,7 @@ pub fn plan(cluster: &Cluster, reports: &Reports, limit: usize) -> Vec<Rebalance
             let Some(&from_led) = led.get(&from) else {
                 continue;
             };
-            if taken.contains(&s.id) {
+            if taken.contains(&s.id) || cooling.contains(&s.id) || !all_up(cluster, s) {
                 continue;
             }
             for &to in &s.replicas[1..] {
@@ -155,6 +171,14 @@ pub fn plan(cluster: &Cluster, reports: &Reports, limit: usize) -> Vec<Rebalance
         planned.push(r);
     }
     planned
+}
+
+/// Whether every replica of `shard` is on an Up node.
+fn all_up(cluster: &Cluster, shard: &Shard) -> bool {
+    shard
+        .replicas
+        .iter()
+        .all(|n| cluster.state(*n) == Some(NodeState::Up))
 }
 
 /// Whether `node` reports `shard` at the shard's current epoch: then it prepared every write
@@ -251,7 +275,9 @@ pub fn plan_moves(ctx: &PlanContext<'_>) -> Vec<Migration> {
                         || sh.state != ShardState::Stable
                         || moving.contains(&sh.id)
                         || planned.iter().any(|m| m.shard == sh.id)
+                        || !all_up(cluster, sh)
                         || backing_off(ctx, sh.id)
+                        || balance_backing_off(ctx, sh.id)
                         || !rack_spread_kept(cluster, sh, *from, *to)
                     {
                         continue;
@@ -277,7 +303,7 @@ pub fn plan_moves(ctx: &PlanContext<'_>) -> Vec<Migration> {
         let Some((sh, from, to, source)) = found else {
             break;
         };
-        let (attempts, _) = failed_attempts(cluster, sh.id);
+        let attempts = balance_attempts(cluster, sh.id);
         planned.push(Migration {
             id: MigrationId(next_id),
             shard: sh.id,
@@ -310,6 +336,33 @@ pub fn plan_moves(ctx: &PlanContext<'_>) -> Vec<Migration> {
     planned
 }
 
+/// Whether the shard waits out a balancing back-off: the one this leader set when a
+/// balancing move or hand-off of it failed, or, when the shard's latest balancing move was
+/// aborted under another leader, one counted from this leadership's start.
+fn balance_backing_off(ctx: &PlanContext<'_>, shard: ShardId) -> bool {
+    let until = ctx
+        .memory
+        .balance_backoff_until
+        .get(&shard)
+        .copied()
+        .or_else(|| {
+            let latest = history(ctx.cluster, shard).find(|m| m.kind == MigrationKind::Balance)?;
+            (latest.state == MigrationState::Aborted)
+                .then(|| ctx.leader_since + backoff(latest.attempts, ctx.settings))
+        });
+    until.is_some_and(|u| ctx.now < u)
+}
+
+/// Balancing moves of `shard` aborted in a row, newest first (other kinds aside).
+fn balance_attempts(cluster: &Cluster, shard: ShardId) -> u32 {
+    history(cluster, shard)
+        .filter(|m| m.kind == MigrationKind::Balance)
+        .take_while(|m| m.state == MigrationState::Aborted)
+        .map(|m| m.attempts)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Whether replacing `from` by `to` in `shard` keeps at least as many distinct racks among
 /// its members.
 fn rack_spread_kept(cluster: &Cluster, shard: &Shard, from: NodeId, to: NodeId) -> bool {
@@ -331,42 +384,63 @@ fn rack_spread_kept(cluster: &Cluster, shard: &Shard, from: NodeId, to: NodeId) 
     distinct(rack(&to)) >= distinct(rack(&from))
 }
 
+/// How long a shard is left alone after a balancing hand-off of it failed: each failed
+/// hand-off pauses the shard's requests for `handoff_timeout_ms`, so balancing must not
+/// repeat one every round.
+pub const HANDOFF_COOLING: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Control {
     /// One balancing round if one is due (see the module documentation): the number of
-    /// primaries handed off.
+    /// primaries handed off. Works from records read afresh, as a hand-off is planned from
+    /// them, and not while the storm guard is frozen.
     pub(crate) async fn balance_primaries(
         &self,
-        cluster: &Cluster,
         meta: &dyn MetaStore,
         storage: &dyn StorageCalls,
         leader_since: Instant,
         now: Instant,
     ) -> Result<usize, ApiError> {
         let interval = std::time::Duration::from_millis(self.settings.balance_interval_ms);
-        if interval.is_zero() || !quiet(cluster) {
+        if interval.is_zero() {
             return Ok(0);
         }
         let due = self.with_memory(|mem| {
             let since = mem.balanced_at.unwrap_or(leader_since).max(leader_since);
-            if now.saturating_duration_since(since) < interval {
-                return false;
-            }
-            mem.balanced_at = Some(now);
-            true
+            now.saturating_duration_since(since) >= interval
         });
         if !due {
             return Ok(0);
         }
+        let cluster = meta.cluster().await?;
+        if !quiet(&cluster) || cluster.frozen() {
+            return Ok(0);
+        }
+        let cooling: HashSet<ShardId> = self.with_memory(|mem| {
+            mem.balanced_at = Some(now);
+            mem.balance_backoff_until.retain(|_, until| now < *until);
+            mem.balance_backoff_until.keys().copied().collect()
+        });
         let reports = self.reports();
         let mut moved = 0;
-        for r in plan(cluster, &reports, self.settings.max_balance_handoffs) {
+        for r in plan(
+            &cluster,
+            &reports,
+            self.settings.max_balance_handoffs,
+            &cooling,
+        ) {
             let Some(shard) = cluster.shards.get(&r.shard) else {
                 continue;
             };
-            if let Some((epoch, seq)) = self.hand_off(shard, r.to, cluster, meta, storage).await? {
-                moved += 1;
-                self.metrics.primaries_balanced.inc();
-                tracing::info!(shard = %r.shard, from = %r.from, to = %r.to, epoch, seq, "primary handed off to balance leadership");
+            match self.hand_off(shard, r.to, &cluster, meta, storage).await? {
+                Some((epoch, seq)) => {
+                    moved += 1;
+                    self.metrics.primaries_balanced.inc();
+                    tracing::info!(shard = %r.shard, from = %r.from, to = %r.to, epoch, seq, "primary handed off to balance leadership");
+                }
+                None => self.with_memory(|mem| {
+                    mem.balance_backoff_until
+                        .insert(r.shard, now + HANDOFF_COOLING);
+                }),
             }
         }
         Ok(moved)

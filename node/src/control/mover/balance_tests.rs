@@ -44,6 +44,11 @@ fn apply(c: &mut Cluster, plan: &[Rebalance]) {
     }
 }
 
+/// No shard cooling off.
+fn none() -> std::collections::HashSet<ShardId> {
+    Default::default()
+}
+
 fn led(c: &Cluster, nodes: &[u64]) -> Vec<usize> {
     let led = primaries_led(c);
     nodes.iter().map(|n| led[&NodeId(*n)]).collect()
@@ -106,20 +111,20 @@ fn a_round_spreads_the_primaries_of_the_busiest_node_evenly() {
     let r = all_current(&c);
     // One at a time: the widest gap, the lowest shard, the lowest target.
     assert_eq!(
-        plan(&c, &r, 1),
+        plan(&c, &r, 1, &none()),
         vec![Rebalance {
             shard: ShardId(1),
             from: NodeId(1),
             to: NodeId(2)
         }]
     );
-    let p = plan(&c, &r, 10);
+    let p = plan(&c, &r, 10, &none());
     assert_eq!(p.len(), 4, "{p:?}");
     assert!(p.iter().all(|h| h.from == NodeId(1)));
     apply(&mut c, &p);
     assert_eq!(led(&c, &[1, 2, 3]), vec![2, 2, 2]);
     // Balanced: the next round plans nothing.
-    assert!(plan(&c, &all_current(&c), 10).is_empty());
+    assert!(plan(&c, &all_current(&c), 10, &none()).is_empty());
 }
 
 #[test]
@@ -132,18 +137,18 @@ fn one_primary_apart_is_balanced() {
     ];
     let c = cluster(&[1, 2, 3], shards, 3);
     assert_eq!(led(&c, &[1, 2, 3]), vec![2, 1, 1]);
-    assert!(plan(&c, &all_current(&c), 10).is_empty());
+    assert!(plan(&c, &all_current(&c), 10, &none()).is_empty());
 }
 
 #[test]
 fn only_up_uncordoned_nodes_with_the_current_epoch_take_part() {
-    let shards = (1..=4).map(|i| shard(i, &[1, 2, 3, 4], 2)).collect();
-    let mut c = cluster(&[1, 2, 3, 4], shards, 4);
+    let shards = (1..=4).map(|i| shard(i, &[1, 3, 4], 2)).collect();
+    let mut c = cluster(&[1, 3, 4], shards, 3);
     let mut r = all_current(&c);
-    // Node 2 is Suspect (late, or at risk), node 3 cordoned: neither takes a primary.
-    c.nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Suspect;
+    // Node 3 is cordoned: it takes no primary (a Suspect node neither: see below and
+    // `shards_with_a_member_not_up_are_left_alone`).
     c.nodes.get_mut(&NodeId(3)).unwrap().cordoned = true;
-    let p = plan(&c, &r, 10);
+    let p = plan(&c, &r, 10, &none());
     assert!(p.iter().all(|h| h.to == NodeId(4)), "{p:?}");
     assert_eq!(p.len(), 2, "4 / 0 -> 2 / 2 between nodes 1 and 4: {p:?}");
     // Node 4 reports the shards at an older epoch: it may lack committed writes.
@@ -151,13 +156,13 @@ fn only_up_uncordoned_nodes_with_the_current_epoch_take_part() {
         .map(|i| status(i, 1, ReplicaRole::Secondary, 10))
         .collect();
     report(&mut r, 4, stale);
-    assert!(plan(&c, &r, 10).is_empty());
+    assert!(plan(&c, &r, 10, &none()).is_empty());
     // A Suspect primary is not a source either: the risk policy decides about that node.
     let shards = (1..=4).map(|i| shard(i, &[2, 1, 3], 2)).collect();
     let mut c = cluster(&[1, 2, 3], shards, 3);
     let r = all_current(&c);
     c.nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Suspect;
-    assert!(plan(&c, &r, 10).is_empty());
+    assert!(plan(&c, &r, 10, &none()).is_empty());
 }
 
 /// A small deterministic generator, so the property test below needs no dependency.
@@ -195,7 +200,7 @@ fn rounds_end_never_hand_a_primary_back_and_leave_no_improving_hand_off() {
         let squares = |c: &Cluster| primaries_led(c).values().map(|n| n * n).sum::<usize>();
         let mut rounds = 0;
         loop {
-            let p = plan(&c, &all_current(&c), 3);
+            let p = plan(&c, &all_current(&c), 3, &none());
             if p.is_empty() {
                 break;
             }
@@ -524,6 +529,31 @@ fn a_balancing_move_never_removes_a_primary() {
     let m = plan_moves(&ctx(&c, &s, &mem))[0].clone();
     let r = all_current(&c);
     assert_eq!(next_step(&m, &c, &r, None, 1_000_000), Step::Start);
+    // Under way, a destination being drained ends the move, one only late with its
+    // heartbeat (Suspect) does not, and neither does either end a drain move.
+    let mut started = c.clone();
+    let sh = started.shards.get_mut(&m.shard).unwrap();
+    sh.learners.push(m.to);
+    sh.state = ShardState::Moving(m.id);
+    started.nodes.get_mut(&m.to).unwrap().state = NodeState::Suspect;
+    let mut copying = m.clone();
+    copying.state = MigrationState::Copying;
+    assert_eq!(
+        next_step(&copying, &started, &r, None, 1_000_000),
+        Step::Wait(crate::control::mover::steps::WAIT_COPYING)
+    );
+    started.nodes.get_mut(&m.to).unwrap().state = NodeState::Draining;
+    assert_eq!(
+        next_step(&copying, &started, &r, None, 1_000_000),
+        Step::Abort(AbortReason::Destination(m.to))
+    );
+    started.nodes.get_mut(&m.to).unwrap().state = NodeState::Suspect;
+    copying.kind = MigrationKind::Drain;
+    started.nodes.get_mut(&m.from).unwrap().state = NodeState::Draining;
+    assert_eq!(
+        next_step(&copying, &started, &r, None, 1_000_000),
+        Step::Wait(crate::control::mover::steps::WAIT_COPYING)
+    );
     // The source became the primary before the move started: not needed any more.
     let mut promoted = c.clone();
     let sh = promoted.shards.get_mut(&m.shard).unwrap();
@@ -596,7 +626,7 @@ fn a_balancing_move_never_removes_a_primary() {
     };
     let step = next_step(&moving, &c3, &r3, Some(&req), 1_000_000);
     assert_eq!(step, Step::Commit(cp));
-    let txn = crate::control::mover::commit_txn(&moving, &sh2, &cp, 1_000_000);
+    let txn = crate::control::mover::commit_txn(&moving, &sh2, &cp, 3, 1_000_000);
     let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
         panic!("{txn:?}");
     };
@@ -660,4 +690,152 @@ fn replica_rounds_end_and_each_move_narrows_the_spread() {
             assert!(moves < 200, "seed {seed}: no end");
         }
     }
+}
+
+// ---- after review: failures, members not Up, short shards, the storm guard ----
+
+#[tokio::test]
+async fn a_failed_balancing_hand_off_leaves_its_shard_alone_for_a_while() {
+    let c = cluster(
+        &[1, 2, 3],
+        (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect(),
+        3,
+    );
+    let store = MemStore::with(&c);
+    let storage = Scripted::default();
+    let control = Control::for_tests(ControlSettings {
+        max_balance_handoffs: 1,
+        ..settings()
+    });
+    report_all(&store, &storage, &control, &BTreeMap::new());
+    let t0 = Instant::now();
+    // Shard 1's hand-off is refused: nothing changes, and the shard cools off.
+    storage
+        .refuse_hand_off
+        .lock()
+        .unwrap()
+        .push(addr(NodeId(1)));
+    pass(&control, &store, &storage, t0, 1).await;
+    assert_eq!(store.read(), c);
+    assert!(control.with_memory(|m| m.balance_backoff_until.contains_key(&ShardId(1))));
+    // The next rounds take other shards.
+    storage.refuse_hand_off.lock().unwrap().clear();
+    for at in [2, 3] {
+        pass(&control, &store, &storage, t0, at).await;
+        report_all(&store, &storage, &control, &BTreeMap::new());
+    }
+    let asked: Vec<ShardId> = storage
+        .hand_offs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.1)
+        .collect();
+    assert_eq!(
+        asked,
+        vec![ShardId(2), ShardId(3)],
+        "shard 1 is cooling off"
+    );
+    // Once the cooling is over it may be chosen again.
+    let later = 3 + HANDOFF_COOLING.as_secs();
+    for at in later..later + 3 {
+        pass(&control, &store, &storage, t0, at).await;
+        report_all(&store, &storage, &control, &BTreeMap::new());
+    }
+    assert_eq!(led(&store.read(), &[1, 2, 3]), vec![2, 2, 2]);
+    assert!(storage
+        .hand_offs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.1 == ShardId(1)));
+}
+
+#[tokio::test]
+async fn the_storm_guard_holds_balancing() {
+    let mut c = with_empty_node();
+    c.storm.frozen = true;
+    for s in c.shards.values_mut() {
+        s.replicas.sort();
+    }
+    let store = MemStore::with(&c);
+    let storage = Scripted::default();
+    let control = Control::for_tests(settings());
+    report_all(&store, &storage, &control, &BTreeMap::new());
+    let t0 = Instant::now();
+    pass(&control, &store, &storage, t0, 5).await;
+    assert!(storage.hand_offs.lock().unwrap().is_empty());
+    assert!(store.read().migrations.is_empty());
+    // A balancing move planned before the freeze does not start during it.
+    let mut thawed = c.clone();
+    thawed.storm.frozen = false;
+    let mem = crate::control::mover::MoverMemory::default();
+    let m = plan_moves(&ctx(&thawed, &ControlSettings::default(), &mem))[0].clone();
+    use crate::control::mover::steps::{next_step, Step};
+    assert!(matches!(
+        next_step(&m, &c, &all_current(&c), None, 1_000_000),
+        Step::Wait(_)
+    ));
+}
+
+#[test]
+fn shards_with_a_member_not_up_are_left_alone() {
+    // Primaries: node 3 is Suspect (late): no hand-off of a shard it is a member of.
+    let shards = vec![
+        shard(1, &[1, 2, 3], 1),
+        shard(2, &[1, 2, 4], 1),
+        shard(3, &[1, 2, 4], 1),
+    ];
+    let mut c = cluster(&[1, 2, 3, 4], shards, 3);
+    let r = all_current(&c);
+    c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Suspect;
+    let p = plan(&c, &r, 10, &none());
+    assert!(p.iter().all(|h| h.shard != ShardId(1)), "{p:?}");
+    assert!(!p.is_empty());
+    // Replicas: the empty node 4 gets nothing of a shard with a Suspect member.
+    let mut c = with_empty_node();
+    c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Suspect;
+    let mem = crate::control::mover::MoverMemory::default();
+    assert!(plan_moves(&ctx(&c, &ControlSettings::default(), &mem)).is_empty());
+}
+
+#[test]
+fn a_move_keeps_its_source_when_the_shard_lost_another_member() {
+    let c = with_empty_node();
+    let mem = crate::control::mover::MoverMemory::default();
+    let m = plan_moves(&ctx(&c, &ControlSettings::default(), &mem))[0].clone();
+    let mut sh = c.shards[&m.shard].clone();
+    sh.learners.push(m.to);
+    // Another secondary died and was removed: two replicas, one of them the source.
+    let other = *sh.replicas[1..].iter().find(|n| **n != m.from).unwrap();
+    sh.replicas.retain(|n| *n != other);
+    let txn = crate::control::mover::commit_txn(&m, &sh, &checkpoint(5, 1), 3, 1_000_000);
+    let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
+        panic!("{txn:?}");
+    };
+    assert_eq!(next.replicas.len(), 3, "{next:?}");
+    assert!(next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
+    assert!(next.learners.is_empty());
+}
+
+#[test]
+fn balancing_aborts_neither_delay_nor_steer_a_repair() {
+    use crate::control::mover::plan::{backing_off, failed_attempts};
+    let mut c = with_empty_node();
+    let mem = crate::control::mover::MoverMemory::default();
+    let mut m = plan_moves(&ctx(&c, &ControlSettings::default(), &mem))[0].clone();
+    m.state = MigrationState::Aborted;
+    m.attempts = 3;
+    c.migrations.push(m.clone());
+    let s = ControlSettings::default();
+    // The leader that aborted it backs balancing off the shard, on its own clock.
+    let mut mem = crate::control::mover::MoverMemory::default();
+    mem.balance_backoff_until
+        .insert(m.shard, Instant::now() + Duration::from_secs(3600));
+    assert_eq!(failed_attempts(&c, m.shard), (0, vec![]));
+    assert!(!backing_off(&ctx(&c, &s, &mem), m.shard));
+    // ... while balancing itself waits before trying the shard again.
+    let again = plan_moves(&ctx(&c, &s, &mem));
+    assert!(again.iter().all(|n| n.shard != m.shard), "{again:?}");
+    assert!(!again.is_empty());
 }

@@ -96,6 +96,9 @@ pub struct MoverMemory {
     pub progress_at: HashMap<MigrationId, Instant>,
     /// When this leader last ran a round of primary balancing ([`balance`]).
     pub balanced_at: Option<Instant>,
+    /// Until when each shard waits before another balancing move or balancing hand-off,
+    /// after one failed (kept apart from `backoff_until`: balancing never delays a repair).
+    pub balance_backoff_until: HashMap<ShardId, Instant>,
 }
 
 impl MoverMemory {
@@ -212,11 +215,15 @@ pub fn copied_txn(m: &Migration, now_ms: u64) -> Txn {
 /// the shard is stable again and `m` is `Committed`. A drain move's source leaves the
 /// replicas in the same write (replicas - from + to): the shard keeps its replica count, and
 /// the source, no longer in the configuration, stops serving the shard and deletes its copy
-/// after the storage nodes' `stray_grace_ms`. A balancing move commits the same way.
-pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint, now_ms: u64) -> Txn {
+/// after the storage nodes' `stray_grace_ms`. A balancing move commits the same way. Either
+/// keeps its source if the shard has lost another member meanwhile (fewer than `rf`
+/// replicas): the commit then restores the shard's count instead of leaving it short, and
+/// a drain plans the source's replacement again.
+pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint, rf: usize, now_ms: u64) -> Txn {
     let mut s = shard.clone();
     s.learners.retain(|n| *n != m.to);
-    if matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance) {
+    if matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance) && shard.replicas.len() >= rf
+    {
         s.replicas.retain(|n| *n != m.from);
     }
     s.replicas.push(m.to);
@@ -362,7 +369,7 @@ impl Control {
         }
         // Leadership is evened out only when this pass found nothing else to do.
         if pace == Pace::Idle {
-            self.balance_primaries(&cluster, meta, storage, leader_since, now)
+            self.balance_primaries(meta, storage, leader_since, now)
                 .await?;
         }
         Ok(pace)
@@ -422,7 +429,10 @@ impl Control {
             }
             (Step::Start, Some(s)) => start_txn(m, s, now_ms),
             (Step::Copied, Some(_)) => copied_txn(m, now_ms),
-            (Step::Commit(cp), Some(s)) => commit_txn(m, s, cp, now_ms),
+            (Step::Commit(cp), Some(s)) => {
+                let rf = cluster.layout.map_or(0, |l| l.rf as usize);
+                commit_txn(m, s, cp, rf, now_ms)
+            }
             (Step::Abort(why), s) => abort_txn(m, s, why),
             (_, None) => abort_txn(m, None, &AbortReason::ShardGone),
         };
@@ -444,6 +454,7 @@ impl Control {
                     mem.checkpoints.remove(&m.id);
                     mem.lost.remove(&m.shard);
                     mem.backoff_until.remove(&m.shard);
+                    mem.balance_backoff_until.remove(&m.shard);
                 });
                 tracing::info!(migration = %m.id, shard = %m.shard, to = %m.to, seq = cp.seq, crc64 = format_args!("{:016x}", cp.crc64), bytes = cp.bytes, "move committed: learner is a replica");
             }
@@ -460,7 +471,11 @@ impl Control {
         let wait = plan::backoff(m.attempts, &self.settings);
         self.with_memory(|mem| {
             mem.checkpoints.remove(&m.id);
-            mem.backoff_until.insert(m.shard, now + wait);
+            let backoff = match m.kind {
+                MigrationKind::Balance => &mut mem.balance_backoff_until,
+                MigrationKind::Restore | MigrationKind::Drain => &mut mem.backoff_until,
+            };
+            backoff.insert(m.shard, now + wait);
         });
         tracing::warn!(migration = %m.id, shard = %m.shard, to = %m.to, attempt = m.attempts, %reason, retry_in_ms = wait.as_millis() as u64, "move aborted");
     }

@@ -134,11 +134,19 @@ pub(crate) fn history(cluster: &Cluster, shard: ShardId) -> impl Iterator<Item =
         .filter(move |m| m.shard == shard)
 }
 
-/// Attempts since the shard's last committed move (the aborted ones after it).
+/// The shard's migrations newest first, without balancing moves: a balancing move is
+/// optional, so its aborts neither delay a repair or a drain nor steer their destinations
+/// (balancing keeps its own back-off, [`super::balance`]).
+fn needed_history(cluster: &Cluster, shard: ShardId) -> impl Iterator<Item = &Migration> {
+    history(cluster, shard).filter(|m| m.kind != MigrationKind::Balance)
+}
+
+/// Attempts since the shard's last committed move (the aborted ones after it), balancing
+/// moves aside.
 pub(crate) fn failed_attempts(cluster: &Cluster, shard: ShardId) -> (u32, Vec<NodeId>) {
     let mut attempts = 0;
     let mut tried = Vec::new();
-    for m in history(cluster, shard) {
+    for m in needed_history(cluster, shard) {
         if m.state != MigrationState::Aborted {
             break;
         }
@@ -184,7 +192,7 @@ pub fn due(ctx: &PlanContext<'_>, shard: ShardId) -> bool {
 /// start.
 pub(crate) fn backing_off(ctx: &PlanContext<'_>, shard: ShardId) -> bool {
     let until = ctx.memory.backoff_until.get(&shard).copied().or_else(|| {
-        let latest = history(ctx.cluster, shard).next()?;
+        let latest = needed_history(ctx.cluster, shard).next()?;
         (latest.state == MigrationState::Aborted)
             .then(|| ctx.leader_since + backoff(latest.attempts, ctx.settings))
     });

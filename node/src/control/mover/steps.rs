@@ -20,7 +20,10 @@
 //!
 //! A balancing move ([`MigrationKind::Balance`], see [`super::balance`]) commits as a drain
 //! move does. It starts only while `from` is a secondary, and is aborted if `from` has become
-//! the primary by the time it would commit (nothing hands a healthy node's role off for it).
+//! the primary (nothing hands a healthy node's role off for it), or if its destination is
+//! being drained or is cordoned; a planned one waits while the storm guard is frozen. Like a
+//! drain move, it keeps its source at the commit if the shard has meanwhile lost another
+//! member ([`super::commit_txn`]).
 //!
 //! Every step re-checks what it relies on, and anything that makes the move unsafe or
 //! pointless aborts it: the deadline passed, the shard or its primary gone, the destination
@@ -63,7 +66,8 @@ pub enum AbortReason {
     #[error("no longer needed")]
     NoLongerNeeded,
     /// The destination does not accept replicas (before the move started: not Up, or
-    /// cordoned) or is not live (after).
+    /// cordoned) or is not live (after); for a balancing move also being drained or
+    /// cordoned after it started.
     #[error("destination {0} not eligible")]
     Destination(NodeId),
     /// The shard's primary is not live: nothing to copy from or commit with.
@@ -155,6 +159,9 @@ pub fn next_step(
             if !needed || shard.replicas.contains(&m.to) || shard.learners.contains(&m.to) {
                 return Step::Abort(NoLongerNeeded);
             }
+            if m.kind == MigrationKind::Balance && cluster.frozen() {
+                return Step::Wait("storm guard: automated moves are frozen");
+            }
             if m.kind == MigrationKind::Drain && !cluster.to_drain(m.from) {
                 if cluster.state(m.from) == Some(NodeState::Draining) {
                     return Step::Wait("storm guard: automated drains are frozen");
@@ -179,6 +186,22 @@ pub fn next_step(
     }
     if !cluster.live(m.to) {
         return Step::Abort(Destination(m.to));
+    }
+    if m.kind == MigrationKind::Balance {
+        // Balancing is optional: a destination being emptied or cordoned is not filled
+        // further (a Suspect one, often only late with a heartbeat, is waited for by the
+        // commit's own checks), and a source that became the primary (a promotion) could
+        // not leave the shard at the commit.
+        let emptied = cluster
+            .nodes
+            .get(&m.to)
+            .is_some_and(|n| n.state == NodeState::Draining || n.cordoned);
+        if emptied {
+            return Step::Abort(Destination(m.to));
+        }
+        if primary == m.from {
+            return Step::Abort(SourcePrimary(m.from));
+        }
     }
     if undrained(m, cluster) {
         return Step::Abort(SourceNotDraining(m.from));

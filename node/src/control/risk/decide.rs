@@ -176,7 +176,12 @@ pub fn context(
     } else {
         loads.iter().sum::<f64>() / loads.len() as f64
     };
-    let active = cluster.migrations.iter().filter(|m| is_active(m)).count();
+    // Balancing moves are optional work: they do not make the policy more reluctant to drain.
+    let active = cluster
+        .migrations
+        .iter()
+        .filter(|m| is_active(m) && m.kind != augur_proto::MigrationKind::Balance)
+        .count();
     let migration_backlog = (active as f64 / s.max_moves.max(1) as f64).clamp(0.0, 1.0);
     let failures = cluster
         .nodes
