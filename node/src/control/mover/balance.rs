@@ -391,17 +391,19 @@ pub const HANDOFF_COOLING: std::time::Duration = std::time::Duration::from_secs(
 
 impl Control {
     /// One balancing round if one is due (see the module documentation): the number of
-    /// primaries handed off. Works from records read afresh, as a hand-off is planned from
-    /// them, and not while the storm guard is frozen.
+    /// primaries handed off. `pass` is the mover pass's view of the records; a round that is
+    /// due plans from records read afresh, and none runs while the storm guard is frozen.
     pub(crate) async fn balance_primaries(
         &self,
+        pass: &Cluster,
         meta: &dyn MetaStore,
         storage: &dyn StorageCalls,
         leader_since: Instant,
         now: Instant,
     ) -> Result<usize, ApiError> {
         let interval = std::time::Duration::from_millis(self.settings.balance_interval_ms);
-        if interval.is_zero() {
+        // The pass's own records rule out most passes (a drain, a repair) without a read.
+        if interval.is_zero() || !quiet(pass) || pass.frozen() {
             return Ok(0);
         }
         let due = self.with_memory(|mem| {

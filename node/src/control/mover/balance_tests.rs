@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::control::cluster::fixtures::*;
-use crate::control::mover::drain::tests::{addr, report_all};
+use crate::control::mover::drain::tests::{addr, ctx, report_all};
 use crate::control::settings::ControlSettings;
 use crate::control::store::fake::{MemStore, Scripted};
 use augur_proto::data::ReplicaRole;
@@ -329,45 +329,7 @@ async fn balancing_waits_for_drains_and_off_means_off() {
     assert_eq!(store.read(), c);
 }
 
-#[tokio::test]
-async fn a_refused_balancing_hand_off_changes_nothing() {
-    let c = cluster(
-        &[1, 2, 3],
-        (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect(),
-        3,
-    );
-    let store = MemStore::with(&c);
-    let storage = Scripted::default();
-    storage
-        .refuse_hand_off
-        .lock()
-        .unwrap()
-        .push(addr(NodeId(1)));
-    let control = Control::for_tests(settings());
-    report_all(&store, &storage, &control, &BTreeMap::new());
-    let t0 = Instant::now();
-    pass(&control, &store, &storage, t0, 1).await;
-    assert_eq!(store.read(), c);
-    assert_eq!(control.metrics.primaries_balanced.get(), 0);
-}
-
 // ---- replicas ----
-
-fn ctx<'a>(
-    cluster: &'a Cluster,
-    settings: &'a ControlSettings,
-    memory: &'a crate::control::mover::MoverMemory,
-) -> PlanContext<'a> {
-    let now = Instant::now();
-    PlanContext {
-        cluster,
-        settings,
-        memory,
-        now,
-        now_ms: 1_000_000,
-        leader_since: now - Duration::from_secs(3600),
-    }
-}
 
 /// Six shards on nodes 1-3 (primaries rotating), and an empty node 4.
 fn with_empty_node() -> Cluster {
@@ -520,6 +482,26 @@ fn shares_follow_capacity_and_racks_are_never_narrowed() {
     assert!(p.iter().all(|m| m.from == NodeId(1)), "{p:?}");
 }
 
+/// `node`'s report of `shard` replaced by one in `role` at the shard's epoch, holding `cp`.
+fn with_checkpoint(
+    r: &mut Reports,
+    node: NodeId,
+    shard: &Shard,
+    role: ReplicaRole,
+    cp: augur_proto::data::Checkpoint,
+) {
+    let mut st = status(shard.id.0, shard.epoch, role, 10);
+    st.checkpoint = Some(cp);
+    let mut others: Vec<_> = r
+        .by_node
+        .get(&node)
+        .map(|x| x.replicas.clone())
+        .unwrap_or_default();
+    others.retain(|x| x.shard != shard.id);
+    others.push(st);
+    report(r, node.0, others);
+}
+
 #[test]
 fn a_balancing_move_never_removes_a_primary() {
     use crate::control::mover::steps::{next_step, AbortReason, Step};
@@ -571,20 +553,8 @@ fn a_balancing_move_never_removes_a_primary() {
     c2.shards.insert(sh.id, sh.clone());
     let mut r = all_current(&c2);
     let cp = checkpoint(7, 0xabc);
-    let mut with_cp = |n: NodeId, role| {
-        let mut st = status(sh.id.0, sh.epoch, role, 10);
-        st.checkpoint = Some(cp);
-        let mut others: Vec<_> = r
-            .by_node
-            .get(&n)
-            .map(|x| x.replicas.clone())
-            .unwrap_or_default();
-        others.retain(|x| x.shard != sh.id);
-        others.push(st);
-        report(&mut r, n.0, others);
-    };
-    with_cp(m.from, ReplicaRole::Primary);
-    with_cp(m.to, ReplicaRole::Learner);
+    with_checkpoint(&mut r, m.from, &sh, ReplicaRole::Primary, cp);
+    with_checkpoint(&mut r, m.to, &sh, ReplicaRole::Learner, cp);
     let mut moving = m.clone();
     moving.state = MigrationState::CatchingUp;
     let req = crate::control::mover::Requested {
@@ -604,21 +574,8 @@ fn a_balancing_move_never_removes_a_primary() {
     let mut c3 = c.clone();
     c3.shards.insert(sh2.id, sh2.clone());
     let mut r3 = all_current(&c3);
-    for (n, role) in [
-        (primary, ReplicaRole::Primary),
-        (m.to, ReplicaRole::Learner),
-    ] {
-        let mut st = status(sh2.id.0, sh2.epoch, role, 10);
-        st.checkpoint = Some(cp);
-        let mut others: Vec<_> = r3
-            .by_node
-            .get(&n)
-            .map(|x| x.replicas.clone())
-            .unwrap_or_default();
-        others.retain(|x| x.shard != sh2.id);
-        others.push(st);
-        report(&mut r3, n.0, others);
-    }
+    with_checkpoint(&mut r3, primary, &sh2, ReplicaRole::Primary, cp);
+    with_checkpoint(&mut r3, m.to, &sh2, ReplicaRole::Learner, cp);
     let req = crate::control::mover::Requested {
         seq: 7,
         primary,

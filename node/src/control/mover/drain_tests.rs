@@ -13,9 +13,10 @@ use augur_proto::{Record, ShardId, ShardState, StateOrigin};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-const NOW_MS: u64 = 1_000_000;
+pub(in crate::control::mover) const NOW_MS: u64 = 1_000_000;
 
-fn ctx<'a>(
+/// A planning context at `NOW_MS` (1,000,000), an hour into this member's leadership.
+pub(in crate::control::mover) fn ctx<'a>(
     cluster: &'a Cluster,
     settings: &'a ControlSettings,
     memory: &'a MoverMemory,

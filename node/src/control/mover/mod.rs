@@ -369,7 +369,7 @@ impl Control {
         }
         // Leadership is evened out only when this pass found nothing else to do.
         if pace == Pace::Idle {
-            self.balance_primaries(meta, storage, leader_since, now)
+            self.balance_primaries(&cluster, meta, storage, leader_since, now)
                 .await?;
         }
         Ok(pace)
