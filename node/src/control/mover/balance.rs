@@ -452,3 +452,7 @@ impl Control {
 #[cfg(test)]
 #[path = "balance_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "balance_replica_tests.rs"]
+mod replica_tests;

@@ -1,9 +1,10 @@
 //! Primary balancing: the planner over records, and rounds driven through the mover against
-//! an in-memory metadata store and scripted storage nodes.
+//! an in-memory metadata store and scripted storage nodes; the helpers the replica tests
+//! (`balance_replica_tests.rs`) share.
 
 use super::*;
 use crate::control::cluster::fixtures::*;
-use crate::control::mover::drain::tests::{addr, ctx, report_all};
+use crate::control::mover::drain::tests::{addr, report_all};
 use crate::control::settings::ControlSettings;
 use crate::control::store::fake::{MemStore, Scripted};
 use augur_proto::data::ReplicaRole;
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Every replica of every shard reports it at the shard's epoch.
-fn all_current(c: &Cluster) -> Reports {
+pub(super) fn all_current(c: &Cluster) -> Reports {
     let mut by_node: BTreeMap<u64, Vec<_>> = BTreeMap::new();
     for s in c.shards.values() {
         for (i, n) in s.replicas.iter().enumerate() {
@@ -45,11 +46,11 @@ fn apply(c: &mut Cluster, plan: &[Rebalance]) {
 }
 
 /// No shard cooling off.
-fn none() -> std::collections::HashSet<ShardId> {
+pub(super) fn none() -> std::collections::HashSet<ShardId> {
     Default::default()
 }
 
-fn led(c: &Cluster, nodes: &[u64]) -> Vec<usize> {
+pub(super) fn led(c: &Cluster, nodes: &[u64]) -> Vec<usize> {
     let led = primaries_led(c);
     nodes.iter().map(|n| led[&NodeId(*n)]).collect()
 }
@@ -166,7 +167,7 @@ fn only_up_uncordoned_nodes_with_the_current_epoch_take_part() {
 }
 
 /// A small deterministic generator, so the property test below needs no dependency.
-fn lcg(seed: &mut u64) -> u64 {
+pub(super) fn lcg(seed: &mut u64) -> u64 {
     *seed = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -228,7 +229,7 @@ fn rounds_end_never_hand_a_primary_back_and_leave_no_improving_hand_off() {
 
 // ---- through the mover ----
 
-fn settings() -> ControlSettings {
+pub(super) fn settings() -> ControlSettings {
     ControlSettings {
         balance_interval_ms: 1_000,
         max_balance_handoffs: 2,
@@ -236,8 +237,24 @@ fn settings() -> ControlSettings {
     }
 }
 
+/// An in-memory store holding `c`, scripted storage nodes, and a control plane with
+/// `settings` that has heard every replica report the shard's epoch.
+pub(super) fn harness(c: &Cluster, settings: ControlSettings) -> (MemStore, Scripted, Control) {
+    let store = MemStore::with(c);
+    let storage = Scripted::default();
+    let control = Control::for_tests(settings);
+    report_all(&store, &storage, &control, &BTreeMap::new());
+    (store, storage, control)
+}
+
 /// One mover pass `at_s` seconds into a leadership that began at `t0`.
-async fn pass(control: &Control, store: &MemStore, storage: &Scripted, t0: Instant, at_s: u64) {
+pub(super) async fn pass(
+    control: &Control,
+    store: &MemStore,
+    storage: &Scripted,
+    t0: Instant,
+    at_s: u64,
+) {
     control
         .mover_tick(
             store,
@@ -254,10 +271,7 @@ async fn pass(control: &Control, store: &MemStore, storage: &Scripted, t0: Insta
 async fn the_mover_balances_a_quiet_cluster_a_few_primaries_per_interval() {
     let shards = (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect();
     let c = cluster(&[1, 2, 3], shards, 3);
-    let store = MemStore::with(&c);
-    let storage = Scripted::default();
-    let control = Control::for_tests(settings());
-    report_all(&store, &storage, &control, &BTreeMap::new());
+    let (store, storage, control) = harness(&c, settings());
     let t0 = Instant::now();
 
     // A new leader waits one interval before judging.
@@ -299,10 +313,7 @@ async fn balancing_waits_for_drains_and_off_means_off() {
     let mut c = cluster(&[1, 2, 3, 4], shards, 3);
     c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Draining;
     c.shards.get_mut(&ShardId(1)).unwrap().replicas = vec![NodeId(3), NodeId(1), NodeId(2)];
-    let store = MemStore::with(&c);
-    let storage = Scripted::default();
-    let control = Control::for_tests(settings());
-    report_all(&store, &storage, &control, &BTreeMap::new());
+    let (store, storage, control) = harness(&c, settings());
     let t0 = Instant::now();
     pass(&control, &store, &storage, t0, 5).await;
     // Only the drain's hand-off (shard 1, led by node 3); shards 2..6 stay led by node 1.
@@ -311,345 +322,23 @@ async fn balancing_waits_for_drains_and_off_means_off() {
         vec![(addr(NodeId(3)), ShardId(1), 4)]
     );
     assert_eq!(control.metrics.primaries_balanced.get(), 0);
-    storage.hand_offs.lock().unwrap().clear();
 
     let c = cluster(
         &[1, 2, 3],
         (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect(),
         3,
     );
-    let store = MemStore::with(&c);
-    let control = Control::for_tests(ControlSettings {
-        balance_interval_ms: 0,
-        ..settings()
-    });
-    report_all(&store, &storage, &control, &BTreeMap::new());
+    let (store, storage, control) = harness(
+        &c,
+        ControlSettings {
+            balance_interval_ms: 0,
+            ..settings()
+        },
+    );
     pass(&control, &store, &storage, t0, 60).await;
     assert!(storage.hand_offs.lock().unwrap().is_empty());
     assert_eq!(store.read(), c);
 }
-
-// ---- replicas ----
-
-/// Six shards on nodes 1-3 (primaries rotating), and an empty node 4.
-fn with_empty_node() -> Cluster {
-    let shards = (1..=6u64)
-        .map(|i| {
-            let p = 1 + i % 3;
-            let others: Vec<u64> = (1..=3).filter(|n| *n != p).collect();
-            shard(i, &[p, others[0], others[1]], 2)
-        })
-        .collect();
-    cluster(&[1, 2, 3, 4], shards, 3)
-}
-
-/// `c` with each move committed as the mover would: `to` replaces `from`.
-fn commit(c: &mut Cluster, moves: &[Migration]) {
-    for m in moves {
-        let s = c.shards.get_mut(&m.shard).unwrap();
-        assert_ne!(
-            s.replicas[0], m.from,
-            "a balancing move never removes the primary"
-        );
-        assert!(!s.replicas.contains(&m.to));
-        for r in s.replicas.iter_mut() {
-            if *r == m.from {
-                *r = m.to;
-            }
-        }
-    }
-}
-
-fn held(c: &Cluster, nodes: &[u64]) -> Vec<usize> {
-    let h = replicas_held(c);
-    nodes.iter().map(|n| h[&NodeId(*n)]).collect()
-}
-
-#[test]
-fn an_empty_node_takes_its_share_of_secondaries_from_the_fullest() {
-    let mut c = with_empty_node();
-    let mem = crate::control::mover::MoverMemory::default();
-    let s = ControlSettings::default();
-    assert_eq!(held(&c, &[1, 2, 3, 4]), vec![6, 6, 6, 0]);
-    // At most max_balance_moves (2) in flight, from different nodes' secondaries.
-    let p = plan_moves(&ctx(&c, &s, &mem));
-    assert_eq!(p.len(), 2, "{p:?}");
-    for m in &p {
-        assert_eq!(
-            (m.kind, m.to, m.state),
-            (MigrationKind::Balance, NodeId(4), MigrationState::Planned)
-        );
-        assert_eq!(m.deadline_ms, 1_000_000 + s.move_timeout_ms);
-    }
-    assert_eq!((p[0].from, p[1].from), (NodeId(1), NodeId(2)));
-    // To the end, committing each batch: 18 replicas over 4 equal nodes.
-    let wide = ControlSettings {
-        max_balance_moves: 10,
-        ..Default::default()
-    };
-    let mut rounds = 0;
-    loop {
-        let p = plan_moves(&ctx(&c, &wide, &mem));
-        if p.is_empty() {
-            break;
-        }
-        commit(&mut c, &p);
-        rounds += 1;
-        assert!(rounds < 10);
-    }
-    let mut after = held(&c, &[1, 2, 3, 4]);
-    after.sort();
-    assert_eq!(after, vec![4, 4, 5, 5]);
-    assert!(c.shards.values().all(|s| s.replicas.len() == 3));
-}
-
-#[test]
-fn nothing_is_balanced_while_anything_else_moves_or_the_guard_is_frozen() {
-    let c = with_empty_node();
-    let mem = crate::control::mover::MoverMemory::default();
-    let s = ControlSettings::default();
-    assert!(!plan_moves(&ctx(&c, &s, &mem)).is_empty());
-    let off = ControlSettings {
-        max_balance_moves: 0,
-        ..Default::default()
-    };
-    assert!(plan_moves(&ctx(&c, &off, &mem)).is_empty(), "turned off");
-    let mut frozen = c.clone();
-    frozen.storm.frozen = true;
-    assert!(
-        plan_moves(&ctx(&frozen, &s, &mem)).is_empty(),
-        "storm guard"
-    );
-    let mut draining = c.clone();
-    draining.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Draining;
-    assert!(plan_moves(&ctx(&draining, &s, &mem)).is_empty(), "a drain");
-    let mut under = c.clone();
-    under.shards.get_mut(&ShardId(1)).unwrap().replicas.pop();
-    assert!(
-        plan_moves(&ctx(&under, &s, &mem)).is_empty(),
-        "a repair to come"
-    );
-    // A cordoned or Suspect empty node is not a destination.
-    for state in [NodeState::Suspect, NodeState::Up] {
-        let mut out = c.clone();
-        let n4 = out.nodes.get_mut(&NodeId(4)).unwrap();
-        n4.state = state;
-        n4.cordoned = state == NodeState::Up;
-        assert!(plan_moves(&ctx(&out, &s, &mem)).is_empty(), "{state:?}");
-    }
-}
-
-#[test]
-fn moves_in_flight_count_against_the_limit_and_the_shares() {
-    let mut c = with_empty_node();
-    let mem = crate::control::mover::MoverMemory::default();
-    let s = ControlSettings::default();
-    let first = plan_moves(&ctx(&c, &s, &mem));
-    c.migrations.push(first[0].clone());
-    assert_eq!(held(&c, &[1, 2, 3, 4]), vec![5, 6, 6, 1]);
-    let more = plan_moves(&ctx(&c, &s, &mem));
-    assert_eq!(more.len(), 1, "one of two in flight already: {more:?}");
-    assert_ne!(more[0].shard, first[0].shard);
-    assert!(more[0].id.0 > first[0].id.0);
-    // Another kind of move in flight holds balancing back altogether.
-    c.migrations[0].kind = MigrationKind::Drain;
-    assert!(plan_moves(&ctx(&c, &s, &mem)).is_empty());
-}
-
-#[test]
-fn shares_follow_capacity_and_racks_are_never_narrowed() {
-    // Node 4 has twice the capacity: it takes a replica of every shard it can.
-    let mut c = with_empty_node();
-    c.nodes.get_mut(&NodeId(4)).unwrap().capacity_bytes = 2 << 40;
-    let mem = crate::control::mover::MoverMemory::default();
-    let wide = ControlSettings {
-        max_balance_moves: 10,
-        max_moves_in_per_node: 10,
-        ..Default::default()
-    };
-    for _ in 0..10 {
-        let p = plan_moves(&ctx(&c, &wide, &mem));
-        commit(&mut c, &p);
-    }
-    assert_eq!(held(&c, &[1, 2, 3, 4]), vec![4, 4, 4, 6]);
-
-    // Node 4 in node 1's rack: only node 1's replicas may move there (moving node 2's or
-    // 3's would leave a shard in two racks instead of three).
-    let mut c = with_empty_node();
-    c.nodes.get_mut(&NodeId(4)).unwrap().rack = "r1".into();
-    let p = plan_moves(&ctx(&c, &wide, &mem));
-    assert!(!p.is_empty());
-    assert!(p.iter().all(|m| m.from == NodeId(1)), "{p:?}");
-}
-
-/// `node`'s report of `shard` replaced by one in `role` at the shard's epoch, holding `cp`.
-fn with_checkpoint(
-    r: &mut Reports,
-    node: NodeId,
-    shard: &Shard,
-    role: ReplicaRole,
-    cp: augur_proto::data::Checkpoint,
-) {
-    let mut st = status(shard.id.0, shard.epoch, role, 10);
-    st.checkpoint = Some(cp);
-    let mut others: Vec<_> = r
-        .by_node
-        .get(&node)
-        .map(|x| x.replicas.clone())
-        .unwrap_or_default();
-    others.retain(|x| x.shard != shard.id);
-    others.push(st);
-    report(r, node.0, others);
-}
-
-#[test]
-fn a_balancing_move_never_removes_a_primary() {
-    use crate::control::mover::steps::{next_step, AbortReason, Step};
-    let c = with_empty_node();
-    let mem = crate::control::mover::MoverMemory::default();
-    let s = ControlSettings::default();
-    let m = plan_moves(&ctx(&c, &s, &mem))[0].clone();
-    let r = all_current(&c);
-    assert_eq!(next_step(&m, &c, &r, None, 1_000_000), Step::Start);
-    // Under way, a destination being drained ends the move, one only late with its
-    // heartbeat (Suspect) does not, and neither does either end a drain move.
-    let mut started = c.clone();
-    let sh = started.shards.get_mut(&m.shard).unwrap();
-    sh.learners.push(m.to);
-    sh.state = ShardState::Moving(m.id);
-    started.nodes.get_mut(&m.to).unwrap().state = NodeState::Suspect;
-    let mut copying = m.clone();
-    copying.state = MigrationState::Copying;
-    assert_eq!(
-        next_step(&copying, &started, &r, None, 1_000_000),
-        Step::Wait(crate::control::mover::steps::WAIT_COPYING)
-    );
-    started.nodes.get_mut(&m.to).unwrap().state = NodeState::Draining;
-    assert_eq!(
-        next_step(&copying, &started, &r, None, 1_000_000),
-        Step::Abort(AbortReason::Destination(m.to))
-    );
-    started.nodes.get_mut(&m.to).unwrap().state = NodeState::Suspect;
-    copying.kind = MigrationKind::Drain;
-    started.nodes.get_mut(&m.from).unwrap().state = NodeState::Draining;
-    assert_eq!(
-        next_step(&copying, &started, &r, None, 1_000_000),
-        Step::Wait(crate::control::mover::steps::WAIT_COPYING)
-    );
-    // The source became the primary before the move started: not needed any more.
-    let mut promoted = c.clone();
-    let sh = promoted.shards.get_mut(&m.shard).unwrap();
-    *sh = crate::control::mover::drain::handed_off(sh, m.from);
-    assert_eq!(
-        next_step(&m, &promoted, &r, None, 1_000_000),
-        Step::Abort(AbortReason::NoLongerNeeded)
-    );
-    // ... or after the copy was verified: aborted, not committed.
-    let mut sh = c.shards[&m.shard].clone();
-    sh.learners.push(m.to);
-    sh.state = ShardState::Moving(m.id);
-    sh = crate::control::mover::drain::handed_off(&sh, m.from);
-    let mut c2 = c.clone();
-    c2.shards.insert(sh.id, sh.clone());
-    let mut r = all_current(&c2);
-    let cp = checkpoint(7, 0xabc);
-    with_checkpoint(&mut r, m.from, &sh, ReplicaRole::Primary, cp);
-    with_checkpoint(&mut r, m.to, &sh, ReplicaRole::Learner, cp);
-    let mut moving = m.clone();
-    moving.state = MigrationState::CatchingUp;
-    let req = crate::control::mover::Requested {
-        seq: 7,
-        primary: m.from,
-        epoch: sh.epoch,
-    };
-    assert_eq!(
-        next_step(&moving, &c2, &r, Some(&req), 1_000_000),
-        Step::Abort(AbortReason::SourcePrimary(m.from))
-    );
-    // The same move with its source a secondary commits, and the commit drops the source.
-    let mut sh2 = c.shards[&m.shard].clone();
-    sh2.learners.push(m.to);
-    sh2.state = ShardState::Moving(m.id);
-    let primary = sh2.replicas[0];
-    let mut c3 = c.clone();
-    c3.shards.insert(sh2.id, sh2.clone());
-    let mut r3 = all_current(&c3);
-    with_checkpoint(&mut r3, primary, &sh2, ReplicaRole::Primary, cp);
-    with_checkpoint(&mut r3, m.to, &sh2, ReplicaRole::Learner, cp);
-    let req = crate::control::mover::Requested {
-        seq: 7,
-        primary,
-        epoch: sh2.epoch,
-    };
-    let step = next_step(&moving, &c3, &r3, Some(&req), 1_000_000);
-    assert_eq!(step, Step::Commit(cp));
-    let txn = crate::control::mover::commit_txn(&moving, &sh2, &cp, 3, 1_000_000);
-    let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
-        panic!("{txn:?}");
-    };
-    assert!(!next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
-    assert_eq!(next.replicas.len(), 3);
-}
-
-#[test]
-fn replica_rounds_end_and_each_move_narrows_the_spread() {
-    for mut seed in 1..150u64 {
-        let nodes = 3 + lcg(&mut seed) % 5;
-        let rf = 2 + lcg(&mut seed) % 2;
-        let n_shards = 1 + lcg(&mut seed) % 30;
-        // Replicas only on the first rf + 1 nodes: the rest join empty.
-        let shards: Vec<_> = (1..=n_shards)
-            .map(|i| {
-                let mut members: Vec<u64> = (1..=(rf + 1).min(nodes)).collect();
-                let mut picked = Vec::new();
-                for _ in 0..rf {
-                    let k = (lcg(&mut seed) % members.len() as u64) as usize;
-                    picked.push(members.remove(k));
-                }
-                shard(i, &picked, 1)
-            })
-            .collect();
-        let all: Vec<u64> = (1..=nodes).collect();
-        let mut c = cluster(&all, shards, rf as u32);
-        for n in &all {
-            // Capacities 1 to 3 units: shares by capacity.
-            c.nodes.get_mut(&NodeId(*n)).unwrap().capacity_bytes = (1 + n % 3) << 40;
-        }
-        let mem = crate::control::mover::MoverMemory::default();
-        let s = ControlSettings {
-            max_balance_moves: 1,
-            ..Default::default()
-        };
-        let spread = |c: &Cluster| {
-            let h = replicas_held(c);
-            let w: f64 = c.nodes.values().map(|n| n.capacity_bytes as f64).sum();
-            let total: usize = h.values().sum();
-            h.iter()
-                .map(|(n, k)| {
-                    let d = *k as f64 - total as f64 * c.nodes[n].capacity_bytes as f64 / w;
-                    d * d
-                })
-                .sum::<f64>()
-        };
-        let mut moves = 0;
-        loop {
-            let p = plan_moves(&ctx(&c, &s, &mem));
-            if p.is_empty() {
-                break;
-            }
-            let before = spread(&c);
-            commit(&mut c, &p);
-            assert!(
-                spread(&c) < before,
-                "seed {seed}: {p:?} did not narrow the spread"
-            );
-            moves += 1;
-            assert!(moves < 200, "seed {seed}: no end");
-        }
-    }
-}
-
-// ---- after review: failures, members not Up, short shards, the storm guard ----
 
 #[tokio::test]
 async fn a_failed_balancing_hand_off_leaves_its_shard_alone_for_a_while() {
@@ -658,13 +347,13 @@ async fn a_failed_balancing_hand_off_leaves_its_shard_alone_for_a_while() {
         (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect(),
         3,
     );
-    let store = MemStore::with(&c);
-    let storage = Scripted::default();
-    let control = Control::for_tests(ControlSettings {
-        max_balance_handoffs: 1,
-        ..settings()
-    });
-    report_all(&store, &storage, &control, &BTreeMap::new());
+    let (store, storage, control) = harness(
+        &c,
+        ControlSettings {
+            max_balance_handoffs: 1,
+            ..settings()
+        },
+    );
     let t0 = Instant::now();
     // Shard 1's hand-off is refused: nothing changes, and the shard cools off.
     storage
@@ -706,93 +395,4 @@ async fn a_failed_balancing_hand_off_leaves_its_shard_alone_for_a_while() {
         .unwrap()
         .iter()
         .any(|h| h.1 == ShardId(1)));
-}
-
-#[tokio::test]
-async fn the_storm_guard_holds_balancing() {
-    let mut c = with_empty_node();
-    c.storm.frozen = true;
-    for s in c.shards.values_mut() {
-        s.replicas.sort();
-    }
-    let store = MemStore::with(&c);
-    let storage = Scripted::default();
-    let control = Control::for_tests(settings());
-    report_all(&store, &storage, &control, &BTreeMap::new());
-    let t0 = Instant::now();
-    pass(&control, &store, &storage, t0, 5).await;
-    assert!(storage.hand_offs.lock().unwrap().is_empty());
-    assert!(store.read().migrations.is_empty());
-    // A balancing move planned before the freeze does not start during it.
-    let mut thawed = c.clone();
-    thawed.storm.frozen = false;
-    let mem = crate::control::mover::MoverMemory::default();
-    let m = plan_moves(&ctx(&thawed, &ControlSettings::default(), &mem))[0].clone();
-    use crate::control::mover::steps::{next_step, Step};
-    assert!(matches!(
-        next_step(&m, &c, &all_current(&c), None, 1_000_000),
-        Step::Wait(_)
-    ));
-}
-
-#[test]
-fn shards_with_a_member_not_up_are_left_alone() {
-    // Primaries: node 3 is Suspect (late): no hand-off of a shard it is a member of.
-    let shards = vec![
-        shard(1, &[1, 2, 3], 1),
-        shard(2, &[1, 2, 4], 1),
-        shard(3, &[1, 2, 4], 1),
-    ];
-    let mut c = cluster(&[1, 2, 3, 4], shards, 3);
-    let r = all_current(&c);
-    c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Suspect;
-    let p = plan(&c, &r, 10, &none());
-    assert!(p.iter().all(|h| h.shard != ShardId(1)), "{p:?}");
-    assert!(!p.is_empty());
-    // Replicas: the empty node 4 gets nothing of a shard with a Suspect member.
-    let mut c = with_empty_node();
-    c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Suspect;
-    let mem = crate::control::mover::MoverMemory::default();
-    assert!(plan_moves(&ctx(&c, &ControlSettings::default(), &mem)).is_empty());
-}
-
-#[test]
-fn a_move_keeps_its_source_when_the_shard_lost_another_member() {
-    let c = with_empty_node();
-    let mem = crate::control::mover::MoverMemory::default();
-    let m = plan_moves(&ctx(&c, &ControlSettings::default(), &mem))[0].clone();
-    let mut sh = c.shards[&m.shard].clone();
-    sh.learners.push(m.to);
-    // Another secondary died and was removed: two replicas, one of them the source.
-    let other = *sh.replicas[1..].iter().find(|n| **n != m.from).unwrap();
-    sh.replicas.retain(|n| *n != other);
-    let txn = crate::control::mover::commit_txn(&m, &sh, &checkpoint(5, 1), 3, 1_000_000);
-    let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
-        panic!("{txn:?}");
-    };
-    assert_eq!(next.replicas.len(), 3, "{next:?}");
-    assert!(next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
-    assert!(next.learners.is_empty());
-}
-
-#[test]
-fn balancing_aborts_neither_delay_nor_steer_a_repair() {
-    use crate::control::mover::plan::{backing_off, failed_attempts};
-    let mut c = with_empty_node();
-    let mem = crate::control::mover::MoverMemory::default();
-    let mut m = plan_moves(&ctx(&c, &ControlSettings::default(), &mem))[0].clone();
-    m.state = MigrationState::Aborted;
-    m.attempts = 3;
-    c.migrations.push(m.clone());
-    let s = ControlSettings::default();
-    // The leader that aborted it backs balancing off the shard, on its own clock.
-    let mut mem = crate::control::mover::MoverMemory::default();
-    mem.balance_backoff_until
-        .insert(m.shard, Instant::now() + Duration::from_secs(3600));
-    assert_eq!(failed_attempts(&c, m.shard), (0, vec![]));
-    assert!(!backing_off(&ctx(&c, &s, &mem), m.shard));
-    // ... while balancing itself waits before trying the shard again.
-    let again = plan_moves(&ctx(&c, &s, &mem));
-    assert!(again.iter().all(|n| n.shard != m.shard), "{again:?}");
-    assert!(!again.is_empty());
 }
