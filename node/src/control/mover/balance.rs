@@ -52,7 +52,7 @@
 //! its copy after `stray_grace_ms`. Aborts back off on their own clock
 //! (`MoverMemory::balance_backoff_until`), so optional work never delays a repair.
 
-use super::plan::{backing_off, backoff, copy_source, history, Occupancy, PlanContext};
+use super::plan::{backing_off, backoff, copy_source, has_room, history, Occupancy, PlanContext};
 use crate::control::cluster::{accepts_replicas, Cluster, Reports};
 use crate::control::store::{MetaStore, StorageCalls};
 use crate::control::Control;
@@ -282,13 +282,10 @@ pub fn plan_moves(ctx: &PlanContext<'_>) -> Vec<Migration> {
                     {
                         continue;
                     }
-                    let fits = cluster.nodes.get(to).is_some_and(|n| {
-                        let after = n
-                            .used_bytes
-                            .saturating_add(incoming.get(to).copied().unwrap_or(0))
-                            .saturating_add(sh.size_bytes);
-                        n.capacity_bytes == 0 || after <= n.capacity_bytes
-                    });
+                    let fits = cluster
+                        .nodes
+                        .get(to)
+                        .is_some_and(|n| has_room(n, &incoming, sh));
                     let source = copy_source(cluster, sh, *to).unwrap_or(*from);
                     if !fits
                         || moves_out.get(&source).copied().unwrap_or(0) >= s.max_moves_out_per_node

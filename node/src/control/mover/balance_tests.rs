@@ -45,6 +45,15 @@ fn apply(c: &mut Cluster, plan: &[Rebalance]) {
     }
 }
 
+/// Three nodes holding six shards at epoch 4, all led by node 1.
+fn all_led_by_node_1() -> Cluster {
+    cluster(
+        &[1, 2, 3],
+        (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect(),
+        3,
+    )
+}
+
 /// No shard cooling off.
 pub(super) fn none() -> std::collections::HashSet<ShardId> {
     Default::default()
@@ -107,8 +116,7 @@ fn quiet_only_when_nothing_else_moves() {
 #[test]
 fn a_round_spreads_the_primaries_of_the_busiest_node_evenly() {
     // Node 1 leads all six shards, each on all three nodes.
-    let shards = (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect();
-    let mut c = cluster(&[1, 2, 3], shards, 3);
+    let mut c = all_led_by_node_1();
     let r = all_current(&c);
     // One at a time: the widest gap, the lowest shard, the lowest target.
     assert_eq!(
@@ -269,8 +277,7 @@ pub(super) async fn pass(
 
 #[tokio::test]
 async fn the_mover_balances_a_quiet_cluster_a_few_primaries_per_interval() {
-    let shards = (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect();
-    let c = cluster(&[1, 2, 3], shards, 3);
+    let c = all_led_by_node_1();
     let (store, storage, control) = harness(&c, settings());
     let t0 = Instant::now();
 
@@ -323,11 +330,7 @@ async fn balancing_waits_for_drains_and_off_means_off() {
     );
     assert_eq!(control.metrics.primaries_balanced.get(), 0);
 
-    let c = cluster(
-        &[1, 2, 3],
-        (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect(),
-        3,
-    );
+    let c = all_led_by_node_1();
     let (store, storage, control) = harness(
         &c,
         ControlSettings {
@@ -342,11 +345,7 @@ async fn balancing_waits_for_drains_and_off_means_off() {
 
 #[tokio::test]
 async fn a_failed_balancing_hand_off_leaves_its_shard_alone_for_a_while() {
-    let c = cluster(
-        &[1, 2, 3],
-        (1..=6).map(|i| shard(i, &[1, 2, 3], 4)).collect(),
-        3,
-    );
+    let c = all_led_by_node_1();
     let (store, storage, control) = harness(
         &c,
         ControlSettings {

@@ -46,7 +46,7 @@
 //! traffic is never queued behind them.
 
 use super::balance::primaries_led;
-use super::plan::{backing_off, copy_source, failed_attempts, Occupancy, PlanContext};
+use super::plan::{backing_off, copy_source, failed_attempts, has_room, Occupancy, PlanContext};
 use crate::control::cluster::{Cluster, Reports};
 use crate::control::placement::{self, Candidate};
 use crate::control::repair::reconfigure_txn;
@@ -179,13 +179,7 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         let candidates: Vec<Candidate> = eligible
             .iter()
             .filter(|n| moves_in.get(&n.id).copied().unwrap_or(0) < s.max_moves_in_per_node)
-            .filter(|n| {
-                let after = n
-                    .used_bytes
-                    .saturating_add(incoming.get(&n.id).copied().unwrap_or(0))
-                    .saturating_add(shard.size_bytes);
-                n.capacity_bytes == 0 || after <= n.capacity_bytes
-            })
+            .filter(|n| has_room(n, &incoming, shard))
             .map(|n| Candidate {
                 id: n.id,
                 weight: n.capacity_bytes.max(1) as f64,

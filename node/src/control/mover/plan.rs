@@ -101,6 +101,20 @@ impl<'a> Occupancy<'a> {
     }
 }
 
+/// Whether `node` has room for `shard` after the bytes already moving into it (`incoming`):
+/// a capacity of 0 means unknown, and everything fits.
+pub(crate) fn has_room(
+    node: &augur_proto::Node,
+    incoming: &HashMap<NodeId, u64>,
+    shard: &Shard,
+) -> bool {
+    let after = node
+        .used_bytes
+        .saturating_add(incoming.get(&node.id).copied().unwrap_or(0))
+        .saturating_add(shard.size_bytes);
+    node.capacity_bytes == 0 || after <= node.capacity_bytes
+}
+
 /// What planning reads besides the records.
 pub struct PlanContext<'a> {
     /// The records.
