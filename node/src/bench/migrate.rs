@@ -75,6 +75,11 @@ pub struct MigrateBenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Write every request of the loaded drain to this file, one line each: completion time
+    /// (ms since the Unix epoch), latency (µs), 1 for a put or 0 for a get, and the shard.
+    /// Lines up with the nodes' logs to tell which event a slow spell belongs to.
+    #[arg(long)]
+    pub latency_log: Option<std::path::PathBuf>,
     /// Own cluster: storage nodes.
     #[arg(long, default_value_t = 4)]
     pub storage: u64,
@@ -232,6 +237,35 @@ fn print_report(r: &MigrateReport) {
 /// Latencies of the current phase; the workload records into whichever is installed.
 struct Phase {
     hist: Mutex<Histogram<u64>>,
+    /// Each request (see `--latency-log`), when asked for.
+    log: Option<Mutex<Vec<Request>>>,
+}
+
+/// One request of the workload: completed at (ms since the Unix epoch), latency (µs), a put,
+/// the shard.
+type Request = (u64, u64, bool, u64);
+
+impl Phase {
+    fn new(log: bool) -> anyhow::Result<Arc<Phase>> {
+        Ok(Arc::new(Phase {
+            hist: Mutex::new(new_hist()?),
+            log: log.then(|| Mutex::new(Vec::new())),
+        }))
+    }
+}
+
+/// Writes a phase's requests as `--latency-log` describes.
+fn write_latency_log(p: &Phase, path: &Path) -> anyhow::Result<()> {
+    let Some(log) = &p.log else { return Ok(()) };
+    let lines: String = log
+        .lock()
+        .map(|l| {
+            l.iter()
+                .map(|(at, us, put, shard)| format!("{at} {us} {} {shard}\n", u8::from(*put)))
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Closed-loop clients: puts and gets (even odds) of 1 KiB on keys of their own.
@@ -254,6 +288,7 @@ fn spawn_workload(
                         (rng.gen_range(0..1024u32), rng.gen_bool(0.5))
                     };
                     let k = format!("migrate-w{w}-{i}").into_bytes();
+                    let shard = c.shard_of(&k).0;
                     let started = Instant::now();
                     let r = if put {
                         c.put(k, value.clone()).await.map(|_| ())
@@ -268,6 +303,12 @@ fn spawn_workload(
                     if let Ok(p) = current {
                         if let Ok(mut h) = p.hist.lock() {
                             let _ = h.record(us.max(1));
+                        }
+                        if let Some(Ok(mut log)) = p.log.as_ref().map(|l| l.lock()) {
+                            let at = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64);
+                            log.push((at, us, put, shard));
                         }
                     }
                 }
@@ -316,12 +357,8 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
         below_ms.clone(),
     )?;
 
-    let baseline = Arc::new(Phase {
-        hist: Mutex::new(new_hist()?),
-    });
-    let during = Arc::new(Phase {
-        hist: Mutex::new(new_hist()?),
-    });
+    let baseline = Phase::new(false)?;
+    let during = Phase::new(a.latency_log.is_some())?;
     let phase = Arc::new(Mutex::new(baseline.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
@@ -350,6 +387,9 @@ async fn measure(a: &MigrateBenchArgs, dir: &Path) -> anyhow::Result<MigrateRepo
     let loaded = drain(&client, victim, held.len(), a.timeout).await;
     stop_workers(workers).await;
     let loaded = loaded?;
+    if let Some(path) = &a.latency_log {
+        write_latency_log(&during, path)?;
+    }
 
     // The machinery alone: the drained node takes replicas again, and the node now holding
     // the most is drained with no client traffic, so copies run at the full budget.

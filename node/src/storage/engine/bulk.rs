@@ -9,9 +9,10 @@
 //! get it there. Ingestion syncs the file and records it in the MANIFEST before it returns, so
 //! what was ingested is durable with no further sync.
 //!
-//! Ingested data is newer than anything the database held (RocksDB gives the file a
-//! sequence number above every earlier write), exactly as a put of the same items would be.
-//! That is what the learner's replay expects (see `storage::copy`).
+//! Ingested data is newer than anything the database held in its key range (RocksDB gives
+//! the file a sequence number above every earlier write when the range holds any; sequence 0
+//! when it holds none), exactly as a put of the same items would be. That is what the
+//! learner's replay expects (see `storage::copy`).
 
 use super::{data_key, encode, Engine, EngineError, Item, CF_DATA};
 use augur_proto::ShardId;
@@ -146,6 +147,16 @@ impl Engine {
         let mut opts = IngestExternalFileOptions::default();
         // A hard link instead of a copy: the file is ours and written once.
         opts.set_move_files(true);
+        // Snapshots that predate the file may see it. Nothing reads a learner's shard at a
+        // snapshot before its copy is complete (copy passes and checksums read their own
+        // shard), and with this a file whose key range is new to the database keeps
+        // sequence number 0. With snapshot consistency, any snapshot held elsewhere on the
+        // node (another shard's copy or checksum) forces a global sequence number on it,
+        // and RocksDB later rewrites every such bottommost file once more only to zero that
+        // number: a second full write of each copy, on the disk the clients' syncs wait
+        // for. A file that does overlap data the database holds still gets a sequence
+        // number above it, so the order above holds either way.
+        opts.set_snapshot_consistency(false);
         self.db
             .ingest_external_file_cf_opts(self.cf(CF_DATA)?, &opts, vec![&file.path])?;
         let p = std::mem::take(&mut file.pending);

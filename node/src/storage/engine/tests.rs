@@ -257,3 +257,48 @@ fn a_new_learners_clear_leaves_its_copy_a_path_to_the_bottom_level() {
     assert_eq!(e.get(other, b"a").unwrap().map(|v| v.version), Some(1));
     assert!(e.holds_data(other).unwrap());
 }
+
+#[test]
+fn a_copy_ingested_beside_a_snapshot_is_never_rewritten_to_zero_its_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
+    let other = ShardId(6);
+    e.apply(
+        other,
+        &[entry(1, 1, "a", "1")],
+        &ReplicaState::empty(1, ReplicaRole::Primary),
+    )
+    .unwrap();
+    // Another shard's copy or checksum holds a snapshot while this shard's copy lands.
+    let snap = e.snapshot();
+    let (s, busy) = (ShardId(5), ShardId(7));
+    let (_, result) = e.bulk_load(s, 1 << 20, vec![load_chunk(0..50, 3)]);
+    result.unwrap();
+    drop(snap);
+    // rocksdb.sstables lists each file as `number:size[smallest seq .. largest seq]...`:
+    // the copy's file holds sequence 0, so RocksDB has no reason to rewrite it later.
+    let files = |e: &Engine| {
+        e.db.property_value_cf(e.cf(CF_DATA).unwrap(), "rocksdb.sstables")
+            .unwrap()
+            .unwrap()
+    };
+    let listed = files(&e);
+    assert_eq!(
+        listed.matches("[0 .. 0]").count(),
+        1,
+        "one file, at sequence 0: {listed}"
+    );
+    // A copy whose range the database already holds data in is still ordered after it.
+    e.apply(
+        busy,
+        &[entry(1, 1, "k00003", "old")],
+        &ReplicaState::empty(1, ReplicaRole::Learner),
+    )
+    .unwrap();
+    let snap = e.snapshot();
+    let (_, result) = e.bulk_load(busy, 1 << 20, vec![load_chunk(0..10, 3)]);
+    result.unwrap();
+    drop(snap);
+    assert_eq!(e.get(busy, b"k00003").unwrap().map(|v| v.version), Some(3));
+    assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 50);
+}
