@@ -301,4 +301,18 @@ fn a_copy_ingested_beside_a_snapshot_is_never_rewritten_to_zero_its_sequence() {
     drop(snap);
     assert_eq!(e.get(busy, b"k00003").unwrap().map(|v| v.version), Some(3));
     assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 50);
+    // A shard cleared (a range tombstone above the file at sequence 0) and copied again, as
+    // a node that held it before becomes its learner once more: the new copy is visible.
+    e.delete_shard(s).unwrap();
+    assert!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.is_empty());
+    let snap = e.snapshot();
+    let (_, result) = e.bulk_load(s, 1 << 20, vec![load_chunk(20..40, 4)]);
+    result.unwrap();
+    drop(snap);
+    let (items, _) = e.scan(s, b"", None, 1000, usize::MAX).unwrap();
+    assert_eq!(items.len(), 20, "the second copy, nothing of the first");
+    assert_eq!(
+        items.first().map(|(k, _)| k.clone()),
+        Some(b"k00020".to_vec())
+    );
 }
