@@ -292,8 +292,7 @@ impl Control {
     /// One mover pass as leader: hands off the primaries of draining nodes, advances every
     /// migration in flight by one step, then plans new moves (re-replication first, then
     /// drains, then replica balancing) within the limits; a pass with nothing of that to do
-    /// may balance primaries.
-    /// Says how soon the next pass is worth running.
+    /// may balance primaries. Says how soon the next pass is worth running.
     pub(crate) async fn mover_tick(
         &self,
         meta: &dyn MetaStore,
