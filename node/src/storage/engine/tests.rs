@@ -277,12 +277,10 @@ fn a_copy_ingested_beside_a_snapshot_is_never_rewritten_to_zero_its_sequence() {
     drop(snap);
     // rocksdb.sstables lists each file as `number:size[smallest seq .. largest seq]...`:
     // the copy's file holds sequence 0, so RocksDB has no reason to rewrite it later.
-    let files = |e: &Engine| {
+    let listed =
         e.db.property_value_cf(e.cf(CF_DATA).unwrap(), "rocksdb.sstables")
             .unwrap()
-            .unwrap()
-    };
-    let listed = files(&e);
+            .unwrap();
     assert_eq!(
         listed.matches("[0 .. 0]").count(),
         1,
