@@ -153,8 +153,15 @@ pub(crate) struct TrainArgs {
     /// `GbtConfig::tail_bins`. Off by default: the shipped model was trained without it.
     #[arg(long)]
     pub tail_bins: bool,
-    /// Keep one in this many failure-free rounds as tree rows (default: 3 for node models,
-    /// 25 for disk models, whose daily rounds number in the tens of millions).
+    /// Node models: grow each tree on this fraction of the tree rows, drawn anew per tree
+    /// (forust's random row sampling), in (0, 1]. Unset, every tree sees every row, as the
+    /// shipped model was trained. Cuts the trees' share of training time about in
+    /// proportion; predictor/README.md ("Training time") has what it does to the figures.
+    #[arg(long, value_parser = parse_fraction)]
+    pub row_sample: Option<f32>,
+    /// Keep one in this many failure-free rounds as tree rows (default: 6 for node models,
+    /// one round in 30 minutes, 3 before 2026-12-06 and for the shipped node model; 25 for
+    /// disk models, whose daily rounds number in the tens of millions).
     #[arg(long, value_parser = parse_positive)]
     pub negative_stride: Option<usize>,
     /// Node models: autoencoder epochs.
@@ -288,6 +295,15 @@ pub(crate) fn parse_positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A fraction in (0, 1]: 0 would grow trees on no row at all.
+pub(crate) fn parse_fraction(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        Ok(v) => Err(format!("{v} is not in (0, 1]")),
+        Err(_) => Err(format!("`{s}` is not a number")),
+    }
+}
+
 /// Parses `2/3,3/12` into (k, n) pairs with 1 <= k <= n.
 pub(crate) fn parse_rules(s: &str) -> Result<Rules, String> {
     s.split(',')
@@ -338,7 +354,16 @@ pub(crate) fn parse_duration_ms(s: &str) -> Result<i64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_duration_ms, parse_rules, Rules};
+    use super::{parse_duration_ms, parse_fraction, parse_rules, Rules};
+
+    #[test]
+    fn row_fractions_are_refused_outside_zero_to_one() {
+        assert_eq!(parse_fraction("0.5"), Ok(0.5));
+        assert_eq!(parse_fraction("1"), Ok(1.0));
+        for bad in ["0", "-0.2", "1.01", "NaN", "half"] {
+            assert!(parse_fraction(bad).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn rules_parse_and_reject_nonsense() {

@@ -108,7 +108,9 @@ pub(crate) fn train_cmd(a: TrainArgs, progress: &Progress) -> Result<()> {
         round_ms: a.round,
         tree_horizon_ms: a.tree_horizon,
         skip_gap: !a.keep_gap,
-        negative_stride: a.negative_stride.unwrap_or(3),
+        negative_stride: a
+            .negative_stride
+            .unwrap_or(TrainConfig::default().negative_stride),
         rules: match (a.k, a.n) {
             (Some(k), Some(n)) if k <= n => vec![(k, n)],
             (Some(k), Some(n)) => bail!("need 1 <= k <= n (got k={k}, n={n})"),
@@ -125,6 +127,10 @@ pub(crate) fn train_cmd(a: TrainArgs, progress: &Progress) -> Result<()> {
     };
     cfg.gbt.iterations = a.trees;
     cfg.gbt.tail_bins = a.tail_bins;
+    if let Some(f) = a.row_sample {
+        cfg.gbt.subsample = f;
+        cfg.gbt.row_sampling = true;
+    }
     cfg.lstm.epochs = a.lstm_epochs;
     let info = ModelInfo {
         trained_on: a.traces.display().to_string(),

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 use forust_ml::gradientbooster::{GradientBooster, ImportanceMethod};
 use forust_ml::objective::ObjectiveType;
+use forust_ml::sampler::SampleMethod;
 use forust_ml::Matrix;
 use serde::{Deserialize, Serialize};
 
@@ -40,8 +41,16 @@ pub struct GbtConfig {
     pub min_leaf_weight: f32,
     /// L2 regularisation of leaf weights.
     pub l2: f32,
-    /// Row subsample per tree.
+    /// Fraction of the rows each tree is grown on, drawn anew per tree (1: every row).
+    /// forust applies it only with a sampling method set, which this crate did not do before
+    /// `row_sampling`: every model trained until then grew each tree on all rows, whatever
+    /// this field recorded.
     pub subsample: f32,
+    /// Whether `subsample` takes effect. Off when a stored configuration predates it (those
+    /// models were grown on every row, see `subsample`), and off by default so that the
+    /// shipped models retrain exactly; `train --row-sample F` turns it on.
+    #[serde(default)]
+    pub row_sampling: bool,
     /// Feature subsample per tree: with few failures, forcing trees to use different
     /// features keeps one spurious feature from dominating.
     pub colsample: f64,
@@ -60,6 +69,7 @@ impl Default for GbtConfig {
             min_leaf_weight: 1.0,
             l2: 1.0,
             subsample: 0.8,
+            row_sampling: false,
             colsample: 0.6,
             seed: 5,
         }
@@ -184,6 +194,11 @@ impl Gbt {
             .set_min_leaf_weight(cfg.min_leaf_weight)
             .set_l2(cfg.l2)
             .set_subsample(cfg.subsample)
+            .set_sample_method(if cfg.row_sampling && cfg.subsample < 1.0 {
+                SampleMethod::Random
+            } else {
+                SampleMethod::None
+            })
             .set_colsample_bytree(cfg.colsample)
             .set_seed(cfg.seed)
             .set_parallel(true)
@@ -445,6 +460,43 @@ mod tests {
         assert_eq!(back.margin(&[0.5, 0.9, f64::NAN]), hi);
         assert_eq!(model.margins(&rows[..6]).len(), 2);
         assert!(Gbt::fit(&rows[..5], 3, &y[..2], &[1.0, 1.0], &[], &cfg).is_err());
+    }
+
+    /// `subsample` alone never sampled (forust needs a sampling method too), so every model
+    /// trained before `row_sampling` grew its trees on all rows; with it, trees differ and
+    /// still learn the rule.
+    #[test]
+    fn rows_are_sampled_only_with_row_sampling_on() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let n = 3000;
+        let (mut rows, mut y) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let signal: f64 = rng.gen_range(0.0..1.0);
+            let noise: f64 = rng.gen_range(0.0..1.0);
+            rows.extend_from_slice(&[noise, signal]);
+            y.push(if signal + 0.2 * noise > 0.75 {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        let fit = |subsample, row_sampling| {
+            let cfg = GbtConfig {
+                iterations: 40,
+                subsample,
+                row_sampling,
+                colsample: 1.0,
+                ..Default::default()
+            };
+            Gbt::fit(&rows, 2, &y, &vec![1.0; n], &[], &cfg).unwrap()
+        };
+        let margins = |m: &Gbt| m.margins(&rows);
+        let all_rows = margins(&fit(1.0, false));
+        assert_eq!(margins(&fit(0.8, false)), all_rows);
+        assert_eq!(margins(&fit(1.0, true)), all_rows);
+        let sampled = fit(0.5, true);
+        assert_ne!(margins(&sampled), all_rows);
+        assert!(sampled.margin(&[0.5, 0.95]) > 2.0 && sampled.margin(&[0.5, 0.2]) < -2.0);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct Metrics {
     /// Bytes used by RocksDB.
     pub rocksdb_bytes: Gauge,
     /// The data plane's control plane (see `control::status`).
-    pub control: crate::control::status::ControlMetrics,
+    pub control: crate::control::metrics::ControlMetrics,
 }
 
 fn rpc_histogram() -> Histogram {

@@ -172,7 +172,7 @@ fn median_positive(mut v: Vec<u64>) -> Option<u64> {
 }
 
 fn state_name(s: NodeState) -> &'static str {
-    crate::control::status::node_state_name(s)
+    crate::control::metrics::node_state_name(s)
 }
 
 fn gib(b: u64) -> String {

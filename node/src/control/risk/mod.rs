@@ -236,7 +236,7 @@ impl Control {
                 r if r.succeeded => {
                     self.metrics
                         .risk_decisions
-                        .get_or_create(&super::status::DecisionLabel {
+                        .get_or_create(&super::metrics::DecisionLabel {
                             decision: verdict.name(),
                         })
                         .inc();

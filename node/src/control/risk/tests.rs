@@ -110,7 +110,7 @@ async fn an_at_risk_node_is_watched_then_drained_with_its_reason_and_risk() {
         control
             .metrics
             .risk_decisions
-            .get_or_create(&crate::control::status::DecisionLabel { decision: "drain" })
+            .get_or_create(&crate::control::metrics::DecisionLabel { decision: "drain" })
             .get(),
         1
     );
