@@ -147,6 +147,28 @@ pub(crate) mod fixtures {
     use super::*;
     use augur_proto::data::{Checkpoint, ReplicaRole};
     use augur_proto::model::{Risk, ShardState};
+    use augur_proto::MigrationKind;
+
+    /// Migration `id` of shard 1 from node 3 to node 4, record version 50.
+    pub fn migration(id: u64, kind: MigrationKind, state: MigrationState) -> Migration {
+        Migration {
+            id: augur_proto::MigrationId(id),
+            shard: ShardId(1),
+            from: NodeId(3),
+            to: NodeId(4),
+            state,
+            reason: String::new(),
+            priority: 1,
+            deadline_ms: 10_000,
+            bytes_copied: 0,
+            bytes_total: 0,
+            attempts: 1,
+            kind,
+            started_ms: 0,
+            rate_bytes_per_s: 0,
+            version: 50,
+        }
+    }
 
     /// A registered node in `state`, incarnation 7, epoch 1, rack `r{id}`.
     pub fn node(id: u64, state: NodeState) -> Node {

@@ -291,25 +291,8 @@ mod tests {
     /// repairs after a failure are told apart on a dashboard.
     #[test]
     fn migrations_are_counted_by_kind_and_state() {
-        use augur_proto::{MigrationId, MigrationKind, MigrationState};
+        use augur_proto::{MigrationKind, MigrationState};
         let mut c = cluster(&[1, 2, 3, 4], vec![shard(1, &[1, 2, 3], 1)], 3);
-        let migration = |id, kind, state| Migration {
-            id: MigrationId(id),
-            shard: ShardId(1),
-            from: NodeId(3),
-            to: NodeId(4),
-            state,
-            reason: String::new(),
-            priority: 1,
-            deadline_ms: 10_000,
-            bytes_copied: 0,
-            bytes_total: 0,
-            attempts: 1,
-            kind,
-            started_ms: 0,
-            rate_bytes_per_s: 0,
-            version: 1,
-        };
         c.migrations = vec![
             migration(1, MigrationKind::Drain, MigrationState::Copying),
             migration(2, MigrationKind::Drain, MigrationState::Committed),

@@ -296,23 +296,7 @@ mod tests {
     use augur_proto::{MigrationId, ShardId};
 
     fn migration(state: MigrationState) -> Migration {
-        Migration {
-            id: MigrationId(9),
-            shard: ShardId(1),
-            from: NodeId(3),
-            to: NodeId(4),
-            state,
-            reason: String::new(),
-            priority: 1,
-            deadline_ms: 10_000,
-            bytes_copied: 0,
-            bytes_total: 0,
-            attempts: 1,
-            kind: MigrationKind::Restore,
-            started_ms: 0,
-            rate_bytes_per_s: 0,
-            version: 50,
-        }
+        crate::control::cluster::fixtures::migration(9, MigrationKind::Restore, state)
     }
 
     /// Shard 1 on [1, 2] (rf 3) with node 4 learning under migration 9, at epoch 6.
