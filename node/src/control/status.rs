@@ -83,6 +83,10 @@ pub struct ControlView {
     pub stuck: Vec<ShardId>,
     /// Migration records by state.
     pub migrations_by_state: BTreeMap<&'static str, usize>,
+    /// Migration records by kind and state (for the gauges; the JSON keeps the totals by
+    /// state).
+    #[serde(skip)]
+    pub migrations_by_kind: BTreeMap<(&'static str, &'static str), usize>,
     /// Moves in flight.
     pub migrations_active: Vec<Migration>,
     /// The risk policy: whether it runs, and its last round (storm guard, alarm, thresholds,
@@ -167,6 +171,9 @@ pub fn compute(
         *v.migrations_by_state
             .entry(migration_state_name(m.state))
             .or_default() += 1;
+        *v.migrations_by_kind
+            .entry((migration_kind_name(m.kind), migration_state_name(m.state)))
+            .or_default() += 1;
         if is_active(m) {
             v.move_rate_bytes_per_s = v.move_rate_bytes_per_s.saturating_add(m.rate_bytes_per_s);
             v.migrations_active.push(m.clone());
@@ -217,19 +224,11 @@ impl Control {
                 .get_or_create(&StateLabel { state: name })
                 .set(count as i64);
         }
-        let mut by_kind: BTreeMap<_, i64> = BTreeMap::new();
-        for mig in &cluster.migrations {
-            let key = (
-                migration_kind_name(mig.kind),
-                migration_state_name(mig.state),
-            );
-            *by_kind.entry(key).or_default() += 1;
-        }
         for k in MIGRATION_KINDS.map(migration_kind_name) {
             for s in MIGRATION_STATES.map(migration_state_name) {
                 m.migrations_by_kind
                     .get_or_create(&KindStateLabel { kind: k, state: s })
-                    .set(by_kind.get(&(k, s)).copied().unwrap_or(0));
+                    .set(v.migrations_by_kind.get(&(k, s)).copied().unwrap_or(0) as i64);
             }
         }
         m.under_replicated.set(v.under_replicated_count as i64);

@@ -269,12 +269,15 @@ fn a_copy_ingested_beside_a_snapshot_is_never_rewritten_to_zero_its_sequence() {
         &ReplicaState::empty(1, ReplicaRole::Primary),
     )
     .unwrap();
-    // Another shard's copy or checksum holds a snapshot while this shard's copy lands.
-    let snap = e.snapshot();
+    // Another shard's copy or checksum holds a snapshot while each copy below lands.
+    let copy_beside_a_snapshot = |shard, keys, version| {
+        let snap = e.snapshot();
+        let (_, result) = e.bulk_load(shard, 1 << 20, vec![load_chunk(keys, version)]);
+        result.unwrap();
+        drop(snap);
+    };
     let (s, busy) = (ShardId(5), ShardId(7));
-    let (_, result) = e.bulk_load(s, 1 << 20, vec![load_chunk(0..50, 3)]);
-    result.unwrap();
-    drop(snap);
+    copy_beside_a_snapshot(s, 0..50, 3);
     // rocksdb.sstables lists each file as `number:size[smallest seq .. largest seq]...`:
     // the copy's file holds sequence 0, so RocksDB has no reason to rewrite it later.
     let listed =
@@ -293,20 +296,14 @@ fn a_copy_ingested_beside_a_snapshot_is_never_rewritten_to_zero_its_sequence() {
         &ReplicaState::empty(1, ReplicaRole::Learner),
     )
     .unwrap();
-    let snap = e.snapshot();
-    let (_, result) = e.bulk_load(busy, 1 << 20, vec![load_chunk(0..10, 3)]);
-    result.unwrap();
-    drop(snap);
+    copy_beside_a_snapshot(busy, 0..10, 3);
     assert_eq!(e.get(busy, b"k00003").unwrap().map(|v| v.version), Some(3));
     assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 50);
     // A shard cleared (a range tombstone above the file at sequence 0) and copied again, as
     // a node that held it before becomes its learner once more: the new copy is visible.
     e.delete_shard(s).unwrap();
     assert!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.is_empty());
-    let snap = e.snapshot();
-    let (_, result) = e.bulk_load(s, 1 << 20, vec![load_chunk(20..40, 4)]);
-    result.unwrap();
-    drop(snap);
+    copy_beside_a_snapshot(s, 20..40, 4);
     let (items, _) = e.scan(s, b"", None, 1000, usize::MAX).unwrap();
     assert_eq!(items.len(), 20, "the second copy, nothing of the first");
     assert_eq!(
