@@ -342,6 +342,7 @@ pub fn import_backblaze(
     let chunks: Vec<&[&String]> = keep.chunks(settings.drives_per_file.max(1)).collect();
     let parts: Vec<(u64, Vec<FailureRecord>)> = chunks
         .par_iter()
+        .with_max_len(1)
         .enumerate()
         .map(|(f, chunk)| -> Result<_, ImportError> {
             let mut w = SampleWriter::create(&out.join(format!("drives-{f:04}.jsonl.gz")))?;

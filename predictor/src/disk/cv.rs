@@ -19,6 +19,11 @@ use crate::trace::{NodeSeries, Trace};
 
 use super::features::{DeviceView, DiskFeatureSpec};
 
+/// Drives per rayon task at most. Left to itself rayon cuts the drives into a few long
+/// runs it cannot split once started, and one core waits while the other ends its run;
+/// tens of thousands of short drives want small runs, not one task each.
+const DRIVES_PER_TASK: usize = 64;
+
 /// One device of one node, with what is known of its failure.
 pub struct Drive<'a> {
     /// The node's series.
@@ -161,6 +166,7 @@ pub fn training_rows(drives: &[Drive], spec: &DiskFeatureSpec, cfg: &RowConfig) 
     let stride = cfg.negative_stride.max(1);
     let parts: Vec<Rows> = drives
         .par_iter()
+        .with_max_len(DRIVES_PER_TASK)
         .map(|d| {
             let view = DeviceView::new(&d.series.smart, &d.device, spec);
             let mut part = Rows {
@@ -249,6 +255,7 @@ pub fn oof_scores(
 ) -> Vec<NodeScores> {
     drives
         .par_iter()
+        .with_max_len(DRIVES_PER_TASK)
         .map(|d| {
             let view = DeviceView::new(&d.series.smart, &d.device, spec);
             let mut rows = Vec::new();
@@ -284,6 +291,7 @@ pub fn test_scores(
 ) -> Vec<NodeScores> {
     drives
         .par_iter()
+        .with_max_len(DRIVES_PER_TASK)
         .map(|d| {
             let view = DeviceView::new(&d.series.smart, &d.device, spec);
             let last = d.series.smart.ts.last().copied().unwrap_or(end_ms);

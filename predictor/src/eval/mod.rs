@@ -73,6 +73,8 @@ pub fn score_methods(
     let per_node: Vec<NodeMethodScores> = trace
         .nodes
         .par_iter()
+        // One task per node, so that no core waits on the other's unsplittable run.
+        .with_max_len(1)
         .map(|series| {
             let series = &*series.resample(model.window.resolution_ms);
             let failure = trace.failures.get(&series.node);

@@ -150,6 +150,7 @@ pub fn generate(
     progress.set_length(config.nodes as u64);
     let counts: Vec<usize> = chunks
         .par_iter()
+        .with_max_len(1)
         .map(|(f, range)| -> Result<usize, TraceError> {
             let mut w = SampleWriter::create(&out.join(format!("samples-{f:04}.jsonl.gz")))?;
             let mut n = 0;

@@ -152,6 +152,7 @@ impl Trace {
         progress.set_length(files.len() as u64);
         let parts: Vec<BTreeMap<String, NodeSeries>> = files
             .par_iter()
+            .with_max_len(1)
             .map(|path| {
                 let part = read_sample_file_filtered(path, keep);
                 progress.inc(1);
@@ -171,7 +172,10 @@ impl Trace {
             }
         }
         let mut nodes: Vec<NodeSeries> = merged.into_values().collect();
-        nodes.par_iter_mut().for_each(NodeSeries::normalise_order);
+        nodes
+            .par_iter_mut()
+            .with_max_len(1)
+            .for_each(NodeSeries::normalise_order);
         let failures_path = dir.join(FAILURES_FILE);
         let mut failures = if failures_path.exists() {
             read_failures(&failures_path)?

@@ -8,10 +8,10 @@ use crate::baselines::{
 #[cfg(doc)]
 use crate::eval::quantile;
 use crate::eval::{choose_operating_point, pr_curve, NodeScores, OperatingGoal, RuleOption};
-use crate::gbt::{GbtConfig, GbtError};
+use crate::gbt::{Gbt, GbtConfig, GbtError};
 use crate::model::AlertRule;
 
-use super::store::{Store, TreeRows};
+use super::store::{FitJob, Store, TreeRows};
 use super::TrainConfig;
 
 /// Rank step of the threshold search on out-of-fold scores (every method the same).
@@ -125,37 +125,43 @@ pub(super) fn fit_static(
     ))
 }
 
-/// The single tree: fitted per fold on the model's tree rows (window features only, no
-/// constraints), tuned on its out-of-fold margins under `goal`, refitted on every row. Its
-/// fits run one at a time: training fits the final trees beside them.
-pub(super) fn fit_tree(
-    store: &Store,
-    rows: &TreeRows,
-    cfg: &TrainConfig,
-    goal: &OperatingGoal,
-) -> Result<Option<(TreeBaseline, OutOfFold)>, GbtError> {
-    let tree_cfg = GbtConfig {
+/// The single tree's settings: one tree of depth 6 on every row and column, with the
+/// model's bin cuts (`train --tail-bins`).
+pub(super) fn tree_config(cfg: &TrainConfig) -> GbtConfig {
+    GbtConfig {
         iterations: 1,
         learning_rate: 1.0,
         max_depth: 6,
         subsample: 1.0,
         colsample: 1.0,
-        // Bin cuts as the model's own trees (`train --tail-bins`).
         tail_bins: cfg.gbt.tail_bins,
         ..Default::default()
-    };
+    }
+}
+
+/// The single tree's fits: one per fold on the model's tree rows, window features only (the
+/// anomaly score is the model's), no constraints. Training runs them in the
+/// cross-validation's queue; they depend on nothing it decides.
+pub(super) fn tree_jobs<'a>(
+    store: &Store,
+    tree_cfg: &'a GbtConfig,
+    folds: usize,
+) -> impl Iterator<Item = FitJob<'a>> {
+    FitJob::per_fold(tree_cfg, store.n_features - 1, &[], folds)
+}
+
+/// The single tree, tuned on the out-of-fold margins of its fold models (see
+/// [`tree_jobs`]) under `goal` and refitted on every row.
+pub(super) fn fit_tree(
+    store: &Store,
+    rows: &TreeRows,
+    cfg: &TrainConfig,
+    goal: &OperatingGoal,
+    folds: &[Gbt],
+) -> Result<Option<(TreeBaseline, OutOfFold)>, GbtError> {
+    let tree_cfg = tree_config(cfg);
     let n_window = store.n_features - 1;
-    let folds = store
-        .fit_folds(
-            rows,
-            cfg.cv_folds,
-            n_window,
-            &[],
-            std::slice::from_ref(&tree_cfg),
-            1,
-        )?
-        .swap_remove(0);
-    let oof = store.oof_margins(&folds, n_window);
+    let oof = store.oof_margins(folds, n_window);
     let Some(option) = choose_operating_point(&oof, cfg.horizon_ms, goal, RANK_STEP) else {
         tracing::warn!(
             "the single tree detects nothing within the budget out of fold: baseline left out"
@@ -163,7 +169,7 @@ pub(super) fn fit_tree(
         return Ok(None);
     };
     let figures = out_of_fold("decision_tree", &option, &oof, cfg);
-    let gbt = store.fit(rows, |_| true, n_window, &[], &tree_cfg)?;
+    let gbt = store.fit(rows, |_| true, n_window, &[], &tree_cfg, true)?;
     Ok(Some((
         TreeBaseline {
             gbt,

@@ -22,15 +22,15 @@ use serde::{Deserialize, Serialize};
 use crate::baselines::{NodeBaselines, OutOfFold};
 use crate::eval::{choose_operating_point, pr_curve, NodeScores, OperatingGoal};
 use crate::features::{feature_defs, ColumnMap, Monotone, Normaliser, WindowSpec};
-use crate::gbt::{GbtConfig, Platt};
+use crate::gbt::{Gbt, GbtConfig, Platt};
 use crate::lstm::{LstmAutoencoder, LstmConfig};
 use crate::model::{Model, ModelInfo, SCHEMA_VERSION};
 use crate::progress::Progress;
 use crate::sample::{FailureRecord, N_METRICS};
 use crate::split::NodeSplit;
 use crate::trace::{NodeSeries, Trace};
-use baselines::{fit_static, fit_tree, out_of_fold, rule, RANK_STEP};
-use store::{Featuriser, Store};
+use baselines::{fit_static, fit_tree, out_of_fold, rule, tree_config, tree_jobs, RANK_STEP};
+use store::{Featuriser, FitJob, Store};
 
 pub(crate) use store::rounds_of;
 
@@ -318,6 +318,7 @@ pub fn train(
     let nodes: Vec<std::borrow::Cow<NodeSeries>> = trace
         .nodes
         .par_iter()
+        .with_max_len(1)
         .filter(|s| cfg.split.is_train(&s.node))
         .map(|s| s.resample(window.resolution_ms))
         .collect();
@@ -359,17 +360,22 @@ pub fn train(
     bar.set_length(candidates.len() as u64);
     let mut cv_pr_auc = Vec::new();
     let mut best: Option<(usize, f64, Vec<NodeScores>)> = None;
-    let configs: Vec<GbtConfig> = candidates.iter().map(|(_, gc)| gc.clone()).collect();
-    let fits = store.fit_folds(
-        &rows,
-        cfg.cv_folds,
-        store.n_features,
-        &monotone,
-        &configs,
-        store::CONCURRENT_FITS,
-    )?;
-    for (c, ((name, _), folds)) in candidates.iter().zip(fits).enumerate() {
-        let oof = store.oof_margins(&folds, store.n_features);
+    // One queue for every fit that needs no choice made first, longest first: the
+    // candidates' folds, then the single tree's (whose fits had run one at a time beside
+    // the final trees, one core idle).
+    let tree_cfg = tree_config(cfg);
+    let folds = cfg.cv_folds;
+    let jobs: Vec<FitJob> = candidates
+        .iter()
+        .flat_map(|(_, gc)| FitJob::per_fold(gc, store.n_features, &monotone, folds))
+        .chain(tree_jobs(&store, &tree_cfg, folds))
+        .collect();
+    let mut fits = store.fit_jobs(&rows, &jobs, store::CONCURRENT_FITS)?;
+    let tree_folds = fits.split_off(candidates.len() * folds);
+    let mut fits = fits.into_iter();
+    for (c, (name, _)) in candidates.iter().enumerate() {
+        let per_fold: Vec<Gbt> = fits.by_ref().take(folds).collect();
+        let oof = store.oof_margins(&per_fold, store.n_features);
         let (ap, _) = pr_curve(&oof, h);
         tracing::info!(config = %name, pr_auc = ap, "out-of-fold PR-AUC");
         cv_pr_auc.push((name.clone(), ap));
@@ -384,12 +390,21 @@ pub fn train(
     lap("cross-validation", &mut phase);
 
     // The final trees depend only on the rows and the chosen depth: they are fitted on a
-    // thread of their own beside the calibration and the baselines (whose trees are then
-    // fitted one at a time, so that at most two fits hold a copy of the rows at once).
+    // thread of their own beside the calibration and the baselines (whose one remaining
+    // fit, the single tree on every row, is then the second of at most two fits holding a
+    // copy of the rows at once).
     let final_cfg = &candidates[chosen].1;
     let (tuned, final_fit) = std::thread::scope(|scope| {
-        let final_fit =
-            scope.spawn(|| store.fit(&rows, |_| true, store.n_features, &monotone, final_cfg));
+        let final_fit = scope.spawn(|| {
+            store.fit(
+                &rows,
+                |_| true,
+                store.n_features,
+                &monotone,
+                final_cfg,
+                true,
+            )
+        });
         let tuned = (|| -> Result<_, TrainError> {
             // Calibration on the out-of-fold margins of every round of every training node.
             let mut m = Vec::new();
@@ -436,7 +451,7 @@ pub fn train(
                 )));
             };
             let model_oof = out_of_fold("model", &point, &oof, cfg);
-            let tree_fit = fit_tree(&store, &rows, cfg, &goal)?;
+            let tree_fit = fit_tree(&store, &rows, cfg, &goal, &tree_folds)?;
             Ok((calibration, goal, static_fit, point, model_oof, tree_fit))
         })();
         lap("calibration and operating points", &mut phase);

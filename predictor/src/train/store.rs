@@ -22,8 +22,39 @@ use crate::progress::Progress;
 use crate::sample::FailureRecord;
 use crate::trace::NodeSeries;
 
-/// Tree fits run at once at most (see [`Store::fit_folds`] why two).
+/// Tree fits run at once at most (see [`Store::fit_jobs`] why two).
 pub(super) const CONCURRENT_FITS: usize = 2;
+
+/// Rows copied into the column-major layout at a time (see [`Store::fit`]).
+const GATHER_BLOCK: usize = 256;
+
+/// One fit of [`Store::fit_jobs`].
+pub(super) struct FitJob<'a> {
+    pub cfg: &'a GbtConfig,
+    /// Columns read (the first ones of each row).
+    pub n_cols: usize,
+    /// Monotone constraints of those columns (empty: none).
+    pub monotone: &'a [i8],
+    /// The fold whose rows are left out (`None`: every row).
+    pub left_out: Option<usize>,
+}
+
+impl<'a> FitJob<'a> {
+    /// One job per fold, each leaving that fold out.
+    pub fn per_fold(
+        cfg: &'a GbtConfig,
+        n_cols: usize,
+        monotone: &'a [i8],
+        folds: usize,
+    ) -> impl Iterator<Item = FitJob<'a>> {
+        (0..folds).map(move |f| FitJob {
+            cfg,
+            n_cols,
+            monotone,
+            left_out: Some(f),
+        })
+    }
+}
 
 /// One training node's rounds.
 pub(super) struct NodeRounds {
@@ -101,8 +132,12 @@ impl Store {
         let bar = progress.bar("features (every round)");
         bar.set_length(nodes.len() as u64);
         let n_features = crate::features::feature_names().len() + 1;
+        // One task per node (`with_max_len(1)`): rayon otherwise cuts the nodes into a few
+        // long runs that it cannot split once started, and one core sat idle for the
+        // last run's tens of seconds while the other finished it.
         let nodes = nodes
             .par_iter()
+            .with_max_len(1)
             .map(|s| {
                 let failure = failures.get(&s.node);
                 let failed_at = failure.map(|r| r.failed_at_ms);
@@ -171,7 +206,8 @@ impl Store {
         rows
     }
 
-    /// Fits on the tree rows whose fold `keep` accepts, reading the first `n_cols` columns.
+    /// Fits on the tree rows whose fold `keep` accepts, reading the first `n_cols` columns
+    /// (`parallel`: see [`Gbt::fit_columns`]).
     pub fn fit(
         &self,
         rows: &TreeRows,
@@ -179,16 +215,23 @@ impl Store {
         n_cols: usize,
         monotone: &[i8],
         cfg: &GbtConfig,
+        parallel: bool,
     ) -> Result<Gbt, GbtError> {
         let idx: Vec<usize> = (0..rows.y.len()).filter(|&i| keep(rows.fold[i])).collect();
         let n = idx.len();
         let mut data = vec![0.0f64; n * n_cols];
-        for (r, &i) in idx.iter().enumerate() {
-            let (node, round) = rows.at[i];
-            let row = &self.nodes[node as usize].rows
-                [round as usize * self.n_features..round as usize * self.n_features + n_cols];
-            for (c, &v) in row.iter().enumerate() {
-                data[c * n + r] = v as f64;
+        // Rows are read whole and written into every column, a block of rows at a time:
+        // row by row, each row's values land on `n_cols` cache lines far apart, and a fit
+        // spent seconds on the copy alone.
+        for (b, block) in idx.chunks(GATHER_BLOCK).enumerate() {
+            let r0 = b * GATHER_BLOCK;
+            for c in 0..n_cols {
+                let out = &mut data[c * n + r0..c * n + r0 + block.len()];
+                for (o, &i) in out.iter_mut().zip(block) {
+                    let (node, round) = rows.at[i];
+                    *o =
+                        self.nodes[node as usize].rows[round as usize * self.n_features + c] as f64;
+                }
             }
         }
         let y: Vec<f64> = idx.iter().map(|&i| rows.y[i]).collect();
@@ -200,29 +243,25 @@ impl Store {
             &w,
             &monotone[..monotone.len().min(n_cols)],
             cfg,
+            parallel,
         )
     }
 
-    /// For each configuration in `cfgs`, one model per fold, each fitted on the other
-    /// folds' rows (`result[config][fold]`), up to `concurrent` fits at a time.
+    /// Runs `jobs` on up to `concurrent` threads, taking them in order, and returns their
+    /// models in the same order.
     ///
-    /// Each concurrent fit runs on its own thread: forust parallelises only part of a fit,
-    /// so one fit keeps about one core busy. Not more than [`CONCURRENT_FITS`]: each fit
-    /// holds its own column-major copy of three quarters of the tree rows (~0.8 GB for 500
-    /// nodes x 30 days). Plain threads rather than rayon tasks, because a rayon worker
-    /// waiting inside forust would steal and start yet another fit.
-    pub fn fit_folds(
+    /// Each concurrent fit runs on its own thread, entirely (see [`Gbt::fit_columns`]);
+    /// one fit alone builds its histograms on rayon's pool. Not more than [`CONCURRENT_FITS`]: each fit holds its own column-major copy of its
+    /// rows (~0.5 GB for three quarters of 500 nodes x 30 days). Plain threads rather than
+    /// rayon tasks, because a rayon worker waiting inside forust would steal and start yet
+    /// another fit. Callers put every fit they can name up front into one call, longest
+    /// first, so that no core waits while the other finishes a queue of its own.
+    pub fn fit_jobs(
         &self,
         rows: &TreeRows,
-        folds: usize,
-        n_cols: usize,
-        monotone: &[i8],
-        cfgs: &[GbtConfig],
+        jobs: &[FitJob],
         concurrent: usize,
-    ) -> Result<Vec<Vec<Gbt>>, GbtError> {
-        let jobs: Vec<(usize, usize)> = (0..cfgs.len())
-            .flat_map(|c| (0..folds).map(move |f| (c, f)))
-            .collect();
+    ) -> Result<Vec<Gbt>, GbtError> {
         let next = AtomicUsize::new(0);
         let done: Mutex<Vec<Option<Result<Gbt, GbtError>>>> =
             Mutex::new((0..jobs.len()).map(|_| None).collect());
@@ -231,38 +270,30 @@ impl Store {
             .min(concurrent)
             .clamp(1, CONCURRENT_FITS)
             .min(jobs.len());
+        let alone = workers == 1;
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| loop {
                     let j = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(c, f)) = jobs.get(j) else { break };
-                    let fit = self.fit(rows, |x| x as usize != f, n_cols, monotone, &cfgs[c]);
+                    let Some(job) = jobs.get(j) else { break };
+                    let keep = |x: u8| job.left_out.is_none_or(|f| x as usize != f);
+                    let fit = self.fit(rows, keep, job.n_cols, job.monotone, job.cfg, alone);
                     done.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(fit);
                 });
             }
         });
-        let mut fits = done
-            .into_inner()
+        done.into_inner()
             .unwrap_or_else(|e| e.into_inner())
-            .into_iter();
-        let mut out = Vec::with_capacity(cfgs.len());
-        for _ in cfgs {
-            let mut per_fold = Vec::with_capacity(folds);
-            for _ in 0..folds {
-                match fits.next().flatten() {
-                    Some(fit) => per_fold.push(fit?),
-                    None => return Err(GbtError::other("a cross-validation fit did not finish")),
-                }
-            }
-            out.push(per_fold);
-        }
-        Ok(out)
+            .into_iter()
+            .map(|fit| fit.unwrap_or_else(|| Err(GbtError::other("a tree fit did not finish"))))
+            .collect()
     }
 
     /// Every node's rounds scored by `score(node)`, labelled with the recorded failure.
     pub fn scores(&self, score: impl Fn(&NodeRounds) -> Vec<f64> + Sync) -> Vec<NodeScores> {
         self.nodes
             .par_iter()
+            .with_max_len(1)
             .map(|n| NodeScores {
                 node: n.node.clone(),
                 times: n.times.clone(),
@@ -284,5 +315,106 @@ impl Store {
                 .collect();
             fold_models[n.fold].margins(&rows)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Nodes whose first column decides the label, with noise columns beside it.
+    fn store(nodes: usize, rounds: usize, n_features: usize) -> (Store, TreeRows) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut tree_rows = TreeRows::default();
+        let nodes = (0..nodes)
+            .map(|n| {
+                let mut rows = Vec::with_capacity(rounds * n_features);
+                for r in 0..rounds {
+                    let signal: f32 = rng.gen_range(0.0..1.0);
+                    rows.push(signal);
+                    rows.extend((1..n_features).map(|_| rng.gen_range(-1.0f32..1.0)));
+                    tree_rows.at.push((n as u32, r as u32));
+                    tree_rows.y.push(if signal > 0.8 { 1.0 } else { 0.0 });
+                    tree_rows.w.push(1.0);
+                    tree_rows.fold.push((n % 3) as u8);
+                }
+                NodeRounds {
+                    node: format!("n{n}"),
+                    fold: n % 3,
+                    failed_at: None,
+                    precursor: None,
+                    times: (0..rounds as i64).collect(),
+                    rows,
+                    statics: vec![[0.0; N_STATIC]; rounds],
+                }
+            })
+            .collect();
+        (Store { nodes, n_features }, tree_rows)
+    }
+
+    /// The queue returns each job's model in the order given, each the same to the bit as
+    /// the job fitted alone (left-out fold, columns read, constraints), and the blocked copy
+    /// into columns (more rows than one block) is the copy the models were fitted on.
+    #[test]
+    fn queued_fits_are_the_fits_made_one_by_one() {
+        let (store, rows) = store(9, 70, 5);
+        assert!(rows.y.len() > 2 * GATHER_BLOCK);
+        let deep = GbtConfig {
+            iterations: 8,
+            ..GbtConfig::default()
+        };
+        let stump = GbtConfig {
+            iterations: 3,
+            max_depth: 1,
+            ..GbtConfig::default()
+        };
+        let monotone = [1i8, 0, 0, 0, 0];
+        let jobs: Vec<FitJob> = FitJob::per_fold(&deep, 5, &monotone, 3)
+            .chain([FitJob {
+                cfg: &stump,
+                n_cols: 2,
+                monotone: &[],
+                left_out: None,
+            }])
+            .collect();
+        let fits = store.fit_jobs(&rows, &jobs, CONCURRENT_FITS).unwrap();
+        assert_eq!(fits.len(), jobs.len());
+        let probe: Vec<f64> = store.nodes[0].rows.iter().map(|&v| v as f64).collect();
+        for (job, fit) in jobs.iter().zip(&fits) {
+            let keep = |x: u8| job.left_out.is_none_or(|f| x as usize != f);
+            let alone = store
+                .fit(&rows, keep, job.n_cols, job.monotone, job.cfg, true)
+                .unwrap();
+            assert_eq!(fit.n_features, job.n_cols);
+            let wide: Vec<f64> = probe
+                .chunks(store.n_features)
+                .flat_map(|r| r[..job.n_cols].to_vec())
+                .collect();
+            let (a, b) = (fit.margins(&wide), alone.margins(&wide));
+            assert_eq!(a.len(), 70);
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+        // The fold models differ from one another (each left a different fold out) and
+        // learned the rule.
+        let first: Vec<f64> = probe.clone();
+        let m0 = fits[0].margins(&first);
+        let m1 = fits[1].margins(&first);
+        assert_ne!(m0, m1);
+        let (hi, lo): (Vec<_>, Vec<_>) = probe.chunks(5).zip(&m0).partition(|(r, _)| r[0] > 0.85);
+        let mean = |v: &[(&[f64], &f64)]| v.iter().map(|p| *p.1).sum::<f64>() / v.len() as f64;
+        assert!(mean(&hi) > mean(&lo));
+    }
+
+    /// A fit that forust refuses (here a NaN label in two of the three folds' rows) comes
+    /// back as an error, not a panic or a missing model.
+    #[test]
+    fn a_refused_fit_is_an_error() {
+        let (store, mut rows) = store(3, 10, 3);
+        rows.y[0] = f64::NAN;
+        let cfg = GbtConfig::default();
+        let jobs: Vec<FitJob> = FitJob::per_fold(&cfg, 3, &[], 3).collect();
+        assert!(store.fit_jobs(&rows, &jobs, CONCURRENT_FITS).is_err());
+        assert!(store.fit_jobs(&rows, &jobs[..1], 1).is_ok());
     }
 }
