@@ -448,4 +448,24 @@ mod tests {
         assert!((ap - 1.0).abs() < 1e-12 || ap > 0.0);
         assert!(!curve.is_empty());
     }
+
+    /// PR-AUC and the curve take a tie of scores as one threshold, so they do not depend on
+    /// the order the rounds come in (the sort is unstable): the same to the bit with the
+    /// nodes reversed, with ties between positive and negative rounds, a NaN and -0.0.
+    #[test]
+    fn pr_curve_is_independent_of_the_order_of_ties() {
+        let levels = [0.0, -0.0, 0.25, 0.5, 0.5, 0.75, f64::NAN, 1.0];
+        let nodes: Vec<NodeScores> = (0..30)
+            .map(|i| {
+                let scores: Vec<f64> = (0..400).map(|j| levels[(i * 7 + j * 3) % 8]).collect();
+                node(&scores, (i % 3 == 0).then_some(4000 + i as i64))
+            })
+            .collect();
+        let (ap, curve) = pr_curve(&nodes, 500);
+        assert!(ap > 0.0 && ap < 1.0, "{ap}");
+        let reversed: Vec<NodeScores> = nodes.iter().rev().cloned().collect();
+        let (ap_r, curve_r) = pr_curve(&reversed, 500);
+        assert_eq!(ap.to_bits(), ap_r.to_bits());
+        assert_eq!(format!("{curve:?}"), format!("{curve_r:?}"));
+    }
 }
