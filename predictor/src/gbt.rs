@@ -158,8 +158,9 @@ impl Gbt {
     /// `parallel`: build each node's histograms on rayon's pool, for a fit that runs alone;
     /// or all on the calling thread, for fits that run side by side, one per core. The
     /// trees are the same either way. Side by side, forust's parallel histograms left a
-    /// core idle a tenth of the time (rayon cuts the columns into a few runs, and a fit
-    /// waits for the last), and its binning runs on the calling thread anyway.
+    /// core idle about a tenth of the time (probably as in featurisation: rayon cuts each
+    /// node's columns into a few runs and the fit waits for the last), and its binning
+    /// runs on the calling thread anyway.
     pub fn fit_columns(
         mut data: Vec<f64>,
         n_features: usize,

@@ -20,8 +20,9 @@ use crate::trace::{NodeSeries, Trace};
 use super::features::{DeviceView, DiskFeatureSpec};
 
 /// Drives per rayon task at most. Left to itself rayon cuts the drives into a few long
-/// runs it cannot split once started, and one core waits while the other ends its run;
-/// tens of thousands of short drives want small runs, not one task each.
+/// runs it cannot split once started, so one core can wait while the other ends its run
+/// (measured in node training: predictor/README.md, "Both cores busy"); tens of thousands
+/// of short drives want small runs, not one task each.
 const DRIVES_PER_TASK: usize = 64;
 
 /// One device of one node, with what is known of its failure.

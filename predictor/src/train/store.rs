@@ -220,9 +220,9 @@ impl Store {
         let idx: Vec<usize> = (0..rows.y.len()).filter(|&i| keep(rows.fold[i])).collect();
         let n = idx.len();
         let mut data = vec![0.0f64; n * n_cols];
-        // Rows are read whole and written into every column, a block of rows at a time:
-        // row by row, each row's values land on `n_cols` cache lines far apart, and a fit
-        // spent seconds on the copy alone.
+        // A block of rows at a time, column by column: the block's rows stay in cache
+        // while each column's run of them is written in order (row by row, each row's
+        // values would land on `n_cols` cache lines far apart).
         for (b, block) in idx.chunks(GATHER_BLOCK).enumerate() {
             let r0 = b * GATHER_BLOCK;
             for c in 0..n_cols {
@@ -251,11 +251,12 @@ impl Store {
     /// models in the same order.
     ///
     /// Each concurrent fit runs on its own thread, entirely (see [`Gbt::fit_columns`]);
-    /// one fit alone builds its histograms on rayon's pool. Not more than [`CONCURRENT_FITS`]: each fit holds its own column-major copy of its
-    /// rows (~0.5 GB for three quarters of 500 nodes x 30 days). Plain threads rather than
-    /// rayon tasks, because a rayon worker waiting inside forust would steal and start yet
-    /// another fit. Callers put every fit they can name up front into one call, longest
-    /// first, so that no core waits while the other finishes a queue of its own.
+    /// one fit alone builds its histograms on rayon's pool. Not more than
+    /// [`CONCURRENT_FITS`]: each fit holds its own column-major copy of its rows (~0.5 GB
+    /// for three quarters of 500 nodes x 30 days). Plain threads rather than rayon tasks,
+    /// because a rayon worker waiting inside forust would steal and start yet another fit.
+    /// Callers put every fit they can name up front into one call, longest first, so that
+    /// no core waits while the other finishes a queue of its own.
     pub fn fit_jobs(
         &self,
         rows: &TreeRows,
