@@ -139,15 +139,22 @@ pub(super) fn tree_config(cfg: &TrainConfig) -> GbtConfig {
     }
 }
 
-/// The single tree's fits: one per fold on the model's tree rows, window features only (the
-/// anomaly score is the model's), no constraints. Training runs them in the
-/// cross-validation's queue; they depend on nothing it decides.
+/// Columns the single tree reads: the window features, not the anomaly score (the
+/// model's own, last in each row). Its fold fits, its scoring and its final fit all read
+/// these.
+fn tree_columns(store: &Store) -> usize {
+    store.n_features - 1
+}
+
+/// The single tree's fits: one per fold on the model's tree rows ([`tree_columns`]), no
+/// constraints. Training runs them in the cross-validation's queue; they depend on
+/// nothing it decides.
 pub(super) fn tree_jobs<'a>(
     store: &Store,
     tree_cfg: &'a GbtConfig,
     folds: usize,
 ) -> impl Iterator<Item = FitJob<'a>> {
-    FitJob::per_fold(tree_cfg, store.n_features - 1, &[], folds)
+    FitJob::per_fold(tree_cfg, tree_columns(store), &[], folds)
 }
 
 /// The single tree, tuned on the out-of-fold margins of its fold models (see
@@ -160,7 +167,7 @@ pub(super) fn fit_tree(
     folds: &[Gbt],
 ) -> Result<Option<(TreeBaseline, OutOfFold)>, GbtError> {
     let tree_cfg = tree_config(cfg);
-    let n_window = store.n_features - 1;
+    let n_window = tree_columns(store);
     let oof = store.oof_margins(folds, n_window);
     let Some(option) = choose_operating_point(&oof, cfg.horizon_ms, goal, RANK_STEP) else {
         tracing::warn!(

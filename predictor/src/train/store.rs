@@ -398,9 +398,8 @@ mod tests {
         }
         // The fold models differ from one another (each left a different fold out) and
         // learned the rule.
-        let first: Vec<f64> = probe.clone();
-        let m0 = fits[0].margins(&first);
-        let m1 = fits[1].margins(&first);
+        let m0 = fits[0].margins(&probe);
+        let m1 = fits[1].margins(&probe);
         assert_ne!(m0, m1);
         let (hi, lo): (Vec<_>, Vec<_>) = probe.chunks(5).zip(&m0).partition(|(r, _)| r[0] > 0.85);
         let mean = |v: &[(&[f64], &f64)]| v.iter().map(|p| *p.1).sum::<f64>() / v.len() as f64;
