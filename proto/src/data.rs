@@ -347,6 +347,71 @@ pub enum CopyFrame {
     Chunk(CopyChunk),
     /// The source refuses or failed; the stream ends.
     Refused(DataError),
+    /// Request ids the shard applied, read from the same snapshot as the chunks that
+    /// follow: sent before them.
+    Requests(RequestsChunk),
+}
+
+/// A request id a shard applied, and what its write did. A learner takes these with the
+/// shard's data: once it is a replica it may become primary, and a client resending a write
+/// whose answer it lost must find the write applied rather than apply it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopiedRequest {
+    /// The request id.
+    pub id: RequestId,
+    /// The sequence of the entry that carried it.
+    pub seq: u64,
+    /// What the client was told.
+    pub outcome: WriteOutcome,
+    /// The writing primary's wall clock, ms (the id's age, for pruning).
+    pub at_ms: u64,
+}
+
+/// Some of a copy's request ids, with the CRC-64 of their canonical encoding
+/// ([`crc_requests`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestsChunk {
+    /// The ids.
+    pub items: Vec<CopiedRequest>,
+    /// [`crc_requests`] of `items`.
+    pub crc64: u64,
+}
+
+impl RequestsChunk {
+    /// A chunk of `items` with their checksum.
+    pub fn new(items: Vec<CopiedRequest>) -> RequestsChunk {
+        let crc64 = crc_requests(&items);
+        RequestsChunk { items, crc64 }
+    }
+
+    /// Whether the items still match their checksum.
+    pub fn intact(&self) -> bool {
+        crc_requests(&self.items) == self.crc64
+    }
+}
+
+/// CRC-64 of request ids: for each, client (u128 BE), write number, entry sequence, the
+/// outcome (tag 0 and version, or tag 1, a presence byte and the current version) and the
+/// time, integers big-endian.
+pub fn crc_requests(items: &[CopiedRequest]) -> u64 {
+    let mut d = crc64fast::Digest::new();
+    for r in items {
+        d.write(&r.id.client.to_be_bytes());
+        d.write(&r.id.seq.to_be_bytes());
+        d.write(&r.seq.to_be_bytes());
+        match r.outcome {
+            WriteOutcome::Applied { version } => {
+                d.write(&[0]);
+                d.write(&version.to_be_bytes());
+            }
+            WriteOutcome::Conflict { current } => {
+                d.write(&[1, u8::from(current.is_some())]);
+                d.write(&current.unwrap_or(0).to_be_bytes());
+            }
+        }
+        d.write(&r.at_ms.to_be_bytes());
+    }
+    d.sum64()
 }
 
 /// Feeds items into a CRC-64 in the canonical encoding used for chunks and whole-shard

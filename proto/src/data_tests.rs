@@ -124,3 +124,40 @@ fn crc_of_items_depends_on_every_byte_and_the_order() {
     crc_items(&mut d, [(&b"k2"[..], &b)]);
     assert_eq!(d.sum64(), base);
 }
+
+#[test]
+fn a_requests_chunk_detects_any_changed_field() {
+    let item = |client: u128, seq: u64, outcome| CopiedRequest {
+        id: RequestId { client, seq },
+        seq: 40 + seq,
+        outcome,
+        at_ms: 1_000,
+    };
+    let chunk = RequestsChunk::new(vec![
+        item(7, 1, WriteOutcome::Applied { version: 41 }),
+        item(7, 2, WriteOutcome::Conflict { current: None }),
+        item(9, 1, WriteOutcome::Conflict { current: Some(0) }),
+    ]);
+    assert!(chunk.intact());
+    let changes: [fn(&mut CopiedRequest); 5] = [
+        |r| r.id.client ^= 1 << 100,
+        |r| r.seq += 1,
+        |r| r.at_ms += 1,
+        |r| r.outcome = WriteOutcome::Conflict { current: Some(0) },
+        |r| r.outcome = WriteOutcome::Applied { version: 0 },
+    ];
+    for (i, change) in changes.iter().enumerate() {
+        for j in 0..chunk.items.len() {
+            let mut bad = chunk.clone();
+            change(&mut bad.items[j]);
+            if bad.items[j] != chunk.items[j] {
+                assert!(!bad.intact(), "change {i} of item {j} went unnoticed");
+            }
+        }
+    }
+    // Absent and a current version of 0 are different outcomes.
+    assert_ne!(
+        crc_requests(&[item(9, 1, WriteOutcome::Conflict { current: None })]),
+        crc_requests(&[item(9, 1, WriteOutcome::Conflict { current: Some(0) })])
+    );
+}

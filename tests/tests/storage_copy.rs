@@ -1,7 +1,11 @@
-//! Re-replication through learner copies, with corrupted chunks on the wire: a chunk that
-//! fails its CRC-64 is retried and never written, and the shard returns to its replication
-//! factor with every replica's checksum equal. Needs the test build (`AUGUR_UNSAFE_BIN`, with
-//! `unsafe-test-hooks`), whose storage nodes corrupt the first chunks they serve when told to.
+//! What learner copies carry, with real processes:
+//!
+//! - re-replication with corrupted chunks on the wire: a chunk that fails its CRC-64 is
+//!   retried and never written, and the shard returns to its replication factor with every
+//!   replica's checksum equal. Needs the test build (`AUGUR_UNSAFE_BIN`, with
+//!   `unsafe-test-hooks`), whose storage nodes corrupt the first chunks they serve when told;
+//! - the request ids the shard remembers: a write resent once every replica is a copy still
+//!   applies once.
 
 use augur_client::DataClient;
 use augur_proto::NodeId;
@@ -95,5 +99,73 @@ async fn corrupted_chunks_are_retried_and_replicas_end_equal() -> anyhow::Result
             "shard {id}: replicas differ: {crcs:?}"
         );
     }
+    Ok(())
+}
+
+/// A write whose answer was lost, resent after every replica of its shard was replaced by a
+/// copy (each holder drained in turn), applies once: the copies carried the request ids the
+/// shard remembers with its data. Before, a copy held the data only, and the resent write
+/// applied a second time on the new primary, undoing the write made after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_resent_after_its_shard_moved_by_copy_applies_once() -> anyhow::Result<()> {
+    use augur_proto::data::{DataRequest, DataResponse, WriteOp, WriteOutcome};
+    use augur_tests::moves::{drain, emptied};
+    use augur_tests::storage::storage_transport;
+
+    let c = LocalCluster::start_with(3, &["--storage", "6", "--shards", "2", "--rf", "3"]).await?;
+    let client = c.new_client()?;
+    let data = DataClient::new(c.new_client()?).await?;
+    data.put("resent", b"first".to_vec()).await?;
+    let shard = data.shard_of(b"resent");
+    let raw = storage_transport(&c)?;
+    let id = data.next_request_id();
+    // The write, sent to the shard's primary as the client library would, with its id.
+    let send = || async {
+        let record = shards(&client).await?[&shard].clone();
+        let primary = nodes(&client).await?[&record.replicas[0]].clone();
+        let req = DataRequest::Write {
+            shard,
+            epoch: record.epoch,
+            id,
+            op: WriteOp::Put {
+                key: b"resent".to_vec(),
+                value: b"once".to_vec(),
+            },
+        };
+        match raw
+            .call_as::<_, DataResponse>(&primary.addrs[0], &req, Duration::from_secs(5))
+            .await?
+        {
+            DataResponse::Written(outcome) => Ok::<_, anyhow::Error>(outcome),
+            other => anyhow::bail!("write answered {other:?}"),
+        }
+    };
+    let first = send().await?;
+    assert!(matches!(first, WriteOutcome::Applied { .. }), "{first:?}");
+    // A later write, which a second application of the first would undo.
+    data.put("resent", b"later".to_vec()).await?;
+
+    let holders = shards(&client).await?[&shard].replicas.clone();
+    for n in &holders {
+        drain(&c, &client, *n).await?;
+    }
+    for n in &holders {
+        emptied(&client, *n, Duration::from_secs(240)).await?;
+    }
+    let now = shards(&client).await?[&shard].clone();
+    assert!(
+        now.replicas.iter().all(|n| !holders.contains(n)),
+        "{holders:?} -> {now:?}"
+    );
+
+    // The resend reaches a primary that joined by copy: the first answer again, and nothing
+    // applied.
+    let again = poll(Duration::from_secs(60), "the resend answered", || async {
+        Ok(send().await.ok())
+    })
+    .await?;
+    assert_eq!(again, first);
+    let v = data.get(b"resent").await?.expect("the key is there");
+    assert_eq!(v.value, b"later");
     Ok(())
 }

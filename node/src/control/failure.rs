@@ -80,6 +80,23 @@ pub enum ReconfigError {
         /// The live replica.
         node: NodeId,
     },
+    /// The shard's primary is on a live node: it may still serve under its lease.
+    #[error("the primary of shard {shard}, node {node}, is live: it may still be serving; forcing a primary waits until its node is declared Down or removed")]
+    PrimaryLive {
+        /// The shard.
+        shard: ShardId,
+        /// The primary.
+        node: NodeId,
+    },
+    /// A replica is on a live node this leader has no report from yet (a new leader): it may
+    /// be promotable without loss.
+    #[error("replica {node} of shard {shard} is on a live node not heard from yet: retry after its next heartbeat")]
+    NotHeardFrom {
+        /// The shard.
+        shard: ShardId,
+        /// The replica's node.
+        node: NodeId,
+    },
     /// The node to force is not live.
     #[error("node {0} is not live: it cannot serve the shard")]
     NodeNotLive(NodeId),
@@ -238,7 +255,11 @@ pub fn reelect(
 ///
 /// **This can lose acknowledged writes.** It is allowed only when no replica of the shard is
 /// alive (live node reporting the shard's current epoch), so the automatic promotion cannot
-/// act. The forced node serves what it holds: writes committed after its copy fell behind
+/// act, and when the primary's node is not live: a live primary may be serving under its
+/// lease while its reports lag an epoch bump (a learner just added) or are not yet known (a
+/// new leader), and a second primary beside it would answer stale reads and lose its writes.
+/// A replica on a live node this leader has not heard from yet is waited for too: its first
+/// report may make it promotable without loss. The forced node serves what it holds: writes committed after its copy fell behind
 /// (those the dead replicas acknowledged while it was absent or lagging) are gone, and its
 /// own uncommitted tail becomes committed when it reconciles. The node must be live and must
 /// hold a copy: a replica, a replica removed earlier whose data is still there, or a learner
@@ -257,6 +278,24 @@ pub fn force_primary(
         return Err(ReconfigError::ReplicaAlive {
             shard: shard.id,
             node: *alive,
+        });
+    }
+    if let Some(&primary) = shard.replicas.first() {
+        if primary != node && cluster.live(primary) {
+            return Err(ReconfigError::PrimaryLive {
+                shard: shard.id,
+                node: primary,
+            });
+        }
+    }
+    if let Some(unheard) = shard
+        .replicas
+        .iter()
+        .find(|r| **r != node && cluster.live(**r) && !reports.by_node.contains_key(r))
+    {
+        return Err(ReconfigError::NotHeardFrom {
+            shard: shard.id,
+            node: *unheard,
         });
     }
     if !cluster.live(node) {

@@ -7,7 +7,7 @@ use super::*;
 use crate::control::cluster::fixtures::*;
 use crate::control::settings::ControlSettings;
 use crate::control::store::fake::MemStore;
-use augur_proto::data::ReplicaRole::{Learner, Secondary, Stray};
+use augur_proto::data::ReplicaRole::{Learner, Primary, Secondary, Stray};
 use augur_proto::NodeState;
 
 fn c3() -> Cluster {
@@ -223,4 +223,27 @@ fn force_primary_needs_every_replica_dead_and_a_copy_on_the_node() {
     report(&mut r, 2, vec![status(1, 3, Secondary, 42)]);
     let (next, _) = force_primary(&s, &c, &r, NodeId(2)).unwrap();
     assert_eq!(next.replicas, vec![NodeId(2)]);
+
+    // A secondary on a live node this leader has not heard from: it may be promotable.
+    c.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Up;
+    assert_eq!(
+        force_primary(&s, &c, &r, NodeId(2)),
+        Err(ReconfigError::NotHeardFrom {
+            shard: ShardId(1),
+            node: NodeId(3)
+        })
+    );
+    report(&mut r, 3, vec![]);
+    assert!(force_primary(&s, &c, &r, NodeId(2)).is_ok());
+    // The primary's node is live, its report an epoch behind (a learner was just added):
+    // it may be serving under its lease, so nothing is forced beside it.
+    c.nodes.get_mut(&NodeId(1)).unwrap().state = NodeState::Up;
+    report(&mut r, 1, vec![status(1, 3, Primary, 50)]);
+    assert_eq!(
+        force_primary(&s, &c, &r, NodeId(2)),
+        Err(ReconfigError::PrimaryLive {
+            shard: ShardId(1),
+            node: NodeId(1)
+        })
+    );
 }

@@ -1,15 +1,18 @@
 //! Liveness: from the heartbeats this leader received, which storage nodes are late
 //! (Suspect), which are dead (Down), and which came back (Up).
 //!
-//! Silence is measured on this leader's monotonic clock, from the later of the node's last
-//! heartbeat and the moment this member became leader: a new leader does not know when nodes
+//! Silence is measured on this leader's monotonic clock, from the later of the last lease it
+//! granted the node (a heartbeat or a registration acknowledged, [`super::grants`], whose
+//! per-node lock each decision holds until it is written) and the moment this member became
+//! leader: a new leader does not know when nodes
 //! last spoke to its predecessor, so it counts everyone's silence from its own start, and so
 //! never declares anyone Down before a full grace period of its own leadership has passed.
 //! Because `grace_ms` exceeds the lease (see [`super::settings::ControlSettings`]), a node
 //! declared Down has stopped serving by its own clock: promoting another replica is safe.
 //!
 //! A probe answered by a node is not a heartbeat: the node's lease runs only from
-//! acknowledged heartbeats, so only they may keep it from being declared Down.
+//! acknowledged heartbeats and registrations, so only they may keep it from being declared
+//! Down.
 //!
 //! Declaring a node Down is one transaction comparing the node record's version that sets
 //! its state and `state_since_ms` and bumps its epoch: the node, seeing the higher epoch in
@@ -25,7 +28,7 @@ use super::settings::ControlSettings;
 use super::store::MetaStore;
 use super::Control;
 use augur_proto::wire::ApiError;
-use augur_proto::{Node, NodeId, NodeState, Record, StateCause, StateOrigin, Txn};
+use augur_proto::{Node, NodeState, Record, StateCause, StateOrigin, Txn};
 use std::time::{Duration, Instant};
 
 /// Whether a Suspect node set by `origin` is liveness's to bring back: its own, and a state
@@ -97,28 +100,17 @@ impl Control {
         now: Instant,
     ) -> Result<usize, ApiError> {
         let cluster = meta.nodes().await?;
-        let heard: Vec<(NodeId, Option<Duration>)> = {
-            let seen = self
-                .seen
-                .lock()
-                .map_err(|_| ApiError::Internal("liveness table poisoned".into()))?;
-            cluster
-                .nodes
-                .keys()
-                .map(|id| {
-                    (
-                        *id,
-                        seen.get(id).map(|s| now.saturating_duration_since(s.at)),
-                    )
-                })
-                .collect()
-        };
         let leading = now.saturating_duration_since(leader_since);
         let mut down = 0;
-        for (id, heard) in heard {
-            let Some(node) = cluster.nodes.get(&id) else {
-                continue;
-            };
+        for (id, node) in &cluster.nodes {
+            let id = *id;
+            // Held until the transition is written: a heartbeat acknowledged meanwhile would
+            // otherwise extend a lease this decision does not see ([`super::grants`]).
+            let _gate = self.grants.lock(id).await;
+            let heard = self
+                .grants
+                .last(id)
+                .map(|at| now.saturating_duration_since(at));
             let Some(to) = transition(
                 node.state,
                 node.cause.origin,
@@ -167,8 +159,7 @@ mod tests {
     use super::*;
     use crate::control::cluster::fixtures::{cluster, node};
     use crate::control::store::fake::MemStore;
-    use crate::control::Seen;
-    use augur_proto::data::NodeReport;
+    use augur_proto::NodeId;
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
@@ -402,23 +393,9 @@ mod tests {
         assert_eq!((u.state, u.epoch), (NodeState::Up, 1));
     }
 
+    /// A lease granted to node `id` at `at` (a heartbeat or registration acknowledged).
     fn seen(control: &Control, id: u64, at: Instant) {
-        control.seen.lock().unwrap().insert(
-            NodeId(id),
-            Seen {
-                at,
-                report: NodeReport {
-                    node: NodeId(id),
-                    incarnation: 7,
-                    node_epoch: 1,
-                    used_bytes: 0,
-                    capacity_bytes: 0,
-                    replicas: vec![],
-                },
-                usage_written: None,
-                health: None,
-            },
-        );
+        control.grants.note(NodeId(id), at);
     }
 
     #[tokio::test]

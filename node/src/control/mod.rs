@@ -3,6 +3,7 @@
 //! - [`placement`]: weighted rendezvous hashing with bounded load and rack spread;
 //! - [`registry`]: storage nodes registering and heartbeating, and creating the data plane;
 //! - [`liveness`]: Up -> Suspect -> Down from heartbeat silence;
+//! - [`grants`]: lease grants ordered against liveness decisions, per node;
 //! - [`risk`]: the risk policy: Suspect and Draining from predicted risk, the storm guard;
 //! - [`capacity`]: capacity needed ahead (growth, predicted failures), alarm, scaling hook;
 //! - [`repair`]: dead primaries replaced, dead replicas removed;
@@ -23,6 +24,7 @@
 pub mod capacity;
 pub mod cluster;
 pub mod failure;
+pub mod grants;
 pub mod liveness;
 pub mod metrics;
 pub mod mover;
@@ -89,6 +91,9 @@ pub struct Control {
     pub settings: ControlSettings,
     /// Last heartbeat per node, as this member saw them while leader.
     pub(crate) seen: Mutex<HashMap<NodeId, Seen>>,
+    /// Leases granted per node (heartbeats and registrations acknowledged), the clock
+    /// liveness counts silence on.
+    pub(crate) grants: grants::Grants,
     /// Last probe per node, as this member saw them while leader.
     probes: Mutex<HashMap<NodeId, Probed>>,
     leadership: Mutex<Option<Leadership>>,
@@ -118,6 +123,7 @@ impl Control {
         Control {
             settings,
             seen: Mutex::new(HashMap::new()),
+            grants: grants::Grants::default(),
             probes: Mutex::new(HashMap::new()),
             leadership: Mutex::new(None),
             memory: Mutex::new(MoverMemory::default()),
@@ -215,6 +221,7 @@ impl Control {
         *current = next;
         drop(current);
         lock(&self.seen).clear();
+        self.grants.clear();
         lock(&self.probes).clear();
         lock(&self.samples).clear();
         *lock(&self.memory) = MoverMemory::default();

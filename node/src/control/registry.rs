@@ -101,6 +101,8 @@ impl MetaNode {
                 "a node's incarnation is never 0".into(),
             ));
         }
+        // The acknowledgement grants a lease: ordered against liveness like a heartbeat's.
+        let _gate = self.control.grants.lock(node.id).await;
         let current = match self.leader_get(Key::Node(node.id)).await {
             Ok(Some(Record::Node(n))) => Some(n),
             Ok(_) => None,
@@ -131,8 +133,8 @@ impl MetaNode {
                         return Response::Error(ApiError::WrongIdentity(format!(
                             "node {} is registered as incarnation {:016x} and holds {holds} \
                              replica(s), but its data directory is incarnation {:016x}: its data \
-                             is gone. Remove it (`augurctl node remove {}`) and start it as a new \
-                             node",
+                             is gone. Once it is Down, remove it (`augurctl node remove --id {}`) \
+                             and start it as a new node",
                             node.id, old.incarnation, node.incarnation, node.id
                         )));
                     }
@@ -175,6 +177,7 @@ impl MetaNode {
         };
         match self.propose(txn).await {
             Ok(r) if r.succeeded => {
+                self.control.grants.note(node.id, Instant::now());
                 tracing::info!(node = %node.id, incarnation = format_args!("{:016x}", node.incarnation), epoch = node.epoch, state = ?node.state, "storage node registered");
                 self.heartbeat_ack(node.epoch, node.state)
             }
@@ -202,6 +205,9 @@ impl MetaNode {
                 return Response::Error(ApiError::InvalidArgument(e.to_string()));
             }
         }
+        // Held until the answer is built: a Down being written about this node is either
+        // seen in the record below or sees this grant ([`super::grants`]).
+        let _gate = self.control.grants.lock(report.node).await;
         // A heartbeat acknowledged by a deposed leader would extend a lease nobody vouches
         // for: confirm with a quorum first.
         if let Err(e) = self.leader_read_index(true).await {
@@ -242,6 +248,7 @@ impl MetaNode {
             if let Some(h) = &health {
                 self.control.note_risk(report.node, &h.risk);
             }
+            self.control.grants.note(report.node, now);
             seen.insert(
                 report.node,
                 Seen {

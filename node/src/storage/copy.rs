@@ -8,16 +8,19 @@
 //! learner holds, from a new snapshot (possibly on another replica). The learner then counts its
 //! copy as read at the *smallest* applied sequence of the snapshots it used and replays its log
 //! from there: replaying an entry on a key that already reflects it sets the same value and
-//! version again, so the result is the state at the end of the log either way.
+//! version again, so the result is the state at the end of the log either way. Each snapshot
+//! also sends, before its data, the request ids the shard remembers (with their own CRC-64):
+//! a learner may lead the shard one day, and a write resent to it must apply once.
 //!
 //! Copies share a per-node byte budget (`copy.bytes_per_sec`, both directions) and a limit on
 //! concurrent copies (`copy.max_concurrent`), so they yield to client traffic.
 
-use super::engine::{Item, LoadChunk};
+use super::engine::{Item, LoadChunk, LoadGate};
 use super::replica::{Msg, View};
 use super::NodeCtx;
 use augur_proto::data::{
-    crc_items, CopyChunk, CopyFrame, DataError, DataRequest, Fence, ReplicaRole,
+    crc_items, CopiedRequest, CopyChunk, CopyFrame, DataError, DataRequest, Fence, ReplicaRole,
+    RequestsChunk,
 };
 use augur_proto::frame::write_frame;
 use augur_proto::{NodeState, Shard};
@@ -161,7 +164,7 @@ pub async fn serve(
         let _guard = CopyGuard(&ctx.metrics, false);
         // A blocking thread reads the snapshot ahead, at most two chunks, while this task
         // sends: reading, checksumming and sending overlap.
-        let (tx, mut rx) = mpsc::channel::<Result<(u64, Vec<Item>, bool), String>>(2);
+        let (tx, mut rx) = mpsc::channel::<Result<Read, String>>(2);
         let engine = ctx.engine.clone();
         let shard = fence.shard;
         tokio::task::spawn_blocking(move || {
@@ -169,18 +172,32 @@ pub async fn serve(
                 shard,
                 resume_after.as_deref(),
                 chunk_bytes,
-                |at_seq, items, done| tx.blocking_send(Ok((at_seq, items, done))).is_ok(),
+                |ids| tx.blocking_send(Ok(Read::Requests(ids))).is_ok(),
+                |at_seq, items, done| {
+                    tx.blocking_send(Ok(Read::Data(at_seq, items, done)))
+                        .is_ok()
+                },
             );
             if let Err(e) = read {
                 let _ = tx.blocking_send(Err(e.to_string()));
             }
         });
         loop {
-            let (at_seq, mut items, done) = rx
+            let read = rx
                 .recv()
                 .await
                 .ok_or_else(|| refuse(DataError::Internal("the snapshot reader stopped".into())))?
                 .map_err(|e| refuse(DataError::Internal(e)))?;
+            let (at_seq, mut items, done) = match read {
+                Read::Data(at_seq, items, done) => (at_seq, items, done),
+                Read::Requests(ids) => {
+                    let frame = CopyFrame::Requests(RequestsChunk::new(ids));
+                    write_frame(&mut send, &frame, max_frame)
+                        .await
+                        .map_err(|e| refuse(DataError::Unavailable(e.to_string())))?;
+                    continue;
+                }
+            };
             let bytes: usize = items.iter().map(|(k, v)| k.len() + v.value.len()).sum();
             ctx.throttle.take(bytes, urgent).await;
             let mut digest = crc64fast::Digest::new();
@@ -214,6 +231,14 @@ pub async fn serve(
     let _ = send.stopped().await;
 }
 
+/// What a copy's snapshot reader hands the sending task.
+enum Read {
+    /// Request ids, sent before the data.
+    Requests(Vec<CopiedRequest>),
+    /// A chunk of data: the snapshot's applied sequence, the items, whether it is the last.
+    Data(u64, Vec<Item>, bool),
+}
+
 struct CopyGuard<'a>(&'a super::metrics::Metrics, bool);
 
 impl Drop for CopyGuard<'_> {
@@ -231,7 +256,8 @@ impl Drop for CopyGuard<'_> {
 #[derive(Debug, Default)]
 pub struct CopyJob {
     bytes: AtomicU64,
-    cancelled: std::sync::atomic::AtomicBool,
+    /// Closed when the replica gives the copy up: nothing of it is ingested afterwards.
+    gate: LoadGate,
 }
 
 impl CopyJob {
@@ -240,14 +266,16 @@ impl CopyJob {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// The learner started over (its shard data is being cleared): the copy stops at its
-    /// next step and its end is not reported.
+    /// The replica gave the copy up (it starts over, or is no longer a learner): the copy
+    /// stops at its next chunk and its end is not reported. When this returns, no file of
+    /// the copy will be ingested any more (it waits for one being ingested), so the caller
+    /// may delete the shard's data.
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+        self.gate.close();
     }
 
     fn cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.gate.is_closed()
     }
 }
 
@@ -309,7 +337,7 @@ pub fn start_fetch(
                 &mut after,
                 &mut at_seq,
                 &mut bytes,
-                &job.bytes,
+                &job,
             )
             .await
             {
@@ -370,8 +398,9 @@ async fn fetch_from(
     after: &mut Option<Vec<u8>>,
     at_seq: &mut Option<u64>,
     bytes: &mut u64,
-    progress: &AtomicU64,
+    job: &Arc<CopyJob>,
 ) -> Result<(), String> {
+    let progress = &job.bytes;
     let urgent = under_replicated(ctx, config);
     let addr = ctx
         .node_addr(source)
@@ -400,10 +429,12 @@ async fn fetch_from(
     let (tx, mut rx) = mpsc::channel::<LoadChunk>(2);
     let engine = ctx.engine.clone();
     let shard = config.id;
+    let loading = job.clone();
     let load = tokio::task::spawn_blocking(move || {
         engine.bulk_load(
             shard,
             INGEST_FILE_BYTES,
+            &loading.gate,
             std::iter::from_fn(|| rx.blocking_recv()),
         )
     });
@@ -418,9 +449,23 @@ async fn fetch_from(
                 .map_err(|_| "no chunk within 60 s".to_string())?
                 .map_err(|e| e.to_string())?
                 .ok_or("the source ended the copy early")?;
+            if job.cancelled() {
+                return Err("the copy was given up".into());
+            }
             let chunk = match frame {
                 CopyFrame::Chunk(c) => c,
                 CopyFrame::Refused(e) => return Err(format!("the source refused: {e}")),
+                CopyFrame::Requests(ids) => {
+                    if !ids.intact() {
+                        ctx.metrics.copy_crc_failures(1);
+                        return Err("request ids failed their CRC-64 check".into());
+                    }
+                    // Under the copy's gate, like its files: nothing of a copy given up lands.
+                    job.gate
+                        .while_open(|| ctx.engine.remember_copied(shard, &ids.items))
+                        .map_err(|e| format!("keeping the copied request ids: {e}"))?;
+                    continue;
+                }
             };
             let mut digest = crc64fast::Digest::new();
             crc_items(

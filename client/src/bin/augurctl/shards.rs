@@ -113,6 +113,7 @@ pub enum NodeCmd {
         id: NodeId,
     },
     /// Mark a node Removed (for a node whose data is gone, so it can join again as new).
+    /// Refused for a live node (Up, Suspect, Draining) that still holds replicas.
     Remove {
         /// Node id.
         #[arg(long)]
@@ -402,6 +403,24 @@ pub async fn node(c: &Client, cmd: NodeCmd, json: bool) -> anyhow::Result<i32> {
                 eprintln!("node {id} is not registered");
                 return Ok(1);
             };
+            if is_live(n.state) {
+                let held = c
+                    .list_shards()
+                    .await?
+                    .values()
+                    .filter(|s| s.replicas.contains(&id) || s.learners.contains(&id))
+                    .count();
+                if held > 0 {
+                    // The control plane treats a Removed node as gone at once: removing one
+                    // that may still serve under its lease would put a second primary beside it.
+                    eprintln!(
+                        "node {id} is {:?} and holds {held} replica(s); a live node may still be serving them. \
+                         Drain it first (`augurctl node drain {id}`), or stop it and wait until it is declared Down",
+                        n.state
+                    );
+                    return Ok(1);
+                }
+            }
             let version = n.version;
             n.state = NodeState::Removed;
             n.state_since_ms = now_ms();

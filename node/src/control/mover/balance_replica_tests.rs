@@ -263,7 +263,7 @@ fn a_balancing_move_never_removes_a_primary() {
     };
     let step = next_step(&moving, &c3, &r3, Some(&req), 1_000_000);
     assert_eq!(step, Step::Commit(cp));
-    let txn = crate::control::mover::commit_txn(&moving, &sh2, &cp, 3, 1_000_000);
+    let txn = crate::control::mover::commit_txn(&moving, &sh2, &cp, &c3, 1_000_000);
     let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
         panic!("{txn:?}");
     };
@@ -384,13 +384,40 @@ fn a_move_keeps_its_source_when_the_shard_lost_another_member() {
     // Another secondary died and was removed: two replicas, one of them the source.
     let other = *sh.replicas[1..].iter().find(|n| **n != m.from).unwrap();
     sh.replicas.retain(|n| *n != other);
-    let txn = crate::control::mover::commit_txn(&m, &sh, &checkpoint(5, 1), 3, 1_000_000);
+    let txn = crate::control::mover::commit_txn(&m, &sh, &checkpoint(5, 1), &c, 1_000_000);
     let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
         panic!("{txn:?}");
     };
     assert_eq!(next.replicas.len(), 3, "{next:?}");
     assert!(next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
     assert!(next.learners.is_empty());
+}
+
+#[test]
+fn a_move_keeps_its_source_while_another_member_is_on_a_dead_node() {
+    let mut c = with_empty_node();
+    let mem = crate::control::mover::MoverMemory::default();
+    let m = plan_moves(&ctx(&c, &ControlSettings::default(), &mem))[0].clone();
+    let mut sh = c.shards[&m.shard].clone();
+    sh.learners.push(m.to);
+    // Another member's node was declared Down; repair has not removed it yet. Dropping the
+    // source would leave two live replicas of three.
+    let other = *sh.replicas.iter().find(|n| **n != m.from).unwrap();
+    c.nodes.get_mut(&other).unwrap().state = NodeState::Down;
+    let txn = crate::control::mover::commit_txn(&m, &sh, &checkpoint(5, 1), &c, 1_000_000);
+    let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
+        panic!("{txn:?}");
+    };
+    assert!(next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
+    assert_eq!(next.replicas.len(), 4, "{next:?}");
+    // With every other member live, the source leaves in the same write.
+    c.nodes.get_mut(&other).unwrap().state = NodeState::Up;
+    let txn = crate::control::mover::commit_txn(&m, &sh, &checkpoint(5, 1), &c, 1_000_000);
+    let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
+        panic!("{txn:?}");
+    };
+    assert!(!next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
+    assert_eq!(next.replicas.len(), 3, "{next:?}");
 }
 
 #[test]

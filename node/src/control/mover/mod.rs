@@ -216,14 +216,26 @@ pub fn copied_txn(m: &Migration, now_ms: u64) -> Txn {
 /// replicas in the same write (replicas - from + to): the shard keeps its replica count, and
 /// the source, no longer in the configuration, stops serving the shard and deletes its copy
 /// after the storage nodes' `stray_grace_ms`. A balancing move commits the same way. Either
-/// keeps its source if the shard has lost another member meanwhile (fewer than `rf`
-/// replicas): the commit then restores the shard's count instead of leaving it short, and
-/// a drain plans the source's replacement again.
-pub fn commit_txn(m: &Migration, shard: &Shard, cp: &Checkpoint, rf: usize, now_ms: u64) -> Txn {
+/// keeps its source unless the other replicas on live nodes and the new one make `rf`: a
+/// shard that lost another member meanwhile (removed, or on a node declared Down that
+/// repair has not reached yet) has its count restored instead of left short, and a drain
+/// plans the source's replacement again.
+pub fn commit_txn(
+    m: &Migration,
+    shard: &Shard,
+    cp: &Checkpoint,
+    cluster: &Cluster,
+    now_ms: u64,
+) -> Txn {
+    let rf = cluster.layout.map_or(0, |l| l.rf as usize);
     let mut s = shard.clone();
     s.learners.retain(|n| *n != m.to);
-    if matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance) && shard.replicas.len() >= rf
-    {
+    let others_live = shard
+        .replicas
+        .iter()
+        .filter(|n| **n != m.from && cluster.live(**n))
+        .count();
+    if matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance) && others_live + 1 >= rf {
         s.replicas.retain(|n| *n != m.from);
     }
     s.replicas.push(m.to);
@@ -428,10 +440,7 @@ impl Control {
             }
             (Step::Start, Some(s)) => start_txn(m, s, now_ms),
             (Step::Copied, Some(_)) => copied_txn(m, now_ms),
-            (Step::Commit(cp), Some(s)) => {
-                let rf = cluster.layout.map_or(0, |l| l.rf as usize);
-                commit_txn(m, s, cp, rf, now_ms)
-            }
+            (Step::Commit(cp), Some(s)) => commit_txn(m, s, cp, cluster, now_ms),
             (Step::Abort(why), s) => abort_txn(m, s, why),
             (_, None) => abort_txn(m, None, &AbortReason::ShardGone),
         };

@@ -39,7 +39,7 @@ use super::Requested;
 use crate::control::cluster::{Cluster, Reports};
 use augur_proto::data::{Checkpoint, ReplicaRole};
 use augur_proto::model::ShardState;
-use augur_proto::{Migration, MigrationKind, MigrationState, NodeId, NodeState};
+use augur_proto::{Migration, MigrationKind, MigrationState, NodeId, NodeState, StateOrigin};
 
 /// Waiting for the learner's copy (which the mover may record the progress of).
 pub const WAIT_COPYING: &str = "learner copying";
@@ -49,6 +49,8 @@ pub const WAIT_CHECKPOINT_REPORT: &str = "checkpoint not reported yet";
 pub const WAIT_CHECKPOINT_APPLIED: &str = "checkpoint not applied yet";
 /// Waiting for the learner to act under the shard's current epoch.
 pub const WAIT_LEARNER_EPOCH: &str = "learner has not acknowledged the current epoch";
+/// [`Step::Wait`]: the destination is late with its heartbeats (Suspect by liveness).
+pub const WAIT_DESTINATION_LATE: &str = "destination is late with its heartbeats";
 
 /// Why a move was given up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -258,6 +260,16 @@ pub fn next_step(
             primary: p.crc64,
             learner: l.crc64,
         });
+    }
+    // A destination late with its heartbeats may be dying: committing would trade the
+    // source (a drain's, still serving) for it. It is heard again (Up) or declared Down
+    // (aborted above) within the grace period.
+    let late = cluster
+        .nodes
+        .get(&m.to)
+        .is_some_and(|n| n.state == NodeState::Suspect && n.cause.origin == StateOrigin::Liveness);
+    if late {
+        return Step::Wait(WAIT_DESTINATION_LATE);
     }
     match reports.current(cluster, m.to, shard) {
         Some(r) if r.role == ReplicaRole::Learner => {

@@ -44,6 +44,41 @@ pub struct Loaded {
     pub files: u64,
 }
 
+/// Lets whoever abandons a copy stop its load for good. A learner that starts over deletes
+/// the shard and copies again; a file of the abandoned copy ingested after that delete would
+/// put older values under the new copy (ingested files rank above what the database held).
+/// Every ingest runs holding the gate's lock and only while it is open, and [`LoadGate::close`]
+/// takes the same lock, so once `close` returns no file of the load is ingested any more:
+/// the caller closes, then deletes.
+#[derive(Debug, Default)]
+pub struct LoadGate {
+    closed: std::sync::Mutex<bool>,
+}
+
+impl LoadGate {
+    /// Closes the gate, waiting for an ingest in progress (one file) to finish.
+    pub fn close(&self) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Whether the gate was closed.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` holding the lock, unless the gate is closed.
+    pub fn while_open<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(EngineError::Abandoned);
+        }
+        f()
+    }
+}
+
 /// Names the files of concurrent loads apart.
 static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 
@@ -80,15 +115,17 @@ impl Engine {
     /// Returns what was ingested, and the error that stopped the load if one did: files
     /// ingested before an error stay, so a copy resumes after `Loaded::last`. Chunks not yet
     /// ingested when an error occurs are dropped. Keys out of order are an error (RocksDB
-    /// refuses them), never a misplaced item.
+    /// refuses them), never a misplaced item. Nothing is ingested once `gate` is closed
+    /// (the load then stops with [`EngineError::Abandoned`]).
     pub fn bulk_load(
         &self,
         shard: ShardId,
         file_bytes: u64,
+        gate: &LoadGate,
         chunks: impl IntoIterator<Item = LoadChunk>,
     ) -> (Loaded, Result<(), EngineError>) {
         let mut loaded = Loaded::default();
-        let result = self.bulk_load_into(shard, file_bytes, chunks, &mut loaded);
+        let result = self.bulk_load_into(shard, file_bytes, gate, chunks, &mut loaded);
         (loaded, result)
     }
 
@@ -96,11 +133,15 @@ impl Engine {
         &self,
         shard: ShardId,
         file_bytes: u64,
+        gate: &LoadGate,
         chunks: impl IntoIterator<Item = LoadChunk>,
         loaded: &mut Loaded,
     ) -> Result<(), EngineError> {
         let mut open: Option<OpenFile<'_>> = None;
         for chunk in chunks {
+            if gate.is_closed() {
+                return Err(EngineError::Abandoned);
+            }
             if open.is_none() && !chunk.items.is_empty() {
                 open = Some(self.new_file(shard)?);
             }
@@ -120,12 +161,12 @@ impl Engine {
             }
             if open.as_ref().is_some_and(|f| f.pending.bytes >= file_bytes) {
                 if let Some(file) = open.take() {
-                    self.ingest(file, loaded)?;
+                    gate.while_open(|| self.ingest(file, loaded))?;
                 }
             }
         }
         match open {
-            Some(file) => self.ingest(file, loaded),
+            Some(file) => gate.while_open(|| self.ingest(file, loaded)),
             None => Ok(()),
         }
     }

@@ -37,7 +37,7 @@ mod open;
 mod pass;
 mod size;
 mod sync;
-pub use bulk::{LoadChunk, Loaded};
+pub use bulk::{LoadChunk, LoadGate, Loaded};
 pub use pass::PACE_BYTES;
 use sync::Syncer;
 
@@ -71,6 +71,9 @@ pub enum EngineError {
     /// The WAL syncer is gone (the engine is shutting down).
     #[error("the WAL syncer stopped")]
     SyncerGone,
+    /// A bulk load's gate was closed: its copy was abandoned ([`LoadGate`]).
+    #[error("the load was abandoned")]
+    Abandoned,
 }
 
 fn corrupt(what: &'static str, e: impl ToString) -> EngineError {
@@ -175,6 +178,20 @@ fn request_key(shard: ShardId, id: &RequestId) -> [u8; 32] {
     k[8..24].copy_from_slice(&id.client.to_be_bytes());
     k[24..].copy_from_slice(&id.seq.to_be_bytes());
     k
+}
+
+/// The request id a [`request_key`] names.
+fn request_id_of(key: &[u8]) -> Result<RequestId, EngineError> {
+    let (client, seq) = key
+        .get(8..24)
+        .zip(key.get(24..32))
+        .ok_or_else(|| corrupt("request key", format!("{} bytes, not 32", key.len())))?;
+    let client: [u8; 16] = client.try_into().map_err(|e| corrupt("request key", e))?;
+    let seq: [u8; 8] = seq.try_into().map_err(|e| corrupt("request key", e))?;
+    Ok(RequestId {
+        client: u128::from_be_bytes(client),
+        seq: u64::from_be_bytes(seq),
+    })
 }
 
 /// The first key after every key that starts with `prefix` (None: there is none).

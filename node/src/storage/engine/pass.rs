@@ -1,16 +1,19 @@
 //! Whole-shard passes: snapshots read by copies and checksums, and removing a shard.
 
 use super::{
-    corrupt, data_key, decode, shard_end, shard_prefix, Engine, EngineError, Item, ReplicaState,
-    CF_DATA, CF_LOG, CF_REPLICA, CF_REQUESTS,
+    corrupt, data_key, decode, encode, request_id_of, request_key, shard_end, shard_prefix, Engine,
+    EngineError, Item, Remembered, ReplicaState, CF_DATA, CF_LOG, CF_REPLICA, CF_REQUESTS,
 };
-use augur_proto::data::Checkpoint;
+use augur_proto::data::{Checkpoint, CopiedRequest};
 use augur_proto::ShardId;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use serde::Deserialize;
 
 /// How many bytes a paced whole-shard pass reads between two calls of its pace.
 pub const PACE_BYTES: u64 = 1 << 20;
+
+/// About the bytes one request id takes in a copy frame: chunks of them are cut by count.
+const REQUEST_BYTES: usize = 64;
 
 /// A stored [`Versioned`] read in place, for passes that only look at it.
 #[derive(Deserialize)]
@@ -53,11 +56,17 @@ impl Engine {
     /// to `emit` with the snapshot's applied sequence and whether it is the last; stops early
     /// when `emit` returns false. A copy's source runs this on a blocking thread, so reading
     /// the next chunk overlaps sending the last one.
+    ///
+    /// Before the data, the shard's remembered request ids in the same snapshot go to
+    /// `requests`, in chunks of about `max_bytes` too (none for a shard with none): a learner
+    /// needs them as much as the data (see `augur_proto::data::CopiedRequest`). Every attempt
+    /// of a resumed copy sends them again; they are small, and writing one twice is harmless.
     pub fn scan_snapshot(
         &self,
         shard: ShardId,
         after: Option<&[u8]>,
         max_bytes: usize,
+        mut requests: impl FnMut(Vec<CopiedRequest>) -> bool,
         mut emit: impl FnMut(u64, Vec<Item>, bool) -> bool,
     ) -> Result<(), EngineError> {
         let snap = self.db.snapshot();
@@ -65,6 +74,32 @@ impl Engine {
             .snapshot_replica_state(&snap, shard)?
             .map(|s| s.applied)
             .unwrap_or(0);
+        let prefix = shard_prefix(shard);
+        let per_chunk = (max_bytes / REQUEST_BYTES).max(1);
+        let mut ids = Vec::new();
+        for item in snap.iterator_cf_opt(
+            self.cf(CF_REQUESTS)?,
+            bulk_read(),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let r: Remembered = decode("request id", &v)?;
+            ids.push(CopiedRequest {
+                id: request_id_of(&k)?,
+                seq: r.seq,
+                outcome: r.outcome,
+                at_ms: r.at_ms,
+            });
+            if ids.len() == per_chunk && !requests(std::mem::take(&mut ids)) {
+                return Ok(());
+            }
+        }
+        if !ids.is_empty() && !requests(ids) {
+            return Ok(());
+        }
         let lower = data_key(shard, &[]);
         let start = match after {
             Some(k) => data_key(shard, k),
@@ -95,6 +130,26 @@ impl Engine {
             items.push((k[8..].to_vec(), decode("value", &v)?));
         }
         emit(at_seq, items, true);
+        Ok(())
+    }
+
+    /// Keeps request ids a learner's copy brought (unsynced: the copy syncs once it ends).
+    pub fn remember_copied(
+        &self,
+        shard: ShardId,
+        items: &[CopiedRequest],
+    ) -> Result<(), EngineError> {
+        let cf = self.cf(CF_REQUESTS)?;
+        let mut batch = WriteBatch::default();
+        for r in items {
+            let remembered = Remembered {
+                seq: r.seq,
+                outcome: r.outcome,
+                at_ms: r.at_ms,
+            };
+            batch.put_cf(cf, request_key(shard, &r.id), encode(&remembered)?);
+        }
+        self.db.write(batch)?;
         Ok(())
     }
 

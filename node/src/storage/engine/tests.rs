@@ -68,25 +68,43 @@ async fn log_apply_scan_and_identity() {
     // A copy's scan: one snapshot in chunks (at least one item each, however small the
     // budget), resumable after a key, the last chunk marked.
     let mut chunks = Vec::new();
-    e.scan_snapshot(s, None, 1, |_, items, done| {
-        chunks.push((items.len(), done));
-        true
-    })
+    e.scan_snapshot(
+        s,
+        None,
+        1,
+        |_| true,
+        |_, items, done| {
+            chunks.push((items.len(), done));
+            true
+        },
+    )
     .unwrap();
     assert_eq!(chunks, vec![(1, false), (1, false), (1, false), (1, true)]);
     let mut rest = Vec::new();
-    e.scan_snapshot(s, Some(&items[1].0), usize::MAX, |_, items, done| {
-        rest.extend(items.into_iter().map(|(k, _)| (k, done)));
-        true
-    })
+    e.scan_snapshot(
+        s,
+        Some(&items[1].0),
+        usize::MAX,
+        |_| true,
+        |_, items, done| {
+            rest.extend(items.into_iter().map(|(k, _)| (k, done)));
+            true
+        },
+    )
     .unwrap();
     assert_eq!(rest.len(), 2);
     assert!(rest.iter().all(|(k, done)| *k > items[1].0 && *done));
     let mut empty = Vec::new();
-    e.scan_snapshot(ShardId(77), None, 1, |_, items, done| {
-        empty.push((items.len(), done));
-        true
-    })
+    e.scan_snapshot(
+        ShardId(77),
+        None,
+        1,
+        |_| true,
+        |_, items, done| {
+            empty.push((items.len(), done));
+            true
+        },
+    )
     .unwrap();
     assert_eq!(
         empty,
@@ -169,7 +187,7 @@ fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
         load_chunk(30..60, 11),
         load_chunk(60..90, 12),
     ];
-    let (loaded, result) = e.bulk_load(s, 4 << 10, chunks);
+    let (loaded, result) = e.bulk_load(s, 4 << 10, &LoadGate::default(), chunks);
     result.unwrap();
     assert_eq!(loaded.last.as_deref(), Some(&b"k00089"[..]));
     assert_eq!(loaded.at_seq, Some(11), "the oldest snapshot used");
@@ -205,7 +223,7 @@ fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
     let t = ShardId(10);
     let mut bad = load_chunk(50..60, 5);
     bad.items.swap(2, 7);
-    let (loaded, result) = e.bulk_load(t, 1, vec![load_chunk(0..10, 5), bad]);
+    let (loaded, result) = e.bulk_load(t, 1, &LoadGate::default(), vec![load_chunk(0..10, 5), bad]);
     assert!(result.is_err(), "out of order must be refused");
     assert_eq!(loaded.last.as_deref(), Some(&b"k00009"[..]));
     let (items, _) = e.scan(t, b"", None, 1000, usize::MAX).unwrap();
@@ -218,6 +236,46 @@ fn bulk_load_ingests_files_and_keeps_what_it_ingested_before_an_error() {
     let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
     assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
     assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 90);
+}
+
+#[test]
+fn an_abandoned_load_ingests_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
+    let s = ShardId(4);
+    // Closed before the load: nothing lands, and no staged file is left behind.
+    let gate = LoadGate::default();
+    gate.close();
+    let (loaded, result) = e.bulk_load(s, 1, &gate, vec![load_chunk(0..10, 5)]);
+    assert!(matches!(result, Err(EngineError::Abandoned)), "{result:?}");
+    assert_eq!(loaded, Loaded::default());
+    assert!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.is_empty());
+    // Closed between chunks (the learner started over and deleted the shard): what was
+    // ingested before stays for the delete to remove; the file being filled is dropped.
+    let gate = LoadGate::default();
+    let mut chunks = vec![load_chunk(0..10, 5), load_chunk(10..20, 5)].into_iter();
+    let mut n = 0;
+    let (loaded, result) = e.bulk_load(
+        s,
+        1,
+        &gate,
+        std::iter::from_fn(|| {
+            n += 1;
+            if n == 2 {
+                gate.close();
+            }
+            chunks.next()
+        }),
+    );
+    assert!(matches!(result, Err(EngineError::Abandoned)), "{result:?}");
+    assert_eq!(loaded.last.as_deref(), Some(&b"k00009"[..]));
+    assert_eq!(e.scan(s, b"", None, 1000, usize::MAX).unwrap().0.len(), 10);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -241,7 +299,7 @@ fn a_new_learners_clear_leaves_its_copy_a_path_to_the_bottom_level() {
     // tombstone in the memtable, so no flush and no file in level 0.
     assert!(!e.holds_data(s).unwrap());
     e.delete_shard(s).unwrap();
-    let (_, result) = e.bulk_load(s, 1 << 20, vec![load_chunk(0..50, 3)]);
+    let (_, result) = e.bulk_load(s, 1 << 20, &LoadGate::default(), vec![load_chunk(0..50, 3)]);
     result.unwrap();
     assert_eq!(
         l0(&e),
@@ -272,7 +330,12 @@ fn a_copy_ingested_beside_a_snapshot_is_never_rewritten_to_zero_its_sequence() {
     // Another shard's copy or checksum holds a snapshot while each copy below lands.
     let copy_beside_a_snapshot = |shard, keys, version| {
         let snap = e.snapshot();
-        let (_, result) = e.bulk_load(shard, 1 << 20, vec![load_chunk(keys, version)]);
+        let (_, result) = e.bulk_load(
+            shard,
+            1 << 20,
+            &LoadGate::default(),
+            vec![load_chunk(keys, version)],
+        );
         result.unwrap();
         drop(snap);
     };
@@ -310,4 +373,49 @@ fn a_copy_ingested_beside_a_snapshot_is_never_rewritten_to_zero_its_sequence() {
         items.first().map(|(k, _)| k.clone()),
         Some(b"k00020".to_vec())
     );
+}
+
+#[test]
+fn a_copy_carries_the_request_ids_the_shard_applied() {
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (src, _) = Engine::open(dirs.0.path(), 1, 8 << 20, Duration::ZERO).unwrap();
+    let (dst, _) = Engine::open(dirs.1.path(), 2, 8 << 20, Duration::ZERO).unwrap();
+    let (s, other) = (ShardId(3), ShardId(4));
+    let state = ReplicaState::empty(1, ReplicaRole::Primary);
+    let entries: Vec<LogEntry> = (1..=5).map(|i| entry(i, 1, "k", "v")).collect();
+    src.apply(s, &entries, &state).unwrap();
+    src.apply(other, &[entry(9, 1, "x", "y")], &state).unwrap();
+    // Chunks of two ids (128-byte budget), then the data; only this shard's ids.
+    let (mut chunks, mut sent) = (Vec::new(), Vec::new());
+    src.scan_snapshot(
+        s,
+        None,
+        128,
+        |ids| {
+            chunks.push(ids.len());
+            sent.extend(ids);
+            true
+        },
+        |_, _, _| true,
+    )
+    .unwrap();
+    assert_eq!(chunks, vec![2, 2, 1]);
+    assert_eq!(
+        sent.iter().map(|r| (r.id.seq, r.seq)).collect::<Vec<_>>(),
+        (1..=5).map(|i| (i, i)).collect::<Vec<_>>()
+    );
+    // The learner remembers them exactly as the source does.
+    dst.remember_copied(s, &sent).unwrap();
+    for e in &entries {
+        let id = e.request.unwrap();
+        assert_eq!(
+            dst.remembered(s, &id).unwrap(),
+            src.remembered(s, &id).unwrap()
+        );
+        assert!(dst.remembered(s, &id).unwrap().is_some());
+    }
+    assert!(dst
+        .remembered(other, &entries[0].request.unwrap())
+        .unwrap()
+        .is_none());
 }

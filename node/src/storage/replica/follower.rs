@@ -77,6 +77,23 @@ impl Replica {
             return;
         }
         let (p_seq, p_epoch) = frame.prev;
+        // A primary sends the entries after `prev` in order; anything else would leave a
+        // hole in the log (applying would stop for good at the missing entry) or overflow
+        // a sequence.
+        let next = |i: usize| p_seq.checked_add(1)?.checked_add(i as u64);
+        let in_order = next(0).is_some()
+            && frame
+                .entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| next(i) == Some(e.seq) && e.seq < u64::MAX);
+        if !in_order {
+            let _ = reply.send(refuse(DataError::InvalidArgument(format!(
+                "shard {}: a frame's entries must follow {p_seq} one by one",
+                self.shard
+            ))));
+            return;
+        }
         if self.state.role == ReplicaRole::Learner && !self.state.copied && !self.stream_started {
             // A learner that holds nothing: its log starts after the primary's `prev`, and
             // the copy will cover everything up to it.
@@ -317,7 +334,7 @@ impl Replica {
         if self.state.role != ReplicaRole::Learner || self.state.copied {
             return;
         }
-        if at_seq + 1 < self.state.floor {
+        if at_seq.saturating_add(1) < self.state.floor {
             tracing::error!(shard = %self.shard, at_seq, floor = self.state.floor, "a copy older than the log's start; copying again");
             return;
         }

@@ -206,7 +206,23 @@ impl Replica {
             }
             if let Effect::Put { key, .. } | Effect::Delete { key } = &entry.effect {
                 if self.overlay.get(key).is_some_and(|(s, _)| *s == entry.seq) {
-                    self.overlay.remove(key);
+                    // The key's latest write is again the latest one still pending, which
+                    // the failed entry's overlay had replaced: a compare-and-set must see it.
+                    let earlier = self
+                        .pending
+                        .values()
+                        .rev()
+                        .find_map(|p| match &p.entry.effect {
+                            Effect::Put { key: k, .. } if k == key => {
+                                Some((p.entry.seq, Some(p.entry.seq)))
+                            }
+                            Effect::Delete { key: k } if k == key => Some((p.entry.seq, None)),
+                            _ => None,
+                        });
+                    match earlier {
+                        Some(v) => self.overlay.insert(key.clone(), v),
+                        None => self.overlay.remove(key),
+                    };
                 }
             }
             return;
@@ -374,10 +390,9 @@ impl Replica {
         self.finish_hand_off();
     }
 
-    /// Answers hand-off callers once nothing is in flight; gives the hand-off up (and serves
-    /// again) when no new configuration came in time.
+    /// Answers hand-off callers once nothing is in flight.
     pub(crate) fn finish_hand_off(&mut self) {
-        let Some((until, waiters)) = self.handing_off.as_mut() else {
+        let Some((_, waiters)) = self.handing_off.as_mut() else {
             return;
         };
         if self.pending.is_empty() && self.state.applied >= self.last.0 {
@@ -386,13 +401,51 @@ impl Replica {
                 let _ = w.send(Ok(seq));
             }
         }
-        if Instant::now() >= *until {
-            tracing::warn!(shard = %self.shard, "hand-off not followed by a new configuration: serving again");
-            for w in waiters.drain(..) {
-                let _ = w.send(Err(DataError::Unavailable("the hand-off timed out".into())));
-            }
-            self.handing_off = None;
+    }
+
+    /// A hand-off with no new configuration in time: before serving again, the shard record
+    /// is read from the metadata (linearizably). The watch that brings new records may lag,
+    /// and the time running out proves nothing: the hand-off's write may have committed,
+    /// the new primary may have removed this node meanwhile, and this node, its lease still
+    /// valid, would then answer reads the new primary's writes had made stale.
+    fn hand_off_expired(&mut self) {
+        let Some((until, waiters)) = self.handing_off.as_mut() else {
+            return;
+        };
+        if self.handoff_check || Instant::now() < *until {
+            return;
         }
+        for w in waiters.drain(..) {
+            let _ = w.send(Err(DataError::Unavailable("the hand-off timed out".into())));
+        }
+        self.handoff_check = true;
+        let (ctx, shard, epoch, me) = (
+            self.ctx.clone(),
+            self.shard,
+            self.state.epoch,
+            self.me.clone(),
+        );
+        tokio::spawn(async move {
+            let confirmed = crate::storage::directory::confirm_shard(&ctx, shard).await;
+            let _ = me.send(Msg::HandOffChecked { epoch, confirmed }).await;
+        });
+    }
+
+    /// The shard record read after a hand-off ran out of time: a newer configuration was
+    /// queued before this and has ended the hand-off; if none, this node is still primary
+    /// at its epoch and serves again. A failed read leaves the hand-off in place and is
+    /// tried again a second later.
+    pub(crate) fn on_hand_off_checked(&mut self, epoch: u64, confirmed: bool) {
+        self.handoff_check = false;
+        let Some((until, _)) = self.handing_off.as_mut() else {
+            return;
+        };
+        if !confirmed || self.state.epoch != epoch {
+            *until = Instant::now() + Duration::from_secs(1);
+            return;
+        }
+        tracing::warn!(shard = %self.shard, epoch, "hand-off not followed by a new configuration (the metadata confirms it): serving again");
+        self.handing_off = None;
     }
 
     pub(crate) fn on_checkpoint(
@@ -436,6 +489,7 @@ impl Replica {
             return;
         }
         self.finish_hand_off();
+        self.hand_off_expired();
         let timeout = Duration::from_millis(self.ctx.cfg.replication.ack_timeout_ms);
         let owed = self.last.0;
         let slow: Vec<NodeId> = self

@@ -67,17 +67,23 @@ impl Replica {
         if role == ReplicaRole::Learner && was != ReplicaRole::Learner {
             // Whatever this node held of the shard before is not to be trusted: start empty.
             self.reset_learner();
+        } else if role != ReplicaRole::Learner {
+            // A copy in progress is moot once this node is no longer a learner (a stray's
+            // data is deleted after its grace period; nothing may be ingested after that).
+            self.abandon_copy();
         }
-        self.state.epoch = shard.epoch;
-        self.state.role = role;
-        if role != ReplicaRole::Learner && was == ReplicaRole::Stray && self.state.applied == 0 {
-            self.state.copied = true;
+        let mut next = self.state;
+        next.epoch = shard.epoch;
+        next.role = role;
+        if role != ReplicaRole::Learner && was == ReplicaRole::Stray && next.applied == 0 {
+            next.copied = true;
         }
-        // Durable before acting on it.
-        if let Err(e) = self.engine.save_replica_state(self.shard, &self.state) {
+        // Durable before acting on it: the epoch and role in memory change only once saved.
+        if let Err(e) = self.engine.save_replica_state(self.shard, &next) {
             tracing::error!(shard = %self.shard, error = %e, "cannot record the new epoch; not acting on it");
             return;
         }
+        self.state = next;
         self.matched = 0;
         self.stray_since = (role == ReplicaRole::Stray).then(Instant::now);
         match role {
@@ -122,8 +128,19 @@ impl Replica {
         self.acked.clear();
     }
 
-    /// Empties the shard on this node so a learner copies it from scratch.
+    /// Gives up the copy in progress, if any; once this returns nothing of it is ingested.
+    pub(super) fn abandon_copy(&mut self) {
+        if let Some(job) = self.copy_job.take() {
+            job.cancel();
+        }
+        self.copying = false;
+    }
+
+    /// Empties the shard on this node so a learner copies it from scratch. The copy in
+    /// progress is given up first: a file of it ingested after the delete would put older
+    /// values under the new copy.
     pub(super) fn reset_learner(&mut self) {
+        self.abandon_copy();
         if let Err(e) = self.log.delete_shard() {
             tracing::error!(shard = %self.shard, error = %e, "cannot clear the shard for a new copy");
         }
@@ -134,11 +151,11 @@ impl Replica {
         self.prepared = 0;
         self.committed = 0;
         self.matched = 0;
-        self.copying = false;
-        if let Some(job) = self.copy_job.take() {
-            job.cancel();
-        }
         self.checksum_gen += 1;
+        // Syncs asked for the deleted log cannot vouch for the new one's entries, and
+        // acknowledgements owed on it are void.
+        self.sync_gen += 1;
+        self.awaiting_sync.clear();
         self.stream_started = false;
         self.checkpoint = None;
     }
@@ -146,19 +163,20 @@ impl Replica {
     /// Whether a stray's grace period is over and its data deleted.
     pub(super) fn gone(&mut self) -> bool {
         let grace = Duration::from_millis(self.ctx.cfg.replication.stray_grace_ms);
-        match self.stray_since {
-            Some(t) if t.elapsed() >= grace => match self.log.delete_shard() {
-                Ok(()) => {
-                    tracing::info!(shard = %self.shard, "deleted the copy of a shard this node no longer holds");
-                    self.ctx.forget(self.shard);
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(shard = %self.shard, error = %e, "cannot delete a stray shard");
-                    false
-                }
-            },
-            _ => false,
+        if self.stray_since.is_none_or(|t| t.elapsed() < grace) {
+            return false;
+        }
+        self.abandon_copy();
+        match self.log.delete_shard() {
+            Ok(()) => {
+                tracing::info!(shard = %self.shard, "deleted the copy of a shard this node no longer holds");
+                self.ctx.forget(self.shard);
+                true
+            }
+            Err(e) => {
+                tracing::error!(shard = %self.shard, error = %e, "cannot delete a stray shard");
+                false
+            }
         }
     }
 }
