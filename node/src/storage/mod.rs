@@ -113,22 +113,23 @@ impl NodeCtx {
     /// Hands a shard record to its replica, starting one if the record lists this node.
     pub(crate) async fn on_shard(self: &Arc<Self>, shard: Arc<Shard>) {
         let listed = shard.replicas.contains(&self.node) || shard.learners.contains(&self.node);
-        let handle = match self.replica(shard.id) {
-            Some(h) => h,
-            None if listed => match Replica::spawn(self.clone(), shard.id) {
-                Ok(h) => {
-                    if let Ok(mut m) = self.replicas.lock() {
-                        m.entry(shard.id).or_insert(h).clone()
-                    } else {
+        let handle = {
+            // Looked up and started under one lock: two records arriving at once (the watch,
+            // a refresh) must not start two tasks on one shard's log.
+            let Ok(mut m) = self.replicas.lock() else {
+                return;
+            };
+            match m.get(&shard.id) {
+                Some(h) => h.clone(),
+                None if listed => match Replica::spawn(self.clone(), shard.id) {
+                    Ok(h) => m.entry(shard.id).or_insert(h).clone(),
+                    Err(e) => {
+                        tracing::error!(shard = %shard.id, error = %e, "cannot start a replica");
                         return;
                     }
-                }
-                Err(e) => {
-                    tracing::error!(shard = %shard.id, error = %e, "cannot start a replica");
-                    return;
-                }
-            },
-            None => return,
+                },
+                None => return,
+            }
         };
         let _ = handle.send(replica::Msg::Config(shard)).await;
     }

@@ -440,7 +440,14 @@ impl Replica {
         let Some((until, _)) = self.handing_off.as_mut() else {
             return;
         };
-        if !confirmed || self.state.epoch != epoch {
+        // The directory holds the record just read, or a newer one another task learned
+        // and has yet to queue here: either way, serve only if it is still this epoch.
+        let current = self
+            .ctx
+            .directory
+            .shard(self.shard)
+            .is_some_and(|r| r.epoch == epoch);
+        if !confirmed || self.state.epoch != epoch || !current {
             *until = Instant::now() + Duration::from_secs(1);
             return;
         }
