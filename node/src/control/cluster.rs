@@ -132,6 +132,15 @@ impl Reports {
             .filter(|r| r.epoch == shard.epoch)
     }
 
+    /// Whether `node` has reported as the incarnation and node epoch its record names.
+    pub fn heard_from(&self, cluster: &Cluster, node: NodeId) -> bool {
+        let (Some(record), Some(report)) = (cluster.nodes.get(&node), self.by_node.get(&node))
+        else {
+            return false;
+        };
+        report.incarnation == record.incarnation && report.node_epoch == record.epoch
+    }
+
     /// Whether `node` holds a live replica of `shard`: its node is live and it reports the
     /// shard under the shard's current epoch. Such a replica has every committed write (a
     /// primary commits only what every replica of the configuration has prepared), so it

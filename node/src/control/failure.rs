@@ -291,7 +291,7 @@ pub fn force_primary(
     if let Some(unheard) = shard
         .replicas
         .iter()
-        .find(|r| **r != node && cluster.live(**r) && !reports.by_node.contains_key(r))
+        .find(|r| **r != node && cluster.live(**r) && !reports.heard_from(cluster, **r))
     {
         return Err(ReconfigError::NotHeardFrom {
             shard: shard.id,

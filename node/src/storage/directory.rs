@@ -104,19 +104,6 @@ pub async fn refresh_shard(ctx: &Arc<NodeCtx>, id: ShardId) {
     }
 }
 
-/// Reads the shard record linearizably and hands on whatever is newer than the directory
-/// holds, queued to the replica before anything the caller sends after; whether the read
-/// succeeded (a record the metadata does not have counts as a failed read).
-pub async fn confirm_shard(ctx: &Arc<NodeCtx>, id: ShardId) -> bool {
-    let Some(Record::Shard(s)) = read_now(ctx, Key::Shard(id)).await else {
-        return false;
-    };
-    if let Some(s) = ctx.directory.learn_shard(s) {
-        ctx.on_shard(s).await;
-    }
-    true
-}
-
 /// Reads node `id`'s record from the metadata now, for a peer the directory does not know
 /// (yet) or knows under another incarnation: a replication stream to or from a node that
 /// registered while this one was listing waited for the watch, and a reconciling primary's

@@ -12,7 +12,8 @@
 //!    configuration prepared every committed write (a primary commits only what all of them
 //!    prepared), so any of them may take over; an Up one is preferred, then the one leading
 //!    the fewest shards, then the highest prepared. If the write fails (the shard changed
-//!    meanwhile), the old primary serves again after `handoff_timeout_ms`. Once the cluster
+//!    meanwhile), the old primary asks to be elected again at a new epoch after
+//!    `handoff_timeout_ms` (`storage::replica`), and serves under that. Once the cluster
 //!    is quiet, [`super::balance`] evens out what hand-offs and promotions left uneven.
 //! 2. **One move per replica.** Each secondary replica on a Draining node gets a
 //!    [`MigrationKind::Drain`] migration (from = the draining node), recorded before anything
@@ -274,7 +275,7 @@ impl Control {
     /// taking requests and let every write in flight commit, then one write (comparing the
     /// shard's and `target`'s records) makes `target` primary at epoch + 1. The new epoch and
     /// the primary's last sequence, or `None` when the primary refused or the records
-    /// changed meanwhile (the old primary then serves again after `handoff_timeout_ms`).
+    /// changed meanwhile (after `handoff_timeout_ms` the old primary asks to be elected again at a new epoch).
     pub(crate) async fn hand_off(
         &self,
         shard: &Shard,
@@ -310,7 +311,7 @@ impl Control {
         if meta.propose(txn).await?.succeeded {
             Ok(Some((epoch, seq)))
         } else {
-            tracing::info!(shard = %shard.id, primary = %old, "records changed under a hand-off; the primary serves again after its timeout");
+            tracing::info!(shard = %shard.id, primary = %old, "records changed under a hand-off; after its timeout the primary asks to be elected again");
             Ok(None)
         }
     }

@@ -51,6 +51,9 @@ pub const WAIT_CHECKPOINT_APPLIED: &str = "checkpoint not applied yet";
 pub const WAIT_LEARNER_EPOCH: &str = "learner has not acknowledged the current epoch";
 /// [`Step::Wait`]: the destination is late with its heartbeats (Suspect by liveness).
 pub const WAIT_DESTINATION_LATE: &str = "destination is late with its heartbeats";
+/// [`Step::Wait`]: a replica of the shard is on a node declared Down (or removed) that
+/// repair has yet to take out of the configuration.
+pub const WAIT_MEMBER_GONE: &str = "a replica's node is gone: waiting for the repair";
 
 /// Why a move was given up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -271,6 +274,12 @@ pub fn next_step(
     if late {
         return Step::Wait(WAIT_DESTINATION_LATE);
     }
+    // The commit counts the replicas it keeps: with a dead member still listed, dropping a
+    // drain's source could leave too few live ones, and keeping it too many once the dead
+    // node came back. Repair takes the member out within a pass.
+    if shard.replicas.iter().any(|n| cluster.gone(*n)) {
+        return Step::Wait(WAIT_MEMBER_GONE);
+    }
     match reports.current(cluster, m.to, shard) {
         Some(r) if r.role == ReplicaRole::Learner => {
             if primary == m.from {
@@ -450,6 +459,22 @@ mod tests {
         assert_eq!(
             next_step(&m, &c, &same, Some(&req(12)), 0),
             Step::Commit(checkpoint(12, 0xabc))
+        );
+        // A destination late with its heartbeats, or a member on a node declared Down that
+        // repair has not removed yet: the commit waits.
+        let mut late = c.clone();
+        let n4 = late.nodes.get_mut(&NodeId(4)).unwrap();
+        n4.state = NodeState::Suspect;
+        n4.cause.origin = augur_proto::StateOrigin::Liveness;
+        assert_eq!(
+            next_step(&m, &late, &same, Some(&req(12)), 0),
+            Step::Wait(WAIT_DESTINATION_LATE)
+        );
+        let mut gone = c.clone();
+        gone.nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Down;
+        assert_eq!(
+            next_step(&m, &gone, &same, Some(&req(12)), 0),
+            Step::Wait(WAIT_MEMBER_GONE)
         );
         // The learner has not applied it yet.
         let behind = with_checkpoints((12, 0xabc), (8, 0x111), 6);

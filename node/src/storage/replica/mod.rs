@@ -129,14 +129,6 @@ pub enum Msg {
         /// The answer.
         reply: oneshot::Sender<Result<u64, DataError>>,
     },
-    /// The shard record was read afresh after a hand-off ran out of time (`confirmed`: the
-    /// read succeeded, and anything newer was queued before this).
-    HandOffChecked {
-        /// The epoch the hand-off was under.
-        epoch: u64,
-        /// Whether the read succeeded.
-        confirmed: bool,
-    },
     /// Write a checkpoint entry and answer with its sequence once committed (primary).
     Checkpoint {
         /// The caller's epoch.
@@ -265,9 +257,6 @@ pub struct Replica {
     pub(crate) asked_reelection: Option<Instant>,
     /// Primary handing off: until when it serves nothing, and who waits for the drain.
     pub(crate) handing_off: Option<(Instant, Vec<HandOffWaiter>)>,
-    /// A hand-off ran out of time and the shard record is being read afresh before this
-    /// primary serves again ([`Replica::hand_off_expired`]).
-    pub(crate) handoff_check: bool,
     /// Tells senders the log grew or the commit moved.
     pub(crate) progress: watch::Sender<(u64, u64)>,
     /// The shard's log (its newest entries also in memory), shared with the senders.
@@ -328,7 +317,6 @@ impl Replica {
             stream_started: false,
             asked_reelection: None,
             handing_off: None,
-            handoff_check: false,
             progress,
             view: view_tx,
         };
@@ -425,7 +413,6 @@ impl Replica {
                 }
                 let _ = reply.send(());
             }
-            Msg::HandOffChecked { epoch, confirmed } => self.on_hand_off_checked(epoch, confirmed),
             Msg::Tick => self.on_tick(tx),
         }
     }

@@ -403,56 +403,32 @@ impl Replica {
         }
     }
 
-    /// A hand-off with no new configuration in time: before serving again, the shard record
-    /// is read from the metadata (linearizably). The watch that brings new records may lag,
-    /// and the time running out proves nothing: the hand-off's write may have committed,
-    /// the new primary may have removed this node meanwhile, and this node, its lease still
-    /// valid, would then answer reads the new primary's writes had made stale.
+    /// A hand-off with no new configuration in time: this primary does not serve again on
+    /// its own. The time running out proves nothing: the hand-off's write may still commit
+    /// (the control plane proposes it once answered, with no deadline), and the new primary
+    /// could then remove this node while it, its lease valid, answered reads the new
+    /// primary's writes had made stale. It asks instead, as after a restart, to be elected
+    /// again at a new epoch ([`crate::control::failure::reelect`]): a write comparing the
+    /// shard's version, so exactly one of it and a late hand-off lands, and the new
+    /// configuration (this node primary or not) ends the hand-off. Asked again every few
+    /// seconds until one comes.
     fn hand_off_expired(&mut self) {
         let Some((until, waiters)) = self.handing_off.as_mut() else {
             return;
         };
-        if self.handoff_check || Instant::now() < *until {
+        if Instant::now() < *until {
             return;
         }
         for w in waiters.drain(..) {
             let _ = w.send(Err(DataError::Unavailable("the hand-off timed out".into())));
         }
-        self.handoff_check = true;
-        let (ctx, shard, epoch, me) = (
-            self.ctx.clone(),
-            self.shard,
-            self.state.epoch,
-            self.me.clone(),
+        *until = Instant::now() + Duration::from_secs(3);
+        tracing::warn!(shard = %self.shard, epoch = self.state.epoch, "hand-off not followed by a new configuration: asking to be elected again at a new epoch");
+        let me = self.ctx.node;
+        self.report(
+            me,
+            "a hand-off timed out; choose the primary again at a new epoch",
         );
-        tokio::spawn(async move {
-            let confirmed = crate::storage::directory::confirm_shard(&ctx, shard).await;
-            let _ = me.send(Msg::HandOffChecked { epoch, confirmed }).await;
-        });
-    }
-
-    /// The shard record read after a hand-off ran out of time: a newer configuration was
-    /// queued before this and has ended the hand-off; if none, this node is still primary
-    /// at its epoch and serves again. A failed read leaves the hand-off in place and is
-    /// tried again a second later.
-    pub(crate) fn on_hand_off_checked(&mut self, epoch: u64, confirmed: bool) {
-        self.handoff_check = false;
-        let Some((until, _)) = self.handing_off.as_mut() else {
-            return;
-        };
-        // The directory holds the record just read, or a newer one another task learned
-        // and has yet to queue here: either way, serve only if it is still this epoch.
-        let current = self
-            .ctx
-            .directory
-            .shard(self.shard)
-            .is_some_and(|r| r.epoch == epoch);
-        if !confirmed || self.state.epoch != epoch || !current {
-            *until = Instant::now() + Duration::from_secs(1);
-            return;
-        }
-        tracing::warn!(shard = %self.shard, epoch, "hand-off not followed by a new configuration (the metadata confirms it): serving again");
-        self.handing_off = None;
     }
 
     pub(crate) fn on_checkpoint(

@@ -67,10 +67,6 @@ impl Replica {
         if role == ReplicaRole::Learner && was != ReplicaRole::Learner {
             // Whatever this node held of the shard before is not to be trusted: start empty.
             self.reset_learner();
-        } else if role != ReplicaRole::Learner {
-            // A copy in progress is moot once this node is no longer a learner (a stray's
-            // data is deleted after its grace period; nothing may be ingested after that).
-            self.abandon_copy();
         }
         let mut next = self.state;
         next.epoch = shard.epoch;
@@ -84,6 +80,11 @@ impl Replica {
             return;
         }
         self.state = next;
+        if role != ReplicaRole::Learner {
+            // A copy in progress is moot once this node is no longer a learner (a stray's
+            // data is deleted after its grace period; nothing may be ingested after that).
+            self.abandon_copy();
+        }
         self.matched = 0;
         self.stray_since = (role == ReplicaRole::Stray).then(Instant::now);
         match role {
