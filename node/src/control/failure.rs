@@ -259,8 +259,9 @@ pub fn reelect(
 /// lease while its reports lag an epoch bump (a learner just added) or are not yet known (a
 /// new leader), and a second primary beside it would answer stale reads and lose its writes.
 /// A replica on a live node this leader has not heard from yet is waited for too: its first
-/// report may make it promotable without loss. The forced node serves what it holds: writes committed after its copy fell behind
-/// (those the dead replicas acknowledged while it was absent or lagging) are gone, and its
+/// report may make it promotable without loss. The forced node serves what it holds: writes
+/// committed after its copy fell behind (those the dead replicas acknowledged while it was
+/// absent or lagging) are gone, and its
 /// own uncommitted tail becomes committed when it reconciles. The node must be live and must
 /// hold a copy: a replica, a replica removed earlier whose data is still there, or a learner
 /// whose copy completed, as its latest report shows.

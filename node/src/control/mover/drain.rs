@@ -275,7 +275,8 @@ impl Control {
     /// taking requests and let every write in flight commit, then one write (comparing the
     /// shard's and `target`'s records) makes `target` primary at epoch + 1. The new epoch and
     /// the primary's last sequence, or `None` when the primary refused or the records
-    /// changed meanwhile (after `handoff_timeout_ms` the old primary asks to be elected again at a new epoch).
+    /// changed meanwhile (after `handoff_timeout_ms` the old primary asks to be elected
+    /// again at a new epoch).
     pub(crate) async fn hand_off(
         &self,
         shard: &Shard,

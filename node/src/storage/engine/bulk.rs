@@ -110,7 +110,8 @@ impl Drop for OpenFile<'_> {
 
 impl Engine {
     /// Writes `chunks` of `shard` into SST files of about `file_bytes` of keys and values each
-    /// (before compression) and ingests each as it fills, and what is left once `chunks` ends. Blocks: run it on a blocking thread.
+    /// (before compression) and ingests each as it fills, and what is left once `chunks`
+    /// ends. Blocks: run it on a blocking thread.
     ///
     /// Returns what was ingested, and the error that stopped the load if one did: files
     /// ingested before an error stay, so a copy resumes after `Loaded::last`. Chunks not yet
