@@ -394,7 +394,7 @@ mod tests {
     }
 
     /// A lease granted to node `id` at `at` (a heartbeat or registration acknowledged).
-    fn seen(control: &Control, id: u64, at: Instant) {
+    fn granted(control: &Control, id: u64, at: Instant) {
         control.grants.note(NodeId(id), at);
     }
 
@@ -405,8 +405,8 @@ mod tests {
         let t0 = Instant::now();
         let leader_since = t0;
         // Node 1 heartbeats throughout; 2 stopped at t0 + 1 s; 3 was never heard.
-        seen(&control, 2, t0 + ms(1_000));
-        seen(&control, 1, t0 + ms(4_900));
+        granted(&control, 2, t0 + ms(1_000));
+        granted(&control, 1, t0 + ms(4_900));
         let down = control
             .liveness_tick(&store, leader_since, t0 + ms(5_000))
             .await
@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(c.state(NodeId(1)), Some(NodeState::Up));
         assert_eq!(c.state(NodeId(2)), Some(NodeState::Suspect));
         assert_eq!(c.state(NodeId(3)), Some(NodeState::Suspect));
-        seen(&control, 1, t0 + ms(9_500));
+        granted(&control, 1, t0 + ms(9_500));
         let down = control
             .liveness_tick(&store, leader_since, t0 + ms(9_600))
             .await
@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(c.nodes[&NodeId(2)].epoch, 2);
         assert_eq!(c.state(NodeId(1)), Some(NodeState::Up));
         // Node 2 speaks again: it is Down until it registers; liveness leaves it alone.
-        seen(&control, 2, t0 + ms(9_700));
+        granted(&control, 2, t0 + ms(9_700));
         let down = control
             .liveness_tick(&store, leader_since, t0 + ms(9_800))
             .await

@@ -55,6 +55,10 @@ pub struct View {
 /// Who waits for a hand-off to drain: answered with the last applied sequence.
 pub(crate) type HandOffWaiter = oneshot::Sender<Result<u64, DataError>>;
 
+/// A key's latest uncommitted write: its sequence, and the key's version once it applies
+/// (`None`: deleted).
+pub(crate) type Overlaid = (u64, Option<u64>);
+
 /// A message to a replica's task.
 pub enum Msg {
     /// A client write (primary only).
@@ -226,7 +230,7 @@ pub struct Replica {
     /// Primary: uncommitted entries and who waits for them.
     pub(crate) pending: BTreeMap<u64, Pending>,
     /// Primary: the latest uncommitted value of each key written (None: deleted).
-    pub(crate) overlay: HashMap<Vec<u8>, (u64, Option<u64>)>,
+    pub(crate) overlay: HashMap<Vec<u8>, Overlaid>,
     /// Primary: request ids in flight and their sequence.
     pub(crate) inflight: HashMap<RequestId, u64>,
     /// Primary: checkpoint callers waiting for a sequence to commit.

@@ -173,14 +173,8 @@ impl Replica {
                 }
             }
         };
-        match &effect {
-            Effect::Put { key, .. } => {
-                self.overlay.insert(key.clone(), (seq, Some(seq)));
-            }
-            Effect::Delete { key } => {
-                self.overlay.insert(key.clone(), (seq, None));
-            }
-            Effect::Noop | Effect::Checkpoint => {}
+        if let Some((key, pending)) = overlay_entry(&effect, seq) {
+            self.overlay.insert(key.clone(), pending);
         }
         let entry = LogEntry {
             seq,
@@ -208,17 +202,11 @@ impl Replica {
                 if self.overlay.get(key).is_some_and(|(s, _)| *s == entry.seq) {
                     // The key's latest write is again the latest one still pending, which
                     // the failed entry's overlay had replaced: a compare-and-set must see it.
-                    let earlier = self
-                        .pending
-                        .values()
-                        .rev()
-                        .find_map(|p| match &p.entry.effect {
-                            Effect::Put { key: k, .. } if k == key => {
-                                Some((p.entry.seq, Some(p.entry.seq)))
-                            }
-                            Effect::Delete { key: k } if k == key => Some((p.entry.seq, None)),
-                            _ => None,
-                        });
+                    let earlier = self.pending.values().rev().find_map(|p| {
+                        overlay_entry(&p.entry.effect, p.entry.seq)
+                            .filter(|(k, _)| *k == key)
+                            .map(|(_, v)| v)
+                    });
                     match earlier {
                         Some(v) => self.overlay.insert(key.clone(), v),
                         None => self.overlay.remove(key),
@@ -507,5 +495,15 @@ impl Replica {
                 tracing::warn!(%shard, error = %e, "the control plane did not take the report");
             }
         });
+    }
+}
+
+/// The overlay entry a pending write at `seq` makes (see [`Replica::overlay`]): its key, and
+/// the key's version once it applies (`None`: deleted). Nothing for an entry touching no key.
+fn overlay_entry(effect: &Effect, seq: u64) -> Option<(&Vec<u8>, super::Overlaid)> {
+    match effect {
+        Effect::Put { key, .. } => Some((key, (seq, Some(seq)))),
+        Effect::Delete { key } => Some((key, (seq, None))),
+        Effect::Noop | Effect::Checkpoint => None,
     }
 }
