@@ -2,8 +2,12 @@
 //! Nothing acknowledged may be lost, no read may go back in time, and a frozen primary must
 //! stop serving before another replica is promoted.
 
-use augur_client::{DataClient, Error, Transport};
-use augur_proto::data::{DataError, DataRequest, DataResponse};
+use augur_client::{DataClient, Error, TlsFiles, Transport};
+use augur_proto::data::{
+    DataError, DataRequest, DataResponse, Effect, Fence, LogEntry, ReplicaAck, ReplicaStatus,
+    ReplicateFrame, WriteOutcome,
+};
+use augur_proto::frame::{read_frame, write_frame};
 use augur_proto::NodeId;
 use augur_tests::storage::{busiest_primary, nodes, shards};
 use augur_tests::{poll, LocalCluster};
@@ -400,5 +404,286 @@ async fn bad_requests_to_a_storage_node_get_typed_errors_and_change_nothing() ->
     // Nothing changed.
     let v = data.get(b"stays").await?.expect("still there");
     assert_eq!(v.value, b"same");
+    Ok(())
+}
+
+/// What a test sends on a forged replication stream after its request.
+enum Forged {
+    Frame(ReplicateFrame),
+    Bytes(Vec<u8>),
+}
+
+/// Opens a replication stream to `addr` under `fence` (on `raw`, which holds the sender's
+/// own storage certificate), sends `what`, and returns the first answer.
+async fn forge_stream(
+    raw: &Transport,
+    addr: &str,
+    fence: Fence,
+    what: Forged,
+) -> anyhow::Result<Option<ReplicaAck>> {
+    let conn = raw.connection(addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &DataRequest::Replicate(fence), 1 << 20).await?;
+    match what {
+        Forged::Frame(f) => write_frame(&mut send, &f, 1 << 20).await?,
+        Forged::Bytes(b) => send.write_all(&b).await?,
+    }
+    send.finish()?;
+    let ack =
+        tokio::time::timeout(Duration::from_secs(10), read_frame(&mut recv, 1 << 20)).await??;
+    Ok(ack)
+}
+
+/// A log entry that puts `value` under `key` at `seq`.
+fn forged_entry(seq: u64, epoch: u64, value: &[u8]) -> LogEntry {
+    LogEntry {
+        seq,
+        epoch,
+        request: None,
+        effect: Effect::Put {
+            key: b"frames".to_vec(),
+            value: value.to_vec(),
+        },
+        outcome: WriteOutcome::Applied { version: seq },
+        at_ms: 0,
+    }
+}
+
+/// The replica of `shard` that `node` reports.
+async fn replica_status(
+    raw: &Transport,
+    node: &augur_proto::Node,
+    shard: augur_proto::ShardId,
+) -> anyhow::Result<ReplicaStatus> {
+    augur_tests::storage::probe(raw, node)
+        .await?
+        .replicas
+        .into_iter()
+        .find(|r| r.shard == shard)
+        .ok_or_else(|| anyhow::anyhow!("node {} reports no replica of shard {shard}", node.id))
+}
+
+/// A replication stream is only as trustworthy as its frames: even with the primary's own
+/// certificate and fence, frames whose entries skip or wrap a sequence, rewrite a committed
+/// entry, name another epoch or incarnation, or do not decode are refused with a typed
+/// answer, and the secondary's log, commit and data stay exactly as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_replication_frames_are_refused_and_change_nothing() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let data = DataClient::new(c.new_client()?).await?;
+    for i in 0..5 {
+        data.put("frames", format!("v{i}").into_bytes()).await?;
+    }
+    let shard = data.shard_of(b"frames");
+    let record = shards(&c.client).await?[&shard].clone();
+    let registry = nodes(&c.client).await?;
+    let (primary, secondary) = (record.replicas[0], record.replicas[1]);
+    let target = registry[&secondary].clone();
+    let addr = target.addrs[0].clone();
+    let operator = augur_tests::storage::storage_transport(&c)?;
+    // Everything written is committed on the secondary (the primary's commit notice follows
+    // its last write within 10 ms).
+    let before = poll(
+        Duration::from_secs(20),
+        "the secondary's commit",
+        || async {
+            let st = replica_status(&operator, &target, shard).await?;
+            Ok(
+                (st.committed >= st.prepared && st.applied == st.committed && st.prepared >= 5)
+                    .then_some(st),
+            )
+        },
+    )
+    .await?;
+    let certs = c.dir().join("certs");
+    let as_primary = Transport::client(
+        &TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert: certs.join(format!("storage-{}.pem", primary.0)),
+            key: certs.join(format!("storage-{}.key", primary.0)),
+        },
+        Duration::from_secs(2),
+    )?
+    .for_servers(augur_transport::STORAGE_SERVER_NAME);
+    let fence = Fence {
+        shard,
+        epoch: record.epoch,
+        from: primary,
+        from_incarnation: registry[&primary].incarnation,
+        to: secondary,
+    };
+    let (last, epoch) = (before.prepared, record.epoch);
+    let frame = |prev: (u64, u64), entries: Vec<LogEntry>| {
+        Forged::Frame(ReplicateFrame {
+            prev,
+            entries,
+            committed: last + 2,
+        })
+    };
+    type Expect = fn(&ReplicaAck) -> bool;
+    let invalid: Expect = |a| matches!(a, ReplicaAck::Refused(DataError::InvalidArgument(_)));
+    let cases: Vec<(&str, Fence, Forged, Expect)> = vec![
+        (
+            "a gap after prev",
+            fence,
+            frame(
+                (last, epoch),
+                vec![
+                    forged_entry(last + 1, epoch, b"a"),
+                    forged_entry(last + 3, epoch, b"b"),
+                ],
+            ),
+            invalid,
+        ),
+        (
+            "entries before prev",
+            fence,
+            frame((last, epoch), vec![forged_entry(last, epoch, b"c")]),
+            invalid,
+        ),
+        (
+            "a sequence past the last",
+            fence,
+            frame(
+                (u64::MAX - 1, epoch),
+                vec![forged_entry(u64::MAX, epoch, b"d")],
+            ),
+            invalid,
+        ),
+        (
+            "prev at the last sequence",
+            fence,
+            frame((u64::MAX, epoch), vec![forged_entry(0, epoch, b"e")]),
+            invalid,
+        ),
+        (
+            "a committed entry rewritten",
+            fence,
+            frame((0, 0), vec![forged_entry(1, epoch + 7, b"f")]),
+            |a| matches!(a, ReplicaAck::Refused(DataError::Internal(m)) if m.contains("committed")),
+        ),
+        (
+            "a newer epoch than the secondary's",
+            Fence {
+                epoch: epoch + 1,
+                ..fence
+            },
+            frame(
+                (last, epoch + 1),
+                vec![forged_entry(last + 1, epoch + 1, b"g")],
+            ),
+            |a| matches!(a, ReplicaAck::Refused(DataError::Behind { .. })),
+        ),
+        (
+            "another incarnation of the primary",
+            Fence {
+                from_incarnation: fence.from_incarnation ^ 1,
+                ..fence
+            },
+            frame((last, epoch), vec![forged_entry(last + 1, epoch, b"h")]),
+            |a| matches!(a, ReplicaAck::Refused(DataError::Fenced(_))),
+        ),
+        (
+            "a frame that does not decode",
+            fence,
+            Forged::Bytes(vec![0, 0, 0, 3, 0xff, 0xff, 0xff]),
+            invalid,
+        ),
+    ];
+    for (what, fence, forged, expected) in cases {
+        match forge_stream(&as_primary, &addr, fence, forged).await? {
+            Some(ack) if expected(&ack) => {}
+            other => panic!("{what}: unexpected answer {other:?}"),
+        }
+    }
+    let after = replica_status(&operator, &target, shard).await?;
+    assert_eq!(
+        (
+            after.epoch,
+            after.role,
+            after.prepared,
+            after.committed,
+            after.applied
+        ),
+        (
+            before.epoch,
+            before.role,
+            before.prepared,
+            before.committed,
+            before.applied
+        ),
+        "the secondary's log moved"
+    );
+    assert_eq!(shards(&c.client).await?[&shard].epoch, record.epoch);
+    // The shard still replicates, and every replica holds the same content.
+    data.put("frames", b"after".to_vec()).await?;
+    let crcs = augur_tests::storage::replica_checksums(&c, &c.client, shard).await?;
+    assert_eq!(crcs.len(), 3, "{crcs:?}");
+    assert!(
+        crcs.windows(2)
+            .all(|w| (w[0].1, w[0].2) == (w[1].1, w[1].2)),
+        "{crcs:?}"
+    );
+    assert_eq!(
+        data.get(b"frames").await?.map(|v| v.value),
+        Some(b"after".to_vec())
+    );
+    Ok(())
+}
+
+/// A primary that handed off and then heard of no new configuration (the control plane's
+/// move was lost with its leader, say) neither serves again on its own clock nor stays
+/// silent for good: it asks to be elected again, the shard gets a new epoch, and clients
+/// read and write it there with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hand_off_that_nobody_follows_ends_at_a_new_epoch() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let data = DataClient::new(c.new_client()?).await?;
+    data.put("handed", b"before".to_vec()).await?;
+    let shard = data.shard_of(b"handed");
+    let record = shards(&c.client).await?[&shard].clone();
+    let primary = nodes(&c.client).await?[&record.replicas[0]].clone();
+    let addr = primary.addrs[0].clone();
+    let operator = augur_tests::storage::storage_transport(&c)?;
+    let answer = operator
+        .call_as::<_, DataResponse>(
+            &addr,
+            &DataRequest::HandOff {
+                shard,
+                epoch: record.epoch,
+                timeout_ms: 300,
+            },
+            Duration::from_secs(10),
+        )
+        .await?;
+    assert!(
+        matches!(answer, DataResponse::HandedOff { .. }),
+        "{answer:?}"
+    );
+    // From the hand-off on, the old epoch is never served again: first the primary is
+    // handing off, then it waits to be elected, then the epoch is stale.
+    let reelected = poll(
+        Duration::from_secs(30),
+        "a new epoch for the shard",
+        || async {
+            match direct_get(&operator, &addr, shard, record.epoch, b"handed").await {
+                Some(DataResponse::Value(v)) => panic!("the old epoch served a read: {v:?}"),
+                _ => {}
+            }
+            let now = shards(&c.client).await?[&shard].clone();
+            Ok((now.epoch > record.epoch).then_some(now))
+        },
+    )
+    .await?;
+    assert_eq!(reelected.replicas.len(), 3, "{reelected:?}");
+    assert_eq!(
+        data.get(b"handed").await?.map(|v| v.value),
+        Some(b"before".to_vec())
+    );
+    data.put("handed", b"after".to_vec()).await?;
+    assert_eq!(
+        data.get(b"handed").await?.map(|v| v.value),
+        Some(b"after".to_vec())
+    );
     Ok(())
 }
