@@ -190,11 +190,13 @@ fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if rest.len() < size + 2 {
-            return Err("chunk shorter than announced".into());
-        }
+        // A size near usize::MAX must not wrap into a small one.
+        let end = size
+            .checked_add(2)
+            .filter(|end| *end <= rest.len())
+            .ok_or("chunk shorter than announced")?;
         out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
+        rest = &rest[end..];
     }
 }
 
@@ -234,6 +236,9 @@ mod tests {
             b"garbage\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nab\r\n",
+            // A size that wraps when the CRLF after it is added.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nx",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffe\r\nx",
             b"HTTP/1.1 200 OK\r\n\r\n\xff\xfe",
         ] {
             assert!(parse_response(bad).is_err(), "{bad:?}");

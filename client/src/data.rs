@@ -275,7 +275,10 @@ impl DataClient {
             .await?;
         match resp {
             DataResponse::Written(outcome) => Ok(outcome),
-            other => Err(unexpected("write", other)),
+            // Some answer came back, but not to this write: whether it applied is unknown.
+            other => Err(Error::Indeterminate(format!(
+                "write {id} to shard {shard}: answered {other:?}"
+            ))),
         }
     }
 
@@ -324,11 +327,20 @@ impl DataClient {
         };
         // The merge across shards relies on each page being what was asked for.
         let mut last = start_after;
+        // A key that is not a valid key of this shard would become the next page's
+        // `start_after` (refused as the caller's mistake) or be handed out twice by the merge.
         for (k, _) in &items {
-            if !k.starts_with(prefix) || last.is_some_and(|l| k.as_slice() <= l) {
+            if !k.starts_with(prefix)
+                || last.is_some_and(|l| k.as_slice() <= l)
+                || check_key(k).is_err()
+                || self.shard_of(k) != shard
+            {
                 return Err(Error::Unexpected {
                     request: "scan",
-                    response: format!("shard {shard} returned keys out of order or range"),
+                    response: format!(
+                        "shard {shard} returned keys out of order, out of range or of \
+                         another shard"
+                    ),
                 });
             }
             last = Some(k);
@@ -425,11 +437,29 @@ impl DataClient {
             _ => Error::Unavailable(format!("shard {shard}: {why}")),
         };
         loop {
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Err(give_up(maybe_applied, last));
             }
-            let outcome = match self.route(shard).await {
+            // Routing may read the metadata (a refresh after a move): within the time left,
+            // not each read's own timeout, so that no attempt starts after the deadline.
+            let routed = tokio::time::timeout(
+                deadline.saturating_duration_since(Instant::now()),
+                self.route(shard),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Ok("no route before the deadline".to_string())));
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            if remaining < MIN_ATTEMPT {
+                // Too little time for an answer to come back: an attempt could only time
+                // out (and a timeout with nothing heard drops the pooled connection).
+                let why = match &routed {
+                    Err(Ok(why)) => why.clone(),
+                    _ => last,
+                };
+                return Err(give_up(maybe_applied, why));
+            }
+            let outcome = match routed {
                 Err(Err(e)) if maybe_applied => return Err(give_up(true, e.to_string())),
                 Err(Err(e)) => return Err(e),
                 Err(Ok(why)) => Outcome::Again {
@@ -438,7 +468,6 @@ impl DataClient {
                     at_once: false,
                 },
                 Ok(route) => {
-                    let remaining = deadline.saturating_duration_since(now);
                     let attempt = match kind {
                         Kind::Write(_) => cfg.attempt_timeout,
                         Kind::Read => cfg.attempt_timeout.min(remaining),
@@ -481,12 +510,18 @@ impl DataClient {
                     }
                 }
             }
-            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            // Jittered (half to all of the backoff): the clients that one failover turned
+            // away at once do not all come back, and re-read the metadata, at once.
+            let jittered = backoff.mul_f64(rand::random::<f64>() * 0.5 + 0.5);
+            let pause = jittered.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(cfg.max_backoff);
         }
     }
 }
+
+/// The least time left worth an attempt: about a round trip on a busy machine.
+const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 
 /// What one answer (or failure) means, and whether the request may have been applied.
 fn judge(route: &Route, answer: Result<DataResponse, TransportError>) -> (Outcome, bool) {

@@ -11,7 +11,11 @@ pub enum Error {
     /// The write may or may not have been applied: the connection was lost or the leader
     /// changed after the request was sent. A metadata write was not retried; a data write
     /// was resent with its request id until the deadline without an answer. Read to find
-    /// out.
+    /// out, or (a data write made with [`crate::DataClient::write_as`]) send it again under
+    /// the same id and the same op: it applies at most once and answers with its first
+    /// outcome. `put`, `delete` and `cas` choose their id themselves, so calling them again
+    /// is a new write (a repeated put may land twice, a repeated cas may report a conflict
+    /// with its own first attempt).
     #[error("outcome unknown: {0}")]
     Indeterminate(String),
     /// No leader could be reached before the deadline; nothing was applied.

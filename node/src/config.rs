@@ -27,7 +27,7 @@
 //! append_window = 64                  # append-entries batches sent ahead of their answers
 //!
 //! [store]
-//! history_retention = 100000          # revisions of change history kept for watchers
+//! history_retention = 100000          # revisions of change history kept for watchers (1..=10^9)
 //! block_cache_mb = 64
 //!
 //! [control]                          # the data plane's control plane, on the leader
@@ -381,6 +381,12 @@ impl MetaFile {
                 "must be at least 1",
             ));
         }
+        if !(1..=1_000_000_000).contains(&self.store.history_retention) {
+            return Err(invalid(
+                "store.history_retention",
+                "must be between 1 and 1000000000 revisions",
+            ));
+        }
         self.raft.to_openraft()?;
         self.control.validate()?;
         Ok(MetaConfig {
@@ -459,6 +465,17 @@ mod tests {
                 f.validate(),
                 Err(ConfigError::Invalid {
                     setting: "limits.max_frame_bytes",
+                    ..
+                })
+            ));
+        }
+        for retention in [0, u64::MAX / 2 + 1] {
+            let mut f = base();
+            f.store.history_retention = retention;
+            assert!(matches!(
+                f.validate(),
+                Err(ConfigError::Invalid {
+                    setting: "store.history_retention",
                     ..
                 })
             ));

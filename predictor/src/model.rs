@@ -34,6 +34,10 @@ pub const SCHEMA_VERSION: u32 = 3;
 /// Name of the anomaly-score feature appended to the window features.
 pub const ANOMALY_FEATURE: &str = "lstm_anomaly";
 
+/// The longest autoencoder sequence a model file may declare (the generator's geometries
+/// use 6..=48 steps).
+const MAX_SEQ_LEN: usize = 1024;
+
 /// Why a model could not be loaded, saved or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -289,12 +293,26 @@ impl Model {
         {
             return Err("autoencoder weight shapes disagree".into());
         }
-        if self.window.seq_len == 0
-            || self.window.seq_step_ms <= 0
-            || self.window.mid_ms <= 0
-            || self.window.resolution_ms <= 0
-        {
-            return Err("empty window geometry".into());
+        let w = &self.window;
+        // Scoring allocates the sequence and multiplies spans: a geometry beyond any real
+        // one would overflow or exhaust memory at the first round instead of failing here.
+        const YEAR_MS: i64 = 366 * 24 * 3_600_000;
+        let spans = [
+            ("short_ms", w.short_ms),
+            ("mid_ms", w.mid_ms),
+            ("long_ms", w.long_ms),
+            ("baseline_ms", w.baseline_ms),
+            ("seq_step_ms", w.seq_step_ms),
+            ("resolution_ms", w.resolution_ms),
+        ];
+        if let Some((name, v)) = spans.iter().find(|(_, v)| !(1..=YEAR_MS).contains(v)) {
+            return Err(format!("window {name} {v} is outside 1 ms ..= 366 days"));
+        }
+        if !(1..=MAX_SEQ_LEN).contains(&w.seq_len) {
+            return Err(format!(
+                "window seq_len {} is outside 1..={MAX_SEQ_LEN}",
+                w.seq_len
+            ));
         }
         crate::baselines::check_rule(&self.alert)?;
         if let Some(b) = &self.baselines {

@@ -615,6 +615,30 @@ pub struct NodeReport {
     pub replicas: Vec<ReplicaStatus>,
 }
 
+impl NodeReport {
+    /// Checks what the metadata leader indexes and compares: at most one status per shard,
+    /// and no more shards than a cluster can have. A report is read on every heartbeat and
+    /// probe, under the liveness table's lock; a node that listed millions of statuses, or
+    /// one shard twice, would make every comparison slow or ambiguous.
+    pub fn validate(&self) -> Result<(), DataError> {
+        if self.replicas.len() > MAX_SHARDS as usize {
+            return Err(DataError::InvalidArgument(format!(
+                "a report lists {} replicas; a cluster has at most {MAX_SHARDS} shards",
+                self.replicas.len()
+            )));
+        }
+        let mut shards: Vec<ShardId> = self.replicas.iter().map(|r| r.shard).collect();
+        shards.sort_unstable();
+        if let Some(w) = shards.windows(2).find(|w| w[0] == w[1]) {
+            return Err(DataError::InvalidArgument(format!(
+                "a report lists shard {} twice",
+                w[0]
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[path = "data_tests.rs"]
 mod tests;

@@ -266,6 +266,9 @@ pub enum MigrationKind {
     Balance,
 }
 
+/// The highest migration id a record may carry (ids count up from 1, one per planned move).
+pub const MAX_MIGRATION_ID: u64 = 1 << 48;
+
 /// One planned move of one shard from one node to another.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Migration {
@@ -463,6 +466,9 @@ impl Record {
             }
             Record::Migration(m) => {
                 m.id.validate()?;
+                // Planners number new moves from the highest id: one at the top of the range
+                // would leave no id for the next.
+                check_len("migration id", m.id.0 as usize, MAX_MIGRATION_ID as usize)?;
                 m.shard.validate()?;
                 m.from.validate()?;
                 m.to.validate()?;
@@ -520,6 +526,35 @@ mod tests {
         assert!(matches!(
             r.validate(),
             Err(RecordError::DuplicateReplica { .. })
+        ));
+    }
+
+    #[test]
+    fn migration_ids_leave_room_for_the_next() {
+        let m = |id: u64| {
+            Record::Migration(Migration {
+                id: MigrationId(id),
+                shard: ShardId(1),
+                from: NodeId(1),
+                to: NodeId(2),
+                state: MigrationState::Planned,
+                reason: String::new(),
+                priority: 0,
+                deadline_ms: 0,
+                bytes_copied: 0,
+                bytes_total: 0,
+                attempts: 1,
+                kind: MigrationKind::Drain,
+                started_ms: 0,
+                rate_bytes_per_s: 0,
+                version: 0,
+            })
+        };
+        assert!(m(1).validate().is_ok());
+        assert!(m(MAX_MIGRATION_ID).validate().is_ok());
+        assert!(matches!(
+            m(u64::MAX).validate(),
+            Err(RecordError::TooLarge { .. })
         ));
     }
 

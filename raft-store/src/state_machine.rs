@@ -385,7 +385,8 @@ impl StateMachine {
     ) -> Result<Option<u64>, StoreError> {
         let retention = self.inner.history_retention;
         let compacted = self.compacted_revision();
-        if last < compacted + 2 * retention {
+        // Saturating: a retention near u64::MAX keeps everything instead of wrapping.
+        if last < compacted.saturating_add(retention.saturating_mul(2)) {
             return Ok(None);
         }
         let floor = last - retention;

@@ -666,9 +666,9 @@ async fn a_hand_off_that_nobody_follows_ends_at_a_new_epoch() -> anyhow::Result<
         Duration::from_secs(30),
         "a new epoch for the shard",
         || async {
-            match direct_get(&operator, &addr, shard, record.epoch, b"handed").await {
-                Some(DataResponse::Value(v)) => panic!("the old epoch served a read: {v:?}"),
-                _ => {}
+            let read = direct_get(&operator, &addr, shard, record.epoch, b"handed").await;
+            if let Some(DataResponse::Value(v)) = read {
+                panic!("the old epoch served a read: {v:?}");
             }
             let now = shards(&c.client).await?[&shard].clone();
             Ok((now.epoch > record.epoch).then_some(now))

@@ -10,7 +10,6 @@ use super::repair::reconfigure_txn;
 use super::store::MetaStore;
 use super::Control;
 use crate::meta::MetaNode;
-use augur_proto::data::ReplicaRole;
 use augur_proto::model::{limits, ShardState};
 use augur_proto::wire::ApiError;
 use augur_proto::{Key, NodeId, NodeState, Record, Response, Shard, ShardId};
@@ -302,9 +301,11 @@ pub fn force_primary(
     if !cluster.live(node) {
         return Err(ReconfigError::NodeNotLive(node));
     }
+    // `copied` is kept through role changes: a stray that was a learner whose copy never
+    // finished holds part of the shard, whatever its role says now.
     let holds = reports
         .replica(cluster, node, shard.id)
-        .is_some_and(|r| r.role != ReplicaRole::Learner || r.copied);
+        .is_some_and(|r| r.copied);
     if !holds {
         return Err(ReconfigError::NoCopy {
             shard: shard.id,

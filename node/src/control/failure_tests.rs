@@ -7,7 +7,7 @@ use super::*;
 use crate::control::cluster::fixtures::*;
 use crate::control::settings::ControlSettings;
 use crate::control::store::fake::MemStore;
-use augur_proto::data::ReplicaRole::{Learner, Primary, Secondary, Stray};
+use augur_proto::data::ReplicaRole::{self, Learner, Primary, Secondary, Stray};
 use augur_proto::NodeState;
 
 fn c3() -> Cluster {
@@ -206,6 +206,15 @@ fn force_primary_needs_every_replica_dead_and_a_copy_on_the_node() {
     assert_eq!(displaced, vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4)]);
     assert!(matches!(
         force_primary(&s, &c, &r, NodeId(4)),
+        Err(ReconfigError::NoCopy { .. })
+    ));
+    // A stray that was such a learner holds part of the shard, whatever its role says now.
+    let mut partial = status(1, 4, Stray, 41);
+    partial.copied = false;
+    let mut r2 = r.clone();
+    report(&mut r2, 4, vec![partial]);
+    assert!(matches!(
+        force_primary(&s, &c, &r2, NodeId(4)),
         Err(ReconfigError::NoCopy { .. })
     ));
     assert!(matches!(

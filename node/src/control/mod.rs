@@ -319,8 +319,10 @@ impl Control {
             let addr = cluster.nodes.get(id)?.addrs.first()?.clone();
             Some(async move {
                 let result = match tokio::time::timeout(timeout, storage.probe(&addr)).await {
-                    Ok(Ok(r)) if r.node == *id => Ok(r),
-                    Ok(Ok(r)) => Err(format!("{addr} answered as node {}", r.node)),
+                    Ok(Ok(r)) if r.node != *id => {
+                        Err(format!("{addr} answered as node {}", r.node))
+                    }
+                    Ok(Ok(r)) => r.validate().map(|()| r).map_err(|e| e.to_string()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("no answer from {addr} within {timeout:?}")),
                 };

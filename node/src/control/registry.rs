@@ -10,15 +10,18 @@
 use super::placement::{self, Candidate};
 use super::Seen;
 use crate::meta::MetaNode;
-use augur_proto::data::{DataCluster, NodeReport, ReplicaRole, DATA_CLUSTER_SETTING};
+use augur_proto::data::{
+    DataCluster, NodeReport, ReplicaRole, ReplicaStatus, DATA_CLUSTER_SETTING,
+};
 use augur_proto::wire::{
     ApiError, NodeHealth, RiskState, MAX_HEALTH_BATCH, MAX_HEALTH_SAMPLE_BYTES,
 };
-use augur_proto::NodeId;
 use augur_proto::{
     Compare, CompareTarget, Key, Node, NodeState, Op, Record, Response, Setting, Shard, ShardState,
     Table, Txn,
 };
+use augur_proto::{NodeId, ShardId};
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch on this machine's wall clock.
@@ -204,6 +207,9 @@ impl MetaNode {
             if let Err(e) = h.validate() {
                 return Response::Error(ApiError::InvalidArgument(e.to_string()));
             }
+        }
+        if let Err(e) = report.validate() {
+            return Response::Error(ApiError::InvalidArgument(e.to_string()));
         }
         // Held until the answer is built: a Down being written about this node is either
         // seen in the record below or sees this grant ([`super::grants`]).
@@ -423,7 +429,11 @@ impl MetaNode {
 /// finished copy, or a newer checkpoint checksum (a verification's figure). The mover's next
 /// step is then ready.
 fn mover_news(before: Option<&NodeReport>, now: &NodeReport) -> bool {
-    let earlier = |shard| before.and_then(|b| b.replicas.iter().find(|r| r.shard == shard));
+    // Indexed: the comparison runs under the liveness table's lock, once per heartbeat.
+    let before: HashMap<ShardId, &ReplicaStatus> = before
+        .map(|b| b.replicas.iter().map(|r| (r.shard, r)).collect())
+        .unwrap_or_default();
+    let earlier = |shard| before.get(&shard).copied();
     now.replicas.iter().any(|r| {
         let prev = earlier(r.shard);
         let copied = r.role == ReplicaRole::Learner

@@ -32,8 +32,8 @@ pub enum LocalCmd {
         /// nodes if fewer).
         #[arg(long)]
         rf: Option<u32>,
-        /// Seconds to wait for each step (health, registration, serving).
-        #[arg(long, default_value_t = 60)]
+        /// Seconds (at most a day) to wait for each step (health, registration, serving).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout: u64,
         /// Snapshot after this many log entries (new clusters; default from `augur meta`).
         #[arg(long)]
@@ -118,8 +118,8 @@ pub enum LocalCmd {
         /// Member id.
         #[arg(long)]
         member: u64,
-        /// Seconds to wait for it to catch up.
-        #[arg(long, default_value_t = 120)]
+        /// Seconds (at most a day) to wait for it to catch up.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout: u64,
     },
     /// Print the member id of the current leader.

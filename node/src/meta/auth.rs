@@ -5,12 +5,14 @@
 //! | Raft messages | yes | | | |
 //! | bootstrap, membership, leader transfer | | yes | | |
 //! | transactions | yes | yes | only on node record N | |
+//! | writing the data plane's layout (`data.cluster`) | | | | |
 //! | reads, watch, status, identity | yes | yes | yes | yes |
 //!
 //! A storage node may write only its own node record: it registers itself and reports its
 //! usage and risk there. Changes to shards (promotions, removals) it asks the control plane
 //! for, which decides and writes them; it never writes a shard record itself. Clients read.
 
+use augur_proto::data::DATA_CLUSTER_SETTING;
 use augur_proto::wire::ApiError;
 use augur_proto::{Key, Op, Request};
 use augur_transport::roles::RoleError;
@@ -71,6 +73,20 @@ pub(crate) fn authorize(role: &Result<Role, RoleError>, req: &Request) -> Result
             Role::Operator => Ok(()),
             _ => denied("changing the metadata membership", "operator"),
         },
+        Request::Txn(txn)
+            if txn
+                .ops
+                .iter()
+                .any(|op| op.key() == Key::Setting(DATA_CLUSTER_SETTING.into())) =>
+        {
+            // Written once, by `InitDataPlane` (which checks it), and fixed for good: a
+            // new shard count would send every key to another shard, which holds none of
+            // them.
+            Err(ApiError::PermissionDenied(format!(
+                "the data plane's layout (setting {DATA_CLUSTER_SETTING}) is fixed when \
+                 `augurctl cluster init` creates it; no transaction may write or delete it"
+            )))
+        }
         Request::Txn(txn) => match role {
             Role::Member | Role::Operator => Ok(()),
             Role::Storage(node) => {
@@ -171,6 +187,23 @@ mod tests {
         assert!(!allowed(storage, &setting_txn()));
         assert!(allowed(storage, &node_txn(5)));
         assert!(!allowed(storage, &node_txn(6)));
+        // The data plane's layout: nobody, by transaction.
+        for op in [
+            Op::Put(Record::Setting(Setting {
+                name: DATA_CLUSTER_SETTING.into(),
+                value: br#"{"shards":7,"rf":3}"#.to_vec(),
+                version: 0,
+            })),
+            Op::Delete(Key::Setting(DATA_CLUSTER_SETTING.into())),
+        ] {
+            let txn = Request::Txn(Txn {
+                compares: vec![],
+                ops: vec![op],
+            });
+            for r in [Role::Member, Role::Operator, Role::Client, storage] {
+                assert!(!allowed(r, &txn), "{r} {txn:?}");
+            }
+        }
         // Reads: everyone.
         for r in [Role::Member, Role::Operator, Role::Client, storage] {
             assert!(allowed(r, &Request::Status));

@@ -15,10 +15,14 @@ impl MetaNode {
     /// Streams history from `from_revision` and then live changes until the client goes away.
     pub(crate) async fn serve_watch(
         &self,
-        tables: Vec<Table>,
+        mut tables: Vec<Table>,
         from_revision: u64,
         mut send: quinn::SendStream,
     ) {
+        // Each page and each live change is matched against the list: a request repeating
+        // a table a million times would make every one of them a million comparisons.
+        tables.sort_unstable();
+        tables.dedup();
         let max = self.max_frame();
         let budget = payload_budget(max);
         let mut applied_rx = self.sm.subscribe();

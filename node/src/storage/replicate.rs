@@ -218,6 +218,8 @@ async fn session(
         };
         match ack {
             ReplicaAck::Prepared { seq } => {
+                // A peer vouches only for what it was sent: never past the probe's `prev`.
+                let seq = seq.min(base.0);
                 if tx.send(Msg::PeerAck { peer, epoch, seq }).await.is_err() {
                     return End::Stop;
                 }
@@ -284,9 +286,12 @@ async fn session(
                     Ok(Ok(None)) => return End::Retry("the peer ended the stream".into()),
                     Ok(Ok(Some(a))) => a,
                 };
-                owed.pop_front();
+                // The frame this answers (answers come in order); a peer vouches only for
+                // the entries it was sent, however high a number it names.
+                let sent = owed.pop_front().unwrap_or(0);
                 match ack {
                     ReplicaAck::Prepared { seq } => {
+                        let seq = seq.min(sent);
                         if tx.send(Msg::PeerAck { peer, epoch, seq }).await.is_err() {
                             return End::Stop;
                         }

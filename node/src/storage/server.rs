@@ -176,8 +176,14 @@ fn replica(ctx: &NodeCtx, shard: ShardId, epoch: u64) -> Result<Handle, DataErro
     match ctx.replica(shard) {
         Some(h) => Ok(h),
         None => match ctx.directory.shard(shard) {
-            // The record moved the shard elsewhere, or the client knows a newer epoch.
+            // The record moved the shard elsewhere.
             Some(s) if s.epoch > epoch => Err(DataError::StaleEpoch {
+                shard,
+                epoch: s.epoch,
+            }),
+            // The client's record is newer and names this node: it has not learnt of its
+            // replica yet. A redirect would send the client to re-read a record it has.
+            Some(s) if s.epoch < epoch => Err(DataError::Behind {
                 shard,
                 epoch: s.epoch,
             }),

@@ -38,7 +38,7 @@ impl FaultInjector {
         f.push(Episode {
             kind,
             start_ms: now_ms,
-            end_ms: now_ms + ramp_ms.max(1),
+            end_ms: now_ms.saturating_add(ramp_ms.max(1)),
             peak: 1.0,
             shape: Shape::Ramp { gamma: 1.0 },
             gate: None,

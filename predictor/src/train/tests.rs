@@ -101,6 +101,23 @@ fn trains_saves_loads_and_scores() {
         Err(ModelError::Format { .. })
     ));
     v["schema_version"] = serde_json::json!(SCHEMA_VERSION);
+    // A window geometry no trace has (a sequence of 10^12 steps, spans that overflow when
+    // multiplied) is refused on loading, not at the first scoring round.
+    for (field, bad) in [
+        ("seq_len", serde_json::json!(1_000_000_000_000u64)),
+        ("baseline_ms", serde_json::json!(i64::MAX)),
+        ("seq_step_ms", serde_json::json!(-5)),
+        ("long_ms", serde_json::json!(0)),
+    ] {
+        let mut w = v.clone();
+        w["window"][field] = bad;
+        std::fs::write(&other, serde_json::to_vec(&w).unwrap()).unwrap();
+        let err = Model::load(&other).unwrap_err();
+        assert!(
+            matches!(err, ModelError::Inconsistent { .. }) && err.to_string().contains(field),
+            "{field}: {err}"
+        );
+    }
     // A feature this build does not compute is refused by name; known names that do not
     // fit the trees are inconsistent.
     v["features"] = serde_json::json!(["x"]);

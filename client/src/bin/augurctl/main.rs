@@ -63,8 +63,8 @@ enum Cmd {
         /// The member to ask (default: the first endpoint).
         #[arg(long)]
         endpoint: Option<String>,
-        /// Seconds to keep trying while the founding members start.
-        #[arg(long, default_value_t = 60)]
+        /// Seconds (at most a day) to keep trying while the founding members start.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout: u64,
     },
     /// Raft membership.

@@ -174,7 +174,7 @@ fn render(all: &[Migration], revision: u64, show_finished: bool, as_json: bool) 
         .iter()
         .filter(|m| active(m))
         .map(|m| m.rate_bytes_per_s)
-        .sum();
+        .fold(0u64, u64::saturating_add);
     let now = now_ms();
     let mut out = header();
     for m in &shown {

@@ -29,8 +29,8 @@ pub enum ClusterCmd {
         /// Replicas per shard (1..=5).
         #[arg(long, default_value_t = 3)]
         rf: u32,
-        /// Seconds to wait for the leader to write every shard record.
-        #[arg(long, default_value_t = 60)]
+        /// Seconds (at most a day) to wait for the leader to write every shard record.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         timeout: u64,
     },
 }

@@ -418,6 +418,18 @@ fn a_move_keeps_its_source_while_another_member_is_on_a_dead_node() {
     };
     assert!(!next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
     assert_eq!(next.replicas.len(), 3, "{next:?}");
+    // That count was made on node records read earlier: the write compares their versions,
+    // so a member declared Down since makes it fail instead of leaving the shard short.
+    for n in sh.replicas.iter().filter(|n| **n != m.from) {
+        let version = c.nodes[n].version;
+        assert!(
+            txn.compares
+                .iter()
+                .any(|cmp| cmp.key == augur_proto::Key::Node(*n)
+                    && cmp.target == augur_proto::CompareTarget::VersionEq(version)),
+            "node {n} not compared: {txn:?}"
+        );
+    }
 }
 
 #[test]

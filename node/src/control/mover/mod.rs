@@ -227,15 +227,10 @@ pub fn commit_txn(
     cluster: &Cluster,
     now_ms: u64,
 ) -> Txn {
-    let rf = cluster.layout.map_or(0, |l| l.rf as usize);
     let mut s = shard.clone();
     s.learners.retain(|n| *n != m.to);
-    let others_live = shard
-        .replicas
-        .iter()
-        .filter(|n| **n != m.from && cluster.live(**n))
-        .count();
-    if matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance) && others_live + 1 >= rf {
+    let drops = commit_drops_source(m, shard, cluster);
+    if drops {
         s.replicas.retain(|n| *n != m.from);
     }
     s.replicas.push(m.to);
@@ -248,7 +243,30 @@ pub fn commit_txn(
     next.bytes_copied = cp.bytes;
     next.bytes_total = cp.bytes;
     next.rate_bytes_per_s = rate(m, cp.bytes, now_ms);
-    write((shard, s), (m, next))
+    let mut txn = write((shard, s), (m, next));
+    if drops {
+        // The count was made on records read before this pass's probes: a member declared
+        // Down since would leave the shard one short. Its record's version says so.
+        for n in shard.replicas.iter().filter(|n| **n != m.from) {
+            if let Some(rec) = cluster.nodes.get(n) {
+                txn.compares.push(compare(Key::Node(*n), rec.version));
+            }
+        }
+    }
+    txn
+}
+
+/// Whether the commit of `m` takes its source out of the shard: a drain or balancing move
+/// whose other replicas on live nodes and the new one make `rf`. Otherwise the source stays
+/// and the shard's count is restored instead of left short.
+pub fn commit_drops_source(m: &Migration, shard: &Shard, cluster: &Cluster) -> bool {
+    let rf = cluster.layout.map_or(0, |l| l.rf as usize);
+    let others_live = shard
+        .replicas
+        .iter()
+        .filter(|n| **n != m.from && cluster.live(**n))
+        .count();
+    matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance) && others_live + 1 >= rf
 }
 
 /// Abort: the learner leaves the shard (epoch + 1) if it is still there, the shard is stable

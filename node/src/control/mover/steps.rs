@@ -54,6 +54,14 @@ pub const WAIT_DESTINATION_LATE: &str = "destination is late with its heartbeats
 /// [`Step::Wait`]: a replica of the shard is on a node declared Down (or removed) that
 /// repair has yet to take out of the configuration.
 pub const WAIT_MEMBER_GONE: &str = "a replica's node is gone: waiting for the repair";
+/// [`Step::Wait`]: a replica the commit of a drain or balancing move would count on is late
+/// with its heartbeats.
+pub const WAIT_MEMBER_LATE: &str = "a replica's node is late with its heartbeats";
+/// [`Step::Wait`]: no replica of the shard is live and the learner finished its copy: it
+/// may hold the only copy of every acknowledged write, so it stays listed (whatever the
+/// deadline) until a replica returns or an operator forces a primary.
+pub const WAIT_LAST_COPY: &str = "no live replica: the learner may hold the only copy \
+     (augurctl shard force-primary)";
 
 /// Why a move was given up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +150,17 @@ pub fn next_step(
     let Some(shard) = cluster.shards.get(&m.shard) else {
         return Step::Abort(ShardGone);
     };
+    // A learner past its copy holds every committed write (the primary commits only what
+    // learners acknowledged too). Removing it while no replica lives would throw away what
+    // may be the last copy; nothing else here may outrank that.
+    let copied = matches!(
+        m.state,
+        MigrationState::CatchingUp | MigrationState::Cutover
+    );
+    if copied && shard.learners.contains(&m.to) && !shard.replicas.iter().any(|n| cluster.live(*n))
+    {
+        return Step::Wait(WAIT_LAST_COPY);
+    }
     if now_ms > m.deadline_ms {
         return Step::Abort(DeadlinePassed);
     }
@@ -217,7 +236,11 @@ pub fn next_step(
     let learner = reports.replica(cluster, m.to, shard.id);
     if m.state == MigrationState::Copying {
         return match learner {
-            Some(r) if r.role == ReplicaRole::Learner && r.copied => Step::Copied,
+            // Under the shard's epoch too: a report from an earlier attempt's learner on
+            // this node may say copied while this one has started over.
+            Some(r) if r.role == ReplicaRole::Learner && r.copied && r.epoch == shard.epoch => {
+                Step::Copied
+            }
             // Only a report under the shard's epoch: an older one may be of an earlier copy.
             Some(r)
                 if r.role == ReplicaRole::Learner
@@ -267,12 +290,19 @@ pub fn next_step(
     // A destination late with its heartbeats may be dying: committing would trade the
     // source (a drain's, still serving) for it. It is heard again (Up) or declared Down
     // (aborted above) within the grace period.
-    let late = cluster
-        .nodes
-        .get(&m.to)
-        .is_some_and(|n| n.state == NodeState::Suspect && n.cause.origin == StateOrigin::Liveness);
-    if late {
+    let late = |n: &NodeId| {
+        cluster.nodes.get(n).is_some_and(|n| {
+            n.state == NodeState::Suspect && n.cause.origin == StateOrigin::Liveness
+        })
+    };
+    if late(&m.to) {
         return Step::Wait(WAIT_DESTINATION_LATE);
+    }
+    // Likewise a member a drain's or balance's commit counts on to drop its source: it may
+    // be declared Down a moment after the commit left the shard one short.
+    let drops_source = matches!(m.kind, MigrationKind::Drain | MigrationKind::Balance);
+    if drops_source && shard.replicas.iter().any(|n| *n != m.from && late(n)) {
+        return Step::Wait(WAIT_MEMBER_LATE);
     }
     // The commit counts the replicas it keeps: with a dead member still listed, dropping a
     // drain's source could leave too few live ones, and keeping it too many once the dead
@@ -282,8 +312,10 @@ pub fn next_step(
     }
     match reports.current(cluster, m.to, shard) {
         Some(r) if r.role == ReplicaRole::Learner => {
-            if primary == m.from {
+            if primary == m.from && super::commit_drops_source(m, shard, cluster) {
                 match m.kind {
+                    // A commit that keeps the source (the shard is short of live replicas)
+                    // needs no hand-off, and may have none to wait for (no other replica).
                     MigrationKind::Drain => {
                         return Step::Wait("source is the primary: waiting for its hand-off")
                     }
@@ -416,8 +448,15 @@ mod tests {
         part.epoch = 5;
         report(&mut r, 4, vec![part]);
         assert_eq!(next_step(&m, &c, &r, None, 0), Step::Wait(WAIT_COPYING));
-        let mut done = status(1, 6, Learner, 3);
+        let mut done = status(1, 5, Learner, 3);
         done.copied = true;
+        report(&mut r, 4, vec![done.clone()]);
+        assert_eq!(
+            next_step(&m, &c, &r, None, 0),
+            Step::Wait(WAIT_COPYING),
+            "a copy reported under an older epoch"
+        );
+        done.epoch = 6;
         report(&mut r, 4, vec![done]);
         assert_eq!(next_step(&m, &c, &r, None, 0), Step::Copied);
         let mut x = c.clone();
@@ -432,6 +471,75 @@ mod tests {
             next_step(&m, &x, &r, None, 0),
             Step::Abort(AbortReason::Destination(NodeId(4)))
         );
+    }
+
+    /// With no replica left alive, a learner past its copy may hold the only copy of the
+    /// acknowledged writes: its move waits, past its deadline too, instead of removing it.
+    /// A learner still copying holds part of the shard and is given up as before.
+    #[test]
+    fn a_learner_that_may_be_the_last_copy_is_kept() {
+        let mut c = moving();
+        for n in [1, 2] {
+            c.nodes.get_mut(&NodeId(n)).unwrap().state = NodeState::Down;
+        }
+        let r = Reports::default();
+        for state in [MigrationState::CatchingUp, MigrationState::Cutover] {
+            let m = migration(state);
+            assert_eq!(next_step(&m, &c, &r, None, 0), Step::Wait(WAIT_LAST_COPY));
+            assert_eq!(
+                next_step(&m, &c, &r, None, 10_001),
+                Step::Wait(WAIT_LAST_COPY)
+            );
+        }
+        let copying = migration(MigrationState::Copying);
+        assert_eq!(
+            next_step(&copying, &c, &r, None, 0),
+            Step::Abort(AbortReason::PrimaryGone(NodeId(1)))
+        );
+        // One replica back: the move goes on (and gives up at its deadline) as usual.
+        c.nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Up;
+        assert_eq!(
+            next_step(&migration(MigrationState::CatchingUp), &c, &r, None, 10_001),
+            Step::Abort(AbortReason::DeadlinePassed)
+        );
+    }
+
+    /// A drain whose source is the primary and whose shard has no other live replica
+    /// commits keeping the source (no hand-off could come: there is nobody to hand off to)
+    /// instead of waiting out its deadline on one replica.
+    #[test]
+    fn a_drain_that_keeps_its_primary_source_needs_no_hand_off() {
+        let mut s = shard(1, &[1], 6);
+        s.learners = vec![NodeId(4)];
+        s.state = ShardState::Moving(MigrationId(9));
+        let c = cluster(&[1, 2, 3, 4], vec![s.clone()], 2);
+        let mut m = crate::control::cluster::fixtures::migration(
+            9,
+            MigrationKind::Drain,
+            MigrationState::CatchingUp,
+        );
+        m.from = NodeId(1);
+        let mut c = c;
+        c.nodes.get_mut(&NodeId(1)).unwrap().state = NodeState::Draining;
+        let same = with_checkpoints((12, 0xabc), (12, 0xabc), 6);
+        assert!(!crate::control::mover::commit_drops_source(&m, &s, &c));
+        assert_eq!(
+            next_step(&m, &c, &same, Some(&req(12)), 0),
+            Step::Commit(checkpoint(12, 0xabc))
+        );
+        // With another live replica the source's role is handed off first.
+        let mut two = c.clone();
+        two.shards.get_mut(&ShardId(1)).unwrap().replicas = vec![NodeId(1), NodeId(2)];
+        let mut both = same.clone();
+        report(
+            &mut both,
+            2,
+            vec![status(1, 6, augur_proto::data::ReplicaRole::Secondary, 20)],
+        );
+        assert!(matches!(
+            next_step(&m, &two, &both, Some(&req(12)), 0),
+            Step::Wait(w) if w.contains("hand-off")
+        ));
     }
 
     fn with_checkpoints(p: (u64, u64), l: (u64, u64), learner_epoch: u64) -> Reports {
@@ -501,6 +609,34 @@ mod tests {
             next_step(&m, &c, &old, Some(&req(12)), 0),
             Step::Wait(_)
         ));
+        // A drain's commit that would drop its source waits while another member it
+        // counts on is late; a restore's (which drops nothing) does not.
+        let mut drain = m.clone();
+        drain.kind = MigrationKind::Drain;
+        drain.from = NodeId(3);
+        let mut three = c.clone();
+        three.shards.get_mut(&ShardId(1)).unwrap().replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
+        three.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Draining;
+        let mut late2 = three.clone();
+        let n2 = late2.nodes.get_mut(&NodeId(2)).unwrap();
+        n2.state = NodeState::Suspect;
+        n2.cause.origin = augur_proto::StateOrigin::Liveness;
+        assert_eq!(
+            next_step(&drain, &three, &same, Some(&req(12)), 0),
+            Step::Commit(checkpoint(12, 0xabc))
+        );
+        assert_eq!(
+            next_step(&drain, &late2, &same, Some(&req(12)), 0),
+            Step::Wait(WAIT_MEMBER_LATE)
+        );
+        let mut restore_late = c.clone();
+        let n2 = restore_late.nodes.get_mut(&NodeId(2)).unwrap();
+        n2.state = NodeState::Suspect;
+        n2.cause.origin = augur_proto::StateOrigin::Liveness;
+        assert_eq!(
+            next_step(&m, &restore_late, &same, Some(&req(12)), 0),
+            Step::Commit(checkpoint(12, 0xabc))
+        );
         // The primary changed since the checkpoint was asked for: ask the new one.
         let mut promoted = c.clone();
         promoted.shards.get_mut(&ShardId(1)).unwrap().replicas = vec![NodeId(2)];

@@ -136,7 +136,10 @@ pub struct Remembered {
     pub seq: u64,
     /// What the client was (or will be) told.
     pub outcome: WriteOutcome,
-    /// The primary's wall clock when it was written.
+    /// When the id was remembered: the later of the primary's wall clock when it wrote the
+    /// entry and this node's when it applied (or copied) it. Ids are forgotten by this
+    /// node's clock ([`Engine::prune_requests`]); stamped with the primary's alone, a node
+    /// whose clock ran ahead would forget them early, and a resend would apply twice.
     pub at_ms: u64,
 }
 
@@ -354,6 +357,7 @@ impl Engine {
         let data = self.cf(CF_DATA)?;
         let requests = self.cf(CF_REQUESTS)?;
         let mut batch = WriteBatch::default();
+        let now = crate::control::registry::now_ms();
         for e in entries {
             match &e.effect {
                 Effect::Put { key, value } => batch.put_cf(
@@ -374,7 +378,7 @@ impl Engine {
                     encode(&Remembered {
                         seq: e.seq,
                         outcome: e.outcome,
-                        at_ms: e.at_ms,
+                        at_ms: e.at_ms.max(now),
                     })?,
                 );
             }

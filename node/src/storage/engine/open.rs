@@ -141,6 +141,9 @@ fn load_identity(db: &DB, node: u64) -> Result<StorageIdentity, EngineError> {
         .ok_or_else(|| corrupt("database", "column family meta missing"))?;
     if let Some(b) = db.get_cf(meta, KEY_IDENTITY)? {
         let id: StorageIdentity = decode("identity", &b)?;
+        if id.incarnation == 0 {
+            return Err(corrupt("identity", "incarnation 0 is never chosen"));
+        }
         if id.node != node {
             return Err(EngineError::Identity(format!(
                 "this data directory belongs to storage node {}, not {node}",

@@ -141,11 +141,13 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let cf = self.cf(CF_REQUESTS)?;
         let mut batch = WriteBatch::default();
+        // Kept by this node's clock from now on (see `Remembered::at_ms`).
+        let now = crate::control::registry::now_ms();
         for r in items {
             let remembered = Remembered {
                 seq: r.seq,
                 outcome: r.outcome,
-                at_ms: r.at_ms,
+                at_ms: r.at_ms.max(now),
             };
             batch.put_cf(cf, request_key(shard, &r.id), encode(&remembered)?);
         }

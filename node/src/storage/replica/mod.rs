@@ -374,6 +374,16 @@ impl Replica {
         for (_, s) in self.senders.drain() {
             s.stop();
         }
+        // A record sent just before this stray forgot itself would be lost with the queue,
+        // and nothing would send it again (the directory already holds it): hand it back to
+        // the node, which starts a new task if it lists this node.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Config(shard) = msg {
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move { ctx.on_shard(shard).await });
+            }
+        }
     }
 
     fn handle(&mut self, msg: Msg, tx: &mpsc::Sender<Msg>) {
