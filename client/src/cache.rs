@@ -226,6 +226,45 @@ struct CacheInner {
     relists: AtomicU64,
     client: Client,
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// One read at a time per missing record (see [`ShardCache::lookup_or_fetch`]).
+    fetching: Fetching,
+}
+
+/// The records being read because they were missing: every request to a shard whose
+/// primary just failed drops the entry, and each used to read it again itself, from every
+/// task of every client at once, on the metadata leader that is handling the failover. Now
+/// the first reads, the others wait for it and take what it brought.
+#[derive(Default)]
+struct Fetching {
+    shards: std::sync::Mutex<HashMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
+    nodes: std::sync::Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The lock of `id` in `locks`, created on first use; dropped from the map by the last
+/// holder ([`release`]).
+fn turn<I: Copy + Eq + Hash>(
+    locks: &std::sync::Mutex<HashMap<I, Arc<tokio::sync::Mutex<()>>>>,
+    id: I,
+) -> Arc<tokio::sync::Mutex<()>> {
+    match locks.lock() {
+        Ok(mut m) => m.entry(id).or_default().clone(),
+        // A poisoned map only costs the coalescing.
+        Err(_) => Arc::default(),
+    }
+}
+
+/// Forgets `id`'s lock once nobody else holds or waits for it.
+fn release<I: Copy + Eq + Hash>(
+    locks: &std::sync::Mutex<HashMap<I, Arc<tokio::sync::Mutex<()>>>>,
+    id: I,
+    lock: Arc<tokio::sync::Mutex<()>>,
+) {
+    if let Ok(mut m) = locks.lock() {
+        // Two references: the map's and ours.
+        if Arc::strong_count(&lock) <= 2 {
+            m.remove(&id);
+        }
+    }
 }
 
 impl Drop for CacheInner {
@@ -289,6 +328,7 @@ impl ShardCache {
                 relists: AtomicU64::new(0),
                 client: client.clone(),
                 task: std::sync::Mutex::new(None),
+                fetching: Fetching::default(),
             }),
         };
         let task = tokio::spawn(follow(Arc::downgrade(&cache.inner), client, revision));
@@ -303,11 +343,26 @@ impl ShardCache {
         self.inner.map.read().ok()?.shards.get(id)
     }
 
-    /// The cached location, or a linearizable read if it is not cached.
+    /// The cached location, or a linearizable read if it is not cached: one at a time per
+    /// shard, the callers that waited for it taking what it brought.
     pub async fn lookup_or_fetch(&self, id: ShardId) -> Result<Option<Arc<Shard>>, Error> {
         if let Some(s) = self.lookup(id) {
             return Ok(Some(s));
         }
+        let lock = turn(&self.inner.fetching.shards, id);
+        let fetched = {
+            let _turn = lock.lock().await;
+            // Whoever held the turn before may have brought it.
+            match self.lookup(id) {
+                Some(s) => Ok(Some(s)),
+                None => self.fetch_shard(id).await,
+            }
+        };
+        release(&self.inner.fetching.shards, id, lock);
+        fetched
+    }
+
+    async fn fetch_shard(&self, id: ShardId) -> Result<Option<Arc<Shard>>, Error> {
         let (record, revision) = self
             .inner
             .client
@@ -340,11 +395,25 @@ impl ShardCache {
         self.inner.map.read().ok()?.nodes.get(id)
     }
 
-    /// The cached node record, or a linearizable read if it is not cached.
+    /// The cached node record, or a linearizable read if it is not cached (one at a time per
+    /// node, as [`ShardCache::lookup_or_fetch`]).
     pub async fn node_or_fetch(&self, id: NodeId) -> Result<Option<Arc<Node>>, Error> {
         if let Some(n) = self.node(id) {
             return Ok(Some(n));
         }
+        let lock = turn(&self.inner.fetching.nodes, id);
+        let fetched = {
+            let _turn = lock.lock().await;
+            match self.node(id) {
+                Some(n) => Ok(Some(n)),
+                None => self.fetch_node(id).await,
+            }
+        };
+        release(&self.inner.fetching.nodes, id, lock);
+        fetched
+    }
+
+    async fn fetch_node(&self, id: NodeId) -> Result<Option<Arc<Node>>, Error> {
         let (record, revision) = self
             .inner
             .client

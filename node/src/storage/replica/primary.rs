@@ -428,6 +428,24 @@ impl Replica {
             let _ = reply.send(Err(e));
             return;
         }
+        // A checkpoint of this epoch still on its way to commit answers this caller too. The
+        // leader's call gives up after a few seconds and asks again while a slow learner
+        // holds the commit back; an entry per call would start a whole-shard checksum on
+        // every replica per call.
+        let epoch_now = self.state.epoch;
+        let waiting = self
+            .checkpoint_waiters
+            .iter()
+            .map(|(seq, _)| *seq)
+            .find(|seq| {
+                self.pending.get(seq).is_some_and(|p| {
+                    p.entry.epoch == epoch_now && p.entry.effect == Effect::Checkpoint
+                })
+            });
+        if let Some(seq) = waiting {
+            self.checkpoint_waiters.push((seq, reply));
+            return;
+        }
         let seq = self.last.0 + 1;
         self.append_own(
             LogEntry {
@@ -440,6 +458,14 @@ impl Replica {
             },
             None,
         );
+        if self.last.0 != seq {
+            // Not appended (logged above): the next entry takes this sequence, and the caller
+            // must not be told a write's sequence is a checkpoint's.
+            let _ = reply.send(Err(DataError::Unavailable(
+                "the checkpoint entry could not be written".into(),
+            )));
+            return;
+        }
         self.checkpoint_waiters.push((seq, reply));
     }
 
