@@ -236,35 +236,44 @@ struct CacheInner {
 /// the first reads, the others wait for it and take what it brought.
 #[derive(Default)]
 struct Fetching {
-    shards: std::sync::Mutex<HashMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
-    nodes: std::sync::Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+    shards: Turns<ShardId>,
+    nodes: Turns<NodeId>,
 }
 
-/// The lock of `id` in `locks`, created on first use; dropped from the map by the last
-/// holder ([`release`]).
-fn turn<I: Copy + Eq + Hash>(
-    locks: &std::sync::Mutex<HashMap<I, Arc<tokio::sync::Mutex<()>>>>,
+/// One lock per record being read.
+type Turns<I> = std::sync::Mutex<HashMap<I, Arc<tokio::sync::Mutex<()>>>>;
+
+/// `fetch`es the record `id` unless `cached` has it once this caller's turn comes: the
+/// callers that waited while another read it take what that read brought.
+async fn one_at_a_time<I, T, Fut>(
+    locks: &Turns<I>,
     id: I,
-) -> Arc<tokio::sync::Mutex<()>> {
-    match locks.lock() {
+    cached: impl Fn() -> Option<T>,
+    fetch: impl FnOnce() -> Fut,
+) -> Result<Option<T>, Error>
+where
+    I: Copy + Eq + Hash,
+    Fut: std::future::Future<Output = Result<Option<T>, Error>>,
+{
+    let lock = match locks.lock() {
         Ok(mut m) => m.entry(id).or_default().clone(),
         // A poisoned map only costs the coalescing.
         Err(_) => Arc::default(),
-    }
-}
-
-/// Forgets `id`'s lock once nobody else holds or waits for it.
-fn release<I: Copy + Eq + Hash>(
-    locks: &std::sync::Mutex<HashMap<I, Arc<tokio::sync::Mutex<()>>>>,
-    id: I,
-    lock: Arc<tokio::sync::Mutex<()>>,
-) {
+    };
+    let fetched = {
+        let _turn = lock.lock().await;
+        match cached() {
+            Some(v) => Ok(Some(v)),
+            None => fetch().await,
+        }
+    };
     if let Ok(mut m) = locks.lock() {
-        // Two references: the map's and ours.
+        // Nobody else holds or waits for it: two references, the map's and ours.
         if Arc::strong_count(&lock) <= 2 {
             m.remove(&id);
         }
     }
+    fetched
 }
 
 impl Drop for CacheInner {
@@ -349,17 +358,8 @@ impl ShardCache {
         if let Some(s) = self.lookup(id) {
             return Ok(Some(s));
         }
-        let lock = turn(&self.inner.fetching.shards, id);
-        let fetched = {
-            let _turn = lock.lock().await;
-            // Whoever held the turn before may have brought it.
-            match self.lookup(id) {
-                Some(s) => Ok(Some(s)),
-                None => self.fetch_shard(id).await,
-            }
-        };
-        release(&self.inner.fetching.shards, id, lock);
-        fetched
+        let locks = &self.inner.fetching.shards;
+        one_at_a_time(locks, id, || self.lookup(id), || self.fetch_shard(id)).await
     }
 
     async fn fetch_shard(&self, id: ShardId) -> Result<Option<Arc<Shard>>, Error> {
@@ -401,16 +401,8 @@ impl ShardCache {
         if let Some(n) = self.node(id) {
             return Ok(Some(n));
         }
-        let lock = turn(&self.inner.fetching.nodes, id);
-        let fetched = {
-            let _turn = lock.lock().await;
-            match self.node(id) {
-                Some(n) => Ok(Some(n)),
-                None => self.fetch_node(id).await,
-            }
-        };
-        release(&self.inner.fetching.nodes, id, lock);
-        fetched
+        let locks = &self.inner.fetching.nodes;
+        one_at_a_time(locks, id, || self.node(id), || self.fetch_node(id)).await
     }
 
     async fn fetch_node(&self, id: NodeId) -> Result<Option<Arc<Node>>, Error> {

@@ -38,6 +38,7 @@ use augur_proto::data::{
     WriteOutcome, MAX_KEY, MAX_SCAN_LIMIT,
 };
 use augur_proto::{NodeId, ShardId};
+use futures::FutureExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -441,13 +442,18 @@ impl DataClient {
                 return Err(give_up(maybe_applied, last));
             }
             // Routing may read the metadata (a refresh after a move): within the time left,
-            // not each read's own timeout, so that no attempt starts after the deadline.
-            let routed = tokio::time::timeout(
-                deadline.saturating_duration_since(Instant::now()),
-                self.route(shard),
-            )
-            .await
-            .unwrap_or_else(|_| Err(Ok("no route before the deadline".to_string())));
+            // not each read's own timeout, so that no attempt starts after the deadline. A
+            // route from the cache is ready at once and needs no timer.
+            let route = self.route(shard);
+            tokio::pin!(route);
+            let routed = match (&mut route).now_or_never() {
+                Some(r) => r,
+                None => {
+                    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), route)
+                        .await
+                        .unwrap_or_else(|_| Err(Ok("no route before the deadline".to_string())))
+                }
+            };
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             if remaining < MIN_ATTEMPT {
