@@ -542,6 +542,15 @@ mod tests {
         ));
     }
 
+    /// `c` with node `n` Suspect because its heartbeats are late.
+    fn late_with_heartbeats(c: &Cluster, n: u64) -> Cluster {
+        let mut late = c.clone();
+        let node = late.nodes.get_mut(&NodeId(n)).unwrap();
+        node.state = NodeState::Suspect;
+        node.cause.origin = augur_proto::StateOrigin::Liveness;
+        late
+    }
+
     fn with_checkpoints(p: (u64, u64), l: (u64, u64), learner_epoch: u64) -> Reports {
         let mut r = Reports::default();
         let mut ps = status(1, 6, Primary, 20);
@@ -570,10 +579,7 @@ mod tests {
         );
         // A destination late with its heartbeats, or a member on a node declared Down that
         // repair has not removed yet: the commit waits.
-        let mut late = c.clone();
-        let n4 = late.nodes.get_mut(&NodeId(4)).unwrap();
-        n4.state = NodeState::Suspect;
-        n4.cause.origin = augur_proto::StateOrigin::Liveness;
+        let late = late_with_heartbeats(&c, 4);
         assert_eq!(
             next_step(&m, &late, &same, Some(&req(12)), 0),
             Step::Wait(WAIT_DESTINATION_LATE)
@@ -617,10 +623,7 @@ mod tests {
         let mut three = c.clone();
         three.shards.get_mut(&ShardId(1)).unwrap().replicas = vec![NodeId(1), NodeId(2), NodeId(3)];
         three.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Draining;
-        let mut late2 = three.clone();
-        let n2 = late2.nodes.get_mut(&NodeId(2)).unwrap();
-        n2.state = NodeState::Suspect;
-        n2.cause.origin = augur_proto::StateOrigin::Liveness;
+        let late2 = late_with_heartbeats(&three, 2);
         assert_eq!(
             next_step(&drain, &three, &same, Some(&req(12)), 0),
             Step::Commit(checkpoint(12, 0xabc))
@@ -629,10 +632,7 @@ mod tests {
             next_step(&drain, &late2, &same, Some(&req(12)), 0),
             Step::Wait(WAIT_MEMBER_LATE)
         );
-        let mut restore_late = c.clone();
-        let n2 = restore_late.nodes.get_mut(&NodeId(2)).unwrap();
-        n2.state = NodeState::Suspect;
-        n2.cause.origin = augur_proto::StateOrigin::Liveness;
+        let restore_late = late_with_heartbeats(&c, 2);
         assert_eq!(
             next_step(&m, &restore_late, &same, Some(&req(12)), 0),
             Step::Commit(checkpoint(12, 0xabc))
