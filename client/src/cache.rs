@@ -583,6 +583,7 @@ mod tests {
             last_heartbeat_ms: 0,
             version,
             cordoned: false,
+            drain_when_back: None,
             cause: Default::default(),
         }
     }

@@ -11,7 +11,8 @@
 //! - **undrain**: Up, origin Operator, from Draining (whoever drained it) or from a Suspect
 //!   the policy set. The mover cancels the node's unfinished moves. The policy leaves the
 //!   node alone until its risk falls below the policy's leave threshold, then watches it
-//!   again as usual.
+//!   again as usual. Of a Down node that was draining: the drain it would resume when it
+//!   comes back is dropped (it comes back Up).
 //! - **cordon** / **uncordon**: the record's `cordoned` flag: no new replicas are placed on
 //!   a cordoned node, nothing is moved off it. The state is not touched.
 //!
@@ -123,6 +124,11 @@ pub fn apply(
         };
     };
     match cmd {
+        // A Down node that was draining would resume its drain on its return: undrain
+        // cancels that, and the node comes back Up.
+        NodeCommand::Undrain if node.state == NodeState::Down && node.drain_when_back.is_some() => {
+            n.drain_when_back = None;
+        }
         NodeCommand::Drain | NodeCommand::Undrain
             if matches!(node.state, NodeState::Down | NodeState::Removed) =>
         {
@@ -243,6 +249,7 @@ mod tests {
             last_heartbeat_ms: 0,
             version: 5,
             cordoned: false,
+            drain_when_back: None,
             cause: StateCause {
                 origin,
                 ..Default::default()
@@ -310,6 +317,32 @@ mod tests {
                 3
             ),
             Err(NodeCommandError::NotDraining { .. })
+        ));
+    }
+
+    #[test]
+    fn undrain_of_a_down_node_drops_the_drain_it_would_resume() {
+        let mut down = node(NodeState::Down, StateOrigin::Liveness);
+        down.drain_when_back = Some(StateCause {
+            origin: StateOrigin::Operator,
+            ..Default::default()
+        });
+        let u = apply(&down, NodeCommand::Undrain, "keep it", 4)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                u.state,
+                u.cause.origin,
+                u.state_since_ms,
+                u.drain_when_back.clone()
+            ),
+            (NodeState::Down, StateOrigin::Liveness, 1, None)
+        );
+        // Nothing left to undo: refused, as for any Down node.
+        assert!(matches!(
+            apply(&u, NodeCommand::Undrain, "", 5),
+            Err(NodeCommandError::NotLive { .. })
         ));
     }
 

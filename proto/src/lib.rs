@@ -18,7 +18,7 @@ pub use ids::{ClusterId, IdError, MemberId, MigrationId, NodeId, ShardId};
 pub use model::{
     CapacityAlarm, CapacityHookCall, Migration, MigrationKind, MigrationState, Node, NodeState,
     Record, Risk, Setting, Shard, ShardState, StateCause, StateOrigin, StormGuard,
-    CAPACITY_SETTING, STORM_GUARD_SETTING,
+    CAPACITY_SETTING, SHARD_CREATION_EPOCH, STORM_GUARD_SETTING,
 };
 pub use txn::{Compare, CompareTarget, Key, Op, Table, Txn, TxnError, TxnResult};
 pub use wire::{ApiError, Consistency, Request, Response};

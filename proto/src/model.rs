@@ -46,6 +46,10 @@ pub enum ShardState {
     Moving(MigrationId),
 }
 
+/// The epoch every shard is created at. Its founding replicas hold the whole (empty) shard
+/// without copying it; at any later epoch a node joins only as a learner, by a copy.
+pub const SHARD_CREATION_EPOCH: u64 = 1;
+
 /// A data shard and where it lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shard {
@@ -137,6 +141,12 @@ pub struct Node {
     /// Suspect or Draining, operators drain and undrain), and each may only undo its own
     /// decisions: this is how they tell them apart.
     pub cause: StateCause,
+    /// The drain (its cause) a node was under when liveness declared it Down, resumed when
+    /// the node registers again with its data: a drained node that reboots, or is silent a
+    /// while, is still being emptied when it returns instead of quietly taking replicas
+    /// again. Cleared by that return, by a registration as a new incarnation (nothing left
+    /// to drain) and by an operator's undrain.
+    pub drain_when_back: Option<StateCause>,
 }
 
 /// Which part of the system set a node's state.
@@ -459,9 +469,11 @@ impl Record {
                 for (name, _) in &n.risk.top_features {
                     check_len("feature name", name.len(), MAX_STRING)?;
                 }
-                check_len("cause.reason", n.cause.reason.len(), MAX_STRING)?;
-                if !(0.0..=1.0).contains(&n.cause.risk) {
-                    return Err(RecordError::BadRisk(n.cause.risk));
+                for cause in std::iter::once(&n.cause).chain(&n.drain_when_back) {
+                    check_len("cause.reason", cause.reason.len(), MAX_STRING)?;
+                    if !(0.0..=1.0).contains(&cause.risk) {
+                        return Err(RecordError::BadRisk(cause.risk));
+                    }
                 }
             }
             Record::Migration(m) => {

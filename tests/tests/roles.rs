@@ -28,6 +28,7 @@ fn node_record(id: u64) -> Record {
         last_heartbeat_ms: 0,
         version: 0,
         cordoned: false,
+        drain_when_back: None,
         cause: Default::default(),
     })
 }

@@ -320,8 +320,33 @@ async fn bad_requests_to_a_storage_node_get_typed_errors_and_change_nothing() ->
         }
     };
     let id = data.next_request_id();
+    // A key of another shard: stored under this one it would break this shard's scans.
+    let foreign = (0..)
+        .map(|i| format!("foreign-{i}").into_bytes())
+        .find(|k| data.shard_of(k) != shard)
+        .expect("a key of another shard");
     type Expect = fn(&DataError) -> bool;
     let cases: Vec<(DataRequest, Expect)> = vec![
+        (
+            DataRequest::Write {
+                shard,
+                epoch: record.epoch,
+                id,
+                op: augur_proto::data::WriteOp::Put {
+                    key: foreign.clone(),
+                    value: b"misrouted".to_vec(),
+                },
+            },
+            |e| matches!(e, DataError::InvalidArgument(_)),
+        ),
+        (
+            DataRequest::Get {
+                shard,
+                epoch: record.epoch,
+                key: foreign.clone(),
+            },
+            |e| matches!(e, DataError::InvalidArgument(_)),
+        ),
         (
             DataRequest::Write {
                 shard,
@@ -404,6 +429,15 @@ async fn bad_requests_to_a_storage_node_get_typed_errors_and_change_nothing() ->
     // Nothing changed.
     let v = data.get(b"stays").await?.expect("still there");
     assert_eq!(v.value, b"same");
+    assert_eq!(data.get(&foreign).await?, None);
+    let page = data.scan_shard(shard, b"", None, 1000).await?;
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|(k, _)| k.as_slice())
+            .collect::<Vec<_>>(),
+        vec![b"stays".as_slice()]
+    );
     Ok(())
 }
 

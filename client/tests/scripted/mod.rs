@@ -139,6 +139,7 @@ impl MetaState {
                 last_heartbeat_ms: 0,
                 version: self.revision,
                 cordoned: false,
+                drain_when_back: None,
                 cause: Default::default(),
             },
         );

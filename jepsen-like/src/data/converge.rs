@@ -381,6 +381,7 @@ mod tests {
                 last_heartbeat_ms: 0,
                 version: 0,
                 cordoned: false,
+                drain_when_back: None,
                 cause: Default::default(),
             },
         )

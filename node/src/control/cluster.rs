@@ -197,6 +197,7 @@ pub(crate) mod fixtures {
             last_heartbeat_ms: 0,
             version: 10 + id,
             cordoned: false,
+            drain_when_back: None,
             cause: Default::default(),
         }
     }

@@ -71,7 +71,8 @@ pub fn transition(
 }
 
 /// The record `node` should be written as to enter `to` at wall-clock `now_ms` for `reason`
-/// (liveness's decision): Down bumps the node's epoch.
+/// (liveness's decision): Down bumps the node's epoch, and keeps a drain for the node's
+/// return (`Node::drain_when_back`).
 pub fn moved(node: &Node, to: NodeState, now_ms: u64, reason: String) -> Node {
     let mut n = node.clone();
     n.state = to;
@@ -85,6 +86,10 @@ pub fn moved(node: &Node, to: NodeState, now_ms: u64, reason: String) -> Node {
     };
     if to == NodeState::Down {
         n.epoch = node.epoch + 1;
+        if node.state == NodeState::Draining {
+            // Whoever drained it still wants it empty should it come back.
+            n.drain_when_back = Some(node.cause.clone());
+        }
     }
     n
 }

@@ -141,32 +141,8 @@ impl MetaNode {
                             node.id, old.incarnation, node.incarnation, node.id
                         )));
                     }
-                    // A new incarnation with nothing to lose: a fresh start, a new epoch.
-                    node.epoch = old.epoch + 1;
-                    node.state = NodeState::Up;
-                    node.state_since_ms = now;
-                    node.cause = registered("registered as a new incarnation");
-                } else {
-                    node.epoch = old.epoch;
-                    // Coming back from Down (or Removed by mistake) is up to the control plane's
-                    // liveness rules; a registration itself keeps the recorded state, except
-                    // that a node declared Down that talks to us again is Up under its epoch.
-                    match old.state {
-                        NodeState::Down => {
-                            node.state = NodeState::Up;
-                            node.state_since_ms = now;
-                            node.cause = registered("registered again after being Down");
-                        }
-                        s => {
-                            node.state = s;
-                            node.state_since_ms = old.state_since_ms;
-                            node.cause = old.cause.clone();
-                        }
-                    }
                 }
-                node.risk = old.risk.clone();
-                // Only an operator cordons and uncordons.
-                node.cordoned = old.cordoned;
+                carry_over(old, &mut node, now);
                 CompareTarget::VersionEq(old.version)
             }
         };
@@ -390,7 +366,7 @@ impl MetaNode {
                     id,
                     replicas,
                     learners: vec![],
-                    epoch: 1,
+                    epoch: augur_proto::SHARD_CREATION_EPOCH,
                     version: 0,
                     state: ShardState::Stable,
                     size_bytes: 0,
@@ -424,7 +400,6 @@ impl MetaNode {
     }
 }
 
-/// The cause recorded when a registration sets a node's state.
 /// Whether `now` reports something a move waits for that `before` did not: a learner's
 /// finished copy, or a newer checkpoint checksum (a verification's figure). The mover's next
 /// step is then ready.
@@ -445,6 +420,50 @@ fn mover_news(before: Option<&NodeReport>, now: &NodeReport) -> bool {
     })
 }
 
+/// The record a node registering again as `node` is written as, given its record `old`:
+/// what the node says of itself (addresses, capacity, labels, incarnation) with what the
+/// control plane decided kept (state, risk, cordon), except that
+/// - a new incarnation (checked to hold nothing) starts afresh, Up under a new epoch;
+/// - a node declared Down that talks to us again is Up under its epoch, or Draining again
+///   if it was draining when it went Down (`Node::drain_when_back`).
+///
+/// Coming back from anything else (Suspect, or Removed by mistake) is up to the liveness
+/// rules and the operators.
+fn carry_over(old: &Node, node: &mut Node, now: u64) {
+    // Only liveness keeps a drain for a node's return; a registration never asks for one.
+    node.drain_when_back = None;
+    if old.incarnation != node.incarnation {
+        node.epoch = old.epoch + 1;
+        node.state = NodeState::Up;
+        node.state_since_ms = now;
+        node.cause = registered("registered as a new incarnation");
+    } else {
+        node.epoch = old.epoch;
+        match (old.state, &old.drain_when_back) {
+            (NodeState::Down, Some(drain)) => {
+                node.state = NodeState::Draining;
+                node.state_since_ms = now;
+                node.cause = drain.clone();
+            }
+            (NodeState::Down, None) => {
+                node.state = NodeState::Up;
+                node.state_since_ms = now;
+                node.cause = registered("registered again after being Down");
+            }
+            (s, _) => {
+                node.state = s;
+                node.state_since_ms = old.state_since_ms;
+                node.cause = old.cause.clone();
+                node.drain_when_back = old.drain_when_back.clone();
+            }
+        }
+    }
+    node.risk = old.risk.clone();
+    // Only an operator cordons and uncordons.
+    node.cordoned = old.cordoned;
+}
+
+/// The cause recorded when a registration sets a node's state.
 fn registered(reason: &str) -> augur_proto::StateCause {
     augur_proto::StateCause {
         origin: augur_proto::StateOrigin::Registered,
@@ -520,6 +539,68 @@ pub(crate) fn parse_samples(
 #[cfg(test)]
 mod health_tests {
     use super::*;
+
+    #[test]
+    fn a_node_draining_when_it_went_down_drains_again_when_it_returns() {
+        use crate::control::cluster::fixtures::node;
+        use crate::control::liveness::moved;
+        let mut draining = node(3, NodeState::Draining);
+        draining.cause = augur_proto::StateCause {
+            origin: augur_proto::StateOrigin::Operator,
+            reason: "disk swap".into(),
+            ..Default::default()
+        };
+        draining.cordoned = true;
+        let down = moved(&draining, NodeState::Down, 50, "silent".into());
+        assert_eq!(down.drain_when_back.as_ref(), Some(&draining.cause));
+        assert_eq!(down.cause.origin, augur_proto::StateOrigin::Liveness);
+
+        // Back with its data: draining again, for whoever drained it, under its epoch.
+        let mut back = node(3, NodeState::Up);
+        back.drain_when_back = Some(registered("forged by the node"));
+        carry_over(&down, &mut back, 90);
+        assert_eq!(
+            (back.state, &back.cause, back.state_since_ms, back.epoch),
+            (NodeState::Draining, &draining.cause, 90, down.epoch)
+        );
+        assert_eq!(back.drain_when_back, None, "resumed once");
+        assert!(back.cordoned, "the operator's cordon is kept");
+
+        // A node Down from anything else comes back Up.
+        let mut up = node(3, NodeState::Up);
+        carry_over(
+            &moved(
+                &node(3, NodeState::Suspect),
+                NodeState::Down,
+                50,
+                "silent".into(),
+            ),
+            &mut up,
+            90,
+        );
+        assert_eq!(
+            (up.state, up.cause.origin),
+            (NodeState::Up, augur_proto::StateOrigin::Registered)
+        );
+
+        // A new incarnation holds nothing to drain: a fresh start under a new epoch.
+        let mut fresh = node(3, NodeState::Up);
+        fresh.incarnation = 8;
+        carry_over(&down, &mut fresh, 90);
+        assert_eq!(
+            (fresh.state, fresh.epoch, fresh.drain_when_back.as_ref()),
+            (NodeState::Up, down.epoch + 1, None)
+        );
+
+        // A node that registers again while still live keeps its state and cause.
+        let mut again = node(3, NodeState::Up);
+        carry_over(&draining, &mut again, 90);
+        assert_eq!(
+            (again.state, &again.cause, again.state_since_ms),
+            (NodeState::Draining, &draining.cause, 0)
+        );
+        assert_eq!(again.drain_when_back, None);
+    }
 
     #[test]
     fn only_news_a_move_waits_for_wakes_the_mover() {

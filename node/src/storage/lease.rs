@@ -84,6 +84,7 @@ pub(crate) fn own_record(ctx: &NodeCtx) -> Node {
         last_heartbeat_ms: 0,
         version: 0,
         cordoned: false,
+        drain_when_back: None,
         cause: Default::default(),
     }
 }

@@ -113,25 +113,50 @@ impl NodeCtx {
     /// Hands a shard record to its replica, starting one if the record lists this node.
     pub(crate) async fn on_shard(self: &Arc<Self>, shard: Arc<Shard>) {
         let listed = shard.replicas.contains(&self.node) || shard.learners.contains(&self.node);
-        let handle = {
-            // Looked up and started under one lock: two records arriving at once (the watch,
-            // a refresh) must not start two tasks on one shard's log.
-            let Ok(mut m) = self.replicas.lock() else {
+        // The task found may be ending (a stray that deleted its copy closes its queue after
+        // forgetting itself): a record it can no longer take goes to a new task, or the
+        // shard would wait for a record the directory, already holding it, never sends again.
+        for _ in 0..2 {
+            let Some(handle) = self.replica_for(&shard, listed) else {
                 return;
             };
-            match m.get(&shard.id) {
-                Some(h) => h.clone(),
-                None if listed => match Replica::spawn(self.clone(), shard.id) {
-                    Ok(h) => m.entry(shard.id).or_insert(h).clone(),
-                    Err(e) => {
-                        tracing::error!(shard = %shard.id, error = %e, "cannot start a replica");
-                        return;
-                    }
-                },
-                None => return,
+            if handle
+                .send(replica::Msg::Config(shard.clone()))
+                .await
+                .is_ok()
+            {
+                return;
             }
-        };
-        let _ = handle.send(replica::Msg::Config(shard)).await;
+            self.forget_task(&handle);
+        }
+        tracing::warn!(shard = %shard.id, "no replica task took the shard's record");
+    }
+
+    /// The replica task of `shard`, started if there is none and the record lists this node.
+    fn replica_for(self: &Arc<Self>, shard: &Shard, listed: bool) -> Option<Handle> {
+        // Looked up and started under one lock: two records arriving at once (the watch, a
+        // refresh) must not start two tasks on one shard's log.
+        let mut m = self.replicas.lock().ok()?;
+        match m.get(&shard.id) {
+            Some(h) => Some(h.clone()),
+            None if listed => match Replica::spawn(self.clone(), shard.id) {
+                Ok(h) => Some(m.entry(shard.id).or_insert(h).clone()),
+                Err(e) => {
+                    tracing::error!(shard = %shard.id, error = %e, "cannot start a replica");
+                    None
+                }
+            },
+            None => None,
+        }
+    }
+
+    /// Forgets `handle`'s task if the map still holds it (not a newer task of its shard).
+    fn forget_task(&self, handle: &Handle) {
+        if let Ok(mut m) = self.replicas.lock() {
+            if m.get(&handle.shard).is_some_and(|h| h.same_task(handle)) {
+                m.remove(&handle.shard);
+            }
+        }
     }
 
     /// Usage and every replica's state.

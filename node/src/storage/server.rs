@@ -234,11 +234,31 @@ fn check_read(ctx: &NodeCtx, h: &Handle, epoch: u64) -> Result<(), DataError> {
     Ok(())
 }
 
+/// Refuses a key that is not `shard`'s. A write under the wrong shard would be stored where
+/// no correctly routed request finds it (a get or delete goes to the key's own shard) and
+/// would break every scan of the shard it landed in (clients check that a page's keys are
+/// the shard's), for good: copies carry it along. A get is refused alike, rather than
+/// answered "not found" from the wrong shard.
+fn owned(ctx: &NodeCtx, shard: ShardId, key: &[u8]) -> Result<(), DataError> {
+    let Some(layout) = ctx.directory.layout() else {
+        return Err(DataError::Unavailable(
+            "this node has not read the cluster's layout yet".into(),
+        ));
+    };
+    let own = layout.shard_of(key);
+    if own != shard {
+        return Err(DataError::InvalidArgument(format!(
+            "the key belongs to shard {own}, not shard {shard}"
+        )));
+    }
+    Ok(())
+}
+
 async fn get(ctx: &Arc<NodeCtx>, shard: ShardId, epoch: u64, key: Vec<u8>) -> DataResponse {
     if let Err(e) = augur_proto::data::check_key(&key) {
         return DataResponse::Error(e);
     }
-    let h = match replica(ctx, shard, epoch) {
+    let h = match replica(ctx, shard, epoch).and_then(|h| owned(ctx, shard, &key).map(|()| h)) {
         Ok(h) => h,
         Err(e) => return DataResponse::Error(e),
     };
@@ -314,7 +334,7 @@ async fn write(
     if let Err(e) = op.validate() {
         return DataResponse::Error(e);
     }
-    let h = match replica(ctx, shard, epoch) {
+    let h = match replica(ctx, shard, epoch).and_then(|h| owned(ctx, shard, op.key()).map(|()| h)) {
         Ok(h) => h,
         Err(e) => return DataResponse::Error(e),
     };

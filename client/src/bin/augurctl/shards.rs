@@ -424,6 +424,7 @@ pub async fn node(c: &Client, cmd: NodeCmd, json: bool) -> anyhow::Result<i32> {
             let version = n.version;
             n.state = NodeState::Removed;
             n.state_since_ms = now_ms();
+            n.drain_when_back = None;
             cas_report(c.cas(Record::Node(n), Some(version)).await, json)
         }
         NodeCmd::Drain { id, reason } => {

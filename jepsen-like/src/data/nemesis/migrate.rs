@@ -391,7 +391,9 @@ impl DataNemesis {
                     );
                     break;
                 }
-                // Declared Down (killed, paused, cut off) and back Up: the drain is over.
+                // Declared Down (killed, paused, cut off), or back Up: the drain will not
+                // empty the node now (a Down node would resume it on its return; the
+                // undrain below drops that).
                 if let Some(state) = state.filter(|s| *s != NodeState::Draining) {
                     self.step(
                         steps,
@@ -434,7 +436,7 @@ impl DataNemesis {
                     "storage-{target} is {:?} already: nothing to undrain",
                     n.state
                 )),
-                // A node declared Down while draining left Draining then; it comes back Up.
+                // Down with no drain to resume (its undrain already landed), or Removed.
                 Err(NodeCommandError::NotLive { state, .. }) => Some(format!(
                     "storage-{target} is {state:?}: its drain ended when it became {state:?}"
                 )),

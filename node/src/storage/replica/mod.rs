@@ -167,6 +167,11 @@ impl Handle {
             .map_err(|_| DataError::Unavailable(format!("shard {} is stopping", self.shard)))
     }
 
+    /// Whether both handles reach the same task.
+    pub fn same_task(&self, other: &Handle) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
     /// The latest view.
     pub fn view(&self) -> View {
         self.view.borrow().clone()
@@ -240,8 +245,10 @@ pub struct Replica {
     /// Primary: each peer's acknowledged sequence, and since when it has owed an
     /// acknowledgement (its last one, or when it became behind after having everything).
     pub(crate) acked: HashMap<NodeId, (u64, Instant)>,
-    /// Primary: peers already reported to the control plane at this epoch.
-    pub(crate) reported: HashMap<NodeId, u64>,
+    /// Primary: peers reported to the control plane, at which epoch and when last (a
+    /// report is sent again every [`primary::REPORT_AGAIN`] while the peer still holds up
+    /// commits at that epoch: one lost with a leader change must not stall the shard).
+    pub(crate) reported: HashMap<NodeId, (u64, Instant)>,
     /// The last checkpoint applied here.
     pub(crate) checkpoint: Option<Checkpoint>,
     /// Since when the replica has been a stray (out of the configuration).

@@ -21,6 +21,9 @@ use augur_proto::NodeId;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// How often a report the control plane has not acted on is sent again.
+pub(crate) const REPORT_AGAIN: Duration = Duration::from_secs(3);
+
 impl Replica {
     /// The peers whose acknowledgement a commit needs: every replica but this one, and every
     /// learner.
@@ -477,7 +480,7 @@ impl Replica {
             // primary again, at a new epoch (see the module documentation of `replica`).
             let due = self
                 .asked_reelection
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(3));
+                .is_none_or(|t| t.elapsed() >= REPORT_AGAIN);
             if due && self.config.is_some() {
                 self.asked_reelection = Some(Instant::now());
                 let me = self.ctx.node;
@@ -500,16 +503,27 @@ impl Replica {
         }
     }
 
-    /// Asks the control plane (once per epoch) to remove a peer.
+    /// Asks the control plane to remove a peer; again every [`REPORT_AGAIN`] while the
+    /// peer is still reported slow at this epoch (the control plane takes a repeat as done).
+    /// A report is not acknowledged to the replica: one lost (the metadata leader changing
+    /// for longer than the client's deadline) would otherwise leave every write waiting for
+    /// the peer until something else changed the epoch.
     pub(crate) fn report_peer(&mut self, peer: NodeId, why: &str) {
         if self.state.role != ReplicaRole::Primary {
             return;
         }
-        if self.reported.get(&peer) == Some(&self.state.epoch) {
-            return;
-        }
-        self.reported.insert(peer, self.state.epoch);
-        tracing::warn!(shard = %self.shard, epoch = self.state.epoch, %peer, why, "asking the control plane to remove a replica");
+        let epoch = self.state.epoch;
+        let again = match self.reported.get(&peer) {
+            Some((e, at)) if *e == epoch => {
+                if at.elapsed() < REPORT_AGAIN {
+                    return;
+                }
+                true
+            }
+            _ => false,
+        };
+        self.reported.insert(peer, (epoch, Instant::now()));
+        tracing::warn!(shard = %self.shard, epoch, %peer, why, again, "asking the control plane to remove a replica");
         self.report(peer, why);
     }
 

@@ -8,7 +8,7 @@
 
 use super::{Msg, Replica};
 use augur_proto::data::{DataError, ReplicaRole};
-use augur_proto::Shard;
+use augur_proto::{Shard, SHARD_CREATION_EPOCH};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -41,7 +41,22 @@ impl Replica {
         let role = self.role_in(&shard);
         let same_epoch = shard.epoch == self.state.epoch;
         let was = self.state.role;
-        self.config = Some(shard.clone());
+        let previous = self.config.replace(shard.clone());
+        if was == ReplicaRole::Stray
+            && !self.state.copied
+            && matches!(role, ReplicaRole::Primary | ReplicaRole::Secondary)
+            && !(shard.epoch == SHARD_CREATION_EPOCH && self.state.applied == 0)
+        {
+            // A replica joins a shard only as a learner, so the only stray named a replica
+            // without having copied the shard is a founder at the shard's creation. Any
+            // other holds part of the shard at best, or nothing: a removed replica whose
+            // copy was deleted at the end of its grace while `augurctl shard force-primary`
+            // named it from an older report. Serving would present it as the whole shard.
+            tracing::error!(shard = %self.shard, epoch = shard.epoch, ?role, applied = self.state.applied,
+                "named a replica of the shard without holding a copy of it: not taking the role \
+                 (force a replica that holds one, `augurctl shard force-primary`)");
+            return;
+        }
         if same_epoch && role == was {
             self.update_peers(tx);
             return;
@@ -71,12 +86,18 @@ impl Replica {
         let mut next = self.state;
         next.epoch = shard.epoch;
         next.role = role;
-        if role != ReplicaRole::Learner && was == ReplicaRole::Stray && next.applied == 0 {
+        if matches!(role, ReplicaRole::Primary | ReplicaRole::Secondary)
+            && was == ReplicaRole::Stray
+        {
+            // Either it held a copy already or it is a founder at the shard's creation (see
+            // above), which holds the whole, empty shard.
             next.copied = true;
         }
         // Durable before acting on it: the epoch and role in memory change only once saved.
         if let Err(e) = self.engine.save_replica_state(self.shard, &next) {
             tracing::error!(shard = %self.shard, error = %e, "cannot record the new epoch; not acting on it");
+            // Not taken: the same record, sent again, is acted on then.
+            self.config = previous;
             return;
         }
         self.state = next;
