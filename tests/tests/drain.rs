@@ -1,10 +1,11 @@
 //! Draining a storage node with real processes while clients write and read: its primaries
 //! are handed off, each of its replicas is replaced by a verified copy elsewhere, and the
 //! node ends up empty, with no failed or `Indeterminate` client request, nothing
-//! acknowledged lost, and every shard at its replication factor at every sample.
+//! acknowledged lost, and every shard at its replication factor at every sample. Crashed
+//! after that and declared Down, it comes back still drained.
 
 use augur_client::DataClient;
-use augur_proto::{Migration, MigrationState, NodeId};
+use augur_proto::{Migration, MigrationState, NodeId, NodeState, StateOrigin};
 use augur_tests::moves::{augurctl, drain, drain_moves, emptied, Workload};
 use augur_tests::storage::{busiest_primary, nodes, shards};
 use augur_tests::{poll, LocalCluster};
@@ -85,9 +86,35 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
         })
         .unwrap_or(0);
     assert_eq!(listed, held, "{v}");
+
+    // The drained node crashes and is declared Down; when it comes back it is still the
+    // operator's drained node, not an empty Up node ready for new replicas.
+    c.kill_storage(victim.0)?;
+    poll(
+        Duration::from_secs(60),
+        "the drained node declared Down",
+        || async {
+            let n = nodes(&client).await?[&victim].clone();
+            Ok((n.state == NodeState::Down).then_some(n))
+        },
+    )
+    .await?;
+    c.start_storage(victim.0)?;
+    let back = poll(Duration::from_secs(60), "the drained node back", || async {
+        let n = nodes(&client).await?[&victim].clone();
+        Ok((n.state != NodeState::Down).then_some(n))
+    })
+    .await?;
+    assert_eq!(
+        (back.state, back.cause.origin, back.cause.reason.as_str()),
+        (NodeState::Draining, StateOrigin::Operator, "drain test"),
+        "{back:?}"
+    );
+    assert_eq!(back.drain_when_back, None, "{back:?}");
     println!(
         "drained node {victim}: {held} moves, {led} hand-offs; {} writes and {} reads, none \
-         failed; {samples} samples of the shard map, all at rf {RF}",
+         failed; {samples} samples of the shard map, all at rf {RF}; back from Down still \
+         draining",
         l.writes_ok, l.reads_ok
     );
     Ok(())
