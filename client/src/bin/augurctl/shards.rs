@@ -624,6 +624,15 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
                 n.cause.reason
             );
         }
+        if let Some(drain) = &n.drain_when_back {
+            println!(
+                "node {}: drains again when it returns ({} drain: {}); `augurctl node undrain {}` drops that",
+                n.id,
+                origin_name(drain.origin),
+                drain.reason,
+                n.id
+            );
+        }
     }
     if let Ok(storm) = c.storm_guard().await {
         if storm.frozen {

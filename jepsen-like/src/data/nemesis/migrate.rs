@@ -67,6 +67,13 @@ struct Seen {
     undrained: bool,
     /// The node's state at the last sample.
     state: Option<NodeState>,
+    /// When the node's record says its drain began (`state_since_ms` of the first Draining
+    /// sample).
+    draining_since: Option<u64>,
+    /// The node left Draining at some point (Down, or undrained), though it may be
+    /// Draining again: a node declared Down resumes its drain when it returns, having
+    /// meanwhile had replicas dropped as Down's, so its emptiness is not the drain's alone.
+    interrupted: bool,
 }
 
 impl Seen {
@@ -115,7 +122,16 @@ async fn sample(client: &Client, node: NodeId, seen: &Mutex<Seen>, since: Instan
         }
     }
     if let Ok(nodes) = client.list_nodes().await {
-        lock(seen).state = nodes.iter().find(|n| n.id == node).map(|n| n.state);
+        let mut s = lock(seen);
+        let n = nodes.iter().find(|n| n.id == node);
+        s.state = n.map(|n| n.state);
+        // A Down state the samples missed still shows: the drain resumed on the node's
+        // return has a later `state_since_ms`.
+        match (n.map(|n| (n.state, n.state_since_ms)), s.draining_since) {
+            (Some((NodeState::Draining, since)), None) => s.draining_since = Some(since),
+            (Some((NodeState::Draining, since)), Some(first)) if since == first => {}
+            _ => s.interrupted = true,
+        }
     }
     if let Ok(shards) = client.list_shards().await {
         let held = shards
@@ -129,8 +145,9 @@ async fn sample(client: &Client, node: NodeId, seen: &Mutex<Seen>, since: Instan
                 s.moved.insert(*id);
             }
         }
-        // Empty while Draining: emptied by the drain, not dropped from its shards as Down.
-        let draining = s.state == Some(NodeState::Draining);
+        // Empty while Draining since the drain: emptied by the drain, not dropped from its
+        // shards as Down.
+        let draining = s.state == Some(NodeState::Draining) && !s.interrupted;
         if held == 0 && draining && !s.undrained && s.emptied_after_ms.is_none() {
             s.emptied_after_ms = Some(since.elapsed().as_millis() as u64);
         }
@@ -379,9 +396,9 @@ impl DataNemesis {
         if finish {
             let deadline = Instant::now() + FINISH_WAIT;
             loop {
-                let (emptied, held, state) = {
+                let (emptied, held, state, interrupted) = {
                     let s = lock(&seen);
-                    (s.emptied_after_ms, s.held, s.state)
+                    (s.emptied_after_ms, s.held, s.state, s.interrupted)
                 };
                 if let Some(after) = emptied {
                     let summary = lock(&seen).summary();
@@ -392,14 +409,14 @@ impl DataNemesis {
                     break;
                 }
                 // Declared Down (killed, paused, cut off), or back Up: the drain will not
-                // empty the node now (a Down node would resume it on its return; the
-                // undrain below drops that).
-                if let Some(state) = state.filter(|s| *s != NodeState::Draining) {
+                // empty the node now (a Down node resumes it on its return, Draining
+                // again; the undrain below ends that).
+                if let Some(state) = state.filter(|s| *s != NodeState::Draining || interrupted) {
                     self.step(
                         steps,
                         format!(
-                            "storage-{target} is {state:?}, no longer draining ({held} \
-                             replica(s) left): its drain ended"
+                            "storage-{target} is {state:?}, its drain interrupted ({held} \
+                             replica(s) left)"
                         ),
                     );
                     break;

@@ -439,13 +439,20 @@ pub fn restorable(cluster: &Cluster) -> Vec<(String, bool, bool)> {
     cluster
         .nodes
         .values()
-        .filter_map(|n| match (n.state, n.cause.origin) {
-            (NodeState::Draining, StateOrigin::Policy) => Some((policy_name(n.id), true, false)),
-            (NodeState::Suspect, StateOrigin::Policy) => {
-                Some((policy_name(n.id), n.cause.at_risk, n.cause.holdout))
-            }
-            (NodeState::Up, StateOrigin::Operator) => Some((policy_name(n.id), true, false)),
-            _ => None,
-        })
+        .filter_map(|n| restorable_node(n).map(|(a, h)| (policy_name(n.id), a, h)))
         .collect()
+}
+
+/// What the policy restores of one node from its record, as (at risk, held out), if
+/// anything ([`restorable`]). Also used when a node comes back from Down: the policy forgot
+/// it then, and a drain of the policy's that the node resumes
+/// (`Node::drain_when_back`) would otherwise be undone at the next round, its k-of-n
+/// window being empty.
+pub fn restorable_node(n: &Node) -> Option<(bool, bool)> {
+    match (n.state, n.cause.origin) {
+        (NodeState::Draining, StateOrigin::Policy) => Some((true, false)),
+        (NodeState::Suspect, StateOrigin::Policy) => Some((n.cause.at_risk, n.cause.holdout)),
+        (NodeState::Up, StateOrigin::Operator) => Some((true, false)),
+        _ => None,
+    }
 }

@@ -181,7 +181,12 @@ impl Control {
                     }
                     NodeState::Removed => policy.forget(&decide::policy_name(n.id)),
                     _ => {
-                        mem.down.remove(&n.id);
+                        if mem.down.remove(&n.id) {
+                            // Back from Down: forgotten then; the record says what holds.
+                            if let Some((at_risk, holdout)) = decide::restorable_node(n) {
+                                policy.restore(&decide::policy_name(n.id), at_risk, holdout);
+                            }
+                        }
                     }
                 }
             }

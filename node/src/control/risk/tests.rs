@@ -117,6 +117,39 @@ async fn an_at_risk_node_is_watched_then_drained_with_its_reason_and_risk() {
 }
 
 #[tokio::test]
+async fn a_drain_resumed_after_down_keeps_the_policys_hysteresis() {
+    let control = Control::for_tests(ControlSettings::default());
+    let store = MemStore::with(&cluster(&[1, 2, 3], vec![], 3));
+    for at in [1, 2] {
+        round(&control, 3, &[2], at);
+        tick(&control, &store).await;
+    }
+    let draining = store.read().nodes[&NodeId(2)].clone();
+    assert_eq!(draining.state, NodeState::Draining);
+    // Declared Down (the policy forgets it), then back with its data, draining again.
+    let down = crate::control::liveness::moved(&draining, NodeState::Down, 5, "silent".into());
+    store.put(Record::Node(down.clone()));
+    tick(&control, &store).await;
+    let mut back = down.clone();
+    back.state = NodeState::Draining;
+    back.cause = down.drain_when_back.clone().expect("the drain kept");
+    back.drain_when_back = None;
+    store.put(Record::Node(back));
+    // Between leave and enter, in the first rounds after its return: still draining, as
+    // before it went Down (an empty k-of-n window would have undrained it).
+    for at in [3, 4] {
+        hear(&control, 2, 0.4, at);
+        assert!(tick(&control, &store).await.is_empty());
+        assert_eq!(state(&store, 2), (NodeState::Draining, StateOrigin::Policy));
+    }
+    hear(&control, 2, 0.05, 5);
+    assert_eq!(
+        tick(&control, &store).await,
+        vec![(NodeId(2), Verdict::Undrain)]
+    );
+}
+
+#[tokio::test]
 async fn a_false_alarm_is_undrained_only_below_leave() {
     let control = Control::for_tests(ControlSettings::default());
     let store = MemStore::with(&cluster(&[1, 2, 3], vec![], 3));

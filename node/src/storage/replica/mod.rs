@@ -279,9 +279,12 @@ impl Replica {
     /// Starts the task of a shard's replica, from what the engine holds for it.
     pub fn spawn(ctx: Arc<NodeCtx>, shard: ShardId) -> Result<Handle, EngineError> {
         let engine = ctx.engine.clone();
-        let state = engine
-            .replica_state(shard)?
-            .unwrap_or_else(|| ReplicaState::empty(0, ReplicaRole::Stray));
+        // Nothing recorded: this node holds nothing of the shard (never had it, or deleted
+        // its copy), and says so (`copied` false) until a record makes it a founder.
+        let state = engine.replica_state(shard)?.unwrap_or(ReplicaState {
+            copied: false,
+            ..ReplicaState::empty(0, ReplicaRole::Stray)
+        });
         let last = engine
             .last_entry(shard)?
             .map(|e| (e.seq, e.epoch))

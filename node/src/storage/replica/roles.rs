@@ -52,9 +52,13 @@ impl Replica {
             // other holds part of the shard at best, or nothing: a removed replica whose
             // copy was deleted at the end of its grace while `augurctl shard force-primary`
             // named it from an older report. Serving would present it as the whole shard.
+            // (A founder whose first record is a later epoch is refused too; the primary
+            // then has it removed, and a learner copy replaces it.)
             tracing::error!(shard = %self.shard, epoch = shard.epoch, ?role, applied = self.state.applied,
-                "named a replica of the shard without holding a copy of it: not taking the role \
-                 (force a replica that holds one, `augurctl shard force-primary`)");
+                "named a replica of the shard without holding a copy of it: not taking the role. \
+                 If it was forced, stop this node; once it is declared Down, force a node that \
+                 holds a copy (`augurctl shard force-primary`)");
+            self.config = previous;
             return;
         }
         if same_epoch && role == was {
