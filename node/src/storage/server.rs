@@ -234,11 +234,23 @@ fn check_read(ctx: &NodeCtx, h: &Handle, epoch: u64) -> Result<(), DataError> {
     Ok(())
 }
 
-/// Refuses a key that is not `shard`'s. A write under the wrong shard would be stored where
-/// no correctly routed request finds it (a get or delete goes to the key's own shard) and
-/// would break every scan of the shard it landed in (clients check that a page's keys are
-/// the shard's), for good: copies carry it along. A get is refused alike, rather than
-/// answered "not found" from the wrong shard.
+/// The replica task of `shard` ([`replica`]), refusing a key that is not the shard's. A
+/// write under the wrong shard would be stored where no correctly routed request finds it
+/// (a get or delete goes to the key's own shard) and would break every scan of the shard
+/// it landed in (clients check that a page's keys are the shard's), for good: copies carry
+/// it along. A get is refused alike, rather than answered "not found" from the wrong shard.
+fn replica_of_key(
+    ctx: &NodeCtx,
+    shard: ShardId,
+    epoch: u64,
+    key: &[u8],
+) -> Result<Handle, DataError> {
+    let h = replica(ctx, shard, epoch)?;
+    owned(ctx, shard, key)?;
+    Ok(h)
+}
+
+/// Whether `key` is `shard`'s (see [`replica_of_key`]).
 fn owned(ctx: &NodeCtx, shard: ShardId, key: &[u8]) -> Result<(), DataError> {
     let Some(layout) = ctx.directory.layout() else {
         return Err(DataError::Unavailable(
@@ -258,7 +270,7 @@ async fn get(ctx: &Arc<NodeCtx>, shard: ShardId, epoch: u64, key: Vec<u8>) -> Da
     if let Err(e) = augur_proto::data::check_key(&key) {
         return DataResponse::Error(e);
     }
-    let h = match replica(ctx, shard, epoch).and_then(|h| owned(ctx, shard, &key).map(|()| h)) {
+    let h = match replica_of_key(ctx, shard, epoch, &key) {
         Ok(h) => h,
         Err(e) => return DataResponse::Error(e),
     };
@@ -334,7 +346,7 @@ async fn write(
     if let Err(e) = op.validate() {
         return DataResponse::Error(e);
     }
-    let h = match replica(ctx, shard, epoch).and_then(|h| owned(ctx, shard, op.key()).map(|()| h)) {
+    let h = match replica_of_key(ctx, shard, epoch, op.key()) {
         Ok(h) => h,
         Err(e) => return DataResponse::Error(e),
     };

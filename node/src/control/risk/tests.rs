@@ -116,14 +116,20 @@ async fn an_at_risk_node_is_watched_then_drained_with_its_reason_and_risk() {
     );
 }
 
-#[tokio::test]
-async fn a_drain_resumed_after_down_keeps_the_policys_hysteresis() {
+/// Three nodes, node 2 heard at risk for two rounds (k = 2): drained by the policy.
+async fn node_2_drained_by_the_policy() -> (Control, MemStore) {
     let control = Control::for_tests(ControlSettings::default());
     let store = MemStore::with(&cluster(&[1, 2, 3], vec![], 3));
     for at in [1, 2] {
         round(&control, 3, &[2], at);
         tick(&control, &store).await;
     }
+    (control, store)
+}
+
+#[tokio::test]
+async fn a_drain_resumed_after_down_keeps_the_policys_hysteresis() {
+    let (control, store) = node_2_drained_by_the_policy().await;
     let draining = store.read().nodes[&NodeId(2)].clone();
     assert_eq!(draining.state, NodeState::Draining);
     // Declared Down (the policy forgets it), then back with its data, draining again.
@@ -151,12 +157,7 @@ async fn a_drain_resumed_after_down_keeps_the_policys_hysteresis() {
 
 #[tokio::test]
 async fn a_false_alarm_is_undrained_only_below_leave() {
-    let control = Control::for_tests(ControlSettings::default());
-    let store = MemStore::with(&cluster(&[1, 2, 3], vec![], 3));
-    for at in [1, 2] {
-        round(&control, 3, &[2], at);
-        tick(&control, &store).await;
-    }
+    let (control, store) = node_2_drained_by_the_policy().await;
     assert_eq!(state(&store, 2).0, NodeState::Draining);
     // Between leave (0.25) and enter: hysteresis keeps it draining.
     hear(&control, 2, 0.4, 3);

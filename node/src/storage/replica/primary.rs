@@ -513,15 +513,11 @@ impl Replica {
             return;
         }
         let epoch = self.state.epoch;
-        let again = match self.reported.get(&peer) {
-            Some((e, at)) if *e == epoch => {
-                if at.elapsed() < REPORT_AGAIN {
-                    return;
-                }
-                true
-            }
-            _ => false,
-        };
+        let last = self.reported.get(&peer).filter(|(e, _)| *e == epoch);
+        if last.is_some_and(|(_, at)| at.elapsed() < REPORT_AGAIN) {
+            return;
+        }
+        let again = last.is_some();
         self.reported.insert(peer, (epoch, Instant::now()));
         tracing::warn!(shard = %self.shard, epoch, %peer, why, again, "asking the control plane to remove a replica");
         self.report(peer, why);
