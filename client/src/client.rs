@@ -228,10 +228,14 @@ impl Client {
         request_timeout: Duration,
         attempt_timeout: Duration,
     ) -> Result<Response, Error> {
-        let deadline = Instant::now() + request_timeout;
+        let deadline = deadline_after(request_timeout);
         let mut backoff = Duration::from_millis(10);
         let mut last = String::from("no attempt made");
         let mut failed: Option<String> = None;
+        // Hints followed without a pause since the last one that was not: during an election
+        // two members may name each other, and following them at once would bounce between
+        // the two for the whole deadline.
+        let mut hints_followed = 0;
         loop {
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable(last));
@@ -264,7 +268,11 @@ impl Client {
                     match leader {
                         Some(MemberInfo { addr, .. }) if addr != target => {
                             self.set_leader(Some(addr));
-                            continue;
+                            hints_followed += 1;
+                            if hints_followed <= MAX_HINTS_AT_ONCE {
+                                continue;
+                            }
+                            hints_followed = 0;
                         }
                         _ => self.set_leader(None),
                     }
@@ -306,7 +314,7 @@ impl Client {
 
     /// Sends `req` to any node that answers (serializable reads, status).
     async fn to_any(&self, req: &Request) -> Result<Response, Error> {
-        let deadline = Instant::now() + self.inner.cfg.request_timeout;
+        let deadline = deadline_after(self.inner.cfg.request_timeout);
         let mut last = String::from("no attempt made");
         let mut failed: Option<String> = None;
         loop {
@@ -351,6 +359,17 @@ fn leader_only(resp: &Response) -> bool {
         resp,
         Response::Txn(_) | Response::Members(_) | Response::Done
     )
+}
+
+/// Leader hints a call follows one after another before it pauses for its backoff.
+const MAX_HINTS_AT_ONCE: u32 = 2;
+
+/// `now + timeout`, where a configured timeout too large for the clock means no deadline in
+/// practice (a century) rather than a panic.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 pub(crate) fn unexpected(request: &'static str, response: Response) -> Error {

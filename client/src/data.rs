@@ -423,8 +423,9 @@ impl DataClient {
         build: impl Fn(u64) -> DataRequest,
     ) -> Result<DataResponse, Error> {
         let cfg = &self.inner.cfg;
-        let deadline = Instant::now() + cfg.request_timeout;
-        let mut backoff = cfg.min_backoff;
+        let deadline = crate::client::deadline_after(cfg.request_timeout);
+        // A zero pause would turn every retry into a busy loop of metadata reads.
+        let mut backoff = cfg.min_backoff.max(Duration::from_millis(1));
         let mut last = String::from("no attempt made");
         // Whether an attempt of this write may have been applied: from then on, giving up
         // is an unknown outcome, never a refusal.

@@ -4,14 +4,15 @@
 //! from its applied history. The stream remembers the next revision it owes the caller; when
 //! a connection drops it asks another node for history from exactly that revision and drops
 //! anything older it receives. A node that has compacted that revision away is skipped; only
-//! when every node has, does the stream end with [`ApiError::Compacted`], and the caller must
-//! re-list.
+//! when every node has, or could not be reached, does the stream end with
+//! [`ApiError::Compacted`], and the caller must re-list.
 
 use crate::client::Client;
 use crate::error::Error;
 use augur_proto::wire::{ApiError, WatchEvent};
 use augur_proto::{Request, Response, Table};
 use futures::Stream;
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,28 +65,54 @@ async fn run(
 ) {
     // 0 means "from now": the first node to answer fixes what now is.
     let mut next = from_revision;
-    let mut compacted_on = 0usize;
+    // Since the last revision delivered: the nodes that no longer hold `next`, and those
+    // that could not be reached. When every node is in one or the other and at least one
+    // has compacted, the stream ends with `Compacted`; a node that stays down must not keep
+    // a watcher that fell behind from ever learning it has to re-list.
+    let mut compacted = HashSet::new();
+    let mut lost = HashSet::new();
+    let mut refusal = None;
     let mut backoff = Duration::from_millis(20);
     loop {
         let endpoint = client.next_endpoint();
-        match watch_once(&client, &endpoint, &tables, &mut next, &tx).await {
+        let before = next;
+        let ended = watch_once(&client, &endpoint, &tables, &mut next, &tx).await;
+        if next != before {
+            compacted.clear();
+            lost.clear();
+            refusal = None;
+        }
+        let hopeless = |compacted: &HashSet<String>, lost: &HashSet<String>| {
+            !compacted.is_empty()
+                && client
+                    .endpoints()
+                    .iter()
+                    .all(|e| compacted.contains(e) || lost.contains(e))
+        };
+        match ended {
             Ended::Closed => return,
             Ended::Lost(why) => {
-                compacted_on = 0;
                 tracing::debug!(%endpoint, %why, next, "watch connection lost; resuming elsewhere");
+                lost.insert(endpoint);
             }
             Ended::Compacted(e) => {
-                compacted_on += 1;
-                if compacted_on >= client.endpoints().len() {
+                lost.remove(&endpoint);
+                compacted.insert(endpoint);
+                if hopeless(&compacted, &lost) {
                     let _ = tx.send(Err(Error::Api(e))).await;
                     return;
                 }
+                refusal = Some(e);
                 continue;
             }
             Ended::Refused(e) => {
                 let _ = tx.send(Err(Error::Api(e))).await;
                 return;
             }
+        }
+        if let Some(e) = refusal.take_if(|_| hopeless(&compacted, &lost)) {
+            let _ = tx.send(Err(Error::Api(e))).await;
+            return;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));

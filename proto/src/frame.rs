@@ -185,6 +185,19 @@ mod io {
         R: AsyncRead + Unpin,
         T: DeserializeOwned,
     {
+        match read_len(r, max).await? {
+            Some(len) => read_body(r, len).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a frame's length prefix and checks it against `max`; `Ok(None)` means the
+    /// stream ended cleanly. Split from [`read_body`] so that a server can hold the frame's
+    /// bytes against a budget before it buffers any of them.
+    pub async fn read_len<R>(r: &mut R, max: usize) -> Result<Option<usize>, FrameError>
+    where
+        R: AsyncRead + Unpin,
+    {
         let mut header = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -204,6 +217,15 @@ mod io {
         if len > max {
             return Err(FrameError::TooLarge { len, max });
         }
+        Ok(Some(len))
+    }
+
+    /// Reads and decodes the `len` body bytes announced by [`read_len`].
+    pub async fn read_body<R, T>(r: &mut R, len: usize) -> Result<T, FrameError>
+    where
+        R: AsyncRead + Unpin,
+        T: DeserializeOwned,
+    {
         let mut body = vec![0u8; len];
         let mut got = 0;
         while got < len {
@@ -213,12 +235,12 @@ mod io {
             }
             got += n;
         }
-        decode_body(&body).map(Some)
+        decode_body(&body)
     }
 }
 
 #[cfg(feature = "io")]
-pub use io::{read_frame, write_frame, FrameReader};
+pub use io::{read_body, read_frame, read_len, write_frame, FrameReader};
 
 #[cfg(test)]
 mod tests {

@@ -297,7 +297,9 @@ pub struct Migration {
     pub reason: String,
     /// Higher runs first.
     pub priority: u32,
-    /// Wall-clock milliseconds by which the move should be done.
+    /// Wall-clock milliseconds by which the planning leader expected the move done, for
+    /// operators. It decides nothing: a move is given up after `move_timeout_ms` without
+    /// progress, as the current leader's own clock measures it (clocks of two leaders differ).
     pub deadline_ms: u64,
     /// Bytes verified at the destination so far.
     pub bytes_copied: u64,

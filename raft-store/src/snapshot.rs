@@ -97,9 +97,35 @@ pub(crate) fn build(db: &DB, dir: &Path) -> Result<(SnapshotMeta, File), StoreEr
     let file = inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, dir.join(CURRENT))?;
+    // Kept open: if a newer snapshot was installed meanwhile, this one is not published but
+    // is still what the caller asked for.
+    let built = File::open(&tmp)?;
+    publish(dir, &tmp, &meta.last_log_id)?;
+    Ok((meta, built))
+}
+
+/// Makes `tmp` the current snapshot unless the current one is at least as new; returns
+/// whether it did. A build runs beside the installation of a snapshot from the leader, and
+/// without this a build of an older state finishing last would replace the installed file:
+/// this member would then serve a snapshot older than its purged log, and a follower that
+/// installed it would need entries nobody holds.
+fn publish(dir: &Path, tmp: &Path, last_log_id: &Option<LogId>) -> Result<bool, StoreError> {
+    static PUBLISHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PUBLISHING.lock().unwrap_or_else(|e| e.into_inner());
+    let newer_there = match open_current(dir) {
+        Ok(Some((current, _))) => current.last_log_id >= *last_log_id,
+        Ok(None) => false,
+        // A damaged current file is replaced.
+        Err(StoreError::Corrupt { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    if newer_there {
+        std::fs::remove_file(tmp)?;
+        return Ok(false);
+    }
+    std::fs::rename(tmp, dir.join(CURRENT))?;
     File::open(dir)?.sync_all()?;
-    Ok((meta, File::open(dir.join(CURRENT))?))
+    Ok(true)
 }
 
 /// Opens the newest snapshot, if any.
@@ -229,8 +255,7 @@ pub(crate) fn install(
     let mut out = File::create(&tmp)?;
     std::io::copy(&mut file, &mut out)?;
     out.sync_all()?;
-    std::fs::rename(&tmp, dir.join(CURRENT))?;
-    File::open(dir)?.sync_all()?;
+    publish(dir, &tmp, &meta.last_log_id)?;
     Ok((revision, compacted))
 }
 
@@ -250,4 +275,49 @@ pub(crate) fn incoming(dir: &Path) -> Result<(std::path::PathBuf, File), StoreEr
         .truncate(true)
         .open(&path)?;
     Ok((path, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::TypeConfig;
+    use openraft::testing::log_id;
+
+    /// A snapshot file holding only a header for `index`, as `open_current` reads it.
+    fn header_file(dir: &Path, name: &str, index: u64) -> (std::path::PathBuf, Option<LogId>) {
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(1, 1, index)),
+            last_membership: StoredMembership::default(),
+        };
+        let path = dir.join(name);
+        let mut w = CrcWriter {
+            inner: File::create(&path).unwrap(),
+            crc: crc64fast::Digest::new(),
+        };
+        w.put(MAGIC).unwrap();
+        w.frame(&encode(&meta).unwrap()).unwrap();
+        (path, meta.last_log_id)
+    }
+
+    fn current_index(dir: &Path) -> Option<u64> {
+        let (meta, _) = open_current(dir).unwrap()?;
+        meta.last_log_id.map(|l| l.index)
+    }
+
+    /// A build of an older state that finishes after a newer snapshot was installed leaves
+    /// the newer one current; a newer one still replaces it.
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, at) = header_file(dir.path(), "a.tmp", 10);
+        assert!(publish(dir.path(), &a, &at).unwrap());
+        assert_eq!(current_index(dir.path()), Some(10));
+        let (b, bt) = header_file(dir.path(), "b.tmp", 5);
+        assert!(!publish(dir.path(), &b, &bt).unwrap());
+        assert_eq!(current_index(dir.path()), Some(10));
+        assert!(!b.exists(), "the older file is removed");
+        let (c, ct) = header_file(dir.path(), "c.tmp", 20);
+        assert!(publish(dir.path(), &c, &ct).unwrap());
+        assert_eq!(current_index(dir.path()), Some(20));
+    }
 }

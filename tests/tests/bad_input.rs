@@ -108,6 +108,25 @@ async fn malformed_frames_and_strangers_are_refused() -> anyhow::Result<()> {
     }
     assert_eq!(cluster.status(1).await?.last_log, before.last_log);
 
+    // A client certificate may only read: a request announced larger than any read is
+    // refused from its length alone (only the header is sent), before a byte is buffered.
+    let c = certs.to_string_lossy().into_owned();
+    augur(&[
+        "cert", "client", "--ca-dir", &c, "--name", "app", "--out", &c,
+    ])?;
+    let app = TlsFiles {
+        ca: certs.join("ca.pem"),
+        cert: certs.join("app.pem"),
+        key: certs.join("app.key"),
+    };
+    let announced = (100 * 1024u32).to_be_bytes();
+    match raw_exchange_as(&cluster, &app, &announced).await? {
+        Some(Response::Error(ApiError::InvalidArgument(why))) => {
+            assert!(why.contains("exceeds the limit of 65536"), "{why}")
+        }
+        other => panic!("large client request: expected InvalidArgument, got {other:?}"),
+    }
+
     // A client whose certificate comes from another CA cannot connect.
     let other = tempfile::tempdir()?;
     let od = other.path().to_string_lossy().into_owned();

@@ -9,18 +9,21 @@
 //! - [`tls`]: certificate files and the rustls / quinn configurations built from them;
 //! - [`roles`]: the role a certificate carries, and reading it off a connection;
 //! - [`pool`]: [`Transport`], pooled connections and framed calls;
+//! - [`admit`]: reading a request frame within a connection's byte budget and a role's limit;
 //! - [`socket`]: the UDP socket under each endpoint, with buffers sized for bulk copies;
 //! - [`error`]: [`TransportError`], by whether a request may have been delivered.
 //!
 //! The metadata server, storage nodes, the client library and the test tools all use this
 //! crate, so there is one place where TLS is set up and one place to read how.
 
+pub mod admit;
 pub mod error;
 pub mod pool;
 pub mod roles;
 pub mod socket;
 pub mod tls;
 
+pub use admit::RequestBudget;
 pub use error::TransportError;
 pub use pool::{FramedRecv, Transport};
 pub use roles::{peer_role, Role};

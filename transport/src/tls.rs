@@ -94,6 +94,9 @@ fn transport_config(idle_timeout: Duration) -> Arc<quinn::TransportConfig> {
     t.receive_window(quinn::VarInt::from_u32(32 << 20));
     t.send_window(32 << 20);
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    // Nothing reads unidirectional streams: a peer may open none, so it cannot park data in
+    // buffers nobody drains.
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     // Ask the peer to acknowledge every ninth ack-eliciting packet rather than every second
     // (the QUIC ack-frequency extension; both ends are ours). Requests and answers carry the
     // pending acknowledgements anyway, so the pure ACK packets the default sends cost a

@@ -129,6 +129,21 @@ impl Client {
                 .list_page(table, start_after.clone(), MAX_LIST_LIMIT, consistency)
                 .await?;
             first_revision.get_or_insert(revision);
+            // Each page must start past the last one: a server that repeated a page would
+            // otherwise keep this loop going for ever.
+            let keys_rise = records.windows(2).all(|w| w[0].key() < w[1].key());
+            let past = match (&start_after, records.first()) {
+                (Some(prev), Some(first)) => first.key() > *prev,
+                _ => true,
+            };
+            if !keys_rise || !past {
+                return Err(Error::Unexpected {
+                    request: "list",
+                    response: format!(
+                        "a {table:?} page whose keys do not rise past {start_after:?}"
+                    ),
+                });
+            }
             start_after = records.last().map(Record::key);
             all.extend(records);
             if !more || start_after.is_none() {
@@ -224,7 +239,7 @@ impl Client {
     /// while the founding members are still starting, until `timeout`; asking again after it
     /// succeeded is a no-op, so an unknown outcome can be resolved by asking again.
     pub async fn bootstrap(&self, endpoint: &str, timeout: Duration) -> Result<(), Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::client::deadline_after(timeout);
         loop {
             let attempt = self
                 .inner

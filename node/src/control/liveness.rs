@@ -112,6 +112,13 @@ impl Control {
             // Held until the transition is written: a heartbeat acknowledged meanwhile would
             // otherwise extend a lease this decision does not see ([`super::grants`]).
             let _gate = self.grants.lock(id).await;
+            // The wait for the lock can span a change of leadership: if this member lost
+            // office and won it back meanwhile, its grants were cleared, and counting silence
+            // from the old `leader_since` would declare Down nodes it granted leases to a
+            // moment ago. A later tick starts from the new leadership.
+            if self.leading_since() != Some(leader_since) {
+                return Err(ApiError::NotLeader { leader: None });
+            }
             let heard = self
                 .grants
                 .last(id)
@@ -408,6 +415,7 @@ mod tests {
         let control = Control::for_tests(ControlSettings::default());
         let store = MemStore::with(&cluster(&[1, 2, 3], vec![], 3));
         let t0 = Instant::now();
+        control.set_leadership(Some(1), t0);
         let leader_since = t0;
         // Node 1 heartbeats throughout; 2 stopped at t0 + 1 s; 3 was never heard.
         granted(&control, 2, t0 + ms(1_000));
@@ -440,5 +448,36 @@ mod tests {
             .unwrap();
         assert_eq!(down, 0);
         assert_eq!(store.read().state(NodeId(2)), Some(NodeState::Down));
+    }
+
+    /// A tick that waits for a node's lock while this member loses office and wins it
+    /// back must not count that node's silence from the old leadership: the new term
+    /// cleared the grants, and the node may hold a lease granted a moment before.
+    #[tokio::test]
+    async fn a_tick_spanning_a_change_of_leadership_declares_nobody_down() {
+        let control = std::sync::Arc::new(Control::for_tests(ControlSettings::default()));
+        let store = std::sync::Arc::new(MemStore::with(&cluster(&[1, 2], vec![], 2)));
+        let t0 = Instant::now();
+        control.set_leadership(Some(5), t0);
+        // Both nodes heartbeat until a minute into the term.
+        granted(&control, 1, t0 + ms(60_000));
+        granted(&control, 2, t0 + ms(60_000));
+        // A heartbeat of node 1 holds its lock (confirming leadership through an election).
+        let held = control.grants.lock(NodeId(1)).await;
+        let tick = {
+            let (control, store) = (control.clone(), store.clone());
+            tokio::spawn(async move { control.liveness_tick(&*store, t0, t0 + ms(60_100)).await })
+        };
+        // The term changes while the tick waits (whether it has reached the lock yet or
+        // not, it reads the grants only once it holds it).
+        tokio::task::yield_now().await;
+        control.set_leadership(None, t0 + ms(60_050));
+        control.set_leadership(Some(7), t0 + ms(60_060));
+        drop(held);
+        let r = tick.await.unwrap();
+        assert!(matches!(r, Err(ApiError::NotLeader { .. })), "{r:?}");
+        let c = store.read();
+        assert_eq!(c.state(NodeId(1)), Some(NodeState::Up));
+        assert_eq!(c.state(NodeId(2)), Some(NodeState::Up));
     }
 }

@@ -180,7 +180,9 @@ impl Control {
         v
     }
 
-    /// Keeps a batch of `node`'s health samples, within `health_samples_per_node`.
+    /// Keeps a batch of `node`'s health samples, within `health_samples_per_node`. Only
+    /// samples newer than the last one kept are taken: a batch sent again (its first
+    /// attempt timed out after it arrived) must not enter the window twice.
     pub(crate) fn note_samples(&self, node: NodeId, batch: Vec<augur_predictor::HealthSample>) {
         let cap = self.settings.health_samples_per_node;
         if cap == 0 {
@@ -189,6 +191,9 @@ impl Control {
         let mut all = lock(&self.samples);
         let q = all.entry(node).or_default();
         for s in batch {
+            if q.back().is_some_and(|last| s.ts_ms <= last.ts_ms) {
+                continue;
+            }
             if q.len() >= cap {
                 q.pop_front();
             }
@@ -533,5 +538,27 @@ async fn watch_leadership(node: MetaNode) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of health samples sent twice (its first attempt timed out after the leader
+    /// took it) enters the window once; newer samples still do.
+    #[test]
+    fn a_health_batch_sent_again_is_kept_once() {
+        let control = Control::for_tests(ControlSettings::default());
+        let sample = |ts_ms| augur_predictor::HealthSample {
+            ts_ms,
+            ..Default::default()
+        };
+        let batch = vec![sample(1_000), sample(6_000)];
+        control.note_samples(NodeId(3), batch.clone());
+        control.note_samples(NodeId(3), batch);
+        control.note_samples(NodeId(3), vec![sample(6_000), sample(11_000)]);
+        let kept: Vec<i64> = control.samples(NodeId(3)).iter().map(|s| s.ts_ms).collect();
+        assert_eq!(kept, vec![1_000, 6_000, 11_000]);
     }
 }

@@ -85,9 +85,27 @@ pub fn pick(
     cap: usize,
 ) -> Vec<NodeId> {
     let racks: HashMap<NodeId, &str> = nodes.iter().map(|n| (n.id, n.rack.as_str())).collect();
-    let mut used_racks: HashSet<String> = exclude
+    let used: Vec<&str> = exclude
         .iter()
-        .filter_map(|id| racks.get(id))
+        .filter_map(|id| racks.get(id).copied())
+        .collect();
+    pick_beside(shard, nodes, exclude, &used, want, load, cap)
+}
+
+/// [`pick`] for a shard whose members sit in `used_racks`: the racks to avoid are given,
+/// not looked up among the candidates, because a member's node need not be one (a Suspect,
+/// cordoned or full node holds replicas too, and its rack is as used as any).
+pub fn pick_beside(
+    shard: ShardId,
+    nodes: &[Candidate],
+    exclude: &[NodeId],
+    used_racks: &[&str],
+    want: usize,
+    load: &HashMap<NodeId, usize>,
+    cap: usize,
+) -> Vec<NodeId> {
+    let mut used_racks: HashSet<String> = used_racks
+        .iter()
         .filter(|r| !r.is_empty())
         .map(|r| r.to_string())
         .collect();
@@ -275,5 +293,32 @@ mod tests {
         );
         assert_eq!(got.len(), 2);
         assert!(!got.contains(&NodeId(1)) && !got.contains(&NodeId(2)));
+    }
+
+    /// The racks of a shard's members count even when their nodes are not candidates (a
+    /// Suspect or full node still holds its replica): a new replica goes to a third rack
+    /// while one is free, whichever node ranks first.
+    #[test]
+    fn racks_of_members_that_are_not_candidates_are_avoided() {
+        let rack = |id: u64, r: &str| Candidate {
+            id: NodeId(id),
+            weight: 1.0,
+            rack: r.into(),
+        };
+        // Members 1 (r1) and 3 (r2); node 3 is no candidate. Candidates 4 (r2) and 6 (r3).
+        let candidates = [rack(4, "r2"), rack(6, "r3")];
+        let members = [NodeId(1), NodeId(3)];
+        for s in 1..=50 {
+            let got = pick_beside(
+                ShardId(s),
+                &candidates,
+                &members,
+                &["r1", "r2"],
+                1,
+                &HashMap::new(),
+                usize::MAX,
+            );
+            assert_eq!(got, vec![NodeId(6)], "shard {s}");
+        }
     }
 }

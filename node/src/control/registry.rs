@@ -132,7 +132,19 @@ impl MetaNode {
                             .count(),
                         Err(e) => return Response::Error(e),
                     };
-                    if holds > 0 && old.state != NodeState::Removed {
+                    // Even once Removed: a shard that still lists the id would take the
+                    // new, empty node for its replica (for a shard with no other replica,
+                    // its primary), and the shard would wait on a node that holds nothing.
+                    if holds > 0 && old.state == NodeState::Removed {
+                        return Response::Error(ApiError::WrongIdentity(format!(
+                            "node {} was removed, but {holds} shard(s) still list it as a replica: \
+                             it may join as a new node once re-replication has replaced it there \
+                             (`augurctl shard list`; a shard whose every replica is gone needs \
+                             `augurctl shard force-primary`)",
+                            node.id
+                        )));
+                    }
+                    if holds > 0 {
                         return Response::Error(ApiError::WrongIdentity(format!(
                             "node {} is registered as incarnation {:016x} and holds {holds} \
                              replica(s), but its data directory is incarnation {:016x}: its data \

@@ -14,7 +14,7 @@
 //! probe_interval_ms = 3000               # how often the leader probes every storage node
 //! storage_call_timeout_ms = 3000         # deadline of one probe or checkpoint request
 //! mover_interval_ms = 1000               # how often migrations are planned and advanced
-//! move_timeout_ms = 3600000              # a move not committed by then is aborted
+//! move_timeout_ms = 3600000              # a move without progress this long is aborted
 //! move_backoff_ms = 5000                 # wait after a shard's first aborted move
 //! move_backoff_max_ms = 300000           # the doubling wait never exceeds this
 //! max_moves = 8                          # moves in flight in the whole cluster
@@ -98,7 +98,9 @@ pub struct ControlSettings {
     pub storage_call_timeout_ms: u64,
     /// How often the mover plans new moves and advances the ones in flight.
     pub mover_interval_ms: u64,
-    /// A move not committed this long after it was planned is aborted (and retried).
+    /// A move that makes no progress (no step, no copied byte) for this long, on the
+    /// leader's monotonic clock, is aborted (and retried). A large copy that keeps copying
+    /// is never cut off.
     pub move_timeout_ms: u64,
     /// Wait before retrying a shard whose move aborted; doubles with every further abort.
     pub move_backoff_ms: u64,

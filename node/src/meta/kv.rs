@@ -26,14 +26,23 @@ use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 
 impl MetaNode {
-    /// Runs a blocking state-machine read off the async workers.
+    /// Runs a blocking state-machine read off the async workers, within the node's read
+    /// slots (see [`MetaNode::read_slots`]).
     pub(crate) async fn read_sm<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&StateMachine) -> Result<T, StoreError> + Send + 'static,
     {
+        let Ok(slot) = self.read_slots.clone().acquire_owned().await else {
+            return Err(ApiError::Unavailable("shutting down".into()));
+        };
         let sm = self.sm.clone();
-        match tokio::task::spawn_blocking(move || f(&sm)).await {
+        // The slot goes with the read: a caller that gives up does not free it early.
+        let read = move || {
+            let _slot = slot;
+            f(&sm)
+        };
+        match tokio::task::spawn_blocking(read).await {
             Ok(r) => r.map_err(ApiError::from),
             Err(e) => Err(ApiError::Internal(format!("read task failed: {e}"))),
         }

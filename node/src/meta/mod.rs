@@ -58,7 +58,15 @@ pub struct MetaNode {
     bootstrapping: Arc<tokio::sync::Mutex<()>>,
     /// The data plane's control plane (acts while this member leads).
     pub(crate) control: Arc<crate::control::Control>,
+    /// Slots for state-machine reads on the blocking pool ([`MetaNode::read_sm`]). Raft's
+    /// own synced writes (votes, truncations, applies) run on that pool too: without a
+    /// bound, enough concurrent lists or watch pages from clients would queue them behind
+    /// client reads, and elections would follow.
+    pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// State-machine reads that may run on the blocking pool at once (its default size is 512).
+const MAX_BLOCKING_READS: usize = 32;
 
 impl MetaNode {
     /// Opens the store, starts Raft and the QUIC endpoint. Nothing is bootstrapped here: a
@@ -123,6 +131,7 @@ impl MetaNode {
             shutdown_tx: Arc::new(shutdown_tx),
             bootstrapping: Arc::new(tokio::sync::Mutex::new(())),
             control,
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_READS)),
         };
         if let Some(why) = node.waiting_reason() {
             tracing::warn!(

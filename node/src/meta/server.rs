@@ -2,17 +2,23 @@
 //!
 //! The caller's role is read off its certificate once per connection; each request is checked
 //! against it ([`super::auth`]) before anything else happens, then handed to the module that
-//! serves it. A frame that does not decode is answered with `InvalidArgument` and changes
+//! serves it. Before that, the role bounds how large a request may be, and the connection's
+//! [`RequestBudget`] how many request bytes it may have in flight: a certificate without a
+//! role gets its refusal without a byte read. A frame that does not decode is answered with `InvalidArgument` and changes
 //! nothing.
 
 use super::auth::authorize;
 use super::MetaNode;
-use augur_proto::frame::{read_frame, write_frame, FrameError};
+use augur_proto::frame::{write_frame, FrameError};
 use augur_proto::wire::{ApiError, RaftRpcKind};
 use augur_proto::{Request, Response};
 use augur_transport::roles::RoleError;
-use augur_transport::{peer_role, Role};
+use augur_transport::{peer_role, RequestBudget, Role};
 use std::time::Instant;
+
+/// Largest request a client certificate may send: it may only read (gets, lists, watches,
+/// status), and none of those comes near this.
+const CLIENT_REQUEST_LIMIT: usize = 64 * 1024;
 
 impl MetaNode {
     /// Serves every stream of one connection until it closes.
@@ -28,6 +34,7 @@ impl MetaNode {
         if let Err(e) = &role {
             tracing::debug!(peer = %conn.remote_address(), error = %e, "peer certificate has no role");
         }
+        let budget = RequestBudget::for_frames(self.max_frame());
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -35,7 +42,8 @@ impl MetaNode {
             };
             let node = self.clone();
             let role = role.clone();
-            tokio::spawn(async move { node.serve_stream(send, recv, role).await });
+            let budget = budget.clone();
+            tokio::spawn(async move { node.serve_stream(send, recv, role, budget).await });
         }
     }
 
@@ -44,9 +52,20 @@ impl MetaNode {
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         role: Result<Role, RoleError>,
+        budget: RequestBudget,
     ) {
         let max = self.max_frame();
-        let req: Request = match read_frame(&mut recv, max).await {
+        // A certificate without a role may do nothing: its request is not even read.
+        let limit = match &role {
+            Err(e) => {
+                let e = ApiError::PermissionDenied(e.to_string());
+                self.answer_once(&mut send, e).await;
+                return;
+            }
+            Ok(Role::Client) => CLIENT_REQUEST_LIMIT.min(max),
+            Ok(_) => max,
+        };
+        let req: Request = match budget.read(&mut recv, limit).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(FrameError::Io(_)) => return,
@@ -60,6 +79,8 @@ impl MetaNode {
             }
         };
         if let Err(e) = authorize(&role, &req) {
+            // Not held while a peer that may never read its answer is answered.
+            drop(req);
             self.answer_once(&mut send, e).await;
             return;
         }

@@ -11,23 +11,29 @@
 //! and once it has reconciled; writes go through the shard's replica task. A replication
 //! stream's frames are handed to the task in order, and its acknowledgements written back in
 //! the same order as they come (QUIC keeps both in order).
+//!
+//! Before a request is read, its size is bounded by the caller's role and the connection's
+//! [`RequestBudget`]; a certificate without a role is refused without a byte read.
 
 use super::directory::{refresh_node, refresh_shard};
 use super::replica::{Handle, Msg};
 use super::{copy, NodeCtx};
 use augur_proto::data::{
     DataError, DataRequest, DataResponse, Fence, NodeReport, ReplicaAck, ReplicaRole,
-    ReplicateFrame, MAX_SCAN_LIMIT,
+    ReplicateFrame, MAX_KEY, MAX_SCAN_LIMIT, MAX_VALUE,
 };
-use augur_proto::frame::{payload_budget, read_frame, write_frame, FrameError, FrameReader};
+use augur_proto::frame::{payload_budget, write_frame, FrameError, FrameReader};
 use augur_proto::ShardId;
 use augur_transport::roles::RoleError;
-use augur_transport::{peer_role, Role};
+use augur_transport::{peer_role, RequestBudget, Role};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+/// Largest request a client certificate may send: one key, one value and their wrapping.
+const CLIENT_REQUEST_LIMIT: usize = MAX_KEY + MAX_VALUE + 4096;
 
 /// Serves every stream of one connection.
 pub async fn serve_connection(ctx: Arc<NodeCtx>, incoming: quinn::Incoming) {
@@ -39,10 +45,12 @@ pub async fn serve_connection(ctx: Arc<NodeCtx>, incoming: quinn::Incoming) {
         }
     };
     let role = peer_role(&conn);
+    let budget = RequestBudget::for_frames(ctx.peers.max_frame());
     while let Ok((send, recv)) = conn.accept_bi().await {
         let ctx = ctx.clone();
         let role = role.clone();
-        tokio::spawn(async move { serve_stream(ctx, send, recv, role).await });
+        let budget = budget.clone();
+        tokio::spawn(async move { serve_stream(ctx, send, recv, role, budget).await });
     }
 }
 
@@ -88,9 +96,22 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     role: Result<Role, RoleError>,
+    budget: RequestBudget,
 ) {
     let max = ctx.peers.max_frame();
-    let req: DataRequest = match read_frame(&mut recv, max).await {
+    // A certificate without a role may do nothing: its request is not even read. A client's
+    // requests carry at most one key and one value.
+    let limit = match &role {
+        Err(e) => {
+            ctx.metrics.request("refused", Duration::ZERO);
+            let e = DataError::PermissionDenied(e.to_string());
+            answer(&mut send, DataResponse::Error(e), max).await;
+            return;
+        }
+        Ok(Role::Client) => CLIENT_REQUEST_LIMIT.min(max),
+        Ok(_) => max,
+    };
+    let req: DataRequest = match budget.read(&mut recv, limit).await {
         Ok(Some(r)) => r,
         Ok(None) | Err(FrameError::Io(_)) => return,
         Err(e) => {
@@ -107,6 +128,8 @@ async fn serve_stream(
     };
     if let Err(e) = authorize(&role, &req) {
         ctx.metrics.request("refused", Duration::ZERO);
+        // Not held while a peer that may never read its answer is answered.
+        drop(req);
         answer(&mut send, DataResponse::Error(e), max).await;
         return;
     }

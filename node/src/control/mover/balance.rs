@@ -52,7 +52,9 @@
 //! its copy after `stray_grace_ms`. Aborts back off on their own clock
 //! (`MoverMemory::balance_backoff_until`), so optional work never delays a repair.
 
-use super::plan::{backing_off, backoff, copy_source, has_room, history, Occupancy, PlanContext};
+use super::plan::{
+    add_bytes, backing_off, backoff, copy_source, has_room, history, Occupancy, PlanContext,
+};
 use crate::control::cluster::{accepts_replicas, Cluster, Reports};
 use crate::control::store::{MetaStore, StorageCalls};
 use crate::control::Control;
@@ -326,7 +328,7 @@ pub fn plan_moves(ctx: &PlanContext<'_>) -> Vec<Migration> {
         total += 1;
         *moves_in.entry(to).or_default() += 1;
         *moves_out.entry(source).or_default() += 1;
-        *incoming.entry(to).or_default() += sh.size_bytes;
+        add_bytes(&mut incoming, to, sh.size_bytes);
         *held.get_mut(&from).expect("source counted") -= 1;
         *held.get_mut(&to).expect("destination counted") += 1;
     }

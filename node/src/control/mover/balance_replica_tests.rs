@@ -190,7 +190,7 @@ fn a_balancing_move_never_removes_a_primary() {
     let s = ControlSettings::default();
     let m = plan_moves(&ctx(&c, &s, &mem))[0].clone();
     let r = all_current(&c);
-    assert_eq!(next_step(&m, &c, &r, None, 1_000_000), Step::Start);
+    assert_eq!(next_step(&m, &c, &r, None, false), Step::Start);
     // Under way, a destination being drained ends the move, one only late with its
     // heartbeat (Suspect) does not, and neither does either end a drain move.
     let mut started = c.clone();
@@ -201,19 +201,19 @@ fn a_balancing_move_never_removes_a_primary() {
     let mut copying = m.clone();
     copying.state = MigrationState::Copying;
     assert_eq!(
-        next_step(&copying, &started, &r, None, 1_000_000),
+        next_step(&copying, &started, &r, None, false),
         Step::Wait(crate::control::mover::steps::WAIT_COPYING)
     );
     started.nodes.get_mut(&m.to).unwrap().state = NodeState::Draining;
     assert_eq!(
-        next_step(&copying, &started, &r, None, 1_000_000),
+        next_step(&copying, &started, &r, None, false),
         Step::Abort(AbortReason::Destination(m.to))
     );
     started.nodes.get_mut(&m.to).unwrap().state = NodeState::Suspect;
     copying.kind = MigrationKind::Drain;
     started.nodes.get_mut(&m.from).unwrap().state = NodeState::Draining;
     assert_eq!(
-        next_step(&copying, &started, &r, None, 1_000_000),
+        next_step(&copying, &started, &r, None, false),
         Step::Wait(crate::control::mover::steps::WAIT_COPYING)
     );
     // The source became the primary before the move started: not needed any more.
@@ -221,7 +221,7 @@ fn a_balancing_move_never_removes_a_primary() {
     let sh = promoted.shards.get_mut(&m.shard).unwrap();
     *sh = crate::control::mover::drain::handed_off(sh, m.from);
     assert_eq!(
-        next_step(&m, &promoted, &r, None, 1_000_000),
+        next_step(&m, &promoted, &r, None, false),
         Step::Abort(AbortReason::NoLongerNeeded)
     );
     // ... or after the copy was verified: aborted, not committed.
@@ -243,7 +243,7 @@ fn a_balancing_move_never_removes_a_primary() {
         epoch: sh.epoch,
     };
     assert_eq!(
-        next_step(&moving, &c2, &r, Some(&req), 1_000_000),
+        next_step(&moving, &c2, &r, Some(&req), false),
         Step::Abort(AbortReason::SourcePrimary(m.from))
     );
     // The same move with its source a secondary commits, and the commit drops the source.
@@ -261,7 +261,7 @@ fn a_balancing_move_never_removes_a_primary() {
         primary,
         epoch: sh2.epoch,
     };
-    let step = next_step(&moving, &c3, &r3, Some(&req), 1_000_000);
+    let step = next_step(&moving, &c3, &r3, Some(&req), false);
     assert_eq!(step, Step::Commit(cp));
     let txn = crate::control::mover::commit_txn(&moving, &sh2, &cp, &c3, 1_000_000);
     let Some(augur_proto::Op::Put(augur_proto::Record::Shard(next))) = txn.ops.first() else {
@@ -348,7 +348,7 @@ async fn the_storm_guard_holds_balancing() {
     let m = plan_moves(&ctx(&thawed, &ControlSettings::default(), &mem))[0].clone();
     use crate::control::mover::steps::{next_step, Step};
     assert!(matches!(
-        next_step(&m, &c, &all_current(&c), None, 1_000_000),
+        next_step(&m, &c, &all_current(&c), None, false),
         Step::Wait(_)
     ));
 }
@@ -419,8 +419,10 @@ fn a_move_keeps_its_source_while_another_member_is_on_a_dead_node() {
     assert!(!next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
     assert_eq!(next.replicas.len(), 3, "{next:?}");
     // That count was made on node records read earlier: the write compares their versions,
-    // so a member declared Down since makes it fail instead of leaving the shard short.
-    for n in sh.replicas.iter().filter(|n| **n != m.from) {
+    // so a member or the destination declared Down since makes it fail instead of leaving
+    // the shard short.
+    let kept = sh.replicas.iter().filter(|n| **n != m.from);
+    for n in kept.chain(std::iter::once(&m.to)) {
         let version = c.nodes[n].version;
         assert!(
             txn.compares

@@ -47,7 +47,10 @@
 //! traffic is never queued behind them.
 
 use super::balance::primaries_led;
-use super::plan::{backing_off, copy_source, failed_attempts, has_room, Occupancy, PlanContext};
+use super::plan::{
+    add_bytes, backing_off, copy_source, failed_attempts, has_room, racks_of, Occupancy,
+    PlanContext,
+};
 use crate::control::cluster::{Cluster, Reports};
 use crate::control::placement::{self, Candidate};
 use crate::control::repair::reconfigure_txn;
@@ -198,11 +201,12 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         let (attempts, tried) = failed_attempts(cluster, shard.id);
         let mut avoid = staying.clone();
         avoid.extend(&tried);
-        let to = placement::pick(shard.id, &candidates, &avoid, 1, &load, cap)
+        let racks = racks_of(cluster, &staying);
+        let to = placement::pick_beside(shard.id, &candidates, &avoid, &racks, 1, &load, cap)
             .first()
             .copied()
             .or_else(|| {
-                placement::pick(shard.id, &candidates, &staying, 1, &load, cap)
+                placement::pick_beside(shard.id, &candidates, &staying, &racks, 1, &load, cap)
                     .first()
                     .copied()
             });
@@ -235,7 +239,7 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         total += 1;
         *moves_in.entry(to).or_default() += 1;
         *moves_out.entry(source).or_default() += 1;
-        *incoming.entry(to).or_default() += shard.size_bytes;
+        add_bytes(&mut incoming, to, shard.size_bytes);
         *load.entry(to).or_default() += 1;
     }
     planned
@@ -253,13 +257,19 @@ impl Control {
     ) -> Result<usize, ApiError> {
         let mut moved = 0;
         let mut led = primaries_led(cluster);
-        let shards = primaries_to_hand_off(cluster);
-        for shard in shards.into_iter().take(self.settings.max_handoffs_per_pass) {
+        let mut tried = 0;
+        for shard in primaries_to_hand_off(cluster) {
             let old = shard.replicas[0];
             let Some(target) = hand_off_target(shard, cluster, reports, &led) else {
                 tracing::debug!(shard = %shard.id, primary = %old, "no live secondary at the current epoch to hand the primary role to");
                 continue;
             };
+            // The pass's limit counts hand-offs tried, not shards without a target: those
+            // would otherwise keep the shards after them waiting for ever.
+            if tried == self.settings.max_handoffs_per_pass {
+                break;
+            }
+            tried += 1;
             if let Some((epoch, seq)) = self.hand_off(shard, target, cluster, meta, storage).await?
             {
                 moved += 1;

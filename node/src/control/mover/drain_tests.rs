@@ -99,8 +99,8 @@ fn the_storm_guard_holds_policy_drains_but_not_operator_drains() {
     open.storm.frozen = false;
     let m = plan(&ctx(&open, &s, &mem), &[]).remove(0);
     let r = Reports::default();
-    assert!(matches!(next_step(&m, &c, &r, None, NOW_MS), Step::Wait(_)));
-    assert_eq!(next_step(&m, &open, &r, None, NOW_MS), Step::Start);
+    assert!(matches!(next_step(&m, &c, &r, None, false), Step::Wait(_)));
+    assert_eq!(next_step(&m, &open, &r, None, false), Step::Start);
     // An operator's drain goes on.
     c.nodes.get_mut(&NodeId(2)).unwrap().cause.origin = StateOrigin::Operator;
     assert_eq!(shards_of(&plan(&ctx(&c, &s, &mem), &[])), vec![1]);
@@ -279,12 +279,12 @@ fn a_drain_move_never_commits_while_its_source_is_primary_and_stops_when_undrain
         epoch: 6,
     };
     assert!(matches!(
-        next_step(&m, &c, &r, Some(&req), NOW_MS),
+        next_step(&m, &c, &r, Some(&req), false),
         Step::Wait(_)
     ));
     set_state(&mut c, 2, NodeState::Up);
     assert_eq!(
-        next_step(&m, &c, &r, Some(&req), NOW_MS),
+        next_step(&m, &c, &r, Some(&req), false),
         Step::Abort(AbortReason::SourceNotDraining(NodeId(2)))
     );
     // A source that died is not undrained: the move goes on.

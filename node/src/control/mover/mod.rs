@@ -33,7 +33,7 @@ use augur_proto::{
 };
 use futures::future::join_all;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use steps::{next_step, AbortReason, Step};
 
 /// How soon the mover's next pass should run; a pass reports the most urgent of its moves.
@@ -99,6 +99,12 @@ pub struct MoverMemory {
     /// Until when each shard waits before another balancing move or balancing hand-off,
     /// after one failed (kept apart from `backoff_until`: balancing never delays a repair).
     pub balance_backoff_until: HashMap<ShardId, Instant>,
+    /// Each move's last progress seen by this leader (its state and bytes copied) and when
+    /// on this leader's clock: a move is given up after `move_timeout_ms` without any. A
+    /// record's wall-clock deadline, written by whichever leader planned it, would abort
+    /// early or late by the clocks' skew after a failover; a new leader starts the wait
+    /// afresh, at most one timeout late.
+    pub progress_seen: HashMap<MigrationId, (MigrationState, u64, Instant)>,
 }
 
 impl MoverMemory {
@@ -116,6 +122,22 @@ impl MoverMemory {
         let active: Vec<MigrationId> = cluster.active_migrations().map(|m| m.id).collect();
         self.checkpoints.retain(|m, _| active.contains(m));
         self.progress_at.retain(|m, _| active.contains(m));
+        self.progress_seen.retain(|m, _| active.contains(m));
+    }
+
+    /// Whether `m` has made no progress (no step, no copied byte) for `timeout` as this
+    /// leader saw it; notes what it has now.
+    pub fn stalled(&mut self, m: &Migration, now: Instant, timeout: Duration) -> bool {
+        let at = (m.state, m.bytes_copied);
+        match self.progress_seen.get(&m.id) {
+            Some((state, bytes, since)) if (*state, *bytes) == at => {
+                now.saturating_duration_since(*since) >= timeout
+            }
+            _ => {
+                self.progress_seen.insert(m.id, (at.0, at.1, now));
+                false
+            }
+        }
     }
 
     /// Whether `m`'s copy progress may be recorded at `now` (and if so, notes that it is):
@@ -246,8 +268,10 @@ pub fn commit_txn(
     let mut txn = write((shard, s), (m, next));
     if drops {
         // The count was made on records read before this pass's probes: a member declared
-        // Down since would leave the shard one short. Its record's version says so.
-        for n in shard.replicas.iter().filter(|n| **n != m.from) {
+        // Down since would leave the shard one short, and so would the destination. Their
+        // records' versions say so.
+        let kept = shard.replicas.iter().filter(|n| **n != m.from);
+        for n in kept.chain(std::iter::once(&m.to)) {
             if let Some(rec) = cluster.nodes.get(n) {
                 txn.compares.push(compare(Key::Node(*n), rec.version));
             }
@@ -438,7 +462,9 @@ impl Control {
         now_ms: u64,
     ) -> Result<Pace, ApiError> {
         let requested = self.with_memory(|mem| mem.checkpoints.get(&m.id).copied());
-        let step = next_step(m, cluster, reports, requested.as_ref(), now_ms);
+        let timeout = Duration::from_millis(self.settings.move_timeout_ms);
+        let stalled = self.with_memory(|mem| mem.stalled(m, now, timeout));
+        let step = next_step(m, cluster, reports, requested.as_ref(), stalled);
         let shard = cluster.shards.get(&m.shard);
         let txn = match (&step, shard) {
             (Step::Wait(why), _) => {

@@ -73,7 +73,7 @@ impl<'a> Occupancy<'a> {
             o.total += 1;
             o.moving.push(m.shard);
             *o.moves_in.entry(m.to).or_default() += 1;
-            *o.incoming.entry(m.to).or_default() += m.bytes_total;
+            add_bytes(&mut o.incoming, m.to, m.bytes_total);
             let source = cluster
                 .shards
                 .get(&m.shard)
@@ -113,6 +113,22 @@ pub(crate) fn has_room(
         .saturating_add(incoming.get(&node.id).copied().unwrap_or(0))
         .saturating_add(shard.size_bytes);
     node.capacity_bytes == 0 || after <= node.capacity_bytes
+}
+
+/// The racks of `nodes` as their records name them, whatever their state.
+pub(crate) fn racks_of<'a>(cluster: &'a Cluster, nodes: &[NodeId]) -> Vec<&'a str> {
+    nodes
+        .iter()
+        .filter_map(|n| cluster.nodes.get(n))
+        .map(|n| n.rack.as_str())
+        .collect()
+}
+
+/// Adds `bytes` to `node`'s count of incoming bytes. The sizes come from storage nodes'
+/// reports, so the sum saturates rather than wrap.
+pub(crate) fn add_bytes(incoming: &mut HashMap<NodeId, u64>, node: NodeId, bytes: u64) {
+    let n = incoming.entry(node).or_default();
+    *n = n.saturating_add(bytes);
 }
 
 /// What planning reads besides the records.
@@ -273,7 +289,7 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
         mut total,
         mut moves_in,
         mut moves_out,
-        incoming: _,
+        mut incoming,
         moving,
         mut load,
         eligible,
@@ -307,10 +323,7 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
         let candidates: Vec<Candidate> = eligible
             .iter()
             .filter(|n| moves_in.get(&n.id).copied().unwrap_or(0) < s.max_moves_in_per_node)
-            .filter(|n| {
-                n.capacity_bytes == 0
-                    || n.used_bytes.saturating_add(shard.size_bytes) <= n.capacity_bytes
-            })
+            .filter(|n| has_room(n, &incoming, shard))
             .map(|n| Candidate {
                 id: n.id,
                 weight: n.capacity_bytes.max(1) as f64,
@@ -320,11 +333,20 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
         let (attempts, tried) = failed_attempts(cluster, shard.id);
         let mut avoid = exclude.clone();
         avoid.extend(&tried);
-        let to = placement::pick(shard.id, &candidates, &avoid, 1, &load, cap)
+        // The racks of the members that hold the shard, candidates or not (the lost
+        // replica's is free again).
+        let members: Vec<NodeId> = shard
+            .replicas
+            .iter()
+            .chain(&shard.learners)
+            .copied()
+            .collect();
+        let racks = racks_of(cluster, &members);
+        let to = placement::pick_beside(shard.id, &candidates, &avoid, &racks, 1, &load, cap)
             .first()
             .copied()
             .or_else(|| {
-                placement::pick(shard.id, &candidates, &exclude, 1, &load, cap)
+                placement::pick_beside(shard.id, &candidates, &exclude, &racks, 1, &load, cap)
                     .first()
                     .copied()
             });
@@ -369,6 +391,7 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
         total += 1;
         *moves_in.entry(to).or_default() += 1;
         *moves_out.entry(source).or_default() += 1;
+        add_bytes(&mut incoming, to, shard.size_bytes);
         *load.entry(to).or_default() += 1;
     }
     planned

@@ -26,7 +26,7 @@
 //! member ([`super::commit_txn`]).
 //!
 //! Every step re-checks what it relies on, and anything that makes the move unsafe or
-//! pointless aborts it: the deadline passed, the shard or its primary gone, the destination
+//! pointless aborts it: no progress for `move_timeout_ms`, the shard or its primary gone, the destination
 //! no longer live (or, before it starts, no longer eligible), the learner removed from the
 //! shard (a `ReportReplica`, a repair), the shard taken by another move, the checksums
 //! differing. Epoch changes that leave the learner in place (a secondary removed, a new
@@ -58,17 +58,21 @@ pub const WAIT_MEMBER_GONE: &str = "a replica's node is gone: waiting for the re
 /// with its heartbeats.
 pub const WAIT_MEMBER_LATE: &str = "a replica's node is late with its heartbeats";
 /// [`Step::Wait`]: no replica of the shard is live and the learner finished its copy: it
-/// may hold the only copy of every acknowledged write, so it stays listed (whatever the
-/// deadline) until a replica returns or an operator forces a primary.
+/// may hold the only copy of every acknowledged write, so it stays listed (however long it
+/// stalls) until a replica returns or an operator forces a primary.
 pub const WAIT_LAST_COPY: &str = "no live replica: the learner may hold the only copy \
      (augurctl shard force-primary)";
+
+/// [`Step::Wait`]: the primary's node is gone and a live secondary is about to be promoted
+/// by repair; the move goes on under the new primary.
+pub const WAIT_PROMOTION: &str = "primary gone: waiting for repair to promote a secondary";
 
 /// Why a move was given up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AbortReason {
-    /// Not committed by its deadline.
-    #[error("deadline passed")]
-    DeadlinePassed,
+    /// No step and no copied byte for `move_timeout_ms`, on this leader's clock.
+    #[error("no progress within move_timeout_ms")]
+    Stalled,
     /// The shard record is gone.
     #[error("shard record gone")]
     ShardGone,
@@ -144,7 +148,7 @@ pub fn next_step(
     cluster: &Cluster,
     reports: &Reports,
     requested: Option<&Requested>,
-    now_ms: u64,
+    stalled: bool,
 ) -> Step {
     use AbortReason::*;
     let Some(shard) = cluster.shards.get(&m.shard) else {
@@ -161,8 +165,8 @@ pub fn next_step(
     {
         return Step::Wait(WAIT_LAST_COPY);
     }
-    if now_ms > m.deadline_ms {
-        return Step::Abort(DeadlinePassed);
+    if stalled {
+        return Step::Abort(Stalled);
     }
     let Some(&primary) = shard.replicas.first() else {
         return Step::Abort(ShardGone);
@@ -231,6 +235,11 @@ pub fn next_step(
         return Step::Abort(SourceNotDraining(m.from));
     }
     if !cluster.live(primary) {
+        // Repair promotes a live secondary within a pass of the Down, and a move survives
+        // promotions: throwing away the copy made so far would cost more than the wait.
+        if shard.replicas[1..].iter().any(|n| cluster.live(*n)) {
+            return Step::Wait(WAIT_PROMOTION);
+        }
         return Step::Abort(PrimaryGone(primary));
     }
     let learner = reports.replica(cluster, m.to, shard.id);
@@ -373,15 +382,15 @@ mod tests {
         let c = cluster(&[1, 2, 3, 4], vec![shard(1, &[1, 2], 6)], 3);
         let r = Reports::default();
         let m = migration(MigrationState::Planned);
-        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Start);
+        assert_eq!(next_step(&m, &c, &r, None, false), Step::Start);
         assert_eq!(
-            next_step(&m, &c, &r, None, 10_001),
-            Step::Abort(AbortReason::DeadlinePassed)
+            next_step(&m, &c, &r, None, true),
+            Step::Abort(AbortReason::Stalled)
         );
         let mut x = c.clone();
         x.nodes.get_mut(&NodeId(4)).unwrap().state = NodeState::Draining;
         assert_eq!(
-            next_step(&m, &x, &r, None, 0),
+            next_step(&m, &x, &r, None, false),
             Step::Abort(AbortReason::Destination(NodeId(4)))
         );
         let mut x = c.clone();
@@ -391,19 +400,19 @@ mod tests {
             .replicas
             .push(NodeId(3));
         assert_eq!(
-            next_step(&m, &x, &r, None, 0),
+            next_step(&m, &x, &r, None, false),
             Step::Abort(AbortReason::NoLongerNeeded)
         );
         let mut x = c.clone();
         x.shards.get_mut(&ShardId(1)).unwrap().state = ShardState::Moving(MigrationId(2));
         assert_eq!(
-            next_step(&m, &x, &r, None, 0),
+            next_step(&m, &x, &r, None, false),
             Step::Abort(AbortReason::ShardBusy)
         );
         let mut x = c;
         x.nodes.get_mut(&NodeId(1)).unwrap().state = NodeState::Down;
         assert_eq!(
-            next_step(&m, &x, &r, None, 0),
+            next_step(&m, &x, &r, None, false),
             Step::Abort(AbortReason::PrimaryGone(NodeId(1)))
         );
     }
@@ -414,13 +423,13 @@ mod tests {
         let m = migration(MigrationState::Copying);
         let mut r = Reports::default();
         report(&mut r, 4, vec![status(1, 6, Learner, 3)]);
-        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Wait(WAIT_COPYING));
+        assert_eq!(next_step(&m, &c, &r, None, false), Step::Wait(WAIT_COPYING));
         // Bytes received beyond what the record says: progress to record.
         let mut part = status(1, 6, Learner, 3);
         part.copy_bytes = 400;
         report(&mut r, 4, vec![part.clone()]);
         assert_eq!(
-            next_step(&m, &c, &r, None, 0),
+            next_step(&m, &c, &r, None, false),
             Step::Progress {
                 bytes: 400,
                 total: 0
@@ -431,7 +440,7 @@ mod tests {
         p.size_estimate = 1200;
         report(&mut r, 1, vec![p]);
         assert_eq!(
-            next_step(&m, &c, &r, None, 0),
+            next_step(&m, &c, &r, None, false),
             Step::Progress {
                 bytes: 400,
                 total: 1200
@@ -440,41 +449,41 @@ mod tests {
         let mut recorded = m.clone();
         recorded.bytes_copied = 400;
         assert_eq!(
-            next_step(&recorded, &c, &r, None, 0),
+            next_step(&recorded, &c, &r, None, false),
             Step::Wait(WAIT_COPYING),
             "nothing new"
         );
         // A report under an older epoch may be of an earlier copy: not progress.
         part.epoch = 5;
         report(&mut r, 4, vec![part]);
-        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Wait(WAIT_COPYING));
+        assert_eq!(next_step(&m, &c, &r, None, false), Step::Wait(WAIT_COPYING));
         let mut done = status(1, 5, Learner, 3);
         done.copied = true;
         report(&mut r, 4, vec![done.clone()]);
         assert_eq!(
-            next_step(&m, &c, &r, None, 0),
+            next_step(&m, &c, &r, None, false),
             Step::Wait(WAIT_COPYING),
             "a copy reported under an older epoch"
         );
         done.epoch = 6;
         report(&mut r, 4, vec![done]);
-        assert_eq!(next_step(&m, &c, &r, None, 0), Step::Copied);
+        assert_eq!(next_step(&m, &c, &r, None, false), Step::Copied);
         let mut x = c.clone();
         x.shards.get_mut(&ShardId(1)).unwrap().learners.clear();
         assert_eq!(
-            next_step(&m, &x, &r, None, 0),
+            next_step(&m, &x, &r, None, false),
             Step::Abort(AbortReason::LearnerRemoved(NodeId(4)))
         );
         let mut x = c;
         x.nodes.get_mut(&NodeId(4)).unwrap().state = NodeState::Down;
         assert_eq!(
-            next_step(&m, &x, &r, None, 0),
+            next_step(&m, &x, &r, None, false),
             Step::Abort(AbortReason::Destination(NodeId(4)))
         );
     }
 
     /// With no replica left alive, a learner past its copy may hold the only copy of the
-    /// acknowledged writes: its move waits, past its deadline too, instead of removing it.
+    /// acknowledged writes: its move waits, stalled or not, instead of removing it.
     /// A learner still copying holds part of the shard and is given up as before.
     #[test]
     fn a_learner_that_may_be_the_last_copy_is_kept() {
@@ -485,28 +494,39 @@ mod tests {
         let r = Reports::default();
         for state in [MigrationState::CatchingUp, MigrationState::Cutover] {
             let m = migration(state);
-            assert_eq!(next_step(&m, &c, &r, None, 0), Step::Wait(WAIT_LAST_COPY));
             assert_eq!(
-                next_step(&m, &c, &r, None, 10_001),
+                next_step(&m, &c, &r, None, false),
+                Step::Wait(WAIT_LAST_COPY)
+            );
+            assert_eq!(
+                next_step(&m, &c, &r, None, true),
                 Step::Wait(WAIT_LAST_COPY)
             );
         }
         let copying = migration(MigrationState::Copying);
         assert_eq!(
-            next_step(&copying, &c, &r, None, 0),
+            next_step(&copying, &c, &r, None, false),
             Step::Abort(AbortReason::PrimaryGone(NodeId(1)))
         );
-        // One replica back: the move goes on (and gives up at its deadline) as usual.
+        // One replica back: the move goes on (and gives up when it stalls) as usual.
         c.nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Up;
         assert_eq!(
-            next_step(&migration(MigrationState::CatchingUp), &c, &r, None, 10_001),
-            Step::Abort(AbortReason::DeadlinePassed)
+            next_step(&migration(MigrationState::CatchingUp), &c, &r, None, true),
+            Step::Abort(AbortReason::Stalled)
         );
+        // Its primary (node 1) still Down with a live secondary: repair is about to promote
+        // it, and the copy made so far is kept for the new primary.
+        for state in [MigrationState::Copying, MigrationState::CatchingUp] {
+            assert_eq!(
+                next_step(&migration(state), &c, &r, None, false),
+                Step::Wait(WAIT_PROMOTION)
+            );
+        }
     }
 
     /// A drain whose source is the primary and whose shard has no other live replica
     /// commits keeping the source (no hand-off could come: there is nobody to hand off to)
-    /// instead of waiting out its deadline on one replica.
+    /// instead of waiting until it stalls on one replica.
     #[test]
     fn a_drain_that_keeps_its_primary_source_needs_no_hand_off() {
         let mut s = shard(1, &[1], 6);
@@ -524,7 +544,7 @@ mod tests {
         let same = with_checkpoints((12, 0xabc), (12, 0xabc), 6);
         assert!(!crate::control::mover::commit_drops_source(&m, &s, &c));
         assert_eq!(
-            next_step(&m, &c, &same, Some(&req(12)), 0),
+            next_step(&m, &c, &same, Some(&req(12)), false),
             Step::Commit(checkpoint(12, 0xabc))
         );
         // With another live replica the source's role is handed off first.
@@ -537,7 +557,7 @@ mod tests {
             vec![status(1, 6, augur_proto::data::ReplicaRole::Secondary, 20)],
         );
         assert!(matches!(
-            next_step(&m, &two, &both, Some(&req(12)), 0),
+            next_step(&m, &two, &both, Some(&req(12)), false),
             Step::Wait(w) if w.contains("hand-off")
         ));
     }
@@ -572,37 +592,37 @@ mod tests {
             epoch: 6,
         };
         let same = with_checkpoints((12, 0xabc), (12, 0xabc), 6);
-        assert_eq!(next_step(&m, &c, &same, None, 0), ask);
+        assert_eq!(next_step(&m, &c, &same, None, false), ask);
         assert_eq!(
-            next_step(&m, &c, &same, Some(&req(12)), 0),
+            next_step(&m, &c, &same, Some(&req(12)), false),
             Step::Commit(checkpoint(12, 0xabc))
         );
         // A destination late with its heartbeats, or a member on a node declared Down that
         // repair has not removed yet: the commit waits.
         let late = late_with_heartbeats(&c, 4);
         assert_eq!(
-            next_step(&m, &late, &same, Some(&req(12)), 0),
+            next_step(&m, &late, &same, Some(&req(12)), false),
             Step::Wait(WAIT_DESTINATION_LATE)
         );
         let mut gone = c.clone();
         gone.nodes.get_mut(&NodeId(2)).unwrap().state = NodeState::Down;
         assert_eq!(
-            next_step(&m, &gone, &same, Some(&req(12)), 0),
+            next_step(&m, &gone, &same, Some(&req(12)), false),
             Step::Wait(WAIT_MEMBER_GONE)
         );
         // The learner has not applied it yet.
         let behind = with_checkpoints((12, 0xabc), (8, 0x111), 6);
         assert_eq!(
-            next_step(&m, &c, &behind, Some(&req(12)), 0),
+            next_step(&m, &c, &behind, Some(&req(12)), false),
             Step::Wait("checkpoint not applied yet")
         );
         // A later checkpoint replaced it: ask again.
         let later = with_checkpoints((15, 0xabc), (12, 0xabc), 6);
-        assert_eq!(next_step(&m, &c, &later, Some(&req(12)), 0), ask);
+        assert_eq!(next_step(&m, &c, &later, Some(&req(12)), false), ask);
         // Different content at one sequence: abort.
         let bad = with_checkpoints((12, 0xabc), (12, 0xabd), 6);
         assert_eq!(
-            next_step(&m, &c, &bad, Some(&req(12)), 0),
+            next_step(&m, &c, &bad, Some(&req(12)), false),
             Step::Abort(AbortReason::ChecksumMismatch {
                 seq: 12,
                 primary: 0xabc,
@@ -612,7 +632,7 @@ mod tests {
         // The learner still acts under an older epoch: wait before making it a replica.
         let old = with_checkpoints((12, 0xabc), (12, 0xabc), 5);
         assert!(matches!(
-            next_step(&m, &c, &old, Some(&req(12)), 0),
+            next_step(&m, &c, &old, Some(&req(12)), false),
             Step::Wait(_)
         ));
         // A drain's commit that would drop its source waits while another member it
@@ -625,23 +645,23 @@ mod tests {
         three.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Draining;
         let late2 = late_with_heartbeats(&three, 2);
         assert_eq!(
-            next_step(&drain, &three, &same, Some(&req(12)), 0),
+            next_step(&drain, &three, &same, Some(&req(12)), false),
             Step::Commit(checkpoint(12, 0xabc))
         );
         assert_eq!(
-            next_step(&drain, &late2, &same, Some(&req(12)), 0),
+            next_step(&drain, &late2, &same, Some(&req(12)), false),
             Step::Wait(WAIT_MEMBER_LATE)
         );
         let restore_late = late_with_heartbeats(&c, 2);
         assert_eq!(
-            next_step(&m, &restore_late, &same, Some(&req(12)), 0),
+            next_step(&m, &restore_late, &same, Some(&req(12)), false),
             Step::Commit(checkpoint(12, 0xabc))
         );
         // The primary changed since the checkpoint was asked for: ask the new one.
         let mut promoted = c.clone();
         promoted.shards.get_mut(&ShardId(1)).unwrap().replicas = vec![NodeId(2)];
         assert_eq!(
-            next_step(&m, &promoted, &same, Some(&req(12)), 0),
+            next_step(&m, &promoted, &same, Some(&req(12)), false),
             Step::Checkpoint {
                 primary: NodeId(2),
                 epoch: 6

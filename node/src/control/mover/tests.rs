@@ -267,27 +267,40 @@ async fn a_learner_that_dies_or_is_removed_aborts_the_move() {
     assert_eq!(store.read().migrations.len(), 1);
 }
 
+/// A move is given up after `move_timeout_ms` without progress on the leader's own clock,
+/// whatever the wall clock says: the record's deadline, written by the leader that planned
+/// it, neither cuts it short nor keeps it alive.
 #[tokio::test]
-async fn a_move_past_its_deadline_is_aborted() {
+async fn a_move_without_progress_for_the_timeout_is_aborted() {
     let store = setup(&[1, 2, 3, 4]);
     let storage = Scripted::default();
     let control = Control::for_tests(settings());
+    let timeout = Duration::from_millis(settings().move_timeout_ms);
     let now = Instant::now();
     tick(&control, &store, &storage, now).await;
     tick(&control, &store, &storage, now).await;
     let m = only_migration(&store);
+    let since = now - Duration::from_secs(3600);
+    // Long past the wall-clock deadline (another leader's clock ahead), but not stalled on
+    // this leader's: the move goes on.
+    let late_ms = m.deadline_ms + 1;
     control
-        .mover_tick(
-            &store,
-            &storage,
-            now - Duration::from_secs(3600),
-            now,
-            m.deadline_ms + 1,
-        )
+        .mover_tick(&store, &storage, since, now, late_ms)
+        .await
+        .unwrap();
+    assert_ne!(only_migration(&store).state, MigrationState::Aborted);
+    // Its wall-clock deadline still ahead (a clock behind), but stalled for the timeout.
+    control
+        .mover_tick(&store, &storage, since, now + timeout, NOW_MS)
         .await
         .unwrap();
     let c = store.read();
     assert_eq!(c.migrations[0].state, MigrationState::Aborted);
+    assert!(
+        c.migrations[0].reason.contains("no progress"),
+        "{:?}",
+        c.migrations[0]
+    );
     assert!(c.shards[&ShardId(1)].learners.is_empty());
 }
 
