@@ -339,7 +339,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let from = last_log_id.map(|id| id.index + 1).unwrap_or(0);
+        let from = last_log_id
+            .map(|id| id.index.saturating_add(1))
+            .unwrap_or(0);
         let log = cf(&self.db, CF_LOG)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(log, index_key(from), index_key(u64::MAX));
@@ -357,7 +359,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_range_cf(
             cf(&self.db, CF_LOG)?,
             index_key(0),
-            index_key(log_id.index + 1),
+            index_key(log_id.index.saturating_add(1)),
         );
         Ok(self.write_synced(batch).await?)
     }

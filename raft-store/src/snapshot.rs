@@ -241,7 +241,7 @@ pub(crate) fn install(
         ));
     }
     let revision = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-    let compacted = revision + 1;
+    let compacted = revision.saturating_add(1);
     batch.put_cf(sm, KEY_APPLIED, encode(&meta.last_log_id)?);
     batch.put_cf(sm, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
     batch.put_cf(sm, KEY_COMPACTED, encode(&compacted)?);

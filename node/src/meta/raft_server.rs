@@ -14,6 +14,7 @@ use super::MetaNode;
 use augur_proto::frame::read_frame;
 use augur_proto::wire::{ApiError, RaftEnvelope, RaftRpcKind};
 use augur_proto::Response;
+use openraft::async_runtime::WatchReceiver;
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{Seek, SeekFrom, Write};
 
@@ -159,6 +160,12 @@ impl MetaNode {
         let resp = match result {
             Err(e) => Response::Error(ApiError::InvalidArgument(format!("snapshot transfer: {e}"))),
             Ok(file) => {
+                let committed = self.raft.metrics().borrow_watched().local_committed;
+                if let Err(why) = snapshot_fits(&header, &committed) {
+                    let _ = std::fs::remove_file(&path);
+                    let why = format!("snapshot refused: {why}");
+                    return Response::Error(ApiError::InvalidArgument(why));
+                }
                 let snapshot = openraft::storage::Snapshot {
                     meta: header.meta,
                     snapshot: file,
@@ -190,5 +197,68 @@ pub(crate) fn encode_reply<T: Serialize>(r: Result<T, String>) -> Response {
     match postcard::to_allocvec(&r) {
         Ok(bytes) => Response::Raft(bytes),
         Err(e) => Response::Error(ApiError::Internal(e.to_string())),
+    }
+}
+
+/// Whether a snapshot announced by `header` could have come from a cluster following the
+/// protocol, given what this member has committed: Raft asserts both (a panic that would
+/// stop this member's Raft), so a damaged or foreign header is refused here instead.
+fn snapshot_fits(
+    header: &SnapshotHeader,
+    committed: &Option<openraft::alias::LogIdOf<augur_raft_store::TypeConfig>>,
+) -> Result<(), String> {
+    use openraft::vote::RaftLeaderId;
+    let Some(last) = &header.meta.last_log_id else {
+        return Ok(());
+    };
+    if last.leader_id > header.vote.leader_id.to_committed() {
+        return Err(format!(
+            "its last log id {last} is beyond the sender's vote {}",
+            header.vote
+        ));
+    }
+    if let Some(c) = committed {
+        if last > c && last.index <= c.index {
+            return Err(format!(
+                "its last log id {last} contradicts the committed log id {c} here"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use augur_raft_store::types::{SnapshotMeta, Vote};
+    use augur_raft_store::TypeConfig;
+    use openraft::testing::log_id;
+
+    fn header(vote_term: u64, last_term: u64, last_index: u64) -> SnapshotHeader {
+        SnapshotHeader {
+            vote: Vote::new_committed(vote_term, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(log_id::<TypeConfig>(last_term, 1, last_index)),
+                last_membership: Default::default(),
+            },
+        }
+    }
+
+    /// The two conditions Raft asserts when it installs a snapshot are answered with an
+    /// error instead: a log id beyond the sender's vote, and one that contradicts what this
+    /// member committed (newer, at no greater index).
+    #[test]
+    fn a_snapshot_raft_would_panic_on_is_refused() {
+        let committed = Some(log_id::<TypeConfig>(3, 1, 100));
+        assert!(snapshot_fits(&header(5, 5, 200), &committed).is_ok());
+        assert!(
+            snapshot_fits(&header(5, 2, 50), &committed).is_ok(),
+            "older: Raft skips it"
+        );
+        assert!(snapshot_fits(&header(5, 5, 200), &None).is_ok());
+        let beyond = snapshot_fits(&header(4, 5, 200), &committed).unwrap_err();
+        assert!(beyond.contains("beyond the sender's vote"), "{beyond}");
+        let contradicts = snapshot_fits(&header(5, 4, 90), &committed).unwrap_err();
+        assert!(contradicts.contains("contradicts"), "{contradicts}");
     }
 }
