@@ -225,11 +225,25 @@ impl Transport {
                 source,
             }
         })?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| TransportError::Connect {
-            // Opening a stream sends nothing: the request was not delivered.
-            addr: addr.to_string(),
-            detail: e.to_string(),
-        })?;
+        // Opening a stream sends nothing: the request was not delivered. It waits for stream
+        // credit from the peer, which a peer with every stream busy may not give: bounded
+        // like a connection, so a call never hangs here.
+        let opened = tokio::time::timeout(self.connect_timeout, conn.open_bi()).await;
+        let (mut send, recv) = match opened {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => {
+                return Err(TransportError::Connect {
+                    addr: addr.to_string(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(_) => {
+                return Err(TransportError::Connect {
+                    addr: addr.to_string(),
+                    detail: format!("no stream opened within {:?}", self.connect_timeout),
+                })
+            }
+        };
         let rx_mark = received(conn);
         send.write_all(&bytes)
             .await
