@@ -157,3 +157,39 @@ async fn writes_replicate_to_every_replica_and_read_back_from_primaries() -> any
     assert_eq!(c.client.list_shards().await?, before);
     Ok(())
 }
+
+/// More maximal puts at once on one connection to one primary than a connection's request
+/// budget holds: the node refuses the excess as busy instead of parking it (parked bodies
+/// would fill the connection's flow-control window and wedge every stream on it), and the
+/// client retries them. Every put completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn more_large_puts_at_once_than_a_connection_admits_all_complete() -> anyhow::Result<()> {
+    use augur_proto::data::{shard_of, MAX_VALUE};
+    let c = cluster(3).await?;
+    let cfg = augur_client::data::DataConfig {
+        request_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let data = DataClient::with_config(c.client.clone(), cfg).await?;
+    // 120 keys of one shard: one primary, one pooled connection.
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("big-{i}"))
+        .filter(|k| shard_of(k.as_bytes(), 8).0 == 1)
+        .take(120)
+        .collect();
+    let puts = keys.iter().map(|k| {
+        let data = data.clone();
+        let k = k.clone();
+        async move { data.put(k, vec![7u8; MAX_VALUE]).await }
+    });
+    let all = futures::future::join_all(puts);
+    let results = tokio::time::timeout(Duration::from_secs(300), all)
+        .await
+        .map_err(|_| anyhow::anyhow!("puts still waiting after 300 s: a wedged connection"))?;
+    for (k, r) in keys.iter().zip(results) {
+        r.map_err(|e| anyhow::anyhow!("{k}: {e}"))?;
+    }
+    let got = data.get(keys[0].as_bytes()).await?.expect("written");
+    assert_eq!(got.value.len(), MAX_VALUE);
+    Ok(())
+}

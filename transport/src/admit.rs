@@ -4,16 +4,35 @@
 //! may open thousands of streams per connection: with one frame limit for everyone, a client
 //! could make a node buffer gigabytes (4096 streams of 16 MiB) before a single role check.
 //! So each connection has a budget of request bytes being read or decoded at once: a frame's
-//! length is read first and its bytes are reserved before any of them are buffered, and a
-//! stream over budget waits (its bytes stay in QUIC's flow-controlled buffers, which the
-//! peer cannot overrun). Callers also pass a per-role frame limit, so a peer whose requests
-//! are small cannot announce large ones.
+//! length is read first and its bytes are reserved before any of them are buffered. A frame
+//! over budget is refused at once as busy (its stream stopped, so QUIC drops its bytes), not
+//! kept waiting: a waiting stream's unread bytes would sit in the connection's flow-control
+//! window, and enough of them would leave the streams holding the budget unable to finish,
+//! wedging the connection. Callers also pass a per-role frame limit, so a peer whose
+//! requests are small cannot announce large ones.
 
 use augur_proto::frame::{read_body, read_len, FrameError};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use tokio::io::AsyncRead;
 use tokio::sync::Semaphore;
+
+/// Why a request was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// The frame could not be read (too large for the caller's role, malformed, cut off).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The connection already has as many request bytes in flight as it may: retry later.
+    /// Nothing of the request was acted on.
+    #[error("busy: a request of {len} bytes with {free} bytes of this connection's budget free")]
+    Busy {
+        /// The frame's announced length.
+        len: usize,
+        /// Bytes of the budget free when it arrived.
+        free: usize,
+    },
+}
 
 /// The least request budget of a connection: several maximal client requests at once.
 pub const MIN_CONNECTION_BUDGET: usize = 64 * 1024 * 1024;
@@ -39,7 +58,7 @@ impl RequestBudget {
 
     /// Reads one request frame of at most `max` bytes, holding its bytes against the budget
     /// while they are read and decoded. `Ok(None)`: the stream ended before a frame began.
-    pub async fn read<R, T>(&self, r: &mut R, max: usize) -> Result<Option<T>, FrameError>
+    pub async fn read<R, T>(&self, r: &mut R, max: usize) -> Result<Option<T>, AdmitError>
     where
         R: AsyncRead + Unpin,
         T: DeserializeOwned,
@@ -47,13 +66,15 @@ impl RequestBudget {
         let Some(len) = read_len(r, max.min(self.total)).await? else {
             return Ok(None);
         };
-        // Never closed, so acquiring only waits. `len <= total <= u32::MAX` by construction.
-        let _held = self
-            .bytes
-            .acquire_many(u32::try_from(len).unwrap_or(u32::MAX))
-            .await
-            .map_err(|_| FrameError::Io(std::io::Error::other("request budget closed")))?;
-        read_body(r, len).await.map(Some)
+        // `len <= total <= u32::MAX` by construction.
+        let want = u32::try_from(len).unwrap_or(u32::MAX);
+        let Ok(_held) = self.bytes.try_acquire_many(want) else {
+            return Err(AdmitError::Busy {
+                len,
+                free: self.bytes.available_permits(),
+            });
+        };
+        Ok(Some(read_body(r, len).await?))
     }
 
     /// Bytes currently free, for tests and metrics.
@@ -86,15 +107,20 @@ mod tests {
         w.write_all(&large[..4]).await.unwrap();
         let err = budget.read::<_, Vec<u8>>(&mut r, 1024).await.unwrap_err();
         assert!(
-            matches!(err, FrameError::TooLarge { max: 1024, .. }),
+            matches!(
+                err,
+                AdmitError::Frame(FrameError::TooLarge { max: 1024, .. })
+            ),
             "{err}"
         );
         assert_eq!(budget.available(), MIN_CONNECTION_BUDGET);
     }
 
-    /// While one frame's bytes are held, a second that would exceed the budget waits for them.
+    /// While other frames' bytes are held, a frame that would exceed the budget is refused
+    /// as busy at once (a waiting stream would hold connection credit), and admitted again
+    /// once they are released.
     #[tokio::test]
-    async fn a_frame_over_budget_waits_for_the_bytes_held() {
+    async fn a_frame_over_budget_is_refused_as_busy() {
         let budget = RequestBudget::for_frames(1024);
         let total = budget.available();
         let hold = budget
@@ -106,14 +132,14 @@ mod tests {
         let (mut w, mut r) = tokio::io::duplex(1 << 16);
         let frame = encode(&vec![3u8; 100], 1 << 20).unwrap();
         w.write_all(&frame).await.unwrap();
-        let b = budget.clone();
-        let reader = tokio::spawn(async move { b.read::<_, Vec<u8>>(&mut r, 1024).await });
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!reader.is_finished(), "read past the budget");
+        let err = budget.read::<_, Vec<u8>>(&mut r, 1024).await.unwrap_err();
+        assert!(matches!(err, AdmitError::Busy { free: 10, .. }), "{err}");
         drop(hold);
-        let got = reader.await.unwrap().unwrap();
+        // A server drops the refused stream, body unread; the next request comes on another.
+        let (mut w2, mut r2) = tokio::io::duplex(1 << 16);
+        w2.write_all(&frame).await.unwrap();
+        let got = budget.read::<_, Vec<u8>>(&mut r2, 1024).await.unwrap();
         assert_eq!(got, Some(vec![3u8; 100]));
+        assert_eq!(budget.available(), total);
     }
 }

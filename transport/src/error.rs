@@ -34,6 +34,16 @@ pub enum TransportError {
         /// Why.
         detail: String,
     },
+    /// The request's frame could not be written whole (the stream failed, or the peer gave
+    /// no flow-control credit within the connect timeout): a peer acts only on whole frames,
+    /// so it was not applied.
+    #[error("request to {addr} not sent whole: {detail}")]
+    NotSent {
+        /// The peer.
+        addr: String,
+        /// Why.
+        detail: String,
+    },
     /// The connection or stream failed after the request may have been delivered.
     #[error("connection to {addr} lost: {detail}")]
     Lost {
@@ -81,6 +91,7 @@ impl TransportError {
         matches!(
             self,
             TransportError::Connect { .. }
+                | TransportError::NotSent { .. }
                 | TransportError::Address { .. }
                 | TransportError::Pem { .. }
                 | TransportError::Tls(_)

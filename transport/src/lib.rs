@@ -23,7 +23,7 @@ pub mod roles;
 pub mod socket;
 pub mod tls;
 
-pub use admit::RequestBudget;
+pub use admit::{AdmitError, RequestBudget};
 pub use error::TransportError;
 pub use pool::{FramedRecv, Transport};
 pub use roles::{peer_role, Role};

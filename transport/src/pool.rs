@@ -245,12 +245,24 @@ impl Transport {
             }
         };
         let rx_mark = received(conn);
-        send.write_all(&bytes)
-            .await
-            .map_err(|e| TransportError::Lost {
-                addr: addr.to_string(),
-                detail: e.to_string(),
-            })?;
+        // A frame not written whole cannot be acted on (a peer decodes whole frames only). A
+        // peer that grants no credit (its buffers full of other streams' requests) must not
+        // hold the call for ever: the stream is reset and the request reported not sent.
+        let not_sent = |detail: String| TransportError::NotSent {
+            addr: addr.to_string(),
+            detail,
+        };
+        match tokio::time::timeout(self.connect_timeout, send.write_all(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(not_sent(e.to_string())),
+            Err(_) => {
+                let _ = send.reset(0u32.into());
+                return Err(not_sent(format!(
+                    "no flow-control credit within {:?}",
+                    self.connect_timeout
+                )));
+            }
+        }
         Ok((
             send,
             FramedRecv {

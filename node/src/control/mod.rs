@@ -180,9 +180,10 @@ impl Control {
         v
     }
 
-    /// Keeps a batch of `node`'s health samples, within `health_samples_per_node`. Only
-    /// samples newer than the last one kept are taken: a batch sent again (its first
-    /// attempt timed out after it arrived) must not enter the window twice.
+    /// Keeps a batch of `node`'s health samples, within `health_samples_per_node`. A sample
+    /// whose time is already among the latest kept is skipped: a batch sent again (its first
+    /// attempt timed out after it arrived) must not enter the window twice. Only exact
+    /// repeats: after the node's clock steps back, its new samples are still taken.
     pub(crate) fn note_samples(&self, node: NodeId, batch: Vec<augur_predictor::HealthSample>) {
         let cap = self.settings.health_samples_per_node;
         if cap == 0 {
@@ -191,7 +192,8 @@ impl Control {
         let mut all = lock(&self.samples);
         let q = all.entry(node).or_default();
         for s in batch {
-            if q.back().is_some_and(|last| s.ts_ms <= last.ts_ms) {
+            let recent = q.iter().rev().take(2 * augur_proto::wire::MAX_HEALTH_BATCH);
+            if recent.map(|k| k.ts_ms).any(|t| t == s.ts_ms) {
                 continue;
             }
             if q.len() >= cap {
@@ -558,7 +560,9 @@ mod tests {
         control.note_samples(NodeId(3), batch.clone());
         control.note_samples(NodeId(3), batch);
         control.note_samples(NodeId(3), vec![sample(6_000), sample(11_000)]);
+        // The node's clock stepped back: its samples still count.
+        control.note_samples(NodeId(3), vec![sample(4_000)]);
         let kept: Vec<i64> = control.samples(NodeId(3)).iter().map(|s| s.ts_ms).collect();
-        assert_eq!(kept, vec![1_000, 6_000, 11_000]);
+        assert_eq!(kept, vec![1_000, 6_000, 11_000, 4_000]);
     }
 }

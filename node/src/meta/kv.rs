@@ -26,9 +26,23 @@ use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::ReadPolicy;
 
 impl MetaNode {
-    /// Runs a blocking state-machine read off the async workers, within the node's read
-    /// slots (see [`MetaNode::read_slots`]).
+    /// Runs a blocking state-machine read off the async workers. For the control plane's
+    /// own reads (a heartbeat's, a pass's listing): they must not queue behind requests.
     pub(crate) async fn read_sm<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StateMachine) -> Result<T, StoreError> + Send + 'static,
+    {
+        let sm = self.sm.clone();
+        match tokio::task::spawn_blocking(move || f(&sm)).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(e) => Err(ApiError::Internal(format!("read task failed: {e}"))),
+        }
+    }
+
+    /// [`MetaNode::read_sm`] for a peer's request (a get, a list page, a watch's history),
+    /// within the node's read slots (see [`MetaNode::read_slots`]).
+    pub(crate) async fn read_sm_for_request<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&StateMachine) -> Result<T, StoreError> + Send + 'static,
@@ -36,16 +50,12 @@ impl MetaNode {
         let Ok(slot) = self.read_slots.clone().acquire_owned().await else {
             return Err(ApiError::Unavailable("shutting down".into()));
         };
-        let sm = self.sm.clone();
         // The slot goes with the read: a caller that gives up does not free it early.
-        let read = move || {
+        self.read_sm(move |sm| {
             let _slot = slot;
-            f(&sm)
-        };
-        match tokio::task::spawn_blocking(read).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(e) => Err(ApiError::Internal(format!("read task failed: {e}"))),
-        }
+            f(sm)
+        })
+        .await
     }
 
     pub(crate) async fn txn(&self, txn: Txn) -> Response {
@@ -138,7 +148,7 @@ impl MetaNode {
         // disk goes to the blocking pool.
         let read = match self.sm.get_cached(&key) {
             Ok(Some(hit)) => Ok(hit),
-            Ok(None) => self.read_sm(move |sm| sm.get(&key)).await,
+            Ok(None) => self.read_sm_for_request(move |sm| sm.get(&key)).await,
             Err(e) => Err(ApiError::from(e)),
         };
         match read {
@@ -170,7 +180,9 @@ impl MetaNode {
         // A page is one frame: records stop where the next would not fit.
         let budget = payload_budget(self.max_frame());
         match self
-            .read_sm(move |sm| sm.list(table, start_after.as_ref(), limit as usize, budget))
+            .read_sm_for_request(move |sm| {
+                sm.list(table, start_after.as_ref(), limit as usize, budget)
+            })
             .await
         {
             Ok((records, more, revision)) => Response::List {

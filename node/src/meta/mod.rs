@@ -58,10 +58,11 @@ pub struct MetaNode {
     bootstrapping: Arc<tokio::sync::Mutex<()>>,
     /// The data plane's control plane (acts while this member leads).
     pub(crate) control: Arc<crate::control::Control>,
-    /// Slots for state-machine reads on the blocking pool ([`MetaNode::read_sm`]). Raft's
-    /// own synced writes (votes, truncations, applies) run on that pool too: without a
-    /// bound, enough concurrent lists or watch pages from clients would queue them behind
-    /// client reads, and elections would follow.
+    /// Slots for peers' state-machine reads on the blocking pool
+    /// ([`MetaNode::read_sm_for_request`]). Raft's own synced writes (votes, truncations,
+    /// applies) run on that pool too: without a bound, enough concurrent lists or watch
+    /// pages would queue them behind those reads, and elections would follow. The control
+    /// plane's own reads (heartbeats) do not take a slot.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
 }
 

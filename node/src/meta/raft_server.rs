@@ -202,7 +202,10 @@ pub(crate) fn encode_reply<T: Serialize>(r: Result<T, String>) -> Response {
 
 /// Whether a snapshot announced by `header` could have come from a cluster following the
 /// protocol, given what this member has committed: Raft asserts both (a panic that would
-/// stop this member's Raft), so a damaged or foreign header is refused here instead.
+/// stop this member's Raft), so a damaged or foreign header is refused here instead. Best
+/// effort: `committed` comes from Raft's metrics, which may trail its own state by a moment,
+/// so a damaged header racing a commit could still pass. Only a member certificate can send
+/// one.
 fn snapshot_fits(
     header: &SnapshotHeader,
     committed: &Option<openraft::alias::LogIdOf<augur_raft_store::TypeConfig>>,

@@ -13,7 +13,7 @@ use augur_proto::frame::{write_frame, FrameError};
 use augur_proto::wire::{ApiError, RaftRpcKind};
 use augur_proto::{Request, Response};
 use augur_transport::roles::RoleError;
-use augur_transport::{peer_role, RequestBudget, Role};
+use augur_transport::{peer_role, AdmitError, RequestBudget, Role};
 use std::time::Instant;
 
 /// Largest request a client certificate may send: it may only read (gets, lists, watches,
@@ -68,7 +68,14 @@ impl MetaNode {
         let req: Request = match budget.read(&mut recv, limit).await {
             Ok(Some(r)) => r,
             Ok(None) => return,
-            Err(FrameError::Io(_)) => return,
+            Err(AdmitError::Frame(FrameError::Io(_))) => return,
+            Err(e @ AdmitError::Busy { .. }) => {
+                // Stopping the stream drops its unread bytes and gives the credit back.
+                drop(recv);
+                self.answer_once(&mut send, ApiError::Unavailable(e.to_string()))
+                    .await;
+                return;
+            }
             Err(e) => {
                 self.answer_once(
                     &mut send,

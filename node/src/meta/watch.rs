@@ -51,7 +51,7 @@ impl MetaNode {
                 let tables = tables.clone();
                 let from = next;
                 let page = match self
-                    .read_sm(move |sm| sm.history(from, applied, &tables, budget))
+                    .read_sm_for_request(move |sm| sm.history(from, applied, &tables, budget))
                     .await
                 {
                     Ok(p) => p,

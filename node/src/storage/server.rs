@@ -25,7 +25,7 @@ use augur_proto::data::{
 use augur_proto::frame::{payload_budget, write_frame, FrameError, FrameReader};
 use augur_proto::ShardId;
 use augur_transport::roles::RoleError;
-use augur_transport::{peer_role, RequestBudget, Role};
+use augur_transport::{peer_role, AdmitError, RequestBudget, Role};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -113,7 +113,15 @@ async fn serve_stream(
     };
     let req: DataRequest = match budget.read(&mut recv, limit).await {
         Ok(Some(r)) => r,
-        Ok(None) | Err(FrameError::Io(_)) => return,
+        Ok(None) | Err(AdmitError::Frame(FrameError::Io(_))) => return,
+        Err(e @ AdmitError::Busy { .. }) => {
+            ctx.metrics.request("refused", Duration::ZERO);
+            // Stopping the stream drops its unread bytes and gives the credit back.
+            drop(recv);
+            let e = DataError::Unavailable(e.to_string());
+            answer(&mut send, DataResponse::Error(e), max).await;
+            return;
+        }
         Err(e) => {
             answer(
                 &mut send,

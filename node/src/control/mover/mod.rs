@@ -103,7 +103,7 @@ pub struct MoverMemory {
     /// on this leader's clock: a move is given up after `move_timeout_ms` without any. A
     /// record's wall-clock deadline, written by whichever leader planned it, would abort
     /// early or late by the clocks' skew after a failover; a new leader starts the wait
-    /// afresh, at most one timeout late.
+    /// afresh (one timeout late after a failover, never early).
     pub progress_seen: HashMap<MigrationId, (MigrationState, u64, Instant)>,
 }
 

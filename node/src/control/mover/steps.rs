@@ -237,7 +237,11 @@ pub fn next_step(
     if !cluster.live(primary) {
         // Repair promotes a live secondary within a pass of the Down, and a move survives
         // promotions: throwing away the copy made so far would cost more than the wait.
-        if shard.replicas[1..].iter().any(|n| cluster.live(*n)) {
+        // Only while repair can promote: a live secondary at the shard's epoch.
+        if shard.replicas[1..]
+            .iter()
+            .any(|n| reports.live_replica(cluster, *n, shard))
+        {
             return Step::Wait(WAIT_PROMOTION);
         }
         return Step::Abort(PrimaryGone(primary));
@@ -514,12 +518,23 @@ mod tests {
             next_step(&migration(MigrationState::CatchingUp), &c, &r, None, true),
             Step::Abort(AbortReason::Stalled)
         );
-        // Its primary (node 1) still Down with a live secondary: repair is about to promote
-        // it, and the copy made so far is kept for the new primary.
+        // Its primary (node 1) still Down with a live secondary at the shard's epoch: repair
+        // is about to promote it, and the copy made so far is kept for the new primary. A
+        // secondary not heard at that epoch cannot be promoted: the move is given up.
+        let mut current = Reports::default();
+        report(
+            &mut current,
+            2,
+            vec![status(1, 6, augur_proto::data::ReplicaRole::Secondary, 10)],
+        );
         for state in [MigrationState::Copying, MigrationState::CatchingUp] {
             assert_eq!(
-                next_step(&migration(state), &c, &r, None, false),
+                next_step(&migration(state), &c, &current, None, false),
                 Step::Wait(WAIT_PROMOTION)
+            );
+            assert_eq!(
+                next_step(&migration(state), &c, &r, None, false),
+                Step::Abort(AbortReason::PrimaryGone(NodeId(1)))
             );
         }
     }
