@@ -4,8 +4,8 @@
 //! against it ([`super::auth`]) before anything else happens, then handed to the module that
 //! serves it. Before that, the role bounds how large a request may be, and the connection's
 //! [`RequestBudget`] how many request bytes it may have in flight: a certificate without a
-//! role gets its refusal without a byte read. A frame that does not decode is answered with `InvalidArgument` and changes
-//! nothing.
+//! role gets its refusal without a byte read. A frame that does not decode is answered with
+//! `InvalidArgument` and changes nothing.
 
 use super::auth::authorize;
 use super::MetaNode;

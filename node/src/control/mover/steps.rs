@@ -26,8 +26,9 @@
 //! member ([`super::commit_txn`]).
 //!
 //! Every step re-checks what it relies on, and anything that makes the move unsafe or
-//! pointless aborts it: no progress for `move_timeout_ms`, the shard or its primary gone, the destination
-//! no longer live (or, before it starts, no longer eligible), the learner removed from the
+//! pointless aborts it: no progress for `move_timeout_ms`, the shard or its primary gone
+//! (once copying: with no current secondary to promote), the destination no longer live
+//! (or, before it starts, no longer eligible), the learner removed from the
 //! shard (a `ReportReplica`, a repair), the shard taken by another move, the checksums
 //! differing. Epoch changes that leave the learner in place (a secondary removed, a new
 //! primary promoted) do not abort: the learner follows the new configuration; a checkpoint
