@@ -73,6 +73,13 @@ async fn run(
     let mut lost = HashSet::new();
     let mut refusal = None;
     let mut backoff = Duration::from_millis(20);
+    let hopeless = |compacted: &HashSet<String>, lost: &HashSet<String>| {
+        !compacted.is_empty()
+            && client
+                .endpoints()
+                .iter()
+                .all(|e| compacted.contains(e) || lost.contains(e))
+    };
     loop {
         let endpoint = client.next_endpoint();
         let before = next;
@@ -82,13 +89,6 @@ async fn run(
             lost.clear();
             refusal = None;
         }
-        let hopeless = |compacted: &HashSet<String>, lost: &HashSet<String>| {
-            !compacted.is_empty()
-                && client
-                    .endpoints()
-                    .iter()
-                    .all(|e| compacted.contains(e) || lost.contains(e))
-        };
         match ended {
             Ended::Closed => return,
             Ended::Lost(why) => {
