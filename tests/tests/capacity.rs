@@ -49,12 +49,17 @@ fn augurctl(c: &LocalCluster, args: &[&str]) -> anyhow::Result<String> {
 
 /// The hook: saves its request (stdin and environment), waits for `go`, then starts storage
 /// node 4 in the cluster directory named in `cluster-dir`.
+///
+/// `request.json`, which the test polls for, appears last and whole (renamed into place):
+/// written in place and before the environment's copy, it let a loaded machine's test read
+/// the copy before it existed.
 fn write_hook(work: &Path) -> anyhow::Result<std::path::PathBuf> {
     let w = work.display();
     let script = format!(
         "#!/bin/sh\n\
-         cat > {w}/request.json\n\
          printf '%s' \"$AUGUR_CAPACITY_REQUEST\" > {w}/request-env.json\n\
+         cat > {w}/request.tmp\n\
+         mv {w}/request.tmp {w}/request.json\n\
          i=0\n\
          while [ ! -e {w}/go ]; do\n\
            i=$((i+1)); [ $i -gt 600 ] && {{ echo 'no go-ahead' >&2; exit 1; }}\n\
