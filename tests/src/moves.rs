@@ -99,17 +99,23 @@ async fn reader(
     }
 }
 
-/// Samples the shard map until stopped: every shard whose replica count differs from `rf`,
-/// and how many samples were taken. A sample that cannot be read (no metadata leader for a
-/// moment) is skipped, not counted.
-async fn sampler(client: Client, rf: usize, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
+/// Samples the shard map until stopped: every shard whose replica count differs from `rf`
+/// (with `surplus_ok`, is below it), and how many samples were taken. A sample that cannot
+/// be read (no metadata leader for a moment) is skipped, not counted.
+async fn sampler(
+    client: Client,
+    rf: usize,
+    surplus_ok: bool,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, usize) {
     let mut bad = Vec::new();
     let mut samples = 0;
     while !stop.load(Ordering::Acquire) {
         if let Ok(all) = shards(&client).await {
             samples += 1;
             for s in all.values() {
-                if s.replicas.len() != rf {
+                let n = s.replicas.len();
+                if n < rf || (n > rf && !surplus_ok) {
                     bad.push(format!("{s:?}"));
                 }
             }
@@ -154,6 +160,30 @@ impl Workload {
         readers: usize,
         rf: usize,
     ) -> Workload {
+        Self::launch(data, sampling, prefix, (writers, readers), rf, false)
+    }
+
+    /// As [`Workload::start`], with a sampler that accepts shards above `rf` for a while (a
+    /// sole replica's drain adds its copy beside it before it leaves) but never below.
+    pub fn start_at_least(
+        data: &DataClient,
+        sampling: Client,
+        prefix: &str,
+        writers: usize,
+        readers: usize,
+        rf: usize,
+    ) -> Workload {
+        Self::launch(data, sampling, prefix, (writers, readers), rf, true)
+    }
+
+    fn launch(
+        data: &DataClient,
+        sampling: Client,
+        prefix: &str,
+        (writers, readers): (usize, usize),
+        rf: usize,
+        surplus_ok: bool,
+    ) -> Workload {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -175,7 +205,7 @@ impl Workload {
                 stop.clone(),
             )));
         }
-        let sampling = tokio::spawn(sampler(sampling, rf, stop.clone()));
+        let sampling = tokio::spawn(sampler(sampling, rf, surplus_ok, stop.clone()));
         Workload {
             ledger,
             stop,

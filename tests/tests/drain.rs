@@ -2,7 +2,9 @@
 //! are handed off, each of its replicas is replaced by a verified copy elsewhere, and the
 //! node ends up empty, with no failed or `Indeterminate` client request, nothing
 //! acknowledged lost, and every shard at its replication factor at every sample. Crashed
-//! after that and declared Down, it comes back still drained.
+//! after that and declared Down, it comes back still drained. At rf 1, where the drained
+//! node holds the only copy of its shards, each copy joins beside its source, takes the
+//! primary role and the source leaves.
 
 use augur_client::DataClient;
 use augur_proto::{Migration, MigrationState, NodeId, NodeState, StateOrigin};
@@ -116,6 +118,65 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
          failed; {samples} samples of the shard map, all at rf {RF}; back from Down still \
          draining",
         l.writes_ok, l.reads_ok
+    );
+    Ok(())
+}
+
+/// rf 1: the node holds the only replica of its shards, so nothing can take over its
+/// primaries until their copies exist. Each copy is verified, joins beside its source, is
+/// handed the primary role, and the source leaves the shard; clients see no failure, and no
+/// shard is ever without a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_holding_the_only_replicas_at_rf_1_is_emptied_with_no_failed_request(
+) -> anyhow::Result<()> {
+    let c = LocalCluster::start_with(3, &["--storage", "3", "--shards", "8", "--rf", "1"]).await?;
+    let client = c.new_client()?;
+    let data = DataClient::new(c.new_client()?).await?;
+    let load = Workload::start_at_least(&data, c.new_client()?, "sole", 3, 2, 1);
+    poll(Duration::from_secs(60), "writes under way", || async {
+        Ok((load.writes_ok() > 200).then_some(()))
+    })
+    .await?;
+    let before = shards(&client).await?;
+    let held_by = |n: NodeId| before.values().filter(|s| s.replicas.contains(&n)).count();
+    let victim = nodes(&client)
+        .await?
+        .keys()
+        .copied()
+        .max_by_key(|n| held_by(*n))
+        .expect("storage nodes");
+    let held = held_by(victim);
+    assert!(held > 0, "{before:?}");
+    drain(&c, &client, victim).await?;
+    emptied(&client, victim, Duration::from_secs(240)).await?;
+    load.more_writes(50, Duration::from_secs(30)).await?;
+    let done = load.finish().await?;
+    done.assert_clean(3);
+    done.assert_acked_readable(&data).await?;
+
+    // One committed move per replica, and every shard back at one replica, off the node.
+    let moves = drain_moves(&client, victim).await?;
+    let committed: Vec<&Migration> = moves
+        .iter()
+        .filter(|m| m.state == MigrationState::Committed)
+        .collect();
+    assert_eq!(committed.len(), held, "{moves:?}");
+    let after = poll(
+        Duration::from_secs(30),
+        "every shard at one replica",
+        || async {
+            let all = shards(&client).await?;
+            Ok(all.values().all(|s| s.replicas.len() == 1).then_some(all))
+        },
+    )
+    .await?;
+    for m in committed {
+        assert_eq!(after[&m.shard].replicas, vec![m.to], "{m:?}");
+    }
+    println!(
+        "rf 1: drained node {victim} of {held} sole replicas; {} writes and {} reads, none \
+         failed; {} samples of the shard map, none below rf",
+        done.ledger.writes_ok, done.ledger.reads_ok, done.samples
     );
     Ok(())
 }

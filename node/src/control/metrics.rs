@@ -75,6 +75,8 @@ pub struct ControlMetrics {
     pub move_rate: Gauge,
     /// Primaries handed off from draining nodes.
     pub hand_offs: Counter,
+    /// Replicas on draining nodes taken out of shards that kept their count without them.
+    pub surplus_removed: Counter,
     /// Primaries handed off to even out how many shards each Up node leads.
     pub primaries_balanced: Counter,
     /// Each storage node's latest scored risk (`augur_node_risk{node="N"}`); a node with no
@@ -247,6 +249,11 @@ impl ControlMetrics {
             "hand_offs",
             "Primaries handed off from draining nodes",
             self.hand_offs.clone(),
+        );
+        r.register(
+            "surplus_replicas_removed",
+            "Replicas on draining nodes taken out of shards that kept their count without them",
+            self.surplus_removed.clone(),
         );
         r.register(
             "primaries_balanced",

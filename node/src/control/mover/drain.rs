@@ -20,6 +20,17 @@
 //!    starts. Its commit replaces the source with the verified learner in one write (see
 //!    [`super::steps`]), so moves per drain = replicas on the node, and no other replica
 //!    moves.
+//! 3. **A sole replica** (rf 1, or a shard down to its primary) has nobody to hand its role
+//!    to, and at rf 1 a drain is the only thing between its data and the node's failure. Its
+//!    move copies from the primary and commits by adding the verified copy beside it
+//!    (replicas + to, the source kept); the hand-off of step 1 then makes the copy primary,
+//!    and the source is left a secondary beyond the shard's count.
+//! 4. **Surplus replicas leave without a copy.** A secondary on a Draining node whose shard
+//!    keeps `rf` other replicas on live nodes, not late with their heartbeats and acting
+//!    under the shard's current epoch, is simply taken out of the configuration (epoch + 1,
+//!    [`surplus_replica`]): every replica holds every committed write, and the count never
+//!    drops below `rf`. This ends step 3, and also a drain whose shard regained its count
+//!    elsewhere meanwhile.
 //!
 //! Nodes drained by the risk policy wait while the storm guard is frozen
 //! ([`Cluster::to_drain`]); an operator's drain goes on.
@@ -59,7 +70,7 @@ use crate::control::Control;
 use augur_proto::model::ShardState;
 use augur_proto::wire::ApiError;
 use augur_proto::{
-    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard,
+    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard, StateOrigin,
 };
 use std::collections::BTreeMap;
 
@@ -79,7 +90,8 @@ pub fn primaries_to_hand_off(cluster: &Cluster) -> Vec<&Shard> {
 /// [`super::balance::primaries_led`]: a drain spreads its primaries instead of piling them
 /// on the lowest id), then the highest prepared sequence, then the lowest id. `None` when no
 /// secondary qualifies: the shard keeps its primary until a drain move has replaced a
-/// draining secondary with a node that can take over.
+/// draining secondary with a node that can take over (or, for a sole replica, has added
+/// one).
 pub fn hand_off_target(
     shard: &Shard,
     cluster: &Cluster,
@@ -110,6 +122,45 @@ pub fn handed_off(shard: &Shard, target: NodeId) -> Shard {
         .collect();
     next.epoch = shard.epoch + 1;
     next
+}
+
+/// A replica of `shard` that may leave without a copy (step 4 of the module documentation):
+/// a secondary on a node to empty now, whose shard is not being moved and keeps at least
+/// `rf` other replicas on live nodes that are not late with their heartbeats and report the
+/// shard's current epoch. The first such secondary in replica order, if any.
+pub fn surplus_replica(shard: &Shard, cluster: &Cluster, reports: &Reports) -> Option<NodeId> {
+    let rf = cluster.layout.map(|l| l.rf as usize)?;
+    if shard.state != ShardState::Stable || !shard.learners.is_empty() {
+        return None;
+    }
+    let sound = |n: NodeId| {
+        cluster.nodes.get(&n).is_some_and(|rec| {
+            crate::control::cluster::is_live(rec.state)
+                && !(rec.state == NodeState::Suspect && rec.cause.origin == StateOrigin::Liveness)
+        }) && reports.current(cluster, n, shard).is_some()
+    };
+    shard.replicas.iter().skip(1).copied().find(|n| {
+        cluster.to_drain(*n)
+            && shard
+                .replicas
+                .iter()
+                .filter(|o| **o != *n && sound(**o))
+                .count()
+                >= rf
+    })
+}
+
+/// Whether a drain of `node`'s replica of `shard` needs no copy: the shard keeps `rf` other
+/// replicas on live nodes (the records' view; [`surplus_replica`] checks the reports before
+/// taking it out).
+fn leaves_without_copy(shard: &Shard, node: NodeId, cluster: &Cluster, rf: usize) -> bool {
+    shard.replicas.first() != Some(&node)
+        && shard
+            .replicas
+            .iter()
+            .filter(|o| **o != node && cluster.live(**o))
+            .count()
+            >= rf
 }
 
 /// The key a move is ordered by, most urgent first: risk × data at risk, then risk.
@@ -145,11 +196,14 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         layout.rf as usize,
         cluster.active_migrations().chain(already),
     );
-    // Secondary replicas on draining nodes; primaries wait for their hand-off.
+    // Secondary replicas on draining nodes; primaries wait for their hand-off, except a
+    // sole replica, which has nobody to hand its role to until its copy joins. Surplus
+    // secondaries leave without a copy ([`surplus_replica`]).
     let mut wanted: Vec<(NodeId, &Shard)> = Vec::new();
     for sh in cluster.shards.values() {
-        for n in sh.replicas.iter().skip(1) {
-            if draining.contains(n) {
+        let first = if sh.replicas.len() == 1 { 0 } else { 1 };
+        for n in sh.replicas.iter().skip(first) {
+            if draining.contains(n) && !leaves_without_copy(sh, *n, cluster, layout.rf as usize) {
                 wanted.push((*n, sh));
             }
         }
@@ -281,6 +335,42 @@ impl Control {
         Ok(moved)
     }
 
+    /// Takes surplus replicas on Draining nodes out of their shards (see
+    /// [`surplus_replica`]), one per shard and up to `max_handoffs_per_pass` in a pass; the
+    /// number of shards written. Each write compares the shard's record and those of the
+    /// replicas it keeps, so a member declared Down meanwhile makes it fail.
+    pub(crate) async fn trim_surplus(
+        &self,
+        cluster: &Cluster,
+        reports: &Reports,
+        meta: &dyn MetaStore,
+    ) -> Result<usize, ApiError> {
+        let mut trimmed = 0;
+        for shard in cluster.shards.values() {
+            if trimmed == self.settings.max_handoffs_per_pass {
+                break;
+            }
+            let Some(leaving) = surplus_replica(shard, cluster, reports) else {
+                continue;
+            };
+            let mut next = shard.clone();
+            next.replicas.retain(|n| *n != leaving);
+            next.epoch = shard.epoch + 1;
+            let kept = next.replicas.clone();
+            let epoch = next.epoch;
+            if meta
+                .propose(reconfigure_txn(shard, next, &kept, cluster))
+                .await?
+                .succeeded
+            {
+                trimmed += 1;
+                self.metrics.surplus_removed.inc();
+                tracing::info!(shard = %shard.id, node = %leaving, epoch, "surplus replica on a draining node taken out");
+            }
+        }
+        Ok(trimmed)
+    }
+
     /// Hands `shard`'s primary role to its secondary `target`: the primary is asked to stop
     /// taking requests and let every write in flight commit, then one write (comparing the
     /// shard's and `target`'s records) makes `target` primary at epoch + 1. The new epoch and
@@ -331,3 +421,7 @@ impl Control {
 #[cfg(test)]
 #[path = "drain_tests.rs"]
 pub(super) mod tests;
+
+#[cfg(test)]
+#[path = "drain_surplus_tests.rs"]
+mod surplus_tests;

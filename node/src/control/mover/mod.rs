@@ -241,7 +241,8 @@ pub fn copied_txn(m: &Migration, now_ms: u64) -> Txn {
 /// keeps its source unless the other replicas on live nodes and the new one make `rf`: a
 /// shard that lost another member meanwhile (removed, or on a node declared Down that
 /// repair has not reached yet) has its count restored instead of left short, and a drain
-/// plans the source's replacement again.
+/// plans the source's replacement again. A sole replica is kept too: it is the primary,
+/// with nobody to hand its role to until this commit adds one ([`super::drain`], step 3).
 pub fn commit_txn(
     m: &Migration,
     shard: &Shard,
@@ -281,9 +282,13 @@ pub fn commit_txn(
 }
 
 /// Whether the commit of `m` takes its source out of the shard: a drain or balancing move
-/// whose other replicas on live nodes and the new one make `rf`. Otherwise the source stays
-/// and the shard's count is restored instead of left short.
+/// whose other replicas on live nodes and the new one make `rf`, and whose source is not the
+/// shard's only replica. Otherwise the source stays and the shard's count is restored
+/// instead of left short (or, for a sole replica, the copy joins it before the hand-off).
 pub fn commit_drops_source(m: &Migration, shard: &Shard, cluster: &Cluster) -> bool {
+    if shard.replicas == [m.from] {
+        return false;
+    }
     let rf = cluster.layout.map_or(0, |l| l.rf as usize);
     let others_live = shard
         .replicas
@@ -343,10 +348,11 @@ fn aborted_reason(planned: &str, why: &AbortReason) -> String {
 }
 
 impl Control {
-    /// One mover pass as leader: hands off the primaries of draining nodes, advances every
-    /// migration in flight by one step, then plans new moves (re-replication first, then
-    /// drains, then replica balancing) within the limits; a pass with nothing of that to do
-    /// may balance primaries. Says how soon the next pass is worth running.
+    /// One mover pass as leader: hands off the primaries of draining nodes and takes their
+    /// surplus replicas out ([`drain`]), advances every migration in flight by one step,
+    /// then plans new moves (re-replication first, then drains, then replica balancing)
+    /// within the limits; a pass with nothing of that to do may balance primaries. Says how
+    /// soon the next pass is worth running.
     pub(crate) async fn mover_tick(
         &self,
         meta: &dyn MetaStore,
@@ -363,6 +369,10 @@ impl Control {
             .await?
             > 0
         {
+            pace = Pace::Now;
+            cluster = meta.cluster().await?;
+        }
+        if self.trim_surplus(&cluster, &self.reports(), meta).await? > 0 {
             pace = Pace::Now;
             cluster = meta.cluster().await?;
         }

@@ -14,7 +14,9 @@
 //! `from` is a replica on a Draining node, is cancelled (aborted, learner removed) when the
 //! node is no longer Draining (undrained: Up or Suspect again), and does not commit while
 //! `from` is the shard's primary: the primary's role is handed off first (see
-//! [`super::drain`]), so the commit never removes the replica serving the clients. A source
+//! [`super::drain`]), so the commit never removes the replica serving the clients. A sole
+//! replica has nobody to hand its role to: its move commits by adding the learner beside it
+//! (replicas + to), and the hand-off and the removal of the surplus replica follow. A source
 //! that dies mid-move does not abort it: the repair drops it from the shard, and the commit
 //! then simply adds the verified learner, which is what the shard needs anyway.
 //!
