@@ -321,9 +321,19 @@ async fn housekeeping(weak: std::sync::Weak<NodeCtx>) {
             .saturating_sub(ctx.cfg.replication.request_retention_ms);
         let engine = ctx.engine.clone();
         match tokio::task::spawn_blocking(move || engine.prune_requests(before)).await {
-            Ok(Ok(n)) if n > 0 => tracing::debug!(forgotten = n, "request ids past retention"),
+            Ok(Ok(p)) => {
+                if p.forgotten > 0 {
+                    tracing::debug!(forgotten = p.forgotten, "request ids past retention");
+                }
+                if p.unreadable > 0 {
+                    tracing::warn!(
+                        unreadable = p.unreadable,
+                        "request id records that do not decode (kept; writes resending their ids are refused as corrupt)"
+                    );
+                }
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune request ids"),
-            _ => {}
+            Err(_) => {}
         }
     }
 }

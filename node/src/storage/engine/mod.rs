@@ -143,6 +143,18 @@ pub struct Remembered {
     pub at_ms: u64,
 }
 
+/// Deletions per write of [`Engine::prune_requests`].
+const PRUNE_BATCH: usize = 10_000;
+
+/// What one [`Engine::prune_requests`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Request ids past retention, forgotten.
+    pub forgotten: u64,
+    /// Records that do not decode, kept.
+    pub unreadable: u64,
+}
+
 /// What [`Engine::compaction_debt`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactionDebt {
@@ -403,23 +415,37 @@ impl Engine {
         }
     }
 
-    /// Forgets request ids written before `before_ms`, in every shard; returns how many.
-    pub fn prune_requests(&self, before_ms: u64) -> Result<u64, EngineError> {
+    /// Forgets request ids remembered before `before_ms`, in every shard, writing the
+    /// deletions [`PRUNE_BATCH`] at a time: memory stays bounded however many ids are past
+    /// retention. The scan does not fill the block cache the clients' reads use. A record
+    /// that does not decode is counted and kept (forgetting it could let a resend of its id
+    /// apply twice; [`Engine::remembered`] reports it as corrupt), never a reason to stop:
+    /// one bad record must not leave every other id remembered for ever.
+    pub fn prune_requests(&self, before_ms: u64) -> Result<Pruned, EngineError> {
         let cf = self.cf(CF_REQUESTS)?;
         let mut batch = WriteBatch::default();
-        let mut n = 0;
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+        let mut pruned = Pruned::default();
+        for item in self
+            .db
+            .iterator_cf_opt(cf, pass::bulk_read(), IteratorMode::Start)
+        {
             let (k, v) = item?;
-            let r: Remembered = decode("request id", &v)?;
-            if r.at_ms < before_ms {
-                batch.delete_cf(cf, k);
-                n += 1;
+            match decode::<Remembered>("request id", &v) {
+                Ok(r) if r.at_ms < before_ms => {
+                    batch.delete_cf(cf, k);
+                    pruned.forgotten += 1;
+                    if batch.len() >= PRUNE_BATCH {
+                        self.db.write(std::mem::take(&mut batch))?;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => pruned.unreadable += 1,
             }
         }
-        if n > 0 {
+        if !batch.is_empty() {
             self.db.write(batch)?;
         }
-        Ok(n)
+        Ok(pruned)
     }
 
     /// The background work RocksDB still owes: what a benchmark waits out before it measures,

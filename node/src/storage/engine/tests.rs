@@ -1,5 +1,5 @@
 use super::*;
-use augur_proto::data::Effect;
+use augur_proto::data::{CopiedRequest, Effect};
 use std::time::Duration;
 
 fn entry(seq: u64, epoch: u64, key: &str, value: &str) -> LogEntry {
@@ -118,9 +118,9 @@ async fn log_apply_scan_and_identity() {
     drop(snap);
     // Ids are kept by this node's clock from when it applied them: the primary's older
     // stamps (1001..) do not shorten that.
-    assert_eq!(e.prune_requests(1003).unwrap(), 0);
+    assert_eq!(e.prune_requests(1003).unwrap(), Pruned::default());
     let later = crate::control::registry::now_ms() + 1;
-    assert_eq!(e.prune_requests(later).unwrap(), 4);
+    assert_eq!(e.prune_requests(later).unwrap().forgotten, 4);
     e.delete_shard(s).unwrap();
     assert!(e.replica_state(s).unwrap().is_none());
     assert!(e.last_entry(s).unwrap().is_none());
@@ -423,4 +423,49 @@ fn a_copy_carries_the_request_ids_the_shard_applied() {
         .remembered(other, &entries[0].request.unwrap())
         .unwrap()
         .is_none());
+}
+
+#[test]
+fn pruning_goes_on_past_a_corrupt_record_and_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
+    let s = ShardId(2);
+    // More ids than one batch of deletions, with a corrupt record among them.
+    let n = PRUNE_BATCH as u64 * 2 + 7;
+    let ids: Vec<CopiedRequest> = (0..n)
+        .map(|i| CopiedRequest {
+            id: RequestId { client: 9, seq: i },
+            seq: i + 1,
+            outcome: WriteOutcome::Applied { version: i + 1 },
+            at_ms: 0,
+        })
+        .collect();
+    e.remember_copied(s, &ids).unwrap();
+    let bad = RequestId { client: 1, seq: 1 };
+    e.db.put_cf(
+        e.cf(CF_REQUESTS).unwrap(),
+        request_key(s, &bad),
+        b"\xff\xff",
+    )
+    .unwrap();
+    // Nothing is past retention yet.
+    assert_eq!(
+        e.prune_requests(0).unwrap(),
+        Pruned {
+            forgotten: 0,
+            unreadable: 1
+        }
+    );
+    let later = crate::control::registry::now_ms() + 1;
+    assert_eq!(
+        e.prune_requests(later).unwrap(),
+        Pruned {
+            forgotten: n,
+            unreadable: 1
+        }
+    );
+    assert!(e.remembered(s, &ids[0].id).unwrap().is_none());
+    assert!(e.remembered(s, &ids[n as usize - 1].id).unwrap().is_none());
+    // The corrupt record is kept, and reported as corrupt to whoever asks for its id.
+    assert!(e.remembered(s, &bad).is_err());
 }
