@@ -1,7 +1,10 @@
-//! Watch delivers every change once, in order, across a leader change and reconnects.
+//! Watch delivers every change once, in order, across a leader change and reconnects; a
+//! member cut off from the leader ends its watches instead of leaving them silent.
 
-use augur_proto::wire::Change;
-use augur_proto::{Op, Record, Setting, Table, Txn};
+use augur_client::transport::{client_config, SERVER_NAME};
+use augur_proto::frame::{read_frame, write_frame};
+use augur_proto::wire::{ApiError, Change};
+use augur_proto::{Op, Record, Request, Response, Setting, Table, Txn};
 use augur_tests::{poll, LocalCluster};
 use futures::StreamExt;
 use std::time::Duration;
@@ -113,5 +116,87 @@ async fn watch_delivers_every_change_once_in_order_across_leader_change() -> any
         !seen.contains(&shard_rev),
         "the settings watch saw a shard write"
     );
+    Ok(())
+}
+
+/// A member left alone (the two others stopped) applies nothing more. Its watches must not
+/// wait in silence for changes that the rest of the cluster would be making: they end
+/// `Unavailable`, and a client resumes on another member. A follower left alone keeps naming
+/// its old leader (pre-vote), and a leader left alone stays leader: both must notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_follower_cut_off_from_the_leader_ends_unavailable() -> anyhow::Result<()> {
+    cut_off_watch_ends(false).await
+}
+
+/// The same on the leader, cut off from its quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_leader_cut_off_from_its_quorum_ends_unavailable() -> anyhow::Result<()> {
+    cut_off_watch_ends(true).await
+}
+
+async fn cut_off_watch_ends(on_leader: bool) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(3).await?;
+    let c = &cluster.client;
+    c.txn(put("cut", 1)).await?;
+    let leader = cluster.leader(Duration::from_secs(30)).await?;
+    let watched = if on_leader {
+        leader
+    } else {
+        (1..=3).find(|m| *m != leader).expect("a follower")
+    };
+    // A watch on that member, on a connection of its own (the client library would move on
+    // by itself; this sees what the member says).
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(client_config(
+        &cluster.cluster_file()?.tls,
+        Duration::from_secs(5),
+    )?);
+    let conn = ep
+        .connect(cluster.endpoint(watched)?.parse()?, SERVER_NAME)?
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let max = 1 << 20;
+    write_frame(
+        &mut send,
+        &Request::Watch {
+            tables: vec![Table::Settings],
+            from_revision: 0,
+        },
+        max,
+    )
+    .await?;
+    let started = read_frame::<_, Response>(&mut recv, max).await?;
+    assert!(
+        matches!(started, Some(Response::WatchStarted { .. })),
+        "{started:?}"
+    );
+    // While all is well the watch delivers.
+    let rev = c.txn(put("cut", 2)).await?.revision;
+    let ev = tokio::time::timeout(
+        Duration::from_secs(30),
+        read_frame::<_, Response>(&mut recv, max),
+    )
+    .await??;
+    assert!(
+        matches!(&ev, Some(Response::Watch(e)) if e.revision == rev),
+        "{ev:?}"
+    );
+    for m in (1..=3).filter(|m| *m != watched) {
+        cluster.stop(m, true)?;
+    }
+    let end = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match read_frame::<_, Response>(&mut recv, max).await? {
+                Some(Response::Watch(_)) => continue,
+                other => return anyhow::Ok(other),
+            }
+        }
+    })
+    .await??;
+    assert!(
+        matches!(&end, Some(Response::Error(ApiError::Unavailable(why))) if why.contains("out of touch")),
+        "{end:?}"
+    );
+    conn.close(0u32.into(), b"");
     Ok(())
 }

@@ -18,7 +18,7 @@ use augur_proto::{ClusterId, MemberId, Request, Response};
 use augur_raft_store::{MemberNode, TypeConfig};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, ServerState};
+use openraft::{ChangeMembers, Instant as _, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -27,6 +27,30 @@ impl MetaNode {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    /// Whether this member is in touch with a working leader: leading with a quorum's
+    /// acknowledgement within `fresh` (a single voter acknowledges itself), or having
+    /// accepted a leader's entries or heartbeat within `fresh`. A member cut off from the
+    /// others answers no: its history may have stopped while the cluster's goes on. (Raft's
+    /// `current_leader` cannot tell: with pre-vote, a cut-off follower never starts a real
+    /// election and keeps naming its old leader.)
+    pub(crate) fn in_touch(&self, fresh: Duration) -> bool {
+        {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            if m.current_leader == Some(self.id) {
+                return m.membership_config.membership().voter_ids().count() <= 1
+                    || m.last_quorum_acked
+                        .as_ref()
+                        .is_some_and(|t| t.elapsed() < fresh);
+            }
+        }
+        self.leader_contact
+            .lock()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < fresh)
     }
 
     /// The leader this node knows of, with its address. Every read a follower serves asks,

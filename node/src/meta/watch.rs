@@ -5,11 +5,20 @@
 //! snapshot that also holds the compaction floor: a page starts exactly where the last one
 //! stopped, or the stream ends with `Compacted` and the client re-lists. No revision is ever
 //! skipped or sent twice.
+//!
+//! A member cut off from the leader (partitioned, or left alone) stops applying, and its
+//! watchers would wait for ever without knowing: once it has been out of touch for
+//! [`MetaNode::watch_out_of_touch_limit`], checked every [`TOUCH_CHECK`], its watches end
+//! `Unavailable` and their clients resume on another member from the revision they reached.
 
 use super::MetaNode;
 use augur_proto::frame::{payload_budget, write_frame};
 use augur_proto::wire::ApiError;
 use augur_proto::{Response, Table};
+use std::time::{Duration, Instant};
+
+/// How often a watch checks that its member is in touch with a leader.
+const TOUCH_CHECK: Duration = Duration::from_millis(500);
 
 impl MetaNode {
     /// Streams history from `from_revision` and then live changes until the client goes away.
@@ -45,6 +54,10 @@ impl MetaNode {
             return;
         }
         let mut shutdown = self.shutdown_signal();
+        let limit = self.watch_out_of_touch_limit();
+        let mut touch = tokio::time::interval(TOUCH_CHECK);
+        touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out_of_touch_since: Option<Instant> = None;
         loop {
             let applied = *applied_rx.borrow_and_update();
             while next <= applied {
@@ -77,6 +90,24 @@ impl MetaNode {
             tokio::select! {
                 changed = applied_rx.changed() => if changed.is_err() { return },
                 _ = send.stopped() => return,
+                _ = touch.tick() => {
+                    if self.in_touch(limit) {
+                        out_of_touch_since = None;
+                    } else {
+                        let since = *out_of_touch_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= limit {
+                            tracing::info!(member = self.id, next, "ending a watch: no leader in touch for {limit:?}");
+                            let why = format!(
+                                "member {} has been out of touch with a leader for {} ms: its history may be behind; watch another member",
+                                self.id,
+                                limit.as_millis()
+                            );
+                            let _ = write_frame(&mut send, &Response::Error(ApiError::Unavailable(why)), max).await;
+                            let _ = send.finish();
+                            return;
+                        }
+                    }
+                }
                 _ = shutdown.changed() => {
                     let _ = write_frame(&mut send, &Response::Error(ApiError::Unavailable("node shutting down".into())), max).await;
                     let _ = send.finish();
