@@ -25,12 +25,13 @@
 //!    move copies from the primary and commits by adding the verified copy beside it
 //!    (replicas + to, the source kept); the hand-off of step 1 then makes the copy primary,
 //!    and the source is left a secondary beyond the shard's count.
-//! 4. **Surplus replicas leave without a copy.** A secondary on a Draining node whose shard
-//!    keeps `rf` other replicas on live nodes, not late with their heartbeats and acting
-//!    under the shard's current epoch, is simply taken out of the configuration (epoch + 1,
-//!    [`surplus_replica`]): every replica holds every committed write, and the count never
-//!    drops below `rf`. This ends step 3, and also a drain whose shard regained its count
-//!    elsewhere meanwhile.
+//! 4. **Surplus replicas leave without a copy.** A secondary of a shard above its count
+//!    that keeps `rf` other replicas on Up nodes, heard from lately and acting under the
+//!    shard's current epoch, is simply taken out of the configuration (epoch + 1,
+//!    [`surplus_replica`]), one on a Draining node first: every replica holds every
+//!    committed write, and the count never drops below `rf`. This ends step 3, a drain whose
+//!    shard regained its count elsewhere meanwhile, and a sole replica's drain called off
+//!    after its copy joined (the copy leaves again).
 //!
 //! Nodes drained by the risk policy wait while the storm guard is frozen
 //! ([`Cluster::to_drain`]); an operator's drain goes on.
@@ -67,12 +68,14 @@ use crate::control::placement::{self, Candidate};
 use crate::control::repair::reconfigure_txn;
 use crate::control::store::{MetaStore, StorageCalls};
 use crate::control::Control;
+use augur_proto::data::ReplicaRole;
 use augur_proto::model::ShardState;
 use augur_proto::wire::ApiError;
 use augur_proto::{
-    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard, StateOrigin,
+    Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard,
 };
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// The shards whose primary is on a node to empty now ([`Cluster::to_drain`]: Draining, and
 /// not an automated drain held by the storm guard), in shard order.
@@ -125,40 +128,56 @@ pub fn handed_off(shard: &Shard, target: NodeId) -> Shard {
 }
 
 /// A replica of `shard` that may leave without a copy (step 4 of the module documentation):
-/// a secondary on a node to empty now, whose shard is not being moved and keeps at least
-/// `rf` other replicas on live nodes that are not late with their heartbeats and report the
-/// shard's current epoch. The first such secondary in replica order, if any.
-pub fn surplus_replica(shard: &Shard, cluster: &Cluster, reports: &Reports) -> Option<NodeId> {
+/// a secondary of a shard that is not being moved and has more than `rf` replicas, at least
+/// `rf` of the others sound. Sound means on an Up node (a Draining or Suspect one may be
+/// dying unseen: liveness only marks Up nodes late, so a silent one keeps its state until
+/// declared Down), heard from within the leader's suspect period (`heard`), and reporting
+/// the shard's current epoch; the primary, serving under it too. Secondaries on nodes to
+/// empty go first (replica order); then, for a shard left above its count some other way
+/// (a drain called off after its copy joined), the most recently added secondary.
+pub fn surplus_replica(
+    shard: &Shard,
+    cluster: &Cluster,
+    reports: &Reports,
+    heard: &dyn Fn(NodeId) -> bool,
+) -> Option<NodeId> {
     let rf = cluster.layout.map(|l| l.rf as usize)?;
-    if shard.state != ShardState::Stable || !shard.learners.is_empty() {
+    if shard.state != ShardState::Stable || !shard.learners.is_empty() || shard.replicas.len() <= rf
+    {
         return None;
     }
+    let primary = shard.replicas[0];
     let sound = |n: NodeId| {
-        cluster.nodes.get(&n).is_some_and(|rec| {
-            crate::control::cluster::is_live(rec.state)
-                && !(rec.state == NodeState::Suspect && rec.cause.origin == StateOrigin::Liveness)
-        }) && reports.current(cluster, n, shard).is_some()
+        cluster.state(n) == Some(NodeState::Up)
+            && heard(n)
+            && reports
+                .current(cluster, n, shard)
+                .is_some_and(|st| n != primary || (st.role == ReplicaRole::Primary && st.serving))
     };
-    shard.replicas.iter().skip(1).copied().find(|n| {
-        cluster.to_drain(*n)
-            && shard
-                .replicas
-                .iter()
-                .filter(|o| **o != *n && sound(**o))
-                .count()
-                >= rf
+    let secondaries = &shard.replicas[1..];
+    let draining = secondaries.iter().filter(|n| cluster.to_drain(**n));
+    let others = secondaries.iter().rev().filter(|n| !cluster.to_drain(**n));
+    draining.chain(others).copied().find(|n| {
+        shard
+            .replicas
+            .iter()
+            .filter(|o| **o != *n && sound(**o))
+            .count()
+            >= rf
     })
 }
 
-/// Whether a drain of `node`'s replica of `shard` needs no copy: the shard keeps `rf` other
-/// replicas on live nodes (the records' view; [`surplus_replica`] checks the reports before
-/// taking it out).
+/// Whether a drain of `node`'s replica of `shard` needs no copy: the shard is above its
+/// count and keeps `rf` other replicas on Up nodes, so [`surplus_replica`] takes it out once
+/// their reports say so (the records' view: a copy planned while a report is a pass late
+/// would be wasted).
 fn leaves_without_copy(shard: &Shard, node: NodeId, cluster: &Cluster, rf: usize) -> bool {
     shard.replicas.first() != Some(&node)
+        && shard.replicas.len() > rf
         && shard
             .replicas
             .iter()
-            .filter(|o| **o != node && cluster.live(**o))
+            .filter(|o| **o != node && cluster.state(**o) == Some(NodeState::Up))
             .count()
             >= rf
 }
@@ -335,22 +354,29 @@ impl Control {
         Ok(moved)
     }
 
-    /// Takes surplus replicas on Draining nodes out of their shards (see
-    /// [`surplus_replica`]), one per shard and up to `max_handoffs_per_pass` in a pass; the
-    /// number of shards written. Each write compares the shard's record and those of the
-    /// replicas it keeps, so a member declared Down meanwhile makes it fail.
+    /// Takes surplus replicas out of their shards (see [`surplus_replica`]), one per shard
+    /// and up to `max_handoffs_per_pass` in a pass; the number of shards written. Each write
+    /// compares the shard's record and those of the replicas it keeps, so a member declared
+    /// Down (or Suspect) meanwhile makes it fail.
     pub(crate) async fn trim_surplus(
         &self,
         cluster: &Cluster,
         reports: &Reports,
         meta: &dyn MetaStore,
+        now: Instant,
     ) -> Result<usize, ApiError> {
+        let fresh = Duration::from_millis(self.settings.suspect_after_ms);
+        let heard = |n: NodeId| {
+            self.grants
+                .last(n)
+                .is_some_and(|at| now.saturating_duration_since(at) < fresh)
+        };
         let mut trimmed = 0;
         for shard in cluster.shards.values() {
             if trimmed == self.settings.max_handoffs_per_pass {
                 break;
             }
-            let Some(leaving) = surplus_replica(shard, cluster, reports) else {
+            let Some(leaving) = surplus_replica(shard, cluster, reports, &heard) else {
                 continue;
             };
             let mut next = shard.clone();
@@ -365,7 +391,7 @@ impl Control {
             {
                 trimmed += 1;
                 self.metrics.surplus_removed.inc();
-                tracing::info!(shard = %shard.id, node = %leaving, epoch, "surplus replica on a draining node taken out");
+                tracing::info!(shard = %shard.id, node = %leaving, epoch, draining = cluster.to_drain(leaving), "surplus replica taken out");
             }
         }
         Ok(trimmed)

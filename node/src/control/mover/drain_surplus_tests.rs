@@ -62,7 +62,7 @@ fn a_sole_replica_on_a_draining_node_gets_a_move_and_a_surplus_one_does_not() {
     );
     assert_ne!(p[0].to, NodeId(2));
     assert_eq!(
-        surplus_replica(&c.shards[&ShardId(3)], &c, &reported(&c)),
+        surplus_replica(&c.shards[&ShardId(3)], &c, &reported(&c), &ALL),
         Some(NodeId(2))
     );
     // Nobody to hand shard 1's role to yet.
@@ -73,52 +73,86 @@ fn a_sole_replica_on_a_draining_node_gets_a_move_and_a_surplus_one_does_not() {
     );
 }
 
+/// Every node heard from lately.
+const ALL: fn(NodeId) -> bool = |_| true;
+
 #[test]
 fn a_surplus_replica_leaves_only_while_rf_others_are_sound_and_current() {
     // rf 3 with four replicas, node 2 draining: it may leave.
     let c = drained(&[1, 2, 3, 4], vec![shard(1, &[1, 3, 4, 2], 6)], 3, 2);
     let sh = c.shards[&ShardId(1)].clone();
     let r = reported(&c);
-    assert_eq!(surplus_replica(&sh, &c, &r), Some(NodeId(2)));
+    assert_eq!(surplus_replica(&sh, &c, &r, &ALL), Some(NodeId(2)));
     // Not without the others' reports under the current epoch.
-    assert_eq!(surplus_replica(&sh, &c, &Reports::default()), None);
+    assert_eq!(surplus_replica(&sh, &c, &Reports::default(), &ALL), None);
     let mut old = c.clone();
     old.shards.get_mut(&ShardId(1)).unwrap().epoch = 7;
     assert_eq!(
-        surplus_replica(&old.shards[&ShardId(1)], &old, &r),
+        surplus_replica(&old.shards[&ShardId(1)], &old, &r, &ALL),
         None,
         "reports of epoch 6 say nothing of epoch 7"
     );
-    // Not while another member is late with its heartbeats, or Down.
-    let mut late = c.clone();
-    let n4 = late.nodes.get_mut(&NodeId(4)).unwrap();
-    n4.state = NodeState::Suspect;
-    n4.cause.origin = StateOrigin::Liveness;
-    assert_eq!(surplus_replica(&sh, &late, &r), None);
-    let mut down = c.clone();
-    down.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Down;
-    assert_eq!(surplus_replica(&sh, &down, &r), None);
+    // Not while another member has not been heard from lately, whatever its record says.
+    assert_eq!(surplus_replica(&sh, &c, &r, &|n| n != NodeId(4)), None);
+    // Nor while it is Suspect, late or at risk (liveness marks only Up nodes late: a silent
+    // at-risk node keeps its state until declared Down), Draining itself, or Down.
+    for (state, origin) in [
+        (NodeState::Suspect, StateOrigin::Liveness),
+        (NodeState::Suspect, StateOrigin::Policy),
+        (NodeState::Draining, StateOrigin::Operator),
+        (NodeState::Down, StateOrigin::Liveness),
+    ] {
+        let mut x = c.clone();
+        let n4 = x.nodes.get_mut(&NodeId(4)).unwrap();
+        n4.state = state;
+        n4.cause.origin = origin;
+        assert_eq!(surplus_replica(&sh, &x, &r, &ALL), None, "{state:?}");
+    }
+    // Nor while the primary is not serving under the current epoch (reconciling).
+    let mut unserved = r.clone();
+    for st in &mut unserved.by_node.get_mut(&NodeId(1)).unwrap().replicas {
+        st.serving = false;
+    }
+    assert_eq!(surplus_replica(&sh, &c, &unserved, &ALL), None);
     // Not while the shard is being moved.
     let mut moving = sh.clone();
     moving.state = ShardState::Moving(MigrationId(3));
-    assert_eq!(surplus_replica(&moving, &c, &r), None);
+    assert_eq!(surplus_replica(&moving, &c, &r, &ALL), None);
     // Not at the count: three replicas at rf 3 need a copy first.
     let at_rf = drained(&[1, 2, 3, 4], vec![shard(1, &[1, 3, 2], 6)], 3, 2);
     assert_eq!(
-        surplus_replica(&at_rf.shards[&ShardId(1)], &at_rf, &reported(&at_rf)),
+        surplus_replica(&at_rf.shards[&ShardId(1)], &at_rf, &reported(&at_rf), &ALL),
         None
     );
-    // Never the primary, which is handed off first.
+    // Never the primary, which is handed off first; and the copy beside a draining primary
+    // stays (the primary, Draining, is not counted).
     let primary = drained(&[1, 2, 3], vec![shard(1, &[2, 3], 6)], 1, 2);
     assert_eq!(
-        surplus_replica(&primary.shards[&ShardId(1)], &primary, &reported(&primary)),
+        surplus_replica(
+            &primary.shards[&ShardId(1)],
+            &primary,
+            &reported(&primary),
+            &ALL
+        ),
         None
     );
-    // Nor a replica on a node that is not being drained.
-    let up = cluster(&[1, 2, 3], vec![shard(1, &[3, 2], 6)], 1);
+    // A replica on a draining node goes before a later one.
+    let first = drained(&[1, 2, 3], vec![shard(1, &[1, 2, 3], 6)], 1, 2);
     assert_eq!(
-        surplus_replica(&up.shards[&ShardId(1)], &up, &reported(&up)),
-        None
+        surplus_replica(&first.shards[&ShardId(1)], &first, &reported(&first), &ALL),
+        Some(NodeId(2))
+    );
+    // A shard above its count with nobody draining (a sole replica's drain called off after
+    // its copy joined) loses its newest secondary.
+    let undrained = cluster(&[1, 2, 3], vec![shard(1, &[3, 1, 2], 6)], 1);
+    assert_eq!(
+        surplus_replica(
+            &undrained.shards[&ShardId(1)],
+            &undrained,
+            &reported(&undrained),
+            &ALL
+        ),
+        Some(NodeId(2))
     );
 }
 
@@ -187,6 +221,9 @@ async fn a_draining_node_holding_sole_replicas_is_emptied_never_leaving_a_shard_
             .map(|(i, (_, shard, _))| (*shard, i as u64 + 1))
             .collect();
         report_all(&store, &storage, &control, &seqs);
+        for n in 1..=3 {
+            control.grants.note(NodeId(n), Instant::now());
+        }
         let now = Instant::now();
         control
             .mover_tick(

@@ -372,7 +372,11 @@ impl Control {
             pace = Pace::Now;
             cluster = meta.cluster().await?;
         }
-        if self.trim_surplus(&cluster, &self.reports(), meta).await? > 0 {
+        if self
+            .trim_surplus(&cluster, &self.reports(), meta, now)
+            .await?
+            > 0
+        {
             pace = Pace::Now;
             cluster = meta.cluster().await?;
         }
