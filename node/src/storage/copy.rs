@@ -129,7 +129,7 @@ pub async fn serve(
             .ok_or_else(|| refuse(DataError::UnknownShard(fence.shard)))?;
         let view: View = handle.view();
         let config = ctx.directory.shard(fence.shard);
-        let urgent = config.as_deref().is_some_and(|c| under_replicated(&ctx, c));
+        let urgent = config.as_deref().is_some_and(|c| urgent_copy(&ctx, c));
         let learner_ok = config
             .as_ref()
             .is_some_and(|c| c.epoch == view.epoch && c.learners.contains(&fence.from));
@@ -361,12 +361,22 @@ pub fn start_fetch(
     });
 }
 
-/// Whether `config` has fewer replicas than the data plane's replication factor: its copy is
-/// a repair and does not yield to clients.
-pub(crate) fn under_replicated(ctx: &NodeCtx, config: &Shard) -> bool {
-    ctx.directory
-        .layout()
-        .is_some_and(|l| config.replicas.len() < l.rf as usize)
+/// Whether a copy of `config` must not yield to clients: the shard has fewer replicas than
+/// the data plane's replication factor (a repair), or none of them is on an Up node (every
+/// copy is on a node being drained or suspected: at rf 1, a drain's only copy is on the node
+/// predicted to fail).
+pub(crate) fn urgent_copy(ctx: &NodeCtx, config: &Shard) -> bool {
+    let rf = ctx.directory.layout().map(|l| l.rf as usize);
+    urgent(rf, config, |n| {
+        ctx.directory
+            .node(n)
+            .is_some_and(|r| r.state == NodeState::Up)
+    })
+}
+
+/// [`urgent_copy`] over the replication factor (if known) and whether a node is Up.
+fn urgent(rf: Option<usize>, config: &Shard, up: impl Fn(augur_proto::NodeId) -> bool) -> bool {
+    rf.is_some_and(|rf| config.replicas.len() < rf) || !config.replicas.iter().any(|n| up(*n))
 }
 
 /// A source for the copy: a secondary that is Up before the primary, never a node the
@@ -401,7 +411,7 @@ async fn fetch_from(
     job: &Arc<CopyJob>,
 ) -> Result<(), String> {
     let progress = &job.bytes;
-    let urgent = under_replicated(ctx, config);
+    let urgent = urgent_copy(ctx, config);
     let addr = ctx
         .node_addr(source)
         .ok_or_else(|| format!("no address for node {source}"))?;
@@ -561,5 +571,31 @@ mod tests {
         let started = Instant::now();
         t.take(1 << 18, true).await;
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_copy_is_urgent_below_rf_or_when_no_replica_is_on_an_up_node() {
+        use augur_proto::NodeId;
+        let shard = |replicas: &[u64]| Shard {
+            id: augur_proto::ShardId(1),
+            replicas: replicas.iter().map(|n| NodeId(*n)).collect(),
+            learners: vec![NodeId(9)],
+            epoch: 3,
+            version: 1,
+            state: augur_proto::ShardState::Stable,
+            size_bytes: 0,
+            crc64: 0,
+        };
+        let up = |n: NodeId| n != NodeId(2);
+        // A drain with healthy replicas yields; a repair does not.
+        assert!(!urgent(Some(3), &shard(&[1, 2, 3]), up));
+        assert!(urgent(Some(3), &shard(&[1, 3]), up));
+        // rf 1: the only copy is on the draining node (2), so the copy does not yield.
+        assert!(urgent(Some(1), &shard(&[2]), up));
+        assert!(!urgent(Some(1), &shard(&[1]), up));
+        // Every replica on a node that is not Up.
+        assert!(urgent(Some(2), &shard(&[2, 2]), up));
+        // Layout unknown: judged by the replicas' nodes alone.
+        assert!(!urgent(None, &shard(&[1]), up));
     }
 }

@@ -256,7 +256,7 @@ impl Replica {
         let urgent = self
             .config
             .as_deref()
-            .is_some_and(|c| copy::under_replicated(&self.ctx, c));
+            .is_some_and(|c| copy::urgent_copy(&self.ctx, c));
         let ctx = self.ctx.clone();
         let rt = tokio::runtime::Handle::current();
         let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel::<()>(1);
