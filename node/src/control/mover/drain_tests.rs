@@ -299,8 +299,9 @@ pub(in crate::control::mover) fn addr(n: NodeId) -> String {
 }
 
 /// Every node reports every shard it holds at the shard's epoch (learners with their copy
-/// complete), to the control plane and to the scripted probes; with `seqs`, each shard's
-/// replicas and learners report a matching checkpoint at its sequence.
+/// complete), to the control plane and to the scripted probes, and has a heartbeat
+/// acknowledged; with `seqs`, each shard's replicas and learners report a matching checkpoint
+/// at its sequence.
 pub(in crate::control::mover) fn report_all(
     store: &MemStore,
     storage: &Scripted,
@@ -341,6 +342,8 @@ pub(in crate::control::mover) fn report_all(
             .unwrap()
             .insert(addr(*n), rep.clone());
         control.record_probe(*n, Instant::now(), Ok(rep));
+        // And acknowledged a heartbeat of each (commits count on members heard from lately).
+        control.grants.note(*n, Instant::now());
     }
 }
 
@@ -497,4 +500,34 @@ async fn a_refused_hand_off_changes_nothing_and_is_retried() {
     let s = store.read().shards[&ShardId(1)].clone();
     assert_eq!((s.replicas[0], s.epoch), (NodeId(1), 4));
     assert_eq!(store.read().migrations.len(), 1);
+}
+
+/// A commit that would drop its source waits until every member it counts on has been heard
+/// from lately: node 3 here may be Up in its record and still have fallen silent.
+#[tokio::test]
+async fn a_commit_dropping_its_source_waits_for_members_heard_from_lately() {
+    let mut c = cluster(&[1, 2, 3, 4], vec![shard(1, &[1, 2, 3], 3)], 3);
+    set_state(&mut c, 2, NodeState::Draining);
+    let store = MemStore::with(&c);
+    let storage = Scripted::default();
+    let control = Control::for_tests(ControlSettings::default());
+    report_all(&store, &storage, &control, &BTreeMap::new());
+    tick(&control, &store, &storage).await; // planned
+    tick(&control, &store, &storage).await; // learner added
+    report_all(&store, &storage, &control, &BTreeMap::new());
+    tick(&control, &store, &storage).await; // copied
+    tick(&control, &store, &storage).await; // checkpoint asked
+    report_all(&store, &storage, &control, &checkpoint_seqs(&storage));
+    control.grants.clear();
+    for n in [1, 2, 4] {
+        control.grants.note(NodeId(n), Instant::now());
+    }
+    tick(&control, &store, &storage).await;
+    let state = |store: &MemStore| store.read().migrations[0].state;
+    assert_eq!(state(&store), MigrationState::CatchingUp);
+    assert!(store.read().shards[&ShardId(1)].replicas.contains(&NodeId(2)));
+    control.grants.note(NodeId(3), Instant::now());
+    tick(&control, &store, &storage).await;
+    assert_eq!(state(&store), MigrationState::Committed);
+    assert!(!store.read().shards[&ShardId(1)].replicas.contains(&NodeId(2)));
 }

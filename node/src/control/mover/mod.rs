@@ -478,8 +478,11 @@ impl Control {
         let requested = self.with_memory(|mem| mem.checkpoints.get(&m.id).copied());
         let timeout = Duration::from_millis(self.settings.move_timeout_ms);
         let stalled = self.with_memory(|mem| mem.stalled(m, now, timeout));
-        let step = next_step(m, cluster, reports, requested.as_ref(), stalled);
+        let mut step = next_step(m, cluster, reports, requested.as_ref(), stalled);
         let shard = cluster.shards.get(&m.shard);
+        if matches!(step, Step::Commit(_)) && !self.commit_members_heard(m, shard, cluster, now) {
+            step = Step::Wait(steps::WAIT_MEMBER_LATE);
+        }
         let txn = match (&step, shard) {
             (Step::Wait(why), _) => {
                 tracing::trace!(migration = %m.id, shard = %m.shard, why, "move waits");
@@ -530,6 +533,31 @@ impl Control {
             _ => {}
         }
         Ok(Pace::Now)
+    }
+
+    /// Whether the members a commit that drops its source counts on (the replicas it keeps
+    /// and the destination) have all been heard from within `suspect_after_ms`. Their records
+    /// cannot say: liveness marks only Up nodes late, so a Draining or at-risk Suspect node
+    /// that fell silent keeps its state until it is declared Down, and dropping the source
+    /// meanwhile would leave the shard a live replica short (at rf 1 with the only copy on
+    /// the silent node). A commit that keeps its source only adds a replica, and goes on.
+    fn commit_members_heard(
+        &self,
+        m: &Migration,
+        shard: Option<&Shard>,
+        cluster: &Cluster,
+        now: Instant,
+    ) -> bool {
+        let Some(shard) = shard.filter(|s| commit_drops_source(m, s, cluster)) else {
+            return true;
+        };
+        let fresh = Duration::from_millis(self.settings.suspect_after_ms);
+        let kept = shard.replicas.iter().filter(|n| **n != m.from);
+        kept.chain(std::iter::once(&m.to)).all(|n| {
+            self.grants
+                .last(*n)
+                .is_some_and(|at| now.saturating_duration_since(at) < fresh)
+        })
     }
 
     fn aborted(&self, m: &Migration, reason: &AbortReason, now: Instant) {
