@@ -344,11 +344,6 @@ impl MetaNode {
         let mut answers = std::pin::pin!(self.raft.stream_append(requests));
         while let Some(answer) = answers.next().await {
             let go_on = matches!(answer, Ok(Ok(_)));
-            if go_on {
-                if let Ok(mut at) = self.leader_contact.lock() {
-                    *at = Some(Instant::now());
-                }
-            }
             let reply = super::raft_server::encode_reply(answer.map_err(|fatal| fatal.to_string()));
             let started = arrived.lock().ok().and_then(|mut a| a.pop_front());
             if let Some(started) = started {

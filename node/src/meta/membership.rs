@@ -12,6 +12,7 @@
 //! incarnation, so it cannot slip back in under its old entry: the operator removes the old
 //! entry and adds it again, and it catches up as a learner before it is promoted.
 
+use super::network::PeerClient;
 use super::MetaNode;
 use augur_proto::wire::{ApiError, ClusterStatus, MemberIdentity, MemberInfo};
 use augur_proto::{ClusterId, MemberId, Request, Response};
@@ -22,6 +23,9 @@ use openraft::{ChangeMembers, Instant as _, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+/// How often a follower has its leader confirm leadership for [`MetaNode::in_touch`].
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+
 impl MetaNode {
     pub(crate) fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
@@ -29,13 +33,15 @@ impl MetaNode {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
-    /// Whether this member is in touch with a working leader: leading with a quorum's
-    /// acknowledgement within `fresh` (a single voter acknowledges itself), or having
-    /// accepted a leader's entries or heartbeat within `fresh`. A member cut off from the
-    /// others answers no: its history may have stopped while the cluster's goes on. (Raft's
-    /// `current_leader` cannot tell: with pre-vote, a cut-off follower never starts a real
-    /// election and keeps naming its old leader.)
-    pub(crate) fn in_touch(&self, fresh: Duration) -> bool {
+    /// Whether this member is in touch with a working leader, within `limit`: leading with
+    /// a quorum's acknowledgement that recent (a single voter acknowledges itself; a leader
+    /// not yet acknowledged was just elected by a quorum), or, following, having had the
+    /// leader it knows confirm its leadership with a quorum (a read index) that recently.
+    /// A follower asks again at most every [`CONFIRM_EVERY`], one call for all its callers.
+    /// Neither Raft's view nor the leader's heartbeats can tell: with pre-vote, a follower
+    /// left alone keeps naming its old leader, and a leader cut off in a minority keeps
+    /// leading (openraft does not step down) and sending heartbeats to the followers there.
+    pub(crate) async fn in_touch(&self, limit: Duration) -> bool {
         {
             let rx = self.raft.metrics();
             let m = rx.borrow_watched();
@@ -43,14 +49,21 @@ impl MetaNode {
                 return m.membership_config.membership().voter_ids().count() <= 1
                     || m.last_quorum_acked
                         .as_ref()
-                        .is_some_and(|t| t.elapsed() < fresh);
+                        .is_none_or(|t| t.elapsed() < limit);
             }
         }
-        self.leader_contact
-            .lock()
-            .ok()
-            .and_then(|at| *at)
-            .is_some_and(|at| at.elapsed() < fresh)
+        let mut confirmed = self.confirmed.lock().await;
+        if confirmed.elapsed() < CONFIRM_EVERY {
+            return true;
+        }
+        if let Some(leader) = self.leader_info() {
+            let timeout = limit.min(CONFIRM_EVERY * 2);
+            if PeerClient::read_index(self, &leader, timeout).await.is_ok() {
+                *confirmed = std::time::Instant::now();
+                return true;
+            }
+        }
+        confirmed.elapsed() < limit
     }
 
     /// The leader this node knows of, with its address. Every read a follower serves asks,

@@ -64,16 +64,16 @@ pub struct MetaNode {
     /// pages would queue them behind those reads, and elections would follow. The control
     /// plane's own reads (heartbeats) do not take a slot.
     pub(crate) read_slots: Arc<tokio::sync::Semaphore>,
-    /// When this member last accepted entries (or a heartbeat) from a leader: with
-    /// pre-vote, a follower cut off from the others keeps naming its old leader for ever, so
-    /// only this says it is still in touch ([`MetaNode::in_touch`]).
-    pub(crate) leader_contact: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// When this member, as a follower, last had its leader confirm leadership with a quorum
+    /// (a read index), or started: what [`MetaNode::in_touch`] judges it by. Held across the
+    /// confirmation, so the watches of one member share one call.
+    pub(crate) confirmed: Arc<tokio::sync::Mutex<std::time::Instant>>,
 }
 
 impl MetaNode {
-    /// How long a watch may be served by a member out of touch with a leader
-    /// ([`MetaNode::in_touch`]) before it is ended `Unavailable`, so that its client resumes
-    /// on another member: the longer of 3 s and 8 election timeouts, well past an election.
+    /// How long a member may go without touch with a leader ([`MetaNode::in_touch`]) before
+    /// its watches end `Unavailable`, so that their clients resume on another member: the
+    /// longer of 3 s and 8 election timeouts, well past an election.
     pub(crate) fn watch_out_of_touch_limit(&self) -> Duration {
         Duration::from_millis(self.cfg.raft.election_timeout_max_ms.saturating_mul(8))
             .max(Duration::from_secs(3))
@@ -147,7 +147,7 @@ impl MetaNode {
             bootstrapping: Arc::new(tokio::sync::Mutex::new(())),
             control,
             read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_READS)),
-            leader_contact: Arc::default(),
+            confirmed: Arc::new(tokio::sync::Mutex::new(std::time::Instant::now())),
         };
         if let Some(why) = node.waiting_reason() {
             tracing::warn!(

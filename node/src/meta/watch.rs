@@ -7,15 +7,16 @@
 //! skipped or sent twice.
 //!
 //! A member cut off from the leader (partitioned, or left alone) stops applying, and its
-//! watchers would wait for ever without knowing: once it has been out of touch for
-//! [`MetaNode::watch_out_of_touch_limit`], checked every [`TOUCH_CHECK`], its watches end
-//! `Unavailable` and their clients resume on another member from the revision they reached.
+//! watchers would wait for ever without knowing. A watch is refused, or ended, `Unavailable`
+//! once its member has been out of touch ([`MetaNode::in_touch`]) for
+//! [`MetaNode::watch_out_of_touch_limit`], checked every [`TOUCH_CHECK`]; its client resumes
+//! on another member from the revision it reached.
 
 use super::MetaNode;
 use augur_proto::frame::{payload_budget, write_frame};
 use augur_proto::wire::ApiError;
 use augur_proto::{Response, Table};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How often a watch checks that its member is in touch with a leader.
 const TOUCH_CHECK: Duration = Duration::from_millis(500);
@@ -41,6 +42,12 @@ impl MetaNode {
         } else {
             from_revision
         };
+        let limit = self.watch_out_of_touch_limit();
+        if !self.in_touch(limit).await {
+            let _ = write_frame(&mut send, &out_of_touch(self.id, limit), max).await;
+            let _ = send.finish();
+            return;
+        }
         self.metrics.watchers(1);
         let _guard = WatcherGuard(&self.metrics);
         if write_frame(
@@ -54,10 +61,8 @@ impl MetaNode {
             return;
         }
         let mut shutdown = self.shutdown_signal();
-        let limit = self.watch_out_of_touch_limit();
         let mut touch = tokio::time::interval(TOUCH_CHECK);
         touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut out_of_touch_since: Option<Instant> = None;
         loop {
             let applied = *applied_rx.borrow_and_update();
             while next <= applied {
@@ -91,21 +96,11 @@ impl MetaNode {
                 changed = applied_rx.changed() => if changed.is_err() { return },
                 _ = send.stopped() => return,
                 _ = touch.tick() => {
-                    if self.in_touch(limit) {
-                        out_of_touch_since = None;
-                    } else {
-                        let since = *out_of_touch_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= limit {
-                            tracing::info!(member = self.id, next, "ending a watch: no leader in touch for {limit:?}");
-                            let why = format!(
-                                "member {} has been out of touch with a leader for {} ms: its history may be behind; watch another member",
-                                self.id,
-                                limit.as_millis()
-                            );
-                            let _ = write_frame(&mut send, &Response::Error(ApiError::Unavailable(why)), max).await;
-                            let _ = send.finish();
-                            return;
-                        }
+                    if !self.in_touch(limit).await {
+                        tracing::info!(member = self.id, next, "ending a watch: out of touch with a leader");
+                        let _ = write_frame(&mut send, &out_of_touch(self.id, limit), max).await;
+                        let _ = send.finish();
+                        return;
                     }
                 }
                 _ = shutdown.changed() => {
@@ -116,6 +111,15 @@ impl MetaNode {
             }
         }
     }
+}
+
+/// Why a watch is refused or ended on a member out of touch with a leader.
+fn out_of_touch(member: u64, limit: Duration) -> Response {
+    Response::Error(ApiError::Unavailable(format!(
+        "member {member} has been out of touch with a leader for {} ms: its history may be \
+         behind; watch another member",
+        limit.as_millis()
+    )))
 }
 
 struct WatcherGuard<'a>(&'a super::metrics::Metrics);

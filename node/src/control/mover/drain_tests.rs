@@ -525,9 +525,13 @@ async fn a_commit_dropping_its_source_waits_for_members_heard_from_lately() {
     tick(&control, &store, &storage).await;
     let state = |store: &MemStore| store.read().migrations[0].state;
     assert_eq!(state(&store), MigrationState::CatchingUp);
-    assert!(store.read().shards[&ShardId(1)].replicas.contains(&NodeId(2)));
+    assert!(store.read().shards[&ShardId(1)]
+        .replicas
+        .contains(&NodeId(2)));
     control.grants.note(NodeId(3), Instant::now());
     tick(&control, &store, &storage).await;
     assert_eq!(state(&store), MigrationState::Committed);
-    assert!(!store.read().shards[&ShardId(1)].replicas.contains(&NodeId(2)));
+    assert!(!store.read().shards[&ShardId(1)]
+        .replicas
+        .contains(&NodeId(2)));
 }
