@@ -34,7 +34,7 @@
 //! heartbeat_interval_ms = 1000        # storage nodes heartbeat this often
 //! lease_ms = 6000                     # a storage node's lease after an acknowledged heartbeat
 //! grace_ms = 8000                     # silence before a node is declared Down (> lease)
-//! suspect_after_ms = 2500             # silence before a node is Suspect
+//! suspect_after_ms = 2500             # silence before a node is Suspect (>= 2 heartbeats)
 //! down_delay_ms = 300000              # Down this long before its replicas are re-created
 //! usage_interval_ms = 30000           # a node's usage is written at most this often
 //! clock_drift = 0.01                  # bound on relative clock-rate error (rho)

@@ -5,7 +5,7 @@
 //! heartbeat_interval_ms = 1000           # storage nodes heartbeat this often
 //! lease_ms = 6000                        # a storage node's lease after an acknowledged heartbeat
 //! grace_ms = 8000                        # silence before a node is declared Down (> lease)
-//! suspect_after_ms = 2500                # silence before a node is Suspect
+//! suspect_after_ms = 2500                # silence before a node is Suspect (>= 2 heartbeats)
 //! down_delay_ms = 300000                 # Down this long before its replicas are re-created
 //! usage_interval_ms = 30000              # a node's usage is written at most this often
 //! clock_drift = 0.01                     # bound on relative clock-rate error (rho)
@@ -267,10 +267,14 @@ impl ControlSettings {
                 ),
             ));
         }
-        if self.suspect_after_ms >= self.grace_ms {
+        // One heartbeat late is not silence: below two intervals, nodes would flap to
+        // Suspect, and moves whose commit waits for members heard within this would wait.
+        if self.suspect_after_ms >= self.grace_ms
+            || self.suspect_after_ms < self.heartbeat_interval_ms.saturating_mul(2)
+        {
             return Err(invalid(
                 "control.suspect_after_ms",
-                "must be below grace_ms",
+                "must be at least 2 x heartbeat_interval_ms and below grace_ms",
             ));
         }
         if self.liveness_tick_ms == 0 || self.liveness_tick_ms >= self.suspect_after_ms {
@@ -401,6 +405,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(refused(&s), "control.liveness_tick_ms");
+        s = ControlSettings {
+            suspect_after_ms: 1_500,
+            liveness_tick_ms: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            refused(&s),
+            "control.suspect_after_ms",
+            "below two heartbeats"
+        );
         s = ControlSettings {
             max_moves: 0,
             ..Default::default()

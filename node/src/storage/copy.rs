@@ -23,7 +23,7 @@ use augur_proto::data::{
     RequestsChunk,
 };
 use augur_proto::frame::write_frame;
-use augur_proto::{NodeState, Shard};
+use augur_proto::{NodeState, Shard, StateOrigin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,7 +129,6 @@ pub async fn serve(
             .ok_or_else(|| refuse(DataError::UnknownShard(fence.shard)))?;
         let view: View = handle.view();
         let config = ctx.directory.shard(fence.shard);
-        let urgent = config.as_deref().is_some_and(|c| urgent_copy(&ctx, c));
         let learner_ok = config
             .as_ref()
             .is_some_and(|c| c.epoch == view.epoch && c.learners.contains(&fence.from));
@@ -199,7 +198,9 @@ pub async fn serve(
                 }
             };
             let bytes: usize = items.iter().map(|(k, v)| k.len() + v.value.len()).sum();
-            ctx.throttle.take(bytes, urgent).await;
+            ctx.throttle
+                .take(bytes, urgent_now(&ctx, fence.shard))
+                .await;
             let mut digest = crc64fast::Digest::new();
             crc_items(&mut digest, items.iter().map(|(k, v)| (k.as_slice(), v)));
             if crate::test_hooks::corrupt_copy_chunk() {
@@ -362,19 +363,29 @@ pub fn start_fetch(
 }
 
 /// Whether a copy of `config` must not yield to clients: the shard has fewer replicas than
-/// the data plane's replication factor (a repair), or none of them is on an Up node (every
-/// copy is on a node being drained or suspected: at rf 1, a drain's only copy is on the node
-/// predicted to fail).
-pub(crate) fn urgent_copy(ctx: &NodeCtx, config: &Shard) -> bool {
+/// the data plane's replication factor (a repair), or none of them is on a healthy node (Up,
+/// or drained by an operator, whose maintenance predicts no failure): every copy is on a node
+/// the risk policy is draining or that is suspected, as a drain's only copy at rf 1 is.
+fn urgent_copy(ctx: &NodeCtx, config: &Shard) -> bool {
     let rf = ctx.directory.layout().map(|l| l.rf as usize);
     urgent(rf, config, |n| {
-        ctx.directory
-            .node(n)
-            .is_some_and(|r| r.state == NodeState::Up)
+        ctx.directory.node(n).is_some_and(|r| {
+            r.state == NodeState::Up
+                || (r.state == NodeState::Draining && r.cause.origin == StateOrigin::Operator)
+        })
     })
 }
 
-/// [`urgent_copy`] over the replication factor (if known) and whether a node is Up.
+/// [`urgent_copy`] for the shard's configuration as the directory holds it now: asked again
+/// for every chunk, so a copy that started in a moment of late heartbeats does not keep the
+/// full budget for hours, nor one whose replicas' nodes failed meanwhile keep yielding.
+pub(crate) fn urgent_now(ctx: &NodeCtx, shard: augur_proto::ShardId) -> bool {
+    ctx.directory
+        .shard(shard)
+        .is_some_and(|c| urgent_copy(ctx, &c))
+}
+
+/// [`urgent_copy`] over the replication factor (if known) and whether a node is healthy.
 fn urgent(rf: Option<usize>, config: &Shard, up: impl Fn(augur_proto::NodeId) -> bool) -> bool {
     rf.is_some_and(|rf| config.replicas.len() < rf) || !config.replicas.iter().any(|n| up(*n))
 }
@@ -411,7 +422,6 @@ async fn fetch_from(
     job: &Arc<CopyJob>,
 ) -> Result<(), String> {
     let progress = &job.bytes;
-    let urgent = urgent_copy(ctx, config);
     let addr = ctx
         .node_addr(source)
         .ok_or_else(|| format!("no address for node {source}"))?;
@@ -499,7 +509,9 @@ async fn fetch_from(
                 .iter()
                 .map(|(k, v)| (k.len() + v.value.len()) as u64)
                 .sum();
-            ctx.throttle.take(n as usize, urgent).await;
+            ctx.throttle
+                .take(n as usize, urgent_now(ctx, config.id))
+                .await;
             ctx.metrics.copied_bytes(n);
             streamed += n;
             progress.store(*bytes + streamed, Ordering::Relaxed);

@@ -426,7 +426,7 @@ fn a_copy_carries_the_request_ids_the_shard_applied() {
 }
 
 #[test]
-fn pruning_goes_on_past_a_corrupt_record_and_in_bounded_batches() {
+fn pruning_and_copies_go_on_past_a_corrupt_request_record() {
     let dir = tempfile::tempdir().unwrap();
     let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
     let s = ShardId(2);
@@ -448,6 +448,24 @@ fn pruning_goes_on_past_a_corrupt_record_and_in_bounded_batches() {
         b"\xff\xff",
     )
     .unwrap();
+    // A copy of the shard carries every readable id and leaves the corrupt one behind.
+    let mut copied = 0u64;
+    let mut done = false;
+    e.scan_snapshot(
+        s,
+        None,
+        1 << 20,
+        |ids| {
+            copied += ids.len() as u64;
+            true
+        },
+        |_, _, last| {
+            done |= last;
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!((copied, done), (n, true));
     // Nothing is past retention yet.
     assert_eq!(
         e.prune_requests(0).unwrap(),

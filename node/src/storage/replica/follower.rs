@@ -253,17 +253,16 @@ impl Replica {
             self.checksum_gen,
             self.me.clone(),
         );
-        let urgent = self
-            .config
-            .as_deref()
-            .is_some_and(|c| copy::urgent_copy(&self.ctx, c));
         let ctx = self.ctx.clone();
         let rt = tokio::runtime::Handle::current();
         let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel::<()>(1);
         tokio::task::spawn_blocking(move || {
             let snap = engine.snapshot();
             let _ = taken_tx.send(());
-            let pace = |n: u64| rt.block_on(ctx.throttle.take(n as usize, urgent));
+            let pace = |n: u64| {
+                let urgent = copy::urgent_now(&ctx, shard);
+                rt.block_on(ctx.throttle.take(n as usize, urgent))
+            };
             match engine.checksum_paced(&snap, shard, seq, pace) {
                 Ok(checkpoint) => {
                     // The task may have ended (the shard left this node): nothing to tell.
