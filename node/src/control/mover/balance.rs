@@ -450,7 +450,7 @@ impl Control {
 
 #[cfg(test)]
 #[path = "balance_tests.rs"]
-mod tests;
+pub(super) mod tests;
 
 #[cfg(test)]
 #[path = "balance_replica_tests.rs"]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Every replica of every shard reports it at the shard's epoch.
-pub(super) fn all_current(c: &Cluster) -> Reports {
+pub(in crate::control::mover) fn all_current(c: &Cluster) -> Reports {
     let mut by_node: BTreeMap<u64, Vec<_>> = BTreeMap::new();
     for s in c.shards.values() {
         for (i, n) in s.replicas.iter().enumerate() {

@@ -5,6 +5,7 @@
 use super::tests::{addr, ctx, report_all};
 use super::*;
 use crate::control::cluster::fixtures::*;
+use crate::control::mover::balance::tests::all_current as reported;
 use crate::control::mover::steps::{next_step, Step};
 use crate::control::mover::{commit_txn, MoverMemory};
 use crate::control::settings::ControlSettings;
@@ -18,29 +19,6 @@ fn drained(nodes: &[u64], shards: Vec<Shard>, rf: u32, node: u64) -> Cluster {
     let mut c = cluster(nodes, shards, rf);
     c.nodes.get_mut(&NodeId(node)).unwrap().state = NodeState::Draining;
     c
-}
-
-/// Every replica of every shard of `c` reports it at the shard's epoch.
-fn reported(c: &Cluster) -> Reports {
-    let mut by_node: BTreeMap<u64, Vec<_>> = BTreeMap::new();
-    for sh in c.shards.values() {
-        for (i, n) in sh.replicas.iter().enumerate() {
-            let role = if i == 0 {
-                ReplicaRole::Primary
-            } else {
-                ReplicaRole::Secondary
-            };
-            by_node
-                .entry(n.0)
-                .or_default()
-                .push(status(sh.id.0, sh.epoch, role, 10));
-        }
-    }
-    let mut r = Reports::default();
-    for (n, replicas) in by_node {
-        report(&mut r, n, replicas);
-    }
-    r
 }
 
 #[test]
