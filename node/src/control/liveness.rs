@@ -28,7 +28,7 @@ use super::settings::ControlSettings;
 use super::store::MetaStore;
 use super::Control;
 use augur_proto::wire::ApiError;
-use augur_proto::{Node, NodeState, Record, StateCause, StateOrigin, Txn};
+use augur_proto::{Node, NodeId, NodeState, Record, StateCause, StateOrigin, Txn};
 use std::time::{Duration, Instant};
 
 /// Whether a Suspect node set by `origin` is liveness's to bring back: its own, and a state
@@ -95,6 +95,17 @@ pub fn moved(node: &Node, to: NodeState, now_ms: u64, reason: String) -> Node {
 }
 
 impl Control {
+    /// Whether this leader acknowledged a heartbeat (or registration) of `node` within
+    /// `suspect_after_ms` before `now`: fresher than a node record, which liveness changes
+    /// only for Up nodes (a Draining or at-risk Suspect node that fell silent keeps its state
+    /// until it is declared Down).
+    pub(crate) fn heard_lately(&self, node: NodeId, now: Instant) -> bool {
+        let fresh = Duration::from_millis(self.settings.suspect_after_ms);
+        self.grants
+            .last(node)
+            .is_some_and(|at| now.saturating_duration_since(at) < fresh)
+    }
+
     /// One liveness pass as leader (since `leader_since`): writes every transition due at
     /// `now`. Returns how many nodes were declared Down, so the caller repairs their shards
     /// at once.

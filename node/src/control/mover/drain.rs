@@ -75,7 +75,7 @@ use augur_proto::{
     Migration, MigrationId, MigrationKind, MigrationState, NodeId, NodeState, Shard,
 };
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The shards whose primary is on a node to empty now ([`Cluster::to_drain`]: Draining, and
 /// not an automated drain held by the storm guard), in shard order.
@@ -365,12 +365,7 @@ impl Control {
         meta: &dyn MetaStore,
         now: Instant,
     ) -> Result<usize, ApiError> {
-        let fresh = Duration::from_millis(self.settings.suspect_after_ms);
-        let heard = |n: NodeId| {
-            self.grants
-                .last(n)
-                .is_some_and(|at| now.saturating_duration_since(at) < fresh)
-        };
+        let heard = |n: NodeId| self.heard_lately(n, now);
         let mut trimmed = 0;
         for shard in cluster.shards.values() {
             if trimmed == self.settings.max_handoffs_per_pass {

@@ -2,7 +2,7 @@
 //! planner and [`surplus_replica`] over records, and the mover driven end to end against an
 //! in-memory metadata store and scripted storage nodes.
 
-use super::tests::{addr, ctx, report_all};
+use super::tests::{addr, ctx, report_all, verified_at_12};
 use super::*;
 use crate::control::cluster::fixtures::*;
 use crate::control::mover::balance::tests::all_current as reported;
@@ -10,7 +10,6 @@ use crate::control::mover::steps::{next_step, Step};
 use crate::control::mover::{commit_txn, MoverMemory};
 use crate::control::settings::ControlSettings;
 use crate::control::store::fake::{MemStore, Scripted};
-use augur_proto::data::ReplicaRole;
 use augur_proto::{MigrationId, Record, ShardId, StateOrigin};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -143,18 +142,7 @@ fn a_sole_replicas_move_commits_beside_its_source() {
     let mut m = migration(9, MigrationKind::Drain, MigrationState::CatchingUp);
     m.from = NodeId(2);
     m.to = NodeId(4);
-    let mut r = Reports::default();
-    let mut p = status(1, 6, ReplicaRole::Primary, 20);
-    p.checkpoint = Some(checkpoint(12, 0xabc));
-    let mut l = status(1, 6, ReplicaRole::Learner, 20);
-    l.checkpoint = Some(checkpoint(12, 0xabc));
-    report(&mut r, 2, vec![p]);
-    report(&mut r, 4, vec![l]);
-    let req = super::super::Requested {
-        seq: 12,
-        primary: NodeId(2),
-        epoch: 6,
-    };
+    let (r, req) = verified_at_12();
     // The source is the primary, yet the commit does not wait for a hand-off it cannot have.
     let Step::Commit(cp) = next_step(&m, &c, &r, Some(&req), false) else {
         panic!("{:?}", next_step(&m, &c, &r, Some(&req), false));

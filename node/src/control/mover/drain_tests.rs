@@ -266,18 +266,7 @@ fn a_drain_move_never_commits_while_its_source_is_primary_and_stops_when_undrain
         rate_bytes_per_s: 0,
         version: 50,
     };
-    let mut r = Reports::default();
-    let mut p = status(1, 6, ReplicaRole::Primary, 20);
-    p.checkpoint = Some(checkpoint(12, 0xabc));
-    let mut l = status(1, 6, ReplicaRole::Learner, 20);
-    l.checkpoint = Some(checkpoint(12, 0xabc));
-    report(&mut r, 2, vec![p]);
-    report(&mut r, 4, vec![l]);
-    let req = super::super::Requested {
-        seq: 12,
-        primary: NodeId(2),
-        epoch: 6,
-    };
+    let (r, req) = verified_at_12();
     assert!(matches!(
         next_step(&m, &c, &r, Some(&req), false),
         Step::Wait(_)
@@ -290,6 +279,24 @@ fn a_drain_move_never_commits_while_its_source_is_primary_and_stops_when_undrain
     // A source that died is not undrained: the move goes on.
     set_state(&mut c, 2, NodeState::Down);
     assert!(!steps::undrained(&m, &c));
+}
+
+/// Shard 1's primary on node 2 and learner on node 4 report the same checkpoint at
+/// sequence 12 under epoch 6, the checkpoint the mover asked node 2 for.
+pub(in crate::control::mover) fn verified_at_12() -> (Reports, super::super::Requested) {
+    let mut r = Reports::default();
+    let mut p = status(1, 6, ReplicaRole::Primary, 20);
+    p.checkpoint = Some(checkpoint(12, 0xabc));
+    let mut l = status(1, 6, ReplicaRole::Learner, 20);
+    l.checkpoint = Some(checkpoint(12, 0xabc));
+    report(&mut r, 2, vec![p]);
+    report(&mut r, 4, vec![l]);
+    let req = super::super::Requested {
+        seq: 12,
+        primary: NodeId(2),
+        epoch: 6,
+    };
+    (r, req)
 }
 
 // ---- end to end over the in-memory store ----

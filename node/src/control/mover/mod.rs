@@ -551,13 +551,9 @@ impl Control {
         let Some(shard) = shard.filter(|s| commit_drops_source(m, s, cluster)) else {
             return true;
         };
-        let fresh = Duration::from_millis(self.settings.suspect_after_ms);
         let kept = shard.replicas.iter().filter(|n| **n != m.from);
-        kept.chain(std::iter::once(&m.to)).all(|n| {
-            self.grants
-                .last(*n)
-                .is_some_and(|at| now.saturating_duration_since(at) < fresh)
-        })
+        kept.chain(std::iter::once(&m.to))
+            .all(|n| self.heard_lately(*n, now))
     }
 
     fn aborted(&self, m: &Migration, reason: &AbortReason, now: Instant) {
