@@ -16,6 +16,7 @@ mod health;
 mod kv;
 mod meta;
 mod migrations;
+mod nodes;
 mod output;
 mod shards;
 
@@ -78,7 +79,7 @@ enum Cmd {
     Shard(shards::ShardCmd),
     /// Storage-node records.
     #[command(subcommand)]
-    Node(shards::NodeCmd),
+    Node(nodes::NodeCmd),
     /// Keys and values, through the storage nodes.
     Kv(kv::KvCmd),
     /// Shard moves (re-replication, drains) and their progress.
@@ -137,7 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Members(m) => meta::members(&c, m, json).await,
         Cmd::Cluster(cmd) => shards::cluster(&c, cmd, json).await,
         Cmd::Shard(cmd) => shards::shard(&c, cmd, json).await,
-        Cmd::Node(cmd) => shards::node(&c, cmd, json).await,
+        Cmd::Node(cmd) => nodes::node(&c, cmd, json).await,
         Cmd::Kv(cmd) => kv::run(c, cmd, json).await,
         Cmd::Migrations(args) => migrations::run(&c, args, json).await,
         Cmd::Setting(s) => meta::setting(&c, s, json).await,
