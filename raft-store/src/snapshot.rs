@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Installation reads the file into one `WriteBatch` and writes it only after the trailer's
-//! count and CRC check out, so a damaged or truncated transfer changes nothing.
+//! count and CRC check out, so a damaged or truncated transfer changes nothing; the file
+//! becomes this member's current snapshot before the state is written (see [`install`]).
 
 use crate::db::{cf, decode, encode, index_key, CF_HISTORY, CF_SM, CF_STATE};
 use crate::error::StoreError;
@@ -195,15 +196,39 @@ fn read_header(r: &mut impl Read, crc: &mut crc64fast::Digest) -> Result<Snapsho
 
 /// Verifies `file` and replaces the state with it in one synced write. Returns the new
 /// revision and compacted revision.
+///
+/// The file is kept as this member's current snapshot *before* the state is written. Openraft
+/// purges the log up to the snapshot once this returns, and at start it purges up to the
+/// applied revision if the log ends before it. Written the other way round, a crash between
+/// the two steps would leave the state at the new revision, the log purged up to it at the
+/// next start, and the current snapshot older than that: a follower needing a snapshot would
+/// get the old one and then ask for entries nobody holds, again and again. In this order a
+/// crash leaves a current snapshot newer than the state, which openraft installs again at
+/// start (`StorageHelper::get_initial_state`), so either way the two agree.
 pub(crate) fn install(
     db: &DB,
     dir: &Path,
     meta: &SnapshotMeta,
     mut file: File,
 ) -> Result<(u64, u64), StoreError> {
+    let staged = stage(db, meta, &mut file)?;
+    keep(dir, &mut file, meta)?;
+    commit(db, staged)
+}
+
+/// A verified snapshot's state, ready to replace the current one in one write.
+pub(crate) struct Staged {
+    batch: WriteBatch,
+    revision: u64,
+    compacted: u64,
+}
+
+/// Reads and verifies `file` (header for `meta`, every frame, the trailer's count and CRC)
+/// into one batch that replaces the whole state; changes nothing.
+pub(crate) fn stage(db: &DB, meta: &SnapshotMeta, file: &mut File) -> Result<Staged, StoreError> {
     file.seek(SeekFrom::Start(0))?;
     let mut crc = crc64fast::Digest::new();
-    let mut r = BufReader::new(&mut file);
+    let mut r = BufReader::new(file);
     let header = read_header(&mut r, &mut crc)?;
     if header.last_log_id != meta.last_log_id {
         return Err(StoreError::corrupt(
@@ -245,18 +270,31 @@ pub(crate) fn install(
     batch.put_cf(sm, KEY_APPLIED, encode(&meta.last_log_id)?);
     batch.put_cf(sm, KEY_MEMBERSHIP, encode(&meta.last_membership)?);
     batch.put_cf(sm, KEY_COMPACTED, encode(&compacted)?);
-    let mut opts = WriteOptions::default();
-    opts.set_sync(crate::log_store::sync_writes());
-    db.write_opt(batch, &opts)?;
-    // Keep the installed file as our current snapshot so we can serve it to others.
-    drop(r);
+    Ok(Staged {
+        batch,
+        revision,
+        compacted,
+    })
+}
+
+/// Keeps a verified `file` as this member's current snapshot (unless a newer one is there),
+/// so it can serve it to others.
+pub(crate) fn keep(dir: &Path, file: &mut File, meta: &SnapshotMeta) -> Result<(), StoreError> {
     file.seek(SeekFrom::Start(0))?;
     let tmp = dir.join(RECEIVED);
     let mut out = File::create(&tmp)?;
-    std::io::copy(&mut file, &mut out)?;
+    std::io::copy(file, &mut out)?;
     out.sync_all()?;
     publish(dir, &tmp, &meta.last_log_id)?;
-    Ok((revision, compacted))
+    Ok(())
+}
+
+/// Writes a staged state, synced; returns its revision and compacted revision.
+pub(crate) fn commit(db: &DB, staged: Staged) -> Result<(u64, u64), StoreError> {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(crate::log_store::sync_writes());
+    db.write_opt(staged.batch, &opts)?;
+    Ok((staged.revision, staged.compacted))
 }
 
 /// Creates a file for a snapshot arriving from the leader; it is handed to Raft when complete
@@ -319,5 +357,73 @@ mod tests {
         let (c, ct) = header_file(dir.path(), "c.tmp", 20);
         assert!(publish(dir.path(), &c, &ct).unwrap());
         assert_eq!(current_index(dir.path()), Some(20));
+    }
+    fn put_entry(index: u64, name: &str) -> crate::types::Entry {
+        use augur_proto::{Op, Record, Setting, Txn};
+        crate::types::Entry {
+            log_id: log_id::<TypeConfig>(1, 1, index),
+            payload: openraft::EntryPayload::Normal(crate::Command::Txn(Txn {
+                compares: vec![],
+                ops: vec![Op::Put(Record::Setting(Setting {
+                    name: name.into(),
+                    value: vec![index as u8],
+                    version: 0,
+                }))],
+            })),
+        }
+    }
+
+    async fn apply(
+        sm: &mut crate::StateMachine,
+        entries: impl Iterator<Item = crate::types::Entry>,
+    ) {
+        use openraft::storage::RaftStateMachine;
+        let entries: Vec<_> = entries.map(|e| Ok((e, None))).collect();
+        sm.apply(futures::stream::iter(entries)).await.unwrap();
+    }
+
+    /// A member that crashes while installing a snapshot from the leader, after keeping the
+    /// file and before writing the state, starts again with the installed state and a
+    /// current snapshot that covers every log entry it purged. (Writing the state first, as
+    /// this code once did, left the member's own older snapshot current while openraft
+    /// purged the log up to the installed revision at the next start.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_inside_an_installation_leaves_state_and_snapshot_agreeing() {
+        use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+        let src_dir = tempfile::tempdir().unwrap();
+        let mut src = crate::open(&crate::StoreConfig::new(src_dir.path()), 1)
+            .unwrap()
+            .state;
+        apply(&mut src, (1..=30).map(|i| put_entry(i, &format!("s{i}")))).await;
+        let mut snap = src.build_snapshot().await.unwrap();
+
+        let dst_dir = tempfile::tempdir().unwrap();
+        let cfg = crate::StoreConfig::new(dst_dir.path());
+        {
+            let mut dst = crate::open(&cfg, 1).unwrap().state;
+            apply(&mut dst, (1..=5).map(|i| put_entry(i, &format!("d{i}")))).await;
+            dst.build_snapshot().await.unwrap();
+            let (db, dir) = dst.parts();
+            let staged = stage(&db, &snap.meta, &mut snap.snapshot).unwrap();
+            keep(&dir, &mut snap.snapshot, &snap.meta).unwrap();
+            drop(staged); // the crash: the state is never written
+        }
+
+        let mut stores = crate::open(&cfg, 1).unwrap();
+        openraft::storage::StorageHelper::new(&mut stores.log, &mut stores.state)
+            .with_id(1)
+            .get_initial_state()
+            .await
+            .unwrap();
+        assert_eq!(stores.state.revision(), 30);
+        assert_eq!(stores.state.digest().unwrap(), src.digest().unwrap());
+        let purged = stores.log.get_log_state().await.unwrap().last_purged_log_id;
+        let current = stores.state.get_current_snapshot().await.unwrap().unwrap();
+        assert!(
+            current.meta.last_log_id >= purged,
+            "current snapshot {:?} older than the purged log {:?}",
+            current.meta.last_log_id,
+            purged
+        );
     }
 }

@@ -109,6 +109,12 @@ impl StateMachine {
         &self.inner.db
     }
 
+    /// The database and snapshot directory, for tests that stop an installation half-way.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> (Arc<DB>, PathBuf) {
+        (self.inner.db.clone(), self.inner.snapshot_dir.clone())
+    }
+
     /// The last applied revision (log index).
     pub fn revision(&self) -> u64 {
         *self.inner.applied.borrow()
