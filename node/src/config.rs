@@ -44,6 +44,7 @@
 //!
 //! [limits]
 //! max_frame_bytes = 16777216          # every frame, both directions; >= 4 MiB + 64 KiB
+//! max_snapshot_bytes = 8589934592     # largest snapshot accepted from a peer (8 GiB)
 //! shutdown_transfer_timeout_ms = 3000
 //! follower_read_timeout_ms = 1000
 //! ```
@@ -228,6 +229,11 @@ pub struct Limits {
     /// [`augur_proto::frame::MIN_FRAME`], so one maximal transaction always fits; every member
     /// of a cluster must use the same value.
     pub max_frame_bytes: usize,
+    /// Largest snapshot accepted from a peer, in bytes. A transfer that passes it is cut off
+    /// and its file removed, so a peer that never stops sending cannot fill the disk the
+    /// member's log lives on. Far above any real metadata state (1,000,000 shard records
+    /// make about 100 MB); every member of a cluster should use the same value.
+    pub max_snapshot_bytes: u64,
     /// How long a leader asked to stop waits for leadership to move.
     pub shutdown_transfer_timeout_ms: u64,
     /// How long a follower serving a linearizable read waits for the leader's read index and
@@ -239,6 +245,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_frame_bytes: augur_proto::MAX_FRAME_DEFAULT,
+            max_snapshot_bytes: 8 << 30,
             shutdown_transfer_timeout_ms: 3_000,
             follower_read_timeout_ms: 1_000,
         }
@@ -373,6 +380,12 @@ impl MetaFile {
             return Err(invalid(
                 "limits.max_frame_bytes",
                 "must fit the 4-byte length prefix",
+            ));
+        }
+        if self.limits.max_snapshot_bytes < (1 << 20) {
+            return Err(invalid(
+                "limits.max_snapshot_bytes",
+                "must be at least 1 MiB (1048576)",
             ));
         }
         if self.limits.follower_read_timeout_ms == 0 {

@@ -127,35 +127,16 @@ impl MetaNode {
                 return Response::Error(ApiError::InvalidArgument(format!("snapshot header: {e}")))
             }
         };
-        let (path, mut file) = match self.sm.incoming_snapshot() {
+        let (path, file) = match self.sm.incoming_snapshot() {
             Ok(f) => f,
             Err(e) => return Response::Error(e.into()),
         };
-        let max = self.max_frame();
-        let result: Result<std::fs::File, String> = async {
-            loop {
-                let chunk: SnapshotChunk = read_frame(&mut recv, max)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or("stream ended before the last chunk")?;
-                if chunk.0.is_empty() {
-                    break;
-                }
-                // Writing a megabyte blocks: off the async workers.
-                file = tokio::task::spawn_blocking(move || file.write_all(&chunk.0).map(|()| file))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-            }
-            tokio::task::spawn_blocking(move || {
-                file.sync_all()?;
-                file.seek(SeekFrom::Start(0))?;
-                Ok::<_, std::io::Error>(file)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
-        }
+        let result = receive_chunks(
+            &mut recv,
+            file,
+            self.max_frame(),
+            self.cfg.limits.max_snapshot_bytes,
+        )
         .await;
         let resp = match result {
             Err(e) => Response::Error(ApiError::InvalidArgument(format!("snapshot transfer: {e}"))),
@@ -177,6 +158,48 @@ impl MetaNode {
         let _ = std::fs::remove_file(&path);
         resp
     }
+}
+
+/// Writes a snapshot's chunks from `recv` into `file` until the empty chunk that ends it,
+/// then syncs the file and rewinds it for installation. A stream that ends early, a frame
+/// that does not decode or is larger than `max_frame`, or more than `max_total` bytes in all
+/// (`limits.max_snapshot_bytes`: a sender that never stops would otherwise fill the disk
+/// the member's own log lives on) is an error; the caller removes the file.
+async fn receive_chunks<R: tokio::io::AsyncRead + Unpin>(
+    recv: &mut R,
+    mut file: std::fs::File,
+    max_frame: usize,
+    max_total: u64,
+) -> Result<std::fs::File, String> {
+    let mut total: u64 = 0;
+    loop {
+        let chunk: SnapshotChunk = read_frame(recv, max_frame)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("stream ended before the last chunk")?;
+        if chunk.0.is_empty() {
+            break;
+        }
+        total = total.saturating_add(chunk.0.len() as u64);
+        if total > max_total {
+            return Err(format!(
+                "more than {max_total} bytes (limits.max_snapshot_bytes)"
+            ));
+        }
+        // Writing a megabyte blocks: off the async workers.
+        file = tokio::task::spawn_blocking(move || file.write_all(&chunk.0).map(|()| file))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    tokio::task::spawn_blocking(move || {
+        file.sync_all()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
 }
 
 async fn relay<Req, Resp, F, Fut>(payload: &[u8], f: F) -> Response
@@ -263,5 +286,44 @@ mod tests {
         assert!(beyond.contains("beyond the sender's vote"), "{beyond}");
         let contradicts = snapshot_fits(&header(5, 4, 90), &committed).unwrap_err();
         assert!(contradicts.contains("contradicts"), "{contradicts}");
+    }
+    /// A snapshot stream is written whole when it stays within the byte limit, and refused
+    /// once it passes it, however the bytes are cut into chunks.
+    #[tokio::test]
+    async fn a_snapshot_larger_than_the_limit_is_refused() {
+        use augur_proto::frame::write_frame;
+        use std::io::Read;
+        async fn send(chunks: &[usize], limit: u64) -> Result<Vec<u8>, String> {
+            let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
+            let chunks = chunks.to_vec();
+            let writer = tokio::spawn(async move {
+                for (i, n) in chunks.into_iter().chain([0]).enumerate() {
+                    let chunk = SnapshotChunk(vec![i as u8; n]);
+                    if write_frame(&mut tx, &chunk, 1 << 20).await.is_err() {
+                        return; // the receiver gave up
+                    }
+                }
+            });
+            let file = tempfile::tempfile().map_err(|e| e.to_string())?;
+            let got = receive_chunks(&mut rx, file, 1 << 20, limit).await;
+            drop(rx);
+            let _ = writer.await;
+            let mut bytes = Vec::new();
+            got?.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+            Ok(bytes)
+        }
+        let whole = send(&[1000, 24], 1024).await.unwrap();
+        assert_eq!(whole.len(), 1024);
+        assert!(whole[..1000].iter().all(|b| *b == 0) && whole[1000..].iter().all(|b| *b == 1));
+        let over = send(&[1000, 25], 1024).await.unwrap_err();
+        assert!(over.contains("limits.max_snapshot_bytes"), "{over}");
+        let early = {
+            let (tx, mut rx) = tokio::io::duplex(64);
+            drop(tx);
+            receive_chunks(&mut rx, tempfile::tempfile().unwrap(), 1 << 20, 1024)
+                .await
+                .unwrap_err()
+        };
+        assert!(early.contains("ended before the last chunk"), "{early}");
     }
 }
