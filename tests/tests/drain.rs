@@ -2,14 +2,15 @@
 //! are handed off, each of its replicas is replaced by a verified copy elsewhere, and the
 //! node ends up empty, with no failed or `Indeterminate` client request, nothing
 //! acknowledged lost, and every shard at its replication factor at every sample. Crashed
-//! after that and declared Down, it comes back still drained. At rf 1, where the drained
+//! after that and declared Down, it comes back still drained, and deletes the copies it no
+//! longer holds. At rf 1, where the drained
 //! node holds the only copy of its shards, each copy joins beside its source, takes the
 //! primary role and the source leaves.
 
 use augur_client::DataClient;
 use augur_proto::{Migration, MigrationState, NodeId, NodeState, StateOrigin};
 use augur_tests::moves::{augurctl, drain, drain_moves, emptied, Workload};
-use augur_tests::storage::{busiest_primary, nodes, shards};
+use augur_tests::storage::{busiest_primary, nodes, probe, shards, storage_transport};
 use augur_tests::{poll, LocalCluster};
 use std::time::Duration;
 
@@ -101,6 +102,12 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
         },
     )
     .await?;
+    // It was killed within its stray grace (60 s by default), so the copies it no longer
+    // holds are still on its disk; restarted with a short grace it must delete them all.
+    let config = c.dir().join(format!("storage-{}/config.toml", victim.0));
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str("\n[replication]\nstray_grace_ms = 2000\n");
+    std::fs::write(&config, text)?;
     c.start_storage(victim.0)?;
     let back = poll(Duration::from_secs(60), "the drained node back", || async {
         let n = nodes(&client).await?[&victim].clone();
@@ -113,6 +120,16 @@ async fn a_drained_node_is_emptied_with_no_failed_request_and_every_shard_at_rf(
         "{back:?}"
     );
     assert_eq!(back.drain_when_back, None, "{back:?}");
+    let raw = storage_transport(&c)?;
+    poll(
+        Duration::from_secs(60),
+        "the restarted node deletes the copies it no longer holds",
+        || async {
+            let report = probe(&raw, &back).await?;
+            Ok(report.replicas.is_empty().then_some(()))
+        },
+    )
+    .await?;
     println!(
         "drained node {victim}: {held} moves, {led} hand-offs; {} writes and {} reads, none \
          failed; {samples} samples of the shard map, all at rf {RF}; back from Down still \

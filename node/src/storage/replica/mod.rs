@@ -281,7 +281,14 @@ impl Replica {
         let engine = ctx.engine.clone();
         // Nothing recorded: this node holds nothing of the shard (never had it, or deleted
         // its copy), and says so (`copied` false) until a record makes it a founder.
-        let state = engine.replica_state(shard)?.unwrap_or(ReplicaState {
+        let recorded = engine.replica_state(shard)?;
+        // A stray recorded before a restart was taken out of its shard: when is not recorded,
+        // so its grace period starts again now. Without this the record that repeats its
+        // epoch changes nothing (see `on_config`) and the copy would stay on disk for good.
+        let stray_since = recorded
+            .is_some_and(|s| s.role == ReplicaRole::Stray)
+            .then(Instant::now);
+        let state = recorded.unwrap_or(ReplicaState {
             copied: false,
             ..ReplicaState::empty(0, ReplicaRole::Stray)
         });
@@ -323,7 +330,7 @@ impl Replica {
             acked: HashMap::new(),
             reported: HashMap::new(),
             checkpoint: None,
-            stray_since: None,
+            stray_since,
             copying: false,
             copy_job: None,
             checksum_gen: 0,
