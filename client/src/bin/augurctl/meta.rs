@@ -144,19 +144,7 @@ pub async fn status(c: &Client, json: bool) -> anyhow::Result<i32> {
     for n in notes {
         println!("{n}");
     }
-    // The risk policy's storm guard: an alarm an operator must see (absent on a cluster
-    // without a quorum to ask, or without a data plane: nothing to say then).
-    if let Ok(storm) = c.storm_guard().await {
-        if storm.frozen {
-            println!(
-                "ALARM: {}",
-                storm
-                    .alarm
-                    .as_deref()
-                    .unwrap_or("storm guard: automated moves frozen")
-            );
-        }
-    }
+    crate::output::storm_alarm(c).await;
     // The capacity planner's alarm, as the leader last recorded it.
     let key = augur_proto::Key::Setting(augur_proto::CAPACITY_SETTING.into());
     if let Ok(Some(augur_proto::Record::Setting(s))) = c.get(&key).await {

@@ -317,17 +317,7 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
             );
         }
     }
-    if let Ok(storm) = c.storm_guard().await {
-        if storm.frozen {
-            println!(
-                "ALARM: {}",
-                storm
-                    .alarm
-                    .as_deref()
-                    .unwrap_or("storm guard: automated moves frozen")
-            );
-        }
-    }
+    crate::output::storm_alarm(c).await;
     let unknown: Vec<String> = held
         .keys()
         .filter(|id| !nodes.iter().any(|n| n.id == **id))

@@ -3,6 +3,23 @@
 
 use anyhow::bail;
 
+/// Prints the risk policy's storm-guard alarm when automated moves are frozen: an alarm an
+/// operator must see wherever the cluster's state is shown. Silent when there is nothing to
+/// say or nobody to ask (no quorum, no data plane).
+pub async fn storm_alarm(c: &augur_client::Client) {
+    if let Ok(storm) = c.storm_guard().await {
+        if storm.frozen {
+            println!(
+                "ALARM: {}",
+                storm
+                    .alarm
+                    .as_deref()
+                    .unwrap_or("storm guard: automated moves frozen")
+            );
+        }
+    }
+}
+
 /// `1536` -> `1.5 KiB`: sizes people read at a glance (JSON keeps exact numbers).
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
