@@ -48,9 +48,11 @@ use tokio::time::Instant;
 #[derive(Debug, Clone)]
 pub struct DataConfig {
     /// Deadline for one call, including refreshes, backoff and resends. Default 5 s. No
-    /// attempt starts after it; a write already sent is still given its whole
-    /// `attempt_timeout` to be answered (cut short, an answer on its way would become an
-    /// unknown outcome), so a write call may end up to that much later.
+    /// attempt starts after it, and a read ends by it. A write already started is still
+    /// given its whole `attempt_timeout` to be answered (cut short, an answer on its way
+    /// would become an unknown outcome), plus the transport's connect timeout to dial the
+    /// node and send the request if it has no connection yet, so a write call may end up
+    /// to that much later.
     pub request_timeout: Duration,
     /// Deadline for one attempt on one storage node. Default 1 s.
     pub attempt_timeout: Duration,
@@ -480,11 +482,26 @@ impl DataClient {
                         Kind::Read => cfg.attempt_timeout.min(remaining),
                     };
                     let req = build(route.epoch);
-                    let answer = self
-                        .inner
-                        .transport
-                        .call_as::<DataRequest, DataResponse>(&route.addr, &req, attempt)
-                        .await;
+                    let call = self.inner.transport.call_as::<DataRequest, DataResponse>(
+                        &route.addr,
+                        &req,
+                        attempt,
+                    );
+                    let answer =
+                        match kind {
+                            Kind::Write(_) => call.await,
+                            // A read has nothing to learn after its deadline: bound the whole
+                            // attempt by it, dialling and sending included (`attempt` bounds only
+                            // the wait for the answer), so a read never answers late.
+                            Kind::Read => tokio::time::timeout(remaining, call)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(TransportError::Timeout {
+                                        addr: route.addr.clone(),
+                                        timeout: remaining,
+                                    })
+                                }),
+                        };
                     let (outcome, may_have_applied) = judge(&route, answer);
                     maybe_applied |= may_have_applied && matches!(kind, Kind::Write(_));
                     if let Outcome::Again { refresh, .. } = &outcome {
