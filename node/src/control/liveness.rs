@@ -98,8 +98,12 @@ impl Control {
     /// Whether this leader acknowledged a heartbeat (or registration) of `node` within
     /// `suspect_after_ms` before `now`: fresher than a node record, which liveness changes
     /// only for Up nodes (a Draining or at-risk Suspect node that fell silent keeps its state
-    /// until it is declared Down).
+    /// until it is declared Down). Judged at the later of `now` and the clock: the writes
+    /// that ask come after a mover pass's storage calls (hand-offs, probes, each up to
+    /// `storage_call_timeout_ms`), and a member silent since the pass began must not pass
+    /// for one heard lately.
     pub(crate) fn heard_lately(&self, node: NodeId, now: Instant) -> bool {
+        let now = now.max(Instant::now());
         let fresh = Duration::from_millis(self.settings.suspect_after_ms);
         self.grants
             .last(node)

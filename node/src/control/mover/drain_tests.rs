@@ -542,3 +542,21 @@ async fn a_commit_dropping_its_source_waits_for_members_heard_from_lately() {
         .replicas
         .contains(&NodeId(2)));
 }
+
+/// A member silent since a mover pass began does not pass for one heard lately because the
+/// pass took its `now` before seconds of storage calls: freshness is judged by the clock at
+/// the moment the write is decided.
+#[test]
+fn heard_lately_is_judged_by_the_clock_not_by_when_the_pass_began() {
+    let settings = ControlSettings::default();
+    let control = Control::for_tests(settings.clone());
+    let silent = Duration::from_millis(settings.suspect_after_ms + 1_000);
+    let Some(then) = Instant::now().checked_sub(silent) else {
+        return; // a clock too young to look back that far
+    };
+    control.grants.note(NodeId(1), then);
+    let pass_began = then + Duration::from_millis(1);
+    assert!(!control.heard_lately(NodeId(1), pass_began));
+    control.grants.note(NodeId(1), Instant::now());
+    assert!(control.heard_lately(NodeId(1), pass_began));
+}

@@ -241,10 +241,18 @@ pub fn next_step(
         // Repair promotes a live secondary within a pass of the Down, and a move survives
         // promotions: throwing away the copy made so far would cost more than the wait.
         // Only while repair can promote: a live secondary at the shard's epoch.
-        if shard.replicas[1..]
+        let promotable = shard.replicas[1..]
             .iter()
-            .any(|n| reports.live_replica(cluster, *n, shard))
-        {
+            .any(|n| reports.live_replica(cluster, *n, shard));
+        // A learner past its copy may be the last whole copy if the secondaries are dead
+        // too. A secondary this leader has not heard from yet (it took over moments ago) is
+        // undecided, not unpromotable: wait for it to report or for liveness to declare it
+        // Down, after which the last-copy rule above keeps the learner.
+        let undecided = copied
+            && shard.replicas[1..]
+                .iter()
+                .any(|n| cluster.live(*n) && !reports.heard_from(cluster, *n));
+        if promotable || undecided {
             return Step::Wait(WAIT_PROMOTION);
         }
         return Step::Abort(PrimaryGone(primary));

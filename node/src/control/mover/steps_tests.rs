@@ -163,8 +163,7 @@ fn a_learner_that_may_be_the_last_copy_is_kept() {
         Step::Abort(AbortReason::Stalled)
     );
     // Its primary (node 1) still Down with a live secondary at the shard's epoch: repair
-    // is about to promote it, and the copy made so far is kept for the new primary. A
-    // secondary not heard at that epoch cannot be promoted: the move is given up.
+    // is about to promote it, and the copy made so far is kept for the new primary.
     let mut current = Reports::default();
     report(
         &mut current,
@@ -176,11 +175,32 @@ fn a_learner_that_may_be_the_last_copy_is_kept() {
             next_step(&migration(state), &c, &current, None, false),
             Step::Wait(WAIT_PROMOTION)
         );
+    }
+    // A secondary heard from, but not at the shard's epoch, cannot be promoted: the move
+    // is given up.
+    let mut stale = Reports::default();
+    report(
+        &mut stale,
+        2,
+        vec![status(1, 5, augur_proto::data::ReplicaRole::Secondary, 10)],
+    );
+    for state in [MigrationState::Copying, MigrationState::CatchingUp] {
         assert_eq!(
-            next_step(&migration(state), &c, &r, None, false),
+            next_step(&migration(state), &c, &stale, None, false),
             Step::Abort(AbortReason::PrimaryGone(NodeId(1)))
         );
     }
+    // Not heard from at all (a leader that took over moments ago): a copy still in progress
+    // is given up, but a learner past its copy may be the last whole copy if that secondary
+    // is dead too, so it waits for the secondary to report or to be declared Down.
+    assert_eq!(
+        next_step(&migration(MigrationState::Copying), &c, &r, None, false),
+        Step::Abort(AbortReason::PrimaryGone(NodeId(1)))
+    );
+    assert_eq!(
+        next_step(&migration(MigrationState::CatchingUp), &c, &r, None, false),
+        Step::Wait(WAIT_PROMOTION)
+    );
 }
 
 /// A drain whose source is the primary and whose shard has no other live replica
