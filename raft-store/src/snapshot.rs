@@ -358,6 +358,7 @@ mod tests {
         assert!(publish(dir.path(), &c, &ct).unwrap());
         assert_eq!(current_index(dir.path()), Some(20));
     }
+
     fn put_entry(index: u64, name: &str) -> crate::types::Entry {
         use augur_proto::{Op, Record, Setting, Txn};
         crate::types::Entry {
