@@ -64,6 +64,7 @@ fn node(id: u64, version: u64, addr: &str) -> Node {
         version,
         cordoned: false,
         drain_when_back: None,
+        undrain_when_back: None,
         cause: Default::default(),
     }
 }

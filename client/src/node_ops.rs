@@ -115,6 +115,8 @@ pub fn apply(
             n.state_since_ms = now_ms;
         }
         n.state = state;
+        // The operator decides afresh: an undrain kept across late heartbeats is replaced.
+        n.undrain_when_back = None;
         n.cause = StateCause {
             origin: StateOrigin::Operator,
             reason: reason.to_string(),
@@ -250,6 +252,7 @@ mod tests {
             version: 5,
             cordoned: false,
             drain_when_back: None,
+            undrain_when_back: None,
             cause: StateCause {
                 origin,
                 ..Default::default()

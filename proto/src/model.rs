@@ -147,6 +147,12 @@ pub struct Node {
     /// again. Cleared by that return, by a registration as a new incarnation (nothing left
     /// to drain) and by an operator's undrain.
     pub drain_when_back: Option<StateCause>,
+    /// The operator's undrain (Up, origin Operator) a node was under when liveness marked it
+    /// Suspect for late heartbeats, restored when they resume: an undrain holds until the
+    /// node's risk falls below the policy's leave threshold, and a heartbeat blip must not
+    /// hand a node the operator kept in service back to the policy to drain. Cleared by any
+    /// other change of state (Down, an operator's command, a new incarnation).
+    pub undrain_when_back: Option<StateCause>,
 }
 
 /// Which part of the system set a node's state.
@@ -334,6 +340,9 @@ pub struct Setting {
 }
 
 /// Any record of the model.
+// Node records are most of what the registry holds and are read far more than written;
+// boxing them would add an allocation per record for a few hundred bytes of stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// A shard.
@@ -471,7 +480,10 @@ impl Record {
                 for (name, _) in &n.risk.top_features {
                     check_len("feature name", name.len(), MAX_STRING)?;
                 }
-                for cause in std::iter::once(&n.cause).chain(&n.drain_when_back) {
+                for cause in std::iter::once(&n.cause)
+                    .chain(&n.drain_when_back)
+                    .chain(&n.undrain_when_back)
+                {
                     check_len("cause.reason", cause.reason.len(), MAX_STRING)?;
                     if !(0.0..=1.0).contains(&cause.risk) {
                         return Err(RecordError::BadRisk(cause.risk));

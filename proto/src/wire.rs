@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 /// Protocol name negotiated by ALPN; bumped on any incompatible change to these messages.
 /// 3: the node record's `cordoned` and `cause`, the migration's `kind`, `started_ms` and
 /// `rate_bytes_per_s` (postcard is positional, so an older peer would misread them).
-/// 5: the node record's `drain_when_back`.
-pub const ALPN: &[u8] = b"augur/5";
+/// 5: the node record's `drain_when_back`. 6: its `undrain_when_back`.
+pub const ALPN: &[u8] = b"augur/6";
 
 /// Most records one list page may return.
 pub const MAX_LIST_LIMIT: u32 = 10_000;

@@ -29,6 +29,7 @@ fn node_record(id: u64) -> Record {
         version: 0,
         cordoned: false,
         drain_when_back: None,
+        undrain_when_back: None,
         cause: Default::default(),
     })
 }

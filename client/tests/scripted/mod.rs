@@ -140,6 +140,7 @@ impl MetaState {
                 version: self.revision,
                 cordoned: false,
                 drain_when_back: None,
+                undrain_when_back: None,
                 cause: Default::default(),
             },
         );

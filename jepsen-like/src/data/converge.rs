@@ -382,6 +382,7 @@ mod tests {
                 version: 0,
                 cordoned: false,
                 drain_when_back: None,
+                undrain_when_back: None,
                 cause: Default::default(),
             },
         )

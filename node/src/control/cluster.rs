@@ -198,6 +198,7 @@ pub(crate) mod fixtures {
             version: 10 + id,
             cordoned: false,
             drain_when_back: None,
+            undrain_when_back: None,
             cause: Default::default(),
         }
     }

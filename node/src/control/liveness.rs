@@ -72,7 +72,8 @@ pub fn transition(
 
 /// The record `node` should be written as to enter `to` at wall-clock `now_ms` for `reason`
 /// (liveness's decision): Down bumps the node's epoch, and keeps a drain for the node's
-/// return (`Node::drain_when_back`).
+/// return (`Node::drain_when_back`); Suspect keeps an operator's undrain, which the return
+/// to Up restores (`Node::undrain_when_back`).
 pub fn moved(node: &Node, to: NodeState, now_ms: u64, reason: String) -> Node {
     let mut n = node.clone();
     n.state = to;
@@ -84,6 +85,17 @@ pub fn moved(node: &Node, to: NodeState, now_ms: u64, reason: String) -> Node {
         at_risk: false,
         holdout: false,
     };
+    n.undrain_when_back = None;
+    let undrained = |n: &Node| n.state == NodeState::Up && n.cause.origin == StateOrigin::Operator;
+    match to {
+        NodeState::Suspect if undrained(node) => n.undrain_when_back = Some(node.cause.clone()),
+        NodeState::Up => {
+            if let Some(undrain) = &node.undrain_when_back {
+                n.cause = undrain.clone();
+            }
+        }
+        _ => {}
+    }
     if to == NodeState::Down {
         n.epoch = node.epoch + 1;
         if node.state == NodeState::Draining {
@@ -418,6 +430,31 @@ mod tests {
         let u = moved(&n, NodeState::Up, 99, "back".into());
         assert_eq!(d.cause.origin, StateOrigin::Liveness);
         assert_eq!((u.state, u.epoch), (NodeState::Up, 1));
+    }
+
+    #[test]
+    fn late_heartbeats_keep_an_operators_undrain_for_their_return() {
+        let mut n = node(3, NodeState::Up);
+        n.cause.origin = StateOrigin::Operator;
+        n.cause.reason = "undrained by hand".into();
+        let late = moved(&n, NodeState::Suspect, 10, "late".into());
+        assert_eq!(late.cause.origin, StateOrigin::Liveness);
+        assert_eq!(late.undrain_when_back.as_ref(), Some(&n.cause));
+        let back = moved(&late, NodeState::Up, 20, "resumed".into());
+        assert_eq!((back.state, &back.cause), (NodeState::Up, &n.cause));
+        assert_eq!(back.undrain_when_back, None);
+        // Down ends it; an Up node nobody undrained keeps nothing.
+        let down = moved(&late, NodeState::Down, 30, "silent".into());
+        assert_eq!(down.undrain_when_back, None);
+        let plain = moved(
+            &node(4, NodeState::Up),
+            NodeState::Suspect,
+            10,
+            "late".into(),
+        );
+        assert_eq!(plain.undrain_when_back, None);
+        let back = moved(&plain, NodeState::Up, 20, "resumed".into());
+        assert_eq!(back.cause.origin, StateOrigin::Liveness);
     }
 
     /// A lease granted to node `id` at `at` (a heartbeat or registration acknowledged).

@@ -442,8 +442,10 @@ fn mover_news(before: Option<&NodeReport>, now: &NodeReport) -> bool {
 /// Coming back from anything else (Suspect, or Removed by mistake) is up to the liveness
 /// rules and the operators.
 fn carry_over(old: &Node, node: &mut Node, now: u64) {
-    // Only liveness keeps a drain for a node's return; a registration never asks for one.
+    // Only liveness keeps a drain or an undrain for a node's return; a registration never
+    // asks for one.
     node.drain_when_back = None;
+    node.undrain_when_back = None;
     if old.incarnation != node.incarnation {
         node.epoch = old.epoch + 1;
         node.state = NodeState::Up;
@@ -467,6 +469,7 @@ fn carry_over(old: &Node, node: &mut Node, now: u64) {
                 node.state_since_ms = old.state_since_ms;
                 node.cause = old.cause.clone();
                 node.drain_when_back = old.drain_when_back.clone();
+                node.undrain_when_back = old.undrain_when_back.clone();
             }
         }
     }

@@ -60,6 +60,19 @@ fn a_node_draining_when_it_went_down_drains_again_when_it_returns() {
         (NodeState::Draining, &draining.cause, 0)
     );
     assert_eq!(again.drain_when_back, None);
+
+    // A node restarting while late heartbeats displaced an operator's undrain keeps it for
+    // their return; a new incarnation does not.
+    let mut undrained = node(3, NodeState::Up);
+    undrained.cause = draining.cause.clone();
+    let late = moved(&undrained, NodeState::Suspect, 50, "late".into());
+    let mut again = node(3, NodeState::Up);
+    carry_over(&late, &mut again, 90);
+    assert_eq!(again.undrain_when_back.as_ref(), Some(&draining.cause));
+    let mut fresh = node(3, NodeState::Up);
+    fresh.incarnation = 8;
+    carry_over(&late, &mut fresh, 90);
+    assert_eq!(fresh.undrain_when_back, None);
 }
 
 #[test]

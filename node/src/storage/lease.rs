@@ -85,6 +85,7 @@ pub(crate) fn own_record(ctx: &NodeCtx) -> Node {
         version: 0,
         cordoned: false,
         drain_when_back: None,
+        undrain_when_back: None,
         cause: Default::default(),
     }
 }

@@ -226,6 +226,18 @@ impl RiskPolicy {
         &self.cfg
     }
 
+    /// Whether the policy holds `node` in the at-risk state (decided in a round, or
+    /// restored): what a node that has gone quiet was when last judged.
+    pub fn is_at_risk(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|s| s.at_risk)
+    }
+
+    /// How many of `nodes` live nodes may be at risk at once before the storm guard trips
+    /// (`storm_fraction` of them, and never fewer than `storm_min_nodes`).
+    pub fn storm_limit(&self, nodes: usize) -> usize {
+        ((nodes as f64 * self.cfg.storm_fraction).floor() as usize).max(self.cfg.storm_min_nodes)
+    }
+
     /// Forgets a node (removed from the cluster, or drained and replaced).
     pub fn forget(&mut self, node: &str) {
         self.nodes.remove(node);
@@ -369,8 +381,7 @@ impl RiskPolicy {
             });
         }
         let flagged = out.iter().filter(|d| d.at_risk).count();
-        let limit =
-            ((inputs.len() as f64 * c.storm_fraction).floor() as usize).max(c.storm_min_nodes);
+        let limit = self.storm_limit(inputs.len());
         let storm = flagged > limit;
         let alarm = storm.then(|| {
             format!(

@@ -108,6 +108,7 @@ pub async fn node(c: &Client, cmd: NodeCmd, json: bool) -> anyhow::Result<i32> {
             n.state = NodeState::Removed;
             n.state_since_ms = now_ms();
             n.drain_when_back = None;
+            n.undrain_when_back = None;
             cas_report(c.cas(Record::Node(n), Some(version)).await, json)
         }
         NodeCmd::Drain { id, reason } => {
@@ -314,6 +315,12 @@ async fn node_list(c: &Client, json: bool) -> anyhow::Result<i32> {
                 origin_name(drain.origin),
                 drain.reason,
                 n.id
+            );
+        }
+        if let Some(undrain) = &n.undrain_when_back {
+            println!(
+                "node {}: the operator's undrain holds again when its heartbeats resume ({})",
+                n.id, undrain.reason
             );
         }
     }

@@ -5,7 +5,9 @@
 use crate::control::cluster::{is_active, is_live, Cluster};
 use crate::control::settings::ControlSettings;
 use augur_predictor::model::Reason;
-use augur_predictor::policy::{Action, ClusterContext, NodeDecision, PolicyConfig, PolicyDecision};
+use augur_predictor::policy::{
+    Action, ClusterContext, NodeDecision, PolicyConfig, PolicyDecision, RiskPolicy,
+};
 use augur_proto::model::limits::bounded;
 use augur_proto::wire::{HealthSummary, RiskReport};
 use augur_proto::{Node, NodeId, NodeState, Risk, StateCause, StateOrigin, StormGuard};
@@ -256,6 +258,69 @@ pub fn rack_storm(decision: &mut PolicyDecision, racks: &[String]) {
     }
 }
 
+/// Counts the live nodes this round has no score for but the policy holds at risk (restored
+/// from their records by a new leader, which has not heard them yet; or a node whose
+/// predictor stopped scoring) towards the storm guard, at what they were when last judged.
+/// A new leader rounds once `suspect_after_ms` has passed even if some nodes are silent, and
+/// the nodes at risk are the likeliest to be late: without them a guard their flags tripped
+/// would clear, and the nodes still heard would be drained during the storm.
+///
+/// Each is added to the round's decisions (action Watch, no record is written: the policy
+/// writes only nodes it heard), so the storm record and the alarm name it; the guard trips if
+/// the heard and silent nodes at risk together exceed the policy's limit over every live node.
+pub fn count_silent(
+    decision: &mut PolicyDecision,
+    cluster: &Cluster,
+    heard: &BTreeMap<NodeId, Heard>,
+    policy: &RiskPolicy,
+) {
+    let live = cluster.nodes.values().filter(|n| is_live(n.state)).count();
+    let silent: Vec<NodeDecision> = cluster
+        .nodes
+        .values()
+        .filter(|n| is_live(n.state) && !heard.contains_key(&n.id))
+        .filter(|n| policy.is_at_risk(&policy_name(n.id)))
+        .map(|n| {
+            let risk = n.risk.score.clamp(0.0, 1.0);
+            let data_bytes = data_bytes(cluster, n);
+            NodeDecision {
+                node: policy_name(n.id),
+                risk,
+                model_probability: risk,
+                data_bytes,
+                priority: risk * data_bytes as f64,
+                action: Action::Watch,
+                at_risk: true,
+                holdout: n.cause.holdout,
+                reasons: vec!["not heard this round: at risk as last recorded".into()],
+            }
+        })
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    let quiet = silent.len();
+    decision.at_risk.extend(silent);
+    let flagged = decision.at_risk.iter().filter(|d| d.at_risk).count();
+    let limit = policy.storm_limit(live);
+    if decision.storm || flagged <= limit {
+        return;
+    }
+    let msg = format!(
+        "storm guard: {flagged} of {live} nodes at risk (limit {limit}), {quiet} of them not \
+         heard this round; automated moves frozen — check for a shared cause (rack, network, \
+         model)"
+    );
+    decision.alarm = Some(match decision.alarm.take() {
+        Some(a) => format!("{a}; {msg}"),
+        None => msg,
+    });
+    decision.storm = true;
+    for d in &mut decision.at_risk {
+        d.action = Action::Watch;
+    }
+}
+
 /// The storm guard's record after a round, if it must change: when the guard trips or
 /// clears, or while frozen when the set of nodes at risk changes (the alarm names them).
 pub fn storm_record(
@@ -433,7 +498,8 @@ pub fn next_record(
 
 /// What a new leader restores into its policy from the records, as (node, at risk, held
 /// out): every node whose state the policy set (Draining is always at risk), and every node an
-/// operator undrained, as at risk: the undrain overrode an at-risk state, and holds until the
+/// operator undrained (also one liveness has since marked Suspect, `Node::undrain_when_back`),
+/// as at risk: the undrain overrode an at-risk state, and holds until the
 /// risk falls below `leave`, whichever leader sees it fall.
 pub fn restorable(cluster: &Cluster) -> Vec<(String, bool, bool)> {
     cluster
@@ -453,6 +519,10 @@ pub fn restorable_node(n: &Node) -> Option<(bool, bool)> {
         (NodeState::Draining, StateOrigin::Policy) => Some((true, false)),
         (NodeState::Suspect, StateOrigin::Policy) => Some((n.cause.at_risk, n.cause.holdout)),
         (NodeState::Up, StateOrigin::Operator) => Some((true, false)),
+        // Late heartbeats displaced an operator's undrain, which their return restores.
+        (NodeState::Suspect, StateOrigin::Liveness) if n.undrain_when_back.is_some() => {
+            Some((true, false))
+        }
         _ => None,
     }
 }

@@ -30,7 +30,10 @@
 //! dying disks: actions are capped at Watch (no new automated Draining), and the setting
 //! [`augur_proto::STORM_GUARD_SETTING`] records `frozen` with the alarm, so the planner (see
 //! [`crate::control::cluster::Cluster::to_drain`]), `augurctl status`, `/v1/control` and
-//! `augur_control_storm_frozen` all see it, and a new leader inherits it.
+//! `augur_control_storm_frozen` all see it, and a new leader inherits it. A live node the
+//! round has no score for still counts at risk if the policy holds it so
+//! ([`decide::count_silent`]): a new leader must not clear a guard because the nodes that
+//! tripped it have not reported to it yet.
 //!
 //! `[control] predict = false` (`augur meta --predict off`) stops the loop: the cluster
 //! then only reacts to failures.
@@ -193,6 +196,7 @@ impl Control {
             let inputs = decide::inputs(&cluster, &heard);
             let ctx = decide::context(&cluster, &heard, &self.settings, now_ms);
             let mut decision: PolicyDecision = policy.evaluate_latest(&inputs, &ctx);
+            decide::count_silent(&mut decision, &cluster, &heard, policy);
             let racks = decide::racks_at_risk(
                 &cluster,
                 &decision,

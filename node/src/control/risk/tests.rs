@@ -417,3 +417,98 @@ async fn a_new_leader_waits_to_hear_every_live_node_before_a_round() {
         .unwrap();
     assert_eq!(r, vec![(NodeId(2), Verdict::Watch)]);
 }
+
+#[tokio::test]
+async fn a_new_leader_keeps_the_guard_frozen_while_the_nodes_that_tripped_it_are_silent() {
+    let policy = PolicyConfig {
+        storm_min_nodes: 1,
+        ..Default::default()
+    };
+    let first = Control::for_tests(settings(policy.clone()));
+    let store = MemStore::with(&cluster(&[1, 2, 3, 4, 5], vec![], 3));
+    for at in [1, 2, 3] {
+        round(&first, 5, &[2, 3], at);
+        tick(&first, &store).await;
+    }
+    assert!(store.read().frozen());
+    // A new leader hears nodes 1, 2, 4 and 5 (node 2 still at risk); node 3, at risk in its
+    // record, stays silent past suspect_after_ms. One node at risk heard is within the
+    // limit, but two are at risk: the guard holds and node 2 is not drained.
+    let next = Control::for_tests(settings(policy));
+    for id in [1, 2, 4, 5] {
+        hear(&next, id, if id == 2 { 0.9 } else { 0.02 }, 10);
+    }
+    tick(&next, &store).await;
+    let c = store.read();
+    assert!(c.frozen(), "a silent node at risk must keep the guard");
+    assert_eq!(c.storm.flagged, vec![NodeId(2), NodeId(3)]);
+    let last = next.risk_status().last_round.unwrap();
+    assert!(last.frozen);
+    assert!(
+        last.alarm.as_deref().unwrap_or("").contains("not heard"),
+        "{:?}",
+        last.alarm
+    );
+    assert_eq!(state(&store, 2).0, NodeState::Suspect);
+    assert_eq!(state(&store, 3), (NodeState::Suspect, StateOrigin::Policy));
+    // Node 3 reports, recovered: now one node at risk, the guard clears and node 2 drains.
+    for at in [11, 12] {
+        round(&next, 5, &[2], at);
+        tick(&next, &store).await;
+    }
+    assert!(!store.read().frozen());
+    assert_eq!(state(&store, 2).0, NodeState::Draining);
+}
+
+#[tokio::test]
+async fn an_operators_undrain_survives_late_heartbeats_and_a_new_leader() {
+    use crate::control::liveness::moved;
+    let (control, store) = node_2_drained_by_the_policy().await;
+    // `augurctl node undrain 2`.
+    let mut n = store.read().nodes[&NodeId(2)].clone();
+    n.state = NodeState::Up;
+    n.cause.origin = StateOrigin::Operator;
+    n.cause.reason = "operator: disk replaced".into();
+    store.put(Record::Node(n));
+    // Its heartbeats are late for a while: liveness marks it Suspect, keeping the undrain.
+    let up = store.read().nodes[&NodeId(2)].clone();
+    store.put(Record::Node(moved(
+        &up,
+        NodeState::Suspect,
+        10,
+        "late".into(),
+    )));
+    let late = store.read().nodes[&NodeId(2)].clone();
+    assert_eq!(
+        late.undrain_when_back.as_ref().map(|c| c.origin),
+        Some(StateOrigin::Operator)
+    );
+    // A new leader takes over meanwhile and hears node 2 still at risk.
+    let next = Control::for_tests(ControlSettings::default());
+    round(&next, 3, &[2], 3);
+    assert!(tick(&next, &store).await.is_empty(), "liveness's Suspect");
+    // Heartbeats resume: liveness restores the undrain, and the policy does not redrain it.
+    store.put(Record::Node(moved(
+        &late,
+        NodeState::Up,
+        20,
+        "resumed".into(),
+    )));
+    assert_eq!(state(&store, 2), (NodeState::Up, StateOrigin::Operator));
+    assert_eq!(
+        store.read().nodes[&NodeId(2)].cause.reason,
+        "operator: disk replaced"
+    );
+    assert!(store.read().nodes[&NodeId(2)].undrain_when_back.is_none());
+    for at in [4, 5, 6] {
+        round(&next, 3, &[2], at);
+        assert!(tick(&next, &store).await.is_empty(), "not redrained");
+    }
+    drop(control);
+    // Only a risk below leave releases it, as before.
+    hear(&next, 2, 0.05, 7);
+    assert_eq!(
+        tick(&next, &store).await,
+        vec![(NodeId(2), Verdict::Release)]
+    );
+}
