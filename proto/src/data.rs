@@ -137,6 +137,49 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// A CRC-64 of the whole write (kind, key, expected version, value), remembered with its
+    /// request id: a resend under an id must be the same write, and one that is not is
+    /// refused instead of being told the first write's outcome as its own. Each part is
+    /// length- or presence-prefixed, so no two writes encode alike.
+    pub fn digest(&self) -> u64 {
+        let mut d = crc64fast::Digest::new();
+        let mut bytes = |b: &[u8]| {
+            d.write(&(b.len() as u64).to_be_bytes());
+            d.write(b);
+        };
+        match self {
+            WriteOp::Put { key, value } => {
+                bytes(&[0]);
+                bytes(key);
+                bytes(value);
+            }
+            WriteOp::Delete { key } => {
+                bytes(&[1]);
+                bytes(key);
+            }
+            WriteOp::Cas {
+                key,
+                expected,
+                value,
+            } => {
+                bytes(&[2]);
+                bytes(key);
+                match expected {
+                    Some(v) => bytes(&v.to_be_bytes()),
+                    None => bytes(&[]),
+                }
+                match value {
+                    Some(v) => {
+                        bytes(&[1]);
+                        bytes(v);
+                    }
+                    None => bytes(&[0]),
+                }
+            }
+        }
+        d.sum64()
+    }
+
     /// The key written.
     pub fn key(&self) -> &[u8] {
         match self {
@@ -294,6 +337,8 @@ pub struct LogEntry {
     pub epoch: u64,
     /// The client's request id, for writes that came from one.
     pub request: Option<RequestId>,
+    /// [`WriteOp::digest`] of the write that carried `request` (0 without one).
+    pub op_digest: u64,
     /// What applying it does.
     pub effect: Effect,
     /// What the client is told.

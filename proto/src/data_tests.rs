@@ -132,6 +132,7 @@ fn a_requests_chunk_detects_any_changed_field() {
         seq: 40 + seq,
         outcome,
         at_ms: 1_000,
+        op_digest: 0xfeed ^ seq,
     };
     let chunk = RequestsChunk::new(vec![
         item(7, 1, WriteOutcome::Applied { version: 41 }),
@@ -139,8 +140,9 @@ fn a_requests_chunk_detects_any_changed_field() {
         item(9, 1, WriteOutcome::Conflict { current: Some(0) }),
     ]);
     assert!(chunk.intact());
-    let changes: [fn(&mut CopiedRequest); 5] = [
+    let changes: [fn(&mut CopiedRequest); 6] = [
         |r| r.id.client ^= 1 << 100,
+        |r| r.op_digest ^= 1 << 63,
         |r| r.seq += 1,
         |r| r.at_ms += 1,
         |r| r.outcome = WriteOutcome::Conflict { current: Some(0) },
@@ -160,4 +162,54 @@ fn a_requests_chunk_detects_any_changed_field() {
         crc_requests(&[item(9, 1, WriteOutcome::Conflict { current: None })]),
         crc_requests(&[item(9, 1, WriteOutcome::Conflict { current: Some(0) })])
     );
+}
+
+#[test]
+fn write_digests_tell_every_different_write_apart() {
+    let (k, v) = (b"k".to_vec(), b"v".to_vec());
+    let ops = [
+        WriteOp::Put {
+            key: k.clone(),
+            value: v.clone(),
+        },
+        WriteOp::Put {
+            key: k.clone(),
+            value: b"w".to_vec(),
+        },
+        WriteOp::Put {
+            key: b"kv".to_vec(),
+            value: vec![],
+        },
+        WriteOp::Put {
+            key: k.clone(),
+            value: vec![],
+        },
+        WriteOp::Delete { key: k.clone() },
+        WriteOp::Cas {
+            key: k.clone(),
+            expected: None,
+            value: Some(v.clone()),
+        },
+        WriteOp::Cas {
+            key: k.clone(),
+            expected: Some(0),
+            value: Some(v.clone()),
+        },
+        WriteOp::Cas {
+            key: k.clone(),
+            expected: Some(0),
+            value: None,
+        },
+        WriteOp::Cas {
+            key: k.clone(),
+            expected: Some(0),
+            value: Some(vec![]),
+        },
+    ];
+    for (i, a) in ops.iter().enumerate() {
+        assert_eq!(a.digest(), a.clone().digest(), "op {i} is not stable");
+        for (j, b) in ops.iter().enumerate().skip(i + 1) {
+            assert_ne!(a.digest(), b.digest(), "ops {i} and {j} collide");
+        }
+    }
 }

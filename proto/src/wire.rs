@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 /// Protocol name negotiated by ALPN; bumped on any incompatible change to these messages.
 /// 3: the node record's `cordoned` and `cause`, the migration's `kind`, `started_ms` and
 /// `rate_bytes_per_s` (postcard is positional, so an older peer would misread them).
-/// 5: the node record's `drain_when_back`. 6: its `undrain_when_back`.
+/// 5: the node record's `drain_when_back`. 6: its `undrain_when_back`, and the write digest
+/// remembered with a request id (`LogEntry::op_digest`, `CopiedRequest::op_digest`).
 pub const ALPN: &[u8] = b"augur/6";
 
 /// Most records one list page may return.

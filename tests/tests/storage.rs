@@ -2,7 +2,8 @@
 //! the metadata quorum as configuration manager, reached through the client's data API.
 
 use augur_client::data::DataClient;
-use augur_proto::data::WriteOutcome;
+use augur_client::Error;
+use augur_proto::data::{DataError, WriteOp, WriteOutcome};
 use augur_tests::{poll, LocalCluster};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -83,6 +84,28 @@ async fn writes_replicate_to_every_replica_and_read_back_from_primaries() -> any
     ));
     data.delete("fresh").await?;
     assert!(data.get(b"fresh").await?.is_none());
+    // A resend under one request id applies once and repeats its answer; the same id with
+    // another write is refused and changes nothing.
+    let id = data.next_request_id();
+    let put = |v: &str| WriteOp::Put {
+        key: b"once".to_vec(),
+        value: v.as_bytes().to_vec(),
+    };
+    let first = data.write_as(id, put("a")).await?;
+    assert_eq!(data.write_as(id, put("a")).await?, first);
+    match data.write_as(id, put("b")).await {
+        Err(Error::Data(DataError::InvalidArgument(why))) => {
+            assert!(why.contains("already used"), "{why}")
+        }
+        other => panic!("a request id reused for another write: {other:?}"),
+    }
+    let WriteOutcome::Applied { version } = first else {
+        panic!("a put applies: {first:?}");
+    };
+    assert_eq!(
+        data.get(b"once").await?.map(|v| (v.value, v.version)),
+        Some((b"a".to_vec(), version))
+    );
     // A prefix scan sees every key once, in order, across shards.
     let mut seen = Vec::new();
     let mut after: Option<Vec<u8>> = None;

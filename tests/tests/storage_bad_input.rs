@@ -196,6 +196,7 @@ fn forged_entry(seq: u64, epoch: u64, value: &[u8]) -> LogEntry {
         seq,
         epoch,
         request: None,
+        op_digest: 0,
         effect: Effect::Put {
             key: b"frames".to_vec(),
             value: value.to_vec(),

@@ -43,6 +43,8 @@ pub struct CopiedRequest {
     pub outcome: WriteOutcome,
     /// The writing primary's wall clock, ms (the id's age, for pruning).
     pub at_ms: u64,
+    /// [`crate::data::WriteOp::digest`] of the write: a resend must be the same write.
+    pub op_digest: u64,
 }
 
 /// Some of a copy's request ids, with the CRC-64 of their canonical encoding
@@ -69,8 +71,8 @@ impl RequestsChunk {
 }
 
 /// CRC-64 of request ids: for each, client (u128 BE), write number, entry sequence, the
-/// outcome (tag 0 and version, or tag 1, a presence byte and the current version) and the
-/// time, integers big-endian.
+/// outcome (tag 0 and version, or tag 1, a presence byte and the current version), the
+/// time and the write's digest, integers big-endian.
 pub fn crc_requests(items: &[CopiedRequest]) -> u64 {
     let mut d = crc64fast::Digest::new();
     for r in items {
@@ -88,6 +90,7 @@ pub fn crc_requests(items: &[CopiedRequest]) -> u64 {
             }
         }
         d.write(&r.at_ms.to_be_bytes());
+        d.write(&r.op_digest.to_be_bytes());
     }
     d.sum64()
 }

@@ -258,12 +258,14 @@ pub fn rack_storm(decision: &mut PolicyDecision, racks: &[String]) {
     }
 }
 
-/// Counts the live nodes this round has no score for but the policy holds at risk (restored
-/// from their records by a new leader, which has not heard them yet; or a node whose
-/// predictor stopped scoring) towards the storm guard, at what they were when last judged.
-/// A new leader rounds once `suspect_after_ms` has passed even if some nodes are silent, and
-/// the nodes at risk are the likeliest to be late: without them a guard their flags tripped
-/// would clear, and the nodes still heard would be drained during the storm.
+/// Counts the live nodes this leader has not heard from at all (`unheard`) but the policy
+/// holds at risk (restored from their records) towards the storm guard, at what they were
+/// when last judged. A new leader rounds once `suspect_after_ms` has passed even if some
+/// nodes are silent, and the nodes at risk are the likeliest to be late: without them a
+/// guard their flags tripped would clear, and the nodes still heard would be drained during
+/// the storm. A node silent for good is declared Down after `grace_ms` and forgotten, so it
+/// cannot hold the guard for ever; a node that heartbeats without a score (no model, or its
+/// history still filling) is not counted: it is heard, and may stay so indefinitely.
 ///
 /// Each is added to the round's decisions (action Watch, no record is written: the policy
 /// writes only nodes it heard), so the storm record and the alarm name it; the guard trips if
@@ -271,14 +273,14 @@ pub fn rack_storm(decision: &mut PolicyDecision, racks: &[String]) {
 pub fn count_silent(
     decision: &mut PolicyDecision,
     cluster: &Cluster,
-    heard: &BTreeMap<NodeId, Heard>,
+    unheard: &BTreeSet<NodeId>,
     policy: &RiskPolicy,
 ) {
     let live = cluster.nodes.values().filter(|n| is_live(n.state)).count();
     let silent: Vec<NodeDecision> = cluster
         .nodes
         .values()
-        .filter(|n| is_live(n.state) && !heard.contains_key(&n.id))
+        .filter(|n| is_live(n.state) && unheard.contains(&n.id))
         .filter(|n| policy.is_at_risk(&policy_name(n.id)))
         .map(|n| {
             let risk = n.risk.score.clamp(0.0, 1.0);
@@ -292,7 +294,7 @@ pub fn count_silent(
                 action: Action::Watch,
                 at_risk: true,
                 holdout: n.cause.holdout,
-                reasons: vec!["not heard this round: at risk as last recorded".into()],
+                reasons: vec!["not heard by this leader yet: at risk as last recorded".into()],
             }
         })
         .collect();
@@ -308,7 +310,7 @@ pub fn count_silent(
     }
     let msg = format!(
         "storm guard: {flagged} of {live} nodes at risk (limit {limit}), {quiet} of them not \
-         heard this round; automated moves frozen — check for a shared cause (rack, network, \
+         heard by this leader yet; automated moves frozen — check for a shared cause (rack, network, \
          model)"
     );
     decision.alarm = Some(match decision.alarm.take() {

@@ -30,8 +30,8 @@
 //! dying disks: actions are capped at Watch (no new automated Draining), and the setting
 //! [`augur_proto::STORM_GUARD_SETTING`] records `frozen` with the alarm, so the planner (see
 //! [`crate::control::cluster::Cluster::to_drain`]), `augurctl status`, `/v1/control` and
-//! `augur_control_storm_frozen` all see it, and a new leader inherits it. A live node the
-//! round has no score for still counts at risk if the policy holds it so
+//! `augur_control_storm_frozen` all see it, and a new leader inherits it. A live node this
+//! leader has not heard from yet still counts at risk if the policy holds it so
 //! ([`decide::count_silent`]): a new leader must not clear a guard because the nodes that
 //! tripped it have not reported to it yet.
 //!
@@ -146,14 +146,17 @@ impl Control {
             return Ok(Vec::new());
         }
         let cluster = meta.cluster().await?;
-        let all_heard = {
+        // Live nodes this leader has had no heartbeat from at all.
+        let unheard: BTreeSet<NodeId> = {
             let seen = super::lock(&self.seen);
             cluster
                 .nodes
                 .values()
-                .filter(|n| is_live(n.state))
-                .all(|n| seen.contains_key(&n.id))
+                .filter(|n| is_live(n.state) && !seen.contains_key(&n.id))
+                .map(|n| n.id)
+                .collect()
         };
+        let all_heard = unheard.is_empty();
         if !all_heard && leading_for < Duration::from_millis(self.settings.suspect_after_ms) {
             return Ok(Vec::new());
         }
@@ -196,7 +199,7 @@ impl Control {
             let inputs = decide::inputs(&cluster, &heard);
             let ctx = decide::context(&cluster, &heard, &self.settings, now_ms);
             let mut decision: PolicyDecision = policy.evaluate_latest(&inputs, &ctx);
-            decide::count_silent(&mut decision, &cluster, &heard, policy);
+            decide::count_silent(&mut decision, &cluster, &unheard, policy);
             let racks = decide::racks_at_risk(
                 &cluster,
                 &decision,

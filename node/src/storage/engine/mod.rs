@@ -141,6 +141,9 @@ pub struct Remembered {
     /// node's clock ([`Engine::prune_requests`]); stamped with the primary's alone, a node
     /// whose clock ran ahead would forget them early, and a resend would apply twice.
     pub at_ms: u64,
+    /// [`augur_proto::data::WriteOp::digest`] of the write: a resend under the id with
+    /// another write is refused.
+    pub op_digest: u64,
 }
 
 /// Deletions per write of [`Engine::prune_requests`].
@@ -391,6 +394,7 @@ impl Engine {
                         seq: e.seq,
                         outcome: e.outcome,
                         at_ms: e.at_ms.max(now),
+                        op_digest: e.op_digest,
                     })?,
                 );
             }

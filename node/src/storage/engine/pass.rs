@@ -100,6 +100,7 @@ impl Engine {
                 seq: r.seq,
                 outcome: r.outcome,
                 at_ms: r.at_ms,
+                op_digest: r.op_digest,
             });
             if ids.len() == per_chunk && !requests(std::mem::take(&mut ids)) {
                 return Ok(());
@@ -159,6 +160,7 @@ impl Engine {
                 seq: r.seq,
                 outcome: r.outcome,
                 at_ms: r.at_ms.max(now),
+                op_digest: r.op_digest,
             };
             batch.put_cf(cf, request_key(shard, &r.id), encode(&remembered)?);
         }

@@ -7,6 +7,7 @@ fn entry(seq: u64, epoch: u64, key: &str, value: &str) -> LogEntry {
         seq,
         epoch,
         request: Some(RequestId { client: 7, seq }),
+        op_digest: seq,
         effect: Effect::Put {
             key: key.as_bytes().to_vec(),
             value: value.as_bytes().to_vec(),
@@ -416,7 +417,10 @@ fn a_copy_carries_the_request_ids_the_shard_applied() {
             dst.remembered(s, &id).unwrap().unwrap(),
             src.remembered(s, &id).unwrap().unwrap(),
         );
-        assert_eq!((got.seq, got.outcome), (want.seq, want.outcome));
+        assert_eq!(
+            (got.seq, got.outcome, got.op_digest),
+            (want.seq, want.outcome, e.op_digest)
+        );
         assert!(got.at_ms >= want.at_ms);
     }
     assert!(dst
@@ -438,6 +442,7 @@ fn pruning_and_copies_go_on_past_a_corrupt_request_record() {
             seq: i + 1,
             outcome: WriteOutcome::Applied { version: i + 1 },
             at_ms: 0,
+            op_digest: i,
         })
         .collect();
     e.remember_copied(s, &ids).unwrap();

@@ -112,14 +112,31 @@ impl Replica {
             let _ = reply.send(Err(e));
             return;
         }
-        // A resent write: the same answer, once.
+        // A resent write: the same answer, once. The same id with another write is a caller's
+        // bug, refused: telling it the first write's outcome would report a write that never
+        // happened.
+        let op_digest = op.digest();
+        let reused = |first: u64| {
+            DataError::InvalidArgument(format!(
+                "request id {id} was already used for another write (digest {first:016x}, \
+                 this one {op_digest:016x}); a resend must repeat the same write"
+            ))
+        };
         if let Some(seq) = self.inflight.get(&id) {
             if let Some(p) = self.pending.get_mut(seq) {
-                p.waiters.push(reply);
+                if p.entry.op_digest != op_digest {
+                    let _ = reply.send(Err(reused(p.entry.op_digest)));
+                } else {
+                    p.waiters.push(reply);
+                }
                 return;
             }
         }
         match self.engine.remembered(self.shard, &id) {
+            Ok(Some(r)) if r.op_digest != op_digest => {
+                let _ = reply.send(Err(reused(r.op_digest)));
+                return;
+            }
             Ok(Some(r)) => {
                 let _ = reply.send(Ok(r.outcome));
                 return;
@@ -183,6 +200,7 @@ impl Replica {
             seq,
             epoch: self.state.epoch,
             request: Some(id),
+            op_digest,
             effect,
             outcome,
             at_ms: crate::control::registry::now_ms(),
@@ -252,6 +270,7 @@ impl Replica {
                 seq,
                 epoch: self.state.epoch,
                 request: None,
+                op_digest: 0,
                 effect: Effect::Noop,
                 outcome: WriteOutcome::Applied { version: seq },
                 at_ms: crate::control::registry::now_ms(),
@@ -455,6 +474,7 @@ impl Replica {
                 seq,
                 epoch: self.state.epoch,
                 request: None,
+                op_digest: 0,
                 effect: Effect::Checkpoint,
                 outcome: WriteOutcome::Applied { version: seq },
                 at_ms: crate::control::registry::now_ms(),

@@ -208,6 +208,7 @@ mod tests {
             seq,
             epoch,
             request: None,
+            op_digest: 0,
             effect: Effect::Put {
                 key: seq.to_be_bytes().to_vec(),
                 value: vec![7; value_len],
