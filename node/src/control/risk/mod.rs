@@ -62,6 +62,9 @@ pub struct RiskMemory {
     policy: Option<RiskPolicy>,
     /// Nodes seen Down (their failure was told to the policy's holdout bookkeeping).
     down: BTreeSet<NodeId>,
+    /// The incarnation each live node had at the last round: a node back as a new
+    /// incarnation (its disk replaced, inside the grace period) is a new node to the policy.
+    incarnations: BTreeMap<NodeId, u64>,
     /// The last round, for `/v1/control`.
     view: Option<RiskView>,
 }
@@ -187,10 +190,20 @@ impl Control {
                     }
                     NodeState::Removed => policy.forget(&decide::policy_name(n.id)),
                     _ => {
-                        if mem.down.remove(&n.id) {
+                        let name = decide::policy_name(n.id);
+                        let reborn = mem
+                            .incarnations
+                            .insert(n.id, n.incarnation)
+                            .is_some_and(|old| old != n.incarnation);
+                        if reborn {
+                            // Its at-risk state and window belonged to the old disk; the
+                            // record (Up, registered afresh) says what holds now.
+                            policy.forget(&name);
+                        }
+                        if mem.down.remove(&n.id) || reborn {
                             // Back from Down: forgotten then; the record says what holds.
                             if let Some((at_risk, holdout)) = decide::restorable_node(n) {
-                                policy.restore(&decide::policy_name(n.id), at_risk, holdout);
+                                policy.restore(&name, at_risk, holdout);
                             }
                         }
                     }

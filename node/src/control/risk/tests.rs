@@ -520,3 +520,23 @@ async fn an_operators_undrain_survives_late_heartbeats_and_a_new_leader() {
         vec![(NodeId(2), Verdict::Release)]
     );
 }
+
+#[tokio::test]
+async fn a_node_back_as_a_new_incarnation_is_judged_afresh() {
+    let (control, store) = node_2_drained_by_the_policy().await;
+    // Its disk is replaced within the grace period: it registers as a new incarnation,
+    // Up and holding nothing (as the registry writes it).
+    let mut n = store.read().nodes[&NodeId(2)].clone();
+    n.incarnation += 1;
+    n.state = NodeState::Up;
+    n.cause.origin = StateOrigin::Registered;
+    n.cause.at_risk = false;
+    store.put(Record::Node(n));
+    // One high score is one round of k = 2: watched, not drained on the old disk's rounds.
+    round(&control, 3, &[2], 3);
+    assert_eq!(
+        tick(&control, &store).await,
+        vec![(NodeId(2), Verdict::Watch)]
+    );
+    assert_eq!(state(&store, 2), (NodeState::Suspect, StateOrigin::Policy));
+}
