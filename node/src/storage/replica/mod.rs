@@ -442,6 +442,11 @@ impl Replica {
                     self.reconcile_at = 0;
                     self.asked_reelection = None;
                 }
+                // Reads are checked against the published view, not by this task: it must
+                // say "not serving" before the node's registration (which waits for this
+                // answer) makes its lease valid again, or a read at the old epoch could be
+                // answered here while a promoted replica acknowledges newer writes.
+                self.publish();
                 let _ = reply.send(());
             }
             Msg::Tick => self.on_tick(tx),

@@ -277,7 +277,14 @@ impl Replica {
             },
             None,
         );
-        tracing::info!(shard = %self.shard, epoch = self.state.epoch, reconcile_at = seq, "primary: reconciling");
+        if self.last.0 != seq {
+            // The `Noop` was not written (logged above): reconciliation would wait for it
+            // for ever. Ask for a new epoch instead (the tick does), as a restarted primary
+            // does.
+            self.reconcile_at = 0;
+        } else {
+            tracing::info!(shard = %self.shard, epoch = self.state.epoch, reconcile_at = seq, "primary: reconciling");
+        }
         for (_, s) in self.senders.drain() {
             s.stop();
         }
