@@ -248,6 +248,12 @@ pub fn rack_storm(decision: &mut PolicyDecision, racks: &[String]) {
          shared cause (power, network, cooling)",
         racks.join(", ")
     );
+    trip(decision, msg);
+}
+
+/// Trips the storm guard on `decision` as the policy does: every action capped at watch, and
+/// `msg` added to the alarm.
+fn trip(decision: &mut PolicyDecision, msg: String) {
     decision.alarm = Some(match decision.alarm.take() {
         Some(a) => format!("{a}; {msg}"),
         None => msg,
@@ -310,17 +316,10 @@ pub fn count_silent(
     }
     let msg = format!(
         "storm guard: {flagged} of {live} nodes at risk (limit {limit}), {quiet} of them not \
-         heard by this leader yet; automated moves frozen — check for a shared cause (rack, network, \
-         model)"
+         heard by this leader yet; automated moves frozen — check for a shared cause (rack, \
+         network, model)"
     );
-    decision.alarm = Some(match decision.alarm.take() {
-        Some(a) => format!("{a}; {msg}"),
-        None => msg,
-    });
-    decision.storm = true;
-    for d in &mut decision.at_risk {
-        d.action = Action::Watch;
-    }
+    trip(decision, msg);
 }
 
 /// The storm guard's record after a round, if it must change: when the guard trips or
