@@ -180,7 +180,7 @@ async fn forge_stream(
     write_frame(&mut send, &DataRequest::Replicate(fence), 1 << 20).await?;
     // A node that refuses the opening request answers and stops reading at once, so what
     // follows may meet a stopped stream: only the answer matters.
-    let _sent = match what {
+    let _ = match what {
         Forged::Frame(f) => write_frame(&mut send, &f, 1 << 20).await.is_ok(),
         Forged::Bytes(b) => send.write_all(&b).await.is_ok(),
     };

@@ -86,9 +86,9 @@ pub fn moved(node: &Node, to: NodeState, now_ms: u64, reason: String) -> Node {
         holdout: false,
     };
     n.undrain_when_back = None;
-    let undrained = |n: &Node| n.state == NodeState::Up && n.cause.origin == StateOrigin::Operator;
+    let undrained = node.state == NodeState::Up && node.cause.origin == StateOrigin::Operator;
     match to {
-        NodeState::Suspect if undrained(node) => n.undrain_when_back = Some(node.cause.clone()),
+        NodeState::Suspect if undrained => n.undrain_when_back = Some(node.cause.clone()),
         NodeState::Up => {
             if let Some(undrain) = &node.undrain_when_back {
                 n.cause = undrain.clone();
