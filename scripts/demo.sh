@@ -50,7 +50,7 @@ printf '%-28s %14s' "" "prediction on"
 [ "$quick" = 0 ] && printf ' %14s' "prediction off"
 printf '\n'
 for f in failed_requests indeterminate_requests unavailable_s below_rf_s ok_requests \
-    flagged_after_s drained_after_s replicas_at_death restored_after_s; do
+    slow_requests slowest_request_ms flagged_after_s drained_after_s replicas_at_death restored_after_s; do
     printf '%-28s %14s' "$f" "$(field on "$f")"
     [ "$quick" = 0 ] && printf ' %14s' "$(field off "$f")"
     printf '\n'

@@ -378,8 +378,39 @@ impl ShardCache {
         Ok(None)
     }
 
+    /// Drops a shard's entry if it is still the very record `used` (the one a request was
+    /// routed by and a storage node turned away), so the next
+    /// [`ShardCache::lookup_or_fetch`] reads it again; a newer record, or the same one read
+    /// again since, is kept.
+    ///
+    /// Why identity rather than epoch: a primary that cannot serve yet (its lease, its
+    /// reconciliation, admission control) answers every request at an unchanged epoch.
+    /// Dropping every entry of that epoch made each refused request throw away the record
+    /// the previous one had just re-read, so a client re-read the shard once per request
+    /// per backoff step, from the metadata leader that was handling the failover. Now the
+    /// requests routed by one record cause at most one re-read between them.
+    pub fn forget_shard(&self, used: &Arc<Shard>) {
+        if let Ok(mut m) = self.inner.map.write() {
+            if matches!(m.shards.entries.get(&used.id), Some(Entry::Present(s)) if Arc::ptr_eq(s, used))
+            {
+                m.shards.entries.remove(&used.id);
+            }
+        }
+    }
+
+    /// [`ShardCache::forget_shard`] for a node's record (`used` could not be reached: the
+    /// node may have moved).
+    pub fn forget_node(&self, used: &Arc<Node>) {
+        if let Ok(mut m) = self.inner.map.write() {
+            if matches!(m.nodes.entries.get(&used.id), Some(Entry::Present(n)) if Arc::ptr_eq(n, used))
+            {
+                m.nodes.entries.remove(&used.id);
+            }
+        }
+    }
+
     /// Drops a shard's entry if it is not newer than `stale_epoch` (what a storage node said
-    /// was out of date).
+    /// was out of date). [`ShardCache::forget_shard`] drops only the record a request used.
     pub fn invalidate(&self, id: ShardId, stale_epoch: u64) {
         if let Ok(mut m) = self.inner.map.write() {
             if matches!(m.shards.entries.get(&id), Some(Entry::Present(s)) if s.epoch <= stale_epoch)

@@ -16,6 +16,11 @@
 //! yet) is only waited out: the client's record is the right one. A storage node never elects itself: every change
 //! of primary is a metadata transaction, so the metadata record is always at least as new
 //! as any epoch a node can name, and re-reading it is how a redirect is followed.
+//! A refusal drops only the record its own request was routed by (not one another request
+//! re-read since), and refusals that name no newer configuration (`Unavailable`, an
+//! unreachable node) drop a shard's record at most every 100 ms: a failover refuses every
+//! request in flight for seconds, and each refusal re-reading the shard had turned one
+//! client into hundreds of metadata reads a second.
 //!
 //! Every write carries a [`RequestId`]: a random client id chosen once per `DataClient` and a
 //! number per write. A storage node applies a request id once and answers a resend with the
@@ -37,8 +42,9 @@ use augur_proto::data::{
     check_key, DataCluster, DataError, DataRequest, DataResponse, RequestId, Versioned, WriteOp,
     WriteOutcome, MAX_KEY, MAX_SCAN_LIMIT,
 };
-use augur_proto::{NodeId, ShardId};
+use augur_proto::{Node, Shard, ShardId};
 use futures::FutureExt;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +53,13 @@ use tokio::time::Instant;
 /// Deadlines and limits of a [`DataClient`].
 #[derive(Debug, Clone)]
 pub struct DataConfig {
-    /// Deadline for one call, including refreshes, backoff and resends. Default 5 s. No
-    /// attempt starts after it, and a read ends by it. A write already started is still
+    /// Deadline for one call, including refreshes, backoff and resends. Default 20 s: longer
+    /// than the storage nodes' failover with the default control settings (a dead
+    /// primary's lease, 6 s, and grace, 8 s, then a promotion: at most 15 s) and a failed
+    /// hand-off's pause and re-election (5 s and a write), so a call that meets an
+    /// unpredicted node death or a stuck hand-off waits for the new primary and succeeds
+    /// instead of failing, or ending `Indeterminate`. A caller that prefers to fail fast
+    /// sets it lower. No attempt starts after it, and a read ends by it. A write already started is still
     /// given its whole `attempt_timeout` to be answered (cut short, an answer on its way
     /// would become an unknown outcome), plus the transport's connect timeout to dial the
     /// node and send the request if it has no connection yet, so a write call may end up
@@ -69,7 +80,7 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
-            request_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
             attempt_timeout: Duration::from_secs(1),
             min_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(200),
@@ -104,14 +115,27 @@ struct Inner {
     /// The last write number handed out.
     seq: AtomicU64,
     cfg: DataConfig,
+    /// Per shard, when this client last dropped its record after a refusal that does not
+    /// name a newer configuration ([`DataClient::may_reread`]).
+    rereads: std::sync::Mutex<HashMap<ShardId, Instant>>,
 }
+
+/// The least time between two re-reads of one shard's record that a refusal *without* news
+/// (`Unavailable`, an unreachable node) causes. Such refusals come at an unchanged epoch,
+/// from every request in flight, for as long as a failover or a reconciliation lasts, and
+/// the records they would re-read arrive by the cache's watch anyway: the re-read only
+/// covers a watch that lags. A redirect or a stale epoch (news of a newer configuration) is
+/// always followed at once.
+const REREAD_EVERY: Duration = Duration::from_millis(100);
 
 /// Where to send a shard's requests now.
 struct Route {
     epoch: u64,
-    node: NodeId,
-    node_version: u64,
     addr: String,
+    /// The cached records the route was read from: a refusal drops exactly these
+    /// ([`ShardCache::forget_shard`]).
+    shard: Arc<Shard>,
+    node: Arc<Node>,
 }
 
 /// What one attempt showed.
@@ -149,12 +173,15 @@ enum Kind {
 }
 
 impl DataClient {
-    /// A data client with default deadlines, reading the layout through `meta` and
-    /// following the shard and node tables. Fails with [`Error::NoDataPlane`] before the
-    /// data plane is created.
+    /// A data client with [`DataConfig`]'s default deadlines (only the attempt timeout is
+    /// `meta`'s), reading the layout through `meta` and following the shard and node
+    /// tables. Fails with [`Error::NoDataPlane`] before the data plane is created.
+    ///
+    /// Why not `meta`'s request deadline too: a metadata call waits out a leader election
+    /// (a second or two), a data call a storage node's failover (up to 15 s), and the
+    /// metadata deadline would turn every unpredicted primary death into failed writes.
     pub async fn new(meta: Client) -> Result<DataClient, Error> {
         let cfg = DataConfig {
-            request_timeout: meta.inner.cfg.request_timeout,
             attempt_timeout: meta.inner.cfg.attempt_timeout,
             ..DataConfig::default()
         };
@@ -174,6 +201,7 @@ impl DataClient {
                 client_id: rand::random(),
                 seq: AtomicU64::new(0),
                 cfg,
+                rereads: Default::default(),
             }),
         })
     }
@@ -410,10 +438,26 @@ impl DataClient {
             .clone();
         Ok(Route {
             epoch: s.epoch,
-            node: primary,
-            node_version: node.version,
             addr,
+            shard: s,
+            node,
         })
+    }
+
+    /// Whether a refusal without news may drop `shard`'s record now: at most once per
+    /// [`REREAD_EVERY`] per shard, whatever the number of requests refused.
+    fn may_reread(&self, shard: ShardId) -> bool {
+        let Ok(mut last) = self.inner.rereads.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        match last.get(&shard) {
+            Some(at) if now.saturating_duration_since(*at) < REREAD_EVERY => false,
+            _ => {
+                last.insert(shard, now);
+                true
+            }
+        }
     }
 
     /// Sends the request `build` makes for an epoch to the shard's primary until it is
@@ -461,10 +505,13 @@ impl DataClient {
             let remaining = deadline.saturating_duration_since(now);
             if remaining < MIN_ATTEMPT {
                 // Too little time for an answer to come back: an attempt could only time
-                // out (and a timeout with nothing heard drops the pooled connection).
-                let why = match &routed {
-                    Err(Ok(why)) => why.clone(),
-                    _ => last,
+                // out (and a timeout with nothing heard drops the pooled connection). A
+                // definite answer from the metadata (a refusal) is still that answer.
+                let why = match routed {
+                    Err(Err(e)) if !maybe_applied => return Err(e),
+                    Err(Err(e)) => e.to_string(),
+                    Err(Ok(why)) => why,
+                    Ok(_) => last,
                 };
                 return Err(give_up(maybe_applied, why));
             }
@@ -502,16 +549,18 @@ impl DataClient {
                                     })
                                 }),
                         };
-                    let (outcome, may_have_applied) = judge(&route, answer);
+                    let (outcome, may_have_applied) = judge(&route.addr, answer);
                     maybe_applied |= may_have_applied && matches!(kind, Kind::Write(_));
-                    if let Outcome::Again { refresh, .. } = &outcome {
-                        if *refresh != Refresh::Nothing {
-                            self.inner.cache.invalidate(shard, route.epoch);
-                        }
-                        if *refresh == Refresh::ShardAndNode {
-                            self.inner
-                                .cache
-                                .invalidate_node(route.node, route.node_version);
+                    if let Outcome::Again {
+                        refresh, at_once, ..
+                    } = &outcome
+                    {
+                        let news = *at_once;
+                        if *refresh != Refresh::Nothing && (news || self.may_reread(shard)) {
+                            self.inner.cache.forget_shard(&route.shard);
+                            if *refresh == Refresh::ShardAndNode {
+                                self.inner.cache.forget_node(&route.node);
+                            }
                         }
                     }
                     outcome
@@ -539,7 +588,11 @@ impl DataClient {
             let jittered = backoff.mul_f64(rand::random::<f64>() * 0.5 + 0.5);
             let pause = jittered.min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(cfg.max_backoff);
+            // Floored as the first pause is: a `max_backoff` of zero must not make every
+            // later retry a busy loop.
+            backoff = (backoff * 2)
+                .min(cfg.max_backoff)
+                .max(Duration::from_millis(1));
         }
     }
 }
@@ -548,8 +601,7 @@ impl DataClient {
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 
 /// What one answer (or failure) means, and whether the request may have been applied.
-fn judge(route: &Route, answer: Result<DataResponse, TransportError>) -> (Outcome, bool) {
-    let at = &route.addr;
+fn judge(at: &str, answer: Result<DataResponse, TransportError>) -> (Outcome, bool) {
     let again = |why: String, refresh: Refresh| Outcome::Again {
         why,
         refresh,

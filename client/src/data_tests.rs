@@ -1,17 +1,9 @@
 use super::*;
-
-fn route() -> Route {
-    Route {
-        epoch: 3,
-        node: NodeId(1),
-        node_version: 7,
-        addr: "127.0.0.1:1".into(),
-    }
-}
+use augur_proto::NodeId;
 
 /// (refresh, at once, may have applied) for an error answer.
 fn judged(e: DataError) -> Option<(Refresh, bool, bool)> {
-    match judge(&route(), Ok(DataResponse::Error(e))) {
+    match judge("127.0.0.1:1", Ok(DataResponse::Error(e))) {
         (
             Outcome::Again {
                 refresh, at_once, ..

@@ -173,6 +173,44 @@ async fn unavailable_and_behind_are_retried_and_other_refusals_are_not() {
     assert_eq!(node.writes().len(), 1, "a refusal is final");
 }
 
+/// A primary that cannot serve yet (reconciling, its lease not yet valid) refuses at an
+/// unchanged epoch. The requests it turns away share their re-reads of the shard record:
+/// each refusal drops only the record its own request was routed by, not one another
+/// request has just re-read. Dropping any record of that epoch cost the metadata leader a
+/// linearizable read per refusal.
+#[tokio::test]
+async fn refusals_at_one_epoch_share_their_re_reads_of_the_shard_record() {
+    const REFUSALS: usize = 400;
+    let c = certs();
+    let node = Storage::start(&c.tls, |req, seen| match req {
+        DataRequest::Get { .. } if seen < REFUSALS => {
+            refuse(DataError::Unavailable("reconciling".into()))
+        }
+        DataRequest::Get { .. } => Reply::Now(DataResponse::Value(None)),
+        _ => refuse(DataError::Internal("not scripted".into())),
+    });
+    let meta = cluster(&c.tls, 1, &[1], &[&node.addr]);
+    let client = data_client(&meta, &c.tls, Duration::from_secs(60)).await;
+
+    let gets: Vec<_> = (0..50)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.get(b"k").await })
+        })
+        .collect();
+    for g in gets {
+        let r = g.await.expect("get task");
+        assert!(matches!(r, Ok(None)), "{r:?}");
+    }
+
+    let reads = meta.with(|s| s.shard_reads.get(&1).copied().unwrap_or(0));
+    assert!(node.gets().len() > REFUSALS);
+    assert!(
+        reads * 8 <= REFUSALS,
+        "{reads} reads of the shard record for {REFUSALS} refusals"
+    );
+}
+
 #[tokio::test]
 async fn oversized_keys_and_values_are_refused_before_anything_is_sent() {
     let c = certs();

@@ -212,6 +212,68 @@ async fn a_killed_secondary_is_removed_and_writes_go_on_before_it_is_declared_do
     Ok(())
 }
 
+/// A request id reused for another write while its first write is still in flight (waiting
+/// for a frozen secondary's acknowledgement) is refused at once, and the first write still
+/// commits under it: the primary compares the resend with the pending entry's digest, not
+/// only with the outcomes it remembers once applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_id_reused_while_its_first_write_is_in_flight_is_refused() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let data = DataClient::new(c.new_client()?).await?;
+    data.put("inflight", b"before".to_vec()).await?;
+    let shard = data.shard_of(b"inflight");
+    let record = shards(&c.client).await?[&shard].clone();
+    let all = nodes(&c.client).await?;
+    let primary_admin: std::net::SocketAddr = all[&record.replicas[0]].admin.parse()?;
+    let secondary = record.replicas[1];
+    let put = |v: &str| augur_proto::data::WriteOp::Put {
+        key: b"inflight".to_vec(),
+        value: v.as_bytes().to_vec(),
+    };
+    // The primary cannot commit while a secondary says nothing: the first write waits (for
+    // `ack_timeout_ms`, 4 s, then the secondary's removal).
+    c.pause_storage(secondary.0)?;
+    let id = data.next_request_id();
+    let first = tokio::spawn({
+        let (data, op) = (data.clone(), put("first"));
+        async move { data.write_as(id, op).await }
+    });
+    poll(
+        Duration::from_secs(30),
+        "the first write prepared on the primary and not committed",
+        || async move {
+            let r =
+                augur_client::admin_http::get(primary_admin, "/metrics", Duration::from_secs(5))
+                    .await?;
+            let lag =
+                augur_client::admin_http::metric_sum(&r.body, "augur_storage_replication_lag");
+            Ok((lag > 0.0).then_some(()))
+        },
+    )
+    .await?;
+    // Sent now, the second write finds the first pending (it cannot commit before the ack
+    // timeout); on a machine stalled that long it would meet the remembered outcome
+    // instead, which is refused the same way.
+    match data.write_as(id, put("second")).await {
+        Err(Error::Data(DataError::InvalidArgument(why))) => {
+            assert!(why.contains("already used"), "{why}")
+        }
+        other => panic!("a request id reused while in flight: {other:?}"),
+    }
+    let outcome = first.await??;
+    c.resume_storage(secondary.0)?;
+    let augur_proto::data::WriteOutcome::Applied { version } = outcome else {
+        panic!("the first write applies: {outcome:?}");
+    };
+    assert_eq!(
+        data.get(b"inflight").await?.map(|v| (v.value, v.version)),
+        Some((b"first".to_vec(), version))
+    );
+    // The resend of the first write, now applied, is answered with its outcome.
+    assert_eq!(data.write_as(id, put("first")).await?, outcome);
+    Ok(())
+}
+
 /// Reads a key from node `addr` directly, for shard `shard` at `epoch`: what the node itself
 /// answers, with no client routing in between.
 async fn direct_get(

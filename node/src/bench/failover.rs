@@ -20,6 +20,10 @@
 //! - `below_rf_s`: seconds during which some shard had fewer than RF replicas on nodes that
 //!   were alive, sampled from the shard map every 250 ms (the killed node counts as dead
 //!   from the kill).
+//!
+//! Beside them, `slowest_request_ms` and `slow_requests` (calls that took over 1 s,
+//! answered or not): the clients' default deadline (20 s) outlasts a reactive failover, so
+//! its cost shows as calls that waited for the new primary rather than as failures.
 
 use super::data::{data_clients, key, kind_of, preload};
 use super::{most_leading, report, BenchCluster, ClusterPlan, Victim};
@@ -121,6 +125,10 @@ pub struct FailoverReport {
     pub unavailable_s: f64,
     /// Seconds during which some shard had fewer than RF replicas on live nodes.
     pub below_rf_s: f64,
+    /// The longest any workload or probe call took, answered or not, ms.
+    pub slowest_request_ms: f64,
+    /// Workload and probe calls that took longer than 1 s, answered or not.
+    pub slow_requests: u64,
     /// From the injection to the victim's record leaving Up (Suspect or Draining), s.
     pub flagged_after_s: Option<f64>,
     /// From the injection to the victim holding no replica, s (before its death, if ever).
@@ -177,8 +185,12 @@ fn print_report(r: &FailoverReport) {
         r.replicas_at_death
     );
     println!(
-        "requests: {} answered, {} failed ({} indeterminate)",
-        r.ok_requests, r.failed_requests, r.indeterminate_requests
+        "requests: {} answered, {} failed ({} indeterminate); {} took over 1 s, the slowest {:.0} ms",
+        r.ok_requests,
+        r.failed_requests,
+        r.indeterminate_requests,
+        r.slow_requests,
+        r.slowest_request_ms
     );
     println!(
         "unavailable {:.1} s on its shards; below RF {:.1} s; RF whole {:.1} s after the death",
@@ -195,6 +207,9 @@ struct Seen {
     ok: u64,
     errors: BTreeMap<String, u64>,
     indeterminate: u64,
+    /// The longest call, and the calls longer than [`GAP`].
+    slowest: Duration,
+    slow: u64,
     /// Per probed shard: when its last probe was answered.
     last_answer: BTreeMap<ShardId, Instant>,
     /// Stretches longer than [`GAP`] without an answer, on any probed shard.
@@ -205,7 +220,11 @@ struct Seen {
 const GAP: Duration = Duration::from_secs(1);
 
 impl Seen {
-    fn record(&mut self, r: Result<(), augur_client::Error>) {
+    fn record(&mut self, r: Result<(), augur_client::Error>, took: Duration) {
+        self.slowest = self.slowest.max(took);
+        if took > GAP {
+            self.slow += 1;
+        }
         match r {
             Ok(()) => self.ok += 1,
             Err(e) => {
@@ -273,13 +292,14 @@ fn spawn_workload(
                         let mut rng = rand::thread_rng();
                         (rng.gen_range(1..=keys), rng.gen_bool(0.5))
                     };
+                    let started = Instant::now();
                     let r = if put {
                         c.put(key(i), value.clone()).await.map(|_| ())
                     } else {
                         c.get(&key(i)).await.map(|_| ())
                     };
                     if let Ok(mut s) = seen.lock() {
-                        s.record(r);
+                        s.record(r, started.elapsed());
                     }
                 }
             })
@@ -313,6 +333,7 @@ fn spawn_probes(
                 let mut n: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
+                    let started = Instant::now();
                     let r = match c.put(k.clone(), n.to_le_bytes().to_vec()).await {
                         Ok(_) => c.get(&k).await.map(|_| ()),
                         Err(e) => Err(e),
@@ -321,7 +342,7 @@ fn spawn_probes(
                         if r.is_ok() {
                             s.answered(shard, Instant::now());
                         }
-                        s.record(r);
+                        s.record(r, started.elapsed());
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -547,6 +568,8 @@ async fn measure(a: &FailoverBenchArgs, dir: &Path) -> anyhow::Result<FailoverRe
         failed_requests: seen.errors.values().sum(),
         indeterminate_requests: seen.indeterminate,
         unavailable_s: seen.unavailable_s(end),
+        slowest_request_ms: seen.slowest.as_secs_f64() * 1e3,
+        slow_requests: seen.slow,
         below_rf_s: below_ms.load(Ordering::Relaxed) as f64 / 1e3,
         flagged_after_s: flagged,
         drained_after_s: drained,

@@ -27,14 +27,25 @@ fn unavailability_is_the_union_of_the_long_gaps() {
 
 #[test]
 fn errors_are_counted_by_kind_and_indeterminate_apart() {
+    let ms = Duration::from_millis;
     let mut s = Seen::default();
-    s.record(Ok(()));
-    s.record(Err(augur_client::Error::Indeterminate("lost".into())));
-    s.record(Err(augur_client::Error::Unavailable("no leader".into())));
-    assert_eq!(s.ok, 1);
+    s.record(Ok(()), ms(3));
+    s.record(
+        Err(augur_client::Error::Indeterminate("lost".into())),
+        ms(1_200),
+    );
+    s.record(
+        Err(augur_client::Error::Unavailable("no leader".into())),
+        ms(900),
+    );
+    s.record(Ok(()), ms(8_400));
+    assert_eq!(s.ok, 2);
     assert_eq!(s.indeterminate, 1);
     assert_eq!(s.errors.values().sum::<u64>(), 2);
     assert_eq!(s.errors.get("indeterminate"), Some(&1));
+    // Slow calls count whether answered or not: a call that waited out a failover and then
+    // succeeded is the reactive path's cost.
+    assert_eq!((s.slow, s.slowest), (2, ms(8_400)));
 }
 
 #[test]

@@ -392,6 +392,22 @@ mod tests {
         }
     }
 
+    /// A data client left at its defaults must ride out what these defaults make a failure
+    /// cost: a dead primary (its lease, then the grace period and a liveness tick before it
+    /// is declared Down, then a promotion) and a hand-off nobody follows (the primary's
+    /// pause, then its re-election). A shorter deadline turns each into failed writes.
+    #[test]
+    fn the_data_clients_default_deadline_outlasts_a_failover() {
+        let s = ControlSettings::default();
+        let dead_primary = s.lease_ms + s.grace_ms + s.liveness_tick_ms + 1_000;
+        let stuck_handoff = s.handoff_timeout_ms + s.storage_call_timeout_ms;
+        let deadline = augur_client::DataConfig::default().request_timeout;
+        assert!(
+            deadline > std::time::Duration::from_millis(dead_primary.max(stuck_handoff)),
+            "{deadline:?} against {dead_primary} ms and {stuck_handoff} ms"
+        );
+    }
+
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
         assert!(ControlSettings::default().validate().is_ok());
