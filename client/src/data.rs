@@ -59,11 +59,12 @@ pub struct DataConfig {
     /// hand-off's pause and re-election (5 s and a write), so a call that meets an
     /// unpredicted node death or a stuck hand-off waits for the new primary and succeeds
     /// instead of failing, or ending `Indeterminate`. A caller that prefers to fail fast
-    /// sets it lower. No attempt starts after it, and a read ends by it. A write already started is still
-    /// given its whole `attempt_timeout` to be answered (cut short, an answer on its way
-    /// would become an unknown outcome), plus the transport's connect timeout to dial the
-    /// node and send the request if it has no connection yet, so a write call may end up
-    /// to that much later.
+    /// sets it lower. No attempt starts after it, and a read ends by it. A write already
+    /// started is still given its whole `attempt_timeout` to be answered (cut short, an
+    /// answer on its way would become an unknown outcome), after up to the transport's
+    /// connect timeout for each of dialling the node, opening a stream and sending the
+    /// request, so a write call may end up to `attempt_timeout` plus three connect
+    /// timeouts later (4 s at the defaults).
     pub request_timeout: Duration,
     /// Deadline for one attempt on one storage node. Default 1 s.
     pub attempt_timeout: Duration,
