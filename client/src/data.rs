@@ -25,9 +25,11 @@
 //! Every write carries a [`RequestId`]: a random client id chosen once per `DataClient` and a
 //! number per write. A storage node applies a request id once and answers a resend with the
 //! first outcome, so a write is resent with the same id after any failure (a lost answer, a
-//! timeout, a primary that changed) until the deadline. Only when the deadline passes after
-//! an attempt that may have applied is the result [`Error::Indeterminate`]; a write is never
-//! resent under a new id.
+//! timeout, a primary that changed, a node's own failure such as a disk error) until the
+//! deadline. Only when the deadline passes after an attempt that may have applied is the
+//! result [`Error::Indeterminate`]; a write is never resent under a new id. The refusals
+//! that end a call at once are the ones that say the request itself is wrong
+//! (`InvalidArgument`, `PermissionDenied`, `Fenced`).
 
 mod admin;
 mod scan;
@@ -627,10 +629,15 @@ fn judge(at: &str, answer: Result<DataResponse, TransportError>) -> (Outcome, bo
             // The write may commit or not (the primary lost its lease or role with it in
             // flight): resend it under its id, to whoever is primary now, to learn which.
             DataError::Indeterminate(_) => (again(format!("{at}: {e}"), Refresh::Shard), true),
+            // The node failed on its own (its disk, a task that died). A write may have
+            // reached its log first (a failed RocksDB write can survive in its WAL and be
+            // replayed), and on a failing node, the very case this system moves data for,
+            // another primary serves after the drain or the failover: resend under the id
+            // to whoever is primary then, and learn which.
+            DataError::Internal(_) => (again(format!("{at}: {e}"), Refresh::Shard), true),
             e @ (DataError::InvalidArgument(_)
             | DataError::PermissionDenied(_)
-            | DataError::Fenced(_)
-            | DataError::Internal(_)) => (Outcome::Fail(Error::Data(e)), false),
+            | DataError::Fenced(_)) => (Outcome::Fail(Error::Data(e)), false),
         },
         Ok(resp) => (Outcome::Done(resp), false),
         Err(e @ TransportError::Oversized { .. }) => (

@@ -134,6 +134,45 @@ async fn a_write_never_answered_by_the_deadline_is_indeterminate() {
     );
 }
 
+/// A node that fails on its own (a log append that hit a disk error) may have written the
+/// entry anyway: the client resends under the same id, and a node that keeps failing ends
+/// the call `Indeterminate`, never a definite failure.
+#[tokio::test]
+async fn a_node_failing_on_its_own_is_retried_under_the_same_request_id() {
+    let c = certs();
+    let node = Storage::start(&c.tls, |req, seen| match (req, seen) {
+        (DataRequest::Write { .. }, 0) => refuse(DataError::Internal(
+            "cannot append to the log: I/O error".into(),
+        )),
+        (DataRequest::Write { .. }, _) => applied(12),
+        _ => refuse(DataError::PermissionDenied("not scripted".into())),
+    });
+    let meta = cluster(&c.tls, 1, &[1], &[&node.addr]);
+    let client = data_client(&meta, &c.tls, REQUEST).await;
+
+    let r = client.put(b"k".to_vec(), b"v".to_vec()).await;
+
+    assert!(matches!(r, Ok(12)), "{r:?}");
+    let writes = node.writes();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    assert_eq!(writes[0].0, writes[1].0, "one write, one request id");
+
+    let failing = Storage::start(&c.tls, |req, _| match req {
+        DataRequest::Get { .. } => Reply::Now(DataResponse::Value(None)),
+        _ => refuse(DataError::Internal(
+            "cannot append to the log: I/O error".into(),
+        )),
+    });
+    let meta = cluster(&c.tls, 1, &[1], &[&failing.addr]);
+    let client = data_client(&meta, &c.tls, Duration::from_millis(800)).await;
+    assert!(matches!(client.get(b"k").await, Ok(None)));
+    let r = client.put(b"k".to_vec(), b"v".to_vec()).await;
+    assert!(matches!(r, Err(Error::Indeterminate(_))), "{r:?}");
+    let writes = failing.writes();
+    assert!(writes.len() >= 2, "resent until the deadline: {writes:?}");
+    assert!(writes.iter().all(|w| w.0 == writes[0].0), "{writes:?}");
+}
+
 #[tokio::test]
 async fn a_write_that_could_not_be_sent_is_unavailable_not_indeterminate() {
     let c = certs();

@@ -410,6 +410,15 @@ fn a_move_keeps_its_source_while_another_member_is_on_a_dead_node() {
     };
     assert!(next.replicas.contains(&m.from) && next.replicas.contains(&m.to));
     assert_eq!(next.replicas.len(), 4, "{next:?}");
+    // Kept or not, the source's staying does not spare the destination's record a compare:
+    // declared Down since the pass read it, it must not join.
+    let to_version = augur_proto::CompareTarget::VersionEq(c.nodes[&m.to].version);
+    assert!(
+        txn.compares
+            .iter()
+            .any(|cmp| cmp.key == augur_proto::Key::Node(m.to) && cmp.target == to_version),
+        "destination not compared: {txn:?}"
+    );
     // With every other member live, the source leaves in the same write.
     c.nodes.get_mut(&other).unwrap().state = NodeState::Up;
     let txn = crate::control::mover::commit_txn(&m, &sh, &checkpoint(5, 1), &c, 1_000_000);

@@ -121,15 +121,15 @@ pub fn commit_txn(
     next.bytes_total = cp.bytes;
     next.rate_bytes_per_s = rate(m, cp.bytes, now_ms);
     let mut txn = write((shard, s), (m, next));
-    if drops {
-        // The count was made on records read before this pass's probes: a member declared
-        // Down since would leave the shard one short, and so would the destination. Their
-        // records' versions say so.
-        let kept = shard.replicas.iter().filter(|n| **n != m.from);
-        for n in kept.chain(std::iter::once(&m.to)) {
-            if let Some(rec) = cluster.nodes.get(n) {
-                txn.compares.push(compare(Key::Node(*n), rec.version));
-            }
+    // The destination was judged live on records read before this pass's probes: declared
+    // Down since, it would join as a replica its primary then waits on until repair takes
+    // it out again. When the source leaves, the count of the members kept was made on those
+    // records too, and a member declared Down since would leave the shard one short. Their
+    // records' versions say so; a write that fails is decided again next pass.
+    let kept = shard.replicas.iter().filter(|n| drops && **n != m.from);
+    for n in std::iter::once(&m.to).chain(kept) {
+        if let Some(rec) = cluster.nodes.get(n) {
+            txn.compares.push(compare(Key::Node(*n), rec.version));
         }
     }
     txn
