@@ -398,6 +398,20 @@ impl ShardCache {
         }
     }
 
+    /// Whether the cache still holds exactly `used` for its shard.
+    pub fn holds_shard(&self, used: &Arc<Shard>) -> bool {
+        self.inner.map.read().is_ok_and(|m| {
+            matches!(m.shards.entries.get(&used.id), Some(Entry::Present(s)) if Arc::ptr_eq(s, used))
+        })
+    }
+
+    /// Whether the cache still holds exactly `used` for its node.
+    pub fn holds_node(&self, used: &Arc<Node>) -> bool {
+        self.inner.map.read().is_ok_and(|m| {
+            matches!(m.nodes.entries.get(&used.id), Some(Entry::Present(n)) if Arc::ptr_eq(n, used))
+        })
+    }
+
     /// [`ShardCache::forget_shard`] for a node's record (`used` could not be reached: the
     /// node may have moved).
     pub fn forget_node(&self, used: &Arc<Node>) {

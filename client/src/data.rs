@@ -44,7 +44,7 @@ use augur_proto::data::{
     check_key, DataCluster, DataError, DataRequest, DataResponse, RequestId, Versioned, WriteOp,
     WriteOutcome, MAX_KEY, MAX_SCAN_LIMIT,
 };
-use augur_proto::{Node, Shard, ShardId};
+use augur_proto::{Node, NodeId, Shard, ShardId};
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,9 +118,9 @@ struct Inner {
     /// The last write number handed out.
     seq: AtomicU64,
     cfg: DataConfig,
-    /// Per shard, when this client last dropped its record after a refusal that does not
-    /// name a newer configuration ([`DataClient::may_reread`]).
-    rereads: std::sync::Mutex<HashMap<ShardId, Instant>>,
+    /// When this client last dropped a shard's or a node's record after a refusal that does
+    /// not name a newer configuration ([`DataClient::may_reread`]).
+    rereads: std::sync::Mutex<Rereads>,
 }
 
 /// The least time between two re-reads of one shard's record that a refusal *without* news
@@ -130,6 +130,25 @@ struct Inner {
 /// covers a watch that lags. A redirect or a stale epoch (news of a newer configuration) is
 /// always followed at once.
 const REREAD_EVERY: Duration = Duration::from_millis(100);
+
+/// Per record, when a refusal without news last dropped it ([`REREAD_EVERY`]).
+#[derive(Default)]
+struct Rereads {
+    shards: HashMap<ShardId, Instant>,
+    nodes: HashMap<NodeId, Instant>,
+}
+
+/// Whether `key`'s record may be dropped now, noting it if so.
+fn allow<K: std::hash::Hash + Eq>(last: &mut HashMap<K, Instant>, key: K) -> bool {
+    let now = Instant::now();
+    match last.get(&key) {
+        Some(at) if now.saturating_duration_since(*at) < REREAD_EVERY => false,
+        _ => {
+            last.insert(key, now);
+            true
+        }
+    }
+}
 
 /// Where to send a shard's requests now.
 struct Route {
@@ -447,19 +466,44 @@ impl DataClient {
         })
     }
 
-    /// Whether a refusal without news may drop `shard`'s record now: at most once per
-    /// [`REREAD_EVERY`] per shard, whatever the number of requests refused.
-    fn may_reread(&self, shard: ShardId) -> bool {
-        let Ok(mut last) = self.inner.rereads.lock() else {
-            return true;
-        };
-        let now = Instant::now();
-        match last.get(&shard) {
-            Some(at) if now.saturating_duration_since(*at) < REREAD_EVERY => false,
-            _ => {
-                last.insert(shard, now);
-                true
-            }
+    /// Drops what a refused attempt was routed by, so the next route reads it again.
+    ///
+    /// A refusal naming a newer configuration (`Redirect`, `StaleEpoch`, `UnknownShard`)
+    /// drops the shard's record at or below the epoch refused, whoever read it: a copy
+    /// re-read since at the same epoch is just as stale. A refusal without news drops only
+    /// the records this attempt used, if the cache still holds them (a request routed by
+    /// an older copy learns nothing another has not already re-read), and each at most
+    /// once per [`REREAD_EVERY`].
+    fn forget_route(&self, route: &Route, refresh: Refresh, news: bool) {
+        let cache = &self.inner.cache;
+        if refresh == Refresh::Nothing {
+            return;
+        }
+        if news {
+            cache.invalidate(route.shard.id, route.epoch);
+        } else if cache.holds_shard(&route.shard)
+            && self.may_reread(|r| &mut r.shards, route.shard.id)
+        {
+            cache.forget_shard(&route.shard);
+        }
+        if refresh == Refresh::ShardAndNode
+            && cache.holds_node(&route.node)
+            && self.may_reread(|r| &mut r.nodes, route.node.id)
+        {
+            cache.forget_node(&route.node);
+        }
+    }
+
+    /// Whether a refusal without news may drop a record now: at most once per
+    /// [`REREAD_EVERY`] per record, whatever the number of requests refused.
+    fn may_reread<K: std::hash::Hash + Eq>(
+        &self,
+        table: impl FnOnce(&mut Rereads) -> &mut HashMap<K, Instant>,
+        key: K,
+    ) -> bool {
+        match self.inner.rereads.lock() {
+            Ok(mut r) => allow(table(&mut r), key),
+            Err(_) => true,
         }
     }
 
@@ -481,15 +525,23 @@ impl DataClient {
         let mut maybe_applied = false;
         // Whether a newer configuration was already followed without backing off.
         let mut followed = false;
-        let give_up = |maybe_applied: bool, why: String| match kind {
-            Kind::Write(id) if maybe_applied => {
+        // The last attempt's refusal if the node failed on its own (`Internal`): a request
+        // that certainly did nothing and gives up on it reports that failure, not
+        // `Unavailable`, which would invite the caller to retry what fails again.
+        let mut node_failed: Option<DataError> = None;
+        let give_up = |maybe_applied: bool, why: String, node_failed: &Option<DataError>| match (
+            kind,
+            node_failed,
+        ) {
+            (Kind::Write(id), _) if maybe_applied => {
                 Error::Indeterminate(format!("write {id} to shard {shard}: {why}"))
             }
+            (_, Some(e)) => Error::Data(e.clone()),
             _ => Error::Unavailable(format!("shard {shard}: {why}")),
         };
         loop {
             if Instant::now() >= deadline {
-                return Err(give_up(maybe_applied, last));
+                return Err(give_up(maybe_applied, last, &node_failed));
             }
             // Routing may read the metadata (a refresh after a move): within the time left,
             // not each read's own timeout, so that no attempt starts after the deadline. A
@@ -516,10 +568,12 @@ impl DataClient {
                     Err(Ok(why)) => why,
                     Ok(_) => last,
                 };
-                return Err(give_up(maybe_applied, why));
+                return Err(give_up(maybe_applied, why, &node_failed));
             }
             let outcome = match routed {
-                Err(Err(e)) if maybe_applied => return Err(give_up(true, e.to_string())),
+                Err(Err(e)) if maybe_applied => {
+                    return Err(give_up(true, e.to_string(), &node_failed))
+                }
                 Err(Err(e)) => return Err(e),
                 Err(Ok(why)) => Outcome::Again {
                     why,
@@ -552,26 +606,26 @@ impl DataClient {
                                     })
                                 }),
                         };
+                    node_failed = match &answer {
+                        Ok(DataResponse::Error(e @ DataError::Internal(_))) => Some(e.clone()),
+                        _ => None,
+                    };
                     let (outcome, may_have_applied) = judge(&route.addr, answer);
                     maybe_applied |= may_have_applied && matches!(kind, Kind::Write(_));
                     if let Outcome::Again {
                         refresh, at_once, ..
                     } = &outcome
                     {
-                        let news = *at_once;
-                        if *refresh != Refresh::Nothing && (news || self.may_reread(shard)) {
-                            self.inner.cache.forget_shard(&route.shard);
-                            if *refresh == Refresh::ShardAndNode {
-                                self.inner.cache.forget_node(&route.node);
-                            }
-                        }
+                        self.forget_route(&route, *refresh, *at_once);
                     }
                     outcome
                 }
             };
             match outcome {
                 Outcome::Done(resp) => return Ok(resp),
-                Outcome::Fail(e) if maybe_applied => return Err(give_up(true, e.to_string())),
+                Outcome::Fail(e) if maybe_applied => {
+                    return Err(give_up(true, e.to_string(), &node_failed))
+                }
                 Outcome::Fail(e) => return Err(e),
                 Outcome::Again { why, at_once, .. } => {
                     last = why;
@@ -634,7 +688,7 @@ fn judge(at: &str, answer: Result<DataResponse, TransportError>) -> (Outcome, bo
             // replayed), and on a failing node, the very case this system moves data for,
             // another primary serves after the drain or the failover: resend under the id
             // to whoever is primary then, and learn which.
-            DataError::Internal(_) => (again(format!("{at}: {e}"), Refresh::Shard), true),
+            DataError::Internal(_) => (again(format!("{at}: {e}"), Refresh::Nothing), true),
             e @ (DataError::InvalidArgument(_)
             | DataError::PermissionDenied(_)
             | DataError::Fenced(_)) => (Outcome::Fail(Error::Data(e)), false),

@@ -44,7 +44,7 @@ fn a_newer_configuration_is_followed_at_once_and_anything_else_backs_off() {
     );
     assert_eq!(
         judged(DataError::Internal("cannot append to the log".into())),
-        Some((Refresh::Shard, false, true))
+        Some((Refresh::Nothing, false, true))
     );
     assert!(judged(DataError::InvalidArgument("key too long".into())).is_none());
     assert!(judged(DataError::PermissionDenied("clients only".into())).is_none());

@@ -33,10 +33,11 @@ pub enum Error {
     /// Transport set-up failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// A storage node refused a data request (malformed, not permitted, fenced, or its own
-    /// failure); retrying it unchanged fails again. For a write, nothing was applied unless
-    /// an earlier attempt may have been, in which case the call fails with
-    /// [`Error::Indeterminate`] instead.
+    /// A storage node refused a data request (malformed, not permitted, fenced); retrying it
+    /// unchanged fails again. Or a read met the node's own failure (`Internal`, a disk
+    /// error) on every attempt until the deadline. For a write, nothing was applied unless
+    /// an attempt may have been (a node's own failure counts as one), in which case the
+    /// call fails with [`Error::Indeterminate`] instead.
     #[error("storage node refused the request: {0}")]
     Data(DataError),
     /// The data plane has not been created yet (`augurctl cluster init`): there is no layout

@@ -158,7 +158,7 @@ async fn a_node_failing_on_its_own_is_retried_under_the_same_request_id() {
     assert_eq!(writes[0].0, writes[1].0, "one write, one request id");
 
     let failing = Storage::start(&c.tls, |req, _| match req {
-        DataRequest::Get { .. } => Reply::Now(DataResponse::Value(None)),
+        DataRequest::Get { key, .. } if key == b"k" => Reply::Now(DataResponse::Value(None)),
         _ => refuse(DataError::Internal(
             "cannot append to the log: I/O error".into(),
         )),
@@ -171,6 +171,13 @@ async fn a_node_failing_on_its_own_is_retried_under_the_same_request_id() {
     let writes = failing.writes();
     assert!(writes.len() >= 2, "resent until the deadline: {writes:?}");
     assert!(writes.iter().all(|w| w.0 == writes[0].0), "{writes:?}");
+    // A read that met only the node's failure reports it, not `Unavailable`.
+    let r = client.get(b"broken").await;
+    assert!(
+        matches!(r, Err(Error::Data(DataError::Internal(_)))),
+        "{r:?}"
+    );
+    assert!(failing.gets().len() >= 3, "retried: {:?}", failing.gets());
 }
 
 #[tokio::test]
