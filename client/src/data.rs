@@ -123,8 +123,8 @@ struct Inner {
     rereads: std::sync::Mutex<Rereads>,
 }
 
-/// The least time between two re-reads of one shard's record that a refusal *without* news
-/// (`Unavailable`, an unreachable node) causes. Such refusals come at an unchanged epoch,
+/// The least time between two re-reads of one shard's (or node's) record that a refusal
+/// *without* news (`Unavailable`, an unreachable node) causes. Such refusals come at an unchanged epoch,
 /// from every request in flight, for as long as a failover or a reconciliation lasts, and
 /// the records they would re-read arrive by the cache's watch anyway: the re-read only
 /// covers a watch that lags. A redirect or a stale epoch (news of a newer configuration) is
