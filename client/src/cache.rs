@@ -131,6 +131,15 @@ impl<T: Cached> RecordMap<T> {
         }
     }
 
+    /// Removes the entry for `used`'s id if it is `used` itself and `allow` agrees.
+    fn forget(&mut self, used: &Arc<T>, allow: impl FnOnce() -> bool) {
+        let id = used.id();
+        let held = matches!(self.entries.get(&id), Some(Entry::Present(r)) if Arc::ptr_eq(r, used));
+        if held && allow() {
+            self.entries.remove(&id);
+        }
+    }
+
     fn get(&self, id: T::Id) -> Option<Arc<T>> {
         match self.entries.get(&id)? {
             Entry::Present(r) => Some(r.clone()),
@@ -379,9 +388,9 @@ impl ShardCache {
     }
 
     /// Drops a shard's entry if it is still the very record `used` (the one a request was
-    /// routed by and a storage node turned away), so the next
+    /// routed by and a storage node turned away) and `allow` agrees, so the next
     /// [`ShardCache::lookup_or_fetch`] reads it again; a newer record, or the same one read
-    /// again since, is kept.
+    /// again since, is kept, and `allow` is not asked.
     ///
     /// Why identity rather than epoch: a primary that cannot serve yet (its lease, its
     /// reconciliation, admission control) answers every request at an unchanged epoch.
@@ -389,37 +398,17 @@ impl ShardCache {
     /// the previous one had just re-read, so a client re-read the shard once per request
     /// per backoff step, from the metadata leader that was handling the failover. Now the
     /// requests routed by one record cause at most one re-read between them.
-    pub fn forget_shard(&self, used: &Arc<Shard>) {
+    pub fn forget_shard(&self, used: &Arc<Shard>, allow: impl FnOnce() -> bool) {
         if let Ok(mut m) = self.inner.map.write() {
-            if matches!(m.shards.entries.get(&used.id), Some(Entry::Present(s)) if Arc::ptr_eq(s, used))
-            {
-                m.shards.entries.remove(&used.id);
-            }
+            m.shards.forget(used, allow);
         }
-    }
-
-    /// Whether the cache still holds exactly `used` for its shard.
-    pub fn holds_shard(&self, used: &Arc<Shard>) -> bool {
-        self.inner.map.read().is_ok_and(|m| {
-            matches!(m.shards.entries.get(&used.id), Some(Entry::Present(s)) if Arc::ptr_eq(s, used))
-        })
-    }
-
-    /// Whether the cache still holds exactly `used` for its node.
-    pub fn holds_node(&self, used: &Arc<Node>) -> bool {
-        self.inner.map.read().is_ok_and(|m| {
-            matches!(m.nodes.entries.get(&used.id), Some(Entry::Present(n)) if Arc::ptr_eq(n, used))
-        })
     }
 
     /// [`ShardCache::forget_shard`] for a node's record (`used` could not be reached: the
     /// node may have moved).
-    pub fn forget_node(&self, used: &Arc<Node>) {
+    pub fn forget_node(&self, used: &Arc<Node>, allow: impl FnOnce() -> bool) {
         if let Ok(mut m) = self.inner.map.write() {
-            if matches!(m.nodes.entries.get(&used.id), Some(Entry::Present(n)) if Arc::ptr_eq(n, used))
-            {
-                m.nodes.entries.remove(&used.id);
-            }
+            m.nodes.forget(used, allow);
         }
     }
 

@@ -481,16 +481,15 @@ impl DataClient {
         }
         if news {
             cache.invalidate(route.shard.id, route.epoch);
-        } else if cache.holds_shard(&route.shard)
-            && self.may_reread(|r| &mut r.shards, route.shard.id)
-        {
-            cache.forget_shard(&route.shard);
+        } else {
+            cache.forget_shard(&route.shard, || {
+                self.may_reread(|r| &mut r.shards, route.shard.id)
+            });
         }
-        if refresh == Refresh::ShardAndNode
-            && cache.holds_node(&route.node)
-            && self.may_reread(|r| &mut r.nodes, route.node.id)
-        {
-            cache.forget_node(&route.node);
+        if refresh == Refresh::ShardAndNode {
+            cache.forget_node(&route.node, || {
+                self.may_reread(|r| &mut r.nodes, route.node.id)
+            });
         }
     }
 
