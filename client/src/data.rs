@@ -13,7 +13,9 @@
 //! within the request deadline. The first answer naming a newer configuration is followed
 //! without the backoff: every epoch change (a move's commit, a hand-off) meets each
 //! client's next request to the shard, and the re-read record is usually right. `Behind` (the node has not learnt the client's newer epoch
-//! yet) is only waited out: the client's record is the right one. A storage node never elects itself: every change
+//! yet) is mostly waited out, since the client's record is the newer one; it counts as a
+//! refusal without news, so a node that never catches up (its watch stalled) does not keep
+//! the client from a failover the metadata has since made. A storage node never elects itself: every change
 //! of primary is a metadata transaction, so the metadata record is always at least as new
 //! as any epoch a node can name, and re-reading it is how a redirect is followed.
 //! A refusal drops only the record its own request was routed by (not one another request
@@ -675,8 +677,11 @@ fn judge(at: &str, answer: Result<DataResponse, TransportError>) -> (Outcome, bo
                 },
                 false,
             ),
-            // The node has not learnt the client's (newer) epoch yet: the record is right.
-            DataError::Behind { .. } => (again(format!("{at}: {e}"), Refresh::Nothing), false),
+            // The node has not learnt the client's (newer) epoch yet. Usually it soon
+            // will, but a node whose watch of the metadata stalled stays behind while the
+            // metadata fails its shards over: look again now and then (a refusal without
+            // news re-reads a shard at most every `REREAD_EVERY`).
+            DataError::Behind { .. } => (again(format!("{at}: {e}"), Refresh::Shard), false),
             // The primary cannot serve now; it may be on its way out, so look again.
             DataError::Unavailable(_) => (again(format!("{at}: {e}"), Refresh::Shard), false),
             // The write may commit or not (the primary lost its lease or role with it in

@@ -36,7 +36,7 @@ fn a_newer_configuration_is_followed_at_once_and_anything_else_backs_off() {
     );
     assert_eq!(
         judged(DataError::Behind { shard, epoch: 2 }),
-        Some((Refresh::Nothing, false, false))
+        Some((Refresh::Shard, false, false))
     );
     assert_eq!(
         judged(DataError::Indeterminate("lost its lease".into())),

@@ -219,6 +219,41 @@ async fn unavailable_and_behind_are_retried_and_other_refusals_are_not() {
     assert_eq!(node.writes().len(), 1, "a refusal is final");
 }
 
+/// A node whose view of the metadata stalled (its watch cut off) answers `Behind` for as long
+/// as it stays cut off, and meanwhile the metadata may fail its shards over to another
+/// primary. The client's record is the newer one, but not necessarily the newest: it
+/// re-reads it now and then (at most every 100 ms per shard) rather than wait out its
+/// deadline on a node that cannot catch up.
+#[tokio::test]
+async fn a_node_that_stays_behind_does_not_hold_the_client_past_a_failover() {
+    let c = certs();
+    let stalled = Storage::start(&c.tls, |_, _| {
+        refuse(DataError::Behind {
+            shard: ShardId(1),
+            epoch: 0,
+        })
+    });
+    let new = Storage::start(&c.tls, |req, _| match req {
+        DataRequest::Get { epoch: 2, .. } => Reply::Now(value(b"v", 7)),
+        _ => refuse(DataError::Internal("not scripted".into())),
+    });
+    let meta = cluster(&c.tls, 1, &[1, 2], &[&stalled.addr, &new.addr]);
+    let client = data_client(&meta, &c.tls, Duration::from_secs(60)).await;
+    meta.with(|s| s.put_shard(1, &[2], 2));
+
+    let r = client.get(b"k").await;
+
+    assert!(
+        matches!(&r, Ok(Some(v)) if v.value == b"v" && v.version == 7),
+        "{r:?}"
+    );
+    assert!(
+        !stalled.gets().is_empty(),
+        "the stalled node was asked first"
+    );
+    assert_eq!(new.gets(), vec![2], "then the primary the re-read named");
+}
+
 /// A primary that cannot serve yet (reconciling, its lease not yet valid) refuses at an
 /// unchanged epoch. The requests it turns away share their re-reads of the shard record:
 /// each refusal drops only the record its own request was routed by, not one another
