@@ -134,16 +134,46 @@ async fn a_watch_on_a_leader_cut_off_from_its_quorum_ends_unavailable() -> anyho
     cut_off_watch_ends(true).await
 }
 
+/// Five members, and the watched one is left with one other: a minority of two still
+/// hears a peer (a follower its fellow follower's pre-votes, a leader one follower's
+/// acknowledgements), which must not pass for being in touch with a quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_follower_in_a_minority_of_two_ends_unavailable() -> anyhow::Result<()> {
+    cut_off_watch_ends_in(5, false).await
+}
+
+/// The same with the leader in the minority of two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_leader_in_a_minority_of_two_ends_unavailable() -> anyhow::Result<()> {
+    cut_off_watch_ends_in(5, true).await
+}
+
 async fn cut_off_watch_ends(on_leader: bool) -> anyhow::Result<()> {
-    let cluster = LocalCluster::start(3).await?;
+    cut_off_watch_ends_in(3, on_leader).await
+}
+
+/// Watches a member of a `members`-member cluster (its leader or a follower), then stops
+/// every member but the watched one and, when that leaves a quorum's worth, the fewest
+/// others so that what remains is a minority; the watch must end `Unavailable`.
+async fn cut_off_watch_ends_in(members: u64, on_leader: bool) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(members).await?;
     let c = &cluster.client;
     c.txn(put("cut", 1)).await?;
     let leader = cluster.leader(Duration::from_secs(30)).await?;
     let watched = if on_leader {
         leader
     } else {
-        (1..=3).find(|m| *m != leader).expect("a follower")
+        (1..=members).find(|m| *m != leader).expect("a follower")
     };
+    // The minority left running: the watched member and, of five, one other follower.
+    let minority = (members - 1) / 2;
+    let kept: Vec<u64> = std::iter::once(watched)
+        .chain(
+            (1..=members)
+                .filter(|m| *m != watched && *m != leader)
+                .take(minority as usize - 1),
+        )
+        .collect();
     // A watch on that member, on a connection of its own (the client library would move on
     // by itself; this sees what the member says).
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
@@ -181,7 +211,7 @@ async fn cut_off_watch_ends(on_leader: bool) -> anyhow::Result<()> {
         matches!(&ev, Some(Response::Watch(e)) if e.revision == rev),
         "{ev:?}"
     );
-    for m in (1..=3).filter(|m| *m != watched) {
+    for m in (1..=members).filter(|m| !kept.contains(m)) {
         cluster.stop(m, true)?;
     }
     let end = tokio::time::timeout(Duration::from_secs(60), async {
