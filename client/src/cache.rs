@@ -505,7 +505,10 @@ impl ShardCache {
 async fn follow(weak: Weak<CacheInner>, client: Client, mut revision: u64) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let mut watch = client.watch(vec![Table::Shards, Table::Nodes], revision + 1);
+        let mut watch = client.watch(
+            vec![Table::Shards, Table::Nodes],
+            revision.saturating_add(1),
+        );
         while let Some(item) = watch.next().await {
             let Some(inner) = weak.upgrade() else { return };
             match item {

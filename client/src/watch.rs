@@ -142,14 +142,20 @@ async fn watch_once(
         match resp {
             Ok(Some(Response::WatchStarted { revision })) => {
                 if *next == 0 {
-                    *next = revision + 1;
+                    let Some(after) = revision.checked_add(1) else {
+                        return Ended::Lost(format!("the member names revision {revision}"));
+                    };
+                    *next = after;
                 }
             }
             Ok(Some(Response::Watch(event))) => {
                 if event.revision < *next {
                     continue; // already delivered before a reconnect
                 }
-                *next = event.revision + 1;
+                let Some(after) = event.revision.checked_add(1) else {
+                    return Ended::Lost(format!("the member names revision {}", event.revision));
+                };
+                *next = after;
                 if tx.send(Ok(event)).await.is_err() {
                     return Ended::Closed;
                 }

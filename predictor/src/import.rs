@@ -214,6 +214,15 @@ fn read_hds(path: &Path) -> Result<(BTreeMap<String, Drive>, u64), ImportError> 
                 .filter(|x| x.is_finite() && x.fract() == 0.0 && *x >= 0.0)
                 .map(|x| x as i64)
                 .ok_or_else(|| bad(format!("`{name}` = `{v}` is not a non-negative integer")))
+                .and_then(|h| {
+                    if h <= MAX_POWER_ON_HOURS {
+                        Ok(h)
+                    } else {
+                        Err(bad(format!(
+                            "`{name}` = {h} power-on hours is more than {MAX_POWER_ON_HOURS}"
+                        )))
+                    }
+                })
         };
         let tstart = int(c_start, "tstart")?;
         let tstop = int(c_stop, "tstop")?;
@@ -254,6 +263,11 @@ fn read_hds(path: &Path) -> Result<(BTreeMap<String, Drive>, u64), ImportError> 
     }
     Ok((drives, rows))
 }
+
+/// The most power-on hours a row may give (about 114 years). A drive becomes one sample per
+/// day of its span, so an absurd `tstop` would otherwise ask for more samples than memory
+/// holds (an abort, not an error naming the row).
+const MAX_POWER_ON_HOURS: i64 = 1_000_000;
 
 /// The daily samples of one drive and its failure, if it failed.
 ///
@@ -474,6 +488,10 @@ mod tests {
                 "is not a raw value",
             ),
             (good.replace(",10,82,0,", ",1e,82,0,"), "tstart"),
+            (
+                good.replace(",10,82,0,", ",10,9000000000000000000,0,"),
+                "power-on hours",
+            ),
         ] {
             let input = write(dir.path(), &[good, &bad]);
             let err = import_backblaze(

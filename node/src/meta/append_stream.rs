@@ -294,6 +294,40 @@ impl AnswerReader {
     }
 }
 
+/// Whether `req` could have come from a leader following the protocol: its entries follow
+/// `prev_log_id` one index after another, their log ids never go back, and none is newer
+/// than the sender's vote. Raft relies on the first (an assertion in debug builds; in
+/// release the entries would be stored as sent, leaving a gap in the log) and on the others
+/// for its log's order, so a request that breaks them is refused here, as a damaged
+/// snapshot header is. Only a member certificate can send one.
+fn append_fits(req: &AppendEntriesRequest<TypeConfig>) -> Result<(), String> {
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderId;
+    let newest = req.vote.leader_id.to_committed();
+    let mut prev: Option<LogId> = req.prev_log_id;
+    for entry in &req.entries {
+        let id = entry.log_id();
+        let want = prev.map_or(Some(0), |p| p.index.checked_add(1));
+        if Some(id.index) != want {
+            return Err(format!(
+                "entry {id} does not follow {}",
+                prev.map_or("the start of the log".to_string(), |p| p.to_string())
+            ));
+        }
+        if prev.is_some_and(|p| p.leader_id > id.leader_id) {
+            return Err(format!("entry {id} goes back to an older term"));
+        }
+        if id.leader_id > newest {
+            return Err(format!(
+                "entry {id} is beyond the sender's vote {}",
+                req.vote
+            ));
+        }
+        prev = Some(id);
+    }
+    Ok(())
+}
+
 /// Stops the writer when openraft drops the answer stream (a new session, or leadership lost).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -323,12 +357,20 @@ impl MetaNode {
                 let bad_frame = bad_frame.clone();
                 async move {
                     match read_frame::<_, AppendEntriesRequest<TypeConfig>>(&mut recv, max).await {
-                        Ok(Some(req)) => {
-                            if let Ok(mut a) = arrived.lock() {
-                                a.push_back(Instant::now());
+                        Ok(Some(req)) => match append_fits(&req) {
+                            Ok(()) => {
+                                if let Ok(mut a) = arrived.lock() {
+                                    a.push_back(Instant::now());
+                                }
+                                Some((req, recv))
                             }
-                            Some((req, recv))
-                        }
+                            Err(why) => {
+                                if let Ok(mut b) = bad_frame.lock() {
+                                    *b = Some(why);
+                                }
+                                None
+                            }
+                        },
                         // The leader finished its side, or went away: nothing to report.
                         Ok(None) | Err(FrameError::Io(_)) => None,
                         Err(e) => {

@@ -336,3 +336,34 @@ async fn an_oversized_request_goes_out_in_parts_and_is_answered_once() {
         &last_log_id(&req)
     );
 }
+
+/// Requests that no leader following the protocol sends are refused before Raft sees
+/// them; what leaders do send passes.
+#[test]
+fn append_requests_that_break_the_log_order_are_refused() {
+    let req =
+        |prev: Option<(u64, u64)>, entries: &[(u64, u64)], vote_term: u64| AppendEntriesRequest::<
+            TypeConfig,
+        > {
+            vote: Vote::new_committed(vote_term, 1),
+            prev_log_id: prev.map(|(t, i)| log_id::<TypeConfig>(t, 1, i)),
+            leader_commit: None,
+            entries: entries
+                .iter()
+                .map(|(t, i)| blank_ent::<TypeConfig>(*t, 1, *i))
+                .collect(),
+        };
+    // A heartbeat, the log's first entries, a batch after a prefix, a new term's entries.
+    assert!(append_fits(&req(Some((1, 9)), &[], 1)).is_ok());
+    assert!(append_fits(&req(None, &[(0, 0), (1, 1)], 1)).is_ok());
+    assert!(append_fits(&req(Some((1, 4)), &[(1, 5), (1, 6), (2, 7)], 2)).is_ok());
+    // A gap after the previous entry, a repeated index, a step back in term, an entry
+    // newer than the sender's vote, an index past the end of the range.
+    assert!(append_fits(&req(Some((1, 4)), &[(1, 6)], 1)).is_err());
+    assert!(append_fits(&req(None, &[(1, 1)], 1)).is_err());
+    assert!(append_fits(&req(Some((1, 4)), &[(1, 5), (1, 5)], 1)).is_err());
+    assert!(append_fits(&req(Some((2, 4)), &[(1, 5)], 2)).is_err());
+    assert!(append_fits(&req(Some((1, 4)), &[(2, 5), (1, 6)], 2)).is_err());
+    assert!(append_fits(&req(Some((1, 4)), &[(3, 5)], 2)).is_err());
+    assert!(append_fits(&req(Some((1, u64::MAX)), &[(1, 0)], 1)).is_err());
+}

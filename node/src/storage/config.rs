@@ -16,12 +16,12 @@
 //! key = "certs/storage-1.key"
 //!
 //! [replication]                              # defaults shown
-//! ack_timeout_ms = 4000                      # a replica silent this long while writes wait is reported
+//! ack_timeout_ms = 4000                      # a replica silent this long while writes wait is reported (≤ 1 h)
 //! max_batch_bytes = 4194304                  # entries per replication frame, by bytes
 //! max_pending_writes = 4096                  # writes in flight per shard before new ones wait
 //! request_retention_ms = 600000              # how long a request id is remembered
 //! stray_grace_ms = 60000                     # a removed replica's data is kept this long
-//! log_retention = 100000                     # applied entries kept per shard for catch-up
+//! log_retention = 100000                     # applied entries kept per shard for catch-up (≤ 10⁹)
 //! sync_wait_us = 500                         # under load, a WAL sync waits this long for more writes
 //!
 //! [copy]
@@ -62,6 +62,15 @@ fn invalid(setting: &'static str, detail: impl ToString) -> ConfigError {
 /// The longest `replication.sync_wait_us` taken: every write waits for it, and past this it
 /// would be the larger part of a put's latency.
 pub const MAX_SYNC_WAIT_US: u64 = 10_000;
+
+/// The longest `replication.ack_timeout_ms` taken (an hour): a replica silent longer than
+/// that while writes wait has long been dead, and the timeout's arithmetic stays far from
+/// overflowing.
+pub const MAX_ACK_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The largest `replication.log_retention` taken: a billion entries is more log than any
+/// disk keeps, and the pruning arithmetic stays far from overflowing.
+pub const MAX_LOG_RETENTION: u64 = 1_000_000_000;
 
 /// Replication settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,8 +290,17 @@ impl StorageFile {
             }
         }
         let r = &self.replication;
-        if r.ack_timeout_ms == 0 {
-            return Err(invalid("replication.ack_timeout_ms", "must be at least 1"));
+        if r.ack_timeout_ms == 0 || r.ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
+            return Err(invalid(
+                "replication.ack_timeout_ms",
+                format!("must be 1..={MAX_ACK_TIMEOUT_MS}"),
+            ));
+        }
+        if r.log_retention > MAX_LOG_RETENTION {
+            return Err(invalid(
+                "replication.log_retention",
+                format!("must be 0..={MAX_LOG_RETENTION}"),
+            ));
         }
         if r.sync_wait_us > MAX_SYNC_WAIT_US {
             return Err(invalid(
@@ -404,6 +422,23 @@ mod tests {
                 ..
             })
         ));
+        for (setting, edit) in [
+            (
+                "replication.ack_timeout_ms",
+                (|f: &mut StorageFile| f.replication.ack_timeout_ms = MAX_ACK_TIMEOUT_MS + 1)
+                    as fn(&mut StorageFile),
+            ),
+            ("replication.log_retention", |f| {
+                f.replication.log_retention = MAX_LOG_RETENTION + 1
+            }),
+        ] {
+            let mut f = base();
+            edit(&mut f);
+            assert!(
+                matches!(f.validate(), Err(ConfigError::Invalid { setting: s, .. }) if s == setting),
+                "{setting}"
+            );
+        }
         let mut f = base();
         f.id = Some(0);
         assert!(f.validate().is_err());

@@ -163,9 +163,10 @@ pub async fn follow(weak: Weak<NodeCtx>) {
             "directory listed; watching from the next revision"
         );
         ctx.directory_ready.notify_waiters();
-        let mut watch = ctx
-            .meta
-            .watch(vec![Table::Settings, Table::Nodes, Table::Shards], rev + 1);
+        let mut watch = ctx.meta.watch(
+            vec![Table::Settings, Table::Nodes, Table::Shards],
+            rev.saturating_add(1),
+        );
         drop(ctx);
         while let Some(item) = watch.next().await {
             let Some(ctx) = weak.upgrade() else { return };

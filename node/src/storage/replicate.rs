@@ -195,7 +195,7 @@ async fn session(
     };
     let max_frame = ctx.peers.max_frame();
     let max_batch = ctx.cfg.replication.max_batch_bytes;
-    let ack_timeout = Duration::from_millis(ctx.cfg.replication.ack_timeout_ms * 2);
+    let ack_timeout = Duration::from_millis(ctx.cfg.replication.ack_timeout_ms.saturating_mul(2));
     // Probe until the peer's log agrees at `base`.
     loop {
         let committed = progress.borrow().1;

@@ -295,7 +295,13 @@ pub async fn shard(c: &Client, cmd: ShardCmd, json: bool) -> anyhow::Result<i32>
         } => {
             let expected = parse_expect(&expect)?;
             let current = c.get_shard(id).await?;
-            let epoch = epoch.unwrap_or_else(|| current.as_ref().map(|s| s.epoch + 1).unwrap_or(1));
+            let epoch = match (epoch, &current) {
+                (Some(e), _) => e,
+                (None, Some(s)) => s.epoch.checked_add(1).ok_or_else(|| {
+                    anyhow::anyhow!("shard {id} is at epoch {}: give --epoch", s.epoch)
+                })?,
+                (None, None) => 1,
+            };
             let shard = Shard {
                 id,
                 replicas,

@@ -292,7 +292,14 @@ impl Replica {
     fn prune(&mut self) {
         let keep = self.ctx.cfg.replication.log_retention;
         let applied = self.state.applied;
-        if applied <= self.state.floor + keep + keep / 4 {
+        // Saturating: the floor comes from a primary's frame and may be anything.
+        if applied
+            <= self
+                .state
+                .floor
+                .saturating_add(keep)
+                .saturating_add(keep / 4)
+        {
             return;
         }
         let before = applied - keep;
