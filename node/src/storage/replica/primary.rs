@@ -305,7 +305,13 @@ impl Replica {
             }
             keep
         });
-        self.acked.retain(|peer, _| peers.contains(peer));
+        // A peer's acknowledgement counts only on the stream that got it: a stream restarted
+        // at a new epoch probes the peer's log again, and until it answers, what the peer
+        // acknowledged before is not counted (between the two epochs another primary may have
+        // rewritten its tail; see `roles::keeps_its_log`).
+        let senders = &self.senders;
+        self.acked
+            .retain(|peer, _| peers.contains(peer) && senders.contains_key(peer));
         for peer in peers {
             if self.senders.contains_key(&peer) {
                 continue;

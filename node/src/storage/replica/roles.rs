@@ -40,6 +40,7 @@ impl Replica {
         }
         let role = self.role_in(&shard);
         let same_epoch = shard.epoch == self.state.epoch;
+        let old_epoch = self.state.epoch;
         let was = self.state.role;
         let previous = self.config.replace(shard.clone());
         if was == ReplicaRole::Stray
@@ -114,9 +115,9 @@ impl Replica {
         self.stray_since = (role == ReplicaRole::Stray).then(Instant::now);
         match role {
             ReplicaRole::Primary => {
-                if was == ReplicaRole::Primary && self.serving {
-                    // Still primary at a new epoch (a replica added or removed): the log is
-                    // this node's own, nothing to reconcile.
+                if keeps_its_log(was, self.serving, old_epoch, shard.epoch) {
+                    // Still primary at the next epoch (a replica added or removed): the log
+                    // is this node's own, nothing to reconcile.
                     self.reported.clear();
                     self.update_peers(tx);
                 } else {
@@ -204,5 +205,33 @@ impl Replica {
                 false
             }
         }
+    }
+}
+
+/// Whether a serving primary named primary again at `new_epoch` may go on with its log as
+/// it stands, without reconciling. Only at the very next epoch: then nobody else can have
+/// been primary since this node last was. A node that skipped a configuration (its watch
+/// lagged and a refresh jumped to the latest record) cannot know that another primary did
+/// not serve in between, truncating the peers' tails to its own and writing over them; the
+/// peers' acknowledgements it holds would then count entries they no longer have. It
+/// reconciles as a newly promoted primary does: a `Noop` at the new epoch, committed by
+/// every peer's fresh acknowledgement, before it serves.
+fn keeps_its_log(was: ReplicaRole, serving: bool, old_epoch: u64, new_epoch: u64) -> bool {
+    was == ReplicaRole::Primary && serving && old_epoch.checked_add(1) == Some(new_epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_serving_primary_at_the_next_epoch_keeps_its_log() {
+        assert!(keeps_its_log(ReplicaRole::Primary, true, 4, 5));
+        // A configuration skipped: another primary may have served at epoch 5.
+        assert!(!keeps_its_log(ReplicaRole::Primary, true, 4, 6));
+        // Not yet reconciled, or not primary before.
+        assert!(!keeps_its_log(ReplicaRole::Primary, false, 4, 5));
+        assert!(!keeps_its_log(ReplicaRole::Secondary, true, 4, 5));
+        assert!(!keeps_its_log(ReplicaRole::Primary, true, u64::MAX, 0));
     }
 }
