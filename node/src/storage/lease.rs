@@ -10,6 +10,11 @@
 //!
 //! An acknowledgement carrying a higher node epoch than the node knows means the leader
 //! declared it Down meanwhile: the node registers again.
+//!
+//! The clock is the boot-time clock ([`LeaseClock`]), not `Instant`'s: Linux's monotonic
+//! clock stops while the machine is suspended, so a node that slept through its lease would
+//! wake believing it still held one, long after the leader declared it Down and promoted
+//! another primary. The boot-time clock counts the sleep, at the same rate otherwise.
 
 use super::NodeCtx;
 use augur_proto::{Node, NodeState};
@@ -17,24 +22,62 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+/// A reading of the clock a lease runs on: time since boot, suspended time included
+/// (`CLOCK_BOOTTIME`; see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LeaseClock(Duration);
+
+impl LeaseClock {
+    /// Now, or `None` if the clock cannot be read (then no lease is taken or held).
+    pub fn now() -> Option<LeaseClock> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use nix::time::{clock_gettime, ClockId};
+            let t = clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?;
+            let secs = u64::try_from(t.tv_sec()).ok()?;
+            let nanos = u32::try_from(t.tv_nsec()).ok()?;
+            Some(LeaseClock(Duration::new(secs, nanos)))
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            // Elsewhere the monotonic clock, from the first reading on.
+            static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+            Some(LeaseClock(START.get_or_init(Instant::now).elapsed()))
+        }
+    }
+
+    /// This reading plus `d` (`None` past the clock's range).
+    fn after(self, d: Duration) -> Option<LeaseClock> {
+        self.0.checked_add(d).map(LeaseClock)
+    }
+
+    /// How long ago this reading was (zero if the clock cannot be read).
+    fn elapsed(self) -> Duration {
+        LeaseClock::now().map_or(Duration::ZERO, |now| now.0.saturating_sub(self.0))
+    }
+}
+
 /// The node's lease.
 #[derive(Debug, Default)]
 pub struct Lease {
-    until: Mutex<Option<Instant>>,
+    until: Mutex<Option<LeaseClock>>,
     /// The node epoch it was granted under.
     pub node_epoch: AtomicU64,
     /// Milliseconds between heartbeats, as the leader asks.
     pub interval_ms: AtomicU64,
     /// When the last acknowledged heartbeat was sent.
-    last_ack: Mutex<Option<Instant>>,
+    last_ack: Mutex<Option<LeaseClock>>,
 }
 
 impl Lease {
     /// Whether the lease holds now.
     pub fn valid(&self) -> bool {
+        let Some(now) = LeaseClock::now() else {
+            return false;
+        };
         self.until
             .lock()
-            .map(|u| u.is_some_and(|u| Instant::now() < u))
+            .map(|u| u.is_some_and(|u| now < u))
             .unwrap_or(false)
     }
 
@@ -43,10 +86,16 @@ impl Lease {
         self.last_ack.lock().ok()?.map(|t| t.elapsed())
     }
 
-    /// Extends the lease to `sent + duration`, never shortening it.
-    fn extend(&self, sent: Instant, duration: Duration) {
+    /// Extends the lease to `sent + duration`, never shortening it. A send time the clock
+    /// could not give extends nothing.
+    fn extend(&self, sent: Option<LeaseClock>, duration: Duration) {
+        let Some(sent) = sent else {
+            return;
+        };
         if let Ok(mut u) = self.until.lock() {
-            let new = sent + duration;
+            let Some(new) = sent.after(duration) else {
+                return;
+            };
             if u.is_none_or(|old| new > old) {
                 *u = Some(new);
             }
@@ -97,7 +146,7 @@ pub(crate) fn own_record(ctx: &NodeCtx) -> Node {
 pub async fn register(ctx: &NodeCtx) -> Result<(), augur_client::Error> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let sent = Instant::now();
+        let sent = LeaseClock::now();
         match ctx.meta.register(own_record(ctx)).await {
             Ok(ack) => {
                 ctx.lease
@@ -145,7 +194,7 @@ pub async fn heartbeats(weak: Weak<NodeCtx>) {
 
 async fn beat(ctx: &Arc<NodeCtx>) {
     let report = ctx.report().await;
-    let sent = Instant::now();
+    let sent = LeaseClock::now();
     let health = ctx.health.node_health();
     match ctx.meta.heartbeat_with_health(report, health).await {
         Ok(ack) => {
@@ -173,5 +222,34 @@ async fn beat(ctx: &Arc<NodeCtx>) {
             ctx.metrics.heartbeat_failed();
             tracing::debug!(error = %e, "heartbeat not acknowledged");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_runs_from_its_send_time_and_is_never_shortened() {
+        let lease = Lease::default();
+        assert!(!lease.valid(), "no lease before an acknowledgement");
+        lease.extend(None, Duration::from_secs(60));
+        assert!(!lease.valid(), "an unreadable send time grants nothing");
+        let now = LeaseClock::now().expect("the boot-time clock");
+        lease.extend(Some(now), Duration::from_secs(3600));
+        assert!(lease.valid());
+        assert!(lease.age().is_some_and(|a| a < Duration::from_secs(3600)));
+        // An acknowledgement of an older heartbeat, with a shorter lease, changes nothing.
+        lease.extend(Some(LeaseClock(Duration::ZERO)), Duration::from_millis(1));
+        assert!(lease.valid());
+        // One sent long ago has already run out.
+        let old = Lease::default();
+        old.extend(Some(LeaseClock(Duration::ZERO)), Duration::from_millis(1));
+        assert!(!old.valid());
+        lease.revoke();
+        assert!(!lease.valid());
+        assert!(LeaseClock(Duration::MAX)
+            .after(Duration::from_secs(1))
+            .is_none());
     }
 }
