@@ -306,17 +306,29 @@ impl Replica {
             keep
         });
         // A peer's acknowledgement counts only on the stream that got it: a stream restarted
-        // at a new epoch probes the peer's log again, and until it answers, what the peer
-        // acknowledged before is not counted (between the two epochs another primary may have
-        // rewritten its tail; see `roles::keeps_its_log`).
-        let senders = &self.senders;
-        self.acked
-            .retain(|peer, _| peers.contains(peer) && senders.contains_key(peer));
+        // at a new epoch probes the peer's log again, and until the probe is answered what
+        // the peer acknowledged before is not counted. At the next epoch under the same
+        // primary nobody else can have written to the peer (a primary that skipped an epoch
+        // reconciles and starts from nothing, see `roles::keeps_its_log`), so this is a
+        // guard, not a repair: whatever the configuration change did to a peer's log, the
+        // commit point moves only on what the peer says now.
+        // The restarted stream's probe has twice the ack timeout to be answered, so the
+        // peer's silence is judged (the tick's slow-peer check) only from one ack timeout
+        // on: a peer that was caught up is not reported at once on an idle shard.
+        let ack_timeout = Duration::from_millis(self.ctx.cfg.replication.ack_timeout_ms);
+        let now = Instant::now();
+        let judged_from = now.checked_add(ack_timeout).unwrap_or(now);
+        for (peer, a) in self.acked.iter_mut() {
+            if !self.senders.contains_key(peer) {
+                *a = (0, judged_from);
+            }
+        }
+        self.acked.retain(|peer, _| peers.contains(peer));
         for peer in peers {
             if self.senders.contains_key(&peer) {
                 continue;
             }
-            self.acked.entry(peer).or_insert((0, Instant::now()));
+            self.acked.entry(peer).or_insert((0, now));
             let log = Log::new(self.ctx.clone(), self.log.clone());
             let s = Sender::start(
                 log,
