@@ -142,20 +142,20 @@ async fn watch_once(
         match resp {
             Ok(Some(Response::WatchStarted { revision })) => {
                 if *next == 0 {
-                    let Some(after) = revision.checked_add(1) else {
-                        return Ended::Lost(format!("the member names revision {revision}"));
-                    };
-                    *next = after;
+                    match after(revision) {
+                        Ok(n) => *next = n,
+                        Err(end) => return end,
+                    }
                 }
             }
             Ok(Some(Response::Watch(event))) => {
                 if event.revision < *next {
                     continue; // already delivered before a reconnect
                 }
-                let Some(after) = event.revision.checked_add(1) else {
-                    return Ended::Lost(format!("the member names revision {}", event.revision));
-                };
-                *next = after;
+                match after(event.revision) {
+                    Ok(n) => *next = n,
+                    Err(end) => return end,
+                }
                 if tx.send(Ok(event)).await.is_err() {
                     return Ended::Closed;
                 }
@@ -170,4 +170,12 @@ async fn watch_once(
             Err(e) => return Ended::Lost(e.to_string()),
         }
     }
+}
+
+/// The revision to watch from after `revision`: a member naming the last possible revision
+/// is not followed (the next would wrap to 0, which means "from now").
+fn after(revision: u64) -> Result<u64, Ended> {
+    revision
+        .checked_add(1)
+        .ok_or_else(|| Ended::Lost(format!("the member names revision {revision}")))
 }

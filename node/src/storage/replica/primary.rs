@@ -311,19 +311,20 @@ impl Replica {
         // primary nobody else can have written to the peer (a primary that skipped an epoch
         // reconciles and starts from nothing, see `roles::keeps_its_log`), so this is a
         // guard, not a repair: whatever the configuration change did to a peer's log, the
-        // commit point moves only on what the peer says now.
-        // The restarted stream's probe has twice the ack timeout to be answered, so the
-        // peer's silence is judged (the tick's slow-peer check) only from one ack timeout
-        // on: a peer that was caught up is not reported at once on an idle shard.
+        // commit point moves only on what the peer says now. The probe has twice the ack
+        // timeout to be answered, so the peer's silence is judged (the tick's slow-peer
+        // check) only from one ack timeout on: a caught-up peer on an idle shard is not
+        // reported at once.
         let ack_timeout = Duration::from_millis(self.ctx.cfg.replication.ack_timeout_ms);
         let now = Instant::now();
         let judged_from = now.checked_add(ack_timeout).unwrap_or(now);
-        for (peer, a) in self.acked.iter_mut() {
-            if !self.senders.contains_key(peer) {
+        let senders = &self.senders;
+        self.acked.retain(|peer, a| {
+            if !senders.contains_key(peer) {
                 *a = (0, judged_from);
             }
-        }
-        self.acked.retain(|peer, _| peers.contains(peer));
+            peers.contains(peer)
+        });
         for peer in peers {
             if self.senders.contains_key(&peer) {
                 continue;
