@@ -302,6 +302,7 @@ async fn oversized_keys_and_values_are_refused_before_anything_is_sent() {
     let big = client.put(b"k".to_vec(), vec![0u8; MAX_VALUE + 1]).await;
     let empty = client.get(b"").await;
     let bad_scan = client.scan_shard(ShardId(2), b"", None, 10).await;
+    let no_limit = client.scan_prefix(b"", None, 0).await;
     let bad_op = client
         .write(WriteOp::Delete {
             key: vec![1u8; 2000],
@@ -312,6 +313,7 @@ async fn oversized_keys_and_values_are_refused_before_anything_is_sent() {
         big.map(|_| ()),
         empty.map(|_| ()),
         bad_scan.map(|_| ()),
+        no_limit.map(|_| ()),
         bad_op.map(|_| ()),
     ] {
         assert!(

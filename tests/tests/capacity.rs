@@ -133,6 +133,8 @@ async fn a_drain_short_of_capacity_calls_the_hook_and_the_new_node_takes_the_mov
             "--control",
             "capacity_interval_ms=1000",
             "--control",
+            "capacity_min_history_ms=600000",
+            "--control",
             &hook_setting,
             "--control",
             "capacity_hook_timeout_ms=90000",

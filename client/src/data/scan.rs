@@ -14,7 +14,7 @@
 
 use super::DataClient;
 use crate::error::Error;
-use augur_proto::data::{Versioned, MAX_SCAN_LIMIT};
+use augur_proto::data::{DataError, Versioned, MAX_SCAN_LIMIT};
 use augur_proto::ShardId;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::VecDeque;
@@ -66,18 +66,32 @@ impl PrefixScan {
         self.cursors.iter().all(|c| c.buf.is_empty() && !c.more)
     }
 
-    /// The next items in key order, at most `limit` (1..=[`MAX_SCAN_LIMIT`]); empty once
-    /// the scan is done. A page may be short when a shard could not be read after some
-    /// items were merged: they are returned and the failure comes with the next call, so
-    /// nothing is skipped or handed out twice.
+    /// The next items in key order, at most `limit` (1..=[`MAX_SCAN_LIMIT`], anything else
+    /// refused as a scan of one shard refuses it); empty once the scan is done. A page may
+    /// be short when a shard could not be read after some items were merged: they are
+    /// returned and the failure comes with the next call, so nothing is skipped or handed
+    /// out twice.
     pub async fn next_page(&mut self, limit: u32) -> Result<Vec<(Vec<u8>, Versioned)>, Error> {
-        let limit = limit.clamp(1, MAX_SCAN_LIMIT);
+        if !(1..=MAX_SCAN_LIMIT).contains(&limit) {
+            return Err(Error::Data(DataError::InvalidArgument(format!(
+                "a scan limit is 1..={MAX_SCAN_LIMIT}, got {limit}"
+            ))));
+        }
         let shards = self.cursors.len().max(1) as u32;
         let fetch = (limit / shards + 1).min(limit);
         let mut out = Vec::new();
         while out.len() < limit as usize {
             // Every shard with more must show its next key before the smallest is chosen.
-            if let Err(e) = self.fill_all(fetch).await {
+            // The first round asks each shard for its share of the page; a shard emptied
+            // later is asked for all the page still lacks, not its share again: with as
+            // many shards as the limit a share is one item, and the rest of the page would
+            // have come one round trip per item.
+            let want = if out.is_empty() {
+                fetch
+            } else {
+                (limit - out.len() as u32).max(fetch)
+            };
+            if let Err(e) = self.fill_all(want).await {
                 if out.is_empty() {
                     return Err(e);
                 }

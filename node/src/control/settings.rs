@@ -374,6 +374,28 @@ impl ControlSettings {
                 "must be a fraction in 0..1",
             ));
         }
+        if self.capacity_history < 2 {
+            return Err(invalid(
+                "control.capacity_history",
+                "must be at least 2 (a slope needs two samples)",
+            ));
+        }
+        let window = (self.capacity_history as u64).saturating_mul(self.capacity_interval_ms);
+        if window < self.capacity_min_history_ms {
+            return Err(invalid(
+                "control.capacity_min_history_ms",
+                format!(
+                    "must be at most capacity_history x capacity_interval_ms ({window} ms): \
+                     no history would ever span it, and growth would never count"
+                ),
+            ));
+        }
+        if self.capacity_hook_cooldown_ms < self.capacity_interval_ms {
+            return Err(invalid(
+                "control.capacity_hook_cooldown_ms",
+                "must be at least capacity_interval_ms: below it the hook is asked again every round",
+            ));
+        }
         if let Err(e) = crate::control::capacity::hook::Hook::parse(&self.capacity_hook) {
             return Err(invalid("control.capacity_hook", e));
         }
@@ -456,6 +478,7 @@ mod tests {
     fn capacity_settings_are_checked_at_load() {
         let s: ControlSettings = toml::from_str(
             "capacity_interval_ms = 1000\ncapacity_min_headroom = 0.3\n\
+             capacity_min_history_ms = 600000\n\
              capacity_hook = \"http://127.0.0.1:9/scale\"",
         )
         .unwrap();
@@ -481,6 +504,16 @@ mod tests {
         assert_eq!(
             bad(|s| s.capacity_horizon_days = 0),
             "control.capacity_horizon_days"
+        );
+        assert_eq!(bad(|s| s.capacity_history = 1), "control.capacity_history");
+        // A day of history at 1 s rounds spans 24 min: a 1 h minimum is never reached.
+        assert_eq!(
+            bad(|s| s.capacity_interval_ms = 1_000),
+            "control.capacity_min_history_ms"
+        );
+        assert_eq!(
+            bad(|s| s.capacity_hook_cooldown_ms = 0),
+            "control.capacity_hook_cooldown_ms"
         );
         assert_eq!(
             bad(|s| s.capacity_hook = "https://scaler.example/up".into()),

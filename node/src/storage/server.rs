@@ -229,6 +229,14 @@ fn replica(ctx: &NodeCtx, shard: ShardId, epoch: u64) -> Result<Handle, DataErro
 }
 
 /// Whether the replica may serve a read naming `epoch` now.
+///
+/// A read that goes to a blocking thread is checked again once it returns. The first check
+/// ran on the async worker, and the read may have waited in the blocking pool's queue
+/// (behind copies, checksums, slow disk reads) long enough for a planned hand-off to finish
+/// elsewhere: the new primary may then have acknowledged a write this node has not applied,
+/// which the read would miss. A hand-off stops this node serving before any new epoch
+/// exists, so a check that still passes after the read shows the read was taken while this
+/// node was the serving primary under its lease.
 fn check_read(ctx: &NodeCtx, h: &Handle, epoch: u64) -> Result<(), DataError> {
     let v = h.view();
     if epoch > v.epoch {
@@ -314,7 +322,12 @@ async fn get(ctx: &Arc<NodeCtx>, shard: ShardId, epoch: u64, key: Vec<u8>) -> Da
         Err(e) => return DataResponse::Error(DataError::Internal(e.to_string())),
     }
     let engine = ctx.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.get(shard, &key)).await {
+    let read = tokio::task::spawn_blocking(move || engine.get(shard, &key)).await;
+    if let Err(e) = check_read(ctx, &h, epoch) {
+        // Checked again after a read on a blocking thread: see `check_read`.
+        return DataResponse::Error(e);
+    }
+    match read {
         Ok(Ok(v)) => DataResponse::Value(v),
         Ok(Err(e)) => DataResponse::Error(DataError::Internal(e.to_string())),
         Err(e) => DataResponse::Error(DataError::Internal(e.to_string())),
@@ -349,8 +362,11 @@ async fn scan(
         return DataResponse::Error(e);
     }
     let engine = ctx.engine.clone();
-    let budget = payload_budget(ctx.peers.max_frame());
-    match tokio::task::spawn_blocking(move || {
+    // The page must fit the client's frames as well as this node's: a client reads at most
+    // the default frame size, and a node configured above it would build pages its clients
+    // refuse, the same page again on every retry.
+    let budget = payload_budget(ctx.peers.max_frame().min(augur_proto::MAX_FRAME_DEFAULT));
+    let read = tokio::task::spawn_blocking(move || {
         engine.scan(
             shard,
             &prefix,
@@ -359,8 +375,12 @@ async fn scan(
             budget,
         )
     })
-    .await
-    {
+    .await;
+    if let Err(e) = check_read(ctx, &h, epoch) {
+        // Checked again after a read on a blocking thread: see `check_read`.
+        return DataResponse::Error(e);
+    }
+    match read {
         Ok(Ok((items, more))) => DataResponse::Page { items, more },
         Ok(Err(e)) => DataResponse::Error(DataError::Internal(e.to_string())),
         Err(e) => DataResponse::Error(DataError::Internal(e.to_string())),

@@ -185,9 +185,9 @@ pub async fn run(c: Client, cmd: KvCmd, json: bool) -> anyhow::Result<i32> {
                 print_items(enc, &page.items);
                 match next {
                     Some(k) => println!(
-                        "({} items; more follow: --start-after {})",
+                        "({} items; more follow: {})",
                         page.items.len(),
-                        enc.show(k)
+                        enc.resume_hint(&prefix, k)
                     ),
                     None => println!("({} items)", page.items.len()),
                 }

@@ -92,6 +92,23 @@ impl Encoding {
         }
     }
 
+    /// The flags that resume a scan of `prefix` after `key`. A key shown as its text is
+    /// given back as text; one that [`Self::show`] had to escape is given in hex with
+    /// `--hex` (and the prefix with it), since an escape like `\x00` typed back is four
+    /// other bytes, which would resume elsewhere and skip keys without a word.
+    pub fn resume_hint(&self, prefix: &[u8], key: &[u8]) -> String {
+        let verbatim = |b: &[u8]| self.parse(&self.show(b)).is_ok_and(|p| p == b);
+        if verbatim(key) && verbatim(prefix) {
+            return format!("--start-after {}", self.show(key));
+        }
+        let hex_enc = Encoding { hex: true };
+        format!(
+            "--hex --start-after {} (the prefix in hex: {:?})",
+            hex_enc.show(key),
+            hex_enc.show(prefix)
+        )
+    }
+
     /// Bytes for JSON: `{"<name>": text}` when UTF-8 (and not asked for hex), else
     /// `{"<name>_hex": digits}`, so a script always gets the exact bytes back.
     pub fn json(&self, name: &str, b: &[u8]) -> (String, serde_json::Value) {
@@ -123,5 +140,24 @@ mod tests {
         assert_eq!(t.json("value", &[0xff]).0, "value_hex");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(age(65_000), "1m05s");
+    }
+
+    #[test]
+    fn a_scan_resumes_from_exactly_the_last_key() {
+        let t = Encoding { hex: false };
+        assert_eq!(
+            t.resume_hint(b"user", b"user/alice"),
+            "--start-after user/alice"
+        );
+        // Shown escaped, typed back it would be other bytes: hex instead, prefix too.
+        assert_eq!(
+            t.resume_hint(b"user", b"user\0alice"),
+            "--hex --start-after 7573657200616c696365 (the prefix in hex: \"75736572\")"
+        );
+        assert!(t
+            .resume_hint(b"\xff", b"\xff1")
+            .starts_with("--hex --start-after ff31"));
+        let h = Encoding { hex: true };
+        assert_eq!(h.resume_hint(&[0xff], &[0xff, 1]), "--start-after ff01");
     }
 }

@@ -5,11 +5,22 @@
 //!
 //! - **pool**: Up and not cordoned, the nodes that accept replicas: their capacity is what
 //!   the data must fit in;
-//! - **at risk**: Suspect or Draining (by the policy, liveness or an operator): their data
-//!   must move into the pool, their capacity counts for nothing;
+//! - **at risk**: Suspect (by the policy or an operator) or Draining: their data must move
+//!   into the pool, their capacity counts for nothing. A node Suspect only because its
+//!   heartbeats are late (liveness) stays in the pool: a pause of a few seconds is not a
+//!   lost node, and counting it as one asked the hook for a node at every rolling restart
+//!   of a cluster with no spare;
 //! - the rest: cordoned Up nodes keep their data and take none, Down and Removed nodes hold
-//!   nothing the pool must take (re-replication of a Down node's shards shows as growth of
-//!   the nodes that receive them).
+//!   nothing the pool must take.
+//!
+//! Growth is the sum of each counted node's own slope ([`History`]), each history starting
+//! when the node joined the counted classes. A slope of the counted total would read a node
+//! joining or leaving them (uncordoned, back from Down, rebooted past the grace period) as a
+//! step, and the least-squares line through a step of S bytes in a window of W days rises
+//! about 1.5 S / W a day: an uncordoned 4 TB node became 180 TB asked for over 30 days.
+//! Moves between counted nodes cancel (the source shrinks as its destination grows), but the
+//! re-replication of a Down node's shards shows as growth of the nodes receiving them until
+//! it leaves the window: those bytes are real, their rate is not.
 //!
 //! Projected used = the pool's and the at-risk nodes' used bytes + growth x horizon.
 //! Capacity after drains = the pool's capacity - the expected loss, `risk x capacity` summed
@@ -44,6 +55,8 @@ pub struct NodeInput {
     pub capacity_bytes: u64,
     /// Bytes it holds (likewise).
     pub used_bytes: u64,
+    /// Suspect only because its heartbeats are late (liveness), not by a decision.
+    pub late: bool,
     /// Its latest scored risk: probability of failure within the model's horizon.
     pub risk: Option<f64>,
     /// Its own used-bytes growth, bytes per day, when its history is long enough.
@@ -67,7 +80,7 @@ pub struct Params {
 pub enum Class {
     /// Accepts replicas.
     Pool,
-    /// Suspect or Draining: to be emptied.
+    /// Suspect (not merely late) or Draining: to be emptied.
     AtRisk,
     /// Neither.
     Other,
@@ -76,6 +89,9 @@ pub enum Class {
 /// A node's class.
 pub fn class(n: &NodeInput) -> Class {
     match n.state {
+        // Late, as an Up node would be: a cordoned one keeps its data and takes none.
+        NodeState::Suspect if n.late && n.cordoned => Class::Other,
+        NodeState::Suspect if n.late => Class::Pool,
         NodeState::Suspect | NodeState::Draining => Class::AtRisk,
         NodeState::Up if !n.cordoned => Class::Pool,
         _ => Class::Other,
@@ -180,13 +196,15 @@ fn gib(b: u64) -> String {
 }
 
 /// The estimate over `nodes`, with the pool's growth `growth_bytes_per_day` (`None`: not
-/// enough history). `None` when there are no nodes to plan for.
+/// enough history). `None` when there is no storage node at all. Nodes that are all Down,
+/// Removed or cordoned are the worst shortfall there is, not nothing to say: the estimate
+/// then has an empty pool and raises the alarm.
 pub fn estimate(
     nodes: &[NodeInput],
     growth_bytes_per_day: Option<f64>,
     p: &Params,
 ) -> Option<Estimate> {
-    if nodes.iter().all(|n| class(n) == Class::Other) {
+    if nodes.is_empty() {
         return None;
     }
     let (mut used, mut pool_cap, mut at_risk_cap, mut loss) = (0u64, 0u64, 0u64, 0f64);
@@ -332,6 +350,16 @@ pub fn estimate(
         at_risk,
         nodes: lines,
     })
+}
+
+/// The growth of the counted nodes: the sum of the slopes known (`growth_bytes_per_day` of
+/// each pool and at-risk node), `None` when none is (every history too short).
+pub fn counted_growth(nodes: &[NodeInput]) -> Option<f64> {
+    nodes
+        .iter()
+        .filter(|n| class(n) != Class::Other)
+        .filter_map(|n| n.growth_bytes_per_day.filter(|g| g.is_finite()))
+        .fold(None, |sum, g| Some(sum.unwrap_or(0.0) + g))
 }
 
 /// A bounded history of used-bytes samples on the leader's monotonic clock.

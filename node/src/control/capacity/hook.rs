@@ -20,7 +20,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The environment variable holding the JSON request for an executable hook.
 pub const REQUEST_ENV: &str = "AUGUR_CAPACITY_REQUEST";
@@ -197,6 +197,25 @@ fn parse_url(rest: &str) -> Result<Hook, HookError> {
     Ok(Hook::Http { host, port, path })
 }
 
+/// Reads `stream` to its end, keeping at most its last `2 x DETAIL_BYTES` bytes.
+async fn read_tail(stream: Option<tokio::process::ChildStderr>) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let Some(mut stream) = stream else {
+        return Ok(kept);
+    };
+    let mut buf = [0u8; 8_192];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * DETAIL_BYTES {
+            kept.drain(..kept.len() - DETAIL_BYTES);
+        }
+    }
+}
+
 /// The last `DETAIL_BYTES` of `bytes`, as text.
 fn tail(bytes: &[u8]) -> String {
     let from = bytes.len().saturating_sub(DETAIL_BYTES);
@@ -226,15 +245,22 @@ async fn run(path: &PathBuf, request: &str, timeout: Duration) -> Result<String,
             let _ = stdin.write_all(&body).await;
         });
     }
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) if out.status.success() => Ok(tail(&out.stderr)),
-        Ok(Ok(out)) => Err(CallError::Exit {
-            status: match (out.status.code(), out.status.signal()) {
+    // Only stderr's end is kept: a hook that prints without pause until its deadline
+    // (a debug flag, a retry loop) must not fill the leader's memory.
+    let stderr = child.stderr.take();
+    let ended = async {
+        let (status, stderr) = tokio::join!(child.wait(), read_tail(stderr));
+        Ok::<_, std::io::Error>((status?, stderr?))
+    };
+    match tokio::time::timeout(timeout, ended).await {
+        Ok(Ok((status, stderr))) if status.success() => Ok(tail(&stderr)),
+        Ok(Ok((status, stderr))) => Err(CallError::Exit {
+            status: match (status.code(), status.signal()) {
                 (Some(c), _) => format!("exit status {c}"),
                 (None, Some(s)) => format!("signal {s}"),
-                _ => out.status.to_string(),
+                _ => status.to_string(),
             },
-            stderr: tail(&out.stderr),
+            stderr: tail(&stderr),
         }),
         Ok(Err(source)) => Err(CallError::Spawn {
             path: path.clone(),
@@ -252,6 +278,17 @@ async fn run(path: &PathBuf, request: &str, timeout: Duration) -> Result<String,
     }
 }
 
+/// The `Host` header for `host` and `port` (the port left out when it is 80; an IPv6
+/// literal in brackets).
+fn host_header(host: &str, port: u16) -> String {
+    match (host.contains(':'), port) {
+        (true, 80) => format!("[{host}]"),
+        (true, p) => format!("[{host}]:{p}"),
+        (false, 80) => host.to_string(),
+        (false, p) => format!("{host}:{p}"),
+    }
+}
+
 async fn post(
     host: &str,
     port: u16,
@@ -263,7 +300,9 @@ async fn post(
         host: host.to_string(),
         why,
     };
-    let addr = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+    // One deadline for the lookup and the exchange together.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let addr = tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port)))
         .await
         .map_err(|_| CallError::Timeout(timeout))?
         .map_err(|e| resolve_err(e.to_string()))?
@@ -271,7 +310,14 @@ async fn post(
         .ok_or_else(|| resolve_err("no address".into()))?;
     let body: serde_json::Value =
         serde_json::from_str(request).unwrap_or(serde_json::Value::String(request.into()));
-    let answer = admin_http::post_json(addr, path, &body, timeout).await?;
+    // The name the URL gave, not the address it resolved to: a virtual host or an ingress
+    // routes by it.
+    let host_header = host_header(host, port);
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        return Err(CallError::Timeout(timeout));
+    }
+    let answer = admin_http::post_json_to_host(addr, &host_header, path, &body, left).await?;
     let text: String = answer.body.chars().take(DETAIL_BYTES).collect();
     if (200..300).contains(&answer.status) {
         Ok(text)
@@ -375,6 +421,15 @@ mod tests {
             other => panic!("expected an exit failure, got {other:?}"),
         }
 
+        // Megabytes of stderr: only the end is kept, and the call still succeeds.
+        let hook = script(
+            dir.path(),
+            "head -c 4000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo done >&2",
+        );
+        let said = hook.call("{}", Duration::from_secs(20)).await.unwrap();
+        assert!(said.len() <= DETAIL_BYTES, "{}", said.len());
+        assert!(said.ends_with("\ndone"), "{}", &said[said.len() - 10..]);
+
         let hook = script(dir.path(), "sleep 30");
         let started = std::time::Instant::now();
         assert!(matches!(
@@ -417,5 +472,17 @@ mod tests {
         assert_eq!(said, "ok");
         let request = server.await.unwrap();
         assert!(request.starts_with("POST /scale HTTP/1.1"), "{request}");
+        assert!(
+            request.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn the_host_header_names_the_configured_host() {
+        assert_eq!(host_header("scaler.internal", 80), "scaler.internal");
+        assert_eq!(host_header("scaler.internal", 8080), "scaler.internal:8080");
+        assert_eq!(host_header("::1", 80), "[::1]");
+        assert_eq!(host_header("::1", 9000), "[::1]:9000");
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! Every `capacity_interval_ms` the leader estimates the capacity the cluster needs
 //! `capacity_horizon_days` ahead ([`estimate`]): the data the nodes that accept replicas
-//! must hold once the at-risk nodes (Suspect, Draining) are emptied, grown by the least-
-//! squares slope of the used bytes over the last `capacity_history` rounds, against their
-//! capacity less what predicted failures are expected to take. When the headroom falls below
+//! must hold once the at-risk nodes (Suspect, Draining) are emptied, grown by the sum of
+//! each node's least-squares slope of its used bytes over the last `capacity_history`
+//! rounds, against their capacity less what predicted failures are expected to take. When the headroom falls below
 //! `capacity_min_headroom`, or fewer nodes accept replicas than the replication factor (a
 //! drain then has nowhere to go), it raises an alarm (`/v1/control` under `capacity`,
 //! `augurctl status`, the `augur_control_capacity_*` gauges) and calls `capacity_hook`
@@ -26,8 +26,9 @@
 //! setting, so it calls again only after the cooldown (measured on wall clocks, which may
 //! differ between members by their skew: a call may come that much early or late) or once
 //! the nodes have appeared. A call running when leadership moves is not waited for; the new
-//! leader may repeat it after the cooldown, which a hook must tolerate (asking a scaling group
-//! for a size, not an increment, makes a repeated call harmless).
+//! leader may repeat it after the cooldown, which a hook must tolerate: asking a scaling group
+//! for a size (`target_pool_nodes` in the request), not an increment, makes a repeated call
+//! harmless.
 
 pub mod estimate;
 pub mod hook;
@@ -52,10 +53,9 @@ use std::time::{Duration, Instant};
 pub struct CapacityMemory {
     /// When this leadership's first round ran (the histories' time origin).
     origin: Option<Instant>,
-    /// Used bytes of the pool and the at-risk nodes together, per round.
-    cluster: History,
-    /// Used bytes per node, per round.
-    per_node: BTreeMap<NodeId, History>,
+    /// Used bytes per node, per round, since it last joined the counted classes (pool or
+    /// at risk; `false`: it is in neither, and its history says nothing).
+    per_node: BTreeMap<NodeId, (bool, History)>,
     /// The last round.
     last: Option<Round>,
     /// A hook call is running.
@@ -71,7 +71,7 @@ pub struct CapacityMemory {
 pub struct Round {
     /// Wall-clock milliseconds.
     pub at_ms: u64,
-    /// Rounds of history behind the growth estimate.
+    /// Rounds of history behind the growth estimate (the longest of a counted node's).
     pub samples: usize,
     /// The estimate.
     pub estimate: Estimate,
@@ -106,8 +106,13 @@ pub struct CapacityStatus {
 /// The body of a hook call (JSON).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HookRequest {
-    /// Storage nodes wanted.
+    /// Storage nodes wanted, on top of `pool_nodes`.
     pub nodes_wanted: u32,
+    /// Nodes that accept replicas now (Up, not cordoned; late ones included).
+    pub pool_nodes: u64,
+    /// `pool_nodes + nodes_wanted`: the size to ask a scaling group for, which a repeated
+    /// call (after the cooldown, or from a new leader) leaves as it was.
+    pub target_pool_nodes: u64,
     /// Capacity missing for the headroom to reach its minimum, bytes.
     pub bytes_short: u64,
     /// Headroom after draining the at-risk nodes (fraction; negative when over capacity).
@@ -132,6 +137,8 @@ impl HookRequest {
     fn of(e: &Estimate, at_ms: u64) -> HookRequest {
         HookRequest {
             nodes_wanted: e.nodes_wanted,
+            pool_nodes: e.pool_nodes as u64,
+            target_pool_nodes: (e.pool_nodes as u64).saturating_add(u64::from(e.nodes_wanted)),
             bytes_short: e.bytes_short,
             headroom: e.headroom,
             min_headroom: e.min_headroom,
@@ -197,6 +204,8 @@ impl Control {
                     id: n.id,
                     state: n.state,
                     cordoned: n.cordoned,
+                    late: n.state == augur_proto::NodeState::Suspect
+                        && n.cause.origin == augur_proto::StateOrigin::Liveness,
                     capacity_bytes: report
                         .map(|r| r.capacity_bytes)
                         .filter(|c| *c > 0)
@@ -245,21 +254,26 @@ impl Control {
             let mut mem = super::lock(&self.capacity);
             let origin = *mem.origin.get_or_insert(now);
             let t = now.saturating_duration_since(origin).as_millis() as u64;
-            let mut total = 0u64;
+            let mut samples = 0;
             for n in &mut inputs {
-                if estimate::class(n) != estimate::Class::Other {
-                    total = total.saturating_add(n.used_bytes);
+                let counted = estimate::class(n) != estimate::Class::Other;
+                let (was, h) = mem.per_node.entry(n.id).or_default();
+                if *was != counted {
+                    // Joined or left the counted classes: what it held before is no growth.
+                    *was = counted;
+                    *h = History::default();
                 }
-                let h = mem.per_node.entry(n.id).or_default();
                 h.push(t, n.used_bytes, s.capacity_history);
                 n.growth_bytes_per_day = h.slope_per_day(s.capacity_min_history_ms);
+                if counted {
+                    samples = samples.max(h.len());
+                }
             }
             let present: BTreeSet<NodeId> = inputs.iter().map(|n| n.id).collect();
             mem.per_node.retain(|id, _| present.contains(id));
-            mem.cluster.push(t, total, s.capacity_history);
-            let growth = mem.cluster.slope_per_day(s.capacity_min_history_ms);
+            let growth = estimate::counted_growth(&inputs);
             let Some(e) = estimate::estimate(&inputs, growth, &params) else {
-                // No storage node to plan for: nothing to say.
+                // No storage node at all: nothing to say.
                 mem.last = None;
                 drop(mem);
                 self.metrics.reset_capacity();
@@ -267,7 +281,7 @@ impl Control {
             };
             mem.last = Some(Round {
                 at_ms: now_ms,
-                samples: mem.cluster.len(),
+                samples,
                 estimate: e.clone(),
             });
             (e, mem.calling)

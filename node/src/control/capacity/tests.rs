@@ -15,6 +15,7 @@ fn input(id: u64, state: NodeState, capacity: u64, used: u64) -> NodeInput {
         id: NodeId(id),
         state,
         cordoned: false,
+        late: false,
         capacity_bytes: capacity,
         used_bytes: used,
         risk: None,
@@ -168,14 +169,74 @@ fn the_alarm_threshold_is_the_minimum_headroom() {
     let all_at_risk = vec![input(1, NodeState::Draining, 100 * GIB, GIB)];
     let e = estimate(&all_at_risk, None, &params(0.2, None)).unwrap();
     assert_eq!((e.headroom, e.alarm, e.nodes_wanted), (-1.0, true, 1));
-    // Nothing to plan for.
+    // No storage node at all: nothing to plan for.
+    assert_eq!(estimate(&[], None, &params(0.2, None)), None);
+    // Every node Down (or cordoned): no pool left is the worst shortfall, not silence.
+    let e = estimate(
+        &[
+            input(1, NodeState::Down, GIB, 0),
+            NodeInput {
+                cordoned: true,
+                ..input(2, NodeState::Up, GIB, GIB / 2)
+            },
+        ],
+        None,
+        &params(0.2, Some(2)),
+    )
+    .unwrap();
+    assert_eq!((e.pool_nodes, e.alarm, e.nodes_wanted), (0, true, 2));
+    assert!(e
+        .reason
+        .unwrap()
+        .contains("fewer than the replication factor 2"));
+}
+
+#[test]
+fn a_node_that_is_only_late_stays_in_the_pool() {
+    let late = NodeInput {
+        late: true,
+        ..input(3, NodeState::Suspect, 100 * GIB, GIB)
+    };
+    assert_eq!(estimate::class(&late), Class::Pool);
+    let decided = input(3, NodeState::Suspect, 100 * GIB, GIB);
+    assert_eq!(estimate::class(&decided), Class::AtRisk);
+    let cordoned = NodeInput {
+        cordoned: true,
+        ..late.clone()
+    };
+    assert_eq!(estimate::class(&cordoned), Class::Other);
+    // Three nodes at rf 3, one of them a few seconds late: no alarm, no node asked for.
+    let nodes = vec![
+        input(1, NodeState::Up, 100 * GIB, GIB),
+        input(2, NodeState::Up, 100 * GIB, GIB),
+        late,
+    ];
+    assert!(!estimate(&nodes, None, &params(0.2, Some(3))).unwrap().alarm);
+}
+
+#[test]
+fn growth_is_the_sum_of_the_counted_nodes_own_slopes() {
+    let with = |state, growth| NodeInput {
+        growth_bytes_per_day: growth,
+        ..input(1, state, 100 * GIB, GIB)
+    };
+    assert_eq!(estimate::counted_growth(&[]), None);
     assert_eq!(
-        estimate(
-            &[input(1, NodeState::Down, GIB, 0)],
-            None,
-            &params(0.2, None)
-        ),
-        None
+        estimate::counted_growth(&[with(NodeState::Up, None)]),
+        None,
+        "no history long enough"
+    );
+    let g = estimate::counted_growth(&[
+        with(NodeState::Up, Some(3.0)),
+        with(NodeState::Draining, Some(-1.0)),
+        with(NodeState::Up, None),
+        with(NodeState::Down, Some(100.0)),
+        with(NodeState::Up, Some(f64::NAN)),
+    ]);
+    assert_eq!(
+        g,
+        Some(2.0),
+        "a drain's source offsets its destination; Down is not counted"
     );
 }
 
@@ -349,6 +410,48 @@ async fn a_round_raises_the_alarm_calls_once_and_again_only_when_due() {
     assert!(!r.alarm);
     assert_eq!(r.nodes_wanted, 0);
     assert_eq!(c2.metrics.capacity_alarm.get(), 0);
+}
+
+/// An uncordoned node joins the counted nodes with everything it holds: that is no growth.
+/// (The slope of the counted total read it as 7 GiB within a few seconds, about 200 TiB a
+/// day.)
+#[tokio::test]
+async fn a_node_joining_the_pool_with_its_data_is_not_growth() {
+    let store = store();
+    let mut n3 = store.read().nodes[&NodeId(3)].clone();
+    n3.cordoned = true;
+    store.put(Record::Node(n3.clone()));
+    let c = Control::for_tests(ControlSettings {
+        capacity_min_history_ms: 1_000,
+        ..Default::default()
+    });
+    let t0 = Instant::now();
+    let growth = |c: &Control| {
+        c.capacity_status()
+            .last_round
+            .unwrap()
+            .estimate
+            .growth_bytes_per_day
+    };
+    for i in 0..3u64 {
+        let now = t0 + Duration::from_secs(i);
+        c.capacity_tick(&store, now, 1_000 + i * 1_000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(growth(&c), Some(0.0), "nodes 1 and 2 hold steady");
+    n3.cordoned = false;
+    store.put(Record::Node(n3));
+    for i in 3..6u64 {
+        let now = t0 + Duration::from_secs(i);
+        c.capacity_tick(&store, now, 1_000 + i * 1_000)
+            .await
+            .unwrap();
+        assert_eq!(growth(&c), Some(0.0), "round {i}");
+    }
+    let round = c.capacity_status().last_round.unwrap();
+    assert_eq!(round.estimate.used_bytes, 21 * GIB);
+    assert_eq!(round.samples, 6);
 }
 
 #[tokio::test]
