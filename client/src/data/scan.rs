@@ -7,9 +7,11 @@
 //! may be the smallest. The first page asks every shard (concurrently, a few at a time); later
 //! pages ask only the shards whose buffers emptied.
 //!
-//! Each shard is asked for about `limit / shards + 1` items at a time, so memory stays near
-//! one page of items whatever the shard count, at the price of more round trips when keys
-//! are unevenly spread. The scan is not a snapshot: each shard page is read at its primary
+//! Each shard is asked for about `limit / shards + 1` items at first, so memory stays near
+//! one page of items whatever the shard count; a shard that runs dry during a page is asked
+//! for what the page still lacks. The smallest key comes from a heap of the buffers' first
+//! keys, and only the cursors that ran dry are looked at for a fetch, so handing out an item
+//! costs O(log shards), not a pass over every shard (65,536 of them at most). The scan is not a snapshot: each shard page is read at its primary
 //! when asked for, so writes made during a scan may or may not show.
 
 use super::DataClient;
@@ -17,7 +19,8 @@ use crate::error::Error;
 use augur_proto::data::{DataError, Versioned, MAX_SCAN_LIMIT};
 use augur_proto::ShardId;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// One shard's place in the merge.
 struct Cursor {
@@ -42,6 +45,10 @@ pub struct PrefixScan {
     client: DataClient,
     prefix: Vec<u8>,
     cursors: Vec<Cursor>,
+    /// The first key of every non-empty buffer, with its cursor.
+    fronts: BinaryHeap<Reverse<(Vec<u8>, usize)>>,
+    /// Cursors whose buffer is empty and whose shard may hold more.
+    dry: Vec<usize>,
 }
 
 impl PrefixScan {
@@ -53,17 +60,19 @@ impl PrefixScan {
                 after: start_after.map(<[u8]>::to_vec),
                 more: true,
             })
-            .collect();
+            .collect::<Vec<_>>();
         PrefixScan {
             client,
             prefix,
+            dry: (0..cursors.len()).collect(),
             cursors,
+            fronts: BinaryHeap::new(),
         }
     }
 
     /// Whether every item has been handed out.
     pub fn is_done(&self) -> bool {
-        self.cursors.iter().all(|c| c.buf.is_empty() && !c.more)
+        self.fronts.is_empty() && self.dry.is_empty()
     }
 
     /// The next items in key order, at most `limit` (1..=[`MAX_SCAN_LIMIT`], anything else
@@ -97,29 +106,36 @@ impl PrefixScan {
                 }
                 break;
             }
-            let Some(i) = self.smallest() else { break };
-            if let Some(item) = self.cursors[i].buf.pop_front() {
+            let Some(Reverse((_, i))) = self.fronts.pop() else {
+                break;
+            };
+            let cursor = &mut self.cursors[i];
+            if let Some(item) = cursor.buf.pop_front() {
                 out.push(item);
             }
+            self.track(i);
         }
         Ok(out)
     }
 
-    /// The cursor whose next key is the smallest, if any holds one.
-    fn smallest(&self) -> Option<usize> {
-        self.cursors
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.buf.front().map(|(k, _)| (k, i)))
-            .min()
-            .map(|(_, i)| i)
+    /// Puts cursor `i` where it belongs now: in the heap by its first key, among the dry
+    /// ones, or nowhere (its shard is done).
+    fn track(&mut self, i: usize) {
+        let cursor = &self.cursors[i];
+        match cursor.buf.front() {
+            Some((k, _)) => self.fronts.push(Reverse((k.clone(), i))),
+            None if cursor.needs_fetch() => self.dry.push(i),
+            None => {}
+        }
     }
 
-    /// Fetches a page for every cursor whose buffer is empty and whose shard has more.
+    /// Fetches a page for every cursor whose buffer is empty and whose shard has more. On
+    /// an error nothing is absorbed and the same cursors stay dry.
     async fn fill_all(&mut self, fetch: u32) -> Result<(), Error> {
-        let wanted: Vec<usize> = (0..self.cursors.len())
-            .filter(|&i| self.cursors[i].needs_fetch())
-            .collect();
+        if self.dry.is_empty() {
+            return Ok(());
+        }
+        let wanted = self.dry.clone();
         let (client, prefix, cursors) = (&self.client, &self.prefix, &self.cursors);
         let pages: Vec<(usize, Fetched)> = stream::iter(wanted)
             .map(|i| async move {
@@ -130,8 +146,10 @@ impl PrefixScan {
             .buffer_unordered(client.inner.cfg.scan_concurrency.max(1))
             .try_collect()
             .await?;
+        self.dry.clear();
         for (i, page) in pages {
             absorb(&mut self.cursors[i], page);
+            self.track(i);
         }
         Ok(())
     }
