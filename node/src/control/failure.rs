@@ -380,7 +380,10 @@ impl Control {
         if !meta.propose(txn).await?.succeeded {
             return Err(ReconfigError::Conflict(shard));
         }
-        self.note_lost(shard, &[replica], Instant::now());
+        if record.replicas.contains(&replica) {
+            // A learner removed is no lost replica (see `repair`).
+            self.note_lost(shard, &[replica], Instant::now());
+        }
         self.metrics.replicas_removed.inc();
         tracing::warn!(shard = %shard, epoch = new_epoch, primary = %caller, replica = %replica, reason, "removed a replica at its primary's request");
         Ok(())

@@ -104,6 +104,35 @@ fn a_restarted_primary_hands_over_to_the_most_advanced_live_replica() {
     assert_eq!((next.replicas[0], next.epoch), (NodeId(1), 5));
 }
 
+/// The shard's down delay runs from its first loss: the learner of its restore failing, or
+/// a second replica lost, does not start it again.
+#[tokio::test]
+async fn the_first_loss_is_remembered_and_a_failed_learner_is_none() {
+    let store = MemStore::with(&c3());
+    let control = Control::for_tests(ControlSettings::default());
+    let me = Some(Role::Storage(NodeId(1)));
+    control
+        .handle_report_replica(&store, me, ShardId(1), 4, NodeId(4), "learner silent")
+        .await
+        .unwrap();
+    assert_eq!(
+        control.lost_replica(ShardId(1)),
+        None,
+        "a learner is not lost"
+    );
+    control
+        .handle_report_replica(&store, me, ShardId(1), 5, NodeId(2), "timeout")
+        .await
+        .unwrap();
+    let (node, at) = control.lost_replica(ShardId(1)).unwrap();
+    assert_eq!(node, NodeId(2));
+    control
+        .handle_report_replica(&store, me, ShardId(1), 6, NodeId(3), "timeout")
+        .await
+        .unwrap();
+    assert_eq!(control.lost_replica(ShardId(1)), Some((NodeId(2), at)));
+}
+
 #[tokio::test]
 async fn report_replica_writes_once_and_refuses_non_storage_callers() {
     let store = MemStore::with(&c3());

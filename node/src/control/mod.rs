@@ -291,9 +291,15 @@ impl Control {
 
     /// Notes that this leader removed `nodes` from `shard` at `now` (re-replication counts
     /// the shard's delay from the loss).
+    ///
+    /// The earliest loss is kept: a second one before the shard is back at rf (another
+    /// replica, a restore's learner) must not start the down delay again, or a shard left on
+    /// one copy would wait longer than the one that lost a single replica.
     pub(crate) fn note_lost(&self, shard: ShardId, nodes: &[NodeId], now: Instant) {
         if let Some(n) = nodes.last() {
-            self.with_memory(|m| m.lost.insert(shard, (*n, now)));
+            self.with_memory(|m| {
+                m.lost.entry(shard).or_insert((*n, now));
+            });
         }
     }
 

@@ -161,7 +161,14 @@ impl Control {
                     match meta.propose(txn).await {
                         Ok(r) if r.succeeded => {
                             out.reconfigured += 1;
-                            self.note_lost(shard.id, &removed, now);
+                            // A learner removed is no lost replica: its move failed, and
+                            // the move's backoff already paces the next attempt.
+                            let lost: Vec<NodeId> = removed
+                                .iter()
+                                .copied()
+                                .filter(|n| shard.replicas.contains(n))
+                                .collect();
+                            self.note_lost(shard.id, &lost, now);
                             self.metrics.replicas_removed.inc_by(removed.len() as u64);
                             if let Some(p) = promoted {
                                 self.metrics.promotions.inc();

@@ -208,6 +208,7 @@ impl StorageNode {
         let sync_wait = Duration::from_micros(cfg.replication.sync_wait_us);
         let (engine, identity) = Engine::open(&cfg.data_dir, cfg.id, 64 << 20, sync_wait)
             .with_context(|| format!("opening {}", cfg.data_dir.display()))?;
+        engine.set_request_retention(cfg.replication.request_retention_ms);
         let idle = Duration::from_secs(10);
         let (mut endpoint, _) = augur_transport::bind_endpoint(
             cfg.listen,
@@ -279,7 +280,6 @@ impl StorageNode {
         }
         tasks.push(tokio::spawn(directory::follow(Arc::downgrade(&ctx))));
         tasks.push(tokio::spawn(lease::heartbeats(Arc::downgrade(&ctx))));
-        tasks.push(tokio::spawn(housekeeping(Arc::downgrade(&ctx))));
         let accept = endpoint.clone();
         let server_ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
@@ -308,32 +308,5 @@ impl StorageNode {
         self.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         tracing::info!(node = %self.ctx.node, "storage node stopped");
-    }
-}
-
-/// Periodic upkeep: request ids past their retention, gauges.
-async fn housekeeping(weak: std::sync::Weak<NodeCtx>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        let Some(ctx) = weak.upgrade() else { return };
-        let before = crate::control::registry::now_ms()
-            .saturating_sub(ctx.cfg.replication.request_retention_ms);
-        let engine = ctx.engine.clone();
-        match tokio::task::spawn_blocking(move || engine.prune_requests(before)).await {
-            Ok(Ok(p)) => {
-                if p.forgotten > 0 {
-                    tracing::debug!(forgotten = p.forgotten, "request ids past retention");
-                }
-                if p.unreadable > 0 {
-                    tracing::warn!(
-                        unreadable = p.unreadable,
-                        "request id records that do not decode (kept; writes resending their ids are refused as corrupt)"
-                    );
-                }
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune request ids"),
-            Err(_) => {}
-        }
     }
 }

@@ -138,6 +138,20 @@ fn is_corrected_report(message: &str) -> bool {
 struct Counters {
     cpu_busy: u64,
     cpu_total: u64,
+    /// The data device's counters; `None` while the kernel does not list it (a disk that
+    /// dropped off the bus, the very failure the agent watches for).
+    disk: Option<DiskCounters>,
+    net_errors: u64,
+    tcp_out: u64,
+    tcp_retrans: u64,
+    at_ms: i64,
+}
+
+/// One block device's counters, with its device number: a device that comes back under the
+/// same name may be another one, whose counters are not comparable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DiskCounters {
+    dev: (i32, i32),
     reads: u64,
     read_ms: u64,
     writes: u64,
@@ -145,10 +159,6 @@ struct Counters {
     sectors_read: u64,
     sectors_written: u64,
     io_ticks_ms: u64,
-    net_errors: u64,
-    tcp_out: u64,
-    tcp_retrans: u64,
-    at_ms: i64,
 }
 
 /// Samples the local machine.
@@ -208,14 +218,10 @@ impl LinuxCollector {
             + t.irq.unwrap_or(0)
             + t.softirq.unwrap_or(0)
             + t.steal.unwrap_or(0);
-        let disk: DiskStat = procfs::diskstats()
+        let disk: Option<DiskStat> = procfs::diskstats()
             .map_err(procfs_err)?
             .into_iter()
-            .find(|d| d.name == self.config.data_device)
-            .ok_or_else(|| AgentError::NoSuchDevice {
-                device: self.config.data_device.clone(),
-                available: "(device disappeared)".into(),
-            })?;
+            .find(|d| d.name == self.config.data_device);
         let mut net_errors = 0;
         for (name, dev) in procfs::net::dev_status().map_err(procfs_err)? {
             let wanted = if self.config.interfaces.is_empty() {
@@ -234,13 +240,16 @@ impl LinuxCollector {
         Ok(Counters {
             cpu_busy: total - idle,
             cpu_total: total,
-            reads: disk.reads,
-            read_ms: disk.time_reading,
-            writes: disk.writes,
-            write_ms: disk.time_writing,
-            sectors_read: disk.sectors_read,
-            sectors_written: disk.sectors_written,
-            io_ticks_ms: disk.time_in_progress,
+            disk: disk.map(|d| DiskCounters {
+                dev: (d.major, d.minor),
+                reads: d.reads,
+                read_ms: d.time_reading,
+                writes: d.writes,
+                write_ms: d.time_writing,
+                sectors_read: d.sectors_read,
+                sectors_written: d.sectors_written,
+                io_ticks_ms: d.time_in_progress,
+            }),
             net_errors,
             tcp_out,
             tcp_retrans,
@@ -352,8 +361,19 @@ impl Collector for LinuxCollector {
         };
         let elapsed_ms = (now.at_ms - prev.at_ms).max(1) as f64;
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
-        let reads = delta(now.reads, prev.reads);
-        let writes = delta(now.writes, prev.writes);
+        // The disk's figures need its counters at both ends, from the same device: while it
+        // is missing, and for the first interval after it returns (possibly as another
+        // device), they are unmeasured, and every other figure is still reported.
+        let disk = match (now.disk, prev.disk) {
+            (Some(n), Some(p)) if n.dev == p.dev => Some((n, p)),
+            (None, _) => {
+                if prev.disk.is_some() {
+                    tracing::warn!(device = %self.config.data_device, "the data device is no longer listed by the kernel");
+                }
+                None
+            }
+            _ => None,
+        };
         let mem = Meminfo::current().map_err(|e| AgentError::Procfs(e.to_string()))?;
         let available = mem
             .mem_available
@@ -371,13 +391,15 @@ impl Collector for LinuxCollector {
             .map(|v| v.clamp(0.0, 1.0)),
             mem_util: ratio(available, mem.mem_total).map(|a| (1.0 - a).clamp(0.0, 1.0)),
             // No I/O in the interval: no latency was observed, which is not a latency of 0.
-            disk_read_lat_ms: ratio(delta(now.read_ms, prev.read_ms), reads),
-            disk_write_lat_ms: ratio(delta(now.write_ms, prev.write_ms), writes),
-            disk_read_mbps: Some(mbps(delta(now.sectors_read, prev.sectors_read))),
-            disk_write_mbps: Some(mbps(delta(now.sectors_written, prev.sectors_written))),
-            disk_util: Some(
-                (delta(now.io_ticks_ms, prev.io_ticks_ms) as f64 / elapsed_ms).clamp(0.0, 1.0),
-            ),
+            disk_read_lat_ms: disk
+                .and_then(|(n, p)| ratio(delta(n.read_ms, p.read_ms), delta(n.reads, p.reads))),
+            disk_write_lat_ms: disk
+                .and_then(|(n, p)| ratio(delta(n.write_ms, p.write_ms), delta(n.writes, p.writes))),
+            disk_read_mbps: disk.map(|(n, p)| mbps(delta(n.sectors_read, p.sectors_read))),
+            disk_write_mbps: disk.map(|(n, p)| mbps(delta(n.sectors_written, p.sectors_written))),
+            disk_util: disk.map(|(n, p)| {
+                (delta(n.io_ticks_ms, p.io_ticks_ms) as f64 / elapsed_ms).clamp(0.0, 1.0)
+            }),
             net_rtt_ms: peers.map(|p| p.0),
             net_loss_pct: peers.map(|p| p.1),
             net_errors: Some(delta(now.net_errors, prev.net_errors)),

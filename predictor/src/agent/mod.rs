@@ -197,7 +197,8 @@ pub struct AgentStats {
 /// The sampler loop.
 pub struct Agent {
     config: AgentConfig,
-    collector: Box<dyn Collector>,
+    /// Taken while a sample is collected on a blocking thread.
+    collector: Option<Box<dyn Collector>>,
     sinks: Vec<Box<dyn Sink>>,
     history: HistoryHandle,
 }
@@ -208,7 +209,7 @@ impl Agent {
         let history = HistoryHandle::new(config.history_capacity, config.smart_history_capacity);
         Agent {
             config,
-            collector,
+            collector: Some(collector),
             sinks: Vec::new(),
             history,
         }
@@ -252,7 +253,24 @@ impl Agent {
                 }
                 _ = sample_tick.tick() => {
                     let now_ms = origin_wall + origin.elapsed().as_millis() as i64;
-                    match self.collector.collect(now_ms) {
+                    let Some(mut collector) = self.collector.take() else {
+                        break;
+                    };
+                    // On a blocking thread: reading a drive's temperature from sysfs sends
+                    // the drive a command, and a failing drive can hold that read for its
+                    // whole command timeout (a minute for NVMe), which would stall every
+                    // task sharing this worker.
+                    let collected = tokio::task::spawn_blocking(move || {
+                        let r = collector.collect(now_ms);
+                        (collector, r)
+                    })
+                    .await;
+                    let Ok((collector, collected)) = collected else {
+                        tracing::error!("the health collector panicked; the agent stops sampling");
+                        break;
+                    };
+                    self.collector = Some(collector);
+                    match collected {
                         Ok(None) => {}
                         Ok(Some(s)) => {
                             stats.samples += 1;

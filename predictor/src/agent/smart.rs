@@ -6,8 +6,9 @@
 //! a device without SMART or a USB bridge that hides it are not errors: the node then simply
 //! reports no SMART, which is what it can see.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -58,6 +59,13 @@ pub fn parse_smartctl_json(text: &str) -> Option<SmartAttributes> {
     (!out.is_empty()).then_some(out)
 }
 
+/// How long one `smartctl` call may take before it is killed. A healthy device answers in
+/// well under a second; a failing one that hangs must not stop the others' readings.
+pub const SMARTCTL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most bytes of `smartctl`'s output read (its JSON for one device is tens of KiB).
+const MAX_OUTPUT: u64 = 4 << 20;
+
 /// Why one device could not be read (logged, never fatal).
 #[derive(Debug, thiserror::Error)]
 pub enum SmartError {
@@ -70,6 +78,12 @@ pub enum SmartError {
         #[source]
         source: std::io::Error,
     },
+    /// smartctl did not finish within [`SMARTCTL_TIMEOUT`] (a hung disk or bridge): killed.
+    #[error("{device}: smartctl did not answer in time; killed")]
+    Timeout {
+        /// The device.
+        device: String,
+    },
     /// smartctl ran but reported no SMART data for the device.
     #[error("{device}: no SMART data (smartctl exit status {status})")]
     NoData {
@@ -80,24 +94,64 @@ pub enum SmartError {
     },
 }
 
-/// Reads one device with `smartctl --json -a /dev/DEVICE`.
+/// Reads one device with `smartctl --json -a /dev/DEVICE`, killing it after
+/// [`SMARTCTL_TIMEOUT`].
 pub fn read_device(smartctl: &Path, device: &str) -> Result<SmartAttributes, SmartError> {
+    read_device_within(smartctl, device, SMARTCTL_TIMEOUT)
+}
+
+/// [`read_device`] with its own deadline.
+fn read_device_within(
+    smartctl: &Path,
+    device: &str,
+    timeout: Duration,
+) -> Result<SmartAttributes, SmartError> {
     let path = if device.starts_with('/') {
         device.to_string()
     } else {
         format!("/dev/{device}")
     };
-    let out = Command::new(smartctl)
+    let spawn_err = |source| SmartError::Spawn {
+        program: smartctl.to_path_buf(),
+        source,
+    };
+    let mut child = Command::new(smartctl)
         .args(["--json", "-a", &path])
-        .output()
-        .map_err(|source| SmartError::Spawn {
-            program: smartctl.to_path_buf(),
-            source,
-        })?;
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(spawn_err)?;
+    // Its output is read on a thread of its own while this one watches the clock: a smartctl
+    // stuck on a failing disk (or a USB bridge) would otherwise hold the reader, and every
+    // device's readings, for good.
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        if let Some(out) = stdout.as_mut() {
+            let _ = out.take(MAX_OUTPUT).read_to_end(&mut text);
+        }
+        text
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait().map_err(spawn_err)? {
+            Some(status) => break status,
+            None if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SmartError::Timeout {
+                    device: device.to_string(),
+                });
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let text = reader.join().unwrap_or_default();
     // smartctl's exit status is a bit mask: bits 2-7 report what it found (a failing disk,
     // logged errors) while still printing the attributes, so parse whatever it printed.
-    let status = out.status.code().unwrap_or(-1);
-    parse_smartctl_json(&String::from_utf8_lossy(&out.stdout)).ok_or(SmartError::NoData {
+    let status = status.code().unwrap_or(-1);
+    parse_smartctl_json(&String::from_utf8_lossy(&text)).ok_or(SmartError::NoData {
         device: device.to_string(),
         status,
     })
@@ -114,6 +168,9 @@ pub fn read_devices(smartctl: &Path, devices: &[String]) -> Option<SmartReadings
             Err(e @ SmartError::Spawn { .. }) => {
                 tracing::debug!(error = %e, "no SMART: smartctl unavailable");
                 return None;
+            }
+            Err(e @ SmartError::Timeout { .. }) => {
+                tracing::warn!(error = %e, "SMART reading of a device hung")
             }
             Err(e) => tracing::debug!(error = %e, "no SMART for device"),
         }
@@ -238,7 +295,22 @@ mod tests {
             Err(SmartError::Spawn { .. }) => {
                 println!("SKIPPED reads_this_machines_disk (smartctl not installed)")
             }
+            Err(e @ SmartError::Timeout { .. }) => panic!("{e}"),
         }
+    }
+
+    /// A smartctl that hangs (a failing disk, a stuck bridge) is killed at the deadline.
+    #[test]
+    fn a_hung_smartctl_is_killed_at_its_deadline() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("smartctl");
+        std::fs::write(&fake, "#!/bin/sh\nsleep 30\n").unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        let r = read_device_within(&fake, "sda", Duration::from_millis(300));
+        assert!(matches!(r, Err(SmartError::Timeout { .. })), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //!   under-replicated: never early, at most one delay late.
 //!
 //! The destination is [`placement::pick`] over Up nodes with room for the shard, excluding
-//! its replicas, learners and the lost node, under the bounded-load cap, preferring nodes a
-//! previous attempt has not failed on. Moves respect `max_moves` (cluster), and per node
+//! its replicas and learners, under the bounded-load cap, preferring nodes other than the
+//! lost one and those a previous attempt failed on (each taken when nothing else is left). Moves respect `max_moves` (cluster), and per node
 //! `max_moves_in_per_node` (destination) and `max_moves_out_per_node` (the shard's primary,
 //! which the learner usually copies from). Most urgent first: fewest replicas, then shard id.
 
@@ -313,13 +313,12 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
             continue;
         }
         let lost = ctx.memory.lost.get(&shard.id).map(|(n, _)| *n);
-        let mut exclude: Vec<NodeId> = shard
+        let exclude: Vec<NodeId> = shard
             .replicas
             .iter()
             .chain(&shard.learners)
             .copied()
             .collect();
-        exclude.extend(lost);
         let candidates: Vec<Candidate> = eligible
             .iter()
             .filter(|n| moves_in.get(&n.id).copied().unwrap_or(0) < s.max_moves_in_per_node)
@@ -331,7 +330,12 @@ pub fn plan(ctx: &PlanContext<'_>) -> Vec<Migration> {
             })
             .collect();
         let (attempts, tried) = failed_attempts(cluster, shard.id);
+        // The node that lost the replica is avoided, not excluded: back Up, it may be the
+        // only eligible destination (three nodes at rf 3, one restarted past the grace
+        // period), and excluding it left the shard below rf for as long as this leader
+        // led. Named a learner again, it clears its stale copy and copies afresh.
         let mut avoid = exclude.clone();
+        avoid.extend(lost);
         avoid.extend(&tried);
         // The racks of the members that hold the shard, candidates or not (the lost
         // replica's is free again).
@@ -531,6 +535,28 @@ mod tests {
         m.shard = ShardId(6);
         busy.migrations = vec![m.clone(), m.clone(), m];
         assert!(plan(&ctx(&busy, &s, &mem, Instant::now())).is_empty());
+    }
+
+    /// Three nodes at rf 3: node 3 restarted past the grace period and lost its replica.
+    /// Back Up, it is the only possible destination, and gets the restore.
+    #[test]
+    fn the_node_that_lost_the_replica_takes_it_back_when_no_other_can() {
+        let c = cluster(&[1, 2, 3], vec![shard(1, &[1, 2], 3)], 3);
+        let s = ControlSettings {
+            down_delay_ms: 0,
+            ..Default::default()
+        };
+        let now = Instant::now();
+        let mut mem = MoverMemory::default();
+        mem.lost.insert(ShardId(1), (NodeId(3), now));
+        let p = plan(&ctx(&c, &s, &mem, now));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].to, NodeId(3));
+        // With another node free, that one is preferred.
+        let c = cluster(&[1, 2, 3, 4], vec![shard(1, &[1, 2], 3)], 3);
+        let p = plan(&ctx(&c, &s, &mem, now));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].to, NodeId(4));
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod bulk;
 mod log;
 mod open;
 mod pass;
+mod retention;
 mod size;
 mod sync;
 pub use bulk::{LoadChunk, LoadGate, Loaded};
@@ -138,24 +139,12 @@ pub struct Remembered {
     pub outcome: WriteOutcome,
     /// When the id was remembered: the later of the primary's wall clock when it wrote the
     /// entry and this node's when it applied (or copied) it. Ids are forgotten by this
-    /// node's clock ([`Engine::prune_requests`]); stamped with the primary's alone, a node
+    /// node's clock ([`Engine::set_request_retention`]); stamped with the primary's alone, a node
     /// whose clock ran ahead would forget them early, and a resend would apply twice.
     pub at_ms: u64,
     /// [`augur_proto::data::WriteOp::digest`] of the write: a resend under the id with
     /// another write is refused.
     pub op_digest: u64,
-}
-
-/// Deletions per write of [`Engine::prune_requests`].
-const PRUNE_BATCH: usize = 10_000;
-
-/// What one [`Engine::prune_requests`] did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    /// Request ids past retention, forgotten.
-    pub forgotten: u64,
-    /// Records that do not decode, kept.
-    pub unreadable: u64,
 }
 
 /// What [`Engine::compaction_debt`] reports.
@@ -233,6 +222,8 @@ pub struct Engine {
     data_opts: Arc<Options>,
     /// Where bulk-loaded files are written before RocksDB takes them in.
     ingest_dir: Arc<std::path::PathBuf>,
+    /// How long request ids are remembered (the request-id family's compaction filter).
+    retention: retention::Retention,
 }
 
 /// One item of a scan or a copy.
@@ -417,39 +408,6 @@ impl Engine {
             Some(b) => Ok(Some(decode("request id", &b)?)),
             None => Ok(None),
         }
-    }
-
-    /// Forgets request ids remembered before `before_ms`, in every shard, writing the
-    /// deletions [`PRUNE_BATCH`] at a time: memory stays bounded however many ids are past
-    /// retention. The scan does not fill the block cache the clients' reads use. A record
-    /// that does not decode is counted and kept (forgetting it could let a resend of its id
-    /// apply twice; [`Engine::remembered`] reports it as corrupt), never a reason to stop:
-    /// one bad record must not leave every other id remembered for ever.
-    pub fn prune_requests(&self, before_ms: u64) -> Result<Pruned, EngineError> {
-        let cf = self.cf(CF_REQUESTS)?;
-        let mut batch = WriteBatch::default();
-        let mut pruned = Pruned::default();
-        for item in self
-            .db
-            .iterator_cf_opt(cf, pass::bulk_read(), IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            match decode::<Remembered>("request id", &v) {
-                Ok(r) if r.at_ms < before_ms => {
-                    batch.delete_cf(cf, k);
-                    pruned.forgotten += 1;
-                    if batch.len() >= PRUNE_BATCH {
-                        self.db.write(std::mem::take(&mut batch))?;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => pruned.unreadable += 1,
-            }
-        }
-        if !batch.is_empty() {
-            self.db.write(batch)?;
-        }
-        Ok(pruned)
     }
 
     /// The background work RocksDB still owes: what a benchmark waits out before it measures,

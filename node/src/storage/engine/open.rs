@@ -1,5 +1,6 @@
 //! Opening the database: its column families, their tuning, and the node's identity.
 
+use super::retention::{Retention, PERIODIC_COMPACTION_SECS};
 use super::{bulk, sync::run_syncer, sync::SyncDone};
 use super::{
     corrupt, decode, encode, Engine, EngineError, StorageIdentity, Syncer, CF_DATA, CF_LOG,
@@ -90,6 +91,7 @@ impl Engine {
         let data_opts = tune(Options::default().get_options_from_string(
             "sst_partitioner_factory={id=SstPartitionerFixedPrefixFactory;length=8}",
         )?);
+        let retention = Retention::default();
         let mut cfs = Vec::new();
         for n in [CF_DATA, CF_LOG, CF_REPLICA, CF_REQUESTS, CF_META] {
             let mut o = match (n, insert_hint(n)) {
@@ -108,6 +110,12 @@ impl Engine {
                 // skips the skip list search, which a profile showed as the bulk of it.
                 o.set_memtable_prefix_bloom_ratio(0.05);
                 o.set_memtable_whole_key_filtering(true);
+            }
+            if n == CF_REQUESTS {
+                // Ids past retention are dropped as their files are compacted (see
+                // `retention`), and every file is compacted at least this often.
+                o.set_compaction_filter("augur-request-retention", retention.filter());
+                o.set_periodic_compaction_seconds(PERIODIC_COMPACTION_SECS);
             }
             cfs.push(ColumnFamilyDescriptor::new(n, o));
         }
@@ -129,6 +137,7 @@ impl Engine {
                 }),
                 data_opts: Arc::new(data_opts),
                 ingest_dir: Arc::new(ingest_dir),
+                retention,
             },
             identity,
         ))

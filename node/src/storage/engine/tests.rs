@@ -118,10 +118,24 @@ async fn log_apply_scan_and_identity() {
     assert_eq!((c1.keys, c1.bytes), (4, 12));
     drop(snap);
     // Ids are kept by this node's clock from when it applied them: the primary's older
-    // stamps (1001..) do not shorten that.
-    assert_eq!(e.prune_requests(1003).unwrap(), Pruned::default());
-    let later = crate::control::registry::now_ms() + 1;
-    assert_eq!(e.prune_requests(later).unwrap().forgotten, 4);
+    // stamps (1001..) do not shorten that. Until a retention is set, none is forgotten.
+    let held = |e: &Engine| {
+        (1..=4u64)
+            .filter(|i| {
+                let id = RequestId { client: 7, seq: *i };
+                e.remembered(s, &id).unwrap().is_some()
+            })
+            .count()
+    };
+    e.compact_requests().unwrap();
+    assert_eq!(held(&e), 4);
+    e.set_request_retention(60_000);
+    e.compact_requests().unwrap();
+    assert_eq!(held(&e), 4, "applied just now: within a minute's retention");
+    std::thread::sleep(Duration::from_millis(5));
+    e.set_request_retention(1);
+    e.compact_requests().unwrap();
+    assert_eq!(held(&e), 0, "past a retention of 1 ms");
     e.delete_shard(s).unwrap();
     assert!(e.replica_state(s).unwrap().is_none());
     assert!(e.last_entry(s).unwrap().is_none());
@@ -430,12 +444,12 @@ fn a_copy_carries_the_request_ids_the_shard_applied() {
 }
 
 #[test]
-fn pruning_and_copies_go_on_past_a_corrupt_request_record() {
+fn forgetting_and_copies_go_on_past_a_corrupt_request_record() {
     let dir = tempfile::tempdir().unwrap();
     let (e, _) = Engine::open(dir.path(), 1, 8 << 20, Duration::ZERO).unwrap();
     let s = ShardId(2);
-    // More ids than one batch of deletions, with a corrupt record among them.
-    let n = PRUNE_BATCH as u64 * 2 + 7;
+    // Many ids, with a corrupt record among them.
+    let n = 20_007u64;
     let ids: Vec<CopiedRequest> = (0..n)
         .map(|i| CopiedRequest {
             id: RequestId { client: 9, seq: i },
@@ -472,21 +486,12 @@ fn pruning_and_copies_go_on_past_a_corrupt_request_record() {
     .unwrap();
     assert_eq!((copied, done), (n, true));
     // Nothing is past retention yet.
-    assert_eq!(
-        e.prune_requests(0).unwrap(),
-        Pruned {
-            forgotten: 0,
-            unreadable: 1
-        }
-    );
-    let later = crate::control::registry::now_ms() + 1;
-    assert_eq!(
-        e.prune_requests(later).unwrap(),
-        Pruned {
-            forgotten: n,
-            unreadable: 1
-        }
-    );
+    e.set_request_retention(3_600_000);
+    e.compact_requests().unwrap();
+    assert!(e.remembered(s, &ids[0].id).unwrap().is_some());
+    std::thread::sleep(Duration::from_millis(5));
+    e.set_request_retention(1);
+    e.compact_requests().unwrap();
     assert!(e.remembered(s, &ids[0].id).unwrap().is_none());
     assert!(e.remembered(s, &ids[n as usize - 1].id).unwrap().is_none());
     // The corrupt record is kept, and reported as corrupt to whoever asks for its id.

@@ -81,8 +81,18 @@ pub(super) async fn score_loop(health: Arc<Health>, history: HistoryHandle) {
         })
         .await;
         let Ok((n, d, risk)) = models else {
-            tracing::error!("scoring round panicked; the node reports no risk");
-            return;
+            // The models went with the panicking round: load them again and go on. A loop
+            // that ended here would leave the last score in every heartbeat, its time never
+            // moving, and the leader would hold the node where that score put it for good.
+            tracing::error!("scoring round panicked; the node reports no risk this round");
+            node = Loaded::<Model>::new(health.settings.node_model.clone());
+            disk = Loaded::<DiskModel>::new(health.settings.disk_model.clone());
+            wait = Duration::from_millis(health.settings.score_interval_ms.max(1_000));
+            let mut s = lock(&health.store);
+            s.risk = RiskState::Pending {
+                reason: "the last scoring round failed (a bug: see the node's log)".into(),
+            };
+            continue;
         };
         node = n;
         disk = d;
