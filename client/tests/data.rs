@@ -401,3 +401,26 @@ async fn a_prefix_scan_merges_every_shard_in_key_order_page_by_page() {
     }
     assert_eq!(got, expected);
 }
+
+/// More shards than the page holds: each shard's share is one item, and a shard that runs
+/// dry again within a page is asked for more each time. Every key comes once, in order.
+#[tokio::test]
+async fn a_prefix_scan_over_more_shards_than_its_page_still_merges_in_order() {
+    let c = certs();
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k:{i:04}").into_bytes()).collect();
+    let node = scan_node(&c.tls, keys.clone(), 64);
+    let meta = cluster(&c.tls, 64, &[1], &[&node.addr]);
+    let client = data_client(&meta, &c.tls, REQUEST).await;
+    let mut expected = keys;
+    expected.sort();
+    for limit in [1u32, 7, 50] {
+        let mut scan = client.scan(b"k:");
+        let mut got = Vec::new();
+        while !scan.is_done() {
+            let page = scan.next_page(limit).await.expect("page");
+            assert!(page.len() <= limit as usize);
+            got.extend(page.into_iter().map(|(k, _)| k));
+        }
+        assert_eq!(got, expected, "limit {limit}");
+    }
+}

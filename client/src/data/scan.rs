@@ -7,12 +7,17 @@
 //! may be the smallest. The first page asks every shard (concurrently, a few at a time); later
 //! pages ask only the shards whose buffers emptied.
 //!
-//! Each shard is asked for about `limit / shards + 1` items at first, so memory stays near
-//! one page of items whatever the shard count; a shard that runs dry during a page is asked
-//! for what the page still lacks. The smallest key comes from a heap of the buffers' first
-//! keys, and only the cursors that ran dry are looked at for a fetch, so handing out an item
-//! costs O(log shards), not a pass over every shard (65,536 of them at most). The scan is not a snapshot: each shard page is read at its primary
-//! when asked for, so writes made during a scan may or may not show.
+//! Each shard is first asked for its share of the page, about `limit / shards + 1` items; a
+//! shard that runs dry again within the same page is asked for twice as many as the time
+//! before (at most what the page still lacks). A shard can only run dry by handing out
+//! everything it was given, so what it holds stays within what it has already handed out:
+//! memory stays near a page of items whatever the shard count, and a page whose keys sit
+//! mostly in one shard costs a few round trips, not one per item (the share is one item
+//! when there are as many shards as the limit). The smallest key comes from a heap of the
+//! buffers' first keys, and only the cursors that ran dry are looked at for a fetch, so
+//! handing out an item costs O(log shards), not a pass over every shard (65,536 at most).
+//! The scan is not a snapshot: each shard page is read at its primary when asked for, so
+//! writes made during a scan may or may not show.
 
 use super::DataClient;
 use crate::error::Error;
@@ -31,6 +36,8 @@ struct Cursor {
     after: Option<Vec<u8>>,
     /// Whether the shard may hold more after `after`.
     more: bool,
+    /// Items to ask for at its next fetch in this page (doubling within a page).
+    want: u32,
 }
 
 impl Cursor {
@@ -59,6 +66,7 @@ impl PrefixScan {
                 buf: VecDeque::new(),
                 after: start_after.map(<[u8]>::to_vec),
                 more: true,
+                want: 1,
             })
             .collect::<Vec<_>>();
         PrefixScan {
@@ -87,20 +95,14 @@ impl PrefixScan {
             ))));
         }
         let shards = self.cursors.len().max(1) as u32;
-        let fetch = (limit / shards + 1).min(limit);
+        let share = (limit / shards + 1).min(limit);
+        for c in &mut self.cursors {
+            c.want = share;
+        }
         let mut out = Vec::new();
         while out.len() < limit as usize {
             // Every shard with more must show its next key before the smallest is chosen.
-            // The first round asks each shard for its share of the page; a shard emptied
-            // later is asked for all the page still lacks, not its share again: with as
-            // many shards as the limit a share is one item, and the rest of the page would
-            // have come one round trip per item.
-            let want = if out.is_empty() {
-                fetch
-            } else {
-                (limit - out.len() as u32).max(fetch)
-            };
-            if let Err(e) = self.fill_all(want).await {
+            if let Err(e) = self.fill_all(limit - out.len() as u32).await {
                 if out.is_empty() {
                     return Err(e);
                 }
@@ -129,9 +131,10 @@ impl PrefixScan {
         }
     }
 
-    /// Fetches a page for every cursor whose buffer is empty and whose shard has more. On
-    /// an error nothing is absorbed and the same cursors stay dry.
-    async fn fill_all(&mut self, fetch: u32) -> Result<(), Error> {
+    /// Fetches a page for every cursor whose buffer is empty and whose shard has more, of
+    /// its `want` items but no more than the `lacking` the page still needs. On an error
+    /// nothing is absorbed and the same cursors stay dry.
+    async fn fill_all(&mut self, lacking: u32) -> Result<(), Error> {
         if self.dry.is_empty() {
             return Ok(());
         }
@@ -139,7 +142,8 @@ impl PrefixScan {
         let (client, prefix, cursors) = (&self.client, &self.prefix, &self.cursors);
         let pages: Vec<(usize, Fetched)> = stream::iter(wanted)
             .map(|i| async move {
-                fetch_page(client, prefix, &cursors[i], fetch)
+                let c = &cursors[i];
+                fetch_page(client, prefix, c, c.want.min(lacking).max(1))
                     .await
                     .map(|p| (i, p))
             })
@@ -148,7 +152,9 @@ impl PrefixScan {
             .await?;
         self.dry.clear();
         for (i, page) in pages {
-            absorb(&mut self.cursors[i], page);
+            let c = &mut self.cursors[i];
+            absorb(c, page);
+            c.want = c.want.saturating_mul(2).min(MAX_SCAN_LIMIT);
             self.track(i);
         }
         Ok(())

@@ -4,8 +4,8 @@
 //! `capacity_horizon_days` ahead ([`estimate`]): the data the nodes that accept replicas
 //! must hold once the at-risk nodes (Suspect, Draining) are emptied, grown by the sum of
 //! each node's least-squares slope of its used bytes over the last `capacity_history`
-//! rounds, against their capacity less what predicted failures are expected to take. When the headroom falls below
-//! `capacity_min_headroom`, or fewer nodes accept replicas than the replication factor (a
+//! rounds, against their capacity less what predicted failures are expected to take. When
+//! the headroom falls below `capacity_min_headroom`, or fewer nodes accept replicas than the replication factor (a
 //! drain then has nowhere to go), it raises an alarm (`/v1/control` under `capacity`,
 //! `augurctl status`, the `augur_control_capacity_*` gauges) and calls `capacity_hook`
 //! ([`hook`]) asking for `nodes_wanted` nodes.
