@@ -380,10 +380,7 @@ impl Control {
         if !meta.propose(txn).await?.succeeded {
             return Err(ReconfigError::Conflict(shard));
         }
-        if record.replicas.contains(&replica) {
-            // A learner removed is no lost replica (see `repair`).
-            self.note_lost(shard, &[replica], Instant::now());
-        }
+        self.note_lost(&record, &[replica], Instant::now());
         self.metrics.replicas_removed.inc();
         tracing::warn!(shard = %shard, epoch = new_epoch, primary = %caller, replica = %replica, reason, "removed a replica at its primary's request");
         Ok(())
@@ -439,7 +436,7 @@ impl Control {
         if !meta.propose(txn).await?.succeeded {
             return Err(ReconfigError::Conflict(shard));
         }
-        self.note_lost(shard, &displaced, Instant::now());
+        self.note_lost(&record, &displaced, Instant::now());
         tracing::error!(shard = %shard, epoch = new_epoch, primary = %node, displaced = ?displaced, "operator forced a primary: writes the displaced replicas acknowledged may be lost");
         Ok(())
     }

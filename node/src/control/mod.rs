@@ -39,7 +39,7 @@ pub mod store;
 use crate::meta::MetaNode;
 use augur_proto::data::NodeReport;
 use augur_proto::wire::ApiError;
-use augur_proto::{NodeId, NodeState, ShardId};
+use augur_proto::{NodeId, NodeState, Shard, ShardId};
 use cluster::{Cluster, Reports};
 use futures::future::join_all;
 use metrics::ControlMetrics;
@@ -292,13 +292,15 @@ impl Control {
     /// Notes that this leader removed `nodes` from `shard` at `now` (re-replication counts
     /// the shard's delay from the loss).
     ///
-    /// The earliest loss is kept: a second one before the shard is back at rf (another
-    /// replica, a restore's learner) must not start the down delay again, or a shard left on
-    /// one copy would wait longer than the one that lost a single replica.
-    pub(crate) fn note_lost(&self, shard: ShardId, nodes: &[NodeId], now: Instant) {
-        if let Some(n) = nodes.last() {
+    /// Only replicas of `record` (the shard before the removal) count: a learner removed is
+    /// no lost replica, its move failed and the move's backoff already paces the next
+    /// attempt. The earliest loss is kept: a second one before the shard is back at rf must
+    /// not start the down delay again, or a shard left on one copy would wait longer than
+    /// the one that lost a single replica.
+    pub(crate) fn note_lost(&self, record: &Shard, nodes: &[NodeId], now: Instant) {
+        if let Some(n) = nodes.iter().rev().find(|n| record.replicas.contains(n)) {
             self.with_memory(|m| {
-                m.lost.entry(shard).or_insert((*n, now));
+                m.lost.entry(record.id).or_insert((*n, now));
             });
         }
     }

@@ -161,14 +161,7 @@ impl Control {
                     match meta.propose(txn).await {
                         Ok(r) if r.succeeded => {
                             out.reconfigured += 1;
-                            // A learner removed is no lost replica: its move failed, and
-                            // the move's backoff already paces the next attempt.
-                            let lost: Vec<NodeId> = removed
-                                .iter()
-                                .copied()
-                                .filter(|n| shard.replicas.contains(n))
-                                .collect();
-                            self.note_lost(shard.id, &lost, now);
+                            self.note_lost(shard, &removed, now);
                             self.metrics.replicas_removed.inc_by(removed.len() as u64);
                             if let Some(p) = promoted {
                                 self.metrics.promotions.inc();

@@ -433,20 +433,16 @@ async fn a_node_joining_the_pool_with_its_data_is_not_growth() {
             .estimate
             .growth_bytes_per_day
     };
+    // Round `i`, a second after the one before.
+    let round = |i: u64| c.capacity_tick(&store, t0 + Duration::from_secs(i), 1_000 + i * 1_000);
     for i in 0..3u64 {
-        let now = t0 + Duration::from_secs(i);
-        c.capacity_tick(&store, now, 1_000 + i * 1_000)
-            .await
-            .unwrap();
+        round(i).await.unwrap();
     }
     assert_eq!(growth(&c), Some(0.0), "nodes 1 and 2 hold steady");
     n3.cordoned = false;
     store.put(Record::Node(n3));
     for i in 3..6u64 {
-        let now = t0 + Duration::from_secs(i);
-        c.capacity_tick(&store, now, 1_000 + i * 1_000)
-            .await
-            .unwrap();
+        round(i).await.unwrap();
         assert_eq!(growth(&c), Some(0.0), "round {i}");
     }
     let round = c.capacity_status().last_round.unwrap();
