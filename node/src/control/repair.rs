@@ -157,7 +157,11 @@ impl Control {
                 }) => {
                     let epoch = next.epoch;
                     let replicas = next.replicas.clone();
-                    let txn = reconfigure_txn(shard, next, &removed, cluster);
+                    // The promoted node's record too: one declared Down (or re-registered)
+                    // since the read must not be made primary on the word of stale reports.
+                    let mut rests_on = removed.clone();
+                    rests_on.extend(promoted);
+                    let txn = reconfigure_txn(shard, next, &rests_on, cluster);
                     match meta.propose(txn).await {
                         Ok(r) if r.succeeded => {
                             out.reconfigured += 1;
@@ -339,5 +343,36 @@ mod tests {
             control.lost_replica(ShardId(1)).map(|l| l.0),
             Some(NodeId(1))
         );
+    }
+
+    /// A promotion rests on the promoted node's record as read: if that node was declared
+    /// Down meanwhile, nothing is written, and the next pass decides on fresh records.
+    #[tokio::test]
+    async fn a_promotion_is_not_written_once_the_promoted_node_changed() {
+        let mut c = cluster(&[1, 2, 3], vec![shard(1, &[1, 2, 3], 3)], 3);
+        set(&mut c, 1, NodeState::Down);
+        let store = MemStore::with(&c);
+        let mut r = Reports::default();
+        report(&mut r, 2, vec![status(1, 3, Secondary, 4)]);
+        report(&mut r, 3, vec![status(1, 3, Secondary, 5)]);
+        let control = Control::for_tests(ControlSettings::default());
+        // Node 3, the one to promote, is declared Down between the read and the write.
+        let mut gone = c.nodes[&NodeId(3)].clone();
+        gone.state = NodeState::Down;
+        store.put(Record::Node(gone));
+        let out = control
+            .repair_tick(&store, &c, &r, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(out.reconfigured, 0);
+        assert_eq!(store.read().shards[&ShardId(1)].replicas[0], NodeId(1));
+        // On fresh records node 2 is the live secondary left, and it is promoted.
+        let c = store.read();
+        let out = control
+            .repair_tick(&store, &c, &r, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(out.reconfigured, 1);
+        assert_eq!(store.read().shards[&ShardId(1)].replicas[0], NodeId(2));
     }
 }

@@ -4,18 +4,22 @@
 //! Every counter the kernel keeps cumulatively is turned into a per-interval delta here, so a
 //! sample stands on its own; the first call only primes the counters and yields no sample.
 //! Sensors that do not exist become `null`, and so does a latency in an interval without I/O
-//! and the peer RTT / loss until the node has measured them; a kernel log we may not read (no
-//! privilege) counts zero errors and is reported once in the log. SMART comes from
-//! smartmontools once per period (see [`super::smart`]).
+//! and the peer RTT / loss until the node has measured them; so is the error-line count while
+//! the kernel log cannot be read (no privilege; reported once in the log), and the TCP
+//! retransmission share while /proc/net/snmp cannot. SMART comes from smartmontools once per
+//! period (see [`super::smart`]), read from the physical disks under the data device (a
+//! partition's disk, the members of an LVM or md device), since those are what fail.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use procfs::{Current, CurrentSI, DiskStat, KernelStats, Meminfo};
 
 use super::smart::SmartPoller;
+use super::sysfs::{physical_disks, read_power_supply, read_temperature};
 use super::{AgentError, Collector};
 use crate::sample::HealthSample;
 
@@ -26,13 +30,17 @@ pub struct LinuxConfig {
     pub node: String,
     /// Block device holding shard data, as named in /proc/diskstats (e.g. `nvme0n1`).
     pub data_device: String,
-    /// Interfaces whose errors count; empty means every interface except `lo`.
+    /// Interfaces whose errors count; empty means the physical ones (those backed by a
+    /// device in sysfs), or every interface but `lo` on a machine with none (a container's
+    /// veth). Virtual interfaces (bridges, veths, tunnels) mostly repeat or hide what the
+    /// physical ones see, and containers starting and stopping churn them.
     pub interfaces: Vec<String>,
     /// Root of sysfs (tests point this at a fixture).
     pub sys_root: PathBuf,
     /// Whether to follow /dev/kmsg for error lines.
     pub kmsg: bool,
-    /// Devices whose SMART is read (as under /dev); empty disables SMART.
+    /// Devices whose SMART is read (as under /dev); empty disables SMART. By default the
+    /// physical disks under the data device ([`super::sysfs::physical_disks`]).
     pub smart_devices: Vec<String>,
     /// Time between SMART readings, ms (SMART changes over hours; reading it costs a
     /// command per device).
@@ -44,16 +52,40 @@ pub struct LinuxConfig {
 impl LinuxConfig {
     /// Defaults for `node` storing data on `data_device`.
     pub fn new(node: &str, data_device: &str) -> Self {
+        let sys_root = PathBuf::from("/sys");
         LinuxConfig {
+            smart_devices: physical_disks(&sys_root, data_device),
             node: node.to_string(),
             data_device: data_device.to_string(),
             interfaces: Vec::new(),
-            sys_root: PathBuf::from("/sys"),
+            sys_root,
             kmsg: true,
-            smart_devices: vec![data_device.to_string()],
             smart_period_ms: 3_600_000,
             smartctl: PathBuf::from("smartctl"),
         }
+    }
+}
+
+/// The interfaces whose error counters count (see [`LinuxConfig::interfaces`]), out of
+/// `present`.
+fn counted_interfaces<'a>(
+    config: &LinuxConfig,
+    present: impl Iterator<Item = &'a str> + Clone,
+) -> Vec<&'a str> {
+    if !config.interfaces.is_empty() {
+        return present
+            .filter(|n| config.interfaces.iter().any(|i| i == n))
+            .collect();
+    }
+    let net = config.sys_root.join("class/net");
+    let physical: Vec<&str> = present
+        .clone()
+        .filter(|n| net.join(n).join("device").exists())
+        .collect();
+    if physical.is_empty() {
+        present.filter(|n| *n != "lo").collect()
+    } else {
+        physical
     }
 }
 
@@ -134,16 +166,18 @@ fn is_corrected_report(message: &str) -> bool {
     m.contains("corrected") || (m.contains("edac") && m.contains(" ce "))
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Counters {
     cpu_busy: u64,
     cpu_total: u64,
     /// The data device's counters; `None` while the kernel does not list it (a disk that
     /// dropped off the bus, the very failure the agent watches for).
     disk: Option<DiskCounters>,
-    net_errors: u64,
-    tcp_out: u64,
-    tcp_retrans: u64,
+    /// Error and drop counters of each counted interface, by name: each is compared with
+    /// its own earlier value, so an interface that appears adds nothing for its history.
+    net_errors: BTreeMap<String, u64>,
+    /// Segments sent and retransmitted (`None` while /proc/net/snmp cannot be read).
+    tcp: Option<(u64, u64)>,
     at_ms: i64,
 }
 
@@ -167,6 +201,8 @@ pub struct LinuxCollector {
     peers: PeerNetwork,
     previous: Option<Counters>,
     kmsg_errors: Arc<AtomicU64>,
+    /// Cleared when the kernel log cannot be (or no longer is) read.
+    kmsg_live: Arc<AtomicBool>,
     kmsg_seen: u64,
     smart: Option<SmartPoller>,
 }
@@ -186,8 +222,9 @@ impl LinuxCollector {
             });
         }
         let kmsg_errors = Arc::new(AtomicU64::new(0));
+        let kmsg_live = Arc::new(AtomicBool::new(config.kmsg));
         if config.kmsg {
-            follow_kmsg(kmsg_errors.clone());
+            follow_kmsg(kmsg_errors.clone(), kmsg_live.clone());
         }
         let smart = (!config.smart_devices.is_empty() && config.smart_period_ms > 0).then(|| {
             SmartPoller::start(
@@ -201,6 +238,7 @@ impl LinuxCollector {
             peers,
             previous: None,
             kmsg_errors,
+            kmsg_live,
             kmsg_seen: 0,
             smart,
         })
@@ -222,21 +260,21 @@ impl LinuxCollector {
             .map_err(procfs_err)?
             .into_iter()
             .find(|d| d.name == self.config.data_device);
-        let mut net_errors = 0;
-        for (name, dev) in procfs::net::dev_status().map_err(procfs_err)? {
-            let wanted = if self.config.interfaces.is_empty() {
-                name != "lo"
-            } else {
-                self.config.interfaces.contains(&name)
-            };
-            if wanted {
-                net_errors += dev.recv_errs + dev.recv_drop + dev.sent_errs + dev.sent_drop;
-            }
-        }
-        let (tcp_out, tcp_retrans) = match procfs::net::snmp() {
-            Ok(s) => (s.tcp_out_segs, s.tcp_retrans_segs),
-            Err(_) => (0, 0),
-        };
+        let devs = procfs::net::dev_status().map_err(procfs_err)?;
+        let counted = counted_interfaces(&self.config, devs.keys().map(String::as_str));
+        let net_errors = counted
+            .into_iter()
+            .filter_map(|n| {
+                let d = devs.get(n)?;
+                Some((
+                    n.to_string(),
+                    d.recv_errs + d.recv_drop + d.sent_errs + d.sent_drop,
+                ))
+            })
+            .collect();
+        let tcp = procfs::net::snmp()
+            .ok()
+            .map(|s| (s.tcp_out_segs, s.tcp_retrans_segs));
         Ok(Counters {
             cpu_busy: total - idle,
             cpu_total: total,
@@ -251,16 +289,17 @@ impl LinuxCollector {
                 io_ticks_ms: d.time_in_progress,
             }),
             net_errors,
-            tcp_out,
-            tcp_retrans,
+            tcp,
             at_ms: now_ms,
         })
     }
 }
 
 /// Reads /dev/kmsg on a background thread (reads block until the next record), counting error
-/// records. Starts at the end of the ring buffer so old boot messages do not count.
-fn follow_kmsg(counter: Arc<AtomicU64>) {
+/// records, and clears `live` when it cannot read it (any more). Starts at the end of the ring
+/// buffer so old boot messages do not count.
+fn follow_kmsg(counter: Arc<AtomicU64>, live: Arc<AtomicBool>) {
+    let stopped = live.clone();
     let spawned = std::thread::Builder::new()
         .name("augur-kmsg".into())
         .spawn(move || {
@@ -268,7 +307,8 @@ fn follow_kmsg(counter: Arc<AtomicU64>) {
             let mut file = match std::fs::File::open(path) {
                 Ok(f) => f,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read /dev/kmsg: err_log_count will stay 0");
+                    tracing::warn!(error = %e, "cannot read /dev/kmsg: err_log_count will be null");
+                    live.store(false, Ordering::Relaxed);
                     return;
                 }
             };
@@ -281,7 +321,10 @@ fn follow_kmsg(counter: Arc<AtomicU64>) {
             loop {
                 line.clear();
                 match reader.read_line(&mut line) {
-                    Ok(0) => return,
+                    Ok(0) => {
+                        live.store(false, Ordering::Relaxed);
+                        return;
+                    }
                     Ok(_) => {
                         if is_error_record(&line) {
                             counter.fetch_add(1, Ordering::Relaxed);
@@ -290,7 +333,8 @@ fn follow_kmsg(counter: Arc<AtomicU64>) {
                     // EPIPE: records were overwritten before we read them; keep going.
                     Err(e) if e.raw_os_error() == Some(32) => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "stopped reading /dev/kmsg");
+                        tracing::warn!(error = %e, "stopped reading /dev/kmsg: err_log_count will be null");
+                        live.store(false, Ordering::Relaxed);
                         return;
                     }
                 }
@@ -298,50 +342,17 @@ fn follow_kmsg(counter: Arc<AtomicU64>) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the kmsg reader");
+        stopped.store(false, Ordering::Relaxed);
     }
 }
 
-/// Hottest hwmon temperature in °C, or `None` without sensors.
-pub fn read_temperature(sys_root: &Path) -> Option<f64> {
-    let dir = std::fs::read_dir(sys_root.join("class/hwmon")).ok()?;
-    let mut hottest: Option<f64> = None;
-    for hw in dir.flatten() {
-        let Ok(files) = std::fs::read_dir(hw.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            if name.starts_with("temp") && name.ends_with("_input") {
-                let milli = std::fs::read_to_string(f.path())
-                    .ok()
-                    .and_then(|s| s.trim().parse::<f64>().ok());
-                if let Some(c) = milli
-                    .map(|m| m / 1000.0)
-                    .filter(|c| (-60.0..=200.0).contains(c))
-                {
-                    hottest = Some(hottest.map_or(c, |h: f64| h.max(c)));
-                }
-            }
-        }
-    }
-    hottest
-}
-
-/// Whether every mains power supply is online; `None` when none is visible.
-pub fn read_power_supply(sys_root: &Path) -> Option<bool> {
-    let dir = std::fs::read_dir(sys_root.join("class/power_supply")).ok()?;
-    let mut any = false;
-    let mut all_ok = true;
-    for ps in dir.flatten() {
-        let read = |f: &str| std::fs::read_to_string(ps.path().join(f)).ok();
-        if read("type").is_some_and(|t| t.trim() == "Mains") {
-            if let Some(online) = read("online") {
-                any = true;
-                all_ok &= online.trim() == "1";
-            }
-        }
-    }
-    any.then_some(all_ok)
+/// New error and drop counts between two readings of the interfaces' counters: each
+/// interface against its own earlier value, so one that appeared (a container's veth, a
+/// replaced NIC) or vanished between them adds nothing.
+fn net_errors_between(now: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> u64 {
+    now.iter()
+        .filter_map(|(name, &n)| Some(delta(n, *before.get(name)?)))
+        .sum()
 }
 
 fn delta(now: u64, before: u64) -> u64 {
@@ -355,7 +366,7 @@ impl Collector for LinuxCollector {
         let kmsg_total = self.kmsg_errors.load(Ordering::Relaxed);
         let err_log_count = kmsg_total - self.kmsg_seen.min(kmsg_total);
         self.kmsg_seen = kmsg_total;
-        let Some(prev) = self.previous.replace(now) else {
+        let Some(prev) = self.previous.replace(now.clone()) else {
             // Priming: every delta would be zero.
             return Ok(None);
         };
@@ -379,7 +390,11 @@ impl Collector for LinuxCollector {
             .mem_available
             .unwrap_or(mem.mem_free + mem.buffers + mem.cached);
         let peers = self.peers.get();
-        let tcp_out = delta(now.tcp_out, prev.tcp_out);
+        let net_errors = net_errors_between(&now.net_errors, &prev.net_errors);
+        let tcp = match (now.tcp, prev.tcp) {
+            (Some((out, re)), Some((p_out, p_re))) => Some((delta(out, p_out), delta(re, p_re))),
+            _ => None,
+        };
         let mbps = |sectors: u64| sectors as f64 * 512.0 / 1e6 / (elapsed_ms / 1000.0);
         Ok(Some(HealthSample {
             node: self.config.node.clone(),
@@ -402,12 +417,16 @@ impl Collector for LinuxCollector {
             }),
             net_rtt_ms: peers.map(|p| p.0),
             net_loss_pct: peers.map(|p| p.1),
-            net_errors: Some(delta(now.net_errors, prev.net_errors)),
-            err_log_count: Some(err_log_count),
+            net_errors: Some(net_errors),
+            err_log_count: self
+                .kmsg_live
+                .load(Ordering::Relaxed)
+                .then_some(err_log_count),
             temp_c: read_temperature(&self.config.sys_root),
             psu_ok: read_power_supply(&self.config.sys_root),
-            tcp_retrans_pct: (tcp_out > 0)
-                .then(|| 100.0 * delta(now.tcp_retrans, prev.tcp_retrans) as f64 / tcp_out as f64),
+            tcp_retrans_pct: tcp
+                .filter(|(out, _)| *out > 0)
+                .map(|(out, re)| 100.0 * re as f64 / out as f64),
             smart: self.smart.as_ref().and_then(SmartPoller::take),
         }))
     }
@@ -445,27 +464,39 @@ mod tests {
         ));
     }
 
+    /// By default only interfaces backed by a device count (not bridges or veths), unless the
+    /// machine has none; a configured list counts exactly its names.
     #[test]
-    fn sysfs_sensors_and_their_absence() {
+    fn errors_count_on_physical_interfaces() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_temperature(dir.path()), None);
-        assert_eq!(read_power_supply(dir.path()), None);
-        let hw = dir.path().join("class/hwmon/hwmon0");
-        std::fs::create_dir_all(&hw).unwrap();
-        std::fs::write(hw.join("temp1_input"), "45000\n").unwrap();
-        std::fs::write(hw.join("temp2_input"), "61500\n").unwrap();
-        std::fs::write(hw.join("temp3_input"), "garbage\n").unwrap();
-        assert_eq!(read_temperature(dir.path()), Some(61.5));
-        let ps = dir.path().join("class/power_supply/PSU1");
-        std::fs::create_dir_all(&ps).unwrap();
-        std::fs::write(ps.join("type"), "Mains\n").unwrap();
-        std::fs::write(ps.join("online"), "1\n").unwrap();
-        let bat = dir.path().join("class/power_supply/BAT0");
-        std::fs::create_dir_all(&bat).unwrap();
-        std::fs::write(bat.join("type"), "Battery\n").unwrap();
-        assert_eq!(read_power_supply(dir.path()), Some(true));
-        std::fs::write(ps.join("online"), "0\n").unwrap();
-        assert_eq!(read_power_supply(dir.path()), Some(false));
+        let mut cfg = LinuxConfig::new("n", "sda");
+        cfg.sys_root = dir.path().to_path_buf();
+        let present = ["lo", "eth0", "docker0", "veth1a2b", "eno1"];
+        let counted = |cfg: &LinuxConfig| {
+            let mut c = counted_interfaces(cfg, present.iter().copied());
+            c.sort();
+            c
+        };
+        assert_eq!(counted(&cfg), ["docker0", "eno1", "eth0", "veth1a2b"]);
+        for nic in ["eth0", "eno1"] {
+            std::fs::create_dir_all(dir.path().join("class/net").join(nic).join("device")).unwrap();
+        }
+        assert_eq!(counted(&cfg), ["eno1", "eth0"]);
+        cfg.interfaces = vec!["veth1a2b".into(), "absent".into()];
+        assert_eq!(counted(&cfg), ["veth1a2b"]);
+    }
+
+    /// An interface's counters count only against its own earlier reading.
+    #[test]
+    fn a_new_interface_brings_no_history() {
+        let m = |v: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            v.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+        };
+        let before = m(&[("eth0", 10), ("eth1", 500)]);
+        let now = m(&[("eth0", 13), ("eth2", 9_000)]);
+        assert_eq!(net_errors_between(&now, &before), 3);
+        // A counter that went back (a re-created interface) starts afresh.
+        assert_eq!(net_errors_between(&m(&[("eth0", 2)]), &before), 0);
     }
 
     #[test]
@@ -490,6 +521,7 @@ mod tests {
         // CPU may show no elapsed jiffy between two immediate calls (then it is null, not
         // 0); memory and disk utilisation are always there.
         assert!(s.mem_util.is_some() && s.disk_util.is_some());
+        assert_eq!(s.err_log_count, None, "the kernel log is not read");
         peers.set(0.7, 0.1);
         let s = c.collect(3_000).unwrap().unwrap();
         assert_eq!(s.net_rtt_ms, Some(0.7));

@@ -9,6 +9,7 @@ mod history;
 pub mod linux;
 pub mod simulated;
 pub mod smart;
+pub mod sysfs;
 
 pub use history::HistoryHandle;
 

@@ -94,8 +94,10 @@ pub enum SmartError {
     },
 }
 
-/// Reads one device with `smartctl --json -a /dev/DEVICE`, killing it after
-/// [`SMARTCTL_TIMEOUT`].
+/// Reads one device with `smartctl --json -n standby -a /dev/DEVICE`, killing it after
+/// [`SMARTCTL_TIMEOUT`]. `-n standby`: a disk spun down is left asleep (smartctl then reads
+/// nothing and the device is missing from that reading); waking a spare disk every hour to
+/// ask how it is would wear it.
 pub fn read_device(smartctl: &Path, device: &str) -> Result<SmartAttributes, SmartError> {
     read_device_within(smartctl, device, SMARTCTL_TIMEOUT)
 }
@@ -116,7 +118,7 @@ fn read_device_within(
         source,
     };
     let mut child = Command::new(smartctl)
-        .args(["--json", "-a", &path])
+        .args(["--json", "-n", "standby", "-a", &path])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
