@@ -286,6 +286,23 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         let Some(to) = to.filter(|t| *t != from) else {
             continue;
         };
+        // Rack spread outranks the per-node move limit: a drain is planned hours ahead, so
+        // rather than put the replica in a rack the shard already uses for good, it waits
+        // for a node in a new rack to finish a move. (Re-replication does not wait.)
+        let shares_rack =
+            |n: &augur_proto::Node| !n.rack.is_empty() && racks.contains(&n.rack.as_str());
+        let to_shares_rack = eligible.iter().any(|n| n.id == to && shares_rack(n));
+        if to_shares_rack
+            && eligible.iter().any(|n| {
+                !shares_rack(n)
+                    && !avoid.contains(&n.id)
+                    && n.id != from
+                    && moves_in.get(&n.id).copied().unwrap_or(0) >= s.max_moves_in_per_node
+                    && has_room(n, &incoming, shard)
+            })
+        {
+            continue;
+        }
         let source = copy_source(cluster, shard, to).unwrap_or(from);
         if moves_out.get(&source).copied().unwrap_or(0) >= s.max_moves_out_per_node {
             continue;

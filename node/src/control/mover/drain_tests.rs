@@ -560,3 +560,46 @@ fn heard_lately_is_judged_by_the_clock_not_by_when_the_pass_began() {
     control.grants.note(NodeId(1), Instant::now());
     assert!(control.heard_lately(NodeId(1), pass_began));
 }
+
+/// Rack spread outranks the move limit: with every node in a rack new to the shard busy, a
+/// drain waits for one rather than put the replica beside the member that stays.
+#[test]
+fn a_drain_waits_for_a_busy_node_in_a_new_rack_rather_than_share_one() {
+    let shards = vec![
+        shard(1, &[1, 2], 1),
+        shard(2, &[3, 4], 1),
+        shard(3, &[5, 4], 1),
+    ];
+    let mut c = cluster(&[1, 2, 3, 4, 5], shards, 2);
+    for (n, rack) in [(1, "a"), (2, "b"), (3, "c"), (4, "a"), (5, "b")] {
+        c.nodes.get_mut(&NodeId(n)).unwrap().rack = rack.into();
+    }
+    set_state(&mut c, 2, NodeState::Draining);
+    let mem = MoverMemory::default();
+    let s = ControlSettings {
+        max_moves_in_per_node: 1,
+        ..Default::default()
+    };
+    // Shard 1 keeps node 1 (rack a): nodes 3 and 5 (racks c and b) are free, one is chosen.
+    let p = plan(&ctx(&c, &s, &mem), &[]);
+    assert_eq!(shards_of(&p), [1]);
+    assert!(matches!(p[0].to, NodeId(3) | NodeId(5)), "{:?}", p[0].to);
+    // Both busy with a move each: node 4 is free but shares rack a, so the drain waits.
+    let mut busy = c.clone();
+    for (sh, to) in [(2, 5), (3, 3)] {
+        let mut m = p[0].clone();
+        m.id = MigrationId(100 + sh);
+        m.shard = ShardId(sh);
+        m.from = NodeId(4);
+        m.to = NodeId(to);
+        m.state = MigrationState::Copying;
+        busy.migrations.push(m);
+    }
+    assert!(plan(&ctx(&busy, &s, &mem), &[]).is_empty());
+    // Without racks node 4 is as good as any, and the drain goes on.
+    for n in busy.nodes.values_mut() {
+        n.rack.clear();
+    }
+    let p = plan(&ctx(&busy, &s, &mem), &[]);
+    assert_eq!((shards_of(&p), p[0].to), (vec![1], NodeId(4)));
+}
