@@ -39,8 +39,9 @@ pub struct LinuxConfig {
     pub sys_root: PathBuf,
     /// Whether to follow /dev/kmsg for error lines.
     pub kmsg: bool,
-    /// Devices whose SMART is read (as under /dev); empty disables SMART. By default the
-    /// physical disks under the data device ([`super::sysfs::physical_disks`]).
+    /// Devices whose SMART is read (as under /dev); empty disables SMART. Each is read
+    /// through the physical disks under it ([`super::sysfs::physical_disks`], resolved when
+    /// the collector starts): by default the data device's.
     pub smart_devices: Vec<String>,
     /// Time between SMART readings, ms (SMART changes over hours; reading it costs a
     /// command per device).
@@ -52,13 +53,12 @@ pub struct LinuxConfig {
 impl LinuxConfig {
     /// Defaults for `node` storing data on `data_device`.
     pub fn new(node: &str, data_device: &str) -> Self {
-        let sys_root = PathBuf::from("/sys");
         LinuxConfig {
-            smart_devices: physical_disks(&sys_root, data_device),
+            smart_devices: vec![data_device.to_string()],
             node: node.to_string(),
             data_device: data_device.to_string(),
             interfaces: Vec::new(),
-            sys_root,
+            sys_root: PathBuf::from("/sys"),
             kmsg: true,
             smart_period_ms: 3_600_000,
             smartctl: PathBuf::from("smartctl"),
@@ -227,9 +227,17 @@ impl LinuxCollector {
             follow_kmsg(kmsg_errors.clone(), kmsg_live.clone());
         }
         let smart = (!config.smart_devices.is_empty() && config.smart_period_ms > 0).then(|| {
+            let mut disks: Vec<String> = config
+                .smart_devices
+                .iter()
+                .flat_map(|d| physical_disks(&config.sys_root, d))
+                .collect();
+            disks.sort();
+            disks.dedup();
+            tracing::info!(data_device = %config.data_device, disks = ?disks, "reading SMART of these disks");
             SmartPoller::start(
                 config.smartctl.clone(),
-                config.smart_devices.clone(),
+                disks,
                 std::time::Duration::from_millis(config.smart_period_ms),
             )
         });

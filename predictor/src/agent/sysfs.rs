@@ -55,13 +55,30 @@ const MAX_STACK: usize = 8;
 /// the members of a device-mapper (LVM, dm-crypt) or md RAID device (through `slaves/`,
 /// recursively), or the device itself. SMART lives on the disks: smartctl cannot read it
 /// through `dm-0` or `md0`, nor through an NVMe partition. A device sysfs does not know is
-/// returned as given.
+/// returned as given. A disk reached by several paths (dm-multipath's one member per path)
+/// is read once, under the first of its names: the same `wwid` is the same disk.
 pub fn physical_disks(sys_root: &Path, name: &str) -> Vec<String> {
     let mut out = Vec::new();
     collect_disks(sys_root, name, 0, &mut out);
     out.sort();
     out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|d| match wwid(sys_root, d) {
+        Some(id) => seen.insert(id),
+        None => true,
+    });
     out
+}
+
+/// The world-wide identifier sysfs gives a disk (SCSI and SATA under `device/`, NVMe
+/// namespaces beside it), if any.
+fn wwid(sys_root: &Path, disk: &str) -> Option<String> {
+    let dir = sys_root.join("class/block").join(disk);
+    ["device/wwid", "wwid"].iter().find_map(|f| {
+        let id = std::fs::read_to_string(dir.join(f)).ok()?;
+        let id = id.trim();
+        (!id.is_empty()).then(|| id.to_string())
+    })
 }
 
 fn collect_disks(sys_root: &Path, name: &str, depth: usize, out: &mut Vec<String>) {
@@ -81,13 +98,14 @@ fn collect_disks(sys_root: &Path, name: &str, depth: usize, out: &mut Vec<String
             }
             return;
         }
-        // A partition's sysfs directory sits inside its disk's.
+        // A partition's sysfs directory sits inside its disk's, which may itself be stacked
+        // (`md126p1` of a firmware RAID).
         if dir.join("partition").exists() {
             let disk = std::fs::canonicalize(&dir)
                 .ok()
                 .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()));
             if let Some(disk) = disk {
-                out.push(disk);
+                collect_disks(sys_root, &disk, depth + 1, out);
                 return;
             }
         }
@@ -123,7 +141,8 @@ mod tests {
     }
 
     /// A partition resolves to its disk, LVM on md on partitions to the md members' disks,
-    /// a plain disk to itself, and a name sysfs does not know stays as given.
+    /// a partition of an md device to the members' disks, two paths to one disk to one of
+    /// them, a plain disk to itself, and a name sysfs does not know stays as given.
     #[test]
     fn data_devices_resolve_to_their_physical_disks() {
         use std::os::unix::fs::symlink;
@@ -153,12 +172,31 @@ mod tests {
             }
             symlink(&d, class.join(dev)).unwrap();
         }
+        // md0p1, a partition of md0 (firmware RAID is partitioned this way).
+        std::fs::create_dir_all(virt.join("md0/md0p1")).unwrap();
+        std::fs::write(virt.join("md0/md0p1/partition"), "1\n").unwrap();
+        symlink(virt.join("md0/md0p1"), class.join("md0p1")).unwrap();
+        // dm-3 is one LUN over two paths, sdb and sdc: one disk.
+        for path in ["sdb", "sdc"] {
+            let d = devices.join(path);
+            std::fs::create_dir_all(d.join("device")).unwrap();
+            std::fs::write(d.join("device/wwid"), "naa.5000c500a1b2c3d4\n").unwrap();
+            symlink(&d, class.join(path)).unwrap();
+        }
+        let d = virt.join("dm-3");
+        std::fs::create_dir_all(d.join("slaves")).unwrap();
+        for path in ["sdc", "sdb"] {
+            symlink(class.join(path), d.join("slaves").join(path)).unwrap();
+        }
+        symlink(&d, class.join("dm-3")).unwrap();
         let disks = |name: &str| physical_disks(root, name);
         assert_eq!(disks("sda"), ["sda"]);
         assert_eq!(disks("sda1"), ["sda"]);
         assert_eq!(disks("nvme0n1p2"), ["nvme0n1"]);
         assert_eq!(disks("md0"), ["nvme0n1", "sda"]);
         assert_eq!(disks("dm-0"), ["nvme0n1", "sda"]);
+        assert_eq!(disks("md0p1"), ["nvme0n1", "sda"]);
+        assert_eq!(disks("dm-3"), ["sdb"]);
         assert_eq!(disks("unknown"), ["unknown"]);
         // A loop in a broken tree ends.
         let a = virt.join("dm-7");

@@ -288,7 +288,8 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
         };
         // Rack spread outranks the per-node move limit: a drain is planned hours ahead, so
         // rather than put the replica in a rack the shard already uses for good, it waits
-        // for a node in a new rack to finish a move. (Re-replication does not wait.)
+        // for a node in a new rack to finish a move, one placement would choose once free
+        // (under the load cap). Re-replication does not wait.
         let shares_rack =
             |n: &augur_proto::Node| !n.rack.is_empty() && racks.contains(&n.rack.as_str());
         let to_shares_rack = eligible.iter().any(|n| n.id == to && shares_rack(n));
@@ -298,6 +299,7 @@ pub fn plan(ctx: &PlanContext<'_>, already: &[Migration]) -> Vec<Migration> {
                     && !avoid.contains(&n.id)
                     && n.id != from
                     && moves_in.get(&n.id).copied().unwrap_or(0) >= s.max_moves_in_per_node
+                    && load.get(&n.id).copied().unwrap_or(0) < cap
                     && has_room(n, &incoming, shard)
             })
         {
