@@ -200,6 +200,22 @@ mod tests {
         c.nodes.get_mut(&NodeId(n)).unwrap().state = s;
     }
 
+    /// Writes node `n`'s record as `c` has it, in state `s` (liveness or a registration
+    /// changing it behind a pass's back).
+    fn write_state(store: &MemStore, c: &Cluster, n: u64, s: NodeState) {
+        let mut rec = c.nodes[&NodeId(n)].clone();
+        rec.state = s;
+        store.put(Record::Node(rec));
+    }
+
+    /// One repair pass over the records `c` as read.
+    async fn pass(control: &Control, store: &MemStore, c: &Cluster, r: &Reports) -> RepairOutcome {
+        control
+            .repair_tick(store, c, r, Instant::now())
+            .await
+            .unwrap()
+    }
+
     #[test]
     fn the_live_secondary_with_the_highest_prepared_is_promoted() {
         let mut c = cluster(&[1, 2, 3, 4], vec![shard(1, &[1, 2, 3, 4], 5)], 4);
@@ -310,25 +326,13 @@ mod tests {
         );
         let control = Control::for_tests(ControlSettings::default());
         // Node 1 registers again between the read and the write: nothing is written.
-        let mut back = c.nodes[&NodeId(1)].clone();
-        back.state = NodeState::Up;
-        store.put(Record::Node(back));
-        let out = control
-            .repair_tick(&store, &c, &r, Instant::now())
-            .await
-            .unwrap();
-        assert_eq!(out.reconfigured, 0);
+        write_state(&store, &c, 1, NodeState::Up);
+        assert_eq!(pass(&control, &store, &c, &r).await.reconfigured, 0);
         assert_eq!(store.read().shards[&ShardId(1)].replicas[0], NodeId(1));
         // With node 1 Down for real, shard 1 gets node 3 as primary, shard 2 drops node 1.
-        let mut down = store.read().nodes[&NodeId(1)].clone();
-        down.state = NodeState::Down;
-        store.put(Record::Node(down));
+        write_state(&store, &store.read(), 1, NodeState::Down);
         let c = store.read();
-        let out = control
-            .repair_tick(&store, &c, &r, Instant::now())
-            .await
-            .unwrap();
-        assert_eq!(out.reconfigured, 2);
+        assert_eq!(pass(&control, &store, &c, &r).await.reconfigured, 2);
         let after = store.read();
         assert_eq!(
             after.shards[&ShardId(1)].replicas,
@@ -357,22 +361,12 @@ mod tests {
         report(&mut r, 3, vec![status(1, 3, Secondary, 5)]);
         let control = Control::for_tests(ControlSettings::default());
         // Node 3, the one to promote, is declared Down between the read and the write.
-        let mut gone = c.nodes[&NodeId(3)].clone();
-        gone.state = NodeState::Down;
-        store.put(Record::Node(gone));
-        let out = control
-            .repair_tick(&store, &c, &r, Instant::now())
-            .await
-            .unwrap();
-        assert_eq!(out.reconfigured, 0);
+        write_state(&store, &c, 3, NodeState::Down);
+        assert_eq!(pass(&control, &store, &c, &r).await.reconfigured, 0);
         assert_eq!(store.read().shards[&ShardId(1)].replicas[0], NodeId(1));
         // On fresh records node 2 is the live secondary left, and it is promoted.
         let c = store.read();
-        let out = control
-            .repair_tick(&store, &c, &r, Instant::now())
-            .await
-            .unwrap();
-        assert_eq!(out.reconfigured, 1);
+        assert_eq!(pass(&control, &store, &c, &r).await.reconfigured, 1);
         assert_eq!(store.read().shards[&ShardId(1)].replicas[0], NodeId(2));
     }
 }

@@ -54,12 +54,12 @@ impl LinuxConfig {
     /// Defaults for `node` storing data on `data_device`.
     pub fn new(node: &str, data_device: &str) -> Self {
         LinuxConfig {
-            smart_devices: vec![data_device.to_string()],
             node: node.to_string(),
             data_device: data_device.to_string(),
             interfaces: Vec::new(),
             sys_root: PathBuf::from("/sys"),
             kmsg: true,
+            smart_devices: vec![data_device.to_string()],
             smart_period_ms: 3_600_000,
             smartctl: PathBuf::from("smartctl"),
         }
