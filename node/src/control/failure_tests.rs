@@ -111,25 +111,20 @@ async fn the_first_loss_is_remembered_and_a_failed_learner_is_none() {
     let store = MemStore::with(&c3());
     let control = Control::for_tests(ControlSettings::default());
     let me = Some(Role::Storage(NodeId(1)));
-    control
-        .handle_report_replica(&store, me, ShardId(1), 4, NodeId(4), "learner silent")
-        .await
-        .unwrap();
+    // Node 1, the primary, asks at `epoch` for `replica` to be removed.
+    let report = |epoch: u64, replica: u64, reason: &'static str| {
+        control.handle_report_replica(&store, me, ShardId(1), epoch, NodeId(replica), reason)
+    };
+    report(4, 4, "learner silent").await.unwrap();
     assert_eq!(
         control.lost_replica(ShardId(1)),
         None,
         "a learner is not lost"
     );
-    control
-        .handle_report_replica(&store, me, ShardId(1), 5, NodeId(2), "timeout")
-        .await
-        .unwrap();
+    report(5, 2, "timeout").await.unwrap();
     let (node, at) = control.lost_replica(ShardId(1)).unwrap();
     assert_eq!(node, NodeId(2));
-    control
-        .handle_report_replica(&store, me, ShardId(1), 6, NodeId(3), "timeout")
-        .await
-        .unwrap();
+    report(6, 3, "timeout").await.unwrap();
     assert_eq!(control.lost_replica(ShardId(1)), Some((NodeId(2), at)));
 }
 
